@@ -1,0 +1,388 @@
+"""Training throughput of our trainer against plain JAX, an nnx.jit loop and PyTorch eager.
+
+On the MNIST-1D train split at batch 100, with Adam, for the MLP (40-100-100-10), the CNN (tcn
+defaults) and the LSTM, it times in one process:
+
+  ours            workflow.training.make_multi_step: the jitted lax.scan over `steps_per_call`
+                  steps that `fit` runs, with fit's per-call host work (batch indices, fetching
+                  the step metrics, the finiteness checks).
+  nnx.jit loop    an `nnx.jit` train step (nnx.Optimizer, nnx.value_and_grad) called once per
+                  step from Python, as the Flax MNIST example does; batches sliced on the host.
+  scan reference  a minimal jax.jit + lax.scan loop over the split parameters with optax.adam,
+                  batches gathered on device by the same index arrays.
+  torch eager     the same architecture in PyTorch, one eager step per batch; only when
+                  `import torch` works.
+
+Every method trains on the same batch order (workflow.data.batch_indices). Compilation and a
+warm-up call are excluded. The methods are timed in alternating blocks of `--steps` steps (by
+default about a second of ours), the order rotating each repeat, and each keeps its best block:
+other processes sharing the CPU slow single blocks down, the best one is the least disturbed.
+PyTorch runs on its default thread count unless --torch_threads is given; its two OpenMP
+threads slow down many-fold while another process busies one of two cores, so compare with
+--torch_threads=1 on a shared machine.
+
+Command:
+    python -m benchmarks.train_throughput --out=/tmp/throughput.json
+"""
+
+import argparse
+import functools
+import sys
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from benchmarks import common
+from workflow import data, experiment, training
+
+# Runs `num_steps` training steps starting at step `first` and returns once they are done.
+Runner = Callable[[int, int], None]
+
+METHODS = ("ours", "nnx_jit_loop", "scan_reference", "torch_eager")
+LABELS = {
+    "ours": "ours",
+    "nnx_jit_loop": "nnx.jit loop",
+    "scan_reference": "scan ref",
+    "torch_eager": "torch eager",
+}
+MLP_MIN_RATIO_TO_SCAN = 0.9  # required: ours >= 0.9 x the plain scan loop on the MLP
+MIN_RATIO_TO_TORCH = 1.5  # aim for the CNN and the LSTM: ours >= 1.5 x PyTorch eager
+# Steps per timed block: about a second of ours on a 2-core CPU, more for the slower methods.
+DEFAULT_STEPS = {"mlp": 4000, "cnn": 1000, "lstm": 100}
+
+
+def ours_runner(setup: experiment.Setup, chunk: int) -> Runner:
+    """Our trainer's compiled multi-step with the host work `training.fit` does per call."""
+    config, dataset = setup.config, setup.dataset
+    multi_step = training.make_multi_step(setup.task)
+    x, y = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
+    state = setup.state
+
+    def run(first: int, num_steps: int) -> None:
+        nonlocal state
+        for step in range(first, first + num_steps, chunk):
+            indices = data.batch_indices(len(x), config.batch_size, config.seed, step, chunk)
+            state, metrics = multi_step(state, x, y, jnp.asarray(indices))
+            metrics = jax.device_get(metrics)
+            bad = training.first_nonfinite(np.asarray(metrics["loss"]))
+            bad_grad = training.first_nonfinite(np.asarray(metrics["grad_norm"]))
+            if bad is not None or bad_grad is not None or not training.params_finite(state):
+                raise FloatingPointError(f"ours diverged near step {step}")
+
+    return run
+
+
+def nnx_jit_loop_runner(setup: experiment.Setup) -> Runner:
+    """One `nnx.jit` step per batch from a Python loop, as in the Flax MNIST example."""
+    config, dataset = setup.config, setup.dataset
+    model = training.build_model(config, dataset.input_shape, dataset.num_classes)
+    optimizer = nnx.Optimizer(model, optax.adam(config.optimizer.learning_rate), wrt=nnx.Param)
+
+    @nnx.jit
+    def train_step(model: nnx.Module, optimizer: nnx.Optimizer, x, y) -> jax.Array:
+        def loss_fn(model):
+            logits = model(x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    x, y = dataset.x_train, dataset.y_train
+
+    def run(first: int, num_steps: int) -> None:
+        loss = None
+        for idx in data.batch_indices(len(x), config.batch_size, config.seed, first, num_steps):
+            loss = train_step(model, optimizer, x[idx], y[idx])
+        jax.block_until_ready(loss)
+
+    return run
+
+
+def scan_reference_runner(setup: experiment.Setup, chunk: int) -> Runner:
+    """A minimal jax.jit + lax.scan training loop over split NNX parameters with optax.adam."""
+    config, dataset = setup.config, setup.dataset
+    model = training.build_model(config, dataset.input_shape, dataset.num_classes)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tx = optax.adam(config.optimizer.learning_rate)
+    opt_state = tx.init(params)
+
+    def loss_fn(params, x, y):
+        logits = nnx.merge(graphdef, params, rest)(x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def train_chunk(params, opt_state, x, y, indices):
+        def step(carry, idx):
+            params, opt_state = carry
+            loss, grads = jax.value_and_grad(loss_fn)(params, x[idx], y[idx])
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), loss
+
+        (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), indices)
+        return params, opt_state, losses
+
+    x, y = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
+
+    def run(first: int, num_steps: int) -> None:
+        nonlocal params, opt_state
+        for step in range(first, first + num_steps, chunk):
+            indices = data.batch_indices(len(x), config.batch_size, config.seed, step, chunk)
+            params, opt_state, losses = train_chunk(params, opt_state, x, y, jnp.asarray(indices))
+            jax.device_get(losses)
+
+    return run
+
+
+def torch_available() -> bool:
+    """Whether PyTorch can be imported."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def torch_model(setup: experiment.Setup):
+    """The benchmark model rebuilt in PyTorch, with its input layout: (model, x_train)."""
+    import torch
+    from torch import nn
+
+    model, x = setup.model, setup.dataset.x_train  # x is (N, T, 1)
+    num_classes = setup.dataset.num_classes
+    name = setup.config.model.name
+    if name == "mlp":
+        sizes = (x.shape[1] * x.shape[2], *model.hidden_sizes)
+        layers = [nn.Flatten()]
+        for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        return nn.Sequential(*layers, nn.Linear(sizes[-1], num_classes)), torch.tensor(x)
+    if name == "tcn":
+        layers, cin = [], x.shape[2]
+        for cout, k, s in zip(model.channels, model.kernel_sizes, model.strides, strict=True):
+            layers += [nn.Conv1d(cin, cout, k, stride=s, padding=model.padding), nn.ReLU()]
+            cin = cout
+        head = nn.Linear(model.lengths[-1] * cin, num_classes)
+        x_ncw = torch.tensor(x.transpose(0, 2, 1).copy())  # Conv1d takes (N, C, T)
+        return nn.Sequential(*layers, nn.Flatten(), head), x_ncw
+    if name == "lstm":
+
+        class TorchLSTM(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lstm = nn.LSTM(x.shape[2], model.hidden_size, batch_first=True)
+                self.out = nn.Linear(model.hidden_size, num_classes)
+
+            def forward(self, inputs):
+                hidden, _ = self.lstm(inputs)
+                last = hidden[:, -1] if model.readout == "last" else hidden.mean(1)
+                return self.out(last)
+
+        return TorchLSTM(), torch.tensor(x)
+    raise ValueError(f"no PyTorch version of model {name!r}")
+
+
+def torch_eager_runner(setup: experiment.Setup) -> Runner:
+    """A plain PyTorch eager training loop over the same batches."""
+    import torch
+
+    config = setup.config
+    torch.manual_seed(config.seed)
+    model, x = torch_model(setup)
+    y = torch.tensor(setup.dataset.y_train, dtype=torch.long)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.optimizer.learning_rate)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def run(first: int, num_steps: int) -> None:
+        indices = data.batch_indices(len(x), config.batch_size, config.seed, first, num_steps)
+        for idx in torch.from_numpy(indices):
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x[idx]), y[idx])
+            loss.backward()
+            optimizer.step()
+
+    return run
+
+
+def measure(runners: dict[str, Runner], steps: int, repeats: int, chunk: int) -> dict[str, float]:
+    """Best steps/s of each runner over `repeats` alternating blocks of `steps` steps."""
+    names = list(runners)
+    next_step = dict.fromkeys(names, 0)
+    for name in names:  # compile, then one more call so caches and allocators are warm
+        for _ in range(2):
+            runners[name](next_step[name], chunk)
+            next_step[name] += chunk
+    best = dict.fromkeys(names, 0.0)
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            runners[name](next_step[name], steps)
+            seconds = time.perf_counter() - t0
+            next_step[name] += steps
+            best[name] = max(best[name], steps / seconds)
+    return best
+
+
+def benchmark_model(name: str, steps: int, repeats: int, use_torch: bool) -> dict[str, float]:
+    """Steps/s of every method for benchmark model `name`, and ours' ratios to the others."""
+    config = common.paper_config(name, steps=steps)
+    setup = experiment.prepare(config)
+    chunk = min(config.steps_per_call, steps)
+    runners = {
+        "ours": ours_runner(setup, chunk),
+        "nnx_jit_loop": nnx_jit_loop_runner(setup),
+        "scan_reference": scan_reference_runner(setup, chunk),
+    }
+    if use_torch:
+        runners["torch_eager"] = torch_eager_runner(setup)
+    rates = measure(runners, steps, repeats, chunk)
+    result = {f"{method}_steps_per_s": rates.get(method) for method in METHODS}
+    for method in METHODS[1:]:
+        other = rates.get(method)
+        result[f"ours_over_{method}"] = rates["ours"] / other if other else None
+    result["steps_per_block"] = steps
+    result["steps_per_call"] = chunk
+    return result
+
+
+def check(results: dict[str, dict]) -> tuple[list[str], list[str]]:
+    """(failures of the MLP requirement, misses of the CNN/LSTM aim), one line each."""
+    failures, misses = [], []
+    mlp = results.get("mlp")
+    if mlp and mlp["ours_over_scan_reference"] < MLP_MIN_RATIO_TO_SCAN:
+        failures.append(
+            f"mlp: ours is {mlp['ours_over_scan_reference']:.2f} x the scan reference "
+            f"(required >= {MLP_MIN_RATIO_TO_SCAN})"
+        )
+    for name in ("cnn", "lstm"):
+        ratio = results.get(name, {}).get("ours_over_torch_eager")
+        if ratio is not None and ratio < MIN_RATIO_TO_TORCH:
+            misses.append(
+                f"{name}: ours is {ratio:.2f} x torch eager (aim >= {MIN_RATIO_TO_TORCH})"
+            )
+    return failures, misses
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help="steps per timed block, a multiple of 100 above 100 (default: about 1 s of ours: "
+        + ", ".join(f"{k} {v}" for k, v in DEFAULT_STEPS.items())
+        + ")",
+    )
+    parser.add_argument("--repeats", type=int, default=7, help="timed blocks per method")
+    parser.add_argument("--models", default="mlp,cnn,lstm", help="comma-separated subset")
+    parser.add_argument(
+        "--torch",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time PyTorch eager when it is installed",
+    )
+    parser.add_argument(
+        "--torch_threads",
+        type=int,
+        default=0,
+        help="torch.set_num_threads(N) before timing; 0 keeps torch's default",
+    )
+    parser.add_argument(
+        "--check",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="exit 1 when the MLP is below 0.9 x the scan reference",
+    )
+    parser.add_argument("--out", help="write the results to this JSON file")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    if args.steps is not None and (args.steps < 1 or args.steps > 100 and args.steps % 100):
+        parser.error("--steps must be 1..100 or a multiple of 100 (the trainer's steps_per_call)")
+    try:
+        args.models = common.parse_models(args.models)
+    except ValueError as e:
+        parser.error(str(e))
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark, print the table, write --out; 1 when a requirement fails."""
+    args = parse_args(argv)
+    use_torch = args.torch and torch_available()
+    if use_torch and args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    results = {}
+    for name in args.models:
+        steps = args.steps or DEFAULT_STEPS[name]
+        results[name] = benchmark_model(name, steps, args.repeats, use_torch)
+        print(f"{name}: " + ", ".join(f"{k}={v:.4g}" for k, v in results[name].items() if v))
+
+    headers = ["model", "block", *(f"{LABELS[m]} steps/s" for m in METHODS)]
+    headers += ["ours/scan", "ours/nnx.jit", "ours/torch"]
+    rows = [
+        [name, r["steps_per_block"]]
+        + [r[f"{m}_steps_per_s"] for m in METHODS]
+        + [r[f"ours_over_{m}"] for m in ("scan_reference", "nnx_jit_loop", "torch_eager")]
+        for name, r in results.items()
+    ]
+    settings = {
+        "repeats": args.repeats,
+        "batch_size": common.PAPER_BATCH_SIZE,
+        "jax_backend": jax.default_backend(),
+        "jax_version": jax.__version__,
+        "torch_threads": None,
+    }
+    if use_torch:
+        import torch
+
+        settings["torch_version"] = torch.__version__
+        settings["torch_threads"] = torch.get_num_threads()
+        settings["torch_threads_default"] = args.torch_threads == 0
+    print()
+    print(format_settings(settings))
+    print(common.format_table(headers, rows))
+
+    failures, misses = check(results)
+    for line in misses:
+        print(f"aim missed: {line}")
+    for line in failures:
+        print(f"FAILED: {line}")
+    if args.out:
+        mlp = results.get("mlp", {})
+        payload = {
+            "ours_steps_per_s": mlp.get("ours_steps_per_s"),
+            "nnx_jit_loop_steps_per_s": mlp.get("nnx_jit_loop_steps_per_s"),
+            "scan_reference_steps_per_s": mlp.get("scan_reference_steps_per_s"),
+            "torch_eager_steps_per_s": mlp.get("torch_eager_steps_per_s"),
+            "models": results,
+            "settings": settings,
+        }
+        common.write_json(args.out, payload)
+        print(f"wrote {args.out}")
+    return 1 if failures and args.check else 0
+
+
+def format_settings(settings: dict) -> str:
+    """One line describing how the numbers were measured."""
+    threads = settings["torch_threads"]
+    if threads:
+        how = "torch's default" if settings["torch_threads_default"] else "--torch_threads"
+        torch_note = f", torch on {threads} threads ({how})"
+    else:
+        torch_note = ", torch not timed"
+    return (
+        f"{settings['jax_backend']} backend, batch {settings['batch_size']}, best of "
+        f"{settings['repeats']} alternating blocks of `block` steps{torch_note}"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Model zoo: NNX modules built as `Class(input_shape, num_outputs, *, rngs, **kwargs)`.
+
+Every model maps float32 input (batch, *input_shape) to logits (batch, num_outputs); input_shape
+excludes the batch dim: images (H, W, C), sequences (T, F), tabular (D,).
+"""
+
+import importlib
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+from flax import nnx
+
+from models import _checks
+from models.lenet import LeNet
+from models.lstm import LSTM
+from models.mlp import MLP
+from models.tcn import TCN
+from workflow.errors import UsageError
+
+__all__ = [
+    "MODELS",
+    "LSTM",
+    "MLP",
+    "TCN",
+    "LeNet",
+    "build_model",
+    "count_params",
+    "default_model_for_kind",
+    "get_model_class",
+    "register_model",
+]
+
+MODELS: dict[str, type] = {}
+
+DEFAULT_MODEL_FOR_KIND: dict[str, str] = {"image": "lenet", "sequence": "lstm", "tabular": "mlp"}
+
+# Constructor arguments every model takes positionally or from build_model itself.
+_CORE_ARGS = ("self", "input_shape", "num_outputs", "rngs")
+
+
+def register_model(name: str) -> Callable[[type], type]:
+    """Class decorator adding an nnx.Module subclass to MODELS under `name`."""
+
+    def decorator(cls: type) -> type:
+        if not (isinstance(cls, type) and issubclass(cls, nnx.Module)):
+            raise TypeError(f"register_model({name!r}) expects an nnx.Module subclass, got {cls!r}")
+        if name in MODELS and MODELS[name] is not cls:
+            raise ValueError(f"model name {name!r} is already registered to {MODELS[name]!r}")
+        MODELS[name] = cls
+        return cls
+
+    return decorator
+
+
+for _name, _cls in (("mlp", MLP), ("lenet", LeNet), ("lstm", LSTM), ("tcn", TCN)):
+    register_model(_name)(_cls)
+
+
+def _valid_names() -> str:
+    return f"{', '.join(sorted(MODELS))} or an import path 'pkg.module:ClassName'"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def get_model_class(name: str) -> type:
+    """Resolve a registered short name or an import path 'pkg.module:ClassName' to a class."""
+    if not isinstance(name, str):
+        raise UsageError(f"model={name!r} is invalid; expected {_valid_names()}")
+    if name in MODELS:
+        return MODELS[name]
+    if name.strip().lower() in MODELS:
+        return MODELS[name.strip().lower()]
+    module_path, sep, attr = name.partition(":")
+    if not sep or not module_path or not attr:
+        raise UsageError(f"unknown model {name!r}; expected {_valid_names()}")
+    try:
+        obj: Any = importlib.import_module(module_path)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except Exception as e:  # any import-time failure is the user's path being wrong
+        raise UsageError(
+            f"model {name!r} could not be loaded ({_one_line(e)}); expected {_valid_names()}"
+        ) from e
+    if not (isinstance(obj, type) and issubclass(obj, nnx.Module)):
+        raise UsageError(
+            f"model {name!r} is {obj!r}, not an nnx.Module subclass; expected {_valid_names()}"
+        )
+    return obj
+
+
+def _accepted_kwargs(cls: type) -> tuple[list[str], bool]:
+    """Keyword options of cls.__init__ (core args excluded) and whether it takes **kwargs."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    names = [
+        p.name
+        for p in params
+        if p.name not in _CORE_ARGS and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    return names, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def build_model(
+    name: str | type,
+    input_shape: Sequence[int],
+    num_outputs: int,
+    *,
+    rngs: nnx.Rngs,
+    **kwargs: Any,
+) -> nnx.Module:
+    """Build model `name` (short name, import path or class); bad options raise UsageError."""
+    cls = name if isinstance(name, type) else get_model_class(name)
+    label = name if isinstance(name, str) else cls.__name__
+    accepted, takes_any = _accepted_kwargs(cls)
+    unknown = sorted(k for k in kwargs if k not in accepted)
+    if unknown and not takes_any:
+        raise UsageError(
+            f"unknown option(s) {', '.join(unknown)} for model {label!r}; "
+            f"accepted: {', '.join(accepted) or '(none)'}"
+        )
+    shape = _checks.input_shape(input_shape, label, None, "a tuple")
+    num_outputs = _checks.positive_int(num_outputs, "num_outputs")
+    try:
+        return cls(shape, num_outputs, rngs=rngs, **kwargs)
+    except UsageError:
+        raise
+    except (TypeError, ValueError) as e:
+        # A wrongly typed option usually surfaces as one of these deep inside a layer.
+        options = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "default options"
+        raise UsageError(
+            f"cannot build model {label!r} for input_shape={shape} with {options} ({_one_line(e)})"
+        ) from e
+
+
+def default_model_for_kind(kind: str) -> str:
+    """Registered model name to start with for a data kind: image, sequence or tabular."""
+    if kind not in DEFAULT_MODEL_FOR_KIND:
+        raise UsageError(
+            f"unknown data kind {kind!r}; expected one of: {', '.join(DEFAULT_MODEL_FOR_KIND)}"
+        )
+    return DEFAULT_MODEL_FOR_KIND[kind]
+
+
+def count_params(model: nnx.Module) -> int:
+    """Total number of scalar entries in the model's nnx.Param variables."""
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -1,0 +1,56 @@
+"""Validation helpers shared by the models: bad arguments become one-line UsageErrors."""
+
+from collections.abc import Sequence
+
+from workflow.errors import UsageError
+
+
+def positive_int(value: object, what: str) -> int:
+    """Return `value` as an int if it is a positive integer, else raise UsageError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError(f"{what}={value!r} is invalid; expected a positive integer")
+    return value
+
+
+def int_tuple(value: object, what: str, *, allow_empty: bool = True) -> tuple[int, ...]:
+    """Return a tuple of positive ints from an int or a sequence of ints, else raise UsageError."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value,)
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise UsageError(f"{what}={value!r} is invalid; expected a sequence of positive integers")
+    if not value and not allow_empty:
+        raise UsageError(f"{what}={value!r} is invalid; expected at least one positive integer")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UsageError(
+                f"{what}={tuple(value)!r} is invalid; expected a sequence of positive integers"
+            )
+    return tuple(value)
+
+
+def input_shape(value: object, model: str, ndim: int | None, layout: str) -> tuple[int, ...]:
+    """Check an input_shape (batch dim excluded) has `ndim` positive dims; `layout` names them."""
+    try:
+        shape = int_tuple(value, "input_shape", allow_empty=False)
+    except UsageError:
+        shape = None
+    if shape is None or (ndim is not None and len(shape) != ndim):
+        raise UsageError(
+            f"input_shape={value!r} is invalid for model {model!r}; "
+            f"expected {layout} of positive integers (batch dim excluded)"
+        )
+    return shape
+
+
+def dropout_rate(value: object) -> float:
+    """Return a dropout rate in [0, 1), else raise UsageError."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
+        raise UsageError(f"dropout_rate={value!r} is invalid; expected a float in [0, 1)")
+    return float(value)
+
+
+def choice(value: object, what: str, valid: Sequence[str]) -> str:
+    """Return `value` if it is one of `valid`, else raise UsageError listing them."""
+    if not isinstance(value, str) or value not in valid:
+        raise UsageError(f"{what}={value!r} is invalid; expected one of: {', '.join(valid)}")
+    return value

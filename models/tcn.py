@@ -1,0 +1,73 @@
+"""Temporal CNN for (T, F) sequences; defaults reproduce the MNIST-1D paper's CNN on T=40."""
+
+from collections.abc import Sequence
+
+import jax
+from flax import nnx
+
+from models import _checks
+from models.layers import Conv1D, conv_output_length, resolve_conv_impl
+from workflow.errors import UsageError
+
+
+class TCN(nnx.Module):
+    """(Conv1D → relu) per layer → flatten → Dense to logits."""
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_outputs: int,
+        *,
+        rngs: nnx.Rngs,
+        channels: Sequence[int] = (25, 25, 25),
+        kernel_sizes: Sequence[int] = (5, 3, 3),
+        strides: Sequence[int] = (2, 2, 2),
+        padding: int = 1,
+        conv_impl: str = "auto",
+    ) -> None:
+        length, features = _checks.input_shape(input_shape, "tcn", 2, "(T, F)")
+        num_outputs = _checks.positive_int(num_outputs, "num_outputs")
+        self.channels = _checks.int_tuple(channels, "channels", allow_empty=False)
+        self.kernel_sizes = _checks.int_tuple(kernel_sizes, "kernel_sizes", allow_empty=False)
+        self.strides = _checks.int_tuple(strides, "strides", allow_empty=False)
+        if not len(self.channels) == len(self.kernel_sizes) == len(self.strides):
+            raise UsageError(
+                f"channels={self.channels}, kernel_sizes={self.kernel_sizes} and "
+                f"strides={self.strides} are invalid; they must have the same length"
+            )
+        if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+            raise UsageError(f"padding={padding!r} is invalid; expected an integer >= 0")
+        self.padding = padding
+        # Resolved here ("auto" → backend choice) so equal models have equal graphdefs.
+        self.conv_impl = resolve_conv_impl(conv_impl)
+        convs, lengths = [], [length]
+        for cout, k, s in zip(self.channels, self.kernel_sizes, self.strides, strict=True):
+            out_len = conv_output_length(lengths[-1], k, s, (padding, padding))
+            if out_len < 1:
+                raise UsageError(
+                    f"input_shape={tuple(input_shape)} is too short for kernel_sizes="
+                    f"{self.kernel_sizes}, strides={self.strides}, padding={padding}; "
+                    f"lengths would be {tuple(lengths)} then {out_len}"
+                )
+            convs.append(
+                Conv1D(
+                    features,
+                    cout,
+                    k,
+                    stride=s,
+                    padding=padding,
+                    conv_impl=self.conv_impl,
+                    rngs=rngs,
+                )
+            )
+            lengths.append(out_len)
+            features = cout
+        self.lengths = tuple(lengths)
+        self.convs = nnx.List(convs)
+        self.out = nnx.Linear(lengths[-1] * features, num_outputs, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Map (batch, T, F) to logits (batch, num_outputs)."""
+        for conv in self.convs:
+            x = jax.nn.relu(conv(x))
+        return self.out(x.reshape(x.shape[0], -1))

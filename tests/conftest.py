@@ -1,0 +1,58 @@
+"""Shared fixtures: one data cache per test session, small configs, the stage CLI."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_cache(tmp_path_factory):
+    """Generated datasets (MNIST-1D) are cached once per session, outside the user's cache."""
+    path = os.environ.get("DNN_TROUBLESHOOTING_CACHE") or str(tmp_path_factory.mktemp("cache"))
+    os.environ["DNN_TROUBLESHOOTING_CACHE"] = path
+    return path
+
+
+def run_stage(stage: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `python -m workflow.<stage> args...` from the repo root, as a user would."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run(
+        [sys.executable, "-m", f"workflow.{stage}", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def load_config(path: str, arg: str | None = None):
+    """get_config(arg) of a configs/*.py file, as --config=path:arg would give it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("config_under_test", os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def small_config(kind: str = "tabular", model: str = "", **overrides):
+    """A fast synthetic config: few examples, few steps, no progress bar."""
+    config = load_config("configs/synthetic.py", f"{kind},{model}" if model else kind)
+    config.dataset.kwargs.num_train = 600
+    config.dataset.kwargs.num_test = 200
+    config.num_steps = 60
+    config.batch_size = 32
+    config.steps_per_call = 20
+    config.log_every = 10
+    config.eval_every = 20
+    config.checkpoint_every = 20
+    config.eval_batch_size = 256
+    config.optimizer.learning_rate = 3e-3  # few steps: learn fast enough to assert on
+    config.progress = False
+    config.update_from_flattened_dict(overrides) if overrides else None
+    return config

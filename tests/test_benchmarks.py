@@ -1,0 +1,96 @@
+"""Smoke tests of the benchmark scripts at tiny sizes: they run end to end and write their JSON."""
+
+import json
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _repo_on_path(monkeypatch):
+    # benchmarks/ is run from the repository root (python -m benchmarks....), not installed.
+    monkeypatch.syspath_prepend(str(ROOT))
+
+
+def _torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_reproduce_mnist1d_writes_json(tmp_path):
+    from benchmarks import reproduce_mnist1d
+
+    out = tmp_path / "reproduce.json"
+    code = reproduce_mnist1d.main(["--steps=20", "--models=mlp", "--no-check", f"--out={out}"])
+    assert code == 0
+    results = json.loads(out.read_text())
+    assert list(results) == ["mlp"]
+    assert 0.0 <= results["mlp"]["test_accuracy"] <= 1.0
+    assert results["mlp"]["wall_seconds"] > 0
+    assert results["mlp"]["train_size"] == 4000  # the paper's split: all 4,000 train examples
+    assert results["mlp"]["test_size"] == 1000
+
+
+def test_reproduce_mnist1d_check_names_failed_models():
+    from benchmarks import reproduce_mnist1d
+
+    results = {
+        "mlp": {"status": "ok", "test_accuracy": 0.70},
+        "cnn": {"status": "ok", "test_accuracy": 0.50},
+        "lstm": {"status": "diverged", "test_accuracy": 0.10},
+    }
+    lines = reproduce_mnist1d.failures(results)
+    assert [line.split(":")[0] for line in lines] == ["cnn", "lstm"]
+
+
+def test_train_throughput_writes_json(tmp_path):
+    from benchmarks import train_throughput
+
+    out = tmp_path / "throughput.json"
+    argv = ["--steps=20", "--repeats=1", "--models=mlp", "--no-check", f"--out={out}"]
+    assert train_throughput.main(argv) == 0
+    results = json.loads(out.read_text())
+    for key in ("ours_steps_per_s", "nnx_jit_loop_steps_per_s", "scan_reference_steps_per_s"):
+        assert results[key] > 0
+    mlp = results["models"]["mlp"]
+    for method in ("ours", "nnx_jit_loop", "scan_reference"):
+        assert mlp[f"{method}_steps_per_s"] > 0
+    assert mlp["ours_over_scan_reference"] == pytest.approx(
+        mlp["ours_steps_per_s"] / mlp["scan_reference_steps_per_s"]
+    )
+    if _torch_available():
+        assert mlp["torch_eager_steps_per_s"] > 0
+        assert mlp["ours_over_torch_eager"] > 0
+    else:
+        assert mlp["torch_eager_steps_per_s"] is None
+        assert mlp["ours_over_torch_eager"] is None
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "lstm"])
+def test_torch_models_match_ours(name):
+    torch = pytest.importorskip("torch")
+    import models
+    from benchmarks import common, train_throughput
+    from workflow import experiment
+
+    setup = experiment.prepare(common.paper_config(name, steps=20))
+    model, x = train_throughput.torch_model(setup)
+    assert model(x[:2]).shape == (2, setup.dataset.num_classes)
+    # Same architecture, same parameter count; torch's LSTM has a second bias vector.
+    extra = 4 * setup.model.hidden_size if name == "lstm" else 0
+    num_params = sum(p.numel() for p in model.parameters())
+    assert num_params == models.count_params(setup.model) + extra
+    assert isinstance(x, torch.Tensor)
+
+
+def test_parse_models_rejects_unknown_names():
+    from benchmarks import common
+
+    assert common.parse_models("mlp, lstm") == ["mlp", "lstm"]
+    with pytest.raises(ValueError, match="gru"):
+        common.parse_models("mlp,gru")

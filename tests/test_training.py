@@ -1,0 +1,144 @@
+"""The trainer: determinism, resume, divergence, checkpoints, chunking."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from tests.conftest import small_config
+from workflow import checkpoints, experiment, training
+
+
+def run(config, workdir):
+    """prepare + train_and_report, as a stage does."""
+    return experiment.train_and_report(experiment.prepare(config), str(workdir), "test", None)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """One uninterrupted 60-step run, shared by the tests that compare against it."""
+    workdir = tmp_path_factory.mktemp("reference")
+    return workdir, run(small_config(), workdir)
+
+
+def test_run_directory_contract(reference_run):
+    workdir, summary = reference_run
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "summary.json",
+        "report.md",
+        "normalization.json",
+        "plots/learning_curves.png",
+    ):
+        assert os.path.exists(workdir / name), name
+    assert os.listdir(workdir / "tensorboard"), "no TensorBoard event file"
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["20", "40", "60"]
+    on_disk = json.loads((workdir / "summary.json").read_text())
+    assert set(on_disk) >= {"stage", "status", "config", "metrics", "findings", "next"}
+    assert on_disk["status"] == "ok" and on_disk["findings"] == []
+    for key in (
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "test_loss",
+        "test_accuracy",
+        "num_params",
+        "steps",
+        "wall_seconds",
+    ):
+        assert key in on_disk["metrics"], key
+    assert on_disk["metrics"]["steps"] == 60
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in records if "train_loss" in r]
+    assert train_steps == list(range(10, 61, 10))
+    assert [r["step"] for r in records if "val_loss" in r] == [20, 40, 60]
+    assert "![learning curves](plots/learning_curves.png)" in (workdir / "report.md").read_text()
+
+
+def test_learns_the_synthetic_task(reference_run):
+    _, summary = reference_run
+    # 10 balanced classes: chance is 0.1; 60 Adam steps on well separated Gaussians learn a lot.
+    assert summary["metrics"]["test_accuracy"] > 0.5
+    assert summary["metrics"]["train_loss"] < np.log(10)
+
+
+def test_same_seed_same_numbers(reference_run, tmp_path):
+    _, summary = reference_run
+    again = run(small_config(), tmp_path / "again")
+    for key in ("train_loss", "val_loss", "test_loss", "test_accuracy"):
+        assert again["metrics"][key] == summary["metrics"][key], key
+
+
+def test_other_seed_other_numbers(reference_run, tmp_path):
+    _, summary = reference_run
+    other = run(small_config(seed=1), tmp_path / "other")
+    assert other["metrics"]["train_loss"] != summary["metrics"]["train_loss"]
+
+
+def test_resume_after_interruption_gives_the_uninterrupted_numbers(reference_run, tmp_path):
+    workdir, summary = reference_run
+    interrupted = tmp_path / "resumed"
+    run(small_config(num_steps=40), interrupted)  # as if killed after the step-40 checkpoint
+    resumed = run(small_config(), interrupted)
+    assert resumed["metrics"]["steps"] == 60
+    for key in ("train_loss", "val_loss", "test_loss", "test_accuracy"):
+        assert resumed["metrics"][key] == summary["metrics"][key], key
+    steps = [json.loads(line)["step"] for line in (interrupted / "metrics.jsonl").open()]
+    reference = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").open()]
+    assert steps == reference, "metrics.jsonl must hold each logged step exactly once"
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = small_config(num_steps=400, loss="tests.broken:log_of_margin_loss")
+    config.optimizer.learning_rate = 3e-4  # slow enough to pass a checkpoint before the NaN
+    summary = run(config, tmp_path)
+    assert summary["status"] == "diverged"
+    [finding] = summary["findings"]
+    assert finding["id"] == "nan_or_inf" and finding["severity"] == "error"
+    step = finding["evidence"]["step"]
+    assert 0 < step < 400
+    kept = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints"))
+    assert kept and kept[-1] < step
+    assert finding["evidence"]["last_good_checkpoint"] == kept[-1]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    assert all(np.isfinite(r["train_loss"]) for r in records if "train_loss" in r)
+    assert records[-1]["step"] < step
+
+
+def test_checkpoint_round_trip_keeps_rng_and_batch_stats():
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.dense = nnx.Linear(3, 4, rngs=rngs)
+            self.norm = nnx.BatchNorm(4, rngs=rngs)
+            self.drop = nnx.Dropout(0.5, rngs=rngs)
+
+        def __call__(self, x):
+            return self.drop(self.norm(self.dense(x)))
+
+    config = small_config()
+    task, state = training.create_train_state(Net(nnx.Rngs(0, dropout=1)), config)
+    flat = checkpoints.to_flat(state)
+    assert all(not jax.dtypes.issubdtype(v.dtype, jax.dtypes.prng_key) for v in flat.values())
+    back = checkpoints.from_flat(flat, state)
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(back), strict=True):
+        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        np.testing.assert_array_equal(a, b)
+
+
+def test_schedule_chunks_end_on_eval_and_checkpoint_steps():
+    assert training.schedule_chunks(0, 250, 100, (100, 0)) == [100, 100, 50]
+    assert training.schedule_chunks(30, 100, 100, (50, 40)) == [10, 10, 30, 20]
+    assert training.schedule_chunks(100, 100, 100, (50,)) == []
+
+
+def test_window_records_average_each_log_window():
+    metrics = {"loss": np.arange(10, dtype=float)}
+    records = training.window_records(20, metrics, log_every=5, rate=1.0)
+    assert [r["step"] for r in records] == [25, 30]
+    assert [r["train_loss"] for r in records] == [2.0, 7.0]

@@ -1,0 +1,1 @@
+"""The troubleshooting workflow's stage scripts and the library they share."""

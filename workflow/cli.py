@@ -1,0 +1,93 @@
+"""What every stage script shares: the --config/--workdir flags and the exit-code contract."""
+
+import os
+import re
+import sys
+from collections.abc import Callable
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from workflow.errors import UsageError
+
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def define_flags(stage: str) -> None:
+    """--config (a configs/*.py file, overridable key by key) and --workdir."""
+    check_config_path(sys.argv[1:])
+    try:
+        # config_flags applies --config.* overrides from sys.argv already here, at definition.
+        config_flags.DEFINE_config_file(
+            "config",
+            os.path.join(CONFIGS_DIR, "mnist1d.py"),
+            "Problem config: configs/<problem>.py[:arg]; override keys as --config.a.b=value.",
+            lock_config=True,
+        )
+    except (KeyError, AttributeError) as e:
+        key = str(e).strip("\"'")
+        given = [a for a in sys.argv[1:] if a.startswith("--config.") and key in a]
+        fail(
+            f"unknown config key {key!r} in {given[0] if given else 'an override'}; "
+            "valid keys are those of the config (see config.json of any run)"
+        )
+    except Exception as e:  # noqa: BLE001 - any failure to build the config is bad input
+        fail(flag_error_line(f"{type(e).__name__}: {e}"))
+    flags.DEFINE_string("workdir", os.path.join("runs", stage), "Run directory to write.")
+
+
+def check_config_path(argv: list[str]) -> None:
+    """A --config file that does not exist: name it and list the configs that do."""
+    for arg in argv:
+        if arg.startswith("--config="):
+            path = arg.split("=", 1)[1].split(":", 1)[0]
+            if not os.path.isfile(path):
+                available = sorted(f for f in os.listdir(CONFIGS_DIR) if f.endswith(".py"))
+                fail(
+                    f"config file {path!r} does not exist; available in {CONFIGS_DIR}: "
+                    f"{', '.join(available)}"
+                )
+
+
+def fail(message: str) -> None:
+    """Exit 2 with one line on stderr naming the bad value and what is valid."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+def flag_error_line(message: str) -> str:
+    """One line from a flag error; config_flags embeds the config file's traceback in it."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if not any(line.startswith("Traceback") for line in lines):
+        return lines[0] if lines else "invalid flags"
+    # The last line of an embedded traceback is "module.ExceptionType: message".
+    last = lines[-1]
+    return re.sub(r"^[\w.]*UsageError: ", "", last)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing, with bad flags and bad configs turned into exit code 2."""
+    try:
+        return flags.FLAGS(argv)
+    except UsageError as e:
+        fail(str(e))
+    except flags.Error as e:
+        fail(flag_error_line(str(e)))
+    except Exception as e:  # noqa: BLE001 - a config file that fails to load is bad input too
+        fail(f"cannot load the config: {type(e).__name__}: {' '.join(str(e).split())}")
+
+
+def run(main: Callable[[list[str]], int]) -> None:
+    """Run a stage's main; UsageError anywhere becomes exit 2, and main's int is the exit code."""
+
+    def guarded(argv: list[str]) -> None:
+        logging.set_verbosity(logging.WARNING)
+        try:
+            code = main(argv)
+        except UsageError as e:
+            fail(str(e))
+        sys.exit(code or EXIT_OK)
+
+    app.run(guarded, flags_parser=parse_flags)

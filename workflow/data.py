@@ -1,0 +1,722 @@
+"""Datasets for the workflow: loading, validation, splits, normalization and batch order.
+
+Input conventions: images (N, H, W, C), sequences (N, T, F), tabular (N, D); x is float32 and y
+int32 class indices. ``load_dataset`` runs: raw load -> validate -> carve val -> subset train ->
+normalize all splits with train statistics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import importlib
+import inspect
+import json
+import numbers
+import os
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from workflow.errors import UsageError
+from workflow.synthetic import make_synthetic, rng_for
+
+KINDS = ("image", "sequence", "tabular")
+_EXPECTED_SHAPE = {"image": "(N, H, W, C)", "sequence": "(N, T, F)", "tabular": "(N, D)"}
+_NDIM = {"image": 4, "sequence": 3, "tabular": 2}
+_VALID_NAMES = "mnist1d, digits, synthetic, tfds:<name>, module:function"
+CACHE_ENV = "DNN_TROUBLESHOOTING_CACHE"
+STD_FLOOR = 1e-8
+# Fixed so the digits test split never changes with the run seed.
+_DIGITS_SPLIT_SEED = 0
+_DIGITS_TEST_FRACTION = 0.2
+
+
+@dataclasses.dataclass(eq=False)
+class Dataset:
+    """A classification dataset split into train/val/test numpy arrays."""
+
+    name: str
+    kind: str
+    num_classes: int
+    x_train: np.ndarray = dataclasses.field(repr=False)
+    y_train: np.ndarray = dataclasses.field(repr=False)
+    x_val: np.ndarray = dataclasses.field(repr=False)
+    y_val: np.ndarray = dataclasses.field(repr=False)
+    x_test: np.ndarray = dataclasses.field(repr=False)
+    y_test: np.ndarray = dataclasses.field(repr=False)
+    irreducible_error: float | None = None
+    normalization: dict | None = None
+    info: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one example, without the batch axis."""
+        return tuple(self.x_train.shape[1:])
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """The (x, y) arrays of split 'train', 'val' or 'test'."""
+        if name not in ("train", "val", "test"):
+            raise UsageError(f"split {name!r} is unknown; valid: train, val, test")
+        return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-friendly description for reports: sizes, shapes and class counts per split."""
+        splits = {}
+        for split in ("train", "val", "test"):
+            x, y = self.split(split)
+            counts = np.bincount(y, minlength=self.num_classes) if y.size else []
+            splits[split] = {
+                "size": int(x.shape[0]),
+                "x_shape": list(x.shape),
+                "class_counts": [int(c) for c in counts],
+            }
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "num_classes": int(self.num_classes),
+            "input_shape": list(self.input_shape),
+            "splits": splits,
+            "irreducible_error": self.irreducible_error,
+            "normalized": self.normalization is not None,
+        }
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """A dataset ConfigDict with every field ``load_dataset`` reads (defaults filled in)."""
+    cfg = ml_collections.ConfigDict()
+    cfg.name = "mnist1d"
+    cfg.train_size = ml_collections.config_dict.placeholder(int)
+    cfg.val_fraction = 0.1
+    cfg.normalize = True
+    cfg.kwargs = ml_collections.ConfigDict()
+    cfg.data_dir = ml_collections.config_dict.placeholder(str)
+    return cfg
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_dataset(cfg: ml_collections.ConfigDict, *, seed: int) -> Dataset:
+    """Load, validate, split and normalize the dataset that ``cfg`` names."""
+    name = _get(cfg, "name", None)
+    if not isinstance(name, str) or not name:
+        raise UsageError(f"dataset name={name!r} is invalid; valid: {_VALID_NAMES}")
+    val_fraction = _get(cfg, "val_fraction", 0.1)
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float):
+        raise UsageError(f"val_fraction={val_fraction!r} must be a number in (0, 1)")
+    if not 0.0 < val_fraction < 1.0:
+        raise UsageError(f"val_fraction={val_fraction} must be in (0, 1)")
+    train_size = _get(cfg, "train_size", None)
+    if train_size is not None and (
+        isinstance(train_size, bool)
+        or not isinstance(train_size, int | np.integer)
+        or train_size < 1
+    ):
+        raise UsageError(f"train_size={train_size!r} must be a positive integer or None")
+    kwargs = _get(cfg, "kwargs", None)
+    kwargs = {} if kwargs is None else _to_dict(kwargs)
+    data_dir = _get(cfg, "data_dir", None)
+
+    raw = _load_raw(name, kwargs, seed=seed, data_dir=data_dir)
+    raw = _validate(raw, name)
+    info = {**raw.get("info", {})}
+    info.setdefault("source", name)
+    info["raw_sizes"] = {
+        s: int(raw[f"y_{s}"].shape[0]) for s in ("train", "val", "test") if f"y_{s}" in raw
+    }
+
+    x_train, y_train = raw["x_train"], raw["y_train"]
+    if "x_val" in raw:
+        x_val, y_val = raw["x_val"], raw["y_val"]
+        info["val_source"] = "dataset's own validation split"
+    else:
+        n_val = int(round(val_fraction * len(y_train)))
+        if not 1 <= n_val < len(y_train):
+            raise UsageError(
+                f"val_fraction={val_fraction} leaves {n_val} val and {len(y_train) - n_val} "
+                f"train examples of {len(y_train)} in {name}; pick a fraction that keeps both >= 1"
+            )
+        order = _stratified_order(y_train, rng_for(seed, 101))
+        val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+        x_val, y_val = x_train[val_idx], y_train[val_idx]
+        x_train, y_train = x_train[train_idx], y_train[train_idx]
+        info["val_source"] = f"carved from train (val_fraction={val_fraction}, seed={seed})"
+
+    if train_size is not None:
+        if train_size > len(y_train):
+            raise UsageError(
+                f"train_size={train_size} exceeds the {len(y_train)} training examples of "
+                f"{name} (after carving val); use train_size <= {len(y_train)} or None"
+            )
+        # Prefixes of one stratified order: a smaller train_size is a subset of a larger one.
+        keep = np.sort(_stratified_order(y_train, rng_for(seed, 102))[:train_size])
+        x_train, y_train = x_train[keep], y_train[keep]
+    info["train_size"] = train_size
+
+    normalization = None
+    if _get(cfg, "normalize", False):
+        normalization = compute_normalization(x_train)
+        x_train, x_val, x_test = (
+            apply_normalization(x, normalization) for x in (x_train, x_val, raw["x_test"])
+        )
+    else:
+        x_test = raw["x_test"]
+    info["sizes"] = {"train": len(y_train), "val": len(y_val), "test": len(raw["y_test"])}
+
+    return Dataset(
+        name=name,
+        kind=raw["kind"],
+        num_classes=raw["num_classes"],
+        x_train=x_train,
+        y_train=y_train,
+        x_val=x_val,
+        y_val=y_val,
+        x_test=x_test,
+        y_test=raw["y_test"],
+        irreducible_error=raw.get("irreducible_error"),
+        normalization=normalization,
+        info=info,
+    )
+
+
+def _get(cfg: Any, key: str, default: Any) -> Any:
+    if isinstance(cfg, Mapping) or hasattr(cfg, "get"):
+        return cfg.get(key, default)
+    return getattr(cfg, key, default)
+
+
+def _to_dict(value: Any) -> dict[str, Any]:
+    if isinstance(value, ml_collections.ConfigDict):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise UsageError(f"dataset kwargs={value!r} must be a mapping of loader options")
+
+
+def _load_raw(name: str, kwargs: dict[str, Any], *, seed: int, data_dir: str | None) -> dict:
+    if name == "mnist1d":
+        return _load_mnist1d(kwargs)
+    if name == "digits":
+        _reject_kwargs(name, kwargs)
+        return _load_digits()
+    if name == "synthetic":
+        return make_synthetic(kwargs, seed=seed)
+    if name.startswith("tfds:"):
+        return _load_tfds(name[len("tfds:") :], kwargs, data_dir)
+    if ":" in name:
+        return _load_custom(name, kwargs)
+    raise UsageError(f"dataset name={name!r} is unknown; valid: {_VALID_NAMES}")
+
+
+def _reject_kwargs(name: str, kwargs: dict[str, Any]) -> None:
+    if kwargs:
+        raise UsageError(f"dataset {name} takes no kwargs, got {', '.join(sorted(kwargs))}")
+
+
+# ----------------------------------------------------------------------------- mnist1d
+
+
+def cache_dir() -> Path:
+    """Where generated arrays are cached: $DNN_TROUBLESHOOTING_CACHE or ~/.cache/..."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env) if env else Path.home() / ".cache" / "dnn-troubleshooting"
+
+
+def _mnist1d_args(kwargs: dict[str, Any]) -> dict[str, Any]:
+    from mnist1d.data import get_dataset_args
+
+    defaults = get_dataset_args(as_dict=True)
+    defaults.pop("url", None)  # only used by the download path, which we never take
+    unknown = sorted(set(kwargs) - set(defaults))
+    if unknown:
+        raise UsageError(
+            f"unknown mnist1d option(s) {', '.join(unknown)}; valid: {', '.join(sorted(defaults))}"
+        )
+    args = dict(defaults)
+    for key, value in kwargs.items():
+        default = defaults[key]
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        else:  # list such as padding=[36, 60]
+            ok = isinstance(value, list | tuple) and len(value) == len(default)
+            value = list(value) if ok else value
+        if not ok:
+            raise UsageError(
+                f"mnist1d option {key}={value!r} has the wrong type; expected something like "
+                f"{default!r}"
+            )
+        args[key] = value
+    if args["num_samples"] < 20:
+        raise UsageError(f"mnist1d num_samples={args['num_samples']} must be >= 20")
+    if not 0.0 < args["train_split"] < 1.0:
+        raise UsageError(f"mnist1d train_split={args['train_split']} must be in (0, 1)")
+    return args
+
+
+def _load_mnist1d(kwargs: dict[str, Any]) -> dict[str, Any]:
+    args = _mnist1d_args(kwargs)
+    version = metadata.version("mnist1d")
+    key_src = json.dumps({**args, "mnist1d_version": version}, sort_keys=True)
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
+    path = cache_dir() / f"mnist1d-{key}.npz"
+    arrays = _read_cache(path)
+    cached = arrays is not None
+    if arrays is None:
+        arrays = _generate_mnist1d(args)
+        _write_cache(path, arrays, key_src)
+    return {
+        "x_train": arrays["x_train"][..., None],
+        "y_train": arrays["y_train"],
+        "x_test": arrays["x_test"][..., None],
+        "y_test": arrays["y_test"],
+        "kind": "sequence",
+        "num_classes": 10,
+        "info": {
+            "source": f"mnist1d {version} generator (make_dataset, never downloaded)",
+            "generator_args": args,
+            "cache_file": str(path),
+            "from_cache": cached,
+            "note": "mnist1d standardizes x over all examples (train+test) before splitting",
+        },
+    }
+
+
+def _generate_mnist1d(args: dict[str, Any]) -> dict[str, np.ndarray]:
+    import random
+
+    from mnist1d.data import make_dataset
+    from mnist1d.utils import ObjectView
+
+    # make_dataset reseeds the global RNGs; restore them so loading has no side effects.
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        data = make_dataset(ObjectView(dict(args)))
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    return {
+        "x_train": np.asarray(data["x"], np.float32),
+        "y_train": np.asarray(data["y"], np.int32),
+        "x_test": np.asarray(data["x_test"], np.float32),
+        "y_test": np.asarray(data["y_test"], np.int32),
+    }
+
+
+def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None  # unreadable or partial: regenerate and overwrite
+
+
+def _write_cache(path: Path, arrays: dict[str, np.ndarray], key_src: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # tmp file + os.replace, so concurrent runs never read a half-written cache file.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays, args_json=np.array(key_src))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        # A read-only cache only costs regeneration time next run; say so rather than fail.
+        warnings.warn(f"could not write dataset cache {path}: {e}", stacklevel=3)
+
+
+# ----------------------------------------------------------------------------- digits
+
+
+def _load_digits() -> dict[str, Any]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.images / 16.0).astype(np.float32)[..., None]  # pixel values are 0..16
+    y = bunch.target.astype(np.int32)
+    n_test = int(round(_DIGITS_TEST_FRACTION * len(y)))
+    order = _stratified_order(y, rng_for(_DIGITS_SPLIT_SEED, 7))
+    test_idx, train_idx = np.sort(order[:n_test]), np.sort(order[n_test:])
+    return {
+        "x_train": x[train_idx],
+        "y_train": y[train_idx],
+        "x_test": x[test_idx],
+        "y_test": y[test_idx],
+        "kind": "image",
+        "num_classes": 10,
+        "info": {
+            "source": "sklearn.datasets.load_digits (pixels scaled from 0..16 to 0..1)",
+            "test_split": f"fixed stratified {_DIGITS_TEST_FRACTION:.0%} (seed "
+            f"{_DIGITS_SPLIT_SEED}, independent of the run seed)",
+        },
+    }
+
+
+# ----------------------------------------------------------------------------- tfds
+
+
+def _load_tfds(tfds_name: str, kwargs: dict[str, Any], data_dir: str | None) -> dict[str, Any]:
+    options = {
+        "image_key": "image",
+        "label_key": "label",
+        "train_split": "train",
+        "val_split": "validation",
+        "test_split": "test",
+    }
+    unknown = sorted(set(kwargs) - set(options))
+    if unknown:
+        raise UsageError(
+            f"unknown tfds option(s) {', '.join(unknown)}; valid: {', '.join(sorted(options))}"
+        )
+    options.update(kwargs)
+    if not tfds_name:
+        raise UsageError("dataset name 'tfds:' lacks the tfds name; e.g. tfds:mnist")
+
+    import tensorflow_datasets as tfds  # lazy: costs ~1 s, only tfds users pay it
+
+    try:
+        builder = tfds.builder(tfds_name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise UsageError(f"tfds dataset {tfds_name!r} does not exist in tfds catalog") from e
+
+    features = builder.info.features
+    for role in ("image_key", "label_key"):
+        if options[role] not in features:
+            raise UsageError(
+                f"tfds:{tfds_name} has no feature {role.split('_')[0]} "
+                f"{options[role]!r}; features: {', '.join(features.keys())} (set kwargs.{role})"
+            )
+    label_feature = features[options["label_key"]]
+    num_classes = getattr(label_feature, "num_classes", None)
+    if not num_classes:
+        raise UsageError(
+            f"tfds:{tfds_name} feature {options['label_key']!r} is not a ClassLabel with "
+            "num_classes; pick a classification label via kwargs.label_key"
+        )
+
+    # Splits are unknown until the dataset is prepared (and under tfds.testing.mock_data); then
+    # assume the usual train/test and no validation split.
+    known = set(builder.info.splits.keys())
+    wanted = {"train": options["train_split"], "test": options["test_split"]}
+    if options["val_split"] and options["val_split"] in known:
+        wanted["val"] = options["val_split"]
+    for role in ("train", "test"):
+        if known and wanted[role] not in known:
+            raise UsageError(
+                f"tfds:{tfds_name} has no split {wanted[role]!r}; splits: "
+                f"{', '.join(sorted(known))} (set kwargs.{role}_split)"
+            )
+
+    raw: dict[str, Any] = {}
+    for role, split in wanted.items():
+        source = _tfds_source(builder, tfds_name, split, data_dir)
+        x, y = _read_tfds_source(source, options["image_key"], options["label_key"])
+        raw[f"x_{role}"], raw[f"y_{role}"] = x, y
+    raw.update(
+        kind="image",
+        num_classes=int(num_classes),
+        info={
+            "source": f"tfds {builder.info.full_name} via tfds.data_source",
+            "splits_used": wanted,
+            "data_dir": str(builder.data_dir),
+        },
+    )
+    return raw
+
+
+def _tfds_source(builder: Any, tfds_name: str, split: str, data_dir: str | None) -> Any:
+    try:
+        return builder.as_data_source(split=split)
+    except Exception as e:
+        searched = data_dir or "the tfds default ($TFDS_DATA_DIR or ~/tensorflow_datasets)"
+        if not builder.is_prepared():
+            raise UsageError(
+                f"tfds dataset {tfds_name!r} is not available offline: not prepared in "
+                f"data_dir={searched} (looked for {builder.data_dir}); on a connected machine run "
+                f"`tfds build {tfds_name} --data_dir=DIR --file_format=array_record`, copy DIR "
+                f"here and pass --config.dataset.data_dir=DIR"
+            ) from e
+        if isinstance(e, NotImplementedError):
+            raise UsageError(
+                f"tfds dataset {tfds_name!r} in {builder.data_dir} is not in a random-access "
+                f"format; rebuild it with `tfds build {tfds_name} --data_dir=DIR "
+                f"--file_format=array_record`"
+            ) from e
+        raise
+
+
+def _read_tfds_source(source: Any, image_key: str, label_key: str) -> tuple[np.ndarray, ...]:
+    n = len(source)
+    # Per-item reads: ArrayRecord is random access, and batched __getitems__ is broken under
+    # tfds.testing.mock_data in tfds 4.9.10.
+    examples = [source[i] for i in range(n)]
+    if not examples:
+        return np.zeros((0,), np.float32), np.zeros((0,), np.int32)
+    shapes = {np.shape(ex[image_key]) for ex in examples}
+    if len(shapes) > 1:
+        raise UsageError(
+            f"tfds feature {image_key!r} has examples of {len(shapes)} different shapes (e.g. "
+            f"{', '.join(map(str, sorted(shapes)[:3]))}); only fixed-size images are supported"
+        )
+    images = np.stack([np.asarray(ex[image_key]) for ex in examples])
+    labels = np.asarray([ex[label_key] for ex in examples])
+    if images.dtype == np.uint8:
+        images = images.astype(np.float32) / 255.0
+    return images, labels
+
+
+# ----------------------------------------------------------------------------- custom loader
+
+
+def _load_custom(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    module_name, _, func_name = name.partition(":")
+    if not module_name or not func_name:
+        raise UsageError(f"dataset name={name!r} is unknown; valid: {_VALID_NAMES}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UsageError(
+            f"dataset loader {name!r}: cannot import module {module_name!r} ({e}); "
+            f"valid: {_VALID_NAMES}"
+        ) from e
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise UsageError(
+            f"dataset loader {name!r}: module {module_name!r} has no function {func_name!r}"
+        )
+    try:
+        inspect.signature(func).bind(**kwargs)
+    except TypeError as e:
+        raise UsageError(f"dataset loader {name!r} does not accept kwargs {kwargs}: {e}") from e
+    except ValueError:
+        pass  # no introspectable signature (some builtins): let the call itself decide
+    raw = func(**kwargs)
+    if not isinstance(raw, Mapping):
+        raise UsageError(
+            f"dataset loader {name!r} returned {type(raw).__name__}; it must return a dict "
+            "with x_train, y_train, x_test, y_test, kind, num_classes"
+        )
+    raw = dict(raw)
+    info = dict(raw.get("info") or {})
+    info.setdefault("source", f"custom loader {name}")
+    raw["info"] = info
+    return raw
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _validate(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    """Reject raw data that cannot be trained on; return it converted to float32/int32."""
+    required = ("x_train", "y_train", "x_test", "y_test", "kind", "num_classes")
+    missing = [k for k in required if k not in raw or raw[k] is None]
+    if missing:
+        raise UsageError(
+            f"dataset {name} lacks {', '.join(missing)}; required: {', '.join(required)}"
+        )
+    if (raw.get("x_val") is None) != (raw.get("y_val") is None):
+        raise UsageError(f"dataset {name} gives only one of x_val, y_val; give both or neither")
+
+    kind = raw["kind"]
+    if kind not in KINDS:
+        raise UsageError(f"dataset {name} kind={kind!r} is unknown; valid: {', '.join(KINDS)}")
+    c = raw["num_classes"]
+    if isinstance(c, bool) or not isinstance(c, int | np.integer) or c < 2:
+        raise UsageError(f"dataset {name} num_classes={c!r} must be an integer >= 2")
+    c = int(c)
+    irreducible = raw.get("irreducible_error")
+    if irreducible is not None:
+        if not isinstance(irreducible, numbers.Real) or not 0.0 <= irreducible <= 1.0:
+            raise UsageError(
+                f"dataset {name} irreducible_error={irreducible!r} must be in [0, 1] or None"
+            )
+        irreducible = float(irreducible)
+
+    splits = ["train", "val", "test"] if raw.get("x_val") is not None else ["train", "test"]
+    out = dict(raw, kind=kind, num_classes=c, irreducible_error=irreducible)
+    if "val" not in splits:  # explicit x_val=None means "no val split": carve one
+        out.pop("x_val", None)
+        out.pop("y_val", None)
+    feature_shape = None
+    for split in splits:
+        x = _as_inputs(raw[f"x_{split}"], name, split)
+        y = _as_labels(raw[f"y_{split}"], name, split)
+        if x.ndim != _NDIM[kind]:
+            raise UsageError(
+                f"dataset {name} x_{split} has shape {x.shape} but kind={kind!r} needs "
+                f"{_EXPECTED_SHAPE[kind]} ({_NDIM[kind]} dims)"
+            )
+        if x.shape[0] != y.shape[0]:
+            raise UsageError(
+                f"dataset {name} {split} split has {x.shape[0]} inputs but {y.shape[0]} labels"
+            )
+        if x.shape[0] == 0:
+            raise UsageError(f"dataset {name} {split} split is empty")
+        if feature_shape is None:
+            feature_shape = x.shape[1:]
+        elif x.shape[1:] != feature_shape:
+            raise UsageError(
+                f"dataset {name} x_{split} examples have shape {x.shape[1:]} but x_train "
+                f"examples have {feature_shape}"
+            )
+        bad = ~np.isfinite(x)
+        if bad.any():
+            n_nan = int(np.isnan(x).sum())
+            raise UsageError(
+                f"dataset {name} x_{split} has {int(bad.sum())} non-finite values "
+                f"({n_nan} NaN, {int(bad.sum()) - n_nan} inf) in "
+                f"{int(bad.reshape(len(x), -1).any(1).sum())} examples; inputs must be finite"
+            )
+        outside = (y < 0) | (y >= c)
+        if outside.any():
+            values = np.unique(y[outside])
+            shown = ", ".join(str(v) for v in values[:10]) + (" ..." if len(values) > 10 else "")
+            raise UsageError(
+                f"dataset {name} y_{split} has {int(outside.sum())} labels outside "
+                f"[0, {c}) (values: {shown}); labels must be class indices 0..{c - 1}"
+            )
+        out[f"x_{split}"], out[f"y_{split}"] = x, y
+    return out
+
+
+def _as_inputs(x: Any, name: str, split: str) -> np.ndarray:
+    x = np.asarray(x)
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise UsageError(f"dataset {name} x_{split} has dtype {x.dtype}; inputs must be numeric")
+    if np.issubdtype(x.dtype, np.complexfloating):
+        raise UsageError(f"dataset {name} x_{split} is complex; inputs must be real")
+    # Checked after the cast so values that overflow float32 are caught as inf.
+    return x.astype(np.float32, copy=False)
+
+
+def _as_labels(y: Any, name: str, split: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim != 1:
+        hint = " (one-hot? pass class indices, e.g. y.argmax(-1))" if y.ndim == 2 else ""
+        raise UsageError(
+            f"dataset {name} y_{split} has shape {y.shape}; labels must be class indices "
+            f"shaped (N,){hint}"
+        )
+    if np.issubdtype(y.dtype, np.integer):
+        return y.astype(np.int32, copy=False)
+    if np.issubdtype(y.dtype, np.floating):
+        finite = np.isfinite(y)
+        fractional = ~finite | (np.floor(np.where(finite, y, 0)) != y)
+        if fractional.any():
+            examples = ", ".join(str(v) for v in np.unique(y[fractional])[:5])
+            raise UsageError(
+                f"dataset {name} y_{split} has {int(fractional.sum())} non-integer labels "
+                f"(e.g. {examples}); labels must be integer class indices"
+            )
+        return y.astype(np.int32)
+    raise UsageError(
+        f"dataset {name} y_{split} has dtype {y.dtype}; labels must be integer class indices"
+    )
+
+
+def _stratified_order(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A permutation of indices whose every prefix holds the classes in proportion to y."""
+    perm = rng.permutation(len(y))
+    ys = y[perm]
+    order = np.argsort(ys, kind="stable")
+    counts = np.bincount(ys)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.empty(len(y), np.int64)
+    rank[order] = np.arange(len(y)) - starts[ys[order]]
+    # Fractional position inside its class; ties (same position) keep the random order.
+    position = (rank + 0.5) / counts[ys]
+    return perm[np.argsort(position, kind="stable")]
+
+
+# ----------------------------------------------------------------------------- normalization
+
+
+def compute_normalization(x_train: np.ndarray) -> dict[str, Any]:
+    """Per-channel (last axis) mean and std of the training inputs."""
+    axes = tuple(range(x_train.ndim - 1))
+    mean = x_train.mean(axis=axes, dtype=np.float64)
+    std = x_train.std(axis=axes, dtype=np.float64)
+    constant = std < STD_FLOOR
+    # Dividing a constant channel by ~0 would blow up any other value seen at eval; leave it at 1.
+    std = np.where(constant, 1.0, std)
+    return {
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "axis": "per-channel",
+        "constant_channels": [int(i) for i in np.flatnonzero(constant)],
+    }
+
+
+def apply_normalization(x: np.ndarray, normalization: dict | None) -> np.ndarray:
+    """(x - mean) / std per channel with saved statistics; identity when normalization is None."""
+    if normalization is None:
+        return x
+    mean = np.asarray(normalization["mean"], np.float32)
+    std = np.asarray(normalization["std"], np.float32)
+    x = np.asarray(x)
+    if x.ndim < 1 or x.shape[-1] != mean.shape[0]:
+        raise UsageError(
+            f"inputs with shape {x.shape} have {x.shape[-1] if x.ndim else 0} channels but the "
+            f"normalization statistics have {mean.shape[0]}"
+        )
+    return ((x.astype(np.float32, copy=False) - mean) / std).astype(np.float32, copy=False)
+
+
+# ----------------------------------------------------------------------------- batch order
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+    perm = rng_for(seed, epoch, 0xBA7C).permutation(num_examples)
+    perm.flags.writeable = False  # cached and shared between calls
+    return perm
+
+
+def batch_indices(
+    num_examples: int, batch_size: int, seed: int, step: int, num_steps: int
+) -> np.ndarray:
+    """Example indices (num_steps, batch_size) for steps [step, step + num_steps); pure."""
+    for label, value, low in (
+        ("seed", seed, None),
+        ("num_examples", num_examples, 1),
+        ("batch_size", batch_size, 1),
+        ("step", step, 0),
+        ("num_steps", num_steps, 0),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise UsageError(f"{label}={value!r} must be an integer")
+        if low is not None and value < low:
+            raise UsageError(f"{label}={value!r} must be an integer >= {low}")
+    if batch_size > num_examples:
+        raise UsageError(
+            f"batch_size={batch_size} exceeds the {num_examples} training examples; "
+            f"use batch_size <= {num_examples}"
+        )
+    steps_per_epoch = num_examples // batch_size  # drop remainder: every batch is full
+    out = np.empty((num_steps, batch_size), np.int64)
+    done = 0
+    while done < num_steps:
+        epoch, offset = divmod(step + done, steps_per_epoch)
+        take = min(num_steps - done, steps_per_epoch - offset)
+        perm = _epoch_permutation(int(num_examples), int(seed), int(epoch))
+        chunk = perm[offset * batch_size : (offset + take) * batch_size]
+        out[done : done + take] = chunk.reshape(take, batch_size)
+        done += take
+    return out

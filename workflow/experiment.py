@@ -1,0 +1,213 @@
+"""One training run as the stages share it: set up, train (resuming), summarize, report."""
+
+import dataclasses
+import os
+import shlex
+import sys
+from typing import Any
+
+import jax
+import ml_collections
+
+import models
+from workflow import checkpoints, config_lib, data, reports, rundir, training
+from workflow.findings import Finding, has_error, sort_findings
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything checked and built before a run directory is touched."""
+
+    config: ml_collections.ConfigDict
+    dataset: Any
+    model: Any
+    task: training.Task
+    state: training.TrainState
+
+
+def prepare(config: ml_collections.ConfigDict) -> Setup:
+    """Validate the config, load the data, build the model: all bad input fails here."""
+    config_lib.validate_config(config)
+    dataset = data.load_dataset(config.dataset, seed=config.seed)
+    if config.model.name == "auto":  # the workflow's default architecture for the data kind
+        config.model.name = models.default_model_for_kind(dataset.kind)
+    model = training.build_model(config, dataset.input_shape, dataset.num_classes)
+    training.check_output_shape(model, dataset.input_shape, dataset.num_classes)
+    task, state = training.create_train_state(model, config)
+    return Setup(config, dataset, model, task, state)
+
+
+def final_metrics(setup: Setup, state: training.TrainState) -> dict[str, float]:
+    """Loss and accuracy of `state` on every split, in eval mode."""
+    evaluator = training.Evaluator(setup.task, setup.config.eval_batch_size)
+    ds = setup.dataset
+    metrics = {}
+    for split, x, y in (
+        ("train", ds.x_train, ds.y_train),
+        ("val", ds.x_val, ds.y_val),
+        ("test", ds.x_test, ds.y_test),
+    ):
+        result = evaluator(state, x, y)
+        metrics[f"{split}_loss"] = result["loss"]
+        metrics[f"{split}_accuracy"] = result["accuracy"]
+    return metrics
+
+
+def divergence_finding(result: training.FitResult, config) -> Finding:
+    """The `nan_or_inf` finding for a run stopped by a non-finite loss or gradient."""
+    d = result.divergence
+    return Finding(
+        id="nan_or_inf",
+        severity="error",
+        message=f"the training {d['quantity']} became NaN/inf at step {d['step']}",
+        evidence={
+            "step": d["step"],
+            "quantity": d["quantity"],
+            "last_finite_loss": d["last_finite_loss"],
+            "learning_rate": config.optimizer.learning_rate,
+            "last_good_checkpoint": result.last_checkpoint,
+        },
+        suggestions=[
+            f"lower the learning rate (now {config.optimizer.learning_rate:g}), e.g. by 10x",
+            "check every exp, log and division in the model and loss for overflow or log(0)",
+            "run workflow.debug to find the operation where the NaN first appears",
+        ],
+    )
+
+
+def stage_command(stage: str, workdir: str) -> str:
+    """The command line of `stage` with this invocation's flags and another --workdir."""
+    args = [a for a in sys.argv[1:] if not a.startswith("--workdir")]
+    return shlex.join(["python", "-m", f"workflow.{stage}", *args, f"--workdir={workdir}"])
+
+
+def train_and_report(setup: Setup, workdir: str, stage: str, next_stage: str | None) -> dict:
+    """Train in `workdir` (resuming a killed run), then write summary.json and report.md."""
+    config = setup.config
+    run = rundir.RunDir(workdir)
+    created = not run.exists
+    if not created:
+        run.check_resumable(config)
+    ckpt = checkpoints.Checkpointer(run.checkpoints)
+    state, resume_step = setup.state, ckpt.latest_step()
+    try:
+        if resume_step is not None:
+            state = ckpt.restore(resume_step, setup.state)
+        run.open(config, resume_step=resume_step)
+    except BaseException:
+        ckpt.close()
+        if created:
+            run.remove()
+        raise
+    rundir.write_json(run.file("normalization.json"), setup.dataset.normalization)
+    try:
+        result = training.fit(
+            setup.task,
+            state,
+            setup.dataset,
+            config,
+            log=run.log,
+            checkpointer=ckpt,
+            progress=config.progress,
+        )
+    finally:
+        ckpt.close()
+        run.close()
+    findings = [divergence_finding(result, config)] if result.divergence else []
+    findings = sort_findings(findings)
+    metrics = final_metrics(setup, result.state)
+    metrics.update(
+        num_params=models.count_params(setup.model),
+        steps=int(result.state.step),
+        wall_seconds=result.wall_seconds,
+        steps_per_s=result.steps_per_s,
+        compile_seconds=result.compile_seconds,
+    )
+    records = run.read_metrics()
+    curve = reports.plot_learning_curves(
+        records,
+        os.path.join(run.plots, "learning_curves.png"),
+        title=f"{config.model.name} on {setup.dataset.name}",
+    )
+    next_commands = []
+    if next_stage:
+        parent = os.path.dirname(os.path.abspath(workdir))
+        next_commands.append(stage_command(next_stage, os.path.join(parent, next_stage)))
+    summary = {
+        "stage": stage,
+        "status": "failed" if result.status == "ok" and has_error(findings) else result.status,
+        "config": rundir.config_to_dict(config),
+        "metrics": metrics,
+        "findings": [f.to_json() for f in findings],
+        "next": next_commands,
+        "dataset": setup.dataset.summary(),
+        "device": jax.devices()[0].device_kind,
+    }
+    run.write_summary(summary)
+    write_report(run, summary, os.path.relpath(curve, run.path))
+    return summary
+
+
+def write_report(run: rundir.RunDir, summary: dict, curve: str) -> None:
+    """report.md: metrics table, data, model, learning curves, findings, next commands."""
+    m, c = summary["metrics"], summary["config"]
+    rows = [
+        [split, reports.fmt(m[f"{split}_loss"]), reports.fmt(m[f"{split}_accuracy"])]
+        for split in ("train", "val", "test")
+    ]
+    model_kwargs = ", ".join(f"{k}={v}" for k, v in c["model"].items() if k != "name")
+    run_rows = [
+        ["model", f"`{c['model']['name']}` ({model_kwargs})"],
+        ["parameters", reports.fmt(m["num_params"])],
+        ["optimizer", f"{c['optimizer']['name']} lr={c['optimizer']['learning_rate']:g}"],
+        ["steps", f"{m['steps']:,} at batch {c['batch_size']}"],
+        [
+            "wall time",
+            f"{m['wall_seconds']:.1f} s ({m['steps_per_s']:,.0f} steps/s, "
+            f"{m['compile_seconds']:.1f} s compiling)",
+        ],
+        ["device", summary["device"]],
+    ]
+    ds = summary["dataset"]
+    data_rows = [
+        ["dataset", f"{ds['name']} ({ds['kind']}, {ds['num_classes']} classes)"],
+        ["input shape", str(tuple(ds["input_shape"]))],
+        ["normalized", "per channel, train statistics" if ds["normalized"] else "no"],
+        ["irreducible error", reports.fmt(ds["irreducible_error"])],
+    ]
+    for split, info in ds["splits"].items():
+        counts = info["class_counts"]
+        balance = f"{min(counts):,}–{max(counts):,} per class" if counts else ""
+        data_rows.append([f"{split} examples", f"{info['size']:,} ({balance})"])
+    next_md = "\n".join(f"```\n{cmd}\n```" for cmd in summary["next"]) or "Nothing further."
+    reports.write_report(
+        run.file("report.md"),
+        f"{summary['stage']}: {c['model']['name']} on {c['dataset']['name']} ({summary['status']})",
+        [
+            ("Results", reports.markdown_table(["split", "loss", "accuracy"], rows)),
+            ("Run", reports.markdown_table(["", ""], run_rows)),
+            ("Learning curves", f"![learning curves]({curve})"),
+            ("Findings", reports.findings_markdown(summary["findings"])),
+            ("Data", reports.markdown_table(["", ""], data_rows)),
+            ("Next", next_md),
+        ],
+    )
+
+
+def print_summary(summary: dict) -> None:
+    """A console table of the run's results and findings."""
+    from rich.console import Console
+    from rich.table import Table
+
+    m = summary["metrics"]
+    table = Table(title=f"{summary['stage']}: {summary['status']}")
+    for col in ("split", "loss", "accuracy"):
+        table.add_column(col)
+    for split in ("train", "val", "test"):
+        table.add_row(split, reports.fmt(m[f"{split}_loss"]), reports.fmt(m[f"{split}_accuracy"]))
+    console = Console()
+    console.print(table)
+    for f in summary["findings"]:
+        console.print(f"[bold]{f['severity']}[/bold] {f['id']}: {f['message']}")
+    for cmd in summary["next"]:
+        console.print(f"next: {cmd}", soft_wrap=True)

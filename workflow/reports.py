@@ -1,0 +1,71 @@
+"""What a person reads: learning-curve plots and report.md."""
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: plots are files, never windows
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_learning_curves(records: list[dict], path: str, title: str = "") -> str:
+    """Train/val loss and accuracy against step, saved as a PNG; returns the path."""
+    train = [r for r in records if "train_loss" in r]
+    val = [r for r in records if "val_loss" in r]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):
+        if train:
+            ax.plot([r["step"] for r in train], [r[f"train_{key}"] for r in train], label="train")
+        if val:
+            ax.plot([r["step"] for r in val], [r[f"val_{key}"] for r in val], "o-", label="val")
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    ax_loss.set_yscale("log")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    """A GitHub-flavoured markdown table."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def fmt(value) -> str:
+    """Numbers printed the way a person reads them."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def findings_markdown(findings: list[dict]) -> str:
+    """Findings as a list with evidence and suggestions."""
+    if not findings:
+        return "No findings."
+    parts = []
+    for f in findings:
+        parts.append(f"- **{f['severity']}** `{f['id']}`: {f['message']}")
+        if f.get("evidence"):
+            evidence = ", ".join(f"{k}={fmt(v)}" for k, v in f["evidence"].items())
+            parts.append(f"  - evidence: {evidence}")
+        for s in f.get("suggestions", []):
+            parts.append(f"  - try: {s}")
+    return "\n".join(parts)
+
+
+def write_report(path: str, title: str, sections: list[tuple[str, str]]) -> None:
+    """report.md from (heading, markdown body) sections, written atomically."""
+    text = f"# {title}\n\n" + "\n\n".join(f"## {h}\n\n{body}" for h, body in sections) + "\n"
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
