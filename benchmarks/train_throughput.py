@@ -30,6 +30,7 @@ import functools
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +40,9 @@ from flax import nnx
 
 from benchmarks import common
 from workflow import data, experiment, training
+
+if TYPE_CHECKING:
+    import torch
 
 # Runs `num_steps` training steps starting at step `first` and returns once they are done.
 Runner = Callable[[int, int], None]
@@ -148,7 +152,7 @@ def torch_available() -> bool:
     return True
 
 
-def torch_model(setup: experiment.Setup):
+def torch_model(setup: experiment.Setup) -> "tuple[torch.nn.Module, torch.Tensor]":
     """The benchmark model rebuilt in PyTorch, with its input layout: (model, x_train)."""
     import torch
     from torch import nn
@@ -375,7 +379,7 @@ def format_settings(settings: dict) -> str:
     threads = settings["torch_threads"]
     if threads:
         how = "torch's default" if settings["torch_threads_default"] else "--torch_threads"
-        torch_note = f", torch on {threads} threads ({how})"
+        torch_note = f", torch on {threads} thread{'s' if threads > 1 else ''} ({how})"
     else:
         torch_note = ", torch not timed"
     return (

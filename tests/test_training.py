@@ -4,6 +4,7 @@ import json
 import os
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -142,3 +143,37 @@ def test_window_records_average_each_log_window():
     records = training.window_records(20, metrics, log_every=5, rate=1.0)
     assert [r["step"] for r in records] == [25, 30]
     assert [r["train_loss"] for r in records] == [2.0, 7.0]
+
+
+class BatchNormNet(nnx.Module):
+    """A small MLP with BatchNorm and dropout, used correctly."""
+
+    def __init__(self, input_shape, num_outputs, *, rngs):
+        self.dense = nnx.Linear(int(np.prod(input_shape)), 16, rngs=rngs)
+        self.norm = nnx.BatchNorm(16, rngs=rngs)
+        self.drop = nnx.Dropout(0.2, rngs=rngs)
+        self.out = nnx.Linear(16, num_outputs, rngs=rngs)
+
+    def __call__(self, x):
+        x = x.reshape(x.shape[0], -1)
+        return self.out(self.drop(nnx.relu(self.norm(self.dense(x)))))
+
+
+def test_batchnorm_statistics_are_updated_and_carried_through_training(tmp_path):
+    config = small_config(num_steps=20, eval_every=20, checkpoint_every=20)
+    config.model = ml_collections.ConfigDict({"name": "tests.test_training:BatchNormNet"})
+    setup = experiment.prepare(config)
+    template = experiment.prepare(config).state
+    summary = experiment.train_and_report(setup, str(tmp_path), "test", None)
+    assert summary["status"] == "ok"
+    assert summary["metrics"]["test_accuracy"] > 0.3
+    saved = checkpoints.Checkpointer(str(tmp_path / "checkpoints"))
+    state = saved.restore(20, template)
+    saved.close()
+
+    def running_means(tree):
+        leaves = jax.tree_util.tree_leaves_with_path(tree)
+        return [np.asarray(v) for p, v in leaves if "mean" in jax.tree_util.keystr(p)]
+
+    [before], [after] = running_means(template.model_state), running_means(state.model_state)
+    assert not np.allclose(before, after), "BatchNorm statistics never moved"

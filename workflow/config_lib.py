@@ -60,6 +60,16 @@ def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collection
     # Target error on the test set, for the evaluate stage's bias-variance table.
     config.goal = ml_collections.ConfigDict({"test_error": 0.05, "source": "unset"})
     config.progress = True
+    # The debug stage: overfit one small batch, then a short real run whose curve is diagnosed.
+    config.debug = ml_collections.ConfigDict(
+        {
+            "batch_size": 32,
+            "overfit_steps": 1000,
+            # "Near zero": the batch loss must fall below this fraction of its initial value.
+            "overfit_loss_fraction": 0.05,
+            "train_steps": 300,
+        }
+    )
     return config
 
 
@@ -95,5 +105,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(0 < vf < 1, "dataset.val_fraction", vf, "must lie strictly between 0 and 1")
     ts = config.dataset.train_size
     _require(ts is None or ts > 0, "dataset.train_size", ts, "must be a positive integer or None")
+    dbg = config.debug
+    for key in ("batch_size", "overfit_steps", "train_steps"):
+        value = dbg[key]
+        _require(isinstance(value, int) and value > 0, f"debug.{key}", value, "must be > 0")
+    frac = dbg.overfit_loss_fraction
+    _require(0 < frac < 1, "debug.overfit_loss_fraction", frac, "must lie in (0, 1)")
     goal = config.goal.test_error
     _require(0 <= goal < 1, "goal.test_error", goal, "must lie in [0, 1)")

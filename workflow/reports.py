@@ -22,7 +22,7 @@ def plot_learning_curves(records: list[dict], path: str, title: str = "") -> str
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend()
-    ax_loss.set_yscale("log")
+    set_log_scale_if_positive(ax_loss, [r["train_loss"] for r in train])
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -30,6 +30,13 @@ def plot_learning_curves(records: list[dict], path: str, title: str = "") -> str
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def set_log_scale_if_positive(ax, values) -> None:
+    """Log y axis for a loss that stays positive (a flipped-sign loss goes negative)."""
+    finite = [v for v in values if v == v and abs(v) != float("inf")]
+    if finite and min(finite) > 0:
+        ax.set_yscale("log")
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:

@@ -1,0 +1,72 @@
+"""The debug stage on clean and broken setups: the right finding on top, quiet when clean."""
+
+import json
+
+import ml_collections
+import pytest
+
+from tests.conftest import run_stage, small_config
+from workflow import debug, experiment
+
+
+def debug_config(model: str | None = None, loss: str | None = None, dataset: str | None = None):
+    """A small synthetic setup with short debug budgets; broken pieces by import path."""
+    config = small_config(num_steps=200)
+    config.debug.overfit_steps = 400
+    config.debug.train_steps = 200
+    if model:
+        config.model = ml_collections.ConfigDict({"name": model})
+    if loss:
+        config.loss = loss
+    if dataset:
+        config.dataset.name = dataset
+        config.dataset.kwargs = ml_collections.ConfigDict()
+    return config
+
+
+def run_debug(config, workdir) -> dict:
+    return debug.run_debug(experiment.prepare(config), str(workdir))
+
+
+def test_clean_setup_passes_every_check(tmp_path):
+    summary = run_debug(debug_config(), tmp_path)
+    serious = [f for f in summary["findings"] if f["severity"] in ("error", "warning")]
+    assert serious == [], serious
+    assert summary["status"] == "ok" and summary["metrics"]["overfit_passed"]
+    report = (tmp_path / "report.md").read_text()
+    assert "| overfits one batch | passed |" in report
+    assert (tmp_path / "plots" / "overfit_batch.png").exists()
+
+
+@pytest.mark.parametrize(
+    "broken, expected",
+    [
+        ({"model": "tests.check_bugs:SoftmaxMLP"}, "softmax_before_loss"),
+        ({"model": "tests.check_bugs:StopGradientMLP"}, "no_gradient"),
+        ({"model": "tests.check_bugs:DeadReluMLP"}, "dead_units"),
+        ({"loss": "tests.curve_bugs:negated_cross_entropy"}, "loss_increasing"),
+        ({"dataset": "tests.curve_bugs:random_labels"}, "labels_corrupted"),
+    ],
+)
+def test_broken_setup_gets_the_right_top_finding(tmp_path, broken, expected):
+    summary = run_debug(debug_config(**broken), tmp_path)
+    ids = [f["id"] for f in summary["findings"]]
+    assert ids and ids[0] == expected, ids
+    assert summary["status"] == "failed"
+
+
+def test_cli_exits_1_and_names_the_fix(tmp_path):
+    result = run_stage(
+        "debug",
+        "--config=configs/synthetic.py:tabular",
+        "--config.model.name=tests.check_bugs:SoftmaxMLP",
+        "--config.progress=False",
+        "--config.debug.overfit_steps=200",
+        "--config.debug.train_steps=200",
+        f"--workdir={tmp_path}",
+    )
+    assert result.returncode == 1, result.stderr
+    assert "softmax_before_loss" in result.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["findings"][0]["id"] == "softmax_before_loss"
+    assert summary["findings"][0]["suggestions"]

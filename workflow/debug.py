@@ -1,0 +1,212 @@
+"""Stage 2, implement & debug: is the setup broken, and why?
+
+    python -m workflow.debug --config=configs/mnist1d.py:mlp --workdir=runs/debug
+
+Runs the sanity checks on one batch, overfits that batch, trains a short real run and reads
+its loss curve; exits 1 when an error-severity finding stands, with the fixes named.
+"""
+
+import os
+
+import jax
+import numpy as np
+from absl import flags
+
+from workflow import checks, cli, debugging, experiment, reports, rundir, training
+
+FLAGS = flags.FLAGS
+cli.define_flags("debug")
+
+# The report's checklist: what was checked, and the finding ids that mean it failed.
+CHECKLIST = (
+    ("inputs are normalized", ("inputs_not_normalized",)),
+    ("dtypes as expected", ("dtype_mismatch",)),
+    ("labels in range and informative", ("labels_out_of_range", "labels_corrupted")),
+    ("outputs are logits, not probabilities", ("softmax_before_loss",)),
+    ("shapes match in the loss (no silent broadcasting)", ("shape_mismatch",)),
+    ("initial loss near ln C", ("initial_loss_off",)),
+    ("examples independent of their batch (eval)", ("batch_dependence",)),
+    ("dropout / BatchNorm follow train and eval mode", ("train_eval_mode",)),
+    (
+        "gradients reach every parameter",
+        ("no_gradient", "dead_units", "vanishing_gradients", "exploding_gradients"),
+    ),
+    ("no NaN/inf", ("nan_or_inf",)),
+    ("overfits one batch", ("cannot_overfit_batch",)),
+    (
+        "loss curve of a short run",
+        (
+            "loss_increasing",
+            "loss_exploding",
+            "loss_oscillating",
+            "loss_plateau",
+            "lr_too_high",
+            "lr_too_low",
+        ),
+    ),
+)
+
+
+def short_run_config(config, steps: int):
+    """The config of the short real run: same setup, few steps, no checkpoints."""
+    short = config.copy_and_resolve_references()
+    short.num_steps = steps
+    short.eval_every = steps
+    short.checkpoint_every = 0
+    return short
+
+
+def run_debug(setup: experiment.Setup, workdir: str) -> dict:
+    """Every debug step on `setup`; writes the run directory and returns the summary."""
+    config, dataset = setup.config, setup.dataset
+    t_start = training.now()
+    x, y = debugging.debug_batch(dataset, config.debug.batch_size, config.seed)
+    findings = checks.run_checks(setup, {"x": x, "y": y})
+    overfit = debugging.overfit_one_batch(
+        setup.task,
+        setup.state,
+        x,
+        y,
+        max_steps=config.debug.overfit_steps,
+        loss_fraction=config.debug.overfit_loss_fraction,
+    )
+    short = short_run_config(config, config.debug.train_steps)
+    fit = training.fit(
+        setup.task, debugging.copy_state(setup.state), dataset, short, progress=config.progress
+    )
+    findings += debugging.curve_findings(
+        fit, dataset.num_classes, dataset.y_train, config.optimizer.learning_rate
+    )
+    val_accuracy = next((r["val_accuracy"] for r in reversed(fit.records) if "val_loss" in r), None)
+    if val_accuracy is not None:
+        findings += checks.labels_signal_finding(
+            overfit.final_accuracy, val_accuracy, dataset.num_classes
+        )
+    if not overfit.passed:
+        ranked = debugging.rank_findings(findings)
+        findings.append(debugging.cannot_overfit_finding(overfit, ranked, config))
+    findings = debugging.rank_findings(findings)
+    seconds = training.now() - t_start
+
+    os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
+    run = rundir.RunDir(workdir)
+    rundir.write_json(run.file("config.json"), rundir.config_to_dict(config))
+    with open(run.file("metrics.jsonl"), "w"):
+        pass
+    for record in fit.records:
+        run.log(record)
+    run.close()
+    overfit_plot = plot_overfit(overfit, os.path.join(run.plots, "overfit_batch.png"))
+    curve_plot = reports.plot_learning_curves(
+        fit.records, os.path.join(run.plots, "short_run.png"), title="short run"
+    )
+    has_error = any(f.severity == "error" for f in findings)
+    next_commands = []
+    if not has_error:
+        parent = os.path.dirname(os.path.abspath(workdir))
+        next_commands.append(experiment.stage_command("evaluate", os.path.join(parent, "evaluate")))
+    summary = {
+        "stage": "debug",
+        "status": "failed" if has_error else "ok",
+        "config": rundir.config_to_dict(config),
+        "metrics": {
+            "overfit_passed": overfit.passed,
+            "overfit_steps": overfit.steps,
+            "overfit_final_loss": overfit.final_loss,
+            "overfit_final_accuracy": overfit.final_accuracy,
+            "short_run_steps": int(fit.state.step),
+            "short_run_val_accuracy": val_accuracy,
+            "seconds_to_verdict": seconds,
+        },
+        "findings": [f.to_json() for f in findings],
+        "next": next_commands,
+        "dataset": dataset.summary(),
+        "device": jax.devices()[0].device_kind,
+    }
+    run.write_summary(summary)
+    write_report(run, summary, overfit_plot, curve_plot)
+    return summary
+
+
+def plot_overfit(result: debugging.OverfitResult, path: str) -> str:
+    """The overfit-one-batch loss and accuracy against step."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.5))
+    steps = np.arange(1, len(result.losses) + 1)
+    ax_loss.plot(steps, result.losses)
+    reports.set_log_scale_if_positive(ax_loss, result.losses.tolist())
+    ax_loss.set_ylabel("batch loss")
+    ax_acc.plot(steps, result.accuracies)
+    ax_acc.set_ylabel("batch accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"overfit one batch: {'passed' if result.passed else 'FAILED'}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(run: rundir.RunDir, summary: dict, overfit_plot: str, curve_plot: str) -> None:
+    """report.md: the checklist, findings with fixes, and the two plots."""
+    found = {f["id"]: f for f in summary["findings"]}
+    rows = []
+    for name, ids in CHECKLIST:
+        hits = [found[i] for i in ids if i in found]
+        status = "passed" if not hits else ", ".join(f"{h['severity']}: `{h['id']}`" for h in hits)
+        evidence = "; ".join(
+            ", ".join(f"{k}={reports.fmt(v)}" for k, v in list(h["evidence"].items())[:4])
+            for h in hits
+        )
+        rows.append([name, status, evidence])
+    m = summary["metrics"]
+    reports.write_report(
+        run.file("report.md"),
+        f"debug: {summary['config']['model']['name']} on {summary['config']['dataset']['name']} "
+        f"({summary['status']})",
+        [
+            ("Checks", reports.markdown_table(["check", "result", "evidence"], rows)),
+            (
+                "Findings (most likely root cause first)",
+                reports.findings_markdown(summary["findings"]),
+            ),
+            (
+                "Overfit one batch",
+                f"{'Passed' if m['overfit_passed'] else 'Failed'} after {m['overfit_steps']} "
+                f"steps (final loss {m['overfit_final_loss']:.3g}, accuracy "
+                f"{m['overfit_final_accuracy']:.0%}).\n\n"
+                f"![overfit one batch]({os.path.relpath(overfit_plot, run.path)})",
+            ),
+            ("Short run", f"![short run]({os.path.relpath(curve_plot, run.path)})"),
+            ("Time to verdict", f"{m['seconds_to_verdict']:.1f} s"),
+        ],
+    )
+
+
+def main(argv: list[str]) -> int:
+    """Debug the configured setup; exit 1 when an error-severity finding stands."""
+    del argv
+    setup = experiment.prepare(FLAGS.config)
+    summary = run_debug(setup, FLAGS.workdir)
+    print_findings(summary)
+    return cli.EXIT_OK if summary["status"] == "ok" else cli.EXIT_FINDINGS
+
+
+def print_findings(summary: dict) -> None:
+    """The verdict on the console: each finding with its first suggestion."""
+    from rich.console import Console
+
+    console = Console()
+    console.print(f"[bold]debug: {summary['status']}[/bold]")
+    if not summary["findings"]:
+        console.print("all checks passed")
+    for f in summary["findings"]:
+        console.print(f"{f['severity']:7s} {f['id']}: {f['message']}", soft_wrap=True)
+        for s in f["suggestions"][:1]:
+            console.print(f"        try: {s}", soft_wrap=True)
+
+
+if __name__ == "__main__":
+    cli.run(main)

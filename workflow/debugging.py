@@ -1,0 +1,166 @@
+"""Implement & debug: overfit one batch, run the sanity checks, read a short run's loss curve."""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from workflow import curves, training
+from workflow.findings import Finding
+
+# Within one severity, the most specific root cause first and the symptoms it explains last:
+# a softmax before the loss explains an initial loss far off, which explains a plateau, which
+# explains a batch that cannot be overfit.
+ROOT_CAUSE_ORDER = (
+    "shape_mismatch",
+    "labels_out_of_range",
+    "softmax_before_loss",
+    "dtype_mismatch",
+    "batch_dependence",
+    "train_eval_mode",
+    "nan_or_inf",
+    "no_gradient",
+    "dead_units",
+    "exploding_gradients",
+    "vanishing_gradients",
+    "inputs_not_normalized",
+    "labels_corrupted",
+    "lr_too_high",
+    "lr_too_low",
+    "initial_loss_off",
+    "loss_exploding",
+    "loss_increasing",
+    "loss_oscillating",
+    "loss_plateau",
+    "cannot_overfit_batch",
+)
+
+
+@dataclasses.dataclass
+class OverfitResult:
+    """How far training on one fixed batch got."""
+
+    passed: bool
+    steps: int  # steps run; the steps to overfit when passed
+    initial_loss: float
+    final_loss: float
+    final_accuracy: float
+    losses: np.ndarray
+    accuracies: np.ndarray
+
+
+def debug_batch(dataset, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed, seeded sample of training examples: the batch to check and to overfit."""
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.permutation(len(dataset.y_train))[: min(size, len(dataset.y_train))])
+    return dataset.x_train[idx], dataset.y_train[idx]
+
+
+def copy_state(state: training.TrainState) -> training.TrainState:
+    """A fresh copy: the multi-step donates its input state."""
+    return jax.tree.map(jnp.copy, state)
+
+
+def overfit_one_batch(
+    task: training.Task,
+    state: training.TrainState,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    max_steps: int,
+    loss_fraction: float,
+    chunk: int = 50,
+) -> OverfitResult:
+    """Train on one batch until it is memorized (100% accuracy, loss near zero) or max_steps."""
+    multi_step = training.make_multi_step(task)
+    xb, yb = jnp.asarray(x), jnp.asarray(y)
+    indices = jnp.asarray(np.tile(np.arange(len(x)), (chunk, 1)))
+    state = copy_state(state)
+    losses, accuracies = [], []
+    passed, steps = False, 0
+    while steps < max_steps:
+        state, metrics = multi_step(state, xb, yb, indices)
+        losses.append(np.asarray(metrics["loss"]))
+        accuracies.append(np.asarray(metrics["accuracy"]))
+        all_losses = np.concatenate(losses)
+        target = loss_fraction * all_losses[0]
+        done = np.flatnonzero((np.concatenate(accuracies) >= 1.0) & (all_losses <= target))
+        if done.size:
+            passed, steps = True, int(done[0]) + 1
+            break
+        if not np.all(np.isfinite(losses[-1])):
+            steps = len(all_losses)
+            break
+        steps += chunk
+    loss, acc = np.concatenate(losses), np.concatenate(accuracies)
+    last = min(steps, len(loss)) - 1
+    return OverfitResult(
+        passed=passed,
+        steps=steps if passed else len(loss),
+        initial_loss=float(loss[0]),
+        final_loss=float(loss[last]),
+        final_accuracy=float(acc[last]),
+        losses=loss,
+        accuracies=acc,
+    )
+
+
+def cannot_overfit_finding(result: OverfitResult, causes: list[Finding], config) -> Finding:
+    """`cannot_overfit_batch`, naming the likeliest cause the other checks found."""
+    likely = [f.id for f in causes if f.id != "cannot_overfit_batch"]
+    suggestions = [f"fix `{likely[0]}` first: {causes[0].message}"] if likely else []
+    suggestions += [
+        "check that gradients reach every layer (no stop_gradient, no dead ReLUs)",
+        f"raise the learning rate (now {config.optimizer.learning_rate:g}) or train longer",
+        "make sure the loss receives logits and labels of the expected shapes",
+    ]
+    return Finding(
+        id="cannot_overfit_batch",
+        severity="error",
+        message=(
+            f"the model could not memorize one batch of {config.debug.batch_size} examples in "
+            f"{result.steps} steps (loss {result.initial_loss:.3g} -> {result.final_loss:.3g}, "
+            f"accuracy {result.final_accuracy:.0%})"
+        ),
+        evidence={
+            "steps": result.steps,
+            "initial_loss": result.initial_loss,
+            "final_loss": result.final_loss,
+            "final_accuracy": result.final_accuracy,
+            "likely_causes": likely[:3],
+        },
+        suggestions=suggestions,
+    )
+
+
+def rank_findings(findings: list[Finding]) -> list[Finding]:
+    """By severity, then most likely root cause first; one finding per id (the most severe)."""
+    severity = {"error": 0, "warning": 1, "info": 2}
+    order = {fid: i for i, fid in enumerate(ROOT_CAUSE_ORDER)}
+    ranked = sorted(findings, key=lambda f: (severity[f.severity], order.get(f.id, len(order))))
+    seen, unique = set(), []
+    for f in ranked:
+        if f.id not in seen:
+            seen.add(f.id)
+            unique.append(f)
+    return unique
+
+
+def expected_initial_loss(y: np.ndarray, num_classes: int) -> float:
+    """Cross-entropy of an untrained model: the entropy of the label distribution (ln C)."""
+    freq = np.bincount(y, minlength=num_classes) / max(len(y), 1)
+    freq = freq[freq > 0]
+    return float(-(freq * np.log(freq)).sum()) if len(freq) > 1 else math.log(num_classes)
+
+
+def curve_findings(result: training.FitResult, num_classes: int, y, lr: float) -> list[Finding]:
+    """Diagnose a short run's per-step loss (a NaN appended where the run stopped on one)."""
+    losses = result.step_losses
+    if result.divergence:
+        losses = np.append(losses, np.nan)
+    val = [(r["step"], r["val_loss"]) for r in result.records if "val_loss" in r]
+    return curves.diagnose_curve(
+        losses, val=val, initial_expected=expected_initial_loss(y, num_classes), learning_rate=lr
+    )
