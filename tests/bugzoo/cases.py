@@ -1,0 +1,192 @@
+"""The zoo's cases: a broken (or clean) setup built only from config overrides and import paths.
+
+Each broken case names the finding id the debug stage must rank first; a clean case names None
+and must give no finding of severity warning or error. `build_config` returns the setup with the
+stage's default debug budgets; tests shrink them with `with_budget`.
+
+Choices where two ids could fit (what a practitioner needs to do next decides):
+
+* learning rate 10 (Adam): `lr_too_high`. The loss does not climb without bound (Adam's steps
+  are bounded by the learning rate), it jumps up and stays far above ln C; the fix is one knob,
+  lowering the learning rate, which `lr_too_high` names. `loss_exploding` would send them
+  looking for a numerical bug (a log of zero, an exploding init) that is not there.
+* learning rate 1e-8: `loss_plateau`. The run never leaves its initial loss, which the stage
+  reports as an error-severity plateau whose first suggestion is "raise the learning rate (now
+  1e-08)"; `lr_too_low` stands beside it as a warning ("below the usual range"). The plateau is
+  what the practitioner sees and its fix names the knob, so it is the right top finding.
+* exploding initialization (weights x100): `initial_loss_off`. With saturated softmax outputs
+  the step-0 gradient stays under the exploding threshold (the logits, not the gradients,
+  explode: initial loss ~9e3 against ln C = 2.3), so the out-of-range initial loss is the
+  evidence that points at the initialization.
+* l2 = 1e3: `loss_plateau`. The penalty dominates the loss, the weights collapse to zero and
+  the loss stalls near ln C; the learning rate is fine, so neither lr id would help.
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+import ml_collections
+
+from tests.conftest import load_config, small_config
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One setup of the zoo: its name, the expected top finding (None: clean) and its config."""
+
+    name: str
+    expected_id: str | None
+    build_config: Callable[[], ml_collections.ConfigDict]
+    # In the default test run, at small budgets (the default run must stay under a minute).
+    fast: bool = True
+    known_issue: str | None = None  # a detector bug that ranks another finding first
+
+
+def with_budget(
+    config: ml_collections.ConfigDict, overfit_steps: int, train_steps: int
+) -> ml_collections.ConfigDict:
+    """The config with the debug stage's budgets replaced."""
+    config.debug.overfit_steps = overfit_steps
+    config.debug.train_steps = train_steps
+    return config
+
+
+def _synthetic(
+    kind: str = "tabular",
+    model: str = "",
+    *,
+    model_name: str | None = None,
+    loss: str | None = None,
+    dataset: str | None = None,
+    **overrides,
+) -> Callable[[], ml_collections.ConfigDict]:
+    """A builder of a small synthetic config with broken pieces plugged in by import path."""
+
+    def build() -> ml_collections.ConfigDict:
+        config = small_config(kind, model, **overrides)
+        if model_name:
+            config.model = ml_collections.ConfigDict({"name": model_name})
+        if loss:
+            config.loss = loss
+        if dataset:
+            config.dataset.name = dataset
+            config.dataset.kwargs = ml_collections.ConfigDict()
+        return config
+
+    return build
+
+
+def _real(path: str, model: str) -> Callable[[], ml_collections.ConfigDict]:
+    """A builder of a real config (configs/<path>:<model>) with the progress bar off."""
+
+    def build() -> ml_collections.ConfigDict:
+        config = load_config(path, model)
+        config.progress = False
+        return config
+
+    return build
+
+
+_OVERFIT_FIRST = (
+    "cannot_overfit_batch (error) ranks above the warning it names as its likely cause: "
+    "rank_findings sorts by severity before root-cause order"
+)
+
+BROKEN: list[Case] = [
+    Case(
+        "softmax_output",
+        "softmax_before_loss",
+        _synthetic(model_name="tests.check_bugs:SoftmaxMLP"),
+    ),
+    Case(
+        "flipped_loss_sign",
+        "loss_increasing",
+        _synthetic(loss="tests.curve_bugs:negated_cross_entropy"),
+    ),
+    Case("lr_10_adam", "lr_too_high", _synthetic(**{"optimizer.learning_rate": 10.0}), fast=False),
+    Case("lr_1e-8", "loss_plateau", _synthetic(**{"optimizer.learning_rate": 1e-8})),
+    Case(
+        "pixels_x255_unnormalized",
+        "inputs_not_normalized",
+        _synthetic(
+            "image", "mlp", dataset="tests.check_bugs:pixel_images", **{"dataset.normalize": False}
+        ),
+        fast=False,
+        known_issue="exploding_gradients (warning) ranks first: ROOT_CAUSE_ORDER puts the "
+        "gradient ids ahead of inputs_not_normalized, their upstream cause",
+    ),
+    Case(
+        "shuffled_labels", "labels_corrupted", _synthetic(dataset="tests.curve_bugs:random_labels")
+    ),
+    Case("log_of_zero", "nan_or_inf", _synthetic(loss="tests.broken:log_of_margin_loss")),
+    Case("dead_relu_init", "dead_units", _synthetic(model_name="tests.check_bugs:DeadReluMLP")),
+    Case(
+        "stop_gradient_layer",
+        "no_gradient",
+        _synthetic(model_name="tests.check_bugs:StopGradientMLP"),
+        fast=False,
+    ),
+    Case(
+        "dropout_ignores_eval",
+        "train_eval_mode",
+        _synthetic(model_name="tests.check_bugs:AlwaysDropoutMLP"),
+        fast=False,
+    ),
+    Case(
+        "norm_over_batch_axis",
+        "batch_dependence",
+        _synthetic(model_name="tests.check_bugs:BatchAxisNormMLP"),
+    ),
+    Case(
+        "regression_n1_vs_n",
+        "shape_mismatch",
+        _synthetic(loss="tests.bugzoo.pieces:expected_class_regression"),
+    ),
+    Case(
+        "exploding_init",
+        "initial_loss_off",
+        _synthetic(model_name="tests.check_bugs:ScaledInitMLP"),
+        fast=False,
+    ),
+    Case(
+        "l2_1e3",
+        "loss_plateau",
+        _synthetic(l2=1e3),
+        fast=False,
+        known_issue=_OVERFIT_FIRST,
+    ),
+    Case(
+        "constant_labels",
+        "labels_corrupted",
+        _synthetic(dataset="tests.check_bugs:constant_labels"),
+    ),
+    Case(
+        "deep_sigmoid_stack",
+        "vanishing_gradients",
+        _synthetic(model_name="tests.check_bugs:DeepSigmoidMLP"),
+        fast=False,
+        known_issue=_OVERFIT_FIRST,
+    ),
+    Case(
+        "sqrt_of_zero_norm",
+        "nan_or_inf",
+        _synthetic(loss="tests.check_bugs:sqrt_norm_loss"),
+        fast=False,
+    ),
+]
+
+CLEAN: list[Case] = [
+    Case("clean_synthetic_mlp", None, _synthetic()),
+    Case(
+        "clean_dropout_batchnorm",
+        None,
+        _synthetic(model_name="tests.check_bugs:DropoutBatchNormMLP"),
+    ),
+    Case("clean_mnist1d_mlp", None, _real("configs/mnist1d.py", "mlp"), fast=False),
+    Case("clean_mnist1d_tcn", None, _real("configs/mnist1d.py", "tcn"), fast=False),
+    Case("clean_mnist1d_lstm", None, _real("configs/mnist1d.py", "lstm"), fast=False),
+    Case("clean_digits_lenet", None, _real("configs/digits.py", "lenet"), fast=False),
+    Case("clean_digits_mlp", None, _real("configs/digits.py", "mlp"), fast=False),
+]
+
+CASES: list[Case] = BROKEN + CLEAN

@@ -1,0 +1,47 @@
+"""The bug zoo: each broken setup gets its expected finding on top; clean setups stay quiet.
+
+The fast cases (small synthetic data) run by default with small debug budgets; the rest are
+marked slow and run with the stage's default budgets, as python -m benchmarks.bugzoo does: the
+real-config clean runs, the cases whose verdict needs the full budget (lr 10: at 200 steps the
+run is still called loss_exploding; x100 init: 400 steps cannot overfit the batch) and the
+known detector issues (strict xfail, so a fix shows up), and three
+slower cases (stop_gradient, eval-mode dropout, sqrt of 0) to keep the default run under a minute.
+"""
+
+import pytest
+
+from tests.bugzoo.cases import CASES, Case, with_budget
+from workflow import debug, experiment
+
+OVERFIT_STEPS = 400
+TRAIN_STEPS = 200
+
+
+def _param(case: Case):
+    marks = [] if case.fast else [pytest.mark.slow]
+    if case.known_issue:
+        marks.append(pytest.mark.xfail(reason=case.known_issue, strict=True))
+    return pytest.param(case, id=case.name, marks=marks)
+
+
+@pytest.mark.parametrize("case", [_param(case) for case in CASES])
+def test_bugzoo_case(case: Case, tmp_path) -> None:
+    """Broken: the expected id is the top finding. Clean: no warning or error."""
+    config = case.build_config()
+    if case.fast:
+        config = with_budget(config, OVERFIT_STEPS, TRAIN_STEPS)
+    summary = debug.run_debug(experiment.prepare(config), str(tmp_path))
+    findings = [(f["id"], f["severity"]) for f in summary["findings"]]
+    if case.expected_id is None:
+        serious = [f for f in findings if f[1] in ("error", "warning")]
+        assert serious == [], findings
+    else:
+        assert findings and findings[0][0] == case.expected_id, findings
+
+
+def test_zoo_has_the_required_cases() -> None:
+    """At least 14 broken setups and 6 clean ones, with unique names."""
+    names = [case.name for case in CASES]
+    assert len(set(names)) == len(names)
+    assert sum(case.expected_id is not None for case in CASES) >= 14
+    assert sum(case.expected_id is None for case in CASES) >= 6
