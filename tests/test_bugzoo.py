@@ -5,8 +5,11 @@ marked slow and run with the stage's default budgets, as python -m benchmarks.bu
 real-config clean runs, the cases whose verdict needs the full budget (lr 10: at 200 steps the
 run is still called loss_exploding; x100 init: 400 steps cannot overfit the batch) and the
 known detector issues (strict xfail, so a fix shows up), and three
-slower cases (stop_gradient, eval-mode dropout, sqrt of 0) to keep the default run under a minute.
+slower cases (stop_gradient, eval-mode dropout, sqrt of 0) to keep the default run under a minute;
+shuffled labels run by default through the benchmark's smoke test.
 """
+
+import json
 
 import pytest
 
@@ -45,3 +48,18 @@ def test_zoo_has_the_required_cases() -> None:
     assert len(set(names)) == len(names)
     assert sum(case.expected_id is not None for case in CASES) >= 14
     assert sum(case.expected_id is None for case in CASES) >= 6
+
+
+def test_benchmark_writes_totals(tmp_path) -> None:
+    """benchmarks/bugzoo.py on one case: exit 0 and the totals in --out."""
+    from benchmarks import bugzoo
+
+    out = tmp_path / "bugzoo.json"
+    assert bugzoo.main(["--only=shuffled_labels", f"--out={out}"]) == 0
+    assert json.loads(out.read_text()) == {
+        "cases": 1,
+        "correct_top1": 1,
+        "detected": 1,
+        "clean_runs": 0,
+        "false_alarms": 0,
+    }

@@ -21,12 +21,13 @@ ROOT_CAUSE_ORDER = (
     "batch_dependence",
     "train_eval_mode",
     "nan_or_inf",
+    "labels_corrupted",
+    # Unscaled inputs are what make the gradients explode or vanish downstream.
+    "inputs_not_normalized",
     "no_gradient",
     "dead_units",
     "exploding_gradients",
     "vanishing_gradients",
-    "inputs_not_normalized",
-    "labels_corrupted",
     "lr_too_high",
     "lr_too_low",
     "initial_loss_off",
@@ -36,6 +37,30 @@ ROOT_CAUSE_ORDER = (
     "loss_plateau",
     "cannot_overfit_batch",
 )
+
+
+# Error-severity symptoms and the findings that explain them. A cause found beside its symptom
+# is promoted to the symptom's severity, so that ranking puts the cause, not the symptom, first
+# (a plateau warning explains the batch that cannot be overfit; lr_too_high explains a blow-up).
+EXPLAINED_BY = {
+    "cannot_overfit_batch": ROOT_CAUSE_ORDER[: ROOT_CAUSE_ORDER.index("cannot_overfit_batch")],
+    "loss_exploding": (
+        "lr_too_high",
+        "exploding_gradients",
+        "inputs_not_normalized",
+        "initial_loss_off",
+    ),
+    "loss_increasing": ("lr_too_high",),
+    "loss_oscillating": ("lr_too_high", "labels_corrupted"),
+    "loss_plateau": (
+        "lr_too_low",
+        "no_gradient",
+        "dead_units",
+        "vanishing_gradients",
+        "softmax_before_loss",
+        "labels_corrupted",
+    ),
+}
 
 
 @dataclasses.dataclass
@@ -135,8 +160,21 @@ def cannot_overfit_finding(result: OverfitResult, causes: list[Finding], config)
     )
 
 
+def promote_causes(findings: list[Finding]) -> list[Finding]:
+    """Raise each warning that explains an error-severity symptom to an error."""
+    symptoms = {f.id for f in findings if f.severity == "error" and f.id in EXPLAINED_BY}
+    causes = {c for s in symptoms for c in EXPLAINED_BY[s]}
+    return [
+        dataclasses.replace(f, severity="error")
+        if f.severity == "warning" and f.id in causes
+        else f
+        for f in findings
+    ]
+
+
 def rank_findings(findings: list[Finding]) -> list[Finding]:
-    """By severity, then most likely root cause first; one finding per id (the most severe)."""
+    """Causes promoted to their symptoms' severity, then by severity, root cause first."""
+    findings = promote_causes(findings)
     severity = {"error": 0, "warning": 1, "info": 2}
     order = {fid: i for i, fid in enumerate(ROOT_CAUSE_ORDER)}
     ranked = sorted(findings, key=lambda f: (severity[f.severity], order.get(f.id, len(order))))
