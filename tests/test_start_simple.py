@@ -126,3 +126,20 @@ def test_tfds_config_trains_end_to_end_on_mock_data(tmp_path):
     assert summary["config"]["model"]["name"] == "lenet"
     assert summary["dataset"]["input_shape"] == [28, 28, 1]
     assert summary["metrics"]["steps"] == 4
+
+
+def test_stages_fill_the_persistent_compilation_cache(mnist1d_run, data_cache, tmp_path):
+    _, result = mnist1d_run
+    assert result.returncode == 0
+    cache = os.path.join(data_cache, "jax")
+    assert os.path.isdir(cache) and os.listdir(cache), "no compiled program was cached"
+    custom = tmp_path / "custom"
+    result = run_stage(
+        "start_simple",
+        "--config=configs/synthetic.py:tabular",
+        f"--workdir={custom}/run",
+        f"--compilation_cache={custom}/jax",
+        *FAST,
+    )
+    assert result.returncode == 0, result.stderr
+    assert os.listdir(custom / "jax")

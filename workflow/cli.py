@@ -36,6 +36,28 @@ def define_flags(stage: str) -> None:
     except Exception as e:  # noqa: BLE001 - any failure to build the config is bad input
         fail(flag_error_line(f"{type(e).__name__}: {e}"))
     flags.DEFINE_string("workdir", os.path.join("runs", stage), "Run directory to write.")
+    flags.DEFINE_string(
+        "compilation_cache",
+        None,
+        "JAX persistent compilation cache directory (default: <data cache>/jax; 'off' disables "
+        "it). A second run of the same setup then skips compilation.",
+    )
+
+
+def enable_compilation_cache(path: str | None) -> None:
+    """Turn on JAX's persistent compilation cache: on this CPU it cuts a repeated debug run
+    from ~20 s to ~5 s."""
+    if path == "off":
+        return
+    import jax
+
+    from workflow import data
+
+    path = path or str(data.cache_dir() / "jax")
+    jax.config.update("jax_compilation_cache_dir", path)
+    # Cache every program: most of ours compile in well under the default 1 s threshold.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def check_config_path(argv: list[str]) -> None:
@@ -85,6 +107,7 @@ def run(main: Callable[[list[str]], int]) -> None:
     def guarded(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)
         try:
+            enable_compilation_cache(flags.FLAGS.compilation_cache)
             code = main(argv)
         except UsageError as e:
             fail(str(e))
