@@ -2,25 +2,18 @@
 
 import json
 
-import ml_collections
 import pytest
 
-from tests.conftest import run_stage, small_config
+from tests.bugzoo.cases import synthetic
+from tests.conftest import run_stage
 from workflow import debug, experiment
 
 
 def debug_config(model: str | None = None, loss: str | None = None, dataset: str | None = None):
     """A small synthetic setup with short debug budgets; broken pieces by import path."""
-    config = small_config(num_steps=200)
+    config = synthetic(model_name=model, loss=loss, dataset=dataset, num_steps=200)()
     config.debug.overfit_steps = 400
     config.debug.train_steps = 200
-    if model:
-        config.model = ml_collections.ConfigDict({"name": model})
-    if loss:
-        config.loss = loss
-    if dataset:
-        config.dataset.name = dataset
-        config.dataset.kwargs = ml_collections.ConfigDict()
     return config
 
 

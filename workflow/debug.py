@@ -60,8 +60,9 @@ def run_debug(setup: experiment.Setup, workdir: str) -> dict:
     """Every debug step on `setup`; writes the run directory and returns the summary."""
     config, dataset = setup.config, setup.dataset
     t_start = training.now()
-    x, y = debugging.debug_batch(dataset, config.debug.batch_size, config.seed)
-    findings = checks.run_checks(setup, {"x": x, "y": y})
+    batch = checks.sample_batch(dataset, config.debug.batch_size, config.seed)
+    x, y = batch["x"], batch["y"]
+    findings = checks.run_checks(setup, batch)
     overfit = debugging.overfit_one_batch(
         setup.task,
         setup.state,

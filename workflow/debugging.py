@@ -76,13 +76,6 @@ class OverfitResult:
     accuracies: np.ndarray
 
 
-def debug_batch(dataset, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A fixed, seeded sample of training examples: the batch to check and to overfit."""
-    rng = np.random.default_rng(seed)
-    idx = np.sort(rng.permutation(len(dataset.y_train))[: min(size, len(dataset.y_train))])
-    return dataset.x_train[idx], dataset.y_train[idx]
-
-
 def copy_state(state: training.TrainState) -> training.TrainState:
     """A fresh copy: the multi-step donates its input state."""
     return jax.tree.map(jnp.copy, state)

@@ -50,7 +50,7 @@ def with_budget(
     return config
 
 
-def _synthetic(
+def synthetic(
     kind: str = "tabular",
     model: str = "",
     *,
@@ -90,19 +90,19 @@ BROKEN: list[Case] = [
     Case(
         "softmax_output",
         "softmax_before_loss",
-        _synthetic(model_name="tests.check_bugs:SoftmaxMLP"),
+        synthetic(model_name="tests.check_bugs:SoftmaxMLP"),
     ),
     Case(
         "flipped_loss_sign",
         "loss_increasing",
-        _synthetic(loss="tests.curve_bugs:negated_cross_entropy"),
+        synthetic(loss="tests.curve_bugs:negated_cross_entropy"),
     ),
-    Case("lr_10_adam", "lr_too_high", _synthetic(**{"optimizer.learning_rate": 10.0}), fast=False),
-    Case("lr_1e-8", "lr_too_low", _synthetic(**{"optimizer.learning_rate": 1e-8})),
+    Case("lr_10_adam", "lr_too_high", synthetic(**{"optimizer.learning_rate": 10.0}), fast=False),
+    Case("lr_1e-8", "lr_too_low", synthetic(**{"optimizer.learning_rate": 1e-8})),
     Case(
         "pixels_x255_unnormalized",
         "inputs_not_normalized",
-        _synthetic(
+        synthetic(
             "image", "mlp", dataset="tests.check_bugs:pixel_images", **{"dataset.normalize": False}
         ),
         fast=False,
@@ -110,70 +110,70 @@ BROKEN: list[Case] = [
     Case(
         "shuffled_labels",
         "labels_corrupted",
-        _synthetic(dataset="tests.curve_bugs:random_labels"),
+        synthetic(dataset="tests.curve_bugs:random_labels"),
         fast=False,
     ),
-    Case("log_of_zero", "nan_or_inf", _synthetic(loss="tests.broken:log_of_margin_loss")),
-    Case("dead_relu_init", "dead_units", _synthetic(model_name="tests.check_bugs:DeadReluMLP")),
+    Case("log_of_zero", "nan_or_inf", synthetic(loss="tests.broken:log_of_margin_loss")),
+    Case("dead_relu_init", "dead_units", synthetic(model_name="tests.check_bugs:DeadReluMLP")),
     Case(
         "stop_gradient_layer",
         "no_gradient",
-        _synthetic(model_name="tests.check_bugs:StopGradientMLP"),
+        synthetic(model_name="tests.check_bugs:StopGradientMLP"),
         fast=False,
     ),
     Case(
         "dropout_ignores_eval",
         "train_eval_mode",
-        _synthetic(model_name="tests.check_bugs:AlwaysDropoutMLP"),
+        synthetic(model_name="tests.check_bugs:AlwaysDropoutMLP"),
         fast=False,
     ),
     Case(
         "norm_over_batch_axis",
         "batch_dependence",
-        _synthetic(model_name="tests.check_bugs:BatchAxisNormMLP"),
+        synthetic(model_name="tests.check_bugs:BatchAxisNormMLP"),
     ),
     Case(
         "regression_n1_vs_n",
         "shape_mismatch",
-        _synthetic(loss="tests.bugzoo.pieces:expected_class_regression"),
+        synthetic(loss="tests.bugzoo.pieces:expected_class_regression"),
     ),
     Case(
         "exploding_init",
         "initial_loss_off",
-        _synthetic(model_name="tests.check_bugs:ScaledInitMLP"),
+        synthetic(model_name="tests.check_bugs:ScaledInitMLP"),
         fast=False,
     ),
     Case(
         "l2_1e3",
         "loss_plateau",
-        _synthetic(l2=1e3),
+        synthetic(l2=1e3),
         fast=False,
     ),
     Case(
         "constant_labels",
         "labels_corrupted",
-        _synthetic(dataset="tests.check_bugs:constant_labels"),
+        synthetic(dataset="tests.check_bugs:constant_labels"),
     ),
     Case(
         "deep_sigmoid_stack",
         "vanishing_gradients",
-        _synthetic(model_name="tests.check_bugs:DeepSigmoidMLP"),
+        synthetic(model_name="tests.check_bugs:DeepSigmoidMLP"),
         fast=False,
     ),
     Case(
         "sqrt_of_zero_norm",
         "nan_or_inf",
-        _synthetic(loss="tests.check_bugs:sqrt_norm_loss"),
+        synthetic(loss="tests.check_bugs:sqrt_norm_loss"),
         fast=False,
     ),
 ]
 
 CLEAN: list[Case] = [
-    Case("clean_synthetic_mlp", None, _synthetic()),
+    Case("clean_synthetic_mlp", None, synthetic()),
     Case(
         "clean_dropout_batchnorm",
         None,
-        _synthetic(model_name="tests.check_bugs:DropoutBatchNormMLP"),
+        synthetic(model_name="tests.check_bugs:DropoutBatchNormMLP"),
     ),
     Case("clean_mnist1d_mlp", None, _real("configs/mnist1d.py", "mlp"), fast=False),
     Case("clean_mnist1d_tcn", None, _real("configs/mnist1d.py", "tcn"), fast=False),
