@@ -94,3 +94,38 @@ def test_parse_models_rejects_unknown_names():
     assert common.parse_models("mlp, lstm") == ["mlp", "lstm"]
     with pytest.raises(ValueError, match="gru"):
         common.parse_models("mlp,gru")
+
+
+def test_search_throughput_writes_json(tmp_path):
+    import math
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "search_throughput.json"
+    argv = ["--steps=10", "--sizes=1,8", "--sequential_runs=2", "--repeats=1"]
+    argv += ["--num_samples=500", f"--out={out}"]  # few examples: generated in under a second
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.search_throughput", *argv],
+        cwd=ROOT,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(out.read_text())
+
+    def positive(value) -> bool:
+        return isinstance(value, float) and math.isfinite(value) and value > 0
+
+    assert positive(results["sequential_trials_per_s"])
+    assert list(results["batched"]) == ["1", "8"]
+    assert all(positive(rate) for rate in results["batched"].values())
+    for n, rate in results["batched"].items():
+        ratio = results["ratio_to_sequential"][n]
+        assert ratio == pytest.approx(rate / results["sequential_trials_per_s"])
+        assert positive(results["wall_seconds"][n])
+        assert results["compile_seconds"][n] >= 0
+    assert positive(results["wall_seconds"]["sequential"])
+    assert results["steps"] == 10 and results["model"] == "mlp"

@@ -1,7 +1,9 @@
 """The default config every problem starts from, and the checks that reject invalid values."""
 
 import inspect
+import json
 import math
+import os
 
 import ml_collections
 from ml_collections import config_dict
@@ -70,6 +72,57 @@ def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collection
             "train_steps": 300,
         }
     )
+    # The evaluate stage: bias-variance verdicts against the goal, and error vs. training size.
+    config.evaluate = ml_collections.ConfigDict(
+        {
+            # A gap (train - goal, val - train, test - val) smaller than its tolerance is "ok";
+            # the tolerance used is the larger of this and the sampling-noise floor below.
+            "underfit_tolerance": 0.01,
+            "overfit_tolerance": 0.01,
+            "val_overfit_tolerance": 0.01,
+            # Standard errors of a difference of two error rates below which a gap is noise.
+            "noise_z": 2.0,
+            # Fractions of the training set for the error-vs-size curve; () skips it.
+            "train_sizes": (),
+            # Steps of each train-size run (None: num_steps, the main run's budget).
+            "train_size_steps": config_dict.placeholder(int),
+        }
+    )
+    # The tune stage: LR range test, then coarse-to-fine random search (workflow/search.py).
+    config.search = ml_collections.ConfigDict(
+        {
+            # Log-uniform ranges as the workflow writes them: lr = 10^U(-6, -3), widened to the
+            # range test's band; reg (the L2 weight, config.l2) = 10^U(-5, 5).
+            "lr_range": (1e-6, 1e-3),
+            "reg_range": (1e-5, 1e5),
+            "sampler": "halton",  # scrambled Halton (quasi-random), sobol, or random
+            "metric": "val_accuracy",  # or val_loss
+            "num_trials": 64,  # the coarse round
+            "epochs": 3.0,  # trial length of the coarse round (short runs first)
+            "rounds": 3,  # the coarse round and the refined ones
+            "refine_trials": 32,
+            "refine_epochs_factor": 3.0,  # each refined round trains this much longer
+            "last_round_full_length": True,  # the last round trains config.num_steps steps
+            "top_fraction": 0.25,  # the best trials a refined range is drawn around
+            "trials_per_program": 64,  # trials vmapped into one compiled program
+            # None: sqlite:///<workdir>/study.db; any SQLAlchemy URL shares a study between
+            # workers on several machines (postgresql://user:password@host/database).
+            "storage": config_dict.placeholder(str),
+            "heartbeat_seconds": 30,  # a trial whose worker is silent 3x this long is rerun
+            "poll_seconds": 2.0,
+            "range_test": ml_collections.ConfigDict(
+                {
+                    "enabled": True,
+                    "min_lr": 1e-7,
+                    "max_lr": 10.0,
+                    "num_steps": 200,
+                    "repeats": 3,
+                    "divergence_factor": 4.0,
+                }
+            ),
+            "retrain_best": True,  # train the best trial at the config's full num_steps
+        }
+    )
     return config
 
 
@@ -113,3 +166,66 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(0 < frac < 1, "debug.overfit_loss_fraction", frac, "must lie in (0, 1)")
     goal = config.goal.test_error
     _require(0 <= goal < 1, "goal.test_error", goal, "must lie in [0, 1)")
+    ev = config.evaluate
+    for key in ("underfit_tolerance", "overfit_tolerance", "val_overfit_tolerance", "noise_z"):
+        value = ev[key]
+        _require(
+            isinstance(value, int | float) and math.isfinite(value) and value >= 0,
+            f"evaluate.{key}",
+            value,
+            "must be a finite number >= 0",
+        )
+    for fraction in ev.train_sizes:
+        _require(
+            isinstance(fraction, int | float) and 0 < fraction <= 1,
+            "evaluate.train_sizes",
+            tuple(ev.train_sizes),
+            "every fraction must lie in (0, 1]",
+        )
+    steps = ev.train_size_steps
+    _require(
+        steps is None or (isinstance(steps, int) and steps > 0),
+        "evaluate.train_size_steps",
+        steps,
+        "must be a positive integer or None (None: num_steps)",
+    )
+
+
+def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of a config file, as `--config=path:arg` loads it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("loaded_config", path)
+    if spec is None or not os.path.isfile(path):
+        raise UsageError(f"config file {path!r} does not exist")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changed_values(base: ml_collections.ConfigDict, resolved: dict) -> dict:
+    """The flattened keys whose value in `resolved` (plain JSON data) differs from `base`."""
+    base_flat = flatten(json.loads(base.to_json_best_effort()))
+    return {k: v for k, v in flatten(resolved).items() if base_flat.get(k, object()) != v}
+
+
+def apply_values(config: ml_collections.ConfigDict, values: dict) -> ml_collections.ConfigDict:
+    """Set flattened `key.sub: value` pairs (JSON lists become the tuples configs hold)."""
+    for key, value in values.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = tuple(value) if isinstance(value, list) else value
+    return config

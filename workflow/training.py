@@ -45,18 +45,28 @@ class Task:
     eval_graphdef: Any
     tx: optax.GradientTransformation
     loss_fn: losses.LossFn
-    l2: float
 
 
-def build_optimizer(opt: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """The configured optimizer; hyperparameters live in its state so trials can differ."""
-    make = {
-        "adam": lambda learning_rate: optax.adam(learning_rate),
-        "adamw": lambda learning_rate: optax.adamw(learning_rate, weight_decay=opt.weight_decay),
-        "sgd": lambda learning_rate: optax.sgd(learning_rate),
-        "momentum": lambda learning_rate: optax.sgd(learning_rate, momentum=opt.momentum),
+def build_optimizer(
+    opt: ml_collections.ConfigDict, l2: float = 0.0
+) -> optax.GradientTransformation:
+    """The configured optimizer, with the L2 penalty applied as its gradient.
+
+    The learning rate and the L2 weight live in the optimizer state (`inject_hyperparams`), so
+    trials batched under `vmap` each carry their own. `l2 * sum(w**2)` added to the loss has the
+    gradient `2 * l2 * w`, which `add_decayed_weights` adds before the optimizer sees it.
+    """
+    base = {
+        "adam": lambda lr: optax.adam(lr),
+        "adamw": lambda lr: optax.adamw(lr, weight_decay=opt.weight_decay),
+        "sgd": lambda lr: optax.sgd(lr),
+        "momentum": lambda lr: optax.sgd(lr, momentum=opt.momentum),
     }[opt.name]
-    return optax.inject_hyperparams(make)(learning_rate=opt.learning_rate)
+
+    def make(learning_rate, l2):
+        return optax.chain(optax.add_decayed_weights(2.0 * l2), base(learning_rate))
+
+    return optax.inject_hyperparams(make)(learning_rate=opt.learning_rate, l2=l2)
 
 
 def build_model(config: ml_collections.ConfigDict, input_shape, num_classes: int) -> nnx.Module:
@@ -95,13 +105,12 @@ def create_train_state(
     model.eval()
     eval_graphdef = nnx.split(model, nnx.Param, ...)[0]
     model.train()
-    tx = build_optimizer(config.optimizer)
+    tx = build_optimizer(config.optimizer, float(config.l2))
     task = Task(
         train_graphdef=train_graphdef,
         eval_graphdef=eval_graphdef,
         tx=tx,
         loss_fn=losses.get_loss(config.loss),
-        l2=float(config.l2),
     )
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -117,11 +126,6 @@ def fresh_variables(tree: Any) -> Any:
     return jax.tree.map(lambda leaf: leaf, tree)
 
 
-def l2_penalty(params: Any) -> jax.Array:
-    """Sum of squares of all parameters."""
-    return sum(jnp.sum(jnp.square(p)) for p in jax.tree.leaves(params))
-
-
 def make_train_step(task: Task) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """The pure training step: forward, loss, gradient, optimizer update."""
 
@@ -131,12 +135,11 @@ def make_train_step(task: Task) -> Callable[[TrainState, Batch], tuple[TrainStat
             model = nnx.merge(task.train_graphdef, params, fresh_variables(state.model_state))
             logits = model(batch["x"])
             data_loss = jnp.mean(task.loss_fn(logits, batch["y"]))
-            total = data_loss + task.l2 * l2_penalty(params) if task.l2 else data_loss
             new_model_state = nnx.split(model, nnx.Param, ...)[2]
-            return total, (data_loss, logits, new_model_state)
+            return data_loss, (logits, new_model_state)
 
         grad_fn = jax.value_and_grad(objective, has_aux=True)
-        (_, (data_loss, logits, model_state)), grads = grad_fn(state.params)
+        (data_loss, (logits, model_state)), grads = grad_fn(state.params)
         updates, opt_state = task.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {

@@ -1,0 +1,43 @@
+"""One search worker on a shared study, as a separate process: `python search_worker.py URL NAME`.
+
+Prints one JSON line: how many trials this process trained and the records it saw finished.
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tests.conftest import small_config  # noqa: E402
+
+
+def search_config():
+    """A tiny tabular config with a small two-round search (shared by the search tests)."""
+    config = small_config("tabular")
+    config.search.num_trials = 8
+    config.search.refine_trials = 4
+    config.search.trials_per_program = 4
+    config.search.rounds = 2
+    config.search.epochs = 1.0
+    config.search.heartbeat_seconds = 5
+    config.search.poll_seconds = 0.2
+    return config
+
+
+def main(url: str, study_name: str) -> None:
+    """Join the study at `url` and work until every round is finished."""
+    from workflow import experiment, search, trials
+
+    config = search_config()
+    setup = experiment.prepare(config)
+    dataset = setup.dataset
+    runner = trials.TrialRunner(config, dataset.input_shape, dataset.num_classes)
+    worker = search.Search(runner, dataset, config, url, study_name, progress=False)
+    first = search.first_round(config.search, len(dataset.x_train), config.batch_size)
+    rounds, records = worker.run(first)
+    print(json.dumps({"trained_here": worker.trained_here, "records": len(records)}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,260 @@
+"""Batched trials and the coarse-to-fine search: numbers equal to single runs, resumable studies."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from tests.conftest import ROOT
+from tests.search_worker import search_config
+from workflow import experiment, search, training, trials
+from workflow.errors import UsageError
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """The tiny tabular setup every test here shares (one data load, one model build)."""
+    return experiment.prepare(search_config())
+
+
+@pytest.fixture(scope="module")
+def runner(setup):
+    """One TrialRunner: its programs compile once for the module."""
+    ds = setup.dataset
+    return trials.TrialRunner(setup.config, ds.input_shape, ds.num_classes)
+
+
+def test_batched_trials_equal_separate_runs(setup, runner):
+    hparams = trials.TrialHparams([3e-3, 1e-2, 1e-4], [0.0, 1e-3, 0.0], [0, 0, 1])
+    _, result = runner.run(hparams, setup.dataset, setup.config.num_steps)
+    for i in range(2):
+        config = setup.config.copy_and_resolve_references()
+        config.optimizer.learning_rate = hparams.learning_rate[i]
+        config.l2 = hparams.l2[i]
+        single = experiment.prepare(config)
+        fit = training.fit(single.task, single.state, single.dataset, config, progress=False)
+        ds = single.dataset
+        val = training.Evaluator(single.task, 256)(fit.state, ds.x_val, ds.y_val)
+        assert result.val_loss[i] == pytest.approx(val["loss"], rel=1e-4)
+        assert result.val_accuracy[i] == pytest.approx(val["accuracy"])
+        np.testing.assert_allclose(
+            result.train_loss_curve[i][0], np.mean(fit.step_losses[:10]), rtol=1e-4
+        )
+    # lr 1e-4 for 60 steps barely moves; the other two learn.
+    assert result.improved.tolist() == [True, True, False]
+    # A trial's seed initializes its parameters as config.seed does for a single run.
+    config = setup.config.copy_and_resolve_references()
+    config.seed = 1
+    model = training.build_model(config, setup.dataset.input_shape, setup.dataset.num_classes)
+    expected = jax.tree.leaves(nnx.state(model, nnx.Param))
+    got = jax.tree.leaves(trials.trial_state(runner.init(hparams), 2).params)
+    for a, b in zip(expected, got, strict=True):
+        np.testing.assert_allclose(a, b)
+
+
+def test_trials_on_eight_devices_match_one():
+    script = f"""
+import json, sys
+sys.path.insert(0, {ROOT!r})
+import jax
+from tests.search_worker import search_config
+from workflow import experiment, trials
+config = search_config()
+setup = experiment.prepare(config)
+ds = setup.dataset
+runner = trials.TrialRunner(config, ds.input_shape, ds.num_classes)
+hp = trials.TrialHparams([3e-3, 1e-2, 1e-4], [0.0, 1e-3, 0.0], [0, 0, 1])
+states, result = runner.run(hp, ds, 20)
+print(json.dumps({{"devices": len(jax.devices()), "shards": len(states.step.sharding.device_set),
+    "val_loss": result.val_loss.tolist(), "trials": len(states.step)}}))
+"""
+    outputs = []
+    for count in (8, 1):
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={count}")
+        proc = subprocess.run(
+            [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outputs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    eight, one = outputs
+    assert eight["devices"] == 8 and eight["shards"] == 8 and eight["trials"] == 8  # 3 padded to 8
+    assert one["trials"] == 3
+    np.testing.assert_allclose(eight["val_loss"], one["val_loss"], rtol=1e-5)
+
+
+def test_summarize_trials_marks_divergence_and_improvement():
+    losses = np.array(
+        [
+            [2.3, 2.2, 1.0, 0.5, 0.4, 0.3, 0.3, 0.2],  # goes down
+            [2.3, 2.3, 2.3, 2.3, 2.3, 2.3, 2.29, 2.3],  # flat
+            [2.3, 5.0, 40.0, np.inf, np.nan, np.nan, np.nan, np.nan],  # blows up at step 4
+        ]
+    )
+    result = trials.summarize_trials(
+        losses, 2, np.array([0.3, 2.3, np.nan]), np.array([0.9, 0.1, 0.1]), 1.0
+    )
+    assert result.improved.tolist() == [True, False, False]
+    assert result.diverged_at.tolist() == [-1, -1, 4]
+    assert result.val_accuracy[2] == 0.0 and math.isinf(result.val_loss[2])
+    assert result.train_loss_curve.shape == (3, 4)
+
+
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        ((1e-3, 1e-6), "inverted"),
+        ((1e-3, 1e-3), "empty"),
+        ((0.0, 1.0), "not positive"),
+        (3, "pair"),
+    ],
+)
+def test_bad_ranges_are_one_line_errors(value, words):
+    with pytest.raises(UsageError, match=words) as info:
+        search.check_range("search.lr_range", value)
+    assert "search.lr_range" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_bad_sampler_metric_and_storage_are_usage_errors(tmp_path):
+    config = search_config()
+    config.search.sampler = "grid"
+    with pytest.raises(UsageError, match="halton, sobol, random"):
+        search.validate_search_config(config.search)
+    with pytest.raises(UsageError, match="postgresql://nobody@127.0.0.1:9/nothing"):
+        search.open_storage("postgresql://nobody@127.0.0.1:9/nothing", 5)
+    with pytest.raises(UsageError, match="cannot open the study storage"):
+        search.open_storage(f"sqlite:///{tmp_path}/missing/dir/study.db", 5)
+
+
+def test_first_round_widens_lr_range_to_the_range_test_band():
+    config = search_config()
+    first = search.first_round(config.search, 1000, 100, lr_band=(2e-4, 3e-2))
+    assert first.lr_range == (1e-6, 3e-2)
+    assert first.reg_range == (1e-5, 1e5)
+    assert first.steps == 10  # 1 epoch of 1000 examples at batch 100
+
+
+def test_refined_round_narrows_around_the_best_trials_and_trains_longer():
+    config = search_config()
+    first = search.first_round(config.search, 1000, 100)
+    records = [
+        {"learning_rate": lr, "l2": l2, "val_accuracy": acc, "val_loss": 1 - acc, "improved": ok}
+        for lr, l2, acc, ok in [
+            (3e-4, 1e-4, 0.90, True),
+            (5e-4, 1e-3, 0.88, True),
+            (1e-6, 1e-5, 0.10, False),
+            (2e-4, 1e3, 0.20, True),
+            (8e-4, 1e-2, 0.70, True),
+            (1e-5, 1e4, 0.05, False),
+            (1e-4, 1e2, 0.30, True),
+            (4e-6, 1e1, 0.12, False),
+        ]
+    ]
+    refined = search.next_round(first, records, config.search, 1000, 100)
+    # The top quarter of the improved trials (at least two): lr 3e-4 and 5e-4, l2 1e-4..1e-3.
+    lr_lo, lr_hi = refined.lr_range
+    assert 1e-4 < lr_lo < 3e-4 and 5e-4 < lr_hi < 2e-3
+    reg_lo, reg_hi = refined.reg_range
+    assert 1e-6 < reg_lo < 1e-4 and 1e-3 < reg_hi < 0.1
+    assert refined.index == 1 and refined.num_trials == config.search.refine_trials
+    assert refined.steps == 3 * first.steps
+
+
+def _study_trials(url: str, name: str):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
+
+
+def test_search_resumes_trials_of_a_dead_worker(setup, runner, tmp_path):
+    import optuna
+
+    url = f"sqlite:///{tmp_path}/study.db"
+    config = setup.config
+    first = search.first_round(config.search, len(setup.dataset.x_train), config.batch_size)
+    # A worker that died with two trials running: a process id that no longer exists.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    worker = search.Search(runner, setup.dataset, config, url, "t", progress=False)
+    study, round_ = worker.study(first)
+    interrupted = []
+    for _ in range(2):
+        trial = study.ask()
+        trial.suggest_float("learning_rate", *round_.lr_range, log=True)
+        trial.suggest_float("l2", *round_.reg_range, log=True)
+        trial.set_user_attr("worker", {"host": worker.worker.host, "pid": dead.pid})
+        interrupted.append(dict(trial.params))
+    rounds, records = worker.run(first)
+    assert [r.num_trials for r in rounds] == [8, 4]
+    round0 = _study_trials(url, "t/round-0")
+    states = optuna.trial.TrialState
+    assert sum(t.state == states.COMPLETE for t in round0) == 8
+    assert sum(t.state == states.FAIL for t in round0) == 2
+    completed = [t.params for t in round0 if t.state == states.COMPLETE]
+    for params in interrupted:  # each interrupted trial was run again, once
+        assert completed.count(params) == 1
+    assert len({tuple(sorted(p.items())) for p in completed}) == 8
+    assert worker.trained_here == 12
+
+    again = search.Search(runner, setup.dataset, config, url, "t", progress=False)
+    _, records_again = again.run(first)
+    assert again.trained_here == 0  # nothing finished is run twice
+    assert [r["val_accuracy"] for r in records_again] == [r["val_accuracy"] for r in records]
+
+
+def test_two_workers_share_one_sqlite_study(tmp_path):
+    url = f"sqlite:///{tmp_path}/study.db"
+    script = os.path.join(HERE, "search_worker.py")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, script, url, "shared"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+        outputs.append(json.loads(out.strip().splitlines()[-1]))
+    import optuna
+
+    for name, size in (("shared/round-0", 8), ("shared/round-1", 4)):
+        done = [t for t in _study_trials(url, name) if t.state == optuna.trial.TrialState.COMPLETE]
+        assert len(done) == size
+        assert len({tuple(sorted(t.params.items())) for t in done}) == size
+    assert sum(o["trained_here"] for o in outputs) == 12  # every trial trained exactly once
+    assert all(o["records"] == 12 for o in outputs)
+
+
+@pytest.mark.parametrize("name", search.SAMPLERS)
+def test_sampler_points_depend_only_on_the_trial_number(name):
+    from optuna.distributions import FloatDistribution
+
+    class Trial:
+        def __init__(self, number):
+            self.number = number
+
+    dist = FloatDistribution(1e-6, 1e-2, log=True)
+    draws = []
+    for sampler in (search.make_sampler(name, 0, 0), search.make_sampler(name, 0, 0)):
+        draws.append(
+            [sampler.sample_independent(None, Trial(n), "learning_rate", dist) for n in range(40)]
+        )
+    assert draws[0] == draws[1]  # every worker, and a restarted one, draws the same points
+    assert len(set(draws[0])) == 40 and all(1e-6 <= v <= 1e-2 for v in draws[0])
+    other_round = search.make_sampler(name, 0, 1)
+    assert other_round.sample_independent(None, Trial(0), "learning_rate", dist) != draws[0][0]
+    # Quasi-random points cover the range evenly: each decade gets its share.
+    decades = np.histogram(np.log10(draws[0]), bins=4, range=(-6, -2))[0]
+    assert decades.min() >= (6 if name != "random" else 3)

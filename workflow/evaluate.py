@@ -1,0 +1,504 @@
+"""Stage 3, evaluate: the bias-variance decomposition of a trained run against the goal.
+
+    python -m workflow.evaluate --config=configs/mnist1d.py --workdir=runs/start_simple
+
+Evaluates the run in --workdir, training it first (or finishing it) when there is none, then
+splits its test error into goal + bias + variance + val overfit, calls `underfit`, `overfit`,
+`val_overfit` or `goal_met`, and names the next stage. With --config.evaluate.train_sizes it also
+trains short runs on subsets to tell "add data" from "regularize / a bigger model". The verdict
+is not an error: exit 0 unless training diverged (1) or the input is bad (2).
+"""
+
+import dataclasses
+import math
+import os
+import shlex
+
+import ml_collections
+from absl import flags
+
+from workflow import bias_variance, checkpoints, cli, experiment, reports, rundir, training
+from workflow.errors import UsageError
+from workflow.findings import Finding, has_error, sort_findings
+
+FLAGS = flags.FLAGS
+
+# Config blocks that only change the analysis, never the trained numbers (see training_config).
+ANALYSIS_KEYS = ("evaluate", "goal")
+# Timing of the run that trained the model, kept when this invocation trains no step.
+TIMING_KEYS = ("wall_seconds", "steps_per_s", "compile_seconds")
+
+
+def main(argv: list[str]) -> int:
+    """Evaluate (training first when needed) and write the run directory; exit 1 if it diverged."""
+    del argv
+    setup = experiment.prepare(FLAGS.config)
+    summary = run_evaluate(setup, FLAGS.workdir)
+    print_evaluation(summary)
+    return cli.EXIT_OK if summary["status"] == "ok" else cli.EXIT_FINDINGS
+
+
+def run_evaluate(setup: experiment.Setup, workdir: str) -> dict:
+    """Train or restore the run in `workdir`, decompose its errors against the goal, report."""
+    config = setup.config
+    tolerances = bias_variance.Tolerances.from_config(config.evaluate)
+    sizes = subset_sizes(config, len(setup.dataset.y_train))  # bad fractions fail before writing
+    previous, resume_step = previous_run(workdir)
+    trainable = dataclasses.replace(setup, config=training_config(config, workdir))
+    summary = experiment.train_and_report(trainable, workdir, "evaluate", next_stage=None)
+    summary["config"] = rundir.config_to_dict(config)
+    run = rundir.RunDir(workdir)
+    if summary["status"] != "ok":  # diverged: no model to decompose, the nan_or_inf finding stands
+        run.write_summary(summary)
+        return summary
+
+    metrics = summary["metrics"]
+    trained_steps = metrics["steps"] - (resume_step or 0)
+    metrics["trained_steps"] = trained_steps
+    carried = carried_findings(previous, summary, trained_steps)
+    if carried is not None:
+        metrics.update({k: previous["metrics"][k] for k in TIMING_KEYS if k in previous["metrics"]})
+
+    errors = split_errors(metrics, setup.dataset)
+    decomposition = bias_variance.decompose(
+        errors, config.goal.test_error, setup.dataset.irreducible_error, tolerances
+    )
+    records = run.read_metrics()
+    facts = run_facts(setup, metrics, records)
+    points = train_size_curve(setup, sizes, metrics) if sizes else []
+    trend = bias_variance.train_size_trend(points, errors.n_val, tolerances)
+    verdicts = bias_variance.verdict_findings(decomposition, facts, trend)
+    findings = unique_findings(
+        verdicts + [Finding(**f) for f in summary["findings"] + (carried or [])]
+    )
+
+    metrics.update(decomposition.metrics())
+    summary.update(
+        status="failed" if has_error(findings) else "ok",
+        findings=[f.to_json() for f in findings],
+        next=next_commands(findings, workdir, errors.n_train, facts, trend),
+        bias_variance={
+            "rows": bias_variance.table_rows(decomposition),
+            "decomposition": bias_variance.decomposition_line(decomposition),
+            "tolerances": dataclasses.asdict(tolerances),
+        },
+    )
+    if points:
+        summary["train_size"] = {
+            "steps": config.evaluate.train_size_steps or config.num_steps,
+            "points": [dataclasses.asdict(p) for p in points],
+            **({"trend": trend.trend, "text": trend.text()} if trend else {}),
+        }
+    plots = write_plots(run, setup, records, points)
+    run.write_summary(summary)
+    write_report(run, summary, plots)
+    return summary
+
+
+def write_plots(
+    run: rundir.RunDir,
+    setup: experiment.Setup,
+    records: list[dict],
+    points: list[bias_variance.SizePoint],
+) -> dict[str, str]:
+    """The error curves and, when measured, error against training-set size; paths relative to
+    the run directory, as report.md links them."""
+    goal, title = setup.config.goal.test_error, f"{setup.config.model.name} on {setup.dataset.name}"
+    error_curves = os.path.join(run.plots, "error_curves.png")
+    plots = {
+        "error curves": plot_error_curves(
+            records, error_curves, goal, setup.dataset.irreducible_error, title
+        )
+    }
+    if points:
+        train_size = os.path.join(run.plots, "train_size.png")
+        plots["train size"] = plot_train_size(points, train_size, goal, title)
+    return {name: os.path.relpath(path, run.path) for name, path in plots.items()}
+
+
+def subset_sizes(config: ml_collections.ConfigDict, n_train: int) -> list[tuple[float, int]]:
+    """(fraction, examples) of each train-size run, smallest first; a subset under a batch fails."""
+    sizes = {}
+    for fraction in config.evaluate.train_sizes:
+        size = round(fraction * n_train)
+        if size < config.batch_size:
+            raise UsageError(
+                f"evaluate.train_sizes fraction {fraction:g} of {n_train} training examples is "
+                f"{size}, fewer than batch_size={config.batch_size}; use fractions >= "
+                f"{config.batch_size / n_train:.3g}"
+            )
+        sizes.setdefault(size, float(fraction))
+    return sorted(((fraction, size) for size, fraction in sizes.items()), key=lambda s: s[1])
+
+
+def previous_run(workdir: str) -> tuple[dict | None, int | None]:
+    """The summary.json already in `workdir` (before it is overwritten) and its last checkpoint."""
+    run = rundir.RunDir(workdir)
+    previous = None
+    if run.exists and os.path.exists(run.file("summary.json")):
+        try:
+            previous = rundir.read_json(run.file("summary.json"))
+        except (OSError, ValueError):
+            previous = None  # an unreadable summary is rewritten below; nothing to keep from it
+    resume_step = None
+    if os.path.isdir(run.checkpoints):  # never create the directory here: bad input may follow
+        ckpt = checkpoints.Checkpointer(run.checkpoints)
+        try:
+            resume_step = ckpt.latest_step()
+        finally:
+            ckpt.close()
+    return previous, resume_step
+
+
+def training_config(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+    """The config the run directory is checked against, with its stored analysis-only blocks.
+
+    A run trained by start_simple and evaluated with other tolerances, train sizes or goal is the
+    same training run: those blocks never change the numbers, so they must not count as "a
+    different config" when train_and_report resumes the directory.
+    """
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return config
+    stored, current = rundir.read_json(path), rundir.config_to_dict(config)
+    differing = [k for k in ANALYSIS_KEYS if stored.get(k) != current.get(k)]
+    if not differing:
+        return config
+    adopted = config.copy_and_resolve_references()
+    with adopted.unlocked():
+        for key in differing:
+            if key in stored:
+                adopted[key] = ml_collections.ConfigDict(stored[key])
+            else:  # a run directory written before this block existed
+                del adopted[key]
+    return adopted
+
+
+def carried_findings(previous: dict | None, summary: dict, trained_steps: int) -> list | None:
+    """The previous summary's findings (curve diagnoses of the training run) when this invocation
+    trained no step, so they still describe this model; None when they do not apply."""
+    if not previous or trained_steps != 0:
+        return None
+    if previous.get("metrics", {}).get("steps") != summary["metrics"]["steps"]:
+        return None
+    return [f for f in previous.get("findings", []) if f["id"] not in bias_variance.VERDICT_IDS]
+
+
+def unique_findings(findings: list[Finding]) -> list[Finding]:
+    """Most severe first, the first finding of each id kept (this run's before carried ones)."""
+    seen, unique = set(), []
+    for f in findings:
+        if f.id not in seen:
+            seen.add(f.id)
+            unique.append(f)
+    return sort_findings(unique)
+
+
+def split_errors(metrics: dict, dataset) -> bias_variance.Errors:
+    """Error rates (1 - accuracy) of the run on each split, with the split sizes."""
+    return bias_variance.Errors(
+        train=1.0 - metrics["train_accuracy"],
+        val=1.0 - metrics["val_accuracy"],
+        test=1.0 - metrics["test_accuracy"],
+        n_train=len(dataset.y_train),
+        n_val=len(dataset.y_val),
+        n_test=len(dataset.y_test),
+    )
+
+
+def available_train_examples(dataset) -> int | None:
+    """Training examples the data holds, of which --config.dataset.train_size may take a subset."""
+    raw = dataset.info.get("raw_sizes", {})
+    if "train" not in raw:
+        return None
+    carved = 0 if "val" in raw else len(dataset.y_val)  # val carved from the raw train split
+    return raw["train"] - carved
+
+
+def run_facts(
+    setup: experiment.Setup, metrics: dict, records: list[dict]
+) -> bias_variance.RunFacts:
+    """The concrete numbers the suggestions name: model size, optimizer, unused data, best step."""
+    config, dataset = setup.config, setup.dataset
+    val = [
+        r for r in records if isinstance(r.get("val_loss"), float) and math.isfinite(r["val_loss"])
+    ]
+    own_val = "val" in dataset.info.get("raw_sizes", {})
+    return bias_variance.RunFacts(
+        model=config.model.name,
+        num_params=metrics.get("num_params"),
+        num_steps=config.num_steps,
+        learning_rate=config.optimizer.learning_rate,
+        l2=float(config.l2),
+        weight_decay=float(config.optimizer.weight_decay),
+        val_fraction=None if own_val else config.dataset.val_fraction,
+        available_train=available_train_examples(dataset),
+        best_val_step=min(val, key=lambda r: r["val_loss"])["step"] if val else None,
+        last_step=metrics["steps"],
+    )
+
+
+def train_size_curve(
+    setup: experiment.Setup, sizes: list[tuple[float, int]], metrics: dict
+) -> list[bias_variance.SizePoint]:
+    """Train and val error of one run per subset size, ending at the whole training set."""
+    config = setup.config
+    steps = config.evaluate.train_size_steps or config.num_steps
+    n_train = len(setup.dataset.y_train)
+    fractions = {size: fraction for fraction, size in sizes}
+    fractions.setdefault(n_train, 1.0)
+    points = []
+    for size, fraction in sorted(fractions.items()):
+        if size == n_train and steps == config.num_steps:
+            # The main run is this point: the same data, seed and step budget.
+            points.append(
+                bias_variance.SizePoint(
+                    fraction, size, 1.0 - metrics["train_accuracy"], 1.0 - metrics["val_accuracy"]
+                )
+            )
+        else:
+            points.append(train_size_point(config, fraction, size, steps))
+    return points
+
+
+def train_size_point(
+    config: ml_collections.ConfigDict, fraction: float, size: int, steps: int
+) -> bias_variance.SizePoint:
+    """A short run on the first `size` training examples, without a run directory."""
+    subset = config.copy_and_resolve_references()
+    subset.dataset.train_size = size
+    subset.num_steps = steps
+    subset.eval_every = steps
+    subset.checkpoint_every = 0
+    subset.progress = False
+    setup = experiment.prepare(subset)
+    result = training.fit(setup.task, setup.state, setup.dataset, subset, progress=False)
+    if result.status != "ok":  # a diverged subset run has no error to plot
+        return bias_variance.SizePoint(fraction, size, math.nan, math.nan)
+    evaluator = training.Evaluator(setup.task, subset.eval_batch_size)
+    ds = setup.dataset
+    train = evaluator(result.state, ds.x_train, ds.y_train)
+    val = evaluator(result.state, ds.x_val, ds.y_val)
+    return bias_variance.SizePoint(fraction, size, 1.0 - train["accuracy"], 1.0 - val["accuracy"])
+
+
+def with_overrides(command: str, overrides: dict) -> str:
+    """`command` (from experiment.stage_command) with --config.KEY=VALUE flags set or replaced."""
+    parts = shlex.split(command)
+    kept = [p for p in parts if not any(p.startswith(f"--config.{k}=") for k in overrides)]
+    added = [f"--config.{k}={v}" for k, v in overrides.items()]
+    return shlex.join(kept[:-1] + added + kept[-1:])  # --workdir stays last
+
+
+def next_commands(
+    findings: list[Finding],
+    workdir: str,
+    n_train: int,
+    facts: bias_variance.RunFacts,
+    trend: bias_variance.SizeTrend | None,
+) -> list[str]:
+    """The stages the verdict calls for; none once the goal is met."""
+    ids = {f.id for f in findings}
+    if "goal_met" in ids:
+        return []
+    parent = os.path.dirname(os.path.abspath(workdir))
+
+    def command(stage: str, name: str | None = None) -> str:
+        return experiment.stage_command(stage, os.path.join(parent, name or stage))
+
+    commands = []
+    if ids & {"underfit", "overfit", "val_overfit"}:
+        commands.append(command("improve"))
+    if ids & {"underfit", "overfit"}:
+        # Not for val_overfit alone: more tuning rounds select on the val set even harder.
+        commands.append(command("tune"))
+    if "overfit" in ids and facts.available_train and facts.available_train > n_train:
+        bigger = min(facts.available_train, 2 * n_train)
+        more_data = with_overrides(
+            command("evaluate", f"evaluate_train_size_{bigger}"), {"dataset.train_size": bigger}
+        )
+        flat = trend is not None and trend.trend == bias_variance.TREND_FLAT
+        commands.insert(len(commands) if flat else 0, more_data)
+    if "val_overfit" in ids and facts.val_fraction is not None and facts.val_fraction < 0.5:
+        fraction = round(min(0.5, 2 * facts.val_fraction), 4)
+        commands.append(
+            with_overrides(
+                command("evaluate", f"evaluate_val_fraction_{fraction:g}"),
+                {"dataset.val_fraction": fraction},
+            )
+        )
+    return commands
+
+
+def numeric_series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of the records that logged a finite `key`."""
+    rows = [
+        (r["step"], r[key])
+        for r in records
+        if isinstance(r.get(key), int | float) and math.isfinite(r[key])
+    ]
+    return [s for s, _ in rows], [v for _, v in rows]
+
+
+def plot_error_curves(
+    records: list[dict], path: str, goal: float, irreducible: float | None, title: str
+) -> str:
+    """Train/val loss and error against step, with the goal (and irreducible error) marked."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for split, style in (("train", "-"), ("val", "o-")):
+        steps, loss = numeric_series(records, f"{split}_loss")
+        if steps:
+            ax_loss.plot(steps, loss, style, label=split)
+        steps, accuracy = numeric_series(records, f"{split}_accuracy")
+        if steps:
+            ax_err.plot(steps, [1.0 - a for a in accuracy], style, label=split)
+    reports.set_log_scale_if_positive(ax_loss, numeric_series(records, "train_loss")[1])
+    ax_err.axhline(goal, color="tab:green", linestyle="--", label=f"goal {bias_variance.pct(goal)}")
+    if irreducible is not None:
+        ax_err.axhline(
+            irreducible,
+            color="tab:gray",
+            linestyle=":",
+            label=f"irreducible {bias_variance.pct(irreducible)}",
+        )
+    for ax, label in ((ax_loss, "loss"), (ax_err, "error (1 - accuracy)")):
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_train_size(
+    points: list[bias_variance.SizePoint], path: str, goal: float, title: str
+) -> str:
+    """Train and val error against training-set size (log scale), with the goal marked."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    sizes = [p.train_size for p in points]
+    ax.plot(sizes, [p.train_error for p in points], "o-", label="train")
+    ax.plot(sizes, [p.val_error for p in points], "o-", label="val")
+    ax.axhline(goal, color="tab:green", linestyle="--", label=f"goal {bias_variance.pct(goal)}")
+    ax.set_xscale("log")
+    ax.set_xticks(sizes, labels=[f"{size:,}" for size in sizes])
+    ax.minorticks_off()
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("training examples")
+    ax.set_ylabel("error (1 - accuracy)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"error against training-set size: {title}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(run: rundir.RunDir, summary: dict, plots: dict[str, str]) -> None:
+    """report.md: the decomposition table, the verdict, next commands, curves, run and data."""
+    bv, m, c = summary["bias_variance"], summary["metrics"], summary["config"]
+    goal_met = any(f["id"] == "goal_met" for f in summary["findings"])
+    tol = bv["tolerances"]
+    table = "\n\n".join(
+        [
+            f"{bv['decomposition']}.",
+            reports.markdown_table(["Error source", "Value", "Analysis"], bv["rows"]),
+            f"Goal: {c['goal']['source']}. A gap is called when it reaches the larger of its "
+            f"tolerance (underfit {tol['underfit']:g}, overfit {tol['overfit']:g}, val overfit "
+            f"{tol['val_overfit']:g}) and {tol['noise_z']:g} standard errors of the difference "
+            "of the two error rates on sets of their sizes.",
+        ]
+    )
+    if summary["next"]:
+        next_md = "\n".join(f"```\n{cmd}\n```" for cmd in summary["next"])
+    else:
+        next_md = "Nothing further: the goal is met." if goal_met else "Nothing further."
+    sections = [
+        ("Bias-variance decomposition", table),
+        ("Verdict", reports.findings_markdown(summary["findings"])),
+        ("Next", next_md),
+        ("Learning curves", f"![error curves]({plots['error curves']})"),
+    ]
+    if "train_size" in summary:
+        ts = summary["train_size"]
+        rows = [
+            [f"{p['train_size']:,}", f"{p['fraction']:g}"]
+            + [bias_variance.pct(p[k]) for k in ("train_error", "val_error")]
+            for p in ts["points"]
+        ]
+        sections.append(
+            (
+                "Error against training-set size",
+                f"{ts.get('text', 'too few finished runs to read a trend')} "
+                f"({ts['steps']:,} steps each).\n\n"
+                + reports.markdown_table(["examples", "fraction", "train error", "val error"], rows)
+                + f"\n\n![train size]({plots['train size']})",
+            )
+        )
+    run_rows = [
+        ["model", f"`{c['model']['name']}` ({reports.fmt(m['num_params'])} parameters)"],
+        ["optimizer", f"{c['optimizer']['name']} lr={c['optimizer']['learning_rate']:g}"],
+        [
+            "steps",
+            f"{m['steps']:,} at batch {c['batch_size']} ({m['trained_steps']:,} trained now)",
+        ],
+        ["device", summary["device"]],
+    ]
+    split_rows = [
+        [
+            split,
+            f"{summary['dataset']['splits'][split]['size']:,}",
+            reports.fmt(m[f"{split}_loss"]),
+            bias_variance.pct(m[f"{split}_error"]),
+        ]
+        for split in ("train", "val", "test")
+    ]
+    sections += [
+        ("Results", reports.markdown_table(["split", "examples", "loss", "error"], split_rows)),
+        ("Run", reports.markdown_table(["", ""], run_rows)),
+    ]
+    reports.write_report(
+        run.file("report.md"),
+        f"evaluate: {c['model']['name']} on {c['dataset']['name']} ({summary['status']})",
+        sections,
+    )
+
+
+def print_evaluation(summary: dict) -> None:
+    """The decomposition table, the verdict and the next commands on the console."""
+    if "bias_variance" not in summary:  # diverged: no decomposition, only the run's findings
+        experiment.print_summary(summary)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    bv = summary["bias_variance"]
+    table = Table(title=f"evaluate: {summary['status']}", caption=bv["decomposition"])
+    for column in ("Error source", "Value", "Analysis"):
+        table.add_column(column)
+    for row in bv["rows"]:
+        table.add_row(*row)
+    console = Console()
+    console.print(table)
+    for f in summary["findings"]:
+        console.print(f"{f['severity']:7s} {f['id']}: {f['message']}", soft_wrap=True)
+        for suggestion in f["suggestions"][:1]:
+            console.print(f"        try: {suggestion}", soft_wrap=True)
+    for cmd in summary["next"]:
+        console.print(f"next: {cmd}", soft_wrap=True)
+    if not summary["next"]:
+        console.print("next: nothing further")
+
+
+if __name__ == "__main__":
+    # Flags are defined only when run as a script: absl refuses a flag defined twice, so tests
+    # and workflow.run can import this module next to another stage's.
+    cli.define_flags("evaluate")
+    cli.run(main)

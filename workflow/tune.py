@@ -1,0 +1,138 @@
+"""Stage 4, tune: check the initial loss, find the learning rates that make the loss go down, then
+a coarse-to-fine random search of many short trials trained at once.
+
+    python -m workflow.tune --config=configs/mnist1d.py:mlp --workdir=runs/tune
+
+Writes the trial table, axis plots, `best_config.py` (accepted by every stage as --config) and
+the best trial retrained at the config's full length; a killed search resumes from `study.db`.
+"""
+
+import os
+
+import numpy as np
+from absl import flags
+
+from workflow import (
+    checks,
+    cli,
+    debugging,
+    experiment,
+    lr_range,
+    rundir,
+    search,
+    training,
+    trials,
+    tuning_report,
+)
+
+FLAGS = flags.FLAGS
+
+
+def check_initial_loss(setup: experiment.Setup) -> tuple[list, dict]:
+    """Step 1: the loss at initialization against ln C (the debug stage's checks)."""
+    dataset = setup.dataset
+    batch = checks.sample_batch(dataset, min(256, len(dataset.x_train)), setup.config.seed)
+    findings = checks.check_output_and_loss(setup.task, setup.state, batch, dataset.num_classes)
+    measured = training.Evaluator(setup.task, len(batch["x"]))(setup.state, batch["x"], batch["y"])
+    expected = debugging.expected_initial_loss(np.asarray(batch["y"]), dataset.num_classes)
+    return findings, {"initial_loss": measured["loss"], "expected_initial_loss": expected}
+
+
+def lr_range_test(setup: experiment.Setup, run: rundir.RunDir) -> lr_range.RangeTest | None:
+    """Step 2: sweep the learning rate (deterministic: a resumed search gets the same band)."""
+    rt = setup.config.search.range_test
+    if not rt.enabled:
+        return None
+    result = lr_range.run_range_test(
+        setup.task,
+        setup.state,
+        setup.dataset,
+        min_lr=rt.min_lr,
+        max_lr=rt.max_lr,
+        num_steps=rt.num_steps,
+        batch_size=setup.config.batch_size,
+        seed=setup.config.seed,
+        repeats=rt.repeats,
+        divergence_factor=rt.divergence_factor,
+    )
+    rundir.write_json(run.file("range_test.json"), result.to_json(include_curve=True))
+    return result
+
+
+def search_trials(setup: experiment.Setup, run: rundir.RunDir, band) -> tuple[list, list]:
+    """Steps 3-4: the coarse round and the refined ones, as batches of vmapped trials."""
+    config, dataset = setup.config, setup.dataset
+    storage = config.search.storage or f"sqlite:///{os.path.abspath(run.file('study.db'))}"
+    runner = trials.TrialRunner(config, dataset.input_shape, dataset.num_classes)
+    study = search.Search(runner, dataset, config, storage, "tune", progress=config.progress)
+    first = search.first_round(config.search, len(dataset.x_train), config.batch_size, band)
+    total_epochs = config.num_steps * config.batch_size / len(dataset.x_train)
+    rounds, records = study.run(
+        first, on_batch=lambda batch: tuning_report.print_trials(batch, total_epochs)
+    )
+    return rounds, records
+
+
+def retrain_best(setup: experiment.Setup, best_config, workdir: str) -> dict:
+    """Step 5: the best hyperparameters trained at the config's full length, with a report."""
+    best_setup = experiment.prepare(best_config)
+    return experiment.train_and_report(best_setup, os.path.join(workdir, "best"), "tune", None)
+
+
+def main(argv: list[str]) -> int:
+    """Tune the learning rate and the L2 weight of the configured setup."""
+    del argv
+    config = FLAGS.config
+    search.validate_search_config(config.search)
+    setup = experiment.prepare(config)
+    if config.search.storage:  # an unreachable database is bad input: fail before writing
+        search.open_storage(config.search.storage, config.search.heartbeat_seconds)
+    run, created = tuning_report.open_run(FLAGS.workdir, config)
+    try:
+        return tune(setup, run)
+    except BaseException:
+        if created and not os.path.exists(run.file("study.db")):
+            run.remove()  # nothing of value was written yet
+        raise
+
+
+def tune(setup: experiment.Setup, run) -> int:
+    """Every tuning step on `setup`, in the run directory `run`; returns the exit code."""
+    config = setup.config
+    t_start = training.now()
+    findings, initial = check_initial_loss(setup)
+    range_test = lr_range_test(setup, run)
+    band = range_test.band if range_test is not None and range_test.found else None
+    if range_test is not None:
+        findings += lr_range.range_test_findings(range_test, config.optimizer.learning_rate)
+    rounds, records = search_trials(setup, run, band)
+    best = search.best_record(records, config.search.metric)
+    findings += tuning_report.search_findings(records, rounds, best)
+    best_config_path = None
+    retrained = None
+    if best is not None:
+        best_config_path, best_config = tuning_report.write_best_config(
+            run, config, FLAGS["config"], best
+        )
+        if config.search.retrain_best:
+            retrained = retrain_best(setup, best_config, run.path)
+    summary = tuning_report.summarize(
+        run,
+        setup,
+        findings=findings,
+        initial=initial,
+        range_test=range_test,
+        rounds=rounds,
+        records=records,
+        best=best,
+        retrained=retrained,
+        best_config_path=best_config_path,
+        seconds=training.now() - t_start,
+    )
+    tuning_report.print_summary(summary)
+    return cli.EXIT_OK if summary["status"] == "ok" else cli.EXIT_FINDINGS
+
+
+if __name__ == "__main__":
+    cli.define_flags("tune")  # only as a script: stages can then be imported side by side
+    cli.run(main)
