@@ -16,14 +16,24 @@ from models import _checks
 from models.lenet import LeNet
 from models.lstm import LSTM
 from models.mlp import MLP
+from models.resnet import ResNet, ResNet20, ResNet32, ResNet56, ResNetSmall
 from models.tcn import TCN
+from models.transformer import TransformerClassifier
+from models.wavenet import WaveNet
 from workflow.errors import UsageError
 
 __all__ = [
     "MODELS",
     "LSTM",
     "MLP",
+    "ResNet",
+    "ResNet20",
+    "ResNet32",
+    "ResNet56",
+    "ResNetSmall",
     "TCN",
+    "TransformerClassifier",
+    "WaveNet",
     "LeNet",
     "build_model",
     "count_params",
@@ -55,6 +65,21 @@ def register_model(name: str) -> Callable[[type], type]:
 
 
 for _name, _cls in (("mlp", MLP), ("lenet", LeNet), ("lstm", LSTM), ("tcn", TCN)):
+    register_model(_name)(_cls)
+
+# CIFAR ResNets (the improve stage's step up from LeNet): `resnet` is the class itself, depth 20.
+for _name, _cls in (
+    ("resnet", ResNet),
+    ("resnet20", ResNet20),
+    ("resnet32", ResNet32),
+    ("resnet56", ResNet56),
+    ("resnet_small", ResNetSmall),
+):
+    register_model(_name)(_cls)
+
+
+# Sequence models the improve stage escalates to from an LSTM/TCN.
+for _name, _cls in (("transformer", TransformerClassifier), ("wavenet", WaveNet)):
     register_model(_name)(_cls)
 
 

@@ -10,6 +10,7 @@ from flax import nnx
 
 from models import _checks
 from models.layers import Conv2D, resolve_conv_impl
+from models.mlp import NORMS, head_init, make_norm
 
 
 def _pool_window(size: int) -> int:
@@ -18,7 +19,12 @@ def _pool_window(size: int) -> int:
 
 
 class LeNet(nnx.Module):
-    """(Conv 5x5 SAME → relu → maxpool 2) per feature count → flatten → Dense layers → logits."""
+    """(Conv 5x5 SAME → [norm] → relu → maxpool 2) per feature count → flatten → Dense layers
+    (→ relu → Dropout) → logits.
+
+    norm: "none", "batch" (BatchNorm per channel) or "layer" (LayerNorm over H, W, C) after each
+    convolution; dropout_rate: Dropout after each hidden Dense layer, i.e. before the next Dense.
+    """
 
     def __init__(
         self,
@@ -30,12 +36,14 @@ class LeNet(nnx.Module):
         hidden_sizes: Sequence[int] = (120, 84),
         dropout_rate: float = 0.0,
         conv_impl: str = "auto",
+        norm: str = "none",
     ) -> None:
         height, width, channels = _checks.input_shape(input_shape, "lenet", 3, "(H, W, C)")
         num_outputs = _checks.positive_int(num_outputs, "num_outputs")
         self.features = _checks.int_tuple(features, "features")
         self.hidden_sizes = _checks.int_tuple(hidden_sizes, "hidden_sizes")
         self.dropout_rate = _checks.dropout_rate(dropout_rate)
+        self.norm = _checks.choice(norm, "norm", NORMS)
         # Resolved here ("auto" → backend choice) so equal models have equal graphdefs.
         self.conv_impl = resolve_conv_impl(conv_impl)
         convs, pools = [], []
@@ -53,12 +61,21 @@ class LeNet(nnx.Module):
         # Only a model that uses dropout holds a Dropout and its RNG stream, so the default
         # model's split state has no RNG variables and train()/eval() leave it unchanged.
         self.dropout = nnx.Dropout(self.dropout_rate, rngs=rngs) if self.dropout_rate else None
-        self.out = nnx.Linear(sizes[-1], num_outputs, rngs=rngs)
+        self.out = nnx.Linear(sizes[-1], num_outputs, rngs=rngs, **head_init(self.norm))
+        # Built last, so the default (norm="none") initializes exactly as before norms existed.
+        self.norms = (
+            nnx.List([make_norm(self.norm, f, rngs, spatial_dims=2) for f in self.features])
+            if self.norm != "none"
+            else None
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Map (batch, H, W, C) to logits (batch, num_outputs)."""
-        for conv, window in zip(self.convs, self.pools, strict=True):
-            x = jax.nn.relu(conv(x))
+        for i, (conv, window) in enumerate(zip(self.convs, self.pools, strict=True)):
+            x = conv(x)
+            if self.norms is not None:
+                x = self.norms[i](x)
+            x = jax.nn.relu(x)
             if window != (1, 1):
                 x = nnx.max_pool(x, window_shape=window, strides=window)
         x = x.reshape(x.shape[0], -1)

@@ -7,8 +7,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from models import _checks
+from models.mlp import head_init
 
 READOUTS = ("last", "mean")
+# LayerNorm only: BatchNorm statistics of a recurrent state differ per time step, and a
+# LayerNorm inside the recurrence (Ba et al.'s LN-LSTM) would put three more reductions in
+# every step of the scan; the readout is normalized instead.
+NORMS = ("none", "layer")
 
 
 def _block_orthogonal(key: jax.Array, hidden: int, blocks: int) -> jax.Array:
@@ -19,7 +24,10 @@ def _block_orthogonal(key: jax.Array, hidden: int, blocks: int) -> jax.Array:
 
 
 class LSTM(nnx.Module):
-    """LSTM (tanh) over time, readout of the last or mean hidden state, Dense to logits.
+    """LSTM (tanh) over time, readout of the last or mean hidden state, [LayerNorm], Dropout,
+    Dense to logits.
+
+    norm: "none" or "layer" (LayerNorm of the readout); dropout_rate: Dropout on the readout.
 
     Gates are fused and ordered (input, forget, output, cell) so one sigmoid covers three of
     them; the input projection for all time steps is a single matmul before the scan, leaving
@@ -34,18 +42,27 @@ class LSTM(nnx.Module):
         rngs: nnx.Rngs,
         hidden_size: int = 32,
         readout: str = "last",
+        norm: str = "none",
+        dropout_rate: float = 0.0,
     ) -> None:
         _, features = _checks.input_shape(input_shape, "lstm", 2, "(T, F)")
         num_outputs = _checks.positive_int(num_outputs, "num_outputs")
         self.hidden_size = h = _checks.positive_int(hidden_size, "hidden_size")
         self.readout = _checks.choice(readout, "readout", READOUTS)
+        self.norm = _checks.choice(norm, "norm", NORMS)
+        self.dropout_rate = _checks.dropout_rate(dropout_rate)
         self.w_in = nnx.Param(
             jax.nn.initializers.glorot_uniform()(rngs.params(), (features, 4 * h), jnp.float32)
         )
         self.w_rec = nnx.Param(_block_orthogonal(rngs.params(), h, 4))
         # Forget-gate bias 1 so the cell starts out remembering (Jozefowicz et al., 2015).
         self.bias = nnx.Param(jnp.zeros((4 * h,), jnp.float32).at[h : 2 * h].set(1.0))
-        self.out = nnx.Linear(h, num_outputs, rngs=rngs)
+        self.out = nnx.Linear(h, num_outputs, rngs=rngs, **head_init(self.norm))
+        # Built last, so the default (norm="none") initializes exactly as before norms existed.
+        self.layer_norm = nnx.LayerNorm(h, rngs=rngs) if self.norm == "layer" else None
+        # Only a model that uses dropout holds a Dropout and its RNG stream, so the default
+        # model's split state has no RNG variables and train()/eval() leave it unchanged.
+        self.dropout = nnx.Dropout(self.dropout_rate, rngs=rngs) if self.dropout_rate else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Map (batch, T, F) to logits (batch, num_outputs)."""
@@ -67,4 +84,8 @@ class LSTM(nnx.Module):
 
         (hidden, _, total), _ = jax.lax.scan(step, (zeros, zeros, zeros), xs)
         features = hidden if self.readout == "last" else total / x.shape[1]
+        if self.layer_norm is not None:
+            features = self.layer_norm(features)
+        if self.dropout is not None:
+            features = self.dropout(features)
         return self.out(features)

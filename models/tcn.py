@@ -7,11 +7,16 @@ from flax import nnx
 
 from models import _checks
 from models.layers import Conv1D, conv_output_length, resolve_conv_impl
+from models.mlp import NORMS, head_init, make_norm
 from workflow.errors import UsageError
 
 
 class TCN(nnx.Module):
-    """(Conv1D → relu) per layer → flatten → Dense to logits."""
+    """(Conv1D → [norm] → relu) per layer → flatten → Dropout → Dense to logits.
+
+    norm: "none", "batch" (BatchNorm per channel) or "layer" (LayerNorm over T, C) after each
+    convolution; dropout_rate: Dropout on the flattened features of the last convolution.
+    """
 
     def __init__(
         self,
@@ -24,6 +29,8 @@ class TCN(nnx.Module):
         strides: Sequence[int] = (2, 2, 2),
         padding: int = 1,
         conv_impl: str = "auto",
+        norm: str = "none",
+        dropout_rate: float = 0.0,
     ) -> None:
         length, features = _checks.input_shape(input_shape, "tcn", 2, "(T, F)")
         num_outputs = _checks.positive_int(num_outputs, "num_outputs")
@@ -38,6 +45,8 @@ class TCN(nnx.Module):
         if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
             raise UsageError(f"padding={padding!r} is invalid; expected an integer >= 0")
         self.padding = padding
+        self.norm = _checks.choice(norm, "norm", NORMS)
+        self.dropout_rate = _checks.dropout_rate(dropout_rate)
         # Resolved here ("auto" → backend choice) so equal models have equal graphdefs.
         self.conv_impl = resolve_conv_impl(conv_impl)
         convs, lengths = [], [length]
@@ -64,10 +73,27 @@ class TCN(nnx.Module):
             features = cout
         self.lengths = tuple(lengths)
         self.convs = nnx.List(convs)
-        self.out = nnx.Linear(lengths[-1] * features, num_outputs, rngs=rngs)
+        self.out = nnx.Linear(
+            lengths[-1] * features, num_outputs, rngs=rngs, **head_init(self.norm)
+        )
+        # Built last, so the default (norm="none") initializes exactly as before norms existed.
+        self.norms = (
+            nnx.List([make_norm(self.norm, c, rngs, spatial_dims=1) for c in self.channels])
+            if self.norm != "none"
+            else None
+        )
+        # Only a model that uses dropout holds a Dropout and its RNG stream, so the default
+        # model's split state has no RNG variables and train()/eval() leave it unchanged.
+        self.dropout = nnx.Dropout(self.dropout_rate, rngs=rngs) if self.dropout_rate else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Map (batch, T, F) to logits (batch, num_outputs)."""
-        for conv in self.convs:
-            x = jax.nn.relu(conv(x))
-        return self.out(x.reshape(x.shape[0], -1))
+        for i, conv in enumerate(self.convs):
+            x = conv(x)
+            if self.norms is not None:
+                x = self.norms[i](x)
+            x = jax.nn.relu(x)
+        x = x.reshape(x.shape[0], -1)
+        if self.dropout is not None:
+            x = self.dropout(x)
+        return self.out(x)

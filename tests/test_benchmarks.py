@@ -96,6 +96,7 @@ def test_parse_models_rejects_unknown_names():
         common.parse_models("mlp,gru")
 
 
+@pytest.mark.slow  # kept out of the default run for time; runs with -m slow
 def test_search_throughput_writes_json(tmp_path):
     import math
     import os

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from tests.bugzoo.cases import synthetic
-from tests.conftest import run_stage
+from tests.conftest import run_stage, small_config
 from workflow import debug, experiment
 
 
@@ -63,3 +63,21 @@ def test_cli_exits_1_and_names_the_fix(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["findings"][0]["id"] == "softmax_before_loss"
     assert summary["findings"][0]["suggestions"]
+
+
+def test_a_learning_rate_too_low_to_memorize_a_batch_is_a_warning_not_an_error(tmp_path):
+    # At 2e-4 the loss falls but the batch is not memorized in 150 steps; at 10x it is.
+    config = small_config("tabular")
+    config.optimizer.learning_rate = 2e-4
+    config.debug.overfit_steps = 150
+    config.debug.train_steps = 60
+    summary = debug.run_debug(experiment.prepare(config), str(tmp_path / "slow"))
+    assert summary["status"] == "ok"
+    ids = [(f["id"], f["severity"]) for f in summary["findings"]]
+    assert ("lr_too_low", "warning") in ids and "cannot_overfit_batch" not in dict(ids)
+    assert summary["metrics"]["overfit_learning_rate"] == pytest.approx(2e-3)
+    # At 1e-4 the loss falls by less than half: no retry, the error stands.
+    config.optimizer.learning_rate = 1e-4
+    config.debug.overfit_steps = 200
+    summary = debug.run_debug(experiment.prepare(config), str(tmp_path / "slower"))
+    assert any(f["id"] == "cannot_overfit_batch" for f in summary["findings"])

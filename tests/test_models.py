@@ -104,7 +104,11 @@ def param_grads(model: nnx.Module, x: jax.Array, y: jax.Array) -> nnx.State:
 
 
 def test_every_registered_model_has_a_case():
-    assert set(CASES) == set(MODELS) == {"mlp", "lenet", "lstm", "tcn"}
+    # The escalation models (resnet*, transformer, wavenet) have their own test files.
+    escalation = {"resnet", "resnet20", "resnet32", "resnet56", "resnet_small"}
+    escalation |= {"transformer", "wavenet"}
+    assert set(CASES) == {"mlp", "lenet", "lstm", "tcn"}
+    assert set(MODELS) - set(CASES) <= escalation
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -9,9 +9,11 @@ import ml_collections
 from ml_collections import config_dict
 
 import models
+from workflow import augment
 from workflow.errors import UsageError
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "momentum")
+EARLY_STOPPING_METRICS = ("val_accuracy", "val_loss")
 
 
 def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
@@ -52,6 +54,13 @@ def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collection
     )
     # L2 penalty on the parameters, added to the loss: the workflow's "reg" hyperparameter.
     config.l2 = 0.0
+    # Data augmentation of training batches (workflow/augment.py), one block per data kind.
+    config.augment = augment.default_config()
+    # Stop when the validation metric has not improved for `patience` evaluations, and report
+    # the best evaluated state (training.fit).
+    config.early_stopping = ml_collections.ConfigDict(
+        {"enabled": False, "metric": "val_accuracy", "patience": 5, "min_delta": 0.0}
+    )
     config.batch_size = 100
     config.num_steps = 3000
     config.steps_per_call = 100  # training steps per host call, run under lax.scan
@@ -123,6 +132,16 @@ def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collection
             "retrain_best": True,  # train the best trial at the config's full num_steps
         }
     )
+    # The improve stage: the remedies the verdict calls for, each a run of this many steps.
+    config.improve = ml_collections.ConfigDict(
+        {
+            "num_steps": config_dict.placeholder(int),  # None: num_steps, the baseline's length
+            "max_candidates": 8,  # remedies tried per round, in the workflow's order
+        }
+    )
+    # workflow.run: rounds of tune → evaluate → improve → evaluate until the goal is met, or
+    # until this budget is spent (checked between steps; None: no time limit).
+    config.budget = ml_collections.ConfigDict({"minutes": 10.0, "max_rounds": 2})
     return config
 
 
@@ -158,6 +177,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(0 < vf < 1, "dataset.val_fraction", vf, "must lie strictly between 0 and 1")
     ts = config.dataset.train_size
     _require(ts is None or ts > 0, "dataset.train_size", ts, "must be a positive integer or None")
+    if "augment" in config:
+        _validate_augment(config.augment)
+    if "early_stopping" in config:
+        _validate_early_stopping(config.early_stopping)
     dbg = config.debug
     for key in ("batch_size", "overfit_steps", "train_steps"):
         value = dbg[key]
@@ -188,6 +211,74 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "evaluate.train_size_steps",
         steps,
         "must be a positive integer or None (None: num_steps)",
+    )
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _validate_augment(aug: ml_collections.ConfigDict) -> None:
+    """config.augment: booleans, kinds, shifts >= 0, noise >= 0, known padding modes."""
+    _require(isinstance(aug.enabled, bool), "augment.enabled", aug.enabled, "must be True/False")
+    kind = aug.get("kind")
+    _require(
+        kind is None or kind in augment.KINDS,
+        "augment.kind",
+        kind,
+        f"one of {', '.join(augment.KINDS)} or None (the dataset's kind)",
+    )
+    for block in augment.KINDS:
+        opts = aug[block]
+        if "max_shift" in opts:
+            value = opts.max_shift
+            _require(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                f"augment.{block}.max_shift",
+                value,
+                "must be an integer >= 0",
+            )
+        if "pad_mode" in opts:
+            _require(
+                opts.pad_mode in augment.PAD_MODES,
+                f"augment.{block}.pad_mode",
+                opts.pad_mode,
+                f"one of {', '.join(augment.PAD_MODES)}",
+            )
+        if "flip" in opts:
+            flip = opts.flip
+            _require(isinstance(flip, bool), f"augment.{block}.flip", flip, "must be True/False")
+        value = opts.noise_std
+        _require(
+            _is_number(value) and value >= 0,
+            f"augment.{block}.noise_std",
+            value,
+            "must be a finite number >= 0",
+        )
+
+
+def _validate_early_stopping(es: ml_collections.ConfigDict) -> None:
+    """config.early_stopping: a known metric, an integer patience >= 0, min_delta >= 0."""
+    _require(
+        isinstance(es.enabled, bool), "early_stopping.enabled", es.enabled, "must be True/False"
+    )
+    _require(
+        es.metric in EARLY_STOPPING_METRICS,
+        "early_stopping.metric",
+        es.metric,
+        f"one of {', '.join(EARLY_STOPPING_METRICS)}",
+    )
+    _require(
+        isinstance(es.patience, int) and not isinstance(es.patience, bool) and es.patience >= 0,
+        "early_stopping.patience",
+        es.patience,
+        "must be an integer >= 0 (evaluations without improvement before stopping)",
+    )
+    _require(
+        _is_number(es.min_delta) and es.min_delta >= 0,
+        "early_stopping.min_delta",
+        es.min_delta,
+        "must be a finite number >= 0",
     )
 
 
@@ -229,3 +320,36 @@ def apply_values(config: ml_collections.ConfigDict, values: dict) -> ml_collecti
             node = node[parent]
         node[leaf] = tuple(value) if isinstance(value, list) else value
     return config
+
+
+def write_config_file(
+    path: str, base_source: str, config: ml_collections.ConfigDict, about: str
+) -> None:
+    """A config file that every stage accepts as --config: `base_source` (the `path[:arg]` it
+    came from) with each value of `config` that differs from it, written atomically."""
+    import pprint
+
+    base_path, _, arg = base_source.partition(":")
+    base_path = os.path.abspath(base_path)
+    base = load_config_file(base_path, arg or None)
+    values = changed_values(base, json.loads(config.to_json_best_effort()))
+    text = f'''"""{about}
+
+    python -m workflow.evaluate --config={path} --workdir=runs/evaluate
+"""
+
+from workflow import config_lib
+
+BASE_CONFIG = {base_path!r}
+BASE_ARG = {arg or None!r}
+VALUES = {pprint.pformat(values, indent=4, sort_dicts=True)}
+
+
+def get_config(arg=None):
+    """{os.path.basename(base_path)} with the values above applied."""
+    del arg
+    return config_lib.apply_values(config_lib.load_config_file(BASE_CONFIG, BASE_ARG), VALUES)
+'''
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)

@@ -6,6 +6,7 @@ Runs the sanity checks on one batch, overfits that batch, trains a short real ru
 its loss curve; exits 1 when an error-severity finding stands, with the fixes named.
 """
 
+import dataclasses
 import os
 
 import jax
@@ -15,7 +16,6 @@ from absl import flags
 from workflow import checks, cli, debugging, experiment, reports, rundir, training
 
 FLAGS = flags.FLAGS
-cli.define_flags("debug")
 
 # The report's checklist: what was checked, and the finding ids that mean it failed.
 CHECKLIST = (
@@ -63,14 +63,31 @@ def run_debug(setup: experiment.Setup, workdir: str) -> dict:
     batch = checks.sample_batch(dataset, config.debug.batch_size, config.seed)
     x, y = batch["x"], batch["y"]
     findings = checks.run_checks(setup, batch)
+    # Memorize the batch as it is: augmentation would change it every step.
+    plain_task = dataclasses.replace(setup.task, augment=None)
     overfit = debugging.overfit_one_batch(
-        setup.task,
+        plain_task,
         setup.state,
         x,
         y,
         max_steps=config.debug.overfit_steps,
         loss_fraction=config.debug.overfit_loss_fraction,
     )
+    overfit_lr = config.optimizer.learning_rate
+    if not overfit.passed and overfit.final_loss < 0.5 * overfit.initial_loss:
+        # Learning, but too slowly to finish: try once at 10x the learning rate. Memorizing
+        # there means the setup works and the learning rate is what holds it back.
+        faster = debugging.overfit_one_batch(
+            plain_task,
+            debugging.with_learning_rate(setup.state, 10 * overfit_lr),
+            x,
+            y,
+            max_steps=config.debug.overfit_steps,
+            loss_fraction=config.debug.overfit_loss_fraction,
+        )
+        if faster.passed:
+            findings.append(debugging.slow_overfit_finding(overfit, faster, overfit_lr, config))
+            overfit, overfit_lr = faster, 10 * overfit_lr
     short = short_run_config(config, config.debug.train_steps)
     fit = training.fit(
         setup.task, debugging.copy_state(setup.state), dataset, short, progress=config.progress
@@ -112,6 +129,7 @@ def run_debug(setup: experiment.Setup, workdir: str) -> dict:
         "config": rundir.config_to_dict(config),
         "metrics": {
             "overfit_passed": overfit.passed,
+            "overfit_learning_rate": overfit_lr,
             "overfit_steps": overfit.steps,
             "overfit_final_loss": overfit.final_loss,
             "overfit_final_accuracy": overfit.final_accuracy,
@@ -210,4 +228,5 @@ def print_findings(summary: dict) -> None:
 
 
 if __name__ == "__main__":
+    cli.define_flags("debug")  # only as a script: stages can then be imported side by side
     cli.run(main)

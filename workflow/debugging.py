@@ -125,6 +125,41 @@ def overfit_one_batch(
     )
 
 
+def with_learning_rate(state: training.TrainState, learning_rate: float) -> training.TrainState:
+    """A copy of `state` whose optimizer uses `learning_rate` (it lives in the optimizer state)."""
+    state = copy_state(state)
+    hyperparams = dict(state.opt_state.hyperparams)
+    hyperparams["learning_rate"] = jnp.asarray(learning_rate, jnp.float32)
+    return state.replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
+
+
+def slow_overfit_finding(
+    slow: OverfitResult, fast: OverfitResult, learning_rate: float, config
+) -> Finding:
+    """`lr_too_low`: one batch is memorized, but only at 10x the configured learning rate."""
+    return Finding(
+        id="lr_too_low",
+        severity="warning",
+        message=(
+            f"one batch is memorized in {fast.steps} steps at lr {10 * learning_rate:g}, but not "
+            f"in {slow.steps} steps at the configured {learning_rate:g} (loss "
+            f"{slow.initial_loss:.3g} -> {slow.final_loss:.3g}, accuracy {slow.final_accuracy:.0%})"
+        ),
+        evidence={
+            "learning_rate": learning_rate,
+            "steps_at_learning_rate": slow.steps,
+            "final_loss_at_learning_rate": slow.final_loss,
+            "faster_learning_rate": 10 * learning_rate,
+            "steps_at_faster_learning_rate": fast.steps,
+        },
+        suggestions=[
+            f"raise the learning rate towards {10 * learning_rate:g}, or find it with "
+            "workflow.tune's range test",
+            f"or train longer than {config.debug.overfit_steps} steps",
+        ],
+    )
+
+
 def cannot_overfit_finding(result: OverfitResult, causes: list[Finding], config) -> Finding:
     """`cannot_overfit_batch`, naming the likeliest cause the other checks found."""
     likely = [f.id for f in causes if f.id != "cannot_overfit_batch"]

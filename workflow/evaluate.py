@@ -24,7 +24,7 @@ from workflow.findings import Finding, has_error, sort_findings
 FLAGS = flags.FLAGS
 
 # Config blocks that only change the analysis, never the trained numbers (see training_config).
-ANALYSIS_KEYS = ("evaluate", "goal")
+ANALYSIS_KEYS = ("evaluate", "goal", "search", "improve", "budget")
 # Timing of the run that trained the model, kept when this invocation trains no step.
 TIMING_KEYS = ("wall_seconds", "steps_per_s", "compile_seconds")
 

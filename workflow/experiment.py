@@ -10,7 +10,8 @@ import jax
 import ml_collections
 
 import models
-from workflow import checkpoints, config_lib, data, debugging, reports, rundir, training
+from workflow import augment, checkpoints, config_lib, data, debugging, reports, rundir, training
+from workflow.errors import UsageError
 from workflow.findings import Finding, has_error
 
 
@@ -31,6 +32,14 @@ def prepare(config: ml_collections.ConfigDict) -> Setup:
     dataset = data.load_dataset(config.dataset, seed=config.seed)
     if config.model.name == "auto":  # the workflow's default architecture for the data kind
         config.model.name = models.default_model_for_kind(dataset.kind)
+    if "augment" in config:  # in the config, so every Task built from it augments alike
+        if config.augment.kind is None:
+            config.augment.kind = dataset.kind
+        elif config.augment.kind != dataset.kind:
+            raise UsageError(
+                f"invalid value augment.kind={config.augment.kind!r}: dataset "
+                f"{config.dataset.name!r} is {dataset.kind} data; use {dataset.kind} or None"
+            )
     model = training.build_model(config, dataset.input_shape, dataset.num_classes)
     training.check_output_shape(model, dataset.input_shape, dataset.num_classes)
     task, state = training.create_train_state(model, config)
@@ -88,7 +97,9 @@ def train_and_report(setup: Setup, workdir: str, stage: str, next_stage: str | N
     created = not run.exists
     if not created:
         run.check_resumable(config)
-    ckpt = checkpoints.Checkpointer(run.checkpoints)
+    ckpt = checkpoints.Checkpointer(
+        run.checkpoints, max_to_keep=training.checkpoints_to_keep(config)
+    )
     state, resume_step = setup.state, ckpt.latest_step()
     try:
         if resume_step is not None:
@@ -109,6 +120,7 @@ def train_and_report(setup: Setup, workdir: str, stage: str, next_stage: str | N
             log=run.log,
             checkpointer=ckpt,
             progress=config.progress,
+            history=run.read_metrics(),  # the records up to the resume step (early stopping)
         )
     finally:
         ckpt.close()
@@ -122,7 +134,10 @@ def train_and_report(setup: Setup, workdir: str, stage: str, next_stage: str | N
     metrics = final_metrics(setup, result.state)
     metrics.update(
         num_params=models.count_params(setup.model),
-        steps=int(result.state.step),
+        steps=result.final_step,
+        # The step the reported model comes from: the best evaluation's with early stopping.
+        best_step=result.best_step,
+        stopped_early=result.stopped_early,
         wall_seconds=result.wall_seconds,
         steps_per_s=result.steps_per_s,
         compile_seconds=result.compile_seconds,
@@ -172,6 +187,19 @@ def write_report(run: rundir.RunDir, summary: dict, curve: str) -> None:
         ],
         ["device", summary["device"]],
     ]
+    if c.get("augment", {}).get("enabled"):
+        kind = c["augment"]["kind"]
+        run_rows.append(["augmentation", f"{kind}: {augment.describe(kind, c['augment'])}"])
+    if c.get("early_stopping", {}).get("enabled"):
+        es = c["early_stopping"]
+        ended = f"stopped at step {m['steps']:,}" if m["stopped_early"] else "did not stop early"
+        run_rows.append(
+            [
+                "early stopping",
+                f"{ended}; the model reported is step {m['best_step']:,}, best {es['metric']} "
+                f"(patience {es['patience']} evaluations)",
+            ]
+        )
     ds = summary["dataset"]
     data_rows = [
         ["dataset", f"{ds['name']} ({ds['kind']}, {ds['num_classes']} classes)"],

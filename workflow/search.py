@@ -365,7 +365,7 @@ class Search:
             counts = {s: sum(t.state == s for t in current) for s in states}
             queued = counts[states.COMPLETE] + counts[states.RUNNING] + counts[states.WAITING]
             to_ask = min(
-                self.search.trials_per_program,
+                trials_lib.trials_per_program(self.config),
                 counts[states.WAITING] + max(0, round_.num_trials - queued),
             )
             if to_ask == 0:

@@ -8,7 +8,6 @@ from absl import flags
 from workflow import cli, experiment
 
 FLAGS = flags.FLAGS
-cli.define_flags("start_simple")
 
 
 def main(argv: list[str]) -> int:
@@ -21,4 +20,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    cli.define_flags("start_simple")  # only as a script: stages can then be imported side by side
     cli.run(main)

@@ -7,7 +7,8 @@ K steps per host call, and later vmapped over trials and sharded over a mesh (se
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import chex
@@ -20,6 +21,7 @@ import optax
 from flax import nnx
 
 import models
+from workflow import augment as augmentation
 from workflow import losses
 from workflow.errors import UsageError
 
@@ -39,12 +41,16 @@ class TrainState:
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-    """The static half of training: graph definitions, optimizer and loss."""
+    """The static half of training: graph definitions, optimizer, loss and augmentation."""
 
     train_graphdef: Any
     eval_graphdef: Any
     tx: optax.GradientTransformation
     loss_fn: losses.LossFn
+    # (key, x) -> x applied to training batches only; None: no augmentation.
+    augment: augmentation.AugmentFn | None = None
+    # The augmentation key of step s is augmentation.step_key(augment_seed, s) (config.seed).
+    augment_seed: int = 0
 
 
 def build_optimizer(
@@ -96,10 +102,31 @@ def check_output_shape(model: nnx.Module, input_shape, num_classes: int) -> None
         ) from None
 
 
+def build_augment(
+    config: ml_collections.ConfigDict, kind: str | None = None
+) -> augmentation.AugmentFn | None:
+    """The configured augmentation for data of `kind` (default config.augment.kind), or None."""
+    cfg = config.get("augment")
+    if cfg is None or not cfg.enabled:
+        return None
+    kind = kind or cfg.get("kind")
+    if kind not in augmentation.KINDS:
+        raise UsageError(
+            f"invalid value augment.kind={kind!r}: augmentation needs the data kind, one of "
+            f"{', '.join(augmentation.KINDS)} (experiment.prepare sets it from the dataset)"
+        )
+    return augmentation.make_augment(kind, cfg)
+
+
 def create_train_state(
-    model: nnx.Module, config: ml_collections.ConfigDict
+    model: nnx.Module, config: ml_collections.ConfigDict, kind: str | None = None
 ) -> tuple[Task, TrainState]:
-    """Split the model once into train/eval graph definitions, parameters and other state."""
+    """Split the model once into train/eval graph definitions, parameters and other state.
+
+    `kind` (image, sequence, tabular) picks the augmentation block; without it
+    config.augment.kind does, which experiment.prepare fills in from the dataset, so callers
+    that only pass the config (trials.TrialRunner) augment like the single run.
+    """
     model.train()
     train_graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
     model.eval()
@@ -111,6 +138,8 @@ def create_train_state(
         eval_graphdef=eval_graphdef,
         tx=tx,
         loss_fn=losses.get_loss(config.loss),
+        augment=build_augment(config, kind),
+        augment_seed=int(config.seed),
     )
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -127,13 +156,18 @@ def fresh_variables(tree: Any) -> Any:
 
 
 def make_train_step(task: Task) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    """The pure training step: forward, loss, gradient, optimizer update."""
+    """The pure training step: augmentation, forward, loss, gradient, optimizer update."""
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        x = batch["x"]
+        if task.augment is not None:
+            # A key from (seed, step) alone: resumed runs and vmapped trials draw the same.
+            x = task.augment(augmentation.step_key(task.augment_seed, state.step), x)
+
         def objective(params):
             # Fresh Variables at this trace level, so BatchNorm may update its statistics here.
             model = nnx.merge(task.train_graphdef, params, fresh_variables(state.model_state))
-            logits = model(batch["x"])
+            logits = model(x)
             data_loss = jnp.mean(task.loss_fn(logits, batch["y"]))
             new_model_state = nnx.split(model, nnx.Param, ...)[2]
             return data_loss, (logits, new_model_state)
@@ -260,7 +294,7 @@ def now() -> float:
 class FitResult:
     """What a training run produced: final state, status, logged records and timing."""
 
-    state: TrainState
+    state: TrainState  # with early stopping: the best evaluated state, else the last one
     status: str  # "ok" | "diverged"
     records: list[dict]
     step_losses: np.ndarray  # the training loss of every step run in this process
@@ -270,6 +304,74 @@ class FitResult:
     compile_seconds: float
     start_step: int
     last_checkpoint: int | None
+    final_step: int = 0  # the step training reached (where it stopped early, if it did)
+    stopped_early: bool = False  # early stopping ended training before config.num_steps
+    best_step: int | None = None  # the step `state` comes from
+    best_value: float | None = None  # its early-stopping metric (None without early stopping)
+
+
+@dataclasses.dataclass
+class EarlyStopping:
+    """The best value of a validation metric, where it was reached, and evaluations since."""
+
+    metric: str  # "val_accuracy" (higher is better) or "val_loss" (lower is better)
+    patience: int
+    min_delta: float = 0.0
+    best: float | None = None
+    best_step: int | None = None
+    waited: int = 0  # evaluations since the last improvement
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> "EarlyStopping | None":
+        """A tracker for config.early_stopping, or None when it is off (or absent)."""
+        es = config.get("early_stopping")
+        if es is None or not es.enabled:
+            return None
+        return cls(es.metric, int(es.patience), float(es.min_delta))
+
+    def update(self, step: int, record: dict) -> bool:
+        """Count one evaluation record; True when it is a new best (by more than min_delta)."""
+        value = float(record[self.metric])
+        sign = -1.0 if self.metric.endswith("loss") else 1.0
+        better = math.isfinite(value) and (
+            self.best is None or sign * (value - self.best) > self.min_delta
+        )
+        if better:
+            self.best, self.best_step, self.waited = value, step, 0
+        else:
+            self.waited += 1
+        return better
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether `patience` evaluations in a row have not improved (patience 0: one)."""
+        return self.waited > 0 and self.waited >= self.patience
+
+    def replay(self, records: Sequence[dict], until: int) -> None:
+        """Count the evaluation records of steps <= `until` (a resumed run's logged history)."""
+        for record in records:
+            if self.metric in record and record["step"] <= until:
+                self.update(int(record["step"]), record)
+
+
+def checkpoints_to_keep(config: ml_collections.ConfigDict, default: int = 3) -> int:
+    """How many checkpoints a run must keep so early stopping's best one is never evicted.
+
+    After the best step, at most `patience` evaluations (patience * eval_every steps) pass before
+    the run stops, so the periodic checkpoints saved meanwhile (window // checkpoint_every + 1),
+    the stop one and the final one of a run since extended (num_steps raised) bound how many
+    are newer than the best.
+    """
+    es = config.get("early_stopping")
+    if es is None or not es.enabled or not config.checkpoint_every:
+        return default
+    newer = max(es.patience, 1) * config.eval_every // config.checkpoint_every + 3
+    return max(default, newer + 1)
+
+
+def copy_state(state: TrainState) -> TrainState:
+    """A copy in new buffers: the multi-step donates (invalidates) the state it is given."""
+    return jax.tree.map(jnp.copy, state)
 
 
 def window_records(step0: int, metrics: dict[str, np.ndarray], log_every: int, rate: float):
@@ -300,8 +402,18 @@ def fit(
     log: Callable[[dict], None] = lambda record: None,
     checkpointer=None,
     progress: bool = True,
+    history: Sequence[dict] = (),
 ) -> FitResult:
-    """Train from `state.step` to `config.num_steps`, logging, evaluating and checkpointing."""
+    """Train from `state.step` to `config.num_steps`, logging, evaluating and checkpointing.
+
+    With config.early_stopping on, training stops once the validation metric has not improved
+    for `patience` evaluations, and the best evaluated state is returned. Every new best is
+    checkpointed (a checkpoint of the current state at its step), so a resumed run restores it
+    from there; `history` (the metrics.jsonl records up to the resume step) replays the
+    evaluations the tracker saw. A stopped run that is rerun trains nothing and returns the
+    best state again; the latest checkpoint stays the state where training stopped, so a
+    resumed run's numbers are the uninterrupted run's.
+    """
     from tqdm.auto import tqdm
 
     from workflow import data
@@ -311,6 +423,12 @@ def fit(
     x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
     start_step = step = int(state.step)
     last_checkpoint = checkpointer.latest_step() if checkpointer else None
+    tracker = EarlyStopping.from_config(config)
+    best_state = None
+    if tracker is not None:
+        tracker.replay(history, start_step)
+        best_state = _resume_best(tracker, state, start_step, checkpointer)
+    stopped = tracker is not None and tracker.exhausted and start_step < config.num_steps
     chunks = schedule_chunks(
         start_step,
         config.num_steps,
@@ -328,7 +446,7 @@ def fit(
         leave=False,
     )
     t_start = now()
-    for k in chunks:
+    for k in [] if stopped else chunks:
         indices = data.batch_indices(len(dataset.x_train), config.batch_size, config.seed, step, k)
         t0 = now()
         state, metrics = multi_step(state, x_train, y_train, jnp.asarray(indices))
@@ -363,19 +481,32 @@ def fit(
         if divergence:
             break
         bar.set_postfix(loss=f"{float(metrics['loss'][-1]):.4f}", steps_per_s=f"{rate:,.0f}")
+        improved = False
         if step % config.eval_every == 0 or step == config.num_steps:
             val = evaluator(state, dataset.x_val, dataset.y_val)
             record = {"step": step, "val_loss": val["loss"], "val_accuracy": val["accuracy"]}
             records.append(record)
             log(record)
+            if tracker is not None:
+                improved = tracker.update(step, record)
+                if improved:
+                    best_state = copy_state(state)
+                stopped = tracker.exhausted and step < config.num_steps
         if checkpointer and (
             step == config.num_steps
             or (config.checkpoint_every and step % config.checkpoint_every == 0)
+            or improved  # the best state, for a resumed run to restore
+            or stopped  # where training ended, so a rerun resumes (and stops) here
         ):
             checkpointer.save(step, state)
             last_checkpoint = step
+        if stopped:
+            break
     bar.close()
     losses_run = np.concatenate(step_losses) if step_losses else np.zeros(0, np.float32)
+    final_step = int(state.step)  # after a divergence: the end of the chunk, as before
+    if best_state is not None and not divergence:
+        state = best_state
     return FitResult(
         state=state,
         status="diverged" if divergence else "ok",
@@ -387,4 +518,32 @@ def fit(
         compile_seconds=compile_seconds,
         start_step=start_step,
         last_checkpoint=last_checkpoint,
+        final_step=final_step,
+        stopped_early=stopped,
+        best_step=int(state.step),
+        best_value=tracker.best if tracker is not None and best_state is not None else None,
     )
+
+
+def _resume_best(
+    tracker: EarlyStopping, state: TrainState, start_step: int, checkpointer
+) -> TrainState | None:
+    """The best state of the replayed history: `state` itself, or its checkpoint."""
+    if tracker.best_step is None:
+        return None
+    if tracker.best_step == start_step:
+        return copy_state(state)
+    try:
+        if checkpointer is None:
+            raise UsageError("no checkpointer")
+        return checkpointer.restore(tracker.best_step, state)
+    except UsageError as e:
+        # Only a checkpoint deleted by hand gets here (checkpoints_to_keep keeps the best):
+        # tracking restarts from the resumed state rather than report a state it cannot load.
+        warnings.warn(
+            f"early stopping: the best state (step {tracker.best_step}) cannot be restored "
+            f"({e}); tracking restarts at step {start_step}",
+            stacklevel=3,
+        )
+        tracker.best, tracker.best_step, tracker.waited = None, None, 0
+        return None

@@ -23,6 +23,19 @@ from workflow import data, training
 
 TRIAL_AXIS = "trials"
 
+# On the CPU a vmapped LSTM is slower than its trials one by one: 8 trials ran 54 trial-steps/s
+# against 160 for one (MNIST-1D, batch 100; the per-trial recurrent matmuls of every time step
+# become small batched matmuls), while the MLP gains 1.4x (benchmarks/search_throughput.py).
+UNBATCHED_ON_CPU = ("lstm",)
+
+
+def trials_per_program(config: ml_collections.ConfigDict) -> int:
+    """How many trials to vmap into one program: config.search.trials_per_program, or one for
+    models that batching slows down on this backend."""
+    if jax.default_backend() == "cpu" and config.model.name in UNBATCHED_ON_CPU:
+        return 1
+    return config.search.trials_per_program
+
 
 @dataclasses.dataclass(frozen=True)
 class TrialHparams:
@@ -161,6 +174,10 @@ class TrialRunner:
             jnp.asarray(_pad(hparams.l2, count), jnp.float32),
         )
 
+    def evaluate(self, states, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Loss and accuracy of every trial (padding included) on (x, y)."""
+        return self._evaluate(states, x, y)
+
     def run(
         self,
         hparams: TrialHparams,
@@ -176,7 +193,9 @@ class TrialRunner:
         x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
         window = max(1, min(config.log_every, num_steps // 4))
         losses, step = [], 0
-        for k in training.schedule_chunks(0, num_steps, config.steps_per_call, (window,)):
+        # Chunks need not end on log windows (the curve is cut from the per-step losses):
+        # at most two chunk lengths, so at most two compiles per trial length.
+        for k in training.schedule_chunks(0, num_steps, config.steps_per_call, ()):
             indices = data.batch_indices(
                 len(dataset.x_train), config.batch_size, config.seed, step, k
             )

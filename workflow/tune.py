@@ -38,12 +38,10 @@ def check_initial_loss(setup: experiment.Setup) -> tuple[list, dict]:
     return findings, {"initial_loss": measured["loss"], "expected_initial_loss": expected}
 
 
-def lr_range_test(setup: experiment.Setup, run: rundir.RunDir) -> lr_range.RangeTest | None:
-    """Step 2: sweep the learning rate (deterministic: a resumed search gets the same band)."""
+def configured_range_test(setup: experiment.Setup) -> lr_range.RangeTest:
+    """The range test of `setup` with the settings of config.search.range_test."""
     rt = setup.config.search.range_test
-    if not rt.enabled:
-        return None
-    result = lr_range.run_range_test(
+    return lr_range.run_range_test(
         setup.task,
         setup.state,
         setup.dataset,
@@ -55,6 +53,14 @@ def lr_range_test(setup: experiment.Setup, run: rundir.RunDir) -> lr_range.Range
         repeats=rt.repeats,
         divergence_factor=rt.divergence_factor,
     )
+
+
+def lr_range_test(setup: experiment.Setup, run: rundir.RunDir) -> lr_range.RangeTest | None:
+    """Step 2: sweep the learning rate (deterministic: a resumed search gets the same band)."""
+    rt = setup.config.search.range_test
+    if not rt.enabled:
+        return None
+    result = configured_range_test(setup)
     rundir.write_json(run.file("range_test.json"), result.to_json(include_curve=True))
     return result
 
@@ -82,22 +88,34 @@ def retrain_best(setup: experiment.Setup, best_config, workdir: str) -> dict:
 def main(argv: list[str]) -> int:
     """Tune the learning rate and the L2 weight of the configured setup."""
     del argv
+    from ml_collections import config_flags
+
     config = FLAGS.config
     search.validate_search_config(config.search)
     setup = experiment.prepare(config)
+    source = config_flags.get_config_filename(FLAGS["config"])
+    summary = run_tune(setup, FLAGS.workdir, source)
+    tuning_report.print_summary(summary)
+    return cli.EXIT_OK if summary["status"] == "ok" else cli.EXIT_FINDINGS
+
+
+def run_tune(setup: experiment.Setup, workdir: str, config_source: str) -> dict:
+    """Every tuning step on `setup` in `workdir` (resumed when it holds the same search)."""
+    config = setup.config
+    search.validate_search_config(config.search)
     if config.search.storage:  # an unreachable database is bad input: fail before writing
         search.open_storage(config.search.storage, config.search.heartbeat_seconds)
-    run, created = tuning_report.open_run(FLAGS.workdir, config)
+    run, created = tuning_report.open_run(workdir, config)
     try:
-        return tune(setup, run)
+        return tune(setup, run, config_source)
     except BaseException:
         if created and not os.path.exists(run.file("study.db")):
             run.remove()  # nothing of value was written yet
         raise
 
 
-def tune(setup: experiment.Setup, run) -> int:
-    """Every tuning step on `setup`, in the run directory `run`; returns the exit code."""
+def tune(setup: experiment.Setup, run, config_source: str) -> dict:
+    """The tuning steps in the run directory `run`; returns the summary."""
     config = setup.config
     t_start = training.now()
     findings, initial = check_initial_loss(setup)
@@ -112,11 +130,11 @@ def tune(setup: experiment.Setup, run) -> int:
     retrained = None
     if best is not None:
         best_config_path, best_config = tuning_report.write_best_config(
-            run, config, FLAGS["config"], best
+            run, config, config_source, best
         )
         if config.search.retrain_best:
             retrained = retrain_best(setup, best_config, run.path)
-    summary = tuning_report.summarize(
+    return tuning_report.summarize(
         run,
         setup,
         findings=findings,
@@ -129,8 +147,6 @@ def tune(setup: experiment.Setup, run) -> int:
         best_config_path=best_config_path,
         seconds=training.now() - t_start,
     )
-    tuning_report.print_summary(summary)
-    return cli.EXIT_OK if summary["status"] == "ok" else cli.EXIT_FINDINGS
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 import math
 import os
-import pprint
 
 import jax
 import matplotlib
@@ -10,7 +9,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import ml_collections  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 from workflow import config_lib, experiment, lr_range, reports, rundir, search  # noqa: E402
 from workflow.findings import Finding, has_error, sort_findings  # noqa: E402
@@ -123,40 +121,19 @@ def best_values(config: ml_collections.ConfigDict, best: dict) -> ml_collections
 
 
 def write_best_config(
-    run: rundir.RunDir, config: ml_collections.ConfigDict, config_flag, best: dict
+    run: rundir.RunDir, config: ml_collections.ConfigDict, config_source: str, best: dict
 ) -> tuple[str, ml_collections.ConfigDict]:
     """best_config.py: the original config file with every changed value, then the tuned ones."""
     tuned = best_values(config, best)
-    source = config_flags.get_config_filename(config_flag)
-    path, _, arg = source.partition(":")
-    path = os.path.abspath(path)
-    base = config_lib.load_config_file(path, arg or None)
-    values = config_lib.changed_values(base, rundir.config_to_dict(tuned))
     out = run.file("best_config.py")
-    text = f'''"""Best hyperparameters found by workflow.tune in {os.path.abspath(run.path)}.
-
-Round {best["round"] + 1}, trial #{best["number"]}: val_accuracy {best["val_accuracy"]:.4f} after
-{best["epochs"]:g} epochs; learning rate {best["learning_rate"]:.4g}, L2 weight {best["l2"]:.4g}.
-The same run at full length is in best/ beside this file.
-
-    python -m workflow.evaluate --config={out} --workdir=runs/evaluate
-"""
-
-from workflow import config_lib
-
-BASE_CONFIG = {path!r}
-BASE_ARG = {arg or None!r}
-VALUES = {pprint.pformat(values, indent=4, sort_dicts=True)}
-
-
-def get_config(arg=None):
-    """{os.path.basename(path)} with the tuned values applied."""
-    del arg
-    return config_lib.apply_values(config_lib.load_config_file(BASE_CONFIG, BASE_ARG), VALUES)
-'''
-    with open(out + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(out + ".tmp", out)
+    about = (
+        f"Best hyperparameters found by workflow.tune in {os.path.abspath(run.path)}.\n\n"
+        f"Round {best['round'] + 1}, trial #{best['number']}: val_accuracy "
+        f"{best['val_accuracy']:.4f} after {best['epochs']:g} epochs; learning rate "
+        f"{best['learning_rate']:.4g}, L2 weight {best['l2']:.4g}.\n"
+        "The same run at full length is in best/ beside this file."
+    )
+    config_lib.write_config_file(out, config_source, tuned, about)
     return out, tuned
 
 

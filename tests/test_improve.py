@@ -1,0 +1,124 @@
+"""The improve stage: the workflow's decision list, the candidates run, the best kept and why."""
+
+import json
+import os
+
+import pytest
+
+from tests.conftest import ROOT, small_config
+from workflow import config_lib, experiment, improve, remedies
+
+
+def _underfit_config():
+    """An MLP with two hidden units at a slowish learning rate: clearly underfit."""
+    config = small_config("tabular")
+    config.model.hidden_sizes = (2,)
+    config.optimizer.learning_rate = 1e-3
+    config.num_steps = 100
+    config.eval_every = 50
+    config.checkpoint_every = 50
+    config.search.range_test.num_steps = 60
+    config.search.range_test.repeats = 1
+    config.improve.max_candidates = 4
+    return config
+
+
+class _Data:
+    """Just what the remedies read from a dataset."""
+
+    def __init__(self, kind="tabular", n_train=540, input_shape=(20,)):
+        self.kind = kind
+        self.x_train = [0] * n_train
+        self.input_shape = input_shape
+
+
+def _names(out):
+    return [r.name for r in out]
+
+
+def test_underfit_remedies_follow_the_workflow_order():
+    config = small_config("tabular")
+    names = _names(remedies.candidates(config, _Data(), ["underfit"], suggested_lr=1e-2))
+    assert names == [
+        "baseline",
+        "bigger model",
+        "deeper model",
+        "train longer",
+        "re-tuned lr",
+    ]
+    bigger = remedies.candidates(config, _Data(), ["underfit"])[1].config
+    assert tuple(bigger.model.hidden_sizes) == tuple(2 * h for h in config.model.hidden_sizes)
+    # Less regularization only when there is some; the lr only when the suggestion differs.
+    config.l2 = 1e-3
+    config.model.dropout_rate = 0.3
+    out = remedies.candidates(
+        config, _Data(), ["underfit"], suggested_lr=config.optimizer.learning_rate
+    )
+    less = next(r for r in out if r.name == "less regularization")
+    assert less.config.l2 == 0 and less.config.model.dropout_rate == 0
+    assert "re-tuned lr" not in _names(out)
+
+
+def test_underfit_escalates_to_the_next_architecture():
+    lstm = small_config("sequence", "lstm")
+    names = _names(remedies.candidates(lstm, _Data("sequence", input_shape=(40, 1)), ["underfit"]))
+    assert "escalate to transformer" in names or "escalate to wavenet" in names
+    lenet = small_config("image", "lenet")
+    out = remedies.candidates(lenet, _Data("image", input_shape=(8, 8, 1)), ["underfit"])
+    escalated = [r for r in out if r.name.startswith("escalate")]
+    assert escalated and escalated[0].config.model.name == "resnet_small"  # 8x8 fits no ResNet-20
+
+
+def test_overfit_remedies_add_data_regularize_and_shrink():
+    config = small_config("tabular")
+    out = remedies.candidates(config, _Data(n_train=100), ["overfit"], available_train=540)
+    names = _names(out)
+    assert names[:2] == ["baseline", "more data"]
+    assert out[1].config.dataset.train_size == 200
+    assert {"L2 0.0001", "L2 0.001", "dropout", "smaller model"} <= set(names)
+    # No more data to add: no such remedy.
+    assert "more data" not in _names(
+        remedies.candidates(config, _Data(), ["overfit"], available_train=540)
+    )
+    assert _names(remedies.candidates(config, _Data(), ["val_overfit"])) == [
+        "baseline",
+        "bigger val split",
+    ]
+    assert _names(remedies.candidates(config, _Data(), ["goal_met"])) == ["baseline"]
+
+
+def test_a_gain_within_the_noise_keeps_the_starting_point():
+    def outcome(name, val):
+        return improve.Outcome(
+            remedies.Remedy(name, "underfit", "", "", None), 0.1, val, val, 10, 1.0
+        )
+
+    base, slightly, clearly = outcome("baseline", 0.30), outcome("a", 0.29), outcome("b", 0.15)
+    chosen, why = improve.choose([base, slightly], n_val=400)
+    assert chosen is base and "within the noise" in why
+    chosen, why = improve.choose([base, slightly, clearly], n_val=400)
+    assert chosen is clearly and "30.00% → 15.00%" in why
+
+
+def test_improve_fixes_an_underfit_model_and_says_why(tmp_path):
+    config = _underfit_config()
+    setup = experiment.prepare(config)
+    source = os.path.join(ROOT, "configs/synthetic.py") + ":tabular"
+    summary = improve.run_improve(setup, str(tmp_path / "improve"), source)
+    assert summary["verdicts"] == ["underfit"] or "underfit" in summary["verdicts"]
+    candidates = summary["candidates"]
+    assert candidates[0]["name"] == "baseline" and len(candidates) >= 3
+    chosen = summary["decision"]["chosen"]
+    assert chosen != "baseline" and "val error" in summary["decision"]["why"]
+    best = next(c for c in candidates if c["name"] == chosen)
+    assert best["val_error"] < candidates[0]["val_error"]
+    assert summary["metrics"]["test_accuracy"] == pytest.approx(1 - best["test_error"])
+    report = open(tmp_path / "improve" / "report.md").read()
+    assert "| candidate | change | val error |" in report and "Decision" in report
+    assert os.path.getsize(tmp_path / "improve" / "plots" / "candidates.png") > 0
+    # The choice is written as a config every stage accepts.
+    chosen_config = config_lib.load_config_file(summary["best_config"])
+    assert json.loads(chosen_config.to_json_best_effort()) != json.loads(
+        config.to_json_best_effort()
+    )
+    assert summary["next"][0].startswith("python -m workflow.evaluate --config=")

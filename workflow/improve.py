@@ -1,0 +1,371 @@
+"""Stage 5, improve: follow the workflow's decision list for the verdict and keep what works.
+
+    python -m workflow.improve --config=configs/mnist1d.py --workdir=runs/improve
+
+Evaluates the starting point (baseline/, trained or restored), takes the verdict (underfit,
+overfit, val overfit), runs the remedies the workflow lists for it as runs of equal length —
+those that change only the learning rate or the L2 weight batched with the baseline as trials of
+one program — compares them in one table, keeps the best and says why, and writes it as
+best_config.py for the next round of evaluate / tune / improve.
+"""
+
+import dataclasses
+import json
+import os
+
+import jax
+import matplotlib.pyplot as plt
+import ml_collections
+from absl import flags
+
+import models
+from workflow import (
+    cli,
+    config_lib,
+    debugging,
+    evaluate,
+    experiment,
+    remedies,
+    reports,
+    rundir,
+    training,
+    trials,
+)
+
+FLAGS = flags.FLAGS
+
+VERDICTS = ("underfit", "overfit", "val_overfit")
+
+
+@dataclasses.dataclass
+class Outcome:
+    """One remedy's run: its errors on every split, size and time."""
+
+    remedy: remedies.Remedy
+    train_error: float
+    val_error: float
+    test_error: float
+    num_params: int
+    seconds: float
+    status: str = "ok"
+
+    def to_json(self) -> dict:
+        """The summary.json form."""
+        r = self.remedy
+        return {
+            "name": r.name,
+            "verdict": r.verdict,
+            "reason": r.reason,
+            "change": r.change,
+            "train_error": self.train_error,
+            "val_error": self.val_error,
+            "test_error": self.test_error,
+            "num_params": self.num_params,
+            "seconds": self.seconds,
+            "status": self.status,
+        }
+
+
+def short_config(config: ml_collections.ConfigDict, base_steps: int) -> ml_collections.ConfigDict:
+    """A remedy's run: the improve stage's length (scaled for a remedy that changes the length
+    itself, as "train longer" does), no checkpoints."""
+    short = config.copy_and_resolve_references()
+    length = config.improve.num_steps or base_steps
+    short.num_steps = max(1, round(length * config.num_steps / base_steps))
+    short.eval_every = short.num_steps
+    short.checkpoint_every = 0
+    return short
+
+
+def signature(config: ml_collections.ConfigDict) -> str:
+    """The config without its learning rate and L2 weight: equal signatures batch as trials."""
+    plain = json.loads(config.to_json_best_effort())
+    plain["optimizer"].pop("learning_rate")
+    plain.pop("l2")
+    return json.dumps(plain, sort_keys=True)
+
+
+def run_batched(group: list[remedies.Remedy], dataset, base_steps: int) -> list[Outcome]:
+    """Remedies that differ only in lr / L2, trained together as trials of one program."""
+    config = short_config(group[0].config, base_steps)
+    runner = trials.TrialRunner(config, dataset.input_shape, dataset.num_classes)
+    hparams = trials.TrialHparams(
+        learning_rate=[r.config.optimizer.learning_rate for r in group],
+        l2=[r.config.l2 for r in group],
+        seed=[config.seed] * len(group),
+    )
+    t0 = training.now()
+    states, result = runner.run(hparams, dataset, config.num_steps)
+    errors = {}
+    for split in ("train", "test"):
+        x, y = dataset.split(split)
+        errors[split] = 1 - runner.evaluate(states, x, y)[1]
+    seconds = (training.now() - t0) / len(group)
+    num_params = sum(x.size for x in jax.tree.leaves(trials.trial_state(states, 0).params))
+    return [
+        Outcome(
+            remedy,
+            float(errors["train"][i]),
+            float(1 - result.val_accuracy[i]),
+            float(errors["test"][i]),
+            num_params,
+            seconds,
+            "diverged" if result.diverged_at[i] >= 0 else "ok",
+        )
+        for i, remedy in enumerate(group)
+    ]
+
+
+def run_single(remedy: remedies.Remedy, base_steps: int) -> Outcome:
+    """A remedy that changes the model, the data or the training loop: its own run."""
+    t0 = training.now()
+    config = short_config(remedy.config, base_steps)
+    setup = experiment.prepare(config)
+    fit = training.fit(setup.task, setup.state, setup.dataset, config, progress=config.progress)
+    metrics = experiment.final_metrics(setup, fit.state)
+    return Outcome(
+        remedy,
+        1 - metrics["train_accuracy"],
+        1 - metrics["val_accuracy"],
+        1 - metrics["test_accuracy"],
+        models.count_params(setup.model),
+        training.now() - t0,
+        fit.status,
+    )
+
+
+def run_remedies(candidates: list[remedies.Remedy], dataset) -> list[Outcome]:
+    """Every candidate, the baseline first; one program per group of equal signatures."""
+    groups: dict[str, list[remedies.Remedy]] = {}
+    for remedy in candidates:
+        groups.setdefault(signature(remedy.config), []).append(remedy)
+    outcomes, base_steps = {}, candidates[0].config.num_steps
+    for group in groups.values():
+        if len(group) > 1 and trials.trials_per_program(group[0].config) > 1:
+            results = run_batched(group, dataset, base_steps)
+        else:
+            results = [run_single(remedy, base_steps) for remedy in group]
+        for remedy, outcome in zip(group, results, strict=True):
+            outcomes[remedy.name] = outcome
+            print_outcome(outcome)
+    return [outcomes[r.name] for r in candidates]
+
+
+def choose(outcomes: list[Outcome], n_val: int) -> tuple[Outcome, str]:
+    """The best by validation error (ties: fewer parameters), kept only when it beats the
+    baseline by more than one standard error of the difference of two error rates on the val
+    set (the candidates are scored on the same examples, so their errors are correlated and one
+    unpaired standard error is about two paired ones)."""
+    baseline = outcomes[0]
+    ok = [o for o in outcomes if o.status == "ok"] or [baseline]
+    best = min(ok, key=lambda o: (o.val_error, o.num_params))
+    floor = remedies.noise_floor(baseline.val_error, n_val, z=1.0)
+    gain = baseline.val_error - best.val_error
+    if best is baseline:
+        return baseline, "no remedy lowered the validation error; the starting point stays"
+    if gain < floor:
+        return baseline, (
+            f"the best remedy, {best.remedy.name}, lowered the val error by {gain:.2%}, within "
+            f"the noise of {n_val:,} val examples (±{floor:.2%}); the starting point stays"
+        )
+    return best, (
+        f"{best.remedy.name} ({best.remedy.change}) answers the verdict "
+        f"'{best.remedy.verdict}': val error {baseline.val_error:.2%} → {best.val_error:.2%} "
+        f"({gain:.2%} better, above the ±{floor:.2%} noise of {n_val:,} val examples); test "
+        f"error {baseline.test_error:.2%} → {best.test_error:.2%}"
+    )
+
+
+def range_test_suggestion(setup: experiment.Setup) -> float | None:
+    """The learning-rate range test's suggestion for the starting point (None if none)."""
+    from workflow import tune
+
+    return tune.configured_range_test(setup).suggested_lr
+
+
+def run_improve(setup: experiment.Setup, workdir: str, config_source: str) -> dict:
+    """Evaluate the starting point, try the remedies its verdict calls for, keep the best."""
+    config, dataset = setup.config, setup.dataset
+    initial = dataclasses.replace(setup, state=debugging.copy_state(setup.state))
+    baseline = evaluate.run_evaluate(setup, os.path.join(workdir, "baseline"))  # donates state
+    if baseline["status"] == "diverged":
+        return baseline
+    verdicts = [f["id"] for f in baseline["findings"] if f["id"] in VERDICTS]
+    suggested = range_test_suggestion(initial) if "underfit" in verdicts else None
+    candidates = remedies.candidates(
+        config,
+        dataset,
+        verdicts,
+        suggested_lr=suggested,
+        available_train=evaluate.available_train_examples(dataset),
+        max_candidates=config.improve.max_candidates,
+    )
+    outcomes = run_remedies(candidates, dataset) if len(candidates) > 1 else []
+    run = rundir.RunDir(workdir)
+    os.makedirs(run.plots, exist_ok=True)
+    rundir.write_json(run.file("config.json"), rundir.config_to_dict(config))
+    if outcomes:
+        chosen, why = choose(outcomes, len(dataset.y_val))
+    else:
+        chosen, why = None, "the goal is met: nothing to improve" if not verdicts else ""
+    best_config = None
+    if chosen is not None and chosen is not outcomes[0]:
+        best_config = run.file("best_config.py")
+        config_lib.write_config_file(
+            best_config,
+            config_source,
+            chosen.remedy.config,
+            f"The improve stage's choice in {os.path.abspath(workdir)}: {chosen.remedy.name}.\n\n"
+            + why,
+        )
+    summary = {
+        "stage": "improve",
+        "status": "ok",
+        "config": rundir.config_to_dict(config),
+        "metrics": chosen_metrics(baseline, chosen, outcomes),
+        "findings": baseline["findings"],
+        "verdicts": verdicts,
+        "candidates": [o.to_json() for o in outcomes],
+        "decision": {"chosen": chosen.remedy.name if chosen else None, "why": why},
+        "best_config": best_config,
+        "bias_variance": baseline.get("bias_variance"),
+        "next": next_commands(workdir, best_config, verdicts),
+        "dataset": dataset.summary(),
+        "device": jax.devices()[0].device_kind,
+    }
+    plot = plot_outcomes(outcomes, run.plots) if outcomes else None
+    run.write_summary(summary)
+    write_report(run, summary, plot)
+    return summary
+
+
+def chosen_metrics(baseline: dict, chosen: Outcome | None, outcomes: list[Outcome]) -> dict:
+    """The baseline's full-length metrics, and the chosen remedy's errors from its run."""
+    metrics = {f"baseline_{k}": v for k, v in baseline["metrics"].items() if "accuracy" in k}
+    if chosen is not None:
+        metrics.update(
+            chosen=chosen.remedy.name,
+            train_accuracy=1 - chosen.train_error,
+            val_accuracy=1 - chosen.val_error,
+            test_accuracy=1 - chosen.test_error,
+            num_params=chosen.num_params,
+            candidates=len(outcomes),
+        )
+    return metrics
+
+
+def next_commands(workdir: str, best_config: str | None, verdicts: list[str]) -> list[str]:
+    """Evaluate the chosen setup at full length (and tune it), or stop when nothing changed."""
+    if not best_config:
+        return []
+    parent = os.path.dirname(os.path.abspath(workdir))
+    return [
+        f"python -m workflow.evaluate --config={best_config} "
+        f"--workdir={os.path.join(parent, 'evaluate_improved')}",
+        f"python -m workflow.tune --config={best_config} "
+        f"--workdir={os.path.join(parent, 'tune_improved')}",
+    ]
+
+
+def plot_outcomes(outcomes: list[Outcome], plots_dir: str) -> str:
+    """Validation and test error per candidate, the baseline first."""
+    names = [o.remedy.name for o in outcomes]
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 3.8))
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], [o.val_error for o in outcomes], 0.4, label="val error")
+    ax.bar([x + 0.2 for x in xs], [o.test_error for o in outcomes], 0.4, label="test error")
+    ax.axhline(outcomes[0].val_error, color="gray", lw=0.8, ls="--")
+    ax.set_xticks(list(xs), names, rotation=30, ha="right")
+    ax.set_ylabel("error")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend()
+    fig.tight_layout()
+    path = os.path.join(plots_dir, "candidates.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(run: rundir.RunDir, summary: dict, plot: str | None) -> None:
+    """report.md: the verdict, the candidates table, the decision and why, next commands."""
+    sections = []
+    bv = summary.get("bias_variance")
+    if bv:
+        table = reports.markdown_table(["Error source", "Value", "Analysis"], bv["rows"])
+        sections.append(("Starting point", f"{table}\n\n{bv['decomposition']}"))
+    rows = []
+    base = summary["candidates"][0] if summary["candidates"] else None
+    for c in summary["candidates"]:
+        delta = c["val_error"] - base["val_error"]
+        rows.append(
+            [
+                c["name"],
+                c["change"],
+                f"{c['val_error']:.2%}",
+                f"{delta:+.2%}" if c is not base else "",
+                f"{c['test_error']:.2%}",
+                f"{c['num_params']:,}",
+                f"{c['seconds']:.1f} s",
+                c["reason"],
+            ]
+        )
+    if rows:
+        headers = ["candidate", "change", "val error", "Δ val", "test error", "params", "time"]
+        body = reports.markdown_table([*headers, "why tried"], rows)
+        if plot:
+            body += f"\n\n![candidates]({os.path.relpath(plot, run.path)})"
+        sections.append(("Candidates (runs of equal length)", body))
+    decision = summary["decision"]
+    sections.append(("Decision", f"**{decision['chosen'] or 'none'}**: {decision['why']}"))
+    sections.append(
+        ("Findings of the starting point", reports.findings_markdown(summary["findings"]))
+    )
+    next_md = "\n".join(f"```\n{cmd}\n```" for cmd in summary["next"]) or "Nothing further."
+    sections.append(("Next", next_md))
+    reports.write_report(
+        run.file("report.md"),
+        f"improve: {summary['config']['model']['name']} on {summary['config']['dataset']['name']}",
+        sections,
+    )
+
+
+def print_outcome(outcome: Outcome) -> None:
+    """One finished candidate on the console."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(
+        f"{outcome.remedy.name:22s} val error {outcome.val_error:6.2%}  test error "
+        f"{outcome.test_error:6.2%}  ({outcome.remedy.change}, {outcome.seconds:.1f} s)"
+    )
+
+
+def print_decision(summary: dict) -> None:
+    """The decision and the next commands on the console."""
+    from rich.console import Console
+
+    console = Console()
+    decision = summary["decision"]
+    console.print(f"[bold]improve: {decision['chosen'] or 'nothing to change'}[/bold]")
+    console.print(decision["why"], soft_wrap=True)
+    for cmd in summary["next"]:
+        console.print(f"next: {cmd}", soft_wrap=True)
+
+
+def main(argv: list[str]) -> int:
+    """Improve the configured setup by the verdict's remedies."""
+    del argv
+    from ml_collections import config_flags
+
+    setup = experiment.prepare(FLAGS.config)
+    source = config_flags.get_config_filename(FLAGS["config"])
+    summary = run_improve(setup, FLAGS.workdir, source)
+    if "decision" in summary:
+        print_decision(summary)
+    else:
+        experiment.print_summary(summary)
+    return cli.EXIT_OK if summary["status"] == "ok" else cli.EXIT_FINDINGS
+
+
+if __name__ == "__main__":
+    cli.define_flags("improve")  # only as a script: stages can then be imported side by side
+    cli.run(main)
