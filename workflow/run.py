@@ -298,8 +298,18 @@ def decisions(workflow: Workflow) -> list[Finding]:
 
 def finish(workflow: Workflow, stopped: str | None = None) -> dict:
     """The top-level summary.json, report.md and report.html."""
-    last_eval = next((s for s in reversed(workflow.steps) if s.stage == "evaluate"), None)
-    final = last_eval or workflow.steps[-1]
+    # The final model is the evaluated one with the best validation accuracy (never the test
+    # accuracy: choosing on it would make the reported test number optimistic).
+    evaluated = [
+        s
+        for s in workflow.steps
+        if s.stage == "evaluate" and "val_accuracy" in s.summary["metrics"]
+    ]
+    final = (
+        max(reversed(evaluated), key=lambda s: s.summary["metrics"]["val_accuracy"])
+        if evaluated
+        else workflow.steps[-1]
+    )
     blocking = [Finding(**f) for f in final.summary.get("findings", []) if f["severity"] == "error"]
     status = "failed" if stopped and "debug" in stopped else "ok"
     summary = {
