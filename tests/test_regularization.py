@@ -343,9 +343,9 @@ MODEL_CASES = [
     ("tabular", "mlp", "batch", 0.0),
     ("tabular", "mlp", "layer", 0.3),
     ("image", "lenet", "batch", 0.3),
-    ("image", "lenet", "layer", 0.0),
-    ("sequence", "tcn", "batch", 0.3),
-    ("sequence", "tcn", "layer", 0.0),
+    pytest.param(*("image", "lenet", "layer", 0.0), marks=pytest.mark.slow),
+    pytest.param(*("sequence", "tcn", "batch", 0.3), marks=pytest.mark.slow),
+    pytest.param(*("sequence", "tcn", "layer", 0.0), marks=pytest.mark.slow),
     ("sequence", "lstm", "layer", 0.3),
 ]
 SMALL = {

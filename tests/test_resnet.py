@@ -294,6 +294,7 @@ def test_debug_checks_pass_on_a_built_config(setup):
     assert len(layers) == 7 and {layer["type"] for layer in layers} == {"BatchNorm"}
 
 
+@pytest.mark.slow  # kept out of the default run for time; runs with -m slow
 def test_short_training_run_decreases_the_loss(setup):
     # fit donates its state: train a copy so the fixture's state stays usable.
     state = jax.tree.map(jnp.copy, setup.state)

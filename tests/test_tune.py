@@ -31,6 +31,7 @@ TINY = [
     "--config.search.epochs=2.0",
     "--config.search.range_test.num_steps=60",
     "--config.search.range_test.repeats=2",
+    "--config.search.heartbeat_seconds=2",  # a trial orphaned by the kill is reclaimed in 6 s
 ]
 
 

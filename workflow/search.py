@@ -12,6 +12,7 @@ once by its process id; one on another host by its heartbeat going stale.
 """
 
 import dataclasses
+import datetime
 import math
 import os
 import socket
@@ -273,9 +274,13 @@ def reclaim_interrupted(study, storage) -> int:
 
     optuna.storages.fail_stale_trials(study)  # other hosts: heartbeat older than the grace
     reclaimed = 0
+    grace = 3 * storage.get_heartbeat_interval()
+    now = datetime.datetime.now()
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker")
-        if worker and Worker(worker["host"], worker["pid"]).is_dead():
+        # No worker recorded: its worker died right after asking; reclaim it once it is old.
+        orphan = worker is None and (now - trial.datetime_start).total_seconds() > grace
+        if orphan or (worker and Worker(worker["host"], worker["pid"]).is_dead()):
             try:
                 storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
             except optuna.exceptions.UpdateFinishedTrialError:
@@ -390,10 +395,12 @@ class Search:
         asked = []
         for _ in range(count):
             trial = study.ask()
-            trial.suggest_float("learning_rate", *round_.lr_range, log=True)
-            trial.suggest_float("l2", *round_.reg_range, log=True)
+            # Claim it first: a worker killed before this line leaves a trial that only its age
+            # can reclaim (see reclaim_interrupted).
             trial.set_user_attr("worker", dataclasses.asdict(self.worker))
             self.storage.record_heartbeat(trial._trial_id)
+            trial.suggest_float("learning_rate", *round_.lr_range, log=True)
+            trial.suggest_float("l2", *round_.reg_range, log=True)
             asked.append(trial)
         alive = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
         numbers = sorted(t.number for t in study.get_trials(deepcopy=False, states=alive))
