@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workflow import data, training
+from workflow import data, rundir, training
 from workflow.errors import UsageError
 from workflow.findings import Finding
 
@@ -142,10 +142,10 @@ class RangeTest:
             "stop_lr": self.stop_lr,
             "best_index": self.best_index,
             "best_lr": self.best_lr,
-            "start_loss": _json_float(self.start_loss),
-            "min_loss": _json_float(self.min_loss),
-            "noise": _json_float(self.noise),
-            "significance": _json_float(self.significance),
+            "start_loss": rundir.finite_or_none(self.start_loss),
+            "min_loss": rundir.finite_or_none(self.min_loss),
+            "noise": rundir.finite_or_none(self.noise),
+            "significance": rundir.finite_or_none(self.significance),
             "min_lr": float(self.learning_rates[0]),
             "max_lr_run": float(self.learning_rates[-1]),
             "steps_run": len(self.learning_rates),
@@ -156,14 +156,9 @@ class RangeTest:
         }
         if include_curve:
             out["learning_rates"] = [float(v) for v in self.learning_rates]
-            out["losses"] = [_json_float(v) for v in self.losses]
-            out["smoothed"] = [_json_float(v) for v in self.smoothed]
+            out["losses"] = [rundir.finite_or_none(v) for v in self.losses]
+            out["smoothed"] = [rundir.finite_or_none(v) for v in self.smoothed]
         return out
-
-
-def _json_float(value: float) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 # ----------------------------------------------------------------------------- smoothing

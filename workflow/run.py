@@ -112,13 +112,18 @@ class Workflow:
         return self.record(Step(name, stage, workdir, source, summary))
 
 
+def copy_run(source: str, target: str) -> None:
+    """Copy a finished run directory once, atomically (a killed copy is redone, not reused)."""
+    if not os.path.exists(target):
+        shutil.copytree(source, target + ".tmp", dirs_exist_ok=True)
+        os.replace(target + ".tmp", target)
+
+
 def evaluate_copy(trained_dir: str) -> callable:
     """An evaluate step on a copy of a finished training run (nothing is retrained)."""
 
     def action(setup: experiment.Setup, workdir: str) -> dict:
-        if not os.path.exists(workdir):
-            shutil.copytree(trained_dir, workdir + ".tmp", dirs_exist_ok=True)
-            os.replace(workdir + ".tmp", workdir)
+        copy_run(trained_dir, workdir)
         return evaluate.run_evaluate(setup, workdir)
 
     return action
@@ -128,10 +133,7 @@ def improve_from(evaluated_dir: str, source: str) -> callable:
     """An improve step whose baseline is a copy of the run just evaluated (not retrained)."""
 
     def action(setup: experiment.Setup, workdir: str) -> dict:
-        baseline = os.path.join(workdir, "baseline")
-        if not os.path.exists(baseline):
-            shutil.copytree(evaluated_dir, baseline + ".tmp", dirs_exist_ok=True)
-            os.replace(baseline + ".tmp", baseline)
+        copy_run(evaluated_dir, os.path.join(workdir, "baseline"))
         return improve.run_improve(setup, workdir, source)
 
     return action

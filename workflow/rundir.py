@@ -30,6 +30,12 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+def finite_or_none(value: float) -> float | None:
+    """A float for JSON, with NaN/inf as None (null)."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
 def write_json(path: str, obj: Any) -> None:
     """Write JSON atomically (temporary file, then rename), so a reader never sees half."""
     tmp = f"{path}.tmp"

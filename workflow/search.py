@@ -24,6 +24,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from workflow import rundir
 from workflow import trials as trials_lib
 from workflow.errors import UsageError
 
@@ -312,10 +313,6 @@ def trial_record(number: int, params: dict, attrs: dict, round_: Round) -> dict:
     }
 
 
-def _finite_or_none(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
-
-
 class Search:
     """A coarse-to-fine search of one config in one storage, resumable and shareable."""
 
@@ -358,11 +355,10 @@ class Search:
         )
         return study, Round(**stored)
 
-    def run_round(self, round_: Round, on_batch: Callable[[list[dict]], None]) -> list[dict]:
+    def run_round(self, study, round_: Round, on_batch: Callable[[list[dict]], None]) -> list[dict]:
         """Ask, train and tell batches until the round has all its trials finished."""
         import optuna
 
-        study, round_ = self.study(round_)
         states = optuna.trial.TrialState
         while True:
             reclaim_interrupted(study, self.storage)
@@ -445,12 +441,12 @@ class Search:
                 "steps": round_.steps,
                 "epochs": round_.epochs,
                 "val_accuracy": float(result.val_accuracy[i]),
-                "val_loss": _finite_or_none(result.val_loss[i]),
-                "initial_loss": _finite_or_none(result.initial_loss[i]),
-                "final_loss": _finite_or_none(result.final_loss[i]),
+                "val_loss": rundir.finite_or_none(result.val_loss[i]),
+                "initial_loss": rundir.finite_or_none(result.initial_loss[i]),
+                "final_loss": rundir.finite_or_none(result.final_loss[i]),
                 "improved": bool(result.improved[i]),
                 "diverged_at": int(result.diverged_at[i]),
-                "loss_curve": [_finite_or_none(v) for v in result.train_loss_curve[i]],
+                "loss_curve": [rundir.finite_or_none(v) for v in result.train_loss_curve[i]],
             }
             trial.set_user_attr("result", attrs)  # one write: SQLite commits are slow
             metric = attrs[self.search.metric]
@@ -473,8 +469,8 @@ class Search:
                     self.config.batch_size,
                     self.config.num_steps if self.search.last_round_full_length else None,
                 )
-            _, round_ = self.study(round_)
-            round_records = self.run_round(round_, on_batch)
+            study, round_ = self.study(round_)
+            round_records = self.run_round(study, round_, on_batch)
             rounds.append(round_)
             records += round_records
         return rounds, records

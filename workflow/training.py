@@ -75,10 +75,15 @@ def build_optimizer(
     return optax.inject_hyperparams(make)(learning_rate=opt.learning_rate, l2=l2)
 
 
+def model_kwargs(config: ml_collections.ConfigDict) -> dict:
+    """The model's keyword options from config.model (JSON lists back to tuples)."""
+    kwargs = {k: v for k, v in config.model.items() if k != "name"}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+
+
 def build_model(config: ml_collections.ConfigDict, input_shape, num_classes: int) -> nnx.Module:
     """The configured model, built as `Class(input_shape, num_outputs, *, rngs, **kwargs)`."""
-    kwargs = {k: v for k, v in config.model.items() if k != "name"}
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+    kwargs = model_kwargs(config)
     return models.build_model(
         config.model.name,
         tuple(input_shape),

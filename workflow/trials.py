@@ -146,8 +146,7 @@ class TrialRunner:
         self._evaluate = make_trials_evaluator(self.task, config.eval_batch_size)
 
     def _init_one_fn(self, config, input_shape, num_classes) -> Callable:
-        kwargs = {k: v for k, v in config.model.items() if k != "name"}
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+        kwargs = training.model_kwargs(config)
         tx = self.task.tx
 
         def init_one(seed, learning_rate, l2):
