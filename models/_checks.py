@@ -54,3 +54,23 @@ def choice(value: object, what: str, valid: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in valid:
         raise UsageError(f"{what}={value!r} is invalid; expected one of: {', '.join(valid)}")
     return value
+
+
+# Token ids (workflow.data's text path): 0 pads a sequence, 1 stands for an unknown word.
+PAD_ID = 0
+
+
+def token_vocabulary(value: object, features: int, model: str) -> int:
+    """Return `value` as a vocabulary size: 0 (inputs are features, no embedding) or an integer
+    >= 2 for token-id inputs, which must then have one feature per step: (T, 1)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value == 1:
+        raise UsageError(
+            f"vocab_size={value!r} is invalid; expected 0 (no embedding) or an integer >= 2 "
+            "(the number of token ids, padding and unknown included)"
+        )
+    if value and features != 1:
+        raise UsageError(
+            f"vocab_size={value} makes model {model!r} embed token ids, which come shaped "
+            f"(T, 1); the input has {features} features per step"
+        )
+    return value

@@ -96,6 +96,7 @@ class ConvND(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """Map (batch, *spatial, cin) to (batch, *spatial_out, cout)."""
         kernel = self.kernel[...]
+        x = x.astype(kernel.dtype)  # mixed precision: the conv runs in the compute dtype
         if self.conv_impl == "xla":
             spatial = _SPATIAL[len(self.kernel_size)]
             y = jax.lax.conv_general_dilated(

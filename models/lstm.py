@@ -1,4 +1,11 @@
-"""One-layer LSTM classifier for (T, F) sequences, written for speed under jit/scan."""
+"""One-layer LSTM classifier for (T, F) sequences, written for speed under jit/scan.
+
+With `vocab_size` > 0 the inputs are token ids shaped (T, 1) (workflow.data's text path: 0 is
+padding, 1 unknown), embedded by an nnx.Embed of `embed_size` features before the recurrence.
+Padding steps are masked: they leave the hidden and cell state unchanged, so "last" reads the
+state after the last real token (as the Flax SST-2 example does) wherever the padding sits, and
+"mean" averages over real tokens only.
+"""
 
 from collections.abc import Sequence
 
@@ -7,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from models import _checks
+from models._checks import PAD_ID
 from models.mlp import head_init
 
 READOUTS = ("last", "mean")
@@ -24,10 +32,11 @@ def _block_orthogonal(key: jax.Array, hidden: int, blocks: int) -> jax.Array:
 
 
 class LSTM(nnx.Module):
-    """LSTM (tanh) over time, readout of the last or mean hidden state, [LayerNorm], Dropout,
-    Dense to logits.
+    """[Embed →] LSTM (tanh) over time, readout of the last or mean hidden state, [LayerNorm],
+    Dropout, Dense to logits.
 
-    norm: "none" or "layer" (LayerNorm of the readout); dropout_rate: Dropout on the readout.
+    norm: "none" or "layer" (LayerNorm of the readout); dropout_rate: Dropout on the readout;
+    vocab_size > 0: inputs are (T, 1) token ids, embedded to embed_size, padding (id 0) masked.
 
     Gates are fused and ordered (input, forget, output, cell) so one sigmoid covers three of
     them; the input projection for all time steps is a single matmul before the scan, leaving
@@ -44,9 +53,14 @@ class LSTM(nnx.Module):
         readout: str = "last",
         norm: str = "none",
         dropout_rate: float = 0.0,
+        vocab_size: int = 0,
+        embed_size: int = 128,
     ) -> None:
         _, features = _checks.input_shape(input_shape, "lstm", 2, "(T, F)")
         num_outputs = _checks.positive_int(num_outputs, "num_outputs")
+        self.vocab_size = _checks.token_vocabulary(vocab_size, features, "lstm")
+        if self.vocab_size:
+            features = self.embed_size = _checks.positive_int(embed_size, "embed_size")
         self.hidden_size = h = _checks.positive_int(hidden_size, "hidden_size")
         self.readout = _checks.choice(readout, "readout", READOUTS)
         self.norm = _checks.choice(norm, "norm", NORMS)
@@ -63,27 +77,45 @@ class LSTM(nnx.Module):
         # Only a model that uses dropout holds a Dropout and its RNG stream, so the default
         # model's split state has no RNG variables and train()/eval() leave it unchanged.
         self.dropout = nnx.Dropout(self.dropout_rate, rngs=rngs) if self.dropout_rate else None
+        # Last again, so models without an embedding initialize exactly as before it existed.
+        self.embed = nnx.Embed(self.vocab_size, features, rngs=rngs) if self.vocab_size else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Map (batch, T, F) to logits (batch, num_outputs)."""
+        """Map (batch, T, F) to logits (batch, num_outputs); token ids (batch, T, 1) when
+        vocab_size is set."""
         h = self.hidden_size
         w_rec = self.w_rec[...]
+        mask = None
+        if self.embed is not None:
+            # Ids may arrive as floats (shape checks trace float32 inputs); exact below 2**24.
+            ids = x[..., 0].astype(jnp.int32)
+            mask = (ids != PAD_ID).T[..., None]  # (T, batch, 1), time-major like xs
+            x = self.embed(ids)
         # Time-major input projection, computed once for every step.
         xs = jnp.einsum("btf,fg->tbg", x, self.w_in[...]) + self.bias[...]
         zeros = jnp.zeros((x.shape[0], h), xs.dtype)
 
-        def step(carry, z_x):
+        def step(carry, inputs):
             hidden, cell, total = carry
+            z_x, keep = inputs
             z = z_x + hidden @ w_rec
             gates = jax.nn.sigmoid(z[:, : 3 * h])
-            cell = gates[:, h : 2 * h] * cell + gates[:, :h] * jnp.tanh(z[:, 3 * h :])
-            hidden = gates[:, 2 * h :] * jnp.tanh(cell)
+            new_cell = gates[:, h : 2 * h] * cell + gates[:, :h] * jnp.tanh(z[:, 3 * h :])
+            new_hidden = gates[:, 2 * h :] * jnp.tanh(new_cell)
+            if keep is not None:  # a padding step carries the state through unchanged
+                new_cell = jnp.where(keep, new_cell, cell)
+                new_hidden = jnp.where(keep, new_hidden, hidden)
             if self.readout == "mean":
-                total = total + hidden
-            return (hidden, cell, total), None
+                total = total + (new_hidden if keep is None else jnp.where(keep, new_hidden, 0))
+            return (new_hidden, new_cell, total), None
 
-        (hidden, _, total), _ = jax.lax.scan(step, (zeros, zeros, zeros), xs)
-        features = hidden if self.readout == "last" else total / x.shape[1]
+        (hidden, _, total), _ = jax.lax.scan(step, (zeros, zeros, zeros), (xs, mask))
+        if self.readout == "last":
+            features = hidden
+        elif mask is None:
+            features = total / x.shape[1]
+        else:  # mean over the real tokens; an all-padding example reads zeros
+            features = total / jnp.maximum(mask.sum(0), 1).astype(total.dtype)
         if self.layer_norm is not None:
             features = self.layer_norm(features)
         if self.dropout is not None:

@@ -87,6 +87,9 @@ class Conv3x3(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """Map (batch, H, W, cin) to (batch, ceil(H / stride), ceil(W / stride), cout)."""
         kernel = self.kernel[...]
+        # Mixed precision: a float32 input (after a float32-statistics BatchNorm) meets a
+        # bfloat16 kernel; the conv runs in the kernel's (compute) dtype.
+        x = x.astype(kernel.dtype)
         strides, padding = (self.stride, self.stride), ((1, 1), (1, 1))
         if self.conv_impl == "xla":
             y = jax.lax.conv_general_dilated(

@@ -6,6 +6,10 @@ heads, MLP 128; 68k parameters) train 3,000 MNIST-1D steps in about 50 s on the 
 78% test accuracy at Adam 3e-4, 82% at 1e-3 (it overfits: 100% train). Patches matter there:
 one token per step ran ~4x slower and reached 46% at 3e-4 (local shapes become token features
 instead of attention patterns that must be learned from scratch).
+
+With `vocab_size` > 0 the inputs are token ids shaped (T, 1) (workflow.data's text path: 0 is
+padding): each id is embedded to `embed_size` features first, patches of embedded tokens follow
+as above, and a patch of padding alone is masked out of attention and of the mean pooling.
 """
 
 from collections.abc import Sequence
@@ -16,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from models import _checks
+from models._checks import PAD_ID
 from workflow.errors import UsageError
 
 POSITIONS = ("learned", "sinusoidal")
@@ -69,9 +74,9 @@ class EncoderBlock(nnx.Module):
     def _drop(self, x: jax.Array) -> jax.Array:
         return self.dropout(x) if self.dropout is not None else x
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """Map (batch, T, d_model) to (batch, T, d_model)."""
-        x = x + self._drop(self.attention(self.attention_norm(x)))
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """Map (batch, T, d_model) to (batch, T, d_model); `mask` (batch, 1, 1, T) drops keys."""
+        x = x + self._drop(self.attention(self.attention_norm(x), mask=mask))
         h = jax.nn.gelu(self.mlp_in(self.mlp_norm(x)))
         return x + self._drop(self.mlp_out(h))
 
@@ -102,9 +107,14 @@ class TransformerClassifier(nnx.Module):
         positions: str = "learned",
         pooling: str = "mean",
         patch_size: int = 4,
+        vocab_size: int = 0,
+        embed_size: int = 64,
     ) -> None:
         length, features = _checks.input_shape(input_shape, "transformer", 2, "(T, F)")
         num_outputs = _checks.positive_int(num_outputs, "num_outputs")
+        self.vocab_size = _checks.token_vocabulary(vocab_size, features, "transformer")
+        if self.vocab_size:
+            features = self.embed_size = _checks.positive_int(embed_size, "embed_size")
         self.d_model = _checks.positive_int(d_model, "d_model")
         self.num_layers = _checks.positive_int(num_layers, "num_layers")
         self.num_heads = _checks.positive_int(num_heads, "num_heads")
@@ -148,6 +158,10 @@ class TransformerClassifier(nnx.Module):
         )
         self.final_norm = nnx.LayerNorm(self.d_model, rngs=rngs)
         self.out = nnx.Linear(self.d_model, num_outputs, rngs=rngs)
+        # Built last, so models without an embedding initialize exactly as before it existed.
+        self.token_embed = (
+            nnx.Embed(self.vocab_size, features, rngs=rngs) if self.vocab_size else None
+        )
 
     def _position_table(self, tokens: int, length: int) -> jax.Array:
         if self.pos_embed is None:
@@ -169,19 +183,42 @@ class TransformerClassifier(nnx.Module):
             x = jnp.pad(x, ((0, 0), (0, pad), (0, 0)))
         return x.reshape(batch, (length + pad) // self.patch_size, self.patch_size * features)
 
+    def valid_tokens(self, x: jax.Array) -> jax.Array | None:
+        """(batch, tokens[+1]) True where a token holds a real (non-padding) id; None without
+        an embedding (every token counts)."""
+        if self.token_embed is None:
+            return None
+        real = (x[..., :1].astype(jnp.int32) != PAD_ID).astype(jnp.float32)
+        valid = jnp.max(self.tokens(real), axis=-1) > 0  # a patch is real if any step is
+        if self.cls_token is not None:
+            valid = jnp.concatenate([jnp.ones_like(valid[:, :1]), valid], axis=1)
+        return valid
+
     def encode(self, x: jax.Array) -> jax.Array:
         """Map (batch, T, F) to final-LayerNorm token features (batch, tokens[+1], d_model)."""
+        valid = self.valid_tokens(x)
+        if self.token_embed is not None:
+            # Ids may arrive as floats (shape checks trace float32 inputs); exact below 2**24.
+            x = self.token_embed(x[..., 0].astype(jnp.int32))
         patches = self.tokens(x)
         h = self.embed(patches) + self._position_table(patches.shape[1], x.shape[1])
         if self.cls_token is not None:
             cls = jnp.broadcast_to(self.cls_token[...], (x.shape[0], 1, self.d_model))
             h = jnp.concatenate([cls, h], axis=1)
+        mask = None if valid is None else valid[:, None, None, :]
         for block in self.blocks:
-            h = block(h)
+            h = block(h, mask)
         return self.final_norm(h)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Map (batch, T, F) to logits (batch, num_outputs)."""
+        """Map (batch, T, F) to logits (batch, num_outputs); token ids (batch, T, 1) when
+        vocab_size is set."""
         h = self.encode(x)
-        pooled = h[:, 0] if self.cls_token is not None else jnp.mean(h, axis=1)
+        if self.cls_token is not None:
+            pooled = h[:, 0]
+        elif self.token_embed is None:
+            pooled = jnp.mean(h, axis=1)
+        else:  # the mean over real tokens; an all-padding example reads zeros
+            valid = self.valid_tokens(x)[..., None].astype(h.dtype)
+            pooled = jnp.sum(h * valid, axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1)
         return self.out(pooled)

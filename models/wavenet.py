@@ -105,7 +105,9 @@ class CausalConv1D(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """Map (batch, T, cin) to (batch, T, cout)."""
         conv = causal_conv_xla if self.conv_impl == "xla" else causal_conv_im2col
-        return conv(x, self.kernel[...], self.dilation) + self.bias[...]
+        kernel = self.kernel[...]
+        # Mixed precision: the conv runs in the compute dtype (the kernel's).
+        return conv(x.astype(kernel.dtype), kernel, self.dilation) + self.bias[...]
 
 
 class WaveNet(nnx.Module):

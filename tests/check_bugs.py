@@ -178,6 +178,29 @@ class DeepSigmoidMLP(nnx.Module):
         return self.out(h)
 
 
+class HalfPrecisionLayerMLP(_TwoLayer):
+    """The first layer's parameters created in bfloat16: float32 inputs silently promote them."""
+
+    def __init__(self, input_shape: Sequence[int], num_outputs: int, *, rngs: nnx.Rngs):
+        super().__init__(input_shape, num_outputs, rngs=rngs)
+        d = int(np.prod(input_shape))
+        self.hidden[0] = nnx.Linear(d, 32, param_dtype=jnp.bfloat16, rngs=rngs)
+
+
+class IntegerOutputMLP(MLP):
+    """An MLP whose logits are rounded to integers: no gradient flows through them."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jnp.round(super().__call__(x)).astype(jnp.int32)
+
+
+class Float64ConstantMLP(MLP):
+    """An MLP scaled by a float64 constant: with jax_enable_x64 on, it computes in float64."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return super().__call__(x) * jnp.asarray(1.0, dtype=jnp.float64)
+
+
 # ----------------------------------------------------------------------------- losses
 
 
@@ -253,4 +276,28 @@ def shifted_test_labels(num_train: int = 400, num_test: int = 200) -> dict:
     raw = _synthetic("tabular", num_train, num_test)
     raw["y_test"] = raw["y_test"] % 2
     raw.pop("irreducible_error", None)
+    return raw
+
+
+def float64_inputs(num_train: int = 400, num_test: int = 100) -> dict:
+    """Synthetic tabular data whose loader returns float64 inputs (numpy's default dtype)."""
+    raw = _synthetic("tabular", num_train, num_test)
+    for split in ("train", "test"):
+        raw[f"x_{split}"] = raw[f"x_{split}"].astype(np.float64)
+    return raw
+
+
+def uint8_images(num_train: int = 400, num_test: int = 100) -> dict:
+    """The raw 0..255 pixels above as uint8: integers where floats are expected."""
+    raw = pixel_images(num_train, num_test)
+    for split in ("train", "test"):
+        raw[f"x_{split}"] = raw[f"x_{split}"].astype(np.uint8)
+    return raw
+
+
+def float_labels(num_train: int = 400, num_test: int = 100) -> dict:
+    """Synthetic tabular data whose labels are float32 class numbers (0.0, 1.0, ...)."""
+    raw = _synthetic("tabular", num_train, num_test)
+    for split in ("train", "test"):
+        raw[f"y_{split}"] = raw[f"y_{split}"].astype(np.float32)
     return raw

@@ -56,3 +56,18 @@ def small_config(kind: str = "tabular", model: str = "", **overrides):
     config.progress = False
     config.update_from_flattened_dict(overrides) if overrides else None
     return config
+
+
+def train_run(config, workdir) -> dict:
+    """prepare + train_and_report, as a stage does; the run's summary."""
+    from workflow import experiment
+
+    return experiment.train_and_report(experiment.prepare(config), str(workdir), "test", None)
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory):
+    """One uninterrupted 60-step small_config() run (checkpoints at 20, 40, 60), shared
+    read-only by the tests that compare against it: (workdir, summary)."""
+    workdir = tmp_path_factory.mktemp("reference")
+    return workdir, train_run(small_config(), workdir)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import small_config
-from workflow import checks, data, experiment
+from workflow import checks, data, experiment, training
 
 BUGS = "tests.check_bugs"
 
@@ -116,6 +116,13 @@ def test_the_pipelines_normalization_fixes_raw_pixels():
     assert checks.check_inputs(load("pixel_images", "image", normalize=True)) == []
 
 
+def test_token_ids_are_not_taken_for_unnormalized_inputs():
+    # Raw pixels fire (above); the same large integers as token ids of a vocabulary must not.
+    ds = load("pixel_images", "image", normalize=False)
+    info = {**ds.info, "vocabulary": {"size": 256}}
+    assert checks.check_inputs(dataclasses.replace(ds, info=info)) == []
+
+
 def test_one_shifted_feature_is_reported_per_channel(build):
     setup, _ = build()
     ds = setup.dataset
@@ -128,18 +135,108 @@ def test_one_shifted_feature_is_reported_per_channel(build):
     assert "1 of 20 channels off" in finding.message
 
 
+# ----------------------------------------------------------------------------- dtypes
+
+
 def test_float64_inputs_warn_and_float_labels_are_errors(build):
     ds = build()[0].dataset
     finding = only(
-        checks.check_inputs(dataclasses.replace(ds, x_train=ds.x_train.astype(np.float64))),
+        checks.check_dtypes(dataclasses.replace(ds, x_train=ds.x_train.astype(np.float64))),
         "dtype_mismatch",
     )
     assert finding.severity == "warning" and "float64" in finding.evidence["dtypes"]["x_train"]
     finding = only(
-        checks.check_inputs(dataclasses.replace(ds, y_val=ds.y_val.astype(np.float32))),
+        checks.check_dtypes(dataclasses.replace(ds, y_val=ds.y_val.astype(np.float32))),
         "dtype_mismatch",
     )
     assert finding.severity == "error" and "y_val" in finding.evidence["dtypes"]
+
+
+@pytest.mark.parametrize(
+    "loader,kind,arrays,phrase",
+    [
+        ("float64_inputs", "tabular", ["x_train", "x_val", "x_test"], "float64 in the loader"),
+        ("uint8_images", "image", ["x_train", "x_val", "x_test"], "uint8 in the loader"),
+        ("float_labels", "tabular", ["y_train", "y_val", "y_test"], "labels as floats"),
+    ],
+)
+def test_dtypes_as_loaded_fire_dtype_mismatch_though_the_pipeline_casts(
+    loader, kind, arrays, phrase
+):
+    ds = load(loader, kind)
+    # The pipeline fed the model float32 / int32: only the recorded loader dtypes tell.
+    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
+    finding = only(checks.check_dtypes(ds), "dtype_mismatch")
+    assert finding.severity == "warning"
+    assert sorted(finding.evidence["dtypes"]) == sorted(arrays)
+    assert all(phrase in finding.evidence["dtypes"][a] for a in arrays)
+    assert arrays[0] in finding.message
+
+
+def test_clean_data_and_model_have_no_dtype_mismatch(build):
+    setup, batch = build()
+    assert setup.dataset.info["source_dtypes"]["x_train"] == "float32"
+    assert checks.check_dtypes(setup.dataset, setup.task, setup.state, batch) == []
+
+
+def abstract_task_and_state(config, input_shape, num_classes=10):
+    """Task and state of `config`'s model built under eval_shape: dtypes and shapes, no init."""
+    built = {}
+
+    def create():
+        model = training.build_model(config, input_shape, num_classes)
+        built["task"], state = training.create_train_state(model, config)
+        return state
+
+    state = jax.eval_shape(create)
+    return built["task"], state
+
+
+def test_half_precision_parameters_silently_promoted_fire_dtype_mismatch(build):
+    setup, batch = build()
+    config = small_config("tabular")
+    config.model = ml_collections.ConfigDict({"name": bug("HalfPrecisionLayerMLP")})
+    task, state = abstract_task_and_state(config, setup.dataset.input_shape)
+    finding = only(checks.check_dtypes(setup.dataset, task, state, batch), "dtype_mismatch")
+    assert finding.severity == "warning"
+    assert sorted(finding.evidence["dtypes"]) == ["params/hidden/0/bias", "params/hidden/0/kernel"]
+    assert "promoted to float32" in finding.evidence["dtypes"]["params/hidden/0/kernel"]
+    assert "config.dtype=bfloat16" in " ".join(finding.suggestions)
+
+
+def test_integer_outputs_fire_dtype_mismatch(build):
+    setup, batch = build()
+    config = small_config("tabular")
+    config.model = ml_collections.ConfigDict({"name": bug("IntegerOutputMLP")})
+    task, state = abstract_task_and_state(config, setup.dataset.input_shape)
+    finding = only(checks.check_dtypes(setup.dataset, task, state, batch), "dtype_mismatch")
+    assert finding.severity == "error"
+    assert finding.evidence["dtypes"] == {"outputs": "int32: outputs must be floating-point logits"}
+
+
+@pytest.mark.filterwarnings("ignore:Explicitly requested dtype float64")  # the x64-off half
+def test_float64_outputs_under_jax_enable_x64_fire_dtype_mismatch(build):
+    setup, batch = build()
+    config = small_config("tabular")
+    config.model = ml_collections.ConfigDict({"name": bug("Float64ConstantMLP")})
+    with jax.enable_x64(True):
+        task, state = abstract_task_and_state(config, setup.dataset.input_shape)
+        finding = only(checks.check_dtypes(setup.dataset, task, state, batch), "dtype_mismatch")
+    assert sorted(finding.evidence["dtypes"]) == ["jax_enable_x64", "outputs"]
+    assert finding.evidence["dtypes"]["outputs"].startswith("float64")
+    assert any("jax_enable_x64" in s for s in finding.suggestions)
+    # The same model with x64 off (the default) computes in float32: nothing to report.
+    task, state = abstract_task_and_state(config, setup.dataset.input_shape)
+    assert checks.check_dtypes(setup.dataset, task, state, batch) == []
+
+
+def test_jax_enable_x64_fires_dtype_mismatch(build):
+    ds = build()[0].dataset
+    with jax.enable_x64(True):
+        finding = only(checks.check_dtypes(ds), "dtype_mismatch")
+    assert list(finding.evidence["dtypes"]) == ["jax_enable_x64"]
+    assert finding.evidence["jax_enable_x64"] is True
+    assert checks.check_dtypes(ds) == []  # off again outside the context
 
 
 # ----------------------------------------------------------------------------- labels

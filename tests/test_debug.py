@@ -29,6 +29,8 @@ def test_clean_setup_passes_every_check(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "| overfits one batch | passed |" in report
     assert (tmp_path / "plots" / "overfit_batch.png").exists()
+    assert "## Model" in report and (tmp_path / "model_summary.txt").exists()
+    assert [layer["path"] for layer in summary["model_summary"]] == ["", "hidden/0", "out"]
 
 
 @pytest.mark.parametrize(

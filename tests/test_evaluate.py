@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import run_stage, small_config
 from workflow import bias_variance as bv
-from workflow import config_lib, evaluate, experiment
+from workflow import config_lib, error_analysis, evaluate, experiment
 from workflow.errors import UsageError
 from workflow.findings import Finding
 
@@ -266,6 +266,12 @@ def test_the_stage_trains_decomposes_and_reports_end_to_end(tmp_path):
     assert "![train size](plots/train_size.png)" in report
     for plot in ("learning_curves.png", "error_curves.png", "train_size.png"):
         assert (workdir / "plots" / plot).stat().st_size > 1000, plot
+    # Error analysis on clean data (uniform label noise): tables and plots, no finding.
+    assert set(summary["error_analysis"]["splits"]) == {"train", "val"}
+    assert "## Error analysis" in report and "![confusion matrix](plots/confusion_matrix.png)" in (
+        report
+    )
+    assert not {f["id"] for f in summary["findings"]} & set(error_analysis.FINDING_IDS)
     assert "Train error" in result.stdout and "Irreducible error" in result.stdout
 
 

@@ -6,30 +6,39 @@ import os
 import pytest
 
 from tests.conftest import ROOT, small_config
-from workflow import config_lib, experiment, improve, remedies
+from workflow import (
+    config_lib,
+    data,
+    evaluate,
+    experiment,
+    improve,
+    remedies,
+    synthetic,
+)
 
 
 def _underfit_config():
-    """An MLP with two hidden units at a slowish learning rate: clearly underfit."""
+    """An MLP with two hidden units: clearly underfit, and too small for any learning rate."""
     config = small_config("tabular")
     config.model.hidden_sizes = (2,)
-    config.optimizer.learning_rate = 1e-3
+    config.optimizer.learning_rate = 1e-2
     config.num_steps = 100
     config.eval_every = 50
     config.checkpoint_every = 50
     config.search.range_test.num_steps = 60
     config.search.range_test.repeats = 1
-    config.improve.max_candidates = 4
+    config.improve.max_candidates = 2  # a bigger and a deeper MLP: cheap enough by default
     return config
 
 
 class _Data:
     """Just what the remedies read from a dataset."""
 
-    def __init__(self, kind="tabular", n_train=540, input_shape=(20,)):
+    def __init__(self, kind="tabular", n_train=540, input_shape=(20,), info=None):
         self.kind = kind
         self.x_train = [0] * n_train
         self.input_shape = input_shape
+        self.info = info or {}
 
 
 def _names(out):
@@ -87,6 +96,61 @@ def test_overfit_remedies_add_data_regularize_and_shrink():
     assert _names(remedies.candidates(config, _Data(), ["goal_met"])) == ["baseline"]
 
 
+def test_more_data_is_drawn_from_a_generator_at_its_full_size():
+    config = small_config("tabular")  # 600 generated examples, all in use
+    generated = _Data(info={"options": {"num_train": 600}})
+    out = remedies.candidates(config, generated, ["overfit"], available_train=540)
+    more = next(r for r in out if r.name == "more data")
+    assert more.config.dataset.kwargs.num_train == 1200 and more.config.dataset.train_size is None
+    assert "num_train 600 → 1,200" in more.change and "same test split" in more.change
+    assert "generator" in more.reason
+    # A subset of the data at hand grows first: the generator is left as it is.
+    config.dataset.train_size = 100
+    subset = remedies.candidates(
+        config, _Data(n_train=100, info=generated.info), ["overfit"], available_train=540
+    )
+    assert subset[1].config.dataset.train_size == 200
+    assert subset[1].config.dataset.kwargs.num_train == 600
+    # MNIST-1D: twice the training examples, a test split of the same size.
+    args = {"num_samples": 5000, "train_split": 0.8}
+    kwargs, change = remedies.generated_more("mnist1d", {"generator_args": args})
+    assert kwargs["num_samples"] == 9000 and int(9000 * kwargs["train_split"]) == 8000
+    assert "8,000 train, 1,000 test" in change
+    # Data of a fixed size (digits, a TFDS set) at its full size: nothing more to add.
+    fixed = _Data(info={"source": "digits"})
+    config.dataset.train_size = None
+    out = remedies.candidates(config, fixed, ["overfit"], available_train=540)
+    assert "more data" not in _names(out)
+    config.dataset.name = "digits"
+    assert remedies.more_data(config, generated, 540) is None
+
+
+def test_more_generated_examples_keep_the_synthetic_test_split():
+    small = data.load_dataset(small_config("tabular").dataset, seed=0)
+    config = small_config("tabular")
+    more = remedies.more_data(config, small, evaluate.available_train_examples(small))[0]
+    bigger = data.load_dataset(more.dataset, seed=0)
+    assert len(bigger.y_train) == 2 * len(small.y_train)
+    # Normalization statistics come from the training split, so compare the raw test inputs.
+    raw = [synthetic.make_synthetic(c.dataset.kwargs.to_dict(), seed=0) for c in (config, more)]
+    assert (raw[0]["x_test"] == raw[1]["x_test"]).all()
+    assert (raw[0]["y_test"] == raw[1]["y_test"]).all()
+
+
+def test_an_escalated_model_is_written_as_a_loadable_config(tmp_path):
+    source = os.path.join(ROOT, "configs/synthetic.py") + ":sequence"
+    base = config_lib.load_config_file(*source.split(":"))
+    escalated = remedies.candidates(base, _Data("sequence", input_shape=(64, 1)), ["underfit"])
+    wavenet = next(r for r in escalated if r.name == "escalate to wavenet").config
+    path = str(tmp_path / "best_config.py")
+    config_lib.write_config_file(path, source, wavenet, "escalated")
+    loaded = config_lib.load_config_file(path)
+    # The new architecture's options only: none of the LSTM's (hidden_size, readout) remain,
+    # which WaveNet would reject.
+    assert loaded.model.to_dict() == wavenet.model.to_dict()
+    assert "hidden_size" not in loaded.model and loaded.optimizer == base.optimizer
+
+
 def test_a_gain_within_the_noise_keeps_the_starting_point():
     def outcome(name, val):
         return improve.Outcome(
@@ -100,14 +164,22 @@ def test_a_gain_within_the_noise_keeps_the_starting_point():
     assert chosen is clearly and "30.00% → 15.00%" in why
 
 
-def test_improve_fixes_an_underfit_model_and_says_why(tmp_path):
+def test_improve_fixes_an_underfit_model_and_says_why(tmp_path, monkeypatch):
     config = _underfit_config()
     setup = experiment.prepare(config)
+
+    def no_range_test(setup):
+        raise AssertionError("the range test ran, but its lr is past max_candidates")
+
+    monkeypatch.setattr(improve, "range_test_suggestion", no_range_test)
     source = os.path.join(ROOT, "configs/synthetic.py") + ":tabular"
     summary = improve.run_improve(setup, str(tmp_path / "improve"), source)
     assert summary["verdicts"] == ["underfit"] or "underfit" in summary["verdicts"]
     candidates = summary["candidates"]
     assert candidates[0]["name"] == "baseline" and len(candidates) >= 3
+    # The baseline is the evaluated run of the same length: its numbers, not a retrained copy.
+    evaluated = json.load(open(tmp_path / "improve" / "baseline" / "summary.json"))["metrics"]
+    assert candidates[0]["val_error"] == pytest.approx(1 - evaluated["val_accuracy"])
     chosen = summary["decision"]["chosen"]
     assert chosen != "baseline" and "val error" in summary["decision"]["why"]
     best = next(c for c in candidates if c["name"] == chosen)

@@ -223,7 +223,7 @@ class ScriptedEvaluator:
 
     script: dict[int, float] = {}
 
-    def __init__(self, task, batch_size):
+    def __init__(self, task, batch_size, mesh=None):
         pass
 
     def __call__(self, state, x, y):

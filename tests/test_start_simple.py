@@ -29,12 +29,20 @@ def test_default_run_succeeds_and_writes_the_run_directory(mnist1d_run):
         "learning_rate": 3e-4,
         "momentum": 0.9,
         "weight_decay": 0.0,
+        "schedule": {"name": "constant", "boundaries": [], "scale": 0.1, "warmup_steps": 0},
     }
     assert summary["dataset"]["splits"]["train"]["size"] == 3600
     assert summary["dataset"]["splits"]["test"]["size"] == 1000
     assert summary["next"] and "workflow.debug" in summary["next"][0]
     assert (workdir / "plots" / "learning_curves.png").stat().st_size > 1000
     assert "test" in result.stdout  # the console table
+    # The model summary: each layer's parameters and its output shape for one batch of 100.
+    layers = {layer["path"]: layer for layer in summary["model_summary"]}
+    assert layers[""]["type"] == "LSTM" and layers[""]["output_shape"] == [100, 10]
+    assert layers[""]["param_count"] == summary["metrics"]["num_params"]
+    assert layers["out"]["params"] == {"kernel": [32, 10], "bias": [10]}
+    assert "LSTM Summary" in (workdir / "model_summary.txt").read_text()
+    assert "## Model" in (workdir / "report.md").read_text()
 
 
 @pytest.mark.parametrize(

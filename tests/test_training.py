@@ -18,13 +18,6 @@ def run(config, workdir):
     return experiment.train_and_report(experiment.prepare(config), str(workdir), "test", None)
 
 
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
-    """One uninterrupted 60-step run, shared by the tests that compare against it."""
-    workdir = tmp_path_factory.mktemp("reference")
-    return workdir, run(small_config(), workdir)
-
-
 def test_run_directory_contract(reference_run):
     workdir, summary = reference_run
     for name in (
@@ -37,7 +30,7 @@ def test_run_directory_contract(reference_run):
     ):
         assert os.path.exists(workdir / name), name
     assert os.listdir(workdir / "tensorboard"), "no TensorBoard event file"
-    assert sorted(os.listdir(workdir / "checkpoints")) == ["20", "40", "60"]
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["20", "40", "60", "checksums.json"]
     on_disk = json.loads((workdir / "summary.json").read_text())
     assert set(on_disk) >= {"stage", "status", "config", "metrics", "findings", "next"}
     assert on_disk["status"] == "ok" and on_disk["findings"] == []
@@ -103,7 +96,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     assert finding["id"] == "nan_or_inf" and finding["severity"] == "error"
     step = finding["evidence"]["step"]
     assert 0 < step < 400
-    kept = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints"))
+    kept = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
     assert kept and kept[-1] < step
     assert finding["evidence"]["last_good_checkpoint"] == kept[-1]
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
@@ -177,3 +170,35 @@ def test_batchnorm_statistics_are_updated_and_carried_through_training(tmp_path)
 
     [before], [after] = running_means(template.model_state), running_means(state.model_state)
     assert not np.allclose(before, after), "BatchNorm statistics never moved"
+
+
+def _updates(schedule: dict, steps: int, num_steps: int = 10) -> list[float]:
+    """The SGD (lr 1) update of a constant unit gradient at each step, under `schedule`."""
+    opt = ml_collections.ConfigDict(
+        {"name": "sgd", "learning_rate": 1.0, "momentum": 0.9, "weight_decay": 0.0}
+    )
+    opt.schedule = ml_collections.ConfigDict(
+        {"name": "constant", "boundaries": (), "scale": 0.1, "warmup_steps": 0, **schedule}
+    )
+    tx = training.build_optimizer(opt, num_steps=num_steps)
+    params = {"w": jax.numpy.zeros(())}
+    state, out = tx.init(params), []
+    for _ in range(steps):
+        updates, state = tx.update({"w": jax.numpy.ones(())}, state, params)
+        out.append(float(updates["w"]))
+    return out
+
+
+def test_piecewise_schedule_scales_the_learning_rate_at_each_boundary():
+    updates = _updates({"name": "piecewise", "boundaries": (2, 4), "scale": 0.1}, 6)
+    np.testing.assert_allclose(updates, [-1, -1, -0.1, -0.1, -0.01, -0.01], rtol=1e-6)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero_at_num_steps():
+    updates = -np.array(_updates({"name": "cosine", "warmup_steps": 2}, 11, num_steps=10))
+    assert updates[0] == 0.0 and updates[1] == pytest.approx(0.5) and updates[2] == 1.0
+    assert np.all(np.diff(updates[2:]) <= 0) and updates[10] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_constant_schedule_leaves_the_rate_alone():
+    assert _updates({}, 3) == [-1.0, -1.0, -1.0]

@@ -1,12 +1,37 @@
-"""Orbax checkpoints of the train state, stored as a flat {path: array} mapping."""
+"""Orbax checkpoints of the train state, stored as a flat {path: array} mapping.
 
+Each save also records a SHA-256 digest of the arrays in checkpoints/checksums.json, so a
+checkpoint whose files were damaged after it was written (truncated, partly deleted, bits
+flipped) is caught on restore even where Orbax would read it back without complaint. A resumed
+run sets such a checkpoint aside (renamed corrupt-<step>) and resumes from the one before.
+"""
+
+import hashlib
+import json
 import os
+import shutil
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 from workflow.errors import UsageError
+
+CHECKSUMS = "checksums.json"
+
+
+class CorruptCheckpoint(UsageError):
+    """A checkpoint that cannot be read back as it was written."""
+
+
+def digest(flat: dict[str, np.ndarray]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of a flat checkpoint, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(flat):
+        value = np.asarray(flat[name])
+        h.update(f"{name}|{value.dtype.str}|{value.shape}|".encode())
+        h.update(np.ascontiguousarray(value).tobytes())
+    return h.hexdigest()
 
 
 def _is_key(x) -> bool:
@@ -41,14 +66,22 @@ def from_flat(flat: dict, template):
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
+def _whole_on_host(value) -> bool:
+    """Whether this process can read all of `value` (one host's, or replicated everywhere)."""
+    if not isinstance(value, jax.Array):
+        return True
+    return value.is_fully_addressable or value.is_fully_replicated
+
+
 class Checkpointer:
     """Periodic and final checkpoints under DIR/checkpoints, keeping the newest few."""
 
     def __init__(self, directory: str, max_to_keep: int = 3):
-        options = ocp.CheckpointManagerOptions(
+        self._directory = os.path.abspath(directory)
+        self._options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
         )
-        self._manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+        self._manager = ocp.CheckpointManager(self._directory, options=self._options)
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or None."""
@@ -56,17 +89,67 @@ class Checkpointer:
 
     def save(self, step: int, state) -> None:
         """Write the state at `step` (atomically: orbax finalizes a temporary directory)."""
-        self._manager.save(step, args=ocp.args.StandardSave(to_flat(state)), force=True)
+        flat = to_flat(state)
+        self._manager.save(step, args=ocp.args.StandardSave(flat), force=True)
         self._manager.wait_until_finished()
+        if jax.process_index() != 0:
+            return  # every process writes its shards (Orbax); process 0 the checksums
+        sums = {k: v for k, v in self._checksums().items() if int(k) in self._manager.all_steps()}
+        if all(_whole_on_host(value) for value in flat.values()):
+            sums[str(step)] = digest(jax.device_get(flat))
+        else:  # parameters split over hosts: none sees them whole; Orbax's own checks remain
+            sums.pop(str(step), None)
+        path = os.path.join(self._directory, CHECKSUMS)
+        with open(path + ".tmp", "w") as f:
+            json.dump(sums, f)
+        os.replace(path + ".tmp", path)  # never a half-written checksum file
+
+    def _checksums(self) -> dict[str, str]:
+        try:
+            with open(os.path.join(self._directory, CHECKSUMS)) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}  # none yet, or unreadable: checkpoints are then checked by Orbax alone
 
     def restore(self, step: int, template):
         """The state saved at `step`, in the structure of `template`."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, to_flat(template))
         try:
             flat = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
-        except (ValueError, FileNotFoundError, KeyError, OSError) as e:
-            raise UsageError(f"cannot read checkpoint at step {step}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - tensorstore raises plain Exceptions
+            message = str(e).splitlines()[0][:300]
+            raise CorruptCheckpoint(f"cannot read checkpoint at step {step}: {message}") from None
+        expected = self._checksums().get(str(step))
+        if expected is not None and digest(jax.device_get(flat)) != expected:
+            raise CorruptCheckpoint(
+                f"checkpoint at step {step} does not match the checksum recorded when it was "
+                "written: its files were changed or damaged since"
+            )
         return from_flat(flat, template)
+
+    def restore_latest(self, template) -> tuple[object, int | None, list[dict]]:
+        """The newest readable checkpoint as (state, step, skipped); step None: none readable.
+
+        A corrupt or partial checkpoint is renamed corrupt-<step> (kept for inspection, out of
+        Orbax's way) and reported in `skipped`; the one before it is tried next.
+        """
+        skipped = []
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                return self.restore(step, template), step, skipped
+            except CorruptCheckpoint as e:
+                skipped.append({"step": step, "error": str(e), "moved_to": self._set_aside(step)})
+        return template, None, skipped
+
+    def _set_aside(self, step: int) -> str:
+        source = os.path.join(self._directory, str(step))
+        target = os.path.join(self._directory, f"corrupt-{step}")
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(source, target)
+        # A fresh manager: a failed restore can leave the old one expecting another layout.
+        self._manager.close()
+        self._manager = ocp.CheckpointManager(self._directory, options=self._options)
+        return target
 
     def close(self) -> None:
         """Release the manager's resources."""

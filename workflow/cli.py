@@ -1,5 +1,7 @@
 """What every stage script shares: the --config/--workdir flags and the exit-code contract."""
 
+import contextlib
+import errno
 import os
 import re
 import sys
@@ -14,9 +16,13 @@ CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 
 EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT = 0, 1, 2
 
+_stage: str | None = None  # the stage define_flags was called for (run directory, findings)
+
 
 def define_flags(stage: str) -> None:
     """--config (a configs/*.py file, overridable key by key) and --workdir."""
+    global _stage
+    _stage = stage
     check_config_path(sys.argv[1:])
     try:
         # config_flags applies --config.* overrides from sys.argv already here, at definition.
@@ -42,6 +48,11 @@ def define_flags(stage: str) -> None:
         "JAX persistent compilation cache directory (default: <data cache>/jax; 'off' disables "
         "it). A second run of the same setup then skips compilation.",
     )
+    # Multi-host runs (workflow/distributed.py): all three, or none to read the cluster's
+    # environment (SLURM, Cloud TPU) or to run as one process.
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
+    flags.DEFINE_integer("num_processes", None, "How many processes run this job (multi-host).")
+    flags.DEFINE_integer("process_id", None, "This process's id in [0, num_processes).")
 
 
 def enable_compilation_cache(path: str | None) -> None:
@@ -101,16 +112,78 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(f"cannot load the config: {type(e).__name__}: {' '.join(str(e).split())}")
 
 
+def jit_mode(config) -> contextlib.AbstractContextManager:
+    """jax.disable_jit() when config.debug.disable_jit is set: every stage then runs op by op,
+    so a breakpoint in a model's __call__ sees concrete arrays (lax.scan becomes a loop)."""
+    debug = config.get("debug") or {}
+    if debug.get("disable_jit", False) is not True:
+        return contextlib.nullcontext()
+    import jax
+
+    print(
+        "note: jit is disabled (debug.disable_jit): every operation runs eagerly, about 100x "
+        "slower; lower num_steps and the debug stage's overfit_steps/train_steps",
+        file=sys.stderr,
+    )
+    return jax.disable_jit()
+
+
+# Errors of the place a stage writes to (full disk, quota, permissions, read-only, a file in
+# the way): the user's environment, reported in one line like bad input.
+_FREE = "free space (or choose a --workdir on another disk)"
+_WRITABLE = "choose a writable --workdir"
+STORAGE_ERRNOS = {
+    errno.ENOSPC: ("no space left on the device", _FREE),
+    errno.EDQUOT: ("disk quota exceeded", _FREE),
+    errno.EACCES: ("permission denied", _WRITABLE),
+    errno.EPERM: ("operation not permitted", _WRITABLE),
+    errno.EROFS: ("read-only file system", _WRITABLE),
+    errno.ENOTDIR: ("a file is in the way of a directory", "choose a --workdir under directories"),
+    errno.EEXIST: ("a file is in the way of a directory", "choose a --workdir under directories"),
+}
+
+
+def storage_error_line(error: OSError) -> str | None:
+    """One line for an error writing the run directory, or None for any other OSError."""
+    if error.errno not in STORAGE_ERRNOS:
+        return None
+    reason, fix = STORAGE_ERRNOS[error.errno]
+    where = error.filename or "the run directory"
+    return (
+        f"cannot write {where}: {reason}; {fix}. What was written is complete: the same "
+        "command then resumes from the last checkpoint"
+    )
+
+
 def run(main: Callable[[list[str]], int]) -> None:
-    """Run a stage's main; UsageError anywhere becomes exit 2, and main's int is the exit code."""
+    """Run a stage's main; UsageError anywhere becomes exit 2, and main's int is the exit code.
+
+    Every stage runs under debug.disable_jit if set, and running out of device memory becomes
+    an `out_of_memory` finding in the run directory (exit 1) instead of a traceback.
+    """
 
     def guarded(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)
         try:
+            from workflow import distributed, memory
+
+            distributed.initialize(
+                flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id
+            )
+            if not distributed.is_writer():  # one console for the job: process 0's
+                sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the process's life
             enable_compilation_cache(flags.FLAGS.compilation_cache)
-            code = main(argv)
+            config = flags.FLAGS.config
+            stage = _stage or main.__module__.rsplit(".", 1)[-1]
+            with jit_mode(config):
+                code = memory.run_guarded(lambda: main(argv), config, flags.FLAGS.workdir, stage)
         except UsageError as e:
             fail(str(e))
+        except OSError as e:
+            line = storage_error_line(e)
+            if line is None:
+                raise
+            fail(line)
         sys.exit(code or EXIT_OK)
 
     app.run(guarded, flags_parser=parse_flags)

@@ -13,6 +13,9 @@ from workflow import augment
 from workflow.errors import UsageError
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "momentum")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+SCHEDULES = ("constant", "piecewise", "cosine")
+PARAM_LAYOUTS = ("replicated", "sharded")
 EARLY_STOPPING_METRICS = ("val_accuracy", "val_loss")
 
 
@@ -52,6 +55,12 @@ def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collection
     config.optimizer = ml_collections.ConfigDict(
         {"name": "adam", "learning_rate": 3e-4, "momentum": 0.9, "weight_decay": 0.0}
     )
+    # A factor on the learning rate over training (training.lr_multiplier): "constant";
+    # "piecewise" multiplies by `scale` at each of `boundaries` (steps); "cosine" decays to 0
+    # at num_steps after `warmup_steps` of linear warm-up.
+    config.optimizer.schedule = ml_collections.ConfigDict(
+        {"name": "constant", "boundaries": (), "scale": 0.1, "warmup_steps": 0}
+    )
     # L2 penalty on the parameters, added to the loss: the workflow's "reg" hyperparameter.
     config.l2 = 0.0
     # Data augmentation of training batches (workflow/augment.py), one block per data kind.
@@ -71,6 +80,12 @@ def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collection
     # Target error on the test set, for the evaluate stage's bias-variance table.
     config.goal = ml_collections.ConfigDict({"test_error": 0.05, "source": "unset"})
     config.progress = True
+    # Compute dtype of the forward and backward pass; parameters, optimizer state and the loss
+    # stay float32 (mixed precision). One of COMPUTE_DTYPES.
+    config.dtype = "float32"
+    # Data parallelism over a Mesh of local devices: the batch is split over `data_devices`
+    # devices (0: all of them); parameters are "replicated" on each or "sharded" over them.
+    config.parallel = ml_collections.ConfigDict({"data_devices": 0, "params": "replicated"})
     # The debug stage: overfit one small batch, then a short real run whose curve is diagnosed.
     config.debug = ml_collections.ConfigDict(
         {
@@ -79,7 +94,16 @@ def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collection
             # "Near zero": the batch loss must fall below this fraction of its initial value.
             "overfit_loss_fraction": 0.05,
             "train_steps": 300,
+            # Run every stage without jit (jax.disable_jit), op by op: a breakpoint in a model's
+            # __call__ then sees concrete values. Slow (~100x); for stepping through a few steps.
+            "disable_jit": False,
         }
+    )
+    # Out of memory (workflow/memory.py): on XLA's resource-exhausted error a stage reports an
+    # `out_of_memory` finding; retry_halving reruns it at half the batch size until it fits.
+    # step_limit_mb (None: off) treats a training step estimated above it as out of memory.
+    config.memory = ml_collections.ConfigDict(
+        {"retry_halving": False, "step_limit_mb": config_dict.placeholder(float)}
     )
     # The evaluate stage: bias-variance verdicts against the goal, and error vs. training size.
     config.evaluate = ml_collections.ConfigDict(
@@ -162,6 +186,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "must be an integer >= 0 (0 saves only the final checkpoint)",
     )
     _require(config.eval_batch_size > 0, "eval_batch_size", config.eval_batch_size, "must be > 0")
+    dtype = config.get("dtype", "float32")
+    _require(dtype in COMPUTE_DTYPES, "dtype", dtype, f"one of {', '.join(COMPUTE_DTYPES)}")
+    if "parallel" in config:
+        _validate_parallel(config.parallel)
     opt = config.optimizer
     _require(opt.name in OPTIMIZERS, "optimizer.name", opt.name, f"one of {', '.join(OPTIMIZERS)}")
     lr = opt.learning_rate
@@ -172,6 +200,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "must be a finite number > 0",
     )
     _require(opt.weight_decay >= 0, "optimizer.weight_decay", opt.weight_decay, "must be >= 0")
+    if "schedule" in opt:
+        _validate_schedule(opt.schedule)
     _require(math.isfinite(config.l2) and config.l2 >= 0, "l2", config.l2, "must be a number >= 0")
     vf = config.dataset.val_fraction
     _require(0 < vf < 1, "dataset.val_fraction", vf, "must lie strictly between 0 and 1")
@@ -187,6 +217,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         _require(isinstance(value, int) and value > 0, f"debug.{key}", value, "must be > 0")
     frac = dbg.overfit_loss_fraction
     _require(0 < frac < 1, "debug.overfit_loss_fraction", frac, "must lie in (0, 1)")
+    validate_debug_and_memory(config)
     goal = config.goal.test_error
     _require(0 <= goal < 1, "goal.test_error", goal, "must lie in [0, 1)")
     ev = config.evaluate
@@ -211,6 +242,24 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "evaluate.train_size_steps",
         steps,
         "must be a positive integer or None (None: num_steps)",
+    )
+
+
+def validate_debug_and_memory(config: ml_collections.ConfigDict) -> None:
+    """debug.disable_jit and the memory block, checked before a stage starts (cli.run)."""
+    disable_jit = (config.get("debug") or {}).get("disable_jit", False)
+    _require(isinstance(disable_jit, bool), "debug.disable_jit", disable_jit, "must be True/False")
+    memory = config.get("memory")
+    if memory is None:
+        return
+    retry = memory.get("retry_halving", False)
+    _require(isinstance(retry, bool), "memory.retry_halving", retry, "must be True/False")
+    limit = memory.get("step_limit_mb")
+    _require(
+        limit is None or (_is_number(limit) and limit > 0),
+        "memory.step_limit_mb",
+        limit,
+        "must be a number > 0 (MiB) or None (no limit)",
     )
 
 
@@ -255,6 +304,40 @@ def _validate_augment(aug: ml_collections.ConfigDict) -> None:
             value,
             "must be a finite number >= 0",
         )
+
+
+def _validate_schedule(schedule: ml_collections.ConfigDict) -> None:
+    name = schedule.name
+    _require(name in SCHEDULES, "optimizer.schedule.name", name, f"one of {', '.join(SCHEDULES)}")
+    bounds = tuple(schedule.boundaries)
+    _require(
+        all(isinstance(b, int) and b > 0 for b in bounds) and list(bounds) == sorted(set(bounds)),
+        "optimizer.schedule.boundaries",
+        bounds,
+        "must be increasing positive step numbers",
+    )
+    _require(schedule.scale > 0, "optimizer.schedule.scale", schedule.scale, "must be > 0")
+    warmup = schedule.warmup_steps
+    _require(
+        isinstance(warmup, int) and warmup >= 0,
+        "optimizer.schedule.warmup_steps",
+        warmup,
+        "must be an integer >= 0",
+    )
+
+
+def _validate_parallel(parallel: ml_collections.ConfigDict) -> None:
+    n = parallel.data_devices
+    _require(
+        isinstance(n, int) and n >= 0,
+        "parallel.data_devices",
+        n,
+        "must be an integer >= 0 (0: all local devices)",
+    )
+    layout = parallel.params
+    _require(
+        layout in PARAM_LAYOUTS, "parallel.params", layout, f"one of {', '.join(PARAM_LAYOUTS)}"
+    )
 
 
 def _validate_early_stopping(es: ml_collections.ConfigDict) -> None:
@@ -307,19 +390,33 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 def changed_values(base: ml_collections.ConfigDict, resolved: dict) -> dict:
     """The flattened keys whose value in `resolved` (plain JSON data) differs from `base`."""
-    base_flat = flatten(json.loads(base.to_json_best_effort()))
-    return {k: v for k, v in flatten(resolved).items() if base_flat.get(k, object()) != v}
+    base_plain = json.loads(base.to_json_best_effort())
+    base_flat = flatten(base_plain)
+    changed = {k: v for k, v in flatten(resolved).items() if base_flat.get(k, object()) != v}
+    model = resolved.get("model")
+    if isinstance(model, dict) and model.get("name") != base_plain.get("model", {}).get("name"):
+        # Another architecture takes other options: its whole block replaces the base's.
+        changed = {k: v for k, v in changed.items() if not k.startswith("model.")}
+        changed["model"] = model
+    return changed
 
 
 def apply_values(config: ml_collections.ConfigDict, values: dict) -> ml_collections.ConfigDict:
-    """Set flattened `key.sub: value` pairs (JSON lists become the tuples configs hold)."""
+    """Set flattened `key.sub: value` pairs (JSON lists become the tuples configs hold; a dict
+    replaces the whole block)."""
     for key, value in values.items():
         *parents, leaf = key.split(".")
         node = config
         for parent in parents:
             node = node[parent]
-        node[leaf] = tuple(value) if isinstance(value, list) else value
+        node[leaf] = _from_json(value)
     return config
+
+
+def _from_json(value):
+    if isinstance(value, dict):
+        return ml_collections.ConfigDict({k: _from_json(v) for k, v in value.items()})
+    return tuple(_from_json(v) for v in value) if isinstance(value, list) else value
 
 
 def write_config_file(

@@ -3,6 +3,14 @@
 Input conventions: images (N, H, W, C), sequences (N, T, F), tabular (N, D); x is float32 and y
 int32 class indices. ``load_dataset`` runs: raw load -> validate -> carve val -> subset train ->
 normalize all splits with train statistics.
+
+Text (a TFDS string feature, e.g. imdb_reviews' 'text') is kind "sequence" with integer inputs:
+token ids shaped (N, T, 1), int32, one feature per step like MNIST-1D's (N, 40, 1), so every part
+of the workflow keyed on the data kind (augmentation, remedies, error analysis) works unchanged;
+a model embeds them (the LSTM's and the transformer's `vocab_size` option). Ids: 0 padding,
+1 unknown, 2.. the vocabulary's words by frequency. The vocabulary is a statistic of the training
+examples, like the normalization statistics: built after the val carve and the train_size subset
+(``restrict_vocabulary``), applied to every split, never normalized.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import inspect
 import json
 import numbers
 import os
+import re
 import tempfile
 import warnings
 import zipfile
@@ -79,7 +88,7 @@ class Dataset:
                 "x_shape": list(x.shape),
                 "class_counts": [int(c) for c in counts],
             }
-        return {
+        out = {
             "name": self.name,
             "kind": self.kind,
             "num_classes": int(self.num_classes),
@@ -88,6 +97,10 @@ class Dataset:
             "irreducible_error": self.irreducible_error,
             "normalized": self.normalization is not None,
         }
+        vocab = self.info.get("vocabulary")
+        if vocab:  # token-id inputs: the vocabulary's size, file and coverage, not its words
+            out["vocabulary"] = {k: v for k, v in vocab.items() if k != "words"}
+        return out
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -127,9 +140,12 @@ def load_dataset(cfg: ml_collections.ConfigDict, *, seed: int) -> Dataset:
     data_dir = _get(cfg, "data_dir", None)
 
     raw = _load_raw(name, kwargs, seed=seed, data_dir=data_dir)
+    # Recorded before _validate casts to float32/int32, which would hide them from the checks.
+    source_dtypes = _source_dtypes(raw)
     raw = _validate(raw, name)
     info = {**raw.get("info", {})}
     info.setdefault("source", name)
+    info["source_dtypes"] = source_dtypes
     info["raw_sizes"] = {
         s: int(raw[f"y_{s}"].shape[0]) for s in ("train", "val", "test") if f"y_{s}" in raw
     }
@@ -163,13 +179,19 @@ def load_dataset(cfg: ml_collections.ConfigDict, *, seed: int) -> Dataset:
     info["train_size"] = train_size
 
     normalization = None
-    if _get(cfg, "normalize", False):
+    x_test = raw["x_test"]
+    if raw.get("token_ids") is not None:
+        # Token ids are categories, not quantities: they get a vocabulary, never normalization.
+        vocab = restrict_vocabulary(x_train, raw["token_ids"])
+        x_train, x_val, x_test = (apply_vocabulary(x, vocab) for x in (x_train, x_val, x_test))
+        splits = {"train": x_train, "val": x_val, "test": x_test}
+        info["vocabulary"] = vocabulary_info(vocab, splits)
+        info["normalize"] = "skipped: inputs are token ids"
+    elif _get(cfg, "normalize", False):
         normalization = compute_normalization(x_train)
         x_train, x_val, x_test = (
-            apply_normalization(x, normalization) for x in (x_train, x_val, raw["x_test"])
+            apply_normalization(x, normalization) for x in (x_train, x_val, x_test)
         )
-    else:
-        x_test = raw["x_test"]
     info["sizes"] = {"train": len(y_train), "val": len(y_val), "test": len(raw["y_test"])}
 
     return Dataset(
@@ -186,6 +208,19 @@ def load_dataset(cfg: ml_collections.ConfigDict, *, seed: int) -> Dataset:
         normalization=normalization,
         info=info,
     )
+
+
+def _source_dtypes(raw: Any) -> dict[str, str]:
+    """The dtype of each array as the loader returned it: {'x_train': 'float64', ...}."""
+    dtypes = {}
+    if not isinstance(raw, Mapping):
+        return dtypes
+    for key in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+        value = raw.get(key)
+        if value is not None:
+            dtype = getattr(value, "dtype", None)
+            dtypes[key] = str(dtype if dtype is not None else np.asarray(value).dtype)
+    return dtypes
 
 
 def _get(cfg: Any, key: str, default: Any) -> Any:
@@ -379,6 +414,7 @@ def _load_tfds(tfds_name: str, kwargs: dict[str, Any], data_dir: str | None) -> 
         "train_split": "train",
         "val_split": "validation",
         "test_split": "test",
+        **TEXT_OPTIONS,
     }
     unknown = sorted(set(kwargs) - set(options))
     if unknown:
@@ -388,6 +424,10 @@ def _load_tfds(tfds_name: str, kwargs: dict[str, Any], data_dir: str | None) -> 
     options.update(kwargs)
     if not tfds_name:
         raise UsageError("dataset name 'tfds:' lacks the tfds name; e.g. tfds:mnist")
+    for key in ("vocab_size", "max_length"):
+        value, low = options[key], 3 if key == "vocab_size" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise UsageError(f"tfds option {key}={value!r} must be an integer >= {low}")
 
     import tensorflow_datasets as tfds  # lazy: costs ~1 s, only tfds users pay it
 
@@ -397,7 +437,8 @@ def _load_tfds(tfds_name: str, kwargs: dict[str, Any], data_dir: str | None) -> 
         raise UsageError(f"tfds dataset {tfds_name!r} does not exist in tfds catalog") from e
 
     features = builder.info.features
-    for role in ("image_key", "label_key"):
+    text_key = _tfds_text_key(tfds, tfds_name, features, options, set(kwargs))
+    for role in ("label_key",) if text_key else ("image_key", "label_key"):
         if options[role] not in features:
             raise UsageError(
                 f"tfds:{tfds_name} has no feature {role.split('_')[0]} "
@@ -425,20 +466,200 @@ def _load_tfds(tfds_name: str, kwargs: dict[str, Any], data_dir: str | None) -> 
             )
 
     raw: dict[str, Any] = {}
+    token_lists = {}
     for role, split in wanted.items():
         source = _tfds_source(builder, tfds_name, split, data_dir)
-        x, y = _read_tfds_source(source, options["image_key"], options["label_key"])
-        raw[f"x_{role}"], raw[f"y_{role}"] = x, y
-    raw.update(
-        kind="image",
-        num_classes=int(num_classes),
-        info={
-            "source": f"tfds {builder.info.full_name} via tfds.data_source",
-            "splits_used": wanted,
-            "data_dir": str(builder.data_dir),
-        },
-    )
+        if text_key:
+            token_lists[role], raw[f"y_{role}"] = _read_tfds_text(
+                source, text_key, options["label_key"]
+            )
+        else:
+            x, y = _read_tfds_source(source, options["image_key"], options["label_key"])
+            raw[f"x_{role}"], raw[f"y_{role}"] = x, y
+    info = {
+        "source": f"tfds {builder.info.full_name} via tfds.data_source",
+        "splits_used": wanted,
+        "data_dir": str(builder.data_dir),
+    }
+    if text_key:
+        # Every word of the train split, by frequency: load_dataset keeps the vocab_size - 2
+        # most frequent among the examples that are trained on (restrict_vocabulary).
+        words = build_vocabulary(token_lists["train"])
+        max_length = options["max_length"]
+        for role, tokens in token_lists.items():
+            raw[f"x_{role}"] = encode_tokens(tokens, words, max_length)[..., None]
+        raw["token_ids"] = {
+            "words": words,
+            "vocab_size": options["vocab_size"],
+            "max_length": max_length,
+            "truncated": {
+                role: round(float(np.mean([len(t) > max_length for t in tokens])), 4)
+                for role, tokens in token_lists.items()
+            },
+        }
+        info["text_key"] = text_key
+    raw.update(kind="sequence" if text_key else "image", num_classes=int(num_classes), info=info)
     return raw
+
+
+def _tfds_text_key(
+    tfds: Any, tfds_name: str, features: Any, options: dict[str, Any], given: set[str]
+) -> str | None:
+    """The string feature to tokenize: kwargs.text_key, or the one Text feature of a dataset
+    without an image feature; None for image datasets."""
+    key = options["text_key"]
+    if key is None and options["image_key"] not in features:
+        texts = [k for k, f in features.items() if isinstance(f, tfds.features.Text)]
+        key = texts[0] if len(texts) == 1 else None
+    if key is not None and key not in features:
+        raise UsageError(
+            f"tfds:{tfds_name} has no feature text {key!r}; features: "
+            f"{', '.join(features.keys())} (set kwargs.text_key)"
+        )
+    if key is None and given & {"vocab_size", "max_length"}:
+        raise UsageError(
+            f"tfds options vocab_size and max_length apply to text features only, and "
+            f"tfds:{tfds_name} has none; set kwargs.text_key to a string feature"
+        )
+    return key
+
+
+def _read_tfds_text(source: Any, text_key: str, label_key: str) -> tuple[list, np.ndarray]:
+    """Token lists (``tokenize``) and labels of every example of a data source."""
+    tokens, labels = [], []
+    for i in range(len(source)):  # per item, as _read_tfds_source (mock_data's batch reads)
+        example = source[i]
+        tokens.append(tokenize(example[text_key]))
+        labels.append(example[label_key])
+    return tokens, np.asarray(labels, np.int64).reshape(-1)
+
+
+# ----------------------------------------------------------------------------- text
+
+# Lower-cased words: runs of letters and digits, with an inner apostrophe kept ("don't").
+TOKEN_PATTERN = r"[a-z0-9]+(?:'[a-z0-9]+)*"
+_TOKEN_RE = re.compile(TOKEN_PATTERN)
+# HTML tags (IMDB reviews hold <br /> line breaks) are markup, not words.
+_TAG_RE = re.compile(r"<[^>]*>")
+PAD_ID, UNKNOWN_ID = 0, 1
+PAD, UNKNOWN = "<pad>", "<unk>"
+TEXT_OPTIONS = {"text_key": None, "vocab_size": 20000, "max_length": 256}
+
+
+def tokenize(text: str | bytes) -> list[str]:
+    """Lower-case word tokens of `text` (HTML tags dropped), by TOKEN_PATTERN."""
+    if isinstance(text, bytes | np.bytes_):
+        text = text.decode("utf-8", errors="replace")
+    return _TOKEN_RE.findall(_TAG_RE.sub(" ", str(text)).lower())
+
+
+def build_vocabulary(token_lists: list[list[str]], vocab_size: int | None = None) -> list[str]:
+    """[PAD, UNKNOWN, words...]: the `vocab_size - 2` most frequent words (all when None),
+    ties in alphabetical order so the vocabulary is a function of the words alone."""
+    counts: dict[str, int] = {}
+    for tokens in token_lists:
+        for token in tokens:
+            counts[token] = counts.get(token, 0) + 1
+    ranked = sorted(counts, key=lambda w: (-counts[w], w))
+    if vocab_size is not None:
+        ranked = ranked[: max(0, vocab_size - 2)]
+    return [PAD, UNKNOWN, *ranked]
+
+
+def encode_tokens(
+    token_lists: list[list[str]], vocabulary: list[str], max_length: int
+) -> np.ndarray:
+    """(N, max_length) int32 ids: the first `max_length` tokens of each example (later ones are
+    cut), words outside `vocabulary` as UNKNOWN_ID, padded at the end with PAD_ID."""
+    index = {word: i for i, word in enumerate(vocabulary)}
+    out = np.full((len(token_lists), max_length), PAD_ID, np.int32)
+    for row, tokens in zip(out, token_lists, strict=True):
+        ids = [index.get(t, UNKNOWN_ID) for t in tokens[:max_length]]
+        row[: len(ids)] = ids
+    return out
+
+
+def restrict_vocabulary(x_train: np.ndarray, token_ids: Mapping[str, Any]) -> dict[str, Any]:
+    """The vocabulary of the training inputs: the `vocab_size - 2` ids most frequent in x_train
+    (ties keep the loader's order), renumbered from 2; ids never trained on become UNKNOWN_ID.
+
+    `token_ids` is what the loader returns beside its ids: the words those ids index
+    ("words", with PAD and UNKNOWN first), "vocab_size" and "max_length".
+    """
+    words = list(token_ids["words"])
+    counts = np.bincount(np.asarray(x_train).ravel(), minlength=len(words))[: len(words)]
+    counts[[PAD_ID, UNKNOWN_ID]] = 0
+    order = np.argsort(-counts, kind="stable")
+    keep = order[: max(0, int(token_ids["vocab_size"]) - 2)]
+    keep = keep[counts[keep] > 0]
+    lookup = np.full(len(words), UNKNOWN_ID, np.int32)
+    lookup[PAD_ID] = PAD_ID
+    lookup[keep] = np.arange(2, 2 + len(keep), dtype=np.int32)
+    vocab = {
+        "words": [PAD, UNKNOWN, *(words[i] for i in keep)],
+        "lookup": lookup,
+        "max_length": int(token_ids["max_length"]),
+        "truncated": dict(token_ids.get("truncated") or {}),
+    }
+    vocab["file"], vocab["sha256"] = save_vocabulary(vocab["words"], vocab["max_length"])
+    return vocab
+
+
+def apply_vocabulary(x: np.ndarray, vocab: Mapping[str, Any]) -> np.ndarray:
+    """Loader ids renumbered by ``restrict_vocabulary`` (ids it has never seen: UNKNOWN_ID)."""
+    lookup, x = vocab["lookup"], np.asarray(x)
+    out = np.full(x.shape, UNKNOWN_ID, np.int32)
+    known = x < len(lookup)
+    out[known] = lookup[x[known]]
+    return out
+
+
+def vocabulary_info(vocab: Mapping[str, Any], splits: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """dataset.info["vocabulary"]: size, file, coverage per split (unknown share of the tokens,
+    share of examples cut at max_length) and the words themselves."""
+    unknown = {}
+    for split, x in splits.items():
+        tokens = int(np.count_nonzero(x != PAD_ID))
+        unknown[split] = round(int(np.count_nonzero(x == UNKNOWN_ID)) / max(1, tokens), 4)
+    return {
+        "size": len(vocab["words"]),
+        "max_length": vocab["max_length"],
+        "pad_id": PAD_ID,
+        "unknown_id": UNKNOWN_ID,
+        "tokenizer": f"lower-case regex {TOKEN_PATTERN} (HTML tags dropped)",
+        "file": vocab["file"],
+        "sha256": vocab["sha256"],
+        "unknown_rate": unknown,
+        "truncated": vocab["truncated"],
+        "words": vocab["words"],
+    }
+
+
+def save_vocabulary(words: list[str], max_length: int) -> tuple[str | None, str]:
+    """Write the vocabulary (id i is words[i]) to the cache, named by its hash; (path, sha256).
+
+    Every stage that loads the same data rebuilds the same vocabulary and finds the same file:
+    the hash in summary.json's dataset block names the exact vocabulary a run used.
+    """
+    text = json.dumps({"words": words, "max_length": max_length, "tokenizer": TOKEN_PATTERN})
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    path = cache_dir() / f"vocabulary-{digest[:16]}.json"
+    if path.exists():
+        return str(path), digest
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        warnings.warn(f"could not write vocabulary file {path}: {e}", stacklevel=3)
+        return None, digest
+    return str(path), digest
 
 
 def _tfds_source(builder: Any, tfds_name: str, split: str, data_dir: str | None) -> Any:
@@ -556,7 +777,7 @@ def _validate(raw: dict[str, Any], name: str) -> dict[str, Any]:
         out.pop("y_val", None)
     feature_shape = None
     for split in splits:
-        x = _as_inputs(raw[f"x_{split}"], name, split)
+        x = _as_inputs(raw[f"x_{split}"], name, split, tokens=raw.get("token_ids") is not None)
         y = _as_labels(raw[f"y_{split}"], name, split)
         if x.ndim != _NDIM[kind]:
             raise UsageError(
@@ -596,8 +817,17 @@ def _validate(raw: dict[str, Any], name: str) -> dict[str, Any]:
     return out
 
 
-def _as_inputs(x: Any, name: str, split: str) -> np.ndarray:
+def _as_inputs(x: Any, name: str, split: str, tokens: bool = False) -> np.ndarray:
     x = np.asarray(x)
+    if tokens:
+        # Kept integer: config.dtype=bfloat16 casts floating inputs, and bfloat16 holds integers
+        # exactly only up to 256, so float token ids would be merged into their neighbours.
+        if not np.issubdtype(x.dtype, np.integer) or (x.size and x.min() < 0):
+            raise UsageError(
+                f"dataset {name} x_{split} holds token ids, which must be integers >= 0 "
+                f"(0 padding, 1 unknown); got dtype {x.dtype}"
+            )
+        return x.astype(np.int32, copy=False)
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
         raise UsageError(f"dataset {name} x_{split} has dtype {x.dtype}; inputs must be numeric")
     if np.issubdtype(x.dtype, np.complexfloating):

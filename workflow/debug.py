@@ -13,7 +13,16 @@ import jax
 import numpy as np
 from absl import flags
 
-from workflow import checks, cli, debugging, experiment, reports, rundir, training
+from workflow import (
+    checks,
+    cli,
+    debugging,
+    experiment,
+    model_summary,
+    reports,
+    rundir,
+    training,
+)
 
 FLAGS = flags.FLAGS
 
@@ -118,6 +127,7 @@ def run_debug(setup: experiment.Setup, workdir: str) -> dict:
     curve_plot = reports.plot_learning_curves(
         fit.records, os.path.join(run.plots, "short_run.png"), title="short run"
     )
+    layers = experiment.write_model_summary(setup, run)
     has_error = any(f.severity == "error" for f in findings)
     next_commands = []
     if not has_error:
@@ -140,6 +150,7 @@ def run_debug(setup: experiment.Setup, workdir: str) -> dict:
         "findings": [f.to_json() for f in findings],
         "next": next_commands,
         "dataset": dataset.summary(),
+        "model_summary": layers,
         "device": jax.devices()[0].device_kind,
     }
     run.write_summary(summary)
@@ -199,6 +210,10 @@ def write_report(run: rundir.RunDir, summary: dict, overfit_plot: str, curve_plo
                 f"![overfit one batch]({os.path.relpath(overfit_plot, run.path)})",
             ),
             ("Short run", f"![short run]({os.path.relpath(curve_plot, run.path)})"),
+            (
+                "Model",
+                model_summary.markdown(summary["model_summary"], summary["config"]["batch_size"]),
+            ),
             ("Time to verdict", f"{m['seconds_to_verdict']:.1f} s"),
         ],
     )

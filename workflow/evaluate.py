@@ -4,7 +4,9 @@
 
 Evaluates the run in --workdir, training it first (or finishing it) when there is none, then
 splits its test error into goal + bias + variance + val overfit, calls `underfit`, `overfit`,
-`val_overfit` or `goal_met`, and names the next stage. With --config.evaluate.train_sizes it also
+`val_overfit` or `goal_met`, analyzes its errors on train and val side by side (confusion
+matrix, per-class error, the most confused classes, the most confidently wrong examples; see
+workflow/error_analysis.py), and names the next stage. With --config.evaluate.train_sizes it also
 trains short runs on subsets to tell "add data" from "regularize / a bigger model". The verdict
 is not an error: exit 0 unless training diverged (1) or the input is bad (2).
 """
@@ -15,9 +17,19 @@ import os
 import shlex
 
 import ml_collections
+import numpy as np
 from absl import flags
 
-from workflow import bias_variance, checkpoints, cli, experiment, reports, rundir, training
+from workflow import (
+    bias_variance,
+    checkpoints,
+    cli,
+    error_analysis,
+    experiment,
+    reports,
+    rundir,
+    training,
+)
 from workflow.errors import UsageError
 from workflow.findings import Finding, has_error, sort_findings
 
@@ -68,8 +80,16 @@ def run_evaluate(setup: experiment.Setup, workdir: str) -> dict:
     points = train_size_curve(setup, sizes, metrics) if sizes else []
     trend = bias_variance.train_size_trend(points, errors.n_val, tolerances)
     verdicts = bias_variance.verdict_findings(decomposition, facts, trend)
+    analysis, worst_inputs = analyze_errors(setup, run, metrics)
+    explained = (
+        error_analysis.findings(
+            analysis, np.bincount(setup.dataset.y_train, minlength=setup.dataset.num_classes)
+        )
+        if analysis
+        else []
+    )
     findings = unique_findings(
-        verdicts + [Finding(**f) for f in summary["findings"] + (carried or [])]
+        verdicts + explained + [Finding(**f) for f in summary["findings"] + (carried or [])]
     )
 
     metrics.update(decomposition.metrics())
@@ -89,7 +109,22 @@ def run_evaluate(setup: experiment.Setup, workdir: str) -> dict:
             "points": [dataclasses.asdict(p) for p in points],
             **({"trend": trend.trend, "text": trend.text()} if trend else {}),
         }
+    if analysis:
+        summary["error_analysis"] = analysis
     plots = write_plots(run, setup, records, points)
+    if analysis:
+        plots.update(
+            {
+                name: os.path.relpath(path, run.path)
+                for name, path in error_analysis.write_plots(
+                    analysis,
+                    worst_inputs,
+                    setup.dataset.kind,
+                    run.plots,
+                    f"{setup.config.model.name} on {setup.dataset.name}",
+                ).items()
+            }
+        )
     run.write_summary(summary)
     write_report(run, summary, plots)
     return summary
@@ -114,6 +149,25 @@ def write_plots(
         train_size = os.path.join(run.plots, "train_size.png")
         plots["train size"] = plot_train_size(points, train_size, goal, title)
     return {name: os.path.relpath(path, run.path) for name, path in plots.items()}
+
+
+def analyze_errors(
+    setup: experiment.Setup, run: rundir.RunDir, metrics: dict
+) -> tuple[dict | None, dict]:
+    """Error analysis of the reported model (restored from its checkpoint) on train and val;
+    (None, {}) when that checkpoint cannot be read, e.g. deleted by hand."""
+    step = metrics.get("best_step") or metrics["steps"]
+    if not os.path.isdir(run.checkpoints):
+        return None, {}
+    ckpt = checkpoints.Checkpointer(run.checkpoints)
+    try:
+        # setup.state is only the template here: training donated its buffers, not its shapes.
+        state = ckpt.restore(step, setup.state)
+    except UsageError:
+        return None, {}
+    finally:
+        ckpt.close()
+    return error_analysis.analyze(setup.task, state, setup.dataset, setup.config.eval_batch_size)
 
 
 def subset_sizes(config: ml_collections.ConfigDict, n_train: int) -> list[tuple[float, int]]:
@@ -181,7 +235,9 @@ def carried_findings(previous: dict | None, summary: dict, trained_steps: int) -
         return None
     if previous.get("metrics", {}).get("steps") != summary["metrics"]["steps"]:
         return None
-    return [f for f in previous.get("findings", []) if f["id"] not in bias_variance.VERDICT_IDS]
+    # Verdicts and error-analysis findings are recomputed on this invocation's model.
+    recomputed = set(bias_variance.VERDICT_IDS) | set(error_analysis.FINDING_IDS)
+    return [f for f in previous.get("findings", []) if f["id"] not in recomputed]
 
 
 def unique_findings(findings: list[Finding]) -> list[Finding]:
@@ -426,6 +482,14 @@ def write_report(run: rundir.RunDir, summary: dict, plots: dict[str, str]) -> No
         ("Next", next_md),
         ("Learning curves", f"![error curves]({plots['error curves']})"),
     ]
+    if "error_analysis" in summary:
+        body = error_analysis.blocks_markdown(
+            error_analysis.report_blocks(summary["error_analysis"], summary["dataset"]["kind"])
+        )
+        for name in ("confusion matrix", "worst examples"):
+            if name in plots:
+                body += f"\n\n![{name}]({plots[name]})"
+        sections.append(("Error analysis", body))
     if "train_size" in summary:
         ts = summary["train_size"]
         rows = [

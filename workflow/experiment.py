@@ -10,7 +10,17 @@ import jax
 import ml_collections
 
 import models
-from workflow import augment, checkpoints, config_lib, data, debugging, reports, rundir, training
+from workflow import (
+    augment,
+    checkpoints,
+    config_lib,
+    data,
+    debugging,
+    model_summary,
+    reports,
+    rundir,
+    training,
+)
 from workflow.errors import UsageError
 from workflow.findings import Finding, has_error
 
@@ -48,7 +58,8 @@ def prepare(config: ml_collections.ConfigDict) -> Setup:
 
 def final_metrics(setup: Setup, state: training.TrainState) -> dict[str, float]:
     """Loss and accuracy of `state` on every split, in eval mode."""
-    evaluator = training.Evaluator(setup.task, setup.config.eval_batch_size)
+    mesh = training.data_mesh(setup.config)  # evaluate where fit trained (all hosts' devices)
+    evaluator = training.Evaluator(setup.task, setup.config.eval_batch_size, mesh)
     ds = setup.dataset
     metrics = {}
     for split, x, y in (
@@ -84,6 +95,25 @@ def divergence_finding(result: training.FitResult, config) -> Finding:
     )
 
 
+def corrupt_checkpoint_finding(skipped: list[dict], resume_step: int | None) -> Finding:
+    """The `corrupt_checkpoint` warning: checkpoints set aside, and where the run resumed."""
+    resumed = f"resumed from step {resume_step}" if resume_step is not None else "restarted"
+    steps = [item["step"] for item in skipped]
+    return Finding(
+        id="corrupt_checkpoint",
+        severity="warning",
+        message=(
+            f"checkpoint(s) at step {', '.join(map(str, steps))} were unreadable or damaged "
+            f"and set aside; the run {resumed}"
+        ),
+        evidence={"checkpoints": skipped, "resumed_from": resume_step},
+        suggestions=[
+            "check the disk and whatever else writes to the run directory",
+            f"inspect or delete {', '.join(item['moved_to'] for item in skipped)}",
+        ],
+    )
+
+
 def stage_command(stage: str, workdir: str) -> str:
     """The command line of `stage` with this invocation's flags and another --workdir."""
     args = [a for a in sys.argv[1:] if not a.startswith("--workdir")]
@@ -100,17 +130,20 @@ def train_and_report(setup: Setup, workdir: str, stage: str, next_stage: str | N
     ckpt = checkpoints.Checkpointer(
         run.checkpoints, max_to_keep=training.checkpoints_to_keep(config)
     )
-    state, resume_step = setup.state, ckpt.latest_step()
+    state, resume_step, skipped = setup.state, None, []
     try:
-        if resume_step is not None:
-            state = ckpt.restore(resume_step, setup.state)
+        if ckpt.latest_step() is not None:
+            state, resume_step, skipped = ckpt.restore_latest(setup.state)
+        for item in skipped:
+            print(f"warning: {item['error']}; set aside as {item['moved_to']}", file=sys.stderr)
         run.open(config, resume_step=resume_step)
     except BaseException:
         ckpt.close()
         if created:
             run.remove()
         raise
-    rundir.write_json(run.file("normalization.json"), setup.dataset.normalization)
+    if run.writer:
+        rundir.write_json(run.file("normalization.json"), setup.dataset.normalization)
     try:
         result = training.fit(
             setup.task,
@@ -126,6 +159,8 @@ def train_and_report(setup: Setup, workdir: str, stage: str, next_stage: str | N
         ckpt.close()
         run.close()
     findings = [divergence_finding(result, config)] if result.divergence else []
+    if skipped:
+        findings.append(corrupt_checkpoint_finding(skipped, resume_step))
     if result.start_step == 0:  # the curve checks read a whole run from its first step
         findings += debugging.curve_findings(
             result, setup.dataset.num_classes, setup.dataset.y_train, config.optimizer.learning_rate
@@ -142,6 +177,18 @@ def train_and_report(setup: Setup, workdir: str, stage: str, next_stage: str | N
         steps_per_s=result.steps_per_s,
         compile_seconds=result.compile_seconds,
     )
+    summary = {
+        "stage": stage,
+        "status": "failed" if result.status == "ok" and has_error(findings) else result.status,
+        "config": rundir.config_to_dict(config),
+        "metrics": metrics,
+        "findings": [f.to_json() for f in findings],
+        "next": [],
+        "dataset": setup.dataset.summary(),
+        "device": jax.devices()[0].device_kind,
+    }
+    if not run.writer:  # another process writes the run directory's files
+        return summary
     records = run.read_metrics()
     curve = reports.plot_learning_curves(
         records,
@@ -152,19 +199,21 @@ def train_and_report(setup: Setup, workdir: str, stage: str, next_stage: str | N
     if next_stage:
         parent = os.path.dirname(os.path.abspath(workdir))
         next_commands.append(stage_command(next_stage, os.path.join(parent, next_stage)))
-    summary = {
-        "stage": stage,
-        "status": "failed" if result.status == "ok" and has_error(findings) else result.status,
-        "config": rundir.config_to_dict(config),
-        "metrics": metrics,
-        "findings": [f.to_json() for f in findings],
-        "next": next_commands,
-        "dataset": setup.dataset.summary(),
-        "device": jax.devices()[0].device_kind,
-    }
+    summary["next"] = next_commands
+    summary["model_summary"] = write_model_summary(setup, run)
     run.write_summary(summary)
     write_report(run, summary, os.path.relpath(curve, run.path))
     return summary
+
+
+def write_model_summary(setup: Setup, run: rundir.RunDir) -> list[dict]:
+    """model_summary.txt in the run directory; the layers for summary.json's model_summary."""
+    ds = setup.dataset
+    summary = model_summary.summarize(
+        setup.model, ds.input_shape, setup.config.batch_size, ds.x_train.dtype
+    )
+    model_summary.write(run.file("model_summary.txt"), summary)
+    return summary["layers"]
 
 
 def write_report(run: rundir.RunDir, summary: dict, curve: str) -> None:
@@ -220,6 +269,7 @@ def write_report(run: rundir.RunDir, summary: dict, curve: str) -> None:
             ("Run", reports.markdown_table(["", ""], run_rows)),
             ("Learning curves", f"![learning curves]({curve})"),
             ("Findings", reports.findings_markdown(summary["findings"])),
+            ("Model", model_summary.markdown(summary["model_summary"], c["batch_size"])),
             ("Data", reports.markdown_table(["", ""], data_rows)),
             ("Next", next_md),
         ],

@@ -5,11 +5,13 @@
 Evaluates the starting point (baseline/, trained or restored), takes the verdict (underfit,
 overfit, val overfit), runs the remedies the workflow lists for it as runs of equal length —
 those that change only the learning rate or the L2 weight batched with the baseline as trials of
-one program — compares them in one table, keeps the best and says why, and writes it as
-best_config.py for the next round of evaluate / tune / improve.
+one program; the baseline's own evaluation stands for its run when it is that long — compares
+them in one table, keeps the best and says why, and writes it as best_config.py for the next
+round of evaluate / tune / improve.
 """
 
 import dataclasses
+import functools
 import json
 import os
 
@@ -134,8 +136,29 @@ def run_single(remedy: remedies.Remedy, base_steps: int) -> Outcome:
     )
 
 
-def run_remedies(candidates: list[remedies.Remedy], dataset) -> list[Outcome]:
-    """Every candidate, the baseline first; one program per group of equal signatures."""
+def evaluated_outcome(remedy: remedies.Remedy, summary: dict) -> Outcome | None:
+    """The baseline's outcome read from its evaluation, when that was a run of the remedies'
+    length (training is deterministic: retraining it would give the same numbers); else None."""
+    config, metrics = remedy.config, summary["metrics"]
+    if config.improve.num_steps not in (None, config.num_steps) or config.early_stopping.enabled:
+        return None
+    if metrics.get("steps") != config.num_steps:
+        return None
+    return Outcome(
+        remedy,
+        1 - metrics["train_accuracy"],
+        1 - metrics["val_accuracy"],
+        1 - metrics["test_accuracy"],
+        metrics["num_params"],
+        metrics.get("wall_seconds", 0.0),
+    )
+
+
+def run_remedies(
+    candidates: list[remedies.Remedy], dataset, baseline: Outcome | None = None
+) -> list[Outcome]:
+    """Every candidate, the baseline first; one program per group of equal signatures. A given
+    `baseline` outcome is used unless the baseline trains anyway, batched with lr / L2 changes."""
     groups: dict[str, list[remedies.Remedy]] = {}
     for remedy in candidates:
         groups.setdefault(signature(remedy.config), []).append(remedy)
@@ -143,6 +166,8 @@ def run_remedies(candidates: list[remedies.Remedy], dataset) -> list[Outcome]:
     for group in groups.values():
         if len(group) > 1 and trials.trials_per_program(group[0].config) > 1:
             results = run_batched(group, dataset, base_steps)
+        elif baseline is not None and len(group) == 1 and group[0] is candidates[0]:
+            results = [baseline]
         else:
             results = [run_single(remedy, base_steps) for remedy in group]
         for remedy, outcome in zip(group, results, strict=True):
@@ -191,23 +216,32 @@ def run_improve(setup: experiment.Setup, workdir: str, config_source: str) -> di
     if baseline["status"] == "diverged":
         return baseline
     verdicts = [f["id"] for f in baseline["findings"] if f["id"] in VERDICTS]
-    suggested = range_test_suggestion(initial) if "underfit" in verdicts else None
-    candidates = remedies.candidates(
+    menu = functools.partial(
+        remedies.candidates,
         config,
         dataset,
         verdicts,
-        suggested_lr=suggested,
         available_train=evaluate.available_train_examples(dataset),
         max_candidates=config.improve.max_candidates,
     )
-    outcomes = run_remedies(candidates, dataset) if len(candidates) > 1 else []
+    # The range test only when its lr would be tried: it comes last and may be cut.
+    far_lr = 100 * config.optimizer.learning_rate
+    wanted = any(r.name == "re-tuned lr" for r in menu(suggested_lr=far_lr))
+    candidates = menu(suggested_lr=range_test_suggestion(initial) if wanted else None)
+    outcomes = (
+        run_remedies(candidates, dataset, evaluated_outcome(candidates[0], baseline))
+        if len(candidates) > 1
+        else []
+    )
     run = rundir.RunDir(workdir)
     os.makedirs(run.plots, exist_ok=True)
     rundir.write_json(run.file("config.json"), rundir.config_to_dict(config))
     if outcomes:
         chosen, why = choose(outcomes, len(dataset.y_val))
+    elif verdicts:
+        chosen, why = None, "no remedy on the decision list applies to this setup"
     else:
-        chosen, why = None, "the goal is met: nothing to improve" if not verdicts else ""
+        chosen, why = None, "the goal is met: nothing to improve"
     best_config = None
     if chosen is not None and chosen is not outcomes[0]:
         best_config = run.file("best_config.py")

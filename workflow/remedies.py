@@ -2,9 +2,10 @@
 
 Underfit (reduce bias): a bigger model of the same family, then the next architecture (LeNet →
 ResNet, LSTM/TCN → attention or WaveNet-like, MLP → deeper/wider), less regularization, the
-learning rate re-tuned. Overfit (reduce variance): more data when the dataset has more,
-normalization layers, augmentation, dropout / weight decay, early stopping, a smaller model.
-Val overfit: a bigger validation split. Each remedy is a pure function of the config.
+learning rate re-tuned. Overfit (reduce variance): more data when the dataset has more (a
+bigger train_size, or more examples drawn from a generator: synthetic, mnist1d), normalization
+layers, augmentation, dropout / weight decay, early stopping, a smaller model. Val overfit: a
+bigger validation split. Each remedy is a pure function of the config.
 """
 
 import dataclasses
@@ -183,25 +184,60 @@ def underfit_remedies(config, dataset, suggested_lr: float | None) -> list[Remed
     return out
 
 
+def generated_more(dataset_name: str, info: dict) -> tuple[dict, str] | None:
+    """Dataset kwargs that make a generator draw twice the training examples with a test split
+    of the same size, and what changes; None for data of a fixed size."""
+    if dataset_name == "synthetic" and "options" in info:
+        # The test split is its own random stream: more train examples leave it unchanged.
+        count = int(info["options"]["num_train"])
+        return (
+            {"num_train": 2 * count},
+            f"num_train {count:,} → {2 * count:,} (generated; the same test split)",
+        )
+    if dataset_name == "mnist1d" and "generator_args" in info:
+        args = info["generator_args"]
+        total = args["num_samples"] // 10 * 10  # make_dataset draws num_samples // 10 per class
+        train = int(total * args["train_split"])
+        samples = -(-(total + train) // 10) * 10
+        # A hair above the exact fraction: make_dataset floors samples * train_split.
+        split = (2 * train + 0.5) / samples
+        return (
+            {"num_samples": samples, "train_split": split},
+            f"num_samples {args['num_samples']:,} → {samples:,}, train_split → {split:.4f} "
+            f"(generated: {2 * train:,} train, {samples - 2 * train:,} test, all newly drawn)",
+        )
+    return None
+
+
+def more_data(
+    config: ml_collections.ConfigDict, dataset, available_train: int | None
+) -> tuple[ml_collections.ConfigDict, str, str] | None:
+    """Twice the training examples (config, change, reason): a bigger train_size while the data
+    at hand has more, else more drawn from a generator; None when neither is possible."""
+    n_train = len(dataset.x_train)
+    more = _copy(config)
+    if available_train and available_train > n_train:
+        size = min(available_train, 2 * n_train)
+        more.dataset.train_size = size
+        return more, f"train_size {n_train:,} → {size:,}", "overfit: add data"
+    generated = generated_more(config.dataset.name, getattr(dataset, "info", None) or {})
+    if generated is None:
+        return None
+    kwargs, change = generated
+    for key, value in kwargs.items():
+        more.dataset.kwargs[key] = value
+    more.dataset.train_size = None  # it took every example: the new ones are for training
+    return more, change, "overfit: add data (the generator draws more)"
+
+
 def overfit_remedies(config, dataset, available_train: int | None) -> list[Remedy]:
     """Reduce variance: more data, normalization, augmentation, dropout / L2, early stopping,
     a smaller model."""
     out = []
     model = config.model
-    n_train = len(dataset.x_train)
-    if available_train and available_train > n_train:
-        size = min(available_train, 2 * n_train)
-        more = _copy(config)
-        more.dataset.train_size = size
-        out.append(
-            Remedy(
-                "more data",
-                "overfit",
-                "overfit: add data",
-                f"train_size {n_train:,} → {size:,}",
-                more,
-            )
-        )
+    more = more_data(config, dataset, available_train)
+    if more is not None:
+        out.append(Remedy("more data", "overfit", more[2], more[1], more[0]))
     if "norm" in model and model.norm == "none":
         norm = NORM_FOR_KIND[dataset.kind]
         out.append(

@@ -2,6 +2,8 @@
 
     python -m workflow.run                       # offline MNIST-1D, the default
     python -m workflow.run --config=configs/digits.py --workdir=runs/digits
+    python -m workflow.run --config=configs/synthetic.py:underfit --workdir=runs/underfit
+    python -m workflow.run --config=configs/synthetic.py:overfit --workdir=runs/overfit
 
 start simple → debug (stops there, fixes named, when an error stands) → evaluate → then rounds of
 tune → evaluate → improve → evaluate until the goal is met, nothing changes, or
@@ -264,6 +266,7 @@ def decisions(workflow: Workflow) -> list[Finding]:
     for step in workflow.steps:
         s = step.summary
         m = s.get("metrics", {})
+        extra = {}  # an improve step's choice: what changed and against which verdict
         if step.stage == "evaluate":
             verdicts = [f["id"] for f in s.get("findings", []) if f["id"] in run_report.VERDICTS]
             message = f"{step.name}: test accuracy {m.get('test_accuracy', float('nan')):.2%}, " + (
@@ -276,9 +279,18 @@ def decisions(workflow: Workflow) -> list[Finding]:
                 f"{m.get('best_l2', float('nan')):.3g}"
             )
         elif step.stage == "improve":
-            message = (
-                f"{step.name}: {s['decision']['chosen'] or 'no change'} — {s['decision']['why']}"
+            # No decision when the starting point diverged (the summary is its evaluation).
+            decision = s.get("decision") or {"chosen": None, "why": f"status {s['status']}"}
+            chosen = next(
+                (c for c in s.get("candidates", []) if c["name"] == decision["chosen"]), None
             )
+            if chosen is None or chosen["name"] == "baseline":
+                message = f"{step.name}: no change — {decision['why']}"
+            else:  # the why names the remedy, what it changed and the evidence
+                message = f"{step.name}: {decision['why']}"
+                extra = {"chosen": chosen["name"]} | {
+                    k: chosen[k] for k in ("verdict", "change", "val_error", "test_error")
+                }
         elif step.stage == "debug":
             message = f"{step.name}: {s['status']} ({len(s['findings'])} findings)"
         else:
@@ -292,6 +304,7 @@ def decisions(workflow: Workflow) -> list[Finding]:
                     "stage": step.stage,
                     "workdir": step.workdir,
                     "config": step.config_source,
+                    **extra,
                 },
             )
         )
@@ -327,7 +340,12 @@ def finish(workflow: Workflow, stopped: str | None = None) -> dict:
         + [f for f in final.summary.get("findings", []) if f["severity"] != "error"],
         "next": final.summary.get("next", []),
         "stopped": stopped,
-        "final": {"step": final.name, "config": final.config_source, "workdir": final.workdir},
+        "final": {
+            "step": final.name,
+            "config": final.config_source,
+            "workdir": final.workdir,
+            "model": final.summary.get("config", {}).get("model"),
+        },
         "reproduce": reproduce_commands(workflow, final),
         "steps": [
             {k: v for k, v in dataclasses.asdict(s).items() if k != "summary"}

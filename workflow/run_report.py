@@ -6,7 +6,7 @@ import glob
 import html
 import os
 
-from workflow import reports
+from workflow import error_analysis, reports
 
 VERDICTS = ("underfit", "overfit", "val_overfit", "goal_met")
 
@@ -71,6 +71,17 @@ def step_blocks(step) -> list[tuple]:
     return blocks
 
 
+def error_blocks(step) -> list[tuple]:
+    """The evaluate step's error analysis: per-class table, confusions, its plots."""
+    s = step.summary
+    blocks = error_analysis.report_blocks(s["error_analysis"], s["dataset"]["kind"])
+    for name in ("confusion_matrix", "worst_examples"):
+        path = os.path.join(step.workdir, "plots", f"{name}.png")
+        if os.path.exists(path):
+            blocks.append(("image", path, f"{name.replace('_', ' ')} (train | val)"))
+    return blocks
+
+
 def sections(summary: dict, steps: list) -> list[tuple[str, list[tuple]]]:
     """The report's sections as blocks."""
     m = summary["metrics"]
@@ -105,7 +116,10 @@ def sections(summary: dict, steps: list) -> list[tuple[str, list[tuple]]]:
             ],
         )
     ]
-    out = [("Result", result), ("How it got there", story)]
+    out = [("Result", result)]
+    if final_step is not None and final_step.summary.get("error_analysis"):
+        out.append(("Error analysis of the final model", error_blocks(final_step)))
+    out.append(("How it got there", story))
     for step in steps:
         out.append((f"{step.name} ({step.stage})", step_blocks(step)))
     out.append(("Reproduce the final model", [("code", cmd) for cmd in summary["reproduce"]]))

@@ -6,6 +6,7 @@ import os
 import shutil
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -64,6 +65,8 @@ class RunDir:
         self.plots = os.path.join(path, "plots")
         self.checkpoints = os.path.join(path, "checkpoints")
         self._tb = None
+        # With several processes only process 0 writes files; the others train alongside.
+        self.writer = jax.process_index() == 0
 
     def file(self, name: str) -> str:
         """Path of a file inside the run directory."""
@@ -89,6 +92,8 @@ class RunDir:
 
     def open(self, config: ml_collections.ConfigDict, *, resume_step: int | None) -> None:
         """Create (or reopen) the directory; keep only the metrics up to `resume_step`."""
+        if not self.writer:
+            return
         os.makedirs(self.plots, exist_ok=True)
         write_json(self.file("config.json"), config_to_dict(config))
         metrics_path = self.file("metrics.jsonl")
@@ -108,6 +113,8 @@ class RunDir:
 
     def log(self, record: dict) -> None:
         """Append one record to metrics.jsonl and to the TensorBoard event file."""
+        if not self.writer:
+            return
         with open(self.file("metrics.jsonl"), "a") as f:
             f.write(json.dumps(to_jsonable(record)) + "\n")
         if self._tb is None:
@@ -120,6 +127,8 @@ class RunDir:
 
     def write_summary(self, summary: dict) -> None:
         """Write summary.json."""
+        if not self.writer:
+            return
         write_json(self.file("summary.json"), summary)
 
     def close(self) -> None:
@@ -130,4 +139,6 @@ class RunDir:
 
     def remove(self) -> None:
         """Delete a directory this process created and could not finish setting up."""
+        if not self.writer:
+            return
         shutil.rmtree(self.path, ignore_errors=True)

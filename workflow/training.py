@@ -19,14 +19,17 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import models
 from workflow import augment as augmentation
-from workflow import losses
+from workflow import distributed, losses
 from workflow.errors import UsageError
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
+
+DATA_AXIS = "data"  # the mesh axis a data-parallel batch is split over
 
 
 @flax.struct.dataclass
@@ -51,10 +54,38 @@ class Task:
     augment: augmentation.AugmentFn | None = None
     # The augmentation key of step s is augmentation.step_key(augment_seed, s) (config.seed).
     augment_seed: int = 0
+    # Forward/backward dtype (config.dtype); parameters and the loss stay float32.
+    compute_dtype: str = "float32"
+
+
+def compute_cast(tree: Any, dtype: str) -> Any:
+    """The floating leaves of `tree` in the compute dtype: mixed precision's one cast.
+
+    Parameters stay float32 in the state and the optimizer; the step differentiates through
+    this cast, so gradients arrive in float32 too.
+    """
+    if dtype == "float32":
+        return tree
+    target = jnp.dtype(dtype)
+
+    def cast(leaf):
+        if isinstance(leaf, jax.Array | np.ndarray) and jnp.issubdtype(leaf.dtype, jnp.floating):
+            return leaf.astype(target)
+        return leaf
+
+    return jax.tree.map(cast, tree)
+
+
+def forward(
+    graphdef: Any, params: Any, model_state: Any, x: jax.Array, dtype: str = "float32"
+) -> tuple[jax.Array, nnx.Module]:
+    """The model's float32 outputs on x, computed in `dtype`, and the merged model."""
+    model = nnx.merge(graphdef, compute_cast(params, dtype), model_state)
+    return model(compute_cast(x, dtype)).astype(jnp.float32), model
 
 
 def build_optimizer(
-    opt: ml_collections.ConfigDict, l2: float = 0.0
+    opt: ml_collections.ConfigDict, l2: float = 0.0, num_steps: int = 1
 ) -> optax.GradientTransformation:
     """The configured optimizer, with the L2 penalty applied as its gradient.
 
@@ -69,10 +100,37 @@ def build_optimizer(
         "momentum": lambda lr: optax.sgd(lr, momentum=opt.momentum),
     }[opt.name]
 
+    multiplier = lr_multiplier(opt, num_steps)
+
     def make(learning_rate, l2):
-        return optax.chain(optax.add_decayed_weights(2.0 * l2), base(learning_rate))
+        parts = [optax.add_decayed_weights(2.0 * l2), base(learning_rate)]
+        if multiplier is not None:  # constant schedules keep the state (and checkpoints) lean
+            parts.append(optax.scale_by_schedule(multiplier))
+        return optax.chain(*parts)
 
     return optax.inject_hyperparams(make)(learning_rate=opt.learning_rate, l2=l2)
+
+
+def lr_multiplier(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule | None:
+    """config.optimizer.schedule as a factor on the learning rate; None for "constant".
+
+    A factor rather than a schedule of the rate itself: the rate stays one injected scalar, so
+    batched trials (each with its own rate) share the schedule's shape.
+    """
+    schedule = opt.get("schedule") or {"name": "constant"}
+    name = schedule["name"]
+    if name == "constant":
+        return None
+    if name == "piecewise":
+        boundaries = {int(b): float(schedule["scale"]) for b in schedule["boundaries"]}
+        return optax.piecewise_constant_schedule(1.0, boundaries)
+    warmup = int(schedule.get("warmup_steps", 0))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup else 1.0,
+        peak_value=1.0,
+        warmup_steps=warmup,
+        decay_steps=max(num_steps, warmup + 1),
+    )
 
 
 def model_kwargs(config: ml_collections.ConfigDict) -> dict:
@@ -137,7 +195,7 @@ def create_train_state(
     model.eval()
     eval_graphdef = nnx.split(model, nnx.Param, ...)[0]
     model.train()
-    tx = build_optimizer(config.optimizer, float(config.l2))
+    tx = build_optimizer(config.optimizer, float(config.l2), int(config.num_steps))
     task = Task(
         train_graphdef=train_graphdef,
         eval_graphdef=eval_graphdef,
@@ -145,6 +203,7 @@ def create_train_state(
         loss_fn=losses.get_loss(config.loss),
         augment=build_augment(config, kind),
         augment_seed=int(config.seed),
+        compute_dtype=config.get("dtype", "float32"),
     )
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -171,8 +230,13 @@ def make_train_step(task: Task) -> Callable[[TrainState, Batch], tuple[TrainStat
 
         def objective(params):
             # Fresh Variables at this trace level, so BatchNorm may update its statistics here.
-            model = nnx.merge(task.train_graphdef, params, fresh_variables(state.model_state))
-            logits = model(x)
+            logits, model = forward(
+                task.train_graphdef,
+                params,
+                fresh_variables(state.model_state),
+                x,
+                task.compute_dtype,
+            )
             data_loss = jnp.mean(task.loss_fn(logits, batch["y"]))
             new_model_state = nnx.split(model, nnx.Param, ...)[2]
             return data_loss, (logits, new_model_state)
@@ -196,25 +260,104 @@ def make_train_step(task: Task) -> Callable[[TrainState, Batch], tuple[TrainStat
     return train_step
 
 
-def make_multi_step(task: Task) -> Callable:
-    """K training steps in one compiled call: batches gathered on device by example index."""
+def data_mesh(config: ml_collections.ConfigDict) -> Mesh | None:
+    """The data-parallel mesh of config.parallel; None on one device, where nothing is split."""
+    parallel = config.get("parallel") or ml_collections.ConfigDict({"data_devices": 0})
+    devices = jax.devices()
+    count = parallel.data_devices or len(devices)
+    if count > len(devices):
+        raise UsageError(
+            f"invalid value parallel.data_devices={count}: only {len(devices)} device(s) "
+            f"are visible ({devices[0].platform}); valid: 0 (all) or 1..{len(devices)}"
+        )
+    if count == 1:
+        return None
+    check_divisible_batch(config.batch_size, count)
+    return Mesh(np.array(devices[:count]), (DATA_AXIS,))
+
+
+def check_divisible_batch(batch_size: int, devices: int) -> None:
+    """Reject a batch the data-parallel mesh cannot split evenly, naming the nearest sizes."""
+    if batch_size % devices == 0:
+        return
+    below = batch_size // devices * devices
+    nearest = [size for size in (below, below + devices) if size > 0]
+    raise UsageError(
+        f"invalid value batch_size={batch_size}: data parallelism splits each batch over "
+        f"{devices} devices, so it must be a multiple of {devices}; nearest valid: "
+        f"{' or '.join(map(str, nearest))} (or set --config.parallel.data_devices to a "
+        f"divisor of {batch_size}, 1 for no data parallelism)"
+    )
+
+
+def state_shardings(state: TrainState, mesh: Mesh, layout: str = "replicated") -> Any:
+    """Where each leaf of the state lives: every device ("replicated") or split ("sharded").
+
+    "sharded" splits each array along its largest axis the mesh divides (parameters and the
+    optimizer moments alike, ZeRO-style); XLA gathers them where the step needs them whole.
+    """
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def place(leaf):
+        shape = getattr(leaf, "shape", ())
+        if layout != "sharded" or not shape:
+            return replicated
+        axes = [a for a in range(len(shape)) if shape[a] % mesh.size == 0]
+        if not axes:
+            return replicated
+        axis = max(axes, key=lambda a: shape[a])
+        spec = [None] * len(shape)
+        spec[axis] = DATA_AXIS
+        return NamedSharding(mesh, PartitionSpec(*spec))
+
+    return jax.tree.map(place, state)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Arrays split along their leading (batch) axis over the mesh."""
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def make_multi_step(task: Task, mesh: Mesh | None = None, shardings: Any = None) -> Callable:
+    """K training steps in one compiled call: batches gathered on device by example index.
+
+    With a mesh, each step's batch is split over its devices (the gather of a sharded index
+    row yields a sharded batch) and jit partitions the pure step: the same program, gradients
+    all-reduced by XLA, so the numbers are the one-device run's up to float summation order.
+    """
     train_step = make_train_step(task)
 
     def multi_step(state: TrainState, x: jax.Array, y: jax.Array, indices: jax.Array):
         def body(state, idx):
-            return train_step(state, {"x": x[idx], "y": y[idx]})
+            xb, yb = x[idx], y[idx]
+            if mesh is not None:
+                xb = jax.lax.with_sharding_constraint(xb, batch_sharding(mesh))
+                yb = jax.lax.with_sharding_constraint(yb, batch_sharding(mesh))
+            return train_step(state, {"x": xb, "y": yb})
 
         return jax.lax.scan(body, state, indices)
 
-    return jax.jit(multi_step, donate_argnums=0)
+    if mesh is None:
+        return jax.jit(multi_step, donate_argnums=0)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(
+        multi_step,
+        donate_argnums=0,
+        in_shardings=(
+            shardings,
+            replicated,
+            replicated,
+            NamedSharding(mesh, PartitionSpec(None, DATA_AXIS)),
+        ),
+        out_shardings=(shardings, replicated),
+    )
 
 
 def make_eval_batch(task: Task) -> Callable:
     """Summed loss and correct count of one padded batch in eval mode (mask marks real rows)."""
 
     def eval_batch(params, model_state, x, y, mask):
-        model = nnx.merge(task.eval_graphdef, params, model_state)
-        logits = model(x)
+        logits, _ = forward(task.eval_graphdef, params, model_state, x, task.compute_dtype)
         loss = jnp.sum(task.loss_fn(logits, y) * mask)
         correct = jnp.sum((jnp.argmax(logits, -1) == y) * mask)
         return loss, correct
@@ -222,10 +365,15 @@ def make_eval_batch(task: Task) -> Callable:
     return jax.jit(eval_batch)
 
 
-def padded_batches(x: np.ndarray, y: np.ndarray, batch_size: int) -> Iterator[tuple]:
-    """Fixed-shape batches (one compile) with a mask over the padding of the last one."""
+def padded_batches(
+    x: np.ndarray, y: np.ndarray, batch_size: int, pad_to: int | None = None
+) -> Iterator[tuple]:
+    """Fixed-shape batches (one compile) with a mask over the padding of the last one.
+
+    Batches are min(batch_size, len(x)) long, or `pad_to` long when given.
+    """
     n = len(x)
-    batch_size = min(batch_size, n)
+    batch_size = pad_to or min(batch_size, n)
     for start in range(0, n, batch_size):
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
         pad = batch_size - len(xb)
@@ -240,14 +388,21 @@ def padded_batches(x: np.ndarray, y: np.ndarray, batch_size: int) -> Iterator[tu
 class Evaluator:
     """Loss and accuracy of the model over a whole split, in eval mode."""
 
-    def __init__(self, task: Task, batch_size: int):
+    def __init__(self, task: Task, batch_size: int, mesh: Mesh | None = None):
         self._eval_batch = make_eval_batch(task)
-        self._batch_size = batch_size
+        self._mesh = mesh
+        # A data-parallel mesh splits each eval batch too: round it up to a multiple.
+        self._batch_size = -(-batch_size // mesh.size) * mesh.size if mesh else batch_size
 
     def __call__(self, state: TrainState, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
         """{'loss', 'accuracy', 'error'} over all of (x, y)."""
         total_loss, total_correct = 0.0, 0.0
-        for xb, yb, mask in padded_batches(x, y, self._batch_size):
+        batch_size = self._batch_size
+        if self._mesh is not None:  # padded to the full batch: the mesh must divide it
+            batch_size = min(batch_size, -(-len(x) // self._mesh.size) * self._mesh.size)
+        for xb, yb, mask in padded_batches(x, y, batch_size, pad_to=batch_size):
+            if self._mesh is not None:
+                xb, yb, mask = distributed.global_tree((xb, yb, mask), batch_sharding(self._mesh))
             loss, correct = self._eval_batch(state.params, state.model_state, xb, yb, mask)
             total_loss += loss
             total_correct += correct
@@ -423,9 +578,19 @@ def fit(
 
     from workflow import data
 
-    multi_step = make_multi_step(task)
-    evaluator = Evaluator(task, config.eval_batch_size)
+    mesh = data_mesh(config)
+    shardings = None
     x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
+    if mesh is not None:
+        layout = config.parallel.params
+        shardings = state_shardings(state, mesh, layout)
+        state = distributed.global_tree(state, shardings)
+        x_train, y_train = distributed.global_tree(
+            (dataset.x_train, dataset.y_train), NamedSharding(mesh, PartitionSpec())
+        )
+    index_sharding = NamedSharding(mesh, PartitionSpec(None, DATA_AXIS)) if mesh else None
+    multi_step = make_multi_step(task, mesh, shardings)
+    evaluator = Evaluator(task, config.eval_batch_size, mesh)
     start_step = step = int(state.step)
     last_checkpoint = checkpointer.latest_step() if checkpointer else None
     tracker = EarlyStopping.from_config(config)
@@ -454,6 +619,8 @@ def fit(
     for k in [] if stopped else chunks:
         indices = data.batch_indices(len(dataset.x_train), config.batch_size, config.seed, step, k)
         t0 = now()
+        if index_sharding is not None:  # every process passes the same global indices
+            indices = distributed.global_array(indices, index_sharding)
         state, metrics = multi_step(state, x_train, y_train, jnp.asarray(indices))
         metrics = jax.device_get(metrics)
         seconds = now() - t0
