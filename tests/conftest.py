@@ -40,6 +40,23 @@ def load_config(path: str, arg: str | None = None):
     return module.get_config(arg) if arg is not None else module.get_config()
 
 
+# small_config() as command-line flags, for tests that run a stage as a user would.
+SMALL_CONFIG_FLAGS = [
+    "--config=configs/synthetic.py:tabular",
+    "--config.dataset.kwargs.num_train=600",
+    "--config.dataset.kwargs.num_test=200",
+    "--config.num_steps=60",
+    "--config.batch_size=32",
+    "--config.steps_per_call=20",
+    "--config.log_every=10",
+    "--config.eval_every=20",
+    "--config.checkpoint_every=20",
+    "--config.eval_batch_size=256",
+    "--config.optimizer.learning_rate=3e-3",
+    "--config.progress=False",
+]
+
+
 def small_config(kind: str = "tabular", model: str = "", **overrides):
     """A fast synthetic config: few examples, few steps, no progress bar."""
     config = load_config("configs/synthetic.py", f"{kind},{model}" if model else kind)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.conftest import run_stage, small_config
+from tests.conftest import SMALL_CONFIG_FLAGS, run_stage, small_config
 from workflow import bias_variance as bv
 from workflow import config_lib, error_analysis, evaluate, experiment
 from workflow.errors import UsageError
@@ -225,19 +225,7 @@ def test_evaluating_a_start_simple_run_trains_nothing_and_keeps_its_findings(tmp
         evaluate.run_evaluate(experiment.prepare(changed), workdir)
 
 
-SMALL_FLAGS = [
-    "--config=configs/synthetic.py:tabular",
-    "--config.dataset.kwargs.num_train=600",
-    "--config.dataset.kwargs.num_test=200",
-    "--config.num_steps=60",
-    "--config.batch_size=32",
-    "--config.steps_per_call=20",
-    "--config.log_every=10",
-    "--config.eval_every=20",
-    "--config.checkpoint_every=20",
-    "--config.optimizer.learning_rate=3e-3",
-    "--config.progress=False",
-]
+SMALL_FLAGS = SMALL_CONFIG_FLAGS
 
 
 def test_the_stage_trains_decomposes_and_reports_end_to_end(tmp_path):

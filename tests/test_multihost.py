@@ -9,24 +9,8 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, run_stage
+from tests.conftest import ROOT, SMALL_CONFIG_FLAGS, run_stage
 from workflow import distributed
-
-# small_config() as flags: the session's reference_run is the one-process run of the same job.
-SMALL_CONFIG_FLAGS = [
-    "--config=configs/synthetic.py",
-    "--config.dataset.kwargs.num_train=600",
-    "--config.dataset.kwargs.num_test=200",
-    "--config.num_steps=60",
-    "--config.batch_size=32",
-    "--config.steps_per_call=20",
-    "--config.log_every=10",
-    "--config.eval_every=20",
-    "--config.checkpoint_every=20",
-    "--config.eval_batch_size=256",
-    "--config.optimizer.learning_rate=3e-3",
-    "--config.progress=False",
-]
 
 
 def free_port() -> int:

@@ -173,10 +173,7 @@ def plot_overfit(result: debugging.OverfitResult, path: str) -> str:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     fig.suptitle(f"overfit one batch: {'passed' if result.passed else 'FAILED'}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return reports.save_figure(fig, path)
 
 
 def write_report(run: rundir.RunDir, summary: dict, overfit_plot: str, curve_plot: str) -> None:

@@ -699,13 +699,7 @@ def plot_confusion(analysis: dict, path: str, title: str = "") -> str:
             f"{name}: error {_pct(split['error'])} on {split['examples']:,} examples", fontsize=10
         )
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return reports.save_figure(fig, path, title)
 
 
 def _tile(example: np.ndarray) -> np.ndarray:
@@ -787,13 +781,7 @@ def plot_worst_examples(
                 va="center",
                 fontsize=6.5,
             )
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return reports.save_figure(fig, path, title)
 
 
 def write_plots(

@@ -425,10 +425,7 @@ def plot_error_curves(
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return reports.save_figure(fig, path)
 
 
 def plot_train_size(
@@ -451,10 +448,7 @@ def plot_train_size(
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(f"error against training-set size: {title}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return reports.save_figure(fig, path)
 
 
 def write_report(run: rundir.RunDir, summary: dict, plots: dict[str, str]) -> None:

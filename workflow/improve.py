@@ -313,11 +313,7 @@ def plot_outcomes(outcomes: list[Outcome], plots_dir: str) -> str:
     ax.set_ylabel("error")
     ax.grid(alpha=0.3, axis="y")
     ax.legend()
-    fig.tight_layout()
-    path = os.path.join(plots_dir, "candidates.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return reports.save_figure(fig, os.path.join(plots_dir, "candidates.png"))
 
 
 def write_report(run: rundir.RunDir, summary: dict, plot: str | None) -> None:

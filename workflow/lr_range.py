@@ -45,7 +45,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 import time
 from typing import Any
 
@@ -53,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workflow import data, rundir, training
+from workflow import data, reports, rundir, training
 from workflow.errors import UsageError
 from workflow.findings import Finding
 
@@ -573,7 +572,6 @@ def range_test_findings(result: RangeTest, configured_lr: float) -> list[Finding
 
 def plot_range_test(result: RangeTest, path: str, title: str = "") -> str:
     """Raw (faint) and smoothed loss against log lr, the band shaded, suggestion and stop marked."""
-    from workflow import reports  # sets the Agg backend before pyplot is imported
 
     plt = reports.plt
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -602,9 +600,4 @@ def plot_range_test(result: RangeTest, path: str, title: str = "") -> str:
     ax.set_title(title or "learning-rate range test")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    if os.path.dirname(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return reports.save_figure(fig, path)

@@ -23,10 +23,16 @@ def plot_learning_curves(records: list[dict], path: str, title: str = "") -> str
         ax.grid(alpha=0.3)
         ax.legend()
     set_log_scale_if_positive(ax_loss, [r["train_loss"] for r in train])
+    return save_figure(fig, path, title)
+
+
+def save_figure(fig, path: str, title: str = "") -> str:
+    """Lay out, title (if given) and save a figure as a PNG, creating its folder; the path."""
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

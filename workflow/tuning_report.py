@@ -169,10 +169,7 @@ def plot_search_axes(records: list[dict], path: str, metric: str) -> str:
     axes[0].set_ylabel(metric.replace("_", " "))
     axes[1].legend(fontsize=8)
     fig.suptitle("coarse-to-fine search")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return reports.save_figure(fig, path)
 
 
 def plot_trial_curves(records: list[dict], path: str, metric: str) -> str:
@@ -198,10 +195,7 @@ def plot_trial_curves(records: list[dict], path: str, metric: str) -> str:
         ax.set_title(f"round {index + 1}: {len(rows)} trials")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("training loss")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return reports.save_figure(fig, path)
 
 
 def summarize(
