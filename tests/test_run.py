@@ -41,7 +41,7 @@ def _check_reports(workdir, summary):
     assert html.startswith("<!DOCTYPE html>") and "<table>" in html
     # Every plot is embedded, so the page stands alone.
     assert len(re.findall(r'src="data:image/png;base64,', html)) >= 3
-    for heading in ("Result", "How it got there", "Reproduce the final model"):
+    for heading in ("Result", "Final model", "How it got there", "Reproduce the final model"):
         assert f"<h2>{heading}</h2>" in html and f"## {heading}" in md
     assert "| Error source | Value | Analysis |" in md
     assert summary["reproduce"] and summary["reproduce"][0].startswith("python -m workflow.")

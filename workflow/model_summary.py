@@ -202,6 +202,11 @@ def layers_text(layers: list[dict]) -> str:
     return "\n".join(line.rstrip() for line in lines) + "\n"
 
 
+def table(layers: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """The layer table as (headers, rows): layer, type, parameter shapes, count, output shape."""
+    return list(_HEADERS), _rows(layers)
+
+
 def markdown(layers: list[dict], batch_size: int) -> str:
     """The report.md section: one row per layer and the total parameter count."""
     if not layers:

@@ -6,7 +6,7 @@ import glob
 import html
 import os
 
-from workflow import error_analysis, reports
+from workflow import error_analysis, model_summary, reports
 
 VERDICTS = ("underfit", "overfit", "val_overfit", "goal_met")
 
@@ -117,6 +117,10 @@ def sections(summary: dict, steps: list) -> list[tuple[str, list[tuple]]]:
         )
     ]
     out = [("Result", result)]
+    layers = final_step.summary.get("model_summary") if final_step is not None else None
+    if layers:
+        headers, rows = model_summary.table(layers)
+        out.append(("Final model", [("table", headers, rows)]))
     if final_step is not None and final_step.summary.get("error_analysis"):
         out.append(("Error analysis of the final model", error_blocks(final_step)))
     out.append(("How it got there", story))
