@@ -130,3 +130,14 @@ def test_search_throughput_writes_json(tmp_path):
         assert results["compile_seconds"][n] >= 0
     assert positive(results["wall_seconds"]["sequential"])
     assert results["steps"] == 10 and results["model"] == "mlp"
+
+
+@pytest.mark.slow
+def test_compile_cache_second_run_reaches_its_first_step_sooner(tmp_path):
+    from benchmarks import compile_cache
+
+    out = tmp_path / "cache.json"
+    assert compile_cache.main(["--config=configs/synthetic.py", f"--out={out}"]) == 0
+    results = json.loads(out.read_text())
+    assert results["first_run"]["first_loss"] == results["second_run"]["first_loss"]
+    assert results["ratio_first_over_second"]["first_step_seconds"] > 1.0
