@@ -60,6 +60,13 @@ def choice(value: object, what: str, valid: Sequence[str]) -> str:
 PAD_ID = 0
 
 
+def token_inputs(vocab_size: object, embed_size: object, features: int, model: str) -> tuple:
+    """(vocabulary size, features per step after the embedding): (0, features) for inputs that
+    are features, (vocab_size, embed_size) for token ids."""
+    vocab = token_vocabulary(vocab_size, features, model)
+    return vocab, positive_int(embed_size, "embed_size") if vocab else features
+
+
 def token_vocabulary(value: object, features: int, model: str) -> int:
     """Return `value` as a vocabulary size: 0 (inputs are features, no embedding) or an integer
     >= 2 for token-id inputs, which must then have one feature per step: (T, 1)."""

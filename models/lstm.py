@@ -58,9 +58,7 @@ class LSTM(nnx.Module):
     ) -> None:
         _, features = _checks.input_shape(input_shape, "lstm", 2, "(T, F)")
         num_outputs = _checks.positive_int(num_outputs, "num_outputs")
-        self.vocab_size = _checks.token_vocabulary(vocab_size, features, "lstm")
-        if self.vocab_size:
-            features = self.embed_size = _checks.positive_int(embed_size, "embed_size")
+        self.vocab_size, features = _checks.token_inputs(vocab_size, embed_size, features, "lstm")
         self.hidden_size = h = _checks.positive_int(hidden_size, "hidden_size")
         self.readout = _checks.choice(readout, "readout", READOUTS)
         self.norm = _checks.choice(norm, "norm", NORMS)

@@ -112,9 +112,9 @@ class TransformerClassifier(nnx.Module):
     ) -> None:
         length, features = _checks.input_shape(input_shape, "transformer", 2, "(T, F)")
         num_outputs = _checks.positive_int(num_outputs, "num_outputs")
-        self.vocab_size = _checks.token_vocabulary(vocab_size, features, "transformer")
-        if self.vocab_size:
-            features = self.embed_size = _checks.positive_int(embed_size, "embed_size")
+        self.vocab_size, features = _checks.token_inputs(
+            vocab_size, embed_size, features, "transformer"
+        )
         self.d_model = _checks.positive_int(d_model, "d_model")
         self.num_layers = _checks.positive_int(num_layers, "num_layers")
         self.num_heads = _checks.positive_int(num_heads, "num_heads")

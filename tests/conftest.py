@@ -19,14 +19,24 @@ def data_cache(tmp_path_factory):
 
 def run_stage(stage: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run `python -m workflow.<stage> args...` from the repo root, as a user would."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
     return subprocess.run(
         [sys.executable, "-m", f"workflow.{stage}", *args],
         cwd=ROOT,
-        env=env,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
         capture_output=True,
         text=True,
         timeout=timeout,
+    )
+
+
+def start_stage(stage: str, *args: str, **popen_options) -> subprocess.Popen:
+    """Start `python -m workflow.<stage> args...` from the repo root without waiting (to kill
+    it midway, or to run processes side by side)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", f"workflow.{stage}", *args],
+        cwd=ROOT,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        **popen_options,
     )
 
 

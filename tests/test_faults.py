@@ -7,12 +7,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.conftest import ROOT, run_stage, small_config
+from tests.conftest import run_stage, small_config, start_stage
 from tests.conftest import train_run as run
 from workflow import checkpoints, cli, experiment
 
@@ -118,11 +117,10 @@ def test_kill_9_mid_run_then_the_same_command_ends_with_the_uninterrupted_metric
         "--config.progress=False",
     ]
     killed = tmp_path / "killed"
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "workflow.start_simple", *args, f"--workdir={killed}"],
-        cwd=ROOT,
-        env=env,
+    proc = start_stage(
+        "start_simple",
+        *args,
+        f"--workdir={killed}",
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -5,11 +5,10 @@ import json
 import os
 import socket
 import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import ROOT, SMALL_CONFIG_FLAGS, run_stage
+from tests.conftest import SMALL_CONFIG_FLAGS, run_stage, start_stage
 from workflow import distributed
 
 
@@ -28,21 +27,14 @@ def two_process_run(tmp_path_factory):
     """start_simple as processes 0 and 1 of one job on one --workdir: (workdir, outputs)."""
     workdir = tmp_path_factory.mktemp("multihost") / "run"
     address = f"localhost:{free_port()}"
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
     procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "workflow.start_simple",
-                *SMALL_CONFIG_FLAGS,
-                f"--workdir={workdir}",
-                f"--coordinator_address={address}",
-                "--num_processes=2",
-                f"--process_id={pid}",
-            ],
-            cwd=ROOT,
-            env=env,
+        start_stage(
+            "start_simple",
+            *SMALL_CONFIG_FLAGS,
+            f"--workdir={workdir}",
+            f"--coordinator_address={address}",
+            "--num_processes=2",
+            f"--process_id={pid}",
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

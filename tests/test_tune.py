@@ -5,12 +5,11 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.conftest import ROOT, run_stage
+from tests.conftest import run_stage, start_stage
 from workflow import config_lib, search, tuning_report
 
 TINY = [
@@ -55,13 +54,8 @@ def tuned(tmp_path_factory):
     """A tune run killed (SIGKILL) after its first batch of trials, then the same command again."""
     workdir = str(tmp_path_factory.mktemp("tune") / "tune")
     db = os.path.join(workdir, "study.db")
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "workflow.tune", *TINY, f"--workdir={workdir}"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    proc = start_stage(
+        "tune", *TINY, f"--workdir={workdir}", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     deadline = time.monotonic() + 240
     while len(_complete_trials(db)) < 4 and proc.poll() is None and time.monotonic() < deadline:

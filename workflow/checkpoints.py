@@ -7,7 +7,6 @@ run sets such a checkpoint aside (renamed corrupt-<step>) and resumes from the o
 """
 
 import hashlib
-import json
 import os
 import shutil
 
@@ -15,6 +14,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from workflow import distributed, rundir
 from workflow.errors import UsageError
 
 CHECKSUMS = "checksums.json"
@@ -92,22 +92,18 @@ class Checkpointer:
         flat = to_flat(state)
         self._manager.save(step, args=ocp.args.StandardSave(flat), force=True)
         self._manager.wait_until_finished()
-        if jax.process_index() != 0:
+        if not distributed.is_writer():
             return  # every process writes its shards (Orbax); process 0 the checksums
         sums = {k: v for k, v in self._checksums().items() if int(k) in self._manager.all_steps()}
         if all(_whole_on_host(value) for value in flat.values()):
             sums[str(step)] = digest(jax.device_get(flat))
         else:  # parameters split over hosts: none sees them whole; Orbax's own checks remain
             sums.pop(str(step), None)
-        path = os.path.join(self._directory, CHECKSUMS)
-        with open(path + ".tmp", "w") as f:
-            json.dump(sums, f)
-        os.replace(path + ".tmp", path)  # never a half-written checksum file
+        rundir.write_json(os.path.join(self._directory, CHECKSUMS), sums)  # atomic
 
     def _checksums(self) -> dict[str, str]:
         try:
-            with open(os.path.join(self._directory, CHECKSUMS)) as f:
-                return json.load(f)
+            return rundir.read_json(os.path.join(self._directory, CHECKSUMS))
         except (OSError, ValueError):
             return {}  # none yet, or unreadable: checkpoints are then checked by Orbax alone
 

@@ -7,10 +7,10 @@ import shutil
 import sys
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 
+from workflow import distributed
 from workflow.errors import UsageError
 
 # Keys that may differ between a run and its resumption (they do not change the numbers).
@@ -86,7 +86,7 @@ class RunDir:
         self.checkpoints = os.path.join(path, "checkpoints")
         self._tb = None
         # With several processes only process 0 writes files; the others train alongside.
-        self.writer = jax.process_index() == 0
+        self.writer = distributed.is_writer()
 
     def file(self, name: str) -> str:
         """Path of a file inside the run directory."""

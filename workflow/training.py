@@ -296,15 +296,14 @@ def state_shardings(state: TrainState, mesh: Mesh, layout: str = "replicated") -
     "sharded" splits each array along its largest axis the mesh divides (parameters and the
     optimizer moments alike, ZeRO-style); XLA gathers them where the step needs them whole.
     """
-    replicated = NamedSharding(mesh, PartitionSpec())
 
     def place(leaf):
         shape = getattr(leaf, "shape", ())
         if layout != "sharded" or not shape:
-            return replicated
+            return replicated(mesh)
         axes = [a for a in range(len(shape)) if shape[a] % mesh.size == 0]
         if not axes:
-            return replicated
+            return replicated(mesh)
         axis = max(axes, key=lambda a: shape[a])
         spec = [None] * len(shape)
         spec[axis] = DATA_AXIS
@@ -313,9 +312,19 @@ def state_shardings(state: TrainState, mesh: Mesh, layout: str = "replicated") -
     return jax.tree.map(place, state)
 
 
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Arrays held whole on every device of the mesh."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Arrays split along their leading (batch) axis over the mesh."""
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def index_sharding(mesh: Mesh) -> NamedSharding:
+    """A (K, batch) block of example indices: each device holds its part of every row."""
+    return NamedSharding(mesh, PartitionSpec(None, DATA_AXIS))
 
 
 def make_multi_step(task: Task, mesh: Mesh | None = None, shardings: Any = None) -> Callable:
@@ -339,17 +348,12 @@ def make_multi_step(task: Task, mesh: Mesh | None = None, shardings: Any = None)
 
     if mesh is None:
         return jax.jit(multi_step, donate_argnums=0)
-    replicated = NamedSharding(mesh, PartitionSpec())
+    whole = replicated(mesh)
     return jax.jit(
         multi_step,
         donate_argnums=0,
-        in_shardings=(
-            shardings,
-            replicated,
-            replicated,
-            NamedSharding(mesh, PartitionSpec(None, DATA_AXIS)),
-        ),
-        out_shardings=(shardings, replicated),
+        in_shardings=(shardings, whole, whole, index_sharding(mesh)),
+        out_shardings=(shardings, whole),
     )
 
 
@@ -580,15 +584,14 @@ def fit(
 
     mesh = data_mesh(config)
     shardings = None
-    x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
-    if mesh is not None:
-        layout = config.parallel.params
-        shardings = state_shardings(state, mesh, layout)
+    if mesh is None:
+        x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
+    else:
+        shardings = state_shardings(state, mesh, config.parallel.params)
         state = distributed.global_tree(state, shardings)
         x_train, y_train = distributed.global_tree(
-            (dataset.x_train, dataset.y_train), NamedSharding(mesh, PartitionSpec())
+            (dataset.x_train, dataset.y_train), replicated(mesh)
         )
-    index_sharding = NamedSharding(mesh, PartitionSpec(None, DATA_AXIS)) if mesh else None
     multi_step = make_multi_step(task, mesh, shardings)
     evaluator = Evaluator(task, config.eval_batch_size, mesh)
     start_step = step = int(state.step)
@@ -619,8 +622,8 @@ def fit(
     for k in [] if stopped else chunks:
         indices = data.batch_indices(len(dataset.x_train), config.batch_size, config.seed, step, k)
         t0 = now()
-        if index_sharding is not None:  # every process passes the same global indices
-            indices = distributed.global_array(indices, index_sharding)
+        if mesh is not None:  # every process passes the same global indices
+            indices = distributed.global_array(indices, index_sharding(mesh))
         state, metrics = multi_step(state, x_train, y_train, jnp.asarray(indices))
         metrics = jax.device_get(metrics)
         seconds = now() - t0
