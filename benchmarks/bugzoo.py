@@ -1,8 +1,11 @@
 """The bug zoo benchmark: does the debug stage rank the right finding first, and how fast?
 
 Runs every case of tests/bugzoo/cases.py with the debug stage's default budgets and prints, per
-case, the expected id, the top finding, whether it is right, and the time to verdict (setup plus
-the stage's own seconds_to_verdict, compilation included). Broken cases count as detected when
+case, the expected id, the top finding, whether it is right, and the time to verdict (the stage's
+seconds_to_verdict: data, model, checks, overfit and short run, compilation included; cases
+after the first reuse compiled programs of earlier ones). The timed cases are also run alone in
+a fresh process without the persistent compilation cache, as a user's first run would (--cold).
+Broken cases count as detected when
 any finding of severity warning or error stands, correct when the top finding is the expected
 id; a clean case is a false alarm when any warning or error stands.
 
@@ -13,6 +16,7 @@ Command:
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -20,7 +24,7 @@ from typing import Any
 
 from benchmarks import common
 from tests.bugzoo.cases import CASES, Case
-from workflow import debug, experiment
+from workflow import debug, experiment, training
 
 SERIOUS = ("error", "warning")
 # Time to verdict targets, compilation included (seconds).
@@ -30,11 +34,10 @@ TIMED = {"clean_mnist1d_mlp": 15.0, "clean_digits_lenet": 15.0}
 def run_case(case: Case, config=None) -> dict[str, Any]:
     """Run the debug stage on `case` (or on `config`, its budget changed); the verdict."""
     config = case.build_config() if config is None else config
-    t0 = time.perf_counter()
+    started = training.now()
     setup = experiment.prepare(config)
-    setup_seconds = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as workdir:
-        summary = debug.run_debug(setup, workdir)
+        summary = debug.run_debug(setup, workdir, started)
     findings = summary["findings"]
     serious = [f["id"] for f in findings if f["severity"] in SERIOUS]
     top = findings[0]["id"] if findings else None
@@ -49,8 +52,18 @@ def run_case(case: Case, config=None) -> dict[str, Any]:
         "top_severity": findings[0]["severity"] if findings else None,
         "serious": serious,
         "correct": correct,
-        "seconds": setup_seconds + summary["metrics"]["seconds_to_verdict"],
+        "seconds": summary["metrics"]["seconds_to_verdict"],
     }
+
+
+def cold_process_seconds(name: str) -> float:
+    """Wall time of a fresh process that runs case `name` alone: Python and JAX imports, data,
+    model, every compilation (no persistent compilation cache) and the verdict."""
+    env = {**os.environ, "JAX_ENABLE_COMPILATION_CACHE": "false", "JAX_PLATFORMS": "cpu"}
+    command = [sys.executable, "-m", "benchmarks.bugzoo", f"--only={name}", "--no-cold"]
+    t0 = time.perf_counter()
+    subprocess.run(command, env=env, check=True, capture_output=True)
+    return time.perf_counter() - t0
 
 
 def totals(results: list[dict[str, Any]]) -> dict[str, int]:
@@ -71,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="write the totals as JSON to this file")
     parser.add_argument("--only", default="", help="comma-separated case names to run")
+    parser.add_argument(
+        "--cold",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time each timed case as a fresh process (imports and compilation included)",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     only = {name.strip() for name in args.only.split(",") if name.strip()}
@@ -106,13 +125,25 @@ def main(argv: list[str] | None = None) -> int:
     print(", ".join(f"{k}={v}" for k, v in score.items()))
     for r in results:
         if r["name"] in TIMED:
-            within = "within" if r["seconds"] < TIMED[r["name"]] else "OVER"
+            if args.cold:
+                r["cold_process_seconds"] = cold_process_seconds(r["name"])
+            target = TIMED[r["name"]]
             print(
-                f"time to verdict {r['name']}: {r['seconds']:.1f} s "
-                f"({within} the {TIMED[r['name']]:g} s target)"
+                f"time to verdict {r['name']}: {r['seconds']:.1f} s in this process "
+                f"({'within' if r['seconds'] < target else 'OVER'} the {target:g} s target)"
+                + (
+                    f", {r['cold_process_seconds']:.1f} s as a fresh process"
+                    if "cold_process_seconds" in r
+                    else ""
+                )
             )
     if args.out:
-        common.write_json(args.out, score)
+        timed = {
+            r["name"]: {k: r[k] for k in ("seconds", "cold_process_seconds") if k in r}
+            for r in results
+            if r["name"] in TIMED
+        }
+        common.write_json(args.out, {**score, "time_to_verdict": timed})
     return 0 if all(r["correct"] for r in results) else 1
 
 

@@ -14,12 +14,15 @@ defaults) and the LSTM, it times in one process:
                   `import torch` works.
 
 Every method trains on the same batch order (workflow.data.batch_indices). Compilation and a
-warm-up call are excluded. The methods are timed in alternating blocks of `--steps` steps (by
-default about a second of ours), the order rotating each repeat, and each keeps its best block:
-other processes sharing the CPU slow single blocks down, the best one is the least disturbed.
-PyTorch runs on its default thread count unless --torch_threads is given; its two OpenMP
-threads slow down many-fold while another process busies one of two cores, so compare with
---torch_threads=1 on a shared machine.
+warm-up call are excluded. The methods are timed in rounds: each round runs one block of
+`--steps` steps of every method, in an order rotating from round to round. Other processes and
+the CPU's clock change the speed of the machine from second to second, and between runs of
+this script by 10-20%; blocks of one round see nearly the same machine, so each ratio is the
+median over rounds of the per-round ratio, printed with its quartiles. A second, separately
+compiled copy of the scan reference (`--control`) shows how far two identical programs differ
+in the same run: read ratios within that spread as equal. PyTorch runs on its default thread
+count unless --torch_threads is given; its two OpenMP threads slow down many-fold while
+another process busies one of two cores, so compare with --torch_threads=1 on a shared machine.
 
 Command:
     python -m benchmarks.train_throughput --out=/tmp/throughput.json
@@ -30,7 +33,7 @@ import functools
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -56,8 +59,14 @@ LABELS = {
 }
 MLP_MIN_RATIO_TO_SCAN = 0.9  # required: ours >= 0.9 x the plain scan loop on the MLP
 MIN_RATIO_TO_TORCH = 1.5  # aim for the CNN and the LSTM: ours >= 1.5 x PyTorch eager
-# Steps per timed block: about a second of ours on a 2-core CPU, more for the slower methods.
-DEFAULT_STEPS = {"mlp": 4000, "cnn": 1000, "lstm": 100}
+# One call of ours (100 steps) per timed block, in many rounds: on this machine the speed of
+# identical programs swings by 20-40% from one second to the next (VM neighbours), and only blocks
+# a few milliseconds apart see the same machine. Measured with the control: blocks of 1,000 MLP
+# steps in 15 rounds put two identical programs 0.91-1.04 apart, 100-step blocks in 150 rounds
+# 1.00 both times.
+DEFAULT_STEPS = 100
+# Rounds per model: about 1-2 minutes each, most of it in the slower methods.
+DEFAULT_REPEATS = {"mlp": 150, "cnn": 60, "lstm": 15}
 
 
 def ours_runner(setup: experiment.Setup, chunk: int) -> Runner:
@@ -213,27 +222,48 @@ def torch_eager_runner(setup: experiment.Setup) -> Runner:
     return run
 
 
-def measure(runners: dict[str, Runner], steps: int, repeats: int, chunk: int) -> dict[str, float]:
-    """Best steps/s of each runner over `repeats` alternating blocks of `steps` steps."""
+def measure(
+    runners: dict[str, Runner], steps: int, repeats: int, chunk: int
+) -> dict[str, list[float]]:
+    """Steps/s of each runner in each of `repeats` rounds of alternating blocks of `steps` steps.
+
+    Every round times each runner once, in an order rotating from round to round, so the
+    blocks of one round saw nearly the same machine: their ratio cancels slow drifts of the
+    CPU's speed (other processes, frequency) that separate runs of the script do not.
+    """
     names = list(runners)
     next_step = dict.fromkeys(names, 0)
     for name in names:  # compile, then one more call so caches and allocators are warm
         for _ in range(2):
             runners[name](next_step[name], chunk)
             next_step[name] += chunk
-    best = dict.fromkeys(names, 0.0)
+    rates = {name: [] for name in names}
     for r in range(repeats):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             t0 = time.perf_counter()
             runners[name](next_step[name], steps)
             seconds = time.perf_counter() - t0
             next_step[name] += steps
-            best[name] = max(best[name], steps / seconds)
-    return best
+            rates[name].append(steps / seconds)
+    return rates
 
 
-def benchmark_model(name: str, steps: int, repeats: int, use_torch: bool) -> dict[str, float]:
-    """Steps/s of every method for benchmark model `name`, and ours' ratios to the others."""
+def paired_ratio(numerator: list[float], denominator: list[float]) -> dict[str, float]:
+    """Median and quartiles of the per-round ratios of two methods' rates."""
+    ratios = np.asarray(numerator) / np.asarray(denominator)
+    low, median, high = np.percentile(ratios, [25, 50, 75])
+    return {"median": float(median), "q25": float(low), "q75": float(high)}
+
+
+def benchmark_model(
+    name: str, steps: int, repeats: int, use_torch: bool, control: bool = True
+) -> dict[str, Any]:
+    """Steps/s of every method for benchmark model `name`, and ours' ratios to the others.
+
+    Rates are medians over the rounds; each ratio is the median of the per-round ratios, with
+    its quartiles. With `control`, a second, separately compiled scan reference is timed as
+    well: its ratio to the first is how far two identical programs differ on this machine.
+    """
     config = common.paper_config(name, steps=steps)
     setup = experiment.prepare(config)
     chunk = min(config.steps_per_call, steps)
@@ -244,12 +274,23 @@ def benchmark_model(name: str, steps: int, repeats: int, use_torch: bool) -> dic
     }
     if use_torch:
         runners["torch_eager"] = torch_eager_runner(setup)
+    if control:
+        runners["scan_control"] = scan_reference_runner(setup, chunk)
     rates = measure(runners, steps, repeats, chunk)
-    result = {f"{method}_steps_per_s": rates.get(method) for method in METHODS}
+    result: dict[str, Any] = {
+        f"{method}_steps_per_s": float(np.median(rates[method])) if method in rates else None
+        for method in METHODS
+    }
     for method in METHODS[1:]:
-        other = rates.get(method)
-        result[f"ours_over_{method}"] = rates["ours"] / other if other else None
+        ratio = paired_ratio(rates["ours"], rates[method]) if method in rates else None
+        result[f"ours_over_{method}"] = ratio["median"] if ratio else None
+        result[f"ours_over_{method}_quartiles"] = [ratio["q25"], ratio["q75"]] if ratio else None
+    if control:
+        ratio = paired_ratio(rates["scan_control"], rates["scan_reference"])
+        result["control_over_scan_reference"] = ratio["median"]
+        result["control_over_scan_reference_quartiles"] = [ratio["q25"], ratio["q75"]]
     result["steps_per_block"] = steps
+    result["rounds"] = repeats
     result["steps_per_call"] = chunk
     return result
 
@@ -278,11 +319,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--steps",
         type=int,
-        help="steps per timed block, a multiple of 100 above 100 (default: about 1 s of ours: "
-        + ", ".join(f"{k} {v}" for k, v in DEFAULT_STEPS.items())
+        default=DEFAULT_STEPS,
+        help="steps per timed block, 1..100 or a multiple of 100 (default: one call of ours)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        help="rounds of timed blocks (default: "
+        + ", ".join(f"{k} {v}" for k, v in DEFAULT_REPEATS.items())
         + ")",
     )
-    parser.add_argument("--repeats", type=int, default=7, help="timed blocks per method")
+    parser.add_argument(
+        "--control",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time a second copy of the scan reference: the noise between equal programs",
+    )
     parser.add_argument("--models", default="mlp,cnn,lstm", help="comma-separated subset")
     parser.add_argument(
         "--torch",
@@ -304,7 +356,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--out", help="write the results to this JSON file")
     args = parser.parse_args(argv)
-    if args.repeats < 1:
+    if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats must be >= 1")
     if args.steps is not None and (args.steps < 1 or args.steps > 100 and args.steps % 100):
         parser.error("--steps must be 1..100 or a multiple of 100 (the trainer's steps_per_call)")
@@ -325,20 +377,29 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.torch_threads)
     results = {}
     for name in args.models:
-        steps = args.steps or DEFAULT_STEPS[name]
-        results[name] = benchmark_model(name, steps, args.repeats, use_torch)
-        print(f"{name}: " + ", ".join(f"{k}={v:.4g}" for k, v in results[name].items() if v))
+        repeats = args.repeats or DEFAULT_REPEATS[name]
+        results[name] = benchmark_model(name, args.steps, repeats, use_torch, args.control)
+        print(
+            f"{name}: " + ", ".join(f"{k}={v:.4g}" for k, v in results[name].items() if _number(v))
+        )
 
-    headers = ["model", "block", *(f"{LABELS[m]} steps/s" for m in METHODS)]
-    headers += ["ours/scan", "ours/nnx.jit", "ours/torch"]
+    headers = ["model", "block", "rounds", *(f"{LABELS[m]} steps/s" for m in METHODS)]
+    headers += ["ours/scan", "ours/nnx.jit", "ours/torch", "scan copy/scan"]
     rows = [
-        [name, r["steps_per_block"]]
+        [name, r["steps_per_block"], r["rounds"]]
         + [r[f"{m}_steps_per_s"] for m in METHODS]
-        + [r[f"ours_over_{m}"] for m in ("scan_reference", "nnx_jit_loop", "torch_eager")]
+        + [
+            format_ratio(r.get(key), r.get(f"{key}_quartiles"))
+            for key in (
+                "ours_over_scan_reference",
+                "ours_over_nnx_jit_loop",
+                "ours_over_torch_eager",
+                "control_over_scan_reference",
+            )
+        ]
         for name, r in results.items()
     ]
     settings = {
-        "repeats": args.repeats,
         "batch_size": common.PAPER_BATCH_SIZE,
         "jax_backend": jax.default_backend(),
         "jax_version": jax.__version__,
@@ -383,9 +444,23 @@ def format_settings(settings: dict) -> str:
     else:
         torch_note = ", torch not timed"
     return (
-        f"{settings['jax_backend']} backend, batch {settings['batch_size']}, best of "
-        f"{settings['repeats']} alternating blocks of `block` steps{torch_note}"
+        f"{settings['jax_backend']} backend, batch {settings['batch_size']}, medians over "
+        "`rounds` rounds of alternating blocks of `block` steps (ratios: median of the "
+        f"per-round ratios, quartiles in brackets){torch_note}"
     )
+
+
+def format_ratio(median: float | None, quartiles: list[float] | None) -> str:
+    """A ratio with its quartiles, e.g. '0.95 [0.93, 0.97]'; '-' when not measured."""
+    if median is None:
+        return "-"
+    if not quartiles:
+        return f"{median:.3g}"
+    return f"{median:.3g} [{quartiles[0]:.3g}, {quartiles[1]:.3g}]"
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 if __name__ == "__main__":

@@ -60,9 +60,13 @@ def test_train_throughput_writes_json(tmp_path):
     mlp = results["models"]["mlp"]
     for method in ("ours", "nnx_jit_loop", "scan_reference"):
         assert mlp[f"{method}_steps_per_s"] > 0
+    # Ratios are medians of per-round ratios, inside their quartiles; one round has no spread.
+    low, high = mlp["ours_over_scan_reference_quartiles"]
+    assert low == pytest.approx(mlp["ours_over_scan_reference"]) == pytest.approx(high)
     assert mlp["ours_over_scan_reference"] == pytest.approx(
         mlp["ours_steps_per_s"] / mlp["scan_reference_steps_per_s"]
     )
+    assert mlp["control_over_scan_reference"] > 0
     if _torch_available():
         assert mlp["torch_eager_steps_per_s"] > 0
         assert mlp["ours_over_torch_eager"] > 0

@@ -1,15 +1,24 @@
 """Two processes on localhost, one CPU device each, run one job through JAX's distributed
-runtime: the numbers of the one-process run, files written once, checkpoints by both."""
+runtime: per-host data by default (each process loads only its half of the training set), the
+one-process numbers with replicated data, files written once, checkpoints by both, and a
+damaged checkpoint set aside once."""
 
 import json
 import os
+import shutil
 import socket
 import subprocess
+import sys
 
+import numpy as np
 import pytest
 
-from tests.conftest import SMALL_CONFIG_FLAGS, run_stage, start_stage
+from tests.conftest import ROOT, SMALL_CONFIG_FLAGS, run_stage
+from tests.test_faults import damage
+from tests.test_parallel import run_worker
 from workflow import distributed
+
+STAGE = os.path.join(ROOT, "tests", "multihost_stage.py")
 
 
 def free_port() -> int:
@@ -22,51 +31,117 @@ def free_port() -> int:
 pytestmark_slow = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def two_process_run(tmp_path_factory):
-    """start_simple as processes 0 and 1 of one job on one --workdir: (workdir, outputs)."""
-    workdir = tmp_path_factory.mktemp("multihost") / "run"
+def run_two_processes(workdir, *flags: str) -> dict[int, dict]:
+    """start_simple as processes 0 and 1 of one job on one --workdir (through
+    tests/multihost_stage.py): {process: {"stdout", "stderr", "fit": its MULTIHOST line}}."""
     address = f"localhost:{free_port()}"
-    procs = [
-        start_stage(
-            "start_simple",
-            *SMALL_CONFIG_FLAGS,
-            f"--workdir={workdir}",
-            f"--coordinator_address={address}",
-            "--num_processes=2",
-            f"--process_id={pid}",
+    procs = {
+        pid: subprocess.Popen(
+            [
+                sys.executable,
+                STAGE,
+                "start_simple",
+                *SMALL_CONFIG_FLAGS,
+                *flags,
+                f"--workdir={workdir}",
+                f"--coordinator_address={address}",
+                "--num_processes=2",
+                f"--process_id={pid}",
+            ],
+            cwd=ROOT,
+            env=dict(os.environ, JAX_PLATFORMS="cpu"),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         for pid in (1, 0)
-    ]
-    outputs = [proc.communicate(timeout=300) for proc in procs]
-    codes = [proc.returncode for proc in procs]
-    assert codes == [0, 0], [err[-2000:] for _, err in outputs]
-    return workdir, {1: outputs[0], 0: outputs[1]}
+    }
+    outputs = {pid: proc.communicate(timeout=300) for pid, proc in procs.items()}
+    codes = {pid: proc.returncode for pid, proc in procs.items()}
+    assert codes == {0: 0, 1: 0}, {pid: err[-2000:] for pid, (_, err) in outputs.items()}
+    runs = {}
+    for pid, (out, err) in outputs.items():
+        [line] = [line for line in err.splitlines() if line.startswith("MULTIHOST ")]
+        runs[pid] = {"stdout": out, "stderr": err, "fit": json.loads(line.split(" ", 1)[1])}
+    return runs
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    """The default layout (per-host data with two processes): (workdir, runs)."""
+    workdir = tmp_path_factory.mktemp("multihost") / "run"
+    return workdir, run_two_processes(workdir)
+
+
+def summary_of(workdir) -> dict:
+    return json.loads((workdir / "summary.json").read_text())
 
 
 @pytestmark_slow
-def test_two_processes_give_the_one_process_numbers(two_process_run, reference_run):
+def test_each_process_loads_only_its_half_of_the_training_set(two_process_run):
+    workdir, runs = two_process_run
+    # 600 synthetic examples, 60 carved for val: 540 to train, 270 per process, none dropped.
+    for pid in (0, 1):
+        fit = runs[pid]["fit"]
+        assert fit["process"] == pid and fit["train_examples"] == 270
+        assert fit["shard"]["start"] == 270 * pid and fit["shard"]["stop"] == 270 * (pid + 1)
+        assert fit["data"] == {
+            "layout": "per_host",
+            "examples": 540,
+            "blocks": 2,
+            "block_size": 270,
+            "dropped": 0,
+        }
+    dataset = summary_of(workdir)["dataset"]
+    assert dataset["splits"]["train"]["size"] == 540  # the job's training set, both halves
+    assert sum(dataset["splits"]["train"]["class_counts"]) == 540
+    assert dataset["shard"]["dropped"] == 0 and dataset["shard"]["processes"] == 2
+    # Each process's own count, gathered from it when it loaded.
+    assert dataset["shard"]["hosts"] == [
+        {"process": 0, "start": 0, "stop": 270, "examples": 270},
+        {"process": 1, "start": 270, "stop": 540, "examples": 270},
+    ]
+    assert dataset["splits"]["val"]["size"] == 60 and dataset["splits"]["test"]["size"] == 200
+
+
+@pytestmark_slow
+def test_both_processes_end_with_the_same_params_and_the_loss_falls(two_process_run):
+    workdir, runs = two_process_run
+    digests = [d for pid in (0, 1) for d in runs[pid]["fit"]["params_sha256"]]
+    assert len(digests) == 2 and len(set(digests)) == 1
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").open()]
+    train = [r["train_loss"] for r in records if "train_loss" in r]
+    assert train[-1] < 0.7 * train[0]
+    metrics = summary_of(workdir)["metrics"]
+    assert metrics["steps"] == 60 and metrics["train_loss"] < 0.7 * train[0]
+
+
+@pytestmark_slow
+def test_two_processes_give_the_numbers_of_one_process_on_two_devices(two_process_run, tmp_path):
+    # The same two halves, one per device, the same blocks' batches: per-host data on two
+    # processes is per-host data on two devices of one (the statistics, combined from each
+    # host's sums, are the whole training set's).
     workdir, _ = two_process_run
-    summary = json.loads((workdir / "summary.json").read_text())
-    reference = reference_run[1]
-    assert summary["metrics"]["steps"] == 60
+    one = run_worker("per_host_2")["per_host_2"]
+    assert one["data"]["block_size"] == 270
+    metrics = summary_of(workdir)["metrics"]
     for key in ("train_loss", "val_loss", "test_loss", "test_accuracy"):
-        assert summary["metrics"][key] == pytest.approx(reference["metrics"][key], abs=1e-5), key
+        assert metrics[key] == pytest.approx(one["metrics"][key], abs=1e-5), key
+    saved = json.loads((workdir / "normalization.json").read_text())
+    for key in ("mean", "std"):
+        np.testing.assert_allclose(saved[key], one["normalization"][key], rtol=1e-12)
 
 
 @pytestmark_slow
 def test_process_0_writes_the_files_and_the_console(two_process_run):
-    workdir, outputs = two_process_run
+    workdir, runs = two_process_run
     for name in ("summary.json", "report.md", "metrics.jsonl", "plots/learning_curves.png"):
         assert (workdir / name).exists(), name
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").open()]
     keys = [(r["step"], tuple(sorted(r))) for r in records]
     assert len(keys) == len(set(keys)), "each record written once, by one process"
     # One console for the job: process 0's (JAX's own C++ logging aside).
-    assert "start_simple" in outputs[0][0] and "start_simple" not in outputs[1][0]
+    assert "start_simple" in runs[0]["stdout"] and "start_simple" not in runs[1]["stdout"]
 
 
 @pytestmark_slow
@@ -74,6 +149,40 @@ def test_checkpoints_are_written_once_for_the_job(two_process_run):
     workdir, _ = two_process_run
     names = sorted(os.listdir(workdir / "checkpoints"))
     assert names == ["20", "40", "60", "checksums.json"]
+
+
+@pytestmark_slow
+def test_a_damaged_checkpoint_is_set_aside_once_and_both_resume_from_the_same_step(
+    two_process_run, tmp_path
+):
+    ref_dir, ref_runs = two_process_run
+    workdir = tmp_path / "run"
+    shutil.copytree(ref_dir, workdir)
+    damage(workdir / "checkpoints" / "60")
+    runs = run_two_processes(workdir)
+    summary = summary_of(workdir)
+    [finding] = [f for f in summary["findings"] if f["id"] == "corrupt_checkpoint"]
+    assert [c["step"] for c in finding["evidence"]["checkpoints"]] == [60]
+    assert finding["evidence"]["resumed_from"] == 40
+    names = sorted(os.listdir(workdir / "checkpoints"))
+    assert names == ["20", "40", "60", "checksums.json", "corrupt-60"]  # renamed once
+    for pid in (0, 1):  # both resumed at 40 and ended where the uninterrupted run did
+        assert runs[pid]["fit"]["params_sha256"] == ref_runs[pid]["fit"]["params_sha256"]
+    reference = summary_of(ref_dir)
+    for key in ("train_loss", "val_loss", "test_loss", "test_accuracy", "steps"):
+        assert summary["metrics"][key] == reference["metrics"][key], key
+
+
+@pytestmark_slow
+def test_replicated_data_on_two_processes_gives_the_one_process_numbers(tmp_path, reference_run):
+    runs = run_two_processes(tmp_path / "run", "--config.parallel.data=replicated")
+    for pid in (0, 1):
+        assert runs[pid]["fit"]["data"] == {"layout": "replicated", "examples": 540}
+    summary = summary_of(tmp_path / "run")
+    reference = reference_run[1]
+    assert summary["metrics"]["steps"] == 60
+    for key in ("train_loss", "val_loss", "test_loss", "test_accuracy"):
+        assert summary["metrics"][key] == pytest.approx(reference["metrics"][key], abs=1e-5), key
 
 
 def test_multi_host_flags_go_together(tmp_path):

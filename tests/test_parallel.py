@@ -35,8 +35,9 @@ def run_worker(*cases: str) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def eight_devices():
-    """One worker process for the default cases: the MLP curves and the indivisible batch."""
-    return run_worker("curves", "indivisible")
+    """One worker process for the default cases: the MLP curves, the indivisible batch and
+    per-host data."""
+    return run_worker("curves", "indivisible", "per_host")
 
 
 def assert_same_curves(result: dict, strict_steps: int = 40, rtol_after: float = 1e-4) -> None:
@@ -71,6 +72,32 @@ def test_batchnorm_model_on_eight_devices_matches_one_device():
     assert_same_curves(run_worker("bn")["bn"], strict_steps=25, rtol_after=2e-3)
 
 
+def test_per_host_data_on_eight_devices_trains_and_resumes_exactly(eight_devices):
+    # The second run stopped at step 20, was checkpointed, restored and run on to 40: the same
+    # losses (the first 20 steps: a second run; the last 20: a resumed one) and parameters.
+    result = eight_devices["per_host"]
+    losses = np.array(result["losses"])
+    assert len(losses) == 40 and losses[-10:].mean() < 0.5 * losses[0]
+    assert result["second_losses"] == result["losses"] and result["same_params"]
+    # One process loads the 540 training examples as 8 device blocks of 67: the loader drops 4
+    # and says so; each batch of 64 is 8 examples from each block.
+    assert result["train_size"] == 536
+    assert result["shard"]["dropped"] == 4 and result["shard"]["global_size"] == 536
+    assert result["data"] == {
+        "layout": "per_host",
+        "examples": 536,
+        "blocks": 8,
+        "block_size": 67,
+        "dropped": 0,
+    }
+
+
+def test_each_device_gathers_its_part_of_a_batch_from_its_own_block(eight_devices):
+    gather = eight_devices["per_host"]["gather"]
+    assert gather["x_spec"] == "P('data',)" and gather["block"] == 67
+    assert gather["each_block_own_rows"] and gather["gathered_as_expected"]
+
+
 def test_indivisible_batch_names_the_nearest_valid_sizes(eight_devices):
     message = eight_devices["indivisible"]["error"]
     assert "batch_size=100" in message and "multiple of 8" in message
@@ -90,7 +117,11 @@ def test_one_device_needs_no_mesh():
 
 @pytest.mark.parametrize(
     ("key", "value", "valid"),
-    [("dtype", "float16", "float32, bfloat16"), ("parallel.params", "fsdp", "replicated, sharded")],
+    [
+        ("dtype", "float16", "float32, bfloat16"),
+        ("parallel.params", "fsdp", "replicated, sharded"),
+        ("parallel.data", "sharded", "auto, replicated, per_host"),
+    ],
 )
 def test_invalid_precision_or_layout_exits_2(tmp_path, key, value, valid):
     out = run_stage(

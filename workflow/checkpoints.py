@@ -3,7 +3,8 @@
 Each save also records a SHA-256 digest of the arrays in checkpoints/checksums.json, so a
 checkpoint whose files were damaged after it was written (truncated, partly deleted, bits
 flipped) is caught on restore even where Orbax would read it back without complaint. A resumed
-run sets such a checkpoint aside (renamed corrupt-<step>) and resumes from the one before.
+run sets such a checkpoint aside (renamed corrupt-<step>, by process 0 alone when several
+processes run) and resumes from the one before.
 """
 
 import hashlib
@@ -127,21 +128,34 @@ class Checkpointer:
         """The newest readable checkpoint as (state, step, skipped); step None: none readable.
 
         A corrupt or partial checkpoint is renamed corrupt-<step> (kept for inspection, out of
-        Orbax's way) and reported in `skipped`; the one before it is tried next.
+        Orbax's way) and reported in `skipped`; the one before it is tried next. With several
+        processes every one tries the same steps (process 0's list), a step counts as readable
+        only where all of them read it, and process 0 alone renames while the others wait, so
+        all resume from the same step. Every process must call it (collectives).
         """
         skipped = []
-        for step in sorted(self._manager.all_steps(), reverse=True):
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        for step in distributed.broadcast_ints(steps):
+            error = None
             try:
-                return self.restore(step, template), step, skipped
+                state = self.restore(step, template)
             except CorruptCheckpoint as e:
-                skipped.append({"step": step, "error": str(e), "moved_to": self._set_aside(step)})
+                error = str(e)
+            if distributed.all_agree(error is None):
+                return state, step, skipped
+            if error is None:
+                error = f"checkpoint at step {step} could not be read by another process"
+            skipped.append({"step": step, "error": error, "moved_to": self._set_aside(step)})
         return template, None, skipped
 
     def _set_aside(self, step: int) -> str:
         source = os.path.join(self._directory, str(step))
         target = os.path.join(self._directory, f"corrupt-{step}")
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(source, target)
+        distributed.barrier(f"checkpoints:set_aside:{step}:read")  # every process is done with it
+        if distributed.is_writer():
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(source, target)
+        distributed.barrier(f"checkpoints:set_aside:{step}:moved")
         # A fresh manager: a failed restore can leave the old one expecting another layout.
         self._manager.close()
         self._manager = ocp.CheckpointManager(self._directory, options=self._options)

@@ -152,7 +152,7 @@ def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(d.max()) if d.size else 0.0
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@training.jit_for_few_runs(static_argnums=0)
 def _forward(graphdef: Any, params: Any, model_state: Any, x: jax.Array) -> tuple[jax.Array, Any]:
     """Outputs of the model in the mode `graphdef` was split in, and its updated state."""
     model = nnx.merge(graphdef, params, model_state)
@@ -171,7 +171,7 @@ def _data_loss(
 
 
 # Static (graphdef, loss): setups of the same architecture and loss share one compiled program.
-@functools.partial(jax.jit, static_argnums=(0, 1))
+@training.jit_for_few_runs(static_argnums=(0, 1))
 def _loss_outputs_grads(
     graphdef: Any, loss_fn: Callable, params: Any, model_state: Any, x: jax.Array, y: jax.Array
 ):
@@ -616,10 +616,30 @@ def _output_kind(outputs: np.ndarray) -> str | None:
         if np.all(np.abs(outputs.sum(-1) - 1.0) <= PROB_TOL):
             return "probabilities"
     if outputs.max() <= PROB_TOL:
-        lse = np.asarray(jax.nn.logsumexp(jnp.asarray(outputs), axis=-1))
-        if np.all(np.abs(lse) <= PROB_TOL):
+        if np.all(np.abs(_logsumexp(outputs)) <= PROB_TOL):
             return "log-probabilities"
     return None
+
+
+def _logsumexp(outputs: np.ndarray) -> np.ndarray:
+    """log(sum(exp(outputs))) over the last axis, in float64 on the host."""
+    out = np.asarray(outputs, np.float64)
+    peak = out.max(-1, keepdims=True)
+    return (peak + np.log(np.exp(out - peak).sum(-1, keepdims=True)))[..., 0]
+
+
+def _softmax_cross_entropy(outputs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean softmax cross-entropy of logits against integer labels, in float64 on the host."""
+    out = np.asarray(outputs, np.float64)
+    picked = np.take_along_axis(out, np.asarray(labels, np.int64)[:, None], axis=-1)[:, 0]
+    return float(np.mean(_logsumexp(out) - picked))
+
+
+# Static loss: one compiled program per loss and shape. Run eagerly, each operation of the loss
+# would compile on its own (2.4 s of a cold debug run for softmax cross-entropy).
+@training.jit_for_few_runs(static_argnums=0)
+def _apply_loss(loss_fn: Callable, outputs: jax.Array, labels: jax.Array) -> jax.Array:
+    return loss_fn(outputs, labels)
 
 
 def _label_entropy(y: np.ndarray, num_classes: int) -> float:
@@ -663,9 +683,9 @@ def _loss_shape_findings(
     separable_diff = None
     if shape == (n,) and n >= 2:
         h = n // 2
-        full = np.asarray(loss_fn(outputs, labels))
+        full = np.asarray(_apply_loss(loss_fn, outputs, labels))
         try:
-            half = np.asarray(loss_fn(outputs[:h], labels[:h]))
+            half = np.asarray(_apply_loss(loss_fn, outputs[:h], labels[:h]))
             separable_diff = _max_diff(full[:h], half) / _scale(full)
         except Exception:  # a loss tied to one batch size: the shape test above still holds
             separable_diff = None
@@ -784,7 +804,7 @@ def check_output_and_loss(
 
     # Calibrated for softmax cross-entropy, so computed as that on the outputs read as logits;
     # under another loss the result is only reported (info).
-    ce = float(jnp.mean(losses.softmax_cross_entropy(outputs, y.astype(jnp.int32))))
+    ce = _softmax_cross_entropy(out, np.asarray(y))
     ln_c = math.log(num_classes)
     entropy = _label_entropy(np.asarray(y), num_classes)
     tol = max(INITIAL_LOSS_ABS_TOL, INITIAL_LOSS_REL_TOL * ln_c)
@@ -1146,8 +1166,9 @@ def locate_nonfinite(task: Task, state: TrainState, batch: Batch) -> Finding | N
     """`nan_or_inf` naming the first primitive (and source line) that makes a NaN/inf at step 0."""
     x, y = jnp.asarray(batch["x"]), jnp.asarray(batch["y"])
     loss, grads = _loss_and_grads(task, state, batch)
-    finite = bool(jnp.isfinite(loss)) and all(
-        bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(grads)
+    # On the host: eager jnp checks would compile once per parameter shape.
+    finite = bool(np.isfinite(np.asarray(loss))) and all(
+        np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(grads)
     )
     if finite:  # masked intermediate NaNs (jnp.where(x > 0, log(x), 0)) are not reported
         return None

@@ -10,6 +10,7 @@ from ml_collections import config_dict
 
 import models
 from workflow import augment
+from workflow.distributed import DATA_LAYOUTS
 from workflow.errors import UsageError
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "momentum")
@@ -85,7 +86,12 @@ def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collection
     config.dtype = "float32"
     # Data parallelism over a Mesh of local devices: the batch is split over `data_devices`
     # devices (0: all of them); parameters are "replicated" on each or "sharded" over them.
-    config.parallel = ml_collections.ConfigDict({"data_devices": 0, "params": "replicated"})
+    # `data`: where the training split lives (workflow/distributed.py): "replicated" (every
+    # process and device holds all of it), "per_host" (each process loads only its shard, each
+    # device one block of it), "auto" (per_host with several processes, else replicated).
+    config.parallel = ml_collections.ConfigDict(
+        {"data_devices": 0, "params": "replicated", "data": "auto"}
+    )
     # The debug stage: overfit one small batch, then a short real run whose curve is diagnosed.
     config.debug = ml_collections.ConfigDict(
         {
@@ -338,6 +344,8 @@ def _validate_parallel(parallel: ml_collections.ConfigDict) -> None:
     _require(
         layout in PARAM_LAYOUTS, "parallel.params", layout, f"one of {', '.join(PARAM_LAYOUTS)}"
     )
+    data = parallel.get("data", "auto")
+    _require(data in DATA_LAYOUTS, "parallel.data", data, f"one of {', '.join(DATA_LAYOUTS)}")
 
 
 def _validate_early_stopping(es: ml_collections.ConfigDict) -> None:

@@ -4,6 +4,18 @@ Input conventions: images (N, H, W, C), sequences (N, T, F), tabular (N, D); x i
 int32 class indices. ``load_dataset`` runs: raw load -> validate -> carve val -> subset train ->
 normalize all splits with train statistics.
 
+Per-host data (config.parallel.data="per_host", the default with several processes; see
+workflow/distributed.py): ``load_dataset(..., shard=Shard(...))`` carves val from the whole
+training set first (every process carves the same), keeps val and test whole, drops the last
+few training examples so `processes x devices` divide the rest, and keeps only this process's
+contiguous range of it. TFDS reads only those records (and the dropped ones, for the
+statistics); since the labels of other hosts' records are never read, its val carve and
+train_size subset are then drawn by index, not stratified by class. The in-memory loaders
+(mnist1d, digits, synthetic, custom) generate or load everything anyway and keep the slice.
+Normalization statistics and the class counts are combined over the processes, so every host
+normalizes with the full training split's statistics. Text falls back to loading the whole
+split on every host (its vocabulary needs every word) and slicing it.
+
 Text (a TFDS string feature, e.g. imdb_reviews' 'text') is kind "sequence" with integer inputs:
 token ids shaped (N, T, 1), int32, one feature per step like MNIST-1D's (N, 40, 1), so every part
 of the workflow keyed on the data kind (augmentation, remedies, error analysis) works unchanged;
@@ -19,6 +31,7 @@ import dataclasses
 import functools
 import hashlib
 import importlib
+import importlib.util
 import inspect
 import json
 import numbers
@@ -27,7 +40,7 @@ import re
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -97,6 +110,14 @@ class Dataset:
             "irreducible_error": self.irreducible_error,
             "normalized": self.normalization is not None,
         }
+        shard = self.info.get("shard")
+        if shard:  # per-host data: the training set is every process's shard together
+            splits["train"] = {
+                "size": int(shard["global_size"]),
+                "x_shape": [int(shard["global_size"]), *self.input_shape],
+                "class_counts": [int(c) for c in shard["class_counts"]],
+            }
+            out["shard"] = {k: v for k, v in shard.items() if k != "class_counts"}
         vocab = self.info.get("vocabulary")
         if vocab:  # token-id inputs: the vocabulary's size, file and coverage, not its words
             out["vocabulary"] = {k: v for k, v in vocab.items() if k != "words"}
@@ -118,8 +139,52 @@ def default_config() -> ml_collections.ConfigDict:
 # ----------------------------------------------------------------------------- loading
 
 
-def load_dataset(cfg: ml_collections.ConfigDict, *, seed: int) -> Dataset:
-    """Load, validate, split and normalize the dataset that ``cfg`` names."""
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """This process's part of the training split in per-host data mode."""
+
+    index: int  # this process, in [0, count)
+    count: int  # processes, each holding one equal part
+    blocks: int = 1  # equal device blocks each part splits into (the process's data devices)
+
+    def plan(self, num_examples: int) -> tuple[int, int, int]:
+        """(start, stop, kept): this process's range of the first `kept` examples, the most
+        that count x blocks divide; the rest are dropped."""
+        multiple = self.count * self.blocks
+        kept = num_examples - num_examples % multiple
+        if kept == 0:
+            raise UsageError(
+                f"per-host data needs at least {multiple} training examples ({self.count} "
+                f"processes x {self.blocks} devices each), the dataset has {num_examples}; use "
+                "more data or --config.parallel.data=replicated"
+            )
+        size = kept // self.count
+        return self.index * size, (self.index + 1) * size, kept
+
+
+def process_shard(config: ml_collections.ConfigDict | None = None) -> Shard | None:
+    """This process's Shard under config.parallel (None: the config's defaults), or None where
+    every process loads the training split whole (parallel.data resolves to "replicated")."""
+    import jax
+
+    from workflow import distributed
+
+    parallel = (config.get("parallel") if config is not None else None) or {}
+    if distributed.data_layout(parallel.get("data", "auto")) != "per_host":
+        return None
+    count = jax.process_count()
+    devices = parallel.get("data_devices", 0) or jax.device_count()
+    return Shard(jax.process_index(), count, max(1, devices // count))
+
+
+def load_dataset(
+    cfg: ml_collections.ConfigDict, *, seed: int, shard: Shard | None | str = "auto"
+) -> Dataset:
+    """Load, validate, split and normalize the dataset that ``cfg`` names.
+
+    `shard`: this process's part of the training split (per-host data), None to load it whole,
+    or "auto": ``process_shard()``, i.e. per-host exactly when several processes run.
+    """
     name = _get(cfg, "name", None)
     if not isinstance(name, str) or not name:
         raise UsageError(f"dataset name={name!r} is invalid; valid: {_VALID_NAMES}")
@@ -138,8 +203,11 @@ def load_dataset(cfg: ml_collections.ConfigDict, *, seed: int) -> Dataset:
     kwargs = _get(cfg, "kwargs", None)
     kwargs = {} if kwargs is None else _to_dict(kwargs)
     data_dir = _get(cfg, "data_dir", None)
+    if isinstance(shard, str):
+        shard = process_shard()
+    split_plan = _SplitPlan(seed, val_fraction, train_size, shard)
 
-    raw = _load_raw(name, kwargs, seed=seed, data_dir=data_dir)
+    raw = _load_raw(name, kwargs, seed=seed, data_dir=data_dir, plan=split_plan)
     # Recorded before _validate casts to float32/int32, which would hide them from the checks.
     source_dtypes = _source_dtypes(raw)
     raw = _validate(raw, name)
@@ -149,30 +217,28 @@ def load_dataset(cfg: ml_collections.ConfigDict, *, seed: int) -> Dataset:
     info["raw_sizes"] = {
         s: int(raw[f"y_{s}"].shape[0]) for s in ("train", "val", "test") if f"y_{s}" in raw
     }
+    read_shard = raw.get("shard")  # set by a loader that read only this process's records
 
     x_train, y_train = raw["x_train"], raw["y_train"]
-    if "x_val" in raw:
+    if read_shard is not None:
+        x_val, y_val = raw["x_val"], raw["y_val"]
+        info["raw_sizes"].update(read_shard.pop("raw_sizes"))
+        if read_shard.pop("val_carved"):
+            info["raw_sizes"].pop("val", None)
+        info["val_source"] = read_shard.pop("val_source")
+    elif "x_val" in raw:
         x_val, y_val = raw["x_val"], raw["y_val"]
         info["val_source"] = "dataset's own validation split"
     else:
-        n_val = int(round(val_fraction * len(y_train)))
-        if not 1 <= n_val < len(y_train):
-            raise UsageError(
-                f"val_fraction={val_fraction} leaves {n_val} val and {len(y_train) - n_val} "
-                f"train examples of {len(y_train)} in {name}; pick a fraction that keeps both >= 1"
-            )
+        n_val = _val_count(val_fraction, len(y_train), name)
         order = _stratified_order(y_train, rng_for(seed, 101))
         val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
         x_val, y_val = x_train[val_idx], y_train[val_idx]
         x_train, y_train = x_train[train_idx], y_train[train_idx]
         info["val_source"] = f"carved from train (val_fraction={val_fraction}, seed={seed})"
 
-    if train_size is not None:
-        if train_size > len(y_train):
-            raise UsageError(
-                f"train_size={train_size} exceeds the {len(y_train)} training examples of "
-                f"{name} (after carving val); use train_size <= {len(y_train)} or None"
-            )
+    if train_size is not None and read_shard is None:
+        _check_train_size(train_size, len(y_train), name)
         # Prefixes of one stratified order: a smaller train_size is a subset of a larger one.
         keep = np.sort(_stratified_order(y_train, rng_for(seed, 102))[:train_size])
         x_train, y_train = x_train[keep], y_train[keep]
@@ -182,13 +248,33 @@ def load_dataset(cfg: ml_collections.ConfigDict, *, seed: int) -> Dataset:
     x_test = raw["x_test"]
     if raw.get("token_ids") is not None:
         # Token ids are categories, not quantities: they get a vocabulary, never normalization.
+        # Built from the whole training split (text is never read per host), before any slice.
         vocab = restrict_vocabulary(x_train, raw["token_ids"])
         x_train, x_val, x_test = (apply_vocabulary(x, vocab) for x in (x_train, x_val, x_test))
         splits = {"train": x_train, "val": x_val, "test": x_test}
         info["vocabulary"] = vocabulary_info(vocab, splits)
         info["normalize"] = "skipped: inputs are token ids"
-    elif _get(cfg, "normalize", False):
-        normalization = compute_normalization(x_train)
+    x_rest = None  # the dropped training examples, which the statistics still count
+    if shard is not None:
+        if read_shard is None:
+            start, stop, kept = shard.plan(len(y_train))
+            x_rest = x_train[kept:]
+            read_shard = {
+                "start": start,
+                "stop": stop,
+                "global_size": kept,
+                "dropped": len(y_train) - kept,
+                "read": "the whole training split (generated or loaded in memory), sliced",
+            }
+            x_train, y_train = x_train[start:stop], y_train[start:stop]
+        else:
+            x_rest = _as_inputs(raw["x_train_rest"], name, "train")
+        info["shard"] = _shard_info(shard, read_shard, y_train, raw["num_classes"])
+    if raw.get("token_ids") is None and _get(cfg, "normalize", False):
+        if shard is None:
+            normalization = compute_normalization(x_train)
+        else:
+            normalization = combined_normalization(x_train, x_rest)
         x_train, x_val, x_test = (
             apply_normalization(x, normalization) for x in (x_train, x_val, x_test)
         )
@@ -208,6 +294,60 @@ def load_dataset(cfg: ml_collections.ConfigDict, *, seed: int) -> Dataset:
         normalization=normalization,
         info=info,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class _SplitPlan:
+    """What a loader that reads per host needs to carve val and pick its records itself."""
+
+    seed: int
+    val_fraction: float
+    train_size: int | None
+    shard: Shard | None
+
+
+def _val_count(val_fraction: float, num_train: int, name: str) -> int:
+    n_val = int(round(val_fraction * num_train))
+    if not 1 <= n_val < num_train:
+        raise UsageError(
+            f"val_fraction={val_fraction} leaves {n_val} val and {num_train - n_val} "
+            f"train examples of {num_train} in {name}; pick a fraction that keeps both >= 1"
+        )
+    return n_val
+
+
+def _check_train_size(train_size: int, num_train: int, name: str) -> None:
+    if train_size > num_train:
+        raise UsageError(
+            f"train_size={train_size} exceeds the {num_train} training examples of "
+            f"{name} (after carving val); use train_size <= {num_train} or None"
+        )
+
+
+def _shard_info(shard: Shard, read: dict, y_train: np.ndarray, num_classes: int) -> dict:
+    """dataset.info["shard"]: this process's range, and every process's as it loaded it
+    (gathered: collective, so every process calls it at the same point)."""
+    from workflow import distributed
+
+    mine = np.asarray([read["start"], read["stop"], len(y_train)], np.int64)
+    hosts = [
+        {"process": i, "start": int(a), "stop": int(b), "examples": int(n)}
+        for i, (a, b, n) in enumerate(distributed.allgather(mine))
+    ]
+    counts = np.bincount(y_train, minlength=num_classes).astype(np.int64)
+    return {
+        "process": shard.index,
+        "processes": shard.count,
+        "devices_per_process": shard.blocks,
+        "start": int(read["start"]),
+        "stop": int(read["stop"]),
+        "size": len(y_train),
+        "global_size": int(read["global_size"]),
+        "dropped": int(read["dropped"]),
+        "read": read["read"],
+        "hosts": hosts,
+        "class_counts": [int(c) for c in distributed.sum_over_processes(counts)],
+    }
 
 
 def _source_dtypes(raw: Any) -> dict[str, str]:
@@ -237,7 +377,9 @@ def _to_dict(value: Any) -> dict[str, Any]:
     raise UsageError(f"dataset kwargs={value!r} must be a mapping of loader options")
 
 
-def _load_raw(name: str, kwargs: dict[str, Any], *, seed: int, data_dir: str | None) -> dict:
+def _load_raw(
+    name: str, kwargs: dict[str, Any], *, seed: int, data_dir: str | None, plan: _SplitPlan
+) -> dict:
     if name == "mnist1d":
         return _load_mnist1d(kwargs)
     if name == "digits":
@@ -246,7 +388,7 @@ def _load_raw(name: str, kwargs: dict[str, Any], *, seed: int, data_dir: str | N
     if name == "synthetic":
         return make_synthetic(kwargs, seed=seed)
     if name.startswith("tfds:"):
-        return _load_tfds(name[len("tfds:") :], kwargs, data_dir)
+        return _load_tfds(name[len("tfds:") :], kwargs, data_dir, plan)
     if ":" in name:
         return _load_custom(name, kwargs)
     raise UsageError(f"dataset name={name!r} is unknown; valid: {_VALID_NAMES}")
@@ -380,12 +522,28 @@ def _write_cache(path: Path, arrays: dict[str, np.ndarray], key_src: str) -> Non
 # ----------------------------------------------------------------------------- digits
 
 
-def _load_digits() -> dict[str, Any]:
-    from sklearn.datasets import load_digits
+def _read_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits as (images (N, 8, 8) in 0..16, labels (N,)).
 
-    bunch = load_digits()
-    x = (bunch.images / 16.0).astype(np.float32)[..., None]  # pixel values are 0..16
-    y = bunch.target.astype(np.int32)
+    Read from the CSV that scikit-learn ships, as load_digits does, without importing
+    scikit-learn: that import alone is 2.4 s of a cold debug run on the 2-core CPU.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    roots = spec.submodule_search_locations if spec else None
+    path = Path(roots[0], "datasets", "data", "digits.csv.gz") if roots else None
+    if path is None or not path.is_file():  # another layout: let scikit-learn find it
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        return bunch.images, bunch.target
+    table = np.loadtxt(path, delimiter=",")
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
+
+
+def _load_digits() -> dict[str, Any]:
+    images, labels = _read_digits()
+    x = (images / 16.0).astype(np.float32)[..., None]  # pixel values are 0..16
+    y = labels.astype(np.int32)
     n_test = int(round(_DIGITS_TEST_FRACTION * len(y)))
     order = _stratified_order(y, rng_for(_DIGITS_SPLIT_SEED, 7))
     test_idx, train_idx = np.sort(order[:n_test]), np.sort(order[n_test:])
@@ -407,7 +565,9 @@ def _load_digits() -> dict[str, Any]:
 # ----------------------------------------------------------------------------- tfds
 
 
-def _load_tfds(tfds_name: str, kwargs: dict[str, Any], data_dir: str | None) -> dict[str, Any]:
+def _load_tfds(
+    tfds_name: str, kwargs: dict[str, Any], data_dir: str | None, plan: _SplitPlan | None = None
+) -> dict[str, Any]:
     options = {
         "image_key": "image",
         "label_key": "label",
@@ -467,6 +627,11 @@ def _load_tfds(tfds_name: str, kwargs: dict[str, Any], data_dir: str | None) -> 
 
     raw: dict[str, Any] = {}
     token_lists = {}
+    if plan is not None and plan.shard is not None and not text_key:
+        # Per-host: this process reads only its training records (and the carved val).
+        source = _tfds_source(builder, tfds_name, wanted["train"], data_dir)
+        raw.update(_read_tfds_train_shard(source, options, plan, f"tfds:{tfds_name}", wanted))
+        wanted = {role: split for role, split in wanted.items() if role != "train"}
     for role, split in wanted.items():
         source = _tfds_source(builder, tfds_name, split, data_dir)
         if text_key:
@@ -478,7 +643,7 @@ def _load_tfds(tfds_name: str, kwargs: dict[str, Any], data_dir: str | None) -> 
             raw[f"x_{role}"], raw[f"y_{role}"] = x, y
     info = {
         "source": f"tfds {builder.info.full_name} via tfds.data_source",
-        "splits_used": wanted,
+        "splits_used": {"train": options["train_split"], **wanted},
         "data_dir": str(builder.data_dir),
     }
     if text_key:
@@ -683,11 +848,14 @@ def _tfds_source(builder: Any, tfds_name: str, split: str, data_dir: str | None)
         raise
 
 
-def _read_tfds_source(source: Any, image_key: str, label_key: str) -> tuple[np.ndarray, ...]:
-    n = len(source)
+def _read_tfds_source(
+    source: Any, image_key: str, label_key: str, indices: np.ndarray | None = None
+) -> tuple[np.ndarray, ...]:
+    """(images, labels) of the records at `indices` of a data source (None: all of them)."""
+    indices = range(len(source)) if indices is None else indices
     # Per-item reads: ArrayRecord is random access, and batched __getitems__ is broken under
     # tfds.testing.mock_data in tfds 4.9.10.
-    examples = [source[i] for i in range(n)]
+    examples = [source[int(i)] for i in indices]
     if not examples:
         return np.zeros((0,), np.float32), np.zeros((0,), np.int32)
     shapes = {np.shape(ex[image_key]) for ex in examples}
@@ -701,6 +869,55 @@ def _read_tfds_source(source: Any, image_key: str, label_key: str) -> tuple[np.n
     if images.dtype == np.uint8:
         images = images.astype(np.float32) / 255.0
     return images, labels
+
+
+def _read_tfds_train_shard(
+    source: Any, options: dict[str, Any], plan: _SplitPlan, name: str, wanted: dict[str, str]
+) -> dict[str, Any]:
+    """This process's training records of a TFDS source, with val carved by index first.
+
+    Every process computes the same carve and subset from the source's length alone (labels of
+    other hosts' records are never read, so neither is stratified), then reads its own range,
+    the few dropped records (the normalization statistics count them) and, without a val split
+    of the dataset's own, the carved val records.
+    """
+    shard, n = plan.shard, len(source)
+    order = np.arange(n)
+    val_idx = None
+    if "val" not in wanted:
+        n_val = _val_count(plan.val_fraction, n, name)
+        perm = rng_for(plan.seed, 101).permutation(n)
+        val_idx, order = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    if plan.train_size is not None:
+        _check_train_size(plan.train_size, len(order), name)
+        # Prefixes of one permutation: a smaller train_size is a subset of a larger one.
+        order = np.sort(order[rng_for(plan.seed, 102).permutation(len(order))[: plan.train_size]])
+    start, stop, kept = shard.plan(len(order))
+    keys = (options["image_key"], options["label_key"])
+    out: dict[str, Any] = {}
+    out["x_train"], out["y_train"] = _read_tfds_source(source, *keys, indices=order[start:stop])
+    out["x_train_rest"], _ = _read_tfds_source(source, *keys, indices=order[kept:])
+    read = stop - start + len(order) - kept
+    if val_idx is not None:
+        out["x_val"], out["y_val"] = _read_tfds_source(source, *keys, indices=val_idx)
+        read += len(val_idx)
+        val_source = (
+            f"carved from train by index (val_fraction={plan.val_fraction}, seed={plan.seed}; "
+            "per-host data: not stratified by class)"
+        )
+    else:
+        val_source = "dataset's own validation split"
+    out["shard"] = {
+        "start": start,
+        "stop": stop,
+        "global_size": kept,
+        "dropped": len(order) - kept,
+        "read": f"{read} of the {n} records of the training split (tfds.data_source)",
+        "val_source": val_source,
+        "val_carved": val_idx is not None,
+        "raw_sizes": {"train": n},
+    }
+    return out
 
 
 # ----------------------------------------------------------------------------- custom loader
@@ -883,6 +1100,32 @@ def compute_normalization(x_train: np.ndarray) -> dict[str, Any]:
     axes = tuple(range(x_train.ndim - 1))
     mean = x_train.mean(axis=axes, dtype=np.float64)
     std = x_train.std(axis=axes, dtype=np.float64)
+    return _normalization(mean, std)
+
+
+def combined_normalization(x_shard: np.ndarray, x_rest: np.ndarray | None = None) -> dict:
+    """compute_normalization of every process's `x_shard` and the `x_rest` rows they all hold
+    (counted once), without moving the data: the two passes of mean and std over per-host
+    float64 sums, added in process order, so every host gets the same statistics (collective).
+    """
+    from workflow import distributed
+
+    axes = tuple(range(x_shard.ndim - 1))
+    parts = [x_shard] + ([x_rest] if x_rest is not None and x_rest.size else [])
+    count = distributed.sum_over_processes(np.asarray(x_shard.size // x_shard.shape[-1]))
+    count = count + sum(x.size // x.shape[-1] for x in parts[1:])
+    total = distributed.sum_over_processes(x_shard.sum(axis=axes, dtype=np.float64))
+    mean = (total + sum(x.sum(axis=axes, dtype=np.float64) for x in parts[1:])) / count
+
+    def squares(x):
+        return np.square(x.astype(np.float64) - mean).sum(axis=axes)
+
+    spread = distributed.sum_over_processes(squares(x_shard))
+    spread = spread + sum(squares(x) for x in parts[1:])
+    return _normalization(mean, np.sqrt(spread / count))
+
+
+def _normalization(mean: np.ndarray, std: np.ndarray) -> dict[str, Any]:
     constant = std < STD_FLOOR
     # Dividing a constant channel by ~0 would blow up any other value seen at eval; leave it at 1.
     std = np.where(constant, 1.0, std)
@@ -923,6 +1166,65 @@ def batch_indices(
     num_examples: int, batch_size: int, seed: int, step: int, num_steps: int
 ) -> np.ndarray:
     """Example indices (num_steps, batch_size) for steps [step, step + num_steps); pure."""
+    _check_index_args(num_examples, batch_size, seed, step, num_steps)
+    if batch_size > num_examples:
+        raise UsageError(
+            f"batch_size={batch_size} exceeds the {num_examples} training examples; "
+            f"use batch_size <= {num_examples}"
+        )
+    return _epoch_rows(
+        num_examples,
+        batch_size,
+        step,
+        num_steps,
+        lambda epoch: _epoch_permutation(int(num_examples), int(seed), epoch),
+    )
+
+
+def block_batch_indices(
+    block_size: int, num_blocks: int, batch_size: int, seed: int, step: int, num_steps: int
+) -> np.ndarray:
+    """Per-host data's indices (num_steps, batch_size) for steps [step, step + num_steps): the
+    columns of block d (batch_size / num_blocks of them, one device's part of each batch) index
+    into that block's own `block_size` examples, which it visits in epoch permutations of its
+    own, a function of (seed, epoch, d) alone; pure."""
+    _check_index_args(block_size, batch_size, seed, step, num_steps)
+    if num_blocks < 1 or batch_size % num_blocks:
+        raise UsageError(
+            f"batch_size={batch_size} must be a multiple of the {num_blocks} device blocks"
+        )
+    part = batch_size // num_blocks
+    if part > block_size:
+        raise UsageError(
+            f"batch_size={batch_size} asks {part} examples per device of blocks that hold "
+            f"{block_size} (per-host data: the training set split over {num_blocks} devices); "
+            f"use batch_size <= {block_size * num_blocks}"
+        )
+    return np.concatenate(
+        [
+            _epoch_rows(
+                block_size,
+                part,
+                step,
+                num_steps,
+                lambda epoch, d=d: _block_permutation(int(block_size), int(seed), epoch, d),
+            )
+            for d in range(num_blocks)
+        ],
+        axis=1,
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _block_permutation(block_size: int, seed: int, epoch: int, block: int) -> np.ndarray:
+    perm = rng_for(seed, epoch, 0xB10C, block).permutation(block_size)
+    perm.flags.writeable = False  # cached and shared between calls
+    return perm
+
+
+def _check_index_args(
+    num_examples: int, batch_size: int, seed: int, step: int, num_steps: int
+) -> None:
     for label, value, low in (
         ("seed", seed, None),
         ("num_examples", num_examples, 1),
@@ -934,18 +1236,24 @@ def batch_indices(
             raise UsageError(f"{label}={value!r} must be an integer")
         if low is not None and value < low:
             raise UsageError(f"{label}={value!r} must be an integer >= {low}")
-    if batch_size > num_examples:
-        raise UsageError(
-            f"batch_size={batch_size} exceeds the {num_examples} training examples; "
-            f"use batch_size <= {num_examples}"
-        )
+
+
+def _epoch_rows(
+    num_examples: int,
+    batch_size: int,
+    step: int,
+    num_steps: int,
+    permutation: Callable[[int], np.ndarray],
+) -> np.ndarray:
+    """Rows of `batch_size` indices for steps [step, step + num_steps), each epoch one
+    `permutation(epoch)` of range(num_examples) cut into full batches (the remainder dropped)."""
     steps_per_epoch = num_examples // batch_size  # drop remainder: every batch is full
     out = np.empty((num_steps, batch_size), np.int64)
     done = 0
     while done < num_steps:
         epoch, offset = divmod(step + done, steps_per_epoch)
         take = min(num_steps - done, steps_per_epoch - offset)
-        perm = _epoch_permutation(int(num_examples), int(seed), int(epoch))
+        perm = permutation(int(epoch))
         chunk = perm[offset * batch_size : (offset + take) * batch_size]
         out[done : done + take] = chunk.reshape(take, batch_size)
         done += take

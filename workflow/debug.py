@@ -6,6 +6,7 @@ Runs the sanity checks on one batch, overfits that batch, trains a short real ru
 its loss curve; exits 1 when an error-severity finding stands, with the fixes named.
 """
 
+import concurrent.futures
 import dataclasses
 import os
 
@@ -23,6 +24,7 @@ from workflow import (
     rundir,
     training,
 )
+from workflow.findings import Finding
 
 FLAGS = flags.FLAGS
 
@@ -65,11 +67,11 @@ def short_run_config(config, steps: int):
     return short
 
 
-def run_debug(setup: experiment.Setup, workdir: str) -> dict:
-    """Every debug step on `setup`; writes the run directory and returns the summary."""
-    config, dataset = setup.config, setup.dataset
-    t_start = training.now()
-    batch = checks.sample_batch(dataset, config.debug.batch_size, config.seed)
+def check_and_overfit(
+    setup: experiment.Setup, batch: dict
+) -> tuple[list[Finding], debugging.OverfitResult, float]:
+    """The checks on one batch, then overfitting it: (findings, overfit result, its lr)."""
+    config = setup.config
     x, y = batch["x"], batch["y"]
     findings = checks.run_checks(setup, batch)
     # Memorize the batch as it is: augmentation would change it every step.
@@ -97,10 +99,34 @@ def run_debug(setup: experiment.Setup, workdir: str) -> dict:
         if faster.passed:
             findings.append(debugging.slow_overfit_finding(overfit, faster, overfit_lr, config))
             overfit, overfit_lr = faster, 10 * overfit_lr
+    return findings, overfit, overfit_lr
+
+
+def run_debug(setup: experiment.Setup, workdir: str, started: float | None = None) -> dict:
+    """Every debug step on `setup`; writes the run directory and returns the summary.
+
+    `started` (training.now() before experiment.prepare) puts loading the data and building the
+    model into the time to verdict, as the user waits for them too.
+    """
+    config, dataset = setup.config, setup.dataset
+    t_start = training.now() if started is None else started
+    batch = checks.sample_batch(dataset, config.debug.batch_size, config.seed)
     short = short_run_config(config, config.debug.train_steps)
-    fit = training.fit(
-        setup.task, debugging.copy_state(setup.state), dataset, short, progress=config.progress
-    )
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="short-run") as pool:
+        # The short run does not depend on the checks or the overfit: it compiles and trains on
+        # the other core meanwhile (cold LeNet on digits, 2 cores: 9.1-9.4 s -> 7.6-8.7 s to the
+        # verdict; the programs are traced by the user's own code in two threads at once, as
+        # JAX allows, each from its own merged copy of the model).
+        short_run = pool.submit(
+            training.fit,
+            setup.task,
+            debugging.copy_state(setup.state),
+            dataset,
+            short,
+            progress=config.progress,
+        )
+        findings, overfit, overfit_lr = check_and_overfit(setup, batch)
+        fit = short_run.result()
     findings += debugging.curve_findings(
         fit, dataset.num_classes, dataset.y_train, config.optimizer.learning_rate
     )
@@ -219,8 +245,9 @@ def write_report(run: rundir.RunDir, summary: dict, overfit_plot: str, curve_plo
 def main(argv: list[str]) -> int:
     """Debug the configured setup; exit 1 when an error-severity finding stands."""
     del argv
+    started = training.now()
     setup = experiment.prepare(FLAGS.config)
-    summary = run_debug(setup, FLAGS.workdir)
+    summary = run_debug(setup, FLAGS.workdir, started)
     print_findings(summary)
     return cli.EXIT_OK if summary["status"] == "ok" else cli.EXIT_FINDINGS
 

@@ -6,13 +6,32 @@ or from the cluster's environment (SLURM, Cloud TPU, or JAX_COORDINATOR_ADDRESS 
 which JAX reads itself. Afterwards `jax.devices()` lists every host's devices and the
 data-parallel mesh of training.fit spans them all.
 
-Each process loads the same dataset (the loaders are deterministic) and builds the same initial
-state (same seed). `global_array` turns such a host value into one global array whose shards
-each process fills from its own copy; each host's devices then gather only their part of every
-batch. Process 0 writes the run directory's files (config, metrics, reports, plots); every
-process takes part in writing checkpoints, which Orbax coordinates.
+Every process builds the same initial state (same seed); `global_array` turns such a host value
+into one global array whose shards each process fills from its own copy.
 
-Launch lines:
+The training data comes in one of two layouts (config.parallel.data; "auto", the default, is
+"per_host" with several processes and "replicated" with one):
+
+- "per_host": each process holds only its shard of the training split. data.load_dataset carves
+  val from the whole training index set first (the same on every process), keeps val and test
+  whole on every host, and gives process i the i-th of `num_processes` equal, contiguous ranges
+  of the remaining training examples (the remainder, fewer than processes x devices, is dropped
+  and counted in the dataset info). TFDS reads only those records (tfds.data_source); the
+  in-memory loaders (mnist1d, digits, synthetic, custom) generate everything and keep the slice.
+  Normalization statistics are combined from every host's sums (`sum_over_processes`), so they
+  are the full training split's on every host. training.fit lays the shards end to end as one
+  global array split over the mesh's data axis, each device holding one equal block, and each
+  device gathers its part of every batch from its own block by local indices
+  (data.block_batch_indices: epoch permutations of the block, a function of seed, step and
+  block, so a resumed run draws what the uninterrupted one did).
+- "replicated": every process holds the whole training split and every device a copy of it;
+  batches are gathered by global indices (the one-device run's batches).
+
+Process 0 writes the run directory's files (config, metrics, reports, plots); every process
+takes part in writing checkpoints, which Orbax coordinates; a corrupt checkpoint is set aside by
+process 0 alone while the others wait, and all resume from the same step.
+
+Launch lines (the same for both layouts):
     # SLURM, one task per host (JAX reads SLURM's variables):
     srun --nodes=2 --ntasks-per-node=1 python -m workflow.start_simple --config=... --workdir=DIR
     # A Cloud TPU VM slice (JAX finds the other workers itself):
@@ -24,6 +43,7 @@ Launch lines:
 """
 
 import os
+import zlib
 from typing import Any
 
 import jax
@@ -119,3 +139,99 @@ def global_tree(tree: Any, shardings: Any) -> Any:
     if isinstance(shardings, jax.sharding.Sharding):
         return jax.tree.map(lambda leaf: global_array(leaf, shardings), tree)
     return jax.tree.map(global_array, tree, shardings)
+
+
+DATA_LAYOUTS = ("auto", "replicated", "per_host")  # config.parallel.data
+
+
+def data_layout(mode: str = "auto") -> str:
+    """config.parallel.data resolved: "per_host" or "replicated" ("auto": per_host with several
+    processes, replicated with one)."""
+    if mode == "auto":
+        return "per_host" if multi_process() else "replicated"
+    if mode not in DATA_LAYOUTS:
+        raise UsageError(f"invalid value parallel.data={mode!r}: one of {', '.join(DATA_LAYOUTS)}")
+    return mode
+
+
+def allgather(value: Any) -> np.ndarray:
+    """Every process's `value` stacked along a new leading axis, in process order (numpy)."""
+    value = np.asarray(value)
+    if not multi_process():
+        return value[None]
+    from jax.experimental import multihost_utils
+
+    # As raw bytes: through JAX, float64 and int64 would arrive as 32-bit values (no x64).
+    raw = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
+    gathered = np.asarray(multihost_utils.process_allgather(raw, tiled=False), np.uint8)
+    return np.ascontiguousarray(gathered).view(value.dtype).reshape(-1, *value.shape)
+
+
+def concat_over_processes(value: np.ndarray) -> np.ndarray:
+    """Every process's rows of `value` end to end, in process order (equal shapes required)."""
+    gathered = allgather(value)
+    return gathered.reshape(-1, *gathered.shape[2:])
+
+
+def sum_over_processes(value: Any) -> np.ndarray:
+    """The sum of every process's `value`, added in process order: the same on every host."""
+    gathered = allgather(value)
+    total = np.zeros_like(gathered[0])
+    for part in gathered:  # a fixed order, so every process gets the same bits
+        total = total + part
+    return total
+
+
+def all_agree(flag: bool) -> bool:
+    """Whether `flag` holds on every process (a collective: every process must call it)."""
+    return bool(np.all(allgather(np.asarray(bool(flag)))))
+
+
+def same_on_every_process(*arrays: Any) -> bool:
+    """Whether every process holds the same arrays (by shape and CRC-32 of their bytes)."""
+    if not multi_process():
+        return True
+    fingerprint = []
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        data = memoryview(array.reshape(-1).view(np.uint8))
+        fingerprint += [*array.shape, array.ndim, zlib.crc32(data)]
+    gathered = allgather(np.asarray(fingerprint, np.int64))
+    return bool(np.all(gathered == gathered[0]))
+
+
+def broadcast_ints(values: list[int]) -> list[int]:
+    """Process 0's list of integers on every process."""
+    if not multi_process():
+        return list(values)
+    from jax.experimental import multihost_utils
+
+    count = int(multihost_utils.broadcast_one_to_all(np.asarray(len(values), np.int32)))
+    padded = np.zeros(max(count, 1), np.int32)  # JAX carries 32-bit integers
+    padded[: min(count, len(values))] = values[:count]
+    out = multihost_utils.broadcast_one_to_all(padded)
+    return [int(v) for v in np.asarray(out)[:count]]
+
+
+def barrier(name: str) -> None:
+    """Wait here until every process has arrived (nothing to wait for with one process)."""
+    if multi_process():
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def local_positions(mesh: jax.sharding.Mesh) -> list[int]:
+    """Positions along a 1-D mesh of this process's devices (contiguous, by construction of
+    training.data_mesh)."""
+    me = jax.process_index()
+    return [i for i, d in enumerate(np.asarray(mesh.devices).flat) if d.process_index == me]
+
+
+def host_local_array(
+    local: np.ndarray, sharding: jax.sharding.Sharding, global_rows: int
+) -> jax.Array:
+    """One global array whose rows each process fills from its own `local` rows (its devices'
+    part along the leading axis, which `sharding` splits)."""
+    local = np.asarray(local)
+    return jax.make_array_from_process_local_data(sharding, local, (global_rows, *local.shape[1:]))

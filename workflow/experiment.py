@@ -39,7 +39,7 @@ class Setup:
 def prepare(config: ml_collections.ConfigDict) -> Setup:
     """Validate the config, load the data, build the model: all bad input fails here."""
     config_lib.validate_config(config)
-    dataset = data.load_dataset(config.dataset, seed=config.seed)
+    dataset = data.load_dataset(config.dataset, seed=config.seed, shard=data.process_shard(config))
     if config.model.name == "auto":  # the workflow's default architecture for the data kind
         config.model.name = models.default_model_for_kind(dataset.kind)
     if "augment" in config:  # in the config, so every Task built from it augments alike

@@ -166,7 +166,8 @@ def _estimate(config: ml_collections.ConfigDict) -> dict[str, Any]:
     batch = int(config.batch_size)
     out: dict[str, Any] = {"batch_size": batch}
     try:
-        dataset = data.load_dataset(config.dataset, seed=config.seed)
+        # Whole, without per-host loading's collectives: one process may be the only one here.
+        dataset = data.load_dataset(config.dataset, seed=config.seed, shard=None)
     except Exception as e:  # noqa: BLE001 - the finding still names the batch size
         out["error"] = f"cannot load the dataset: {_first_line(e)}"
         return out

@@ -141,6 +141,8 @@ class TrialRunner:
         self._init = jax.jit(
             jax.vmap(self._init_one_fn(config, tuple(input_shape), num_classes)),
             out_shardings=NamedSharding(self.mesh, PartitionSpec(TRIAL_AXIS)),
+            # Compiled as training.initialize compiles a single run's: the same initial values.
+            compiler_options=training.few_runs_options(),
         )
         self._multi_step = make_trials_multi_step(self.task)
         self._evaluate = make_trials_evaluator(self.task, config.eval_batch_size)
