@@ -15,7 +15,7 @@ defaults) and the LSTM, it times in one process:
 
 Every method trains on the same batch order (workflow.data.batch_indices). Compilation and a
 warm-up call are excluded. The methods are timed in rounds: each round runs one block of
-`--steps` steps of every method, in an order rotating from round to round. Other processes and
+`--steps` steps of every method, in an order shuffled from round to round. Other processes and
 the CPU's clock change the speed of the machine from second to second, and between runs of
 this script by 10-20%; blocks of one round see nearly the same machine, so each ratio is the
 median over rounds of the per-round ratio, printed with its quartiles. A second, separately
@@ -65,6 +65,8 @@ MIN_RATIO_TO_TORCH = 1.5  # aim for the CNN and the LSTM: ours >= 1.5 x PyTorch 
 # steps in 15 rounds put two identical programs 0.91-1.04 apart, 100-step blocks in 150 rounds
 # 1.00 both times.
 DEFAULT_STEPS = 100
+# Pause after a block of these methods before timing the next one (see measure).
+SETTLE_SECONDS = {"torch_eager": 0.05}
 # Rounds per model: about 1-2 minutes each, most of it in the slower methods.
 DEFAULT_REPEATS = {"mlp": 150, "cnn": 60, "lstm": 15}
 
@@ -227,8 +229,9 @@ def measure(
 ) -> dict[str, list[float]]:
     """Steps/s of each runner in each of `repeats` rounds of alternating blocks of `steps` steps.
 
-    Every round times each runner once, in an order rotating from round to round, so the
-    blocks of one round saw nearly the same machine: their ratio cancels slow drifts of the
+    Every round times each runner once, in an order shuffled from round to round (a fixed
+    cyclic order would always time the same method right after the same other one), so the
+    blocks of one round saw nearly the same machine: their ratio cancels the drifts of the
     CPU's speed (other processes, frequency) that separate runs of the script do not.
     """
     names = list(runners)
@@ -238,13 +241,17 @@ def measure(
             runners[name](next_step[name], chunk)
             next_step[name] += chunk
     rates = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+    order = np.random.default_rng(0)
+    for _ in range(repeats):
+        for name in order.permutation(names):
             t0 = time.perf_counter()
             runners[name](next_step[name], steps)
             seconds = time.perf_counter() - t0
             next_step[name] += steps
             rates[name].append(steps / seconds)
+            # PyTorch's OpenMP threads spin for a while after their last parallel region,
+            # holding a core that the next block timed would otherwise have.
+            time.sleep(SETTLE_SECONDS.get(name, 0.0))
     return rates
 
 
