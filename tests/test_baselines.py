@@ -111,6 +111,21 @@ def test_imdb_lstm_trains_end_to_end_on_mock_data(tmp_path):
     assert layers["embed"]["type"] == "Embed"
 
 
+def test_noise_augmentation_of_token_ids_is_refused_naming_the_value():
+    from workflow import experiment
+
+    config = load_config("configs/baselines.py", "imdb_lstm")
+    config.update_from_flattened_dict({**FAST, "dataset.kwargs.max_length": 8})
+    config.augment.enabled = True
+    config.augment.sequence.noise_std = 0.1
+    with tfds.testing.mock_data(num_examples=24):
+        with pytest.raises(UsageError, match=r"augment.sequence.noise_std=0.1.*token ids"):
+            experiment.prepare(config.copy_and_resolve_references())
+        config.augment.sequence.noise_std = 0.0  # time shifts alone are fine for token ids
+        setup = experiment.prepare(config)
+    assert setup.task.augment is not None
+
+
 @pytest.mark.slow
 def test_fashion_mnist_lenet_trains_end_to_end_on_mock_data(tmp_path):
     summary = run_baseline("fashion_mnist_lenet", tmp_path)

@@ -50,6 +50,14 @@ def prepare(config: ml_collections.ConfigDict) -> Setup:
                 f"invalid value augment.kind={config.augment.kind!r}: dataset "
                 f"{config.dataset.name!r} is {dataset.kind} data; use {dataset.kind} or None"
             )
+        noise = config.augment.get(dataset.kind, {}).get("noise_std", 0.0)
+        if config.augment.enabled and noise and dataset.info.get("vocabulary"):
+            # Ids are categories: id + noise, cast back to an integer, is another word.
+            raise UsageError(
+                f"invalid value augment.{dataset.kind}.noise_std={noise:g}: dataset "
+                f"{config.dataset.name!r} is token ids, which noise would turn into other "
+                "words; use 0 (time shifts only)"
+            )
     model = training.build_model(config, dataset.input_shape, dataset.num_classes)
     training.check_output_shape(model, dataset.input_shape, dataset.num_classes)
     task, state = training.create_train_state(model, config)
