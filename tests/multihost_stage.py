@@ -5,6 +5,8 @@ After training.fit returns, one line `MULTIHOST {json}` goes to stderr (a non-ze
 stdout is silenced by the stage): the process index, how many training examples this process
 holds, its dataset shard, the data layout fit used, and a SHA-256 of each of its local copies of
 the final parameters (one per local device), for tests/test_multihost.py to compare processes.
+Whenever the stage hands a summary to RunDir.write_summary (which writes it on process 0 only),
+one line `SUMMARY {json}` with the process index and that summary goes to stderr too.
 """
 
 import hashlib
@@ -15,9 +17,19 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from workflow import training  # noqa: E402
+from workflow import rundir, training  # noqa: E402
 
 _fit = training.fit
+_write_summary = rundir.RunDir.write_summary
+
+
+def write_summary(run, summary):
+    """RunDir.write_summary, then the SUMMARY line (every process)."""
+    import jax
+
+    _write_summary(run, summary)
+    line = {"process": jax.process_index(), "summary": rundir.to_jsonable(summary)}
+    print("SUMMARY " + json.dumps(line), file=sys.stderr, flush=True)
 
 
 def params_digests(params) -> list[str]:
@@ -54,6 +66,7 @@ def fit(task, state, dataset, config, **kwargs):
 
 if __name__ == "__main__":
     training.fit = fit  # experiment.train_and_report looks it up when it trains
+    rundir.RunDir.write_summary = write_summary
     stage = sys.argv[1]
     sys.argv = [f"workflow/{stage}.py", *sys.argv[2:]]
     runpy.run_module(f"workflow.{stage}", run_name="__main__", alter_sys=True)

@@ -31,17 +31,16 @@ def free_port() -> int:
 pytestmark_slow = pytest.mark.slow
 
 
-def run_two_processes(workdir, *flags: str) -> dict[int, dict]:
-    """start_simple as processes 0 and 1 of one job on one --workdir (through
-    tests/multihost_stage.py): {process: {"stdout", "stderr", "fit": its MULTIHOST line}}."""
+def two_processes(stage: str, workdir, *flags: str, env: dict | None = None) -> dict[int, tuple]:
+    """`stage` as processes 0 and 1 of one job on one --workdir (through
+    tests/multihost_stage.py): {process: (exit code, stdout, stderr)}."""
     address = f"localhost:{free_port()}"
     procs = {
         pid: subprocess.Popen(
             [
                 sys.executable,
                 STAGE,
-                "start_simple",
-                *SMALL_CONFIG_FLAGS,
+                stage,
                 *flags,
                 f"--workdir={workdir}",
                 f"--coordinator_address={address}",
@@ -49,7 +48,7 @@ def run_two_processes(workdir, *flags: str) -> dict[int, dict]:
                 f"--process_id={pid}",
             ],
             cwd=ROOT,
-            env=dict(os.environ, JAX_PLATFORMS="cpu"),
+            env=dict(os.environ, JAX_PLATFORMS="cpu", **(env or {})),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -57,12 +56,28 @@ def run_two_processes(workdir, *flags: str) -> dict[int, dict]:
         for pid in (1, 0)
     }
     outputs = {pid: proc.communicate(timeout=300) for pid, proc in procs.items()}
-    codes = {pid: proc.returncode for pid, proc in procs.items()}
-    assert codes == {0: 0, 1: 0}, {pid: err[-2000:] for pid, (_, err) in outputs.items()}
+    return {pid: (procs[pid].returncode, *outputs[pid]) for pid in (0, 1)}
+
+
+def tagged_lines(stderr: str, tag: str) -> list[dict]:
+    """The JSON of each `TAG {json}` line tests/multihost_stage.py wrote."""
+    return [
+        json.loads(line.split(" ", 1)[1])
+        for line in stderr.splitlines()
+        if line.startswith(f"{tag} ")
+    ]
+
+
+def run_two_processes(workdir, *flags: str) -> dict[int, dict]:
+    """start_simple as processes 0 and 1 of one job on one --workdir:
+    {process: {"stdout", "stderr", "fit": its MULTIHOST line}}."""
+    done = two_processes("start_simple", workdir, *SMALL_CONFIG_FLAGS, *flags)
+    codes = {pid: code for pid, (code, _, _) in done.items()}
+    assert codes == {0: 0, 1: 0}, {pid: err[-2000:] for pid, (_, _, err) in done.items()}
     runs = {}
-    for pid, (out, err) in outputs.items():
-        [line] = [line for line in err.splitlines() if line.startswith("MULTIHOST ")]
-        runs[pid] = {"stdout": out, "stderr": err, "fit": json.loads(line.split(" ", 1)[1])}
+    for pid, (_, out, err) in done.items():
+        [fit] = tagged_lines(err, "MULTIHOST")
+        runs[pid] = {"stdout": out, "stderr": err, "fit": fit}
     return runs
 
 
@@ -210,3 +225,85 @@ def test_multi_host_flags_go_together(tmp_path):
 )
 def test_a_cluster_is_recognized_from_its_environment(environ, expected):
     assert distributed.cluster_detected(environ) is expected
+
+
+def stage_summaries(done: dict[int, tuple], stage: str) -> dict[int, dict]:
+    """Each process's last `stage` summary (its SUMMARY lines), after both exited 0."""
+    codes = {pid: code for pid, (code, _, _) in done.items()}
+    assert codes == {0: 0, 1: 0}, {pid: err[-3000:] for pid, (_, _, err) in done.items()}
+    summaries = {}
+    for pid, (_, _, err) in done.items():
+        lines = [s["summary"] for s in tagged_lines(err, "SUMMARY")]
+        summaries[pid] = [s for s in lines if s.get("stage") == stage][-1]
+    return summaries
+
+
+# Tune and improve as two processes: each about 25 s on an idle 2-core CPU, plus a one-process
+# tune of the same config (about 15 s) to compare the search with.
+@pytestmark_slow
+def test_tune_as_two_processes_searches_like_one_and_process_0_writes_the_study(
+    tmp_path_factory,
+):
+    from tests.test_tune import TINY, _complete_trials
+
+    base = tmp_path_factory.mktemp("multihost_tune")
+    scratch = base / "tmp"
+    scratch.mkdir()
+    done = two_processes("tune", base / "run", *TINY, env={"TMPDIR": str(scratch)})
+    summaries = stage_summaries(done, "tune")
+    summary = summary_of(base / "run")
+    assert summary["status"] == "ok" and len(summary["trials"]) == 12
+    # Every process went on with process 0's trials and best, and retrained the same model.
+    for key in ("best", "trials", "rounds"):
+        assert summaries[1][key] == summaries[0][key] == summary[key], key
+    retrained = [tagged_lines(done[pid][2], "MULTIHOST")[-1] for pid in (0, 1)]
+    assert retrained[0]["params_sha256"] == retrained[1]["params_sha256"]
+    assert retrained[0]["data"]["layout"] == "per_host"  # the retrain is training.fit's
+    # The job's study holds each trial once (process 1 searched in a scratch copy, deleted).
+    trials = _complete_trials(str(base / "run" / "study.db"))
+    assert sorted({study for study, _, _ in trials}) == ["tune/round-0", "tune/round-1"]
+    assert len(trials) == 12 and len(set(trials)) == 12
+    assert not [p.name for p in scratch.iterdir() if p.name.startswith("tune-")]
+    # The search ran on the whole training split on every host: one process finds the same.
+    one = run_stage("tune", *TINY, f"--workdir={base / 'one'}")
+    assert one.returncode == 0, one.stderr[-2000:]
+    single = summary_of(base / "one")
+    assert single["range_test"]["suggested_lr"] == summary["range_test"]["suggested_lr"]
+    assert [r["val_loss"] for r in single["trials"]] == [r["val_loss"] for r in summary["trials"]]
+    for key in ("learning_rate", "l2", "round", "number"):
+        assert single["best"][key] == summary["best"][key], key
+
+
+@pytestmark_slow
+def test_improve_as_two_processes_agrees_on_one_decision(tmp_path):
+    flags = [
+        *SMALL_CONFIG_FLAGS,
+        "--config.optimizer.learning_rate=3e-4",  # underfit: lr remedies, batched as trials
+        "--config.goal.test_error=0.001",
+        "--config.improve.max_candidates=4",  # the lr comes last
+        "--config.search.range_test.num_steps=60",
+        "--config.search.range_test.repeats=2",
+    ]
+    done = two_processes("improve", tmp_path / "run", *flags)
+    summaries = stage_summaries(done, "improve")
+    summary = summary_of(tmp_path / "run")
+    assert summary["verdicts"] == ["underfit"]
+    names = [c["name"] for c in summary["candidates"]]
+    assert names[0] == "baseline" and "re-tuned lr" in names
+    for key in ("decision", "candidates", "best_config"):
+        assert summaries[1][key] == summaries[0][key] == summary[key], key
+    assert summary["decision"]["chosen"] == "re-tuned lr"
+    assert (tmp_path / "run" / "best_config.py").exists()
+    # The baseline trained once for the job, by training.fit over both processes.
+    fits = [tagged_lines(done[pid][2], "MULTIHOST") for pid in (0, 1)]
+    assert fits[0][0]["params_sha256"] == fits[1][0]["params_sha256"]
+
+
+def test_workflow_run_as_several_processes_exits_2_with_one_line(tmp_path):
+    done = two_processes("run", tmp_path / "run", *SMALL_CONFIG_FLAGS)
+    for pid, (code, _, err) in done.items():
+        assert code == 2, (pid, err[-2000:])
+        [line] = [line for line in err.splitlines() if line.startswith("error:")]
+        assert "workflow.run does not run as a multi-process job" in line
+        assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()

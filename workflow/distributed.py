@@ -31,6 +31,13 @@ Process 0 writes the run directory's files (config, metrics, reports, plots); ev
 takes part in writing checkpoints, which Orbax coordinates; a corrupt checkpoint is set aside by
 process 0 alone while the others wait, and all resume from the same step.
 
+Stages: start_simple, debug, evaluate, tune and improve run multi-process; workflow.run refuses
+(UsageError, exit 2). Batched trials (workflow/trials.py: tune's search and range test, improve's
+lr / L2 candidates) run on each process's local devices with the whole training split loaded on
+every host, so every process computes the same trials; process 0 alone records them (the Optuna
+study) and `broadcast_json` hands its results and decisions to the others, so that every process
+takes the same next steps (the same training.fit runs, the same collectives).
+
 Launch lines (the same for both layouts):
     # SLURM, one task per host (JAX reads SLURM's variables):
     srun --nodes=2 --ntasks-per-node=1 python -m workflow.start_simple --config=... --workdir=DIR
@@ -211,6 +218,26 @@ def broadcast_ints(values: list[int]) -> list[int]:
     padded[: min(count, len(values))] = values[:count]
     out = multihost_utils.broadcast_one_to_all(padded)
     return [int(v) for v in np.asarray(out)[:count]]
+
+
+def broadcast_json(value: Any) -> Any:
+    """Process 0's JSON-able `value` on every process (floats exactly: JSON keeps float64)."""
+    if not multi_process():
+        return value
+    import json
+
+    from jax.experimental import multihost_utils
+
+    def plain(obj: Any) -> Any:  # numpy scalars and arrays as Python values
+        return obj.tolist() if hasattr(obj, "tolist") else str(obj)
+
+    text = json.dumps(value, default=plain) if is_writer() else ""
+    raw = np.frombuffer(text.encode(), np.uint8)
+    count = int(multihost_utils.broadcast_one_to_all(np.asarray(len(raw), np.int32)))
+    padded = np.zeros(max(count, 1), np.uint8)
+    padded[: min(count, len(raw))] = raw[:count]
+    out = np.asarray(multihost_utils.broadcast_one_to_all(padded), np.uint8)[:count]
+    return json.loads(out.tobytes().decode())
 
 
 def barrier(name: str) -> None:

@@ -24,6 +24,7 @@ from workflow import (
     bias_variance,
     checkpoints,
     cli,
+    distributed,
     error_analysis,
     experiment,
     reports,
@@ -54,7 +55,7 @@ def run_evaluate(setup: experiment.Setup, workdir: str) -> dict:
     """Train or restore the run in `workdir`, decompose its errors against the goal, report."""
     config = setup.config
     tolerances = bias_variance.Tolerances.from_config(config.evaluate)
-    sizes = subset_sizes(config, len(setup.dataset.y_train))  # bad fractions fail before writing
+    sizes = subset_sizes(config, job_train_examples(setup.dataset))  # bad fractions fail first
     previous, resume_step = previous_run(workdir)
     trainable = dataclasses.replace(setup, config=training_config(config, workdir))
     summary = experiment.train_and_report(trainable, workdir, "evaluate", next_stage=None)
@@ -111,6 +112,8 @@ def run_evaluate(setup: experiment.Setup, workdir: str) -> dict:
         }
     if analysis:
         summary["error_analysis"] = analysis
+    if not run.writer:  # another process of the job writes the files
+        return summary
     plots = write_plots(run, setup, records, points)
     if analysis:
         plots.update(
@@ -195,7 +198,9 @@ def previous_run(workdir: str) -> tuple[dict | None, int | None]:
         except (OSError, ValueError):
             previous = None  # an unreadable summary is rewritten below; nothing to keep from it
     resume_step = None
-    if os.path.isdir(run.checkpoints):  # never create the directory here: bad input may follow
+    # Never create the directory here: bad input may follow. Process 0's look decides for every
+    # process (opening a Checkpointer is a collective; another may already have created it).
+    if distributed.broadcast_ints([int(os.path.isdir(run.checkpoints))])[0]:
         ckpt = checkpoints.Checkpointer(run.checkpoints)
         try:
             resume_step = ckpt.latest_step()
@@ -256,7 +261,7 @@ def split_errors(metrics: dict, dataset) -> bias_variance.Errors:
         train=1.0 - metrics["train_accuracy"],
         val=1.0 - metrics["val_accuracy"],
         test=1.0 - metrics["test_accuracy"],
-        n_train=len(dataset.y_train),
+        n_train=job_train_examples(dataset),
         n_val=len(dataset.y_val),
         n_test=len(dataset.y_test),
     )
@@ -300,7 +305,7 @@ def train_size_curve(
     """Train and val error of one run per subset size, ending at the whole training set."""
     config = setup.config
     steps = config.evaluate.train_size_steps or config.num_steps
-    n_train = len(setup.dataset.y_train)
+    n_train = job_train_examples(setup.dataset)
     fractions = {size: fraction for fraction, size in sizes}
     fractions.setdefault(n_train, 1.0)
     points = []
@@ -331,11 +336,17 @@ def train_size_point(
     result = training.fit(setup.task, setup.state, setup.dataset, subset, progress=False)
     if result.status != "ok":  # a diverged subset run has no error to plot
         return bias_variance.SizePoint(fraction, size, math.nan, math.nan)
-    evaluator = training.Evaluator(setup.task, subset.eval_batch_size)
-    ds = setup.dataset
-    train = evaluator(result.state, ds.x_train, ds.y_train)
-    val = evaluator(result.state, ds.x_val, ds.y_val)
-    return bias_variance.SizePoint(fraction, size, 1.0 - train["accuracy"], 1.0 - val["accuracy"])
+    # Evaluated where fit trained: with per-host data each host holds part of the subset.
+    metrics = experiment.final_metrics(setup, result.state)
+    return bias_variance.SizePoint(
+        fraction, size, 1.0 - metrics["train_accuracy"], 1.0 - metrics["val_accuracy"]
+    )
+
+
+def job_train_examples(dataset) -> int:
+    """Training examples of the whole job: every host's shard with per-host data."""
+    shard = dataset.info.get("shard")
+    return int(shard["global_size"]) if shard else len(dataset.y_train)
 
 
 def with_overrides(command: str, overrides: dict) -> str:

@@ -64,6 +64,16 @@ def prepare(config: ml_collections.ConfigDict) -> Setup:
     return Setup(config, dataset, model, task, state)
 
 
+def with_whole_training_split(setup: Setup) -> Setup:
+    """`setup` with the whole training split on this process (batched trials and the lr range
+    test compare hyperparameters on the same data on every process); itself unless per-host
+    data left this process only its shard."""
+    if data.process_shard(setup.config) is None:
+        return setup
+    whole = data.load_dataset(setup.config.dataset, seed=setup.config.seed, shard=None)
+    return dataclasses.replace(setup, dataset=whole)
+
+
 def final_metrics(setup: Setup, state: training.TrainState) -> dict[str, float]:
     """Loss and accuracy of `state` on every split, in eval mode."""
     mesh = training.data_mesh(setup.config)  # evaluate where fit trained (all hosts' devices)

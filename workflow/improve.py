@@ -25,6 +25,7 @@ from workflow import (
     cli,
     config_lib,
     debugging,
+    distributed,
     evaluate,
     experiment,
     remedies,
@@ -210,9 +211,15 @@ def range_test_suggestion(setup: experiment.Setup) -> float | None:
 
 def run_improve(setup: experiment.Setup, workdir: str, config_source: str) -> dict:
     """Evaluate the starting point, try the remedies its verdict calls for, keep the best."""
-    config, dataset = setup.config, setup.dataset
-    initial = dataclasses.replace(setup, state=debugging.copy_state(setup.state))
+    config = setup.config
+    # The remedies' menu, the range test and the batched trials see the whole training split
+    # on every process (per-host data applies to training.fit's runs only).
+    whole = experiment.with_whole_training_split(setup)
+    dataset = whole.dataset
+    initial = dataclasses.replace(whole, state=debugging.copy_state(setup.state))
     baseline = evaluate.run_evaluate(setup, os.path.join(workdir, "baseline"))  # donates state
+    # Every process goes on from process 0's verdicts (the same remedies, the same collectives).
+    baseline = distributed.broadcast_json(baseline)
     if baseline["status"] == "diverged":
         return baseline
     verdicts = [f["id"] for f in baseline["findings"] if f["id"] in VERDICTS]
@@ -233,9 +240,19 @@ def run_improve(setup: experiment.Setup, workdir: str, config_source: str) -> di
         if len(candidates) > 1
         else []
     )
+    if outcomes:  # process 0's numbers on every process: one decision for the job
+        outcomes = [
+            dataclasses.replace(o, **values)
+            for o, values in zip(
+                outcomes,
+                distributed.broadcast_json([outcome_numbers(o) for o in outcomes]),
+                strict=True,
+            )
+        ]
     run = rundir.RunDir(workdir)
-    os.makedirs(run.plots, exist_ok=True)
-    rundir.write_json(run.file("config.json"), rundir.config_to_dict(config))
+    if run.writer:
+        os.makedirs(run.plots, exist_ok=True)
+        rundir.write_json(run.file("config.json"), rundir.config_to_dict(config))
     if outcomes:
         chosen, why = choose(outcomes, len(dataset.y_val))
     elif verdicts:
@@ -245,6 +262,7 @@ def run_improve(setup: experiment.Setup, workdir: str, config_source: str) -> di
     best_config = None
     if chosen is not None and chosen is not outcomes[0]:
         best_config = run.file("best_config.py")
+    if best_config and run.writer:
         config_lib.write_config_file(
             best_config,
             config_source,
@@ -267,10 +285,17 @@ def run_improve(setup: experiment.Setup, workdir: str, config_source: str) -> di
         "dataset": dataset.summary(),
         "device": jax.devices()[0].device_kind,
     }
-    plot = plot_outcomes(outcomes, run.plots) if outcomes else None
-    run.write_summary(summary)
-    write_report(run, summary, plot)
+    plot = plot_outcomes(outcomes, run.plots) if outcomes and run.writer else None
+    run.write_summary(summary)  # process 0 only, as every file
+    if run.writer:
+        write_report(run, summary, plot)
     return summary
+
+
+def outcome_numbers(outcome: Outcome) -> dict:
+    """An outcome's measured fields (what processes exchange to agree)."""
+    fields = ("train_error", "val_error", "test_error", "num_params", "seconds", "status")
+    return {name: getattr(outcome, name) for name in fields}
 
 
 def chosen_metrics(baseline: dict, chosen: Outcome | None, outcomes: list[Outcome]) -> dict:

@@ -11,6 +11,9 @@ tune → evaluate → improve → evaluate until the goal is met, nothing change
 finished (each stage also resumes its own work). At the top, summary.json holds the final
 model's metrics and, as findings, each decision and its evidence; report.md and a
 self-contained report.html tell the whole story.
+
+It runs as one process: as a multi-process job (workflow/distributed.py) it refuses at once
+(exit 2); its stages run multi-process one by one.
 """
 
 import dataclasses
@@ -25,6 +28,7 @@ from workflow import (
     cli,
     config_lib,
     debug,
+    distributed,
     evaluate,
     experiment,
     improve,
@@ -33,6 +37,7 @@ from workflow import (
     training,
     tune,
 )
+from workflow.errors import UsageError
 from workflow.findings import Finding
 
 FLAGS = flags.FLAGS
@@ -376,6 +381,14 @@ def main(argv: list[str]) -> int:
     """Run the whole workflow on the configured problem."""
     del argv
     config = FLAGS.config
+    if distributed.multi_process():
+        # Each step reads files the one before wrote (best_config.py, the workflow state), which
+        # another host may not see yet: chaining is single-process for now.
+        raise UsageError(
+            f"workflow.run does not run as a multi-process job ({jax.process_count()} processes); "
+            "run it as one process, or run its stages one by one on every host "
+            "(start_simple, evaluate, tune and improve each run multi-process)"
+        )
     os.makedirs(FLAGS.workdir, exist_ok=True)
     from ml_collections import config_flags
 

@@ -48,6 +48,16 @@ class Round:
         """The summary.json form."""
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_json(cls, stored: dict[str, Any]) -> "Round":
+        """A round back from its to_json form."""
+        stored = dict(stored)
+        stored["lr_range"], stored["reg_range"] = (
+            tuple(stored["lr_range"]),
+            tuple(stored["reg_range"]),
+        )
+        return cls(**stored)
+
 
 def check_range(name: str, value: Any) -> tuple[float, float]:
     """A (low, high) range of positive numbers with low < high, or a one-line UsageError."""
@@ -348,12 +358,7 @@ class Search:
         # The first worker's ranges are authoritative; the others read them back.
         if "round" not in study.user_attrs:
             study.set_user_attr("round", round_.to_json())
-        stored = study.user_attrs["round"]
-        stored["lr_range"], stored["reg_range"] = (
-            tuple(stored["lr_range"]),
-            tuple(stored["reg_range"]),
-        )
-        return study, Round(**stored)
+        return study, Round.from_json(study.user_attrs["round"])
 
     def run_round(self, study, round_: Round, on_batch: Callable[[list[dict]], None]) -> list[dict]:
         """Ask, train and tell batches until the round has all its trials finished."""

@@ -6,6 +6,11 @@ unchanged `train_step` of training.py runs every trial: vmap adds a leading tria
 state and broadcasts the batch. All trials see the same batches (common random numbers: their
 differences come from the hyperparameters, not from the data order). When there are several
 devices the trial axis is sharded over a `Mesh`, one slice of trials per device.
+
+Trials run on this process's own devices (`jax.local_devices()`), never across hosts: in a
+multi-process job (workflow/distributed.py) every process trains the same trials on its own
+devices and its own whole copy of the training split, so every process gets the same results
+and nothing is exchanged while they train (tune and improve then agree on process 0's choice).
 """
 
 import dataclasses
@@ -75,8 +80,8 @@ class TrialsResult:
 
 
 def trial_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A one-axis mesh over the devices (all local devices by default)."""
-    devices = list(devices if devices is not None else jax.devices())
+    """A one-axis mesh over the devices (this process's local devices by default)."""
+    devices = list(devices if devices is not None else jax.local_devices())
     return Mesh(np.array(devices), (TRIAL_AXIS,))
 
 

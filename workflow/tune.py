@@ -5,10 +5,19 @@ a coarse-to-fine random search of many short trials trained at once.
 
 Writes the trial table, axis plots, `best_config.py` (accepted by every stage as --config) and
 the best trial retrained at the config's full length; a killed search resumes from `study.db`.
+
+As a multi-process job (workflow/distributed.py) every process loads the whole training split and
+runs the range test and the search on its own devices (the same trials, the same results); only
+process 0 writes the run directory and the study (the others keep a private scratch copy, deleted
+at the end), every process takes process 0's trials and best, and the best is retrained by
+training.fit over every host's devices with the configured data layout.
 """
 
 import os
+import shutil
+import tempfile
 
+import jax
 import numpy as np
 from absl import flags
 
@@ -16,6 +25,7 @@ from workflow import (
     checks,
     cli,
     debugging,
+    distributed,
     experiment,
     lr_range,
     rundir,
@@ -68,7 +78,10 @@ def lr_range_test(setup: experiment.Setup, run: rundir.RunDir) -> lr_range.Range
 def search_trials(setup: experiment.Setup, run: rundir.RunDir, band) -> tuple[list, list]:
     """Steps 3-4: the coarse round and the refined ones, as batches of vmapped trials."""
     config, dataset = setup.config, setup.dataset
-    storage = config.search.storage or f"sqlite:///{os.path.abspath(run.file('study.db'))}"
+    # Only process 0 records the search in the configured storage; the others in their scratch
+    # directory (`run` is theirs), and all of them then take process 0's trials.
+    shared = config.search.storage if distributed.is_writer() else None
+    storage = shared or f"sqlite:///{os.path.abspath(run.file('study.db'))}"
     runner = trials.TrialRunner(config, dataset.input_shape, dataset.num_classes)
     study = search.Search(runner, dataset, config, storage, "tune", progress=config.progress)
     first = search.first_round(config.search, len(dataset.x_train), config.batch_size, band)
@@ -76,6 +89,10 @@ def search_trials(setup: experiment.Setup, run: rundir.RunDir, band) -> tuple[li
     rounds, records = study.run(
         first, on_batch=lambda batch: tuning_report.print_trials(batch, total_epochs)
     )
+    if distributed.multi_process():
+        agreed = distributed.broadcast_json([[r.to_json() for r in rounds], records])
+        rounds = [search.Round.from_json(r) for r in agreed[0]]
+        records = agreed[1]
     return rounds, records
 
 
@@ -103,27 +120,42 @@ def run_tune(setup: experiment.Setup, workdir: str, config_source: str) -> dict:
     """Every tuning step on `setup` in `workdir` (resumed when it holds the same search)."""
     config = setup.config
     search.validate_search_config(config.search)
-    if config.search.storage:  # an unreachable database is bad input: fail before writing
+    if config.search.storage and distributed.is_writer():
+        # An unreachable database is bad input: fail before writing.
         search.open_storage(config.search.storage, config.search.heartbeat_seconds)
+    if not distributed.is_writer():
+        # Another process of a multi-process job: the same steps in a scratch directory of
+        # its own; the run directory (and the retrained best's checkpoints) stay the job's.
+        shared = rundir.RunDir(workdir)
+        if shared.exists:
+            shared.check_resumable(config)
+        scratch = tempfile.mkdtemp(prefix=f"tune-process{jax.process_index()}-")
+        try:
+            run, _ = tuning_report.open_run(scratch, config)
+            return tune(setup, run, config_source, workdir)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     run, created = tuning_report.open_run(workdir, config)
     try:
-        return tune(setup, run, config_source)
+        return tune(setup, run, config_source, workdir)
     except BaseException:
         if created and not os.path.exists(run.file("study.db")):
             run.remove()  # nothing of value was written yet
         raise
 
 
-def tune(setup: experiment.Setup, run, config_source: str) -> dict:
-    """The tuning steps in the run directory `run`; returns the summary."""
+def tune(setup: experiment.Setup, run, config_source: str, workdir: str | None = None) -> dict:
+    """The tuning steps in the run directory `run` (the best retrained in `workdir`/best,
+    default `run`'s); returns the summary."""
     config = setup.config
     t_start = training.now()
-    findings, initial = check_initial_loss(setup)
-    range_test = lr_range_test(setup, run)
+    whole = experiment.with_whole_training_split(setup)  # the search's data, on every process
+    findings, initial = check_initial_loss(whole)
+    range_test = lr_range_test(whole, run)
     band = range_test.band if range_test is not None and range_test.found else None
     if range_test is not None:
         findings += lr_range.range_test_findings(range_test, config.optimizer.learning_rate)
-    rounds, records = search_trials(setup, run, band)
+    rounds, records = search_trials(whole, run, band)
     best = search.best_record(records, config.search.metric)
     findings += tuning_report.search_findings(records, rounds, best)
     best_config_path = None
@@ -133,7 +165,7 @@ def tune(setup: experiment.Setup, run, config_source: str) -> dict:
             run, config, config_source, best
         )
         if config.search.retrain_best:
-            retrained = retrain_best(setup, best_config, run.path)
+            retrained = retrain_best(setup, best_config, workdir or run.path)
     return tuning_report.summarize(
         run,
         setup,
