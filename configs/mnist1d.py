@@ -7,12 +7,12 @@ Command:
 The argument picks the model (lstm, tcn, mlp); without one the workflow's default for
 sequences is used: a one-layer LSTM (tanh), Adam 3e-4, no regularization, inputs normalized.
 
-Expected result and time on the 2-core CPU (3,000 steps at batch 100, Adam 3e-4, measured with
-another job on the second core): lstm 54% test accuracy in 73 s; tcn 70% in 31 s; mlp (the
-paper's 40-100-100-10) 56% in 12 s. The simple defaults underfit on purpose: the goal is the
-paper's human figure, 4% test error, which later stages reach by tuning and escalating (Adam 1e-2
-gives mlp 68%, cnn 92%, lstm 97%: benchmarks/reproduce_mnist1d.py; `workflow.tune` on mlp finds
-66% in about a minute).
+Expected result and time on the 2-core CPU (3,000 steps at batch 100, Adam 3e-4): lstm 54% test
+accuracy in 30 s (idle CPU); tcn 70% in 31 s; mlp (the paper's 40-100-100-10) 56% in 12 s (these
+two measured with another job on the second core). The simple defaults underfit on purpose: the
+goal is the paper's human figure, 4% test error, which later stages reach by tuning and
+escalating (Adam 1e-2 gives mlp 68%, cnn 92%, lstm 97%: benchmarks/reproduce_mnist1d.py;
+`workflow.tune` on mlp finds 66% in about a minute).
 """
 
 import models
