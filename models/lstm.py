@@ -171,13 +171,12 @@ class LSTM(nnx.Module):
         # Time-major input projection, computed once for every step.
         xs = jnp.einsum("btf,fg->tbg", x, self.w_in[...]) + self.bias[...]
         hs = recurrence(xs, w_rec, mask)  # (T, batch, H): the hidden state after each step
-        hidden = hs[-1]  # padding steps carry the state, so this is the last real token's
-        total = hs.sum(0) if mask is None else jnp.where(mask, hs, 0).sum(0)
         if self.readout == "last":
-            features = hidden
+            features = hs[-1]  # padding steps carry the state: the last real token's
         elif mask is None:
-            features = total / x.shape[1]
+            features = hs.mean(0)
         else:  # mean over the real tokens; an all-padding example reads zeros
+            total = jnp.where(mask, hs, 0).sum(0)
             features = total / jnp.maximum(mask.sum(0), 1).astype(total.dtype)
         if self.layer_norm is not None:
             features = self.layer_norm(features)

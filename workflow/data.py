@@ -502,18 +502,25 @@ def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
         return None  # unreadable or partial: regenerate and overwrite
 
 
+def _write_atomically(path: Path, mode: str, write: Callable[[Any], None]) -> None:
+    """write(file) into a temporary file beside `path`, then rename it to `path`.
+
+    Concurrent runs sharing the cache never read a half-written file; OSError propagates.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _write_cache(path: Path, arrays: dict[str, np.ndarray], key_src: str) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # tmp file + os.replace, so concurrent runs never read a half-written cache file.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays, args_json=np.array(key_src))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _write_atomically(path, "wb", lambda f: np.savez(f, **arrays, args_json=np.array(key_src)))
     except OSError as e:
         # A read-only cache only costs regeneration time next run; say so rather than fail.
         warnings.warn(f"could not write dataset cache {path}: {e}", stacklevel=3)
@@ -812,15 +819,7 @@ def save_vocabulary(words: list[str], max_length: int) -> tuple[str | None, str]
     if path.exists():
         return str(path), digest
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        _write_atomically(path, "w", lambda f: f.write(text))
     except OSError as e:
         warnings.warn(f"could not write vocabulary file {path}: {e}", stacklevel=3)
         return None, digest

@@ -515,15 +515,24 @@ def make_eval_batch(task: Task) -> Callable:
 
 
 def padded_batches(
-    x: np.ndarray, y: np.ndarray, batch_size: int, pad_to: int | None = None
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    pad_to: int | None = None,
+    num_batches: int | None = None,
 ) -> Iterator[tuple]:
     """Fixed-shape batches (one compile) with a mask over the padding of the last one.
 
-    Batches are min(batch_size, len(x)) long, or `pad_to` long when given.
+    Batches are min(batch_size, len(x)) long, or `pad_to` long when given. `num_batches`
+    (at least enough for x) adds wholly padded batches after the data, so that processes
+    holding fewer rows run as many batches as the others.
     """
     n = len(x)
     batch_size = pad_to or min(batch_size, n)
-    for start in range(0, n, batch_size):
+    starts = range(0, n, batch_size)
+    if num_batches is not None:
+        starts = range(0, num_batches * batch_size, batch_size)
+    for start in starts:
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
         pad = batch_size - len(xb)
         mask = np.ones(batch_size, np.float32)
@@ -576,12 +585,9 @@ class Evaluator:
         rows = per_device * local  # this host's rows of each global batch
         sharding = batch_sharding(mesh)
         total_loss, total_correct = 0.0, 0.0
-        for start in range(0, most, rows):  # the same number of batches on every host
-            xb, yb = x[start : start + rows], y[start : start + rows]
-            pad = rows - len(xb)
-            mask = np.concatenate([np.ones(len(xb), np.float32), np.zeros(pad, np.float32)])
-            xb = np.concatenate([xb, np.zeros((pad, *x.shape[1:]), x.dtype)])
-            yb = np.concatenate([yb, np.zeros((pad,), y.dtype)])
+        # The same number of batches on every host: those with fewer rows pad whole batches.
+        batches = padded_batches(x, y, rows, pad_to=rows, num_batches=-(-most // rows))
+        for xb, yb, mask in batches:
             xb, yb, mask = (
                 distributed.host_local_array(a, sharding, rows * mesh.size // local)
                 for a in (xb, yb, mask)
