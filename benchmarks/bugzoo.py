@@ -24,7 +24,7 @@ from typing import Any
 
 from benchmarks import common
 from tests.bugzoo.cases import CASES, Case
-from workflow import debug, experiment, training
+from workflow import debug, engine, experiment
 
 SERIOUS = ("error", "warning")
 # Time to verdict targets, compilation included (seconds).
@@ -34,7 +34,7 @@ TIMED = {"clean_mnist1d_mlp": 15.0, "clean_digits_lenet": 15.0}
 def run_case(case: Case, config=None) -> dict[str, Any]:
     """Run the debug stage on `case` (or on `config`, its budget changed); the verdict."""
     config = case.build_config() if config is None else config
-    started = training.now()
+    started = engine.now()
     setup = experiment.prepare(config)
     with tempfile.TemporaryDirectory() as workdir:
         summary = debug.run_debug(setup, workdir, started)

@@ -37,7 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def time_first_step(config_arg: str, cache_dir: str) -> dict[str, float]:
     """In this process: the seconds to the first training call and the first evaluation."""
     t_start = time.perf_counter()
-    from workflow import cli, config_lib, data, experiment, training
+    from workflow import cli, config_lib, data, engine, experiment
 
     cli.enable_compilation_cache(cache_dir)
     path, _, arg = config_arg.partition(":")
@@ -45,13 +45,13 @@ def time_first_step(config_arg: str, cache_dir: str) -> dict[str, float]:
     config.progress = False
     t_imported = time.perf_counter()
     setup = experiment.prepare(config)
-    multi_step = training.make_multi_step(setup.task)
+    multi_step = engine.make_multi_step(setup.task)
     x, y = setup.dataset.x_train, setup.dataset.y_train
     indices = data.batch_indices(len(x), config.batch_size, config.seed, 0, config.steps_per_call)
     state, metrics = multi_step(setup.state, x, y, indices)
     losses = metrics["loss"].tolist()  # on the host: the step is done
     t_step = time.perf_counter()
-    training.Evaluator(setup.task, config.eval_batch_size)(
+    engine.Evaluator(setup.task, config.eval_batch_size)(
         state, setup.dataset.x_val, setup.dataset.y_val
     )
     t_eval = time.perf_counter()

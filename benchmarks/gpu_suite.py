@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from workflow import config_lib, training
+from workflow import config_lib, engine
 
 # Benchmark name -> (registered model, options, input shape, classes, data kind).
 THROUGHPUT_MODELS: dict[str, tuple[str, dict, tuple[int, ...], int, str]] = {
@@ -83,9 +83,9 @@ def time_training(
     """Examples/s of `steps_per_call` training steps at `batch`: best call after a compiling one."""
     _, _, input_shape, num_classes, kind = THROUGHPUT_MODELS[name]
     config = throughput_config(name, batch, dtype)
-    model = training.build_model(config, input_shape, num_classes)
-    task, state = training.create_train_state(model, config, kind)
-    multi_step = training.make_multi_step(task)
+    model = engine.build_model(config, input_shape, num_classes)
+    task, state = engine.create_train_state(model, config, kind)
+    multi_step = engine.make_multi_step(task)
     examples = 4 * batch  # batches are gathered on the device from a pool of random examples
     key_x, key_y = jax.random.split(jax.random.key(0))
     x = jax.random.normal(key_x, (examples, *input_shape), jnp.float32)

@@ -44,7 +44,8 @@ from typing import Any
 import jax
 
 from benchmarks import common
-from workflow import config_lib, experiment, memory
+from workflow import config_lib, experiment
+from workflow.diagnostics import memory
 
 SCENARIOS = ("halving", "no_retry", "model")
 # The MLP of the batch-driven scenarios: wide enough that activations, not parameters, dominate

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import common
-from workflow import data, experiment, training
+from workflow import data, engine, experiment
 
 PAPER_README = {"mlp": 0.68, "cnn": 0.94, "lstm": 0.91}
 PAPER_NOTEBOOK = {"mlp": 0.651, "cnn": 0.923, "lstm": 0.891}
@@ -49,7 +49,7 @@ def train(name: str, steps: int, seed: int) -> dict[str, Any]:
     config = common.paper_config(name, steps=steps, seed=seed)
     setup = experiment.prepare(config)
     setup.dataset = with_val_in_train(setup.dataset)
-    result = training.fit(setup.task, setup.state, setup.dataset, config, progress=False)
+    result = engine.fit(setup.task, setup.state, setup.dataset, config, progress=False)
     metrics = experiment.final_metrics(setup, result.state)
     return {
         "test_accuracy": metrics["test_accuracy"],

@@ -1,7 +1,8 @@
 """Search throughput: N trials batched into one vmapped program against N single-trial runs.
 
 The tune stage trains its trials in batches, one compiled program per batch
-(workflow/trials.py: the train step `vmap`ped over a leading trial axis). This script times, in
+(workflow/engine/trials.py: the train step `vmap`ped over a leading trial axis). This script
+times, in
 one process, on MNIST-1D (configs/mnist1d.py with the model of --model, batch 100) and with a
 fixed trial length of --steps steps:
 
@@ -49,8 +50,8 @@ import ml_collections
 import numpy as np
 
 from benchmarks import common
-from workflow import config_lib, data, training
-from workflow import trials as trials_lib
+from workflow import config_lib, data, engine
+from workflow.engine import trials as trials_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILE = os.path.join(ROOT, "configs", "mnist1d.py")
@@ -102,12 +103,12 @@ def timed_run(
     steps: int,
 ) -> float:
     """Wall seconds of one `runner.run` call (it returns host numpy results: all work is done)."""
-    t0 = training.now()
+    t0 = engine.now()
     states, result = runner.run(hparams, dataset, steps)
     jax.block_until_ready(states)
     if not np.all(np.isfinite(result.initial_loss)):
         raise FloatingPointError("a benchmark trial had a non-finite loss in its first window")
-    return training.now() - t0
+    return engine.now() - t0
 
 
 def measure(

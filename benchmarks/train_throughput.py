@@ -42,7 +42,7 @@ import optax
 from flax import nnx
 
 from benchmarks import common
-from workflow import data, experiment, training
+from workflow import data, engine, experiment
 
 if TYPE_CHECKING:
     import torch
@@ -72,9 +72,9 @@ DEFAULT_REPEATS = {"mlp": 150, "cnn": 60, "lstm": 15}
 
 
 def ours_runner(setup: experiment.Setup, chunk: int) -> Runner:
-    """Our trainer's compiled multi-step with the host work `training.fit` does per call."""
+    """Our trainer's compiled multi-step with the host work `engine.fit` does per call."""
     config, dataset = setup.config, setup.dataset
-    multi_step = training.make_multi_step(setup.task)
+    multi_step = engine.make_multi_step(setup.task)
     x, y = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
     state = setup.state
 
@@ -84,9 +84,9 @@ def ours_runner(setup: experiment.Setup, chunk: int) -> Runner:
             indices = data.batch_indices(len(x), config.batch_size, config.seed, step, chunk)
             state, metrics = multi_step(state, x, y, jnp.asarray(indices))
             metrics = jax.device_get(metrics)
-            bad = training.first_nonfinite(np.asarray(metrics["loss"]))
-            bad_grad = training.first_nonfinite(np.asarray(metrics["grad_norm"]))
-            if bad is not None or bad_grad is not None or not training.params_finite(state):
+            bad = engine.first_nonfinite(np.asarray(metrics["loss"]))
+            bad_grad = engine.first_nonfinite(np.asarray(metrics["grad_norm"]))
+            if bad is not None or bad_grad is not None or not engine.params_finite(state):
                 raise FloatingPointError(f"ours diverged near step {step}")
 
     return run
@@ -95,7 +95,7 @@ def ours_runner(setup: experiment.Setup, chunk: int) -> Runner:
 def nnx_jit_loop_runner(setup: experiment.Setup) -> Runner:
     """One `nnx.jit` step per batch from a Python loop, as in the Flax MNIST example."""
     config, dataset = setup.config, setup.dataset
-    model = training.build_model(config, dataset.input_shape, dataset.num_classes)
+    model = engine.build_model(config, dataset.input_shape, dataset.num_classes)
     optimizer = nnx.Optimizer(model, optax.adam(config.optimizer.learning_rate), wrt=nnx.Param)
 
     @nnx.jit
@@ -122,7 +122,7 @@ def nnx_jit_loop_runner(setup: experiment.Setup) -> Runner:
 def scan_reference_runner(setup: experiment.Setup, chunk: int) -> Runner:
     """A minimal jax.jit + lax.scan training loop over split NNX parameters with optax.adam."""
     config, dataset = setup.config, setup.dataset
-    model = training.build_model(config, dataset.input_shape, dataset.num_classes)
+    model = engine.build_model(config, dataset.input_shape, dataset.num_classes)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = optax.adam(config.optimizer.learning_rate)
     opt_state = tx.init(params)

@@ -57,7 +57,7 @@ imdb_lstm
     initialization ("LSTM with tuning and dropout") in Dai & Le (2015), Table 1. IMDB rather
     than SST-2: GLUE's SST-2 test labels are hidden and this TFDS install has no `glue` builder,
     while imdb_reviews has a labelled 25k test split.
-    Recipe: the text path of workflow/data.py: lower-case word tokens, a 20,000-id vocabulary
+    Recipe: the text path of workflow/data/text.py: lower-case word tokens, a 20,000-id vocabulary
     (0 padding, 1 unknown) from the training examples, the first 256 tokens of each review
     (padded at the end); the LSTM embeds ids to 128 features, runs 128 units over the sequence
     with padding masked, reads out the mean hidden state over real tokens, dropout 0.5, Dense.

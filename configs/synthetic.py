@@ -30,7 +30,8 @@ underfit 145 s, overfit 60 s with a cold compilation cache; 75 s and 37 s with i
 import ml_collections
 
 import models
-from workflow import config_lib, synthetic
+from workflow import config_lib
+from workflow.data import synthetic
 from workflow.errors import UsageError
 
 KINDS = ("tabular", "image", "sequence")

@@ -9,7 +9,7 @@ import optax
 from flax import nnx
 
 from models import MLP
-from workflow.synthetic import make_synthetic, synthetic_options
+from workflow.data.synthetic import make_synthetic, synthetic_options
 
 # ----------------------------------------------------------------------------- models
 

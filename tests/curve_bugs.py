@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import optax
 
-from workflow.synthetic import make_synthetic, synthetic_options
+from workflow.data.synthetic import make_synthetic, synthetic_options
 
 
 def negated_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:

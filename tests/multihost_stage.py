@@ -1,7 +1,7 @@
 """A stage run as `python -m workflow.<stage>` would, that also reports what this process
 trained: `python tests/multihost_stage.py STAGE ARGS...`.
 
-After training.fit returns, one line `MULTIHOST {json}` goes to stderr (a non-zero process's
+After engine.fit returns, one line `MULTIHOST {json}` goes to stderr (a non-zero process's
 stdout is silenced by the stage): the process index, how many training examples this process
 holds, its dataset shard, the data layout fit used, and a SHA-256 of each of its local copies of
 the final parameters (one per local device), for tests/test_multihost.py to compare processes.
@@ -17,9 +17,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from workflow import rundir, training  # noqa: E402
+from workflow import engine  # noqa: E402
+from workflow.reporting import rundir
 
-_fit = training.fit
+_fit = engine.fit
 _write_summary = rundir.RunDir.write_summary
 
 
@@ -47,7 +48,7 @@ def params_digests(params) -> list[str]:
 
 
 def fit(task, state, dataset, config, **kwargs):
-    """training.fit, then the MULTIHOST line."""
+    """engine.fit, then the MULTIHOST line."""
     import jax
 
     result = _fit(task, state, dataset, config, **kwargs)
@@ -65,7 +66,7 @@ def fit(task, state, dataset, config, **kwargs):
 
 
 if __name__ == "__main__":
-    training.fit = fit  # experiment.train_and_report looks it up when it trains
+    engine.fit = fit  # experiment.train_and_report looks it up when it trains
     rundir.RunDir.write_summary = write_summary
     stage = sys.argv[1]
     sys.argv = [f"workflow/{stage}.py", *sys.argv[2:]]

@@ -22,12 +22,12 @@ def curve(config, devices: int, layout: str) -> dict:
     """One short fit on `devices` devices: per-step losses, final val loss, where params live."""
     import jax
 
-    from workflow import experiment, training
+    from workflow import engine, experiment
 
     config.parallel.data_devices = devices
     config.parallel.params = layout
     setup = experiment.prepare(config)
-    result = training.fit(setup.task, setup.state, setup.dataset, config, progress=False)
+    result = engine.fit(setup.task, setup.state, setup.dataset, config, progress=False)
     leaves = jax.tree.leaves(result.state.params)
     specs = sorted({str(getattr(leaf.sharding, "spec", None)) for leaf in leaves})
     return {
@@ -61,7 +61,8 @@ def per_host() -> dict:
     import jax
     import numpy as np
 
-    from workflow import checkpoints, experiment, training
+    from workflow import engine, experiment
+    from workflow.engine import checkpoints
 
     def run(num_steps: int, checkpointer=None, restore: bool = False):
         config = small_config(num_steps=num_steps, batch_size=64, checkpoint_every=20)
@@ -71,7 +72,7 @@ def per_host() -> dict:
         if restore:
             state, step, _ = checkpointer.restore_latest(setup.state)
             assert step == 20, step
-        result = training.fit(
+        result = engine.fit(
             setup.task, state, setup.dataset, config, checkpointer=checkpointer, progress=False
         )
         return setup, result
@@ -103,20 +104,20 @@ def per_host() -> dict:
 
 def gather_check() -> dict:
     """Each device's part of a batch comes from its own block: examples numbered by their row,
-    gathered by training.block_gather, against numpy's block-by-block gather."""
+    gathered by engine.block_gather, against numpy's block-by-block gather."""
     import jax
     import numpy as np
 
-    from workflow import data, training
+    from workflow import data, engine
 
     config = small_config(batch_size=64)
-    mesh = training.data_mesh(config)
+    mesh = engine.data_mesh(config)
     n = 8 * 67 + 5  # 5 rows past the last full block, dropped
     x, y = np.arange(n, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32), np.arange(n)
-    xg, yg, block = training.device_blocks(x, y.astype(np.int32), mesh, held_in_parts=False)
+    xg, yg, block = engine.device_blocks(x, y.astype(np.int32), mesh, held_in_parts=False)
     idx = data.block_batch_indices(block, 8, 64, 0, 0, 3)
-    gather = jax.jit(training.block_gather(mesh))
-    batches = [gather(xg, yg, jax.device_put(row, training.batch_sharding(mesh))) for row in idx]
+    gather = jax.jit(engine.block_gather(mesh))
+    batches = [gather(xg, yg, jax.device_put(row, engine.batch_sharding(mesh))) for row in idx]
     expected = [
         np.concatenate([d * block + row[d * 8 : (d + 1) * 8] for d in range(8)]) for row in idx
     ]
@@ -136,13 +137,13 @@ def gather_check() -> dict:
 def per_host_2() -> dict:
     """tests/test_multihost.py's run (small_config, 60 steps) with per-host data on 2 devices
     of one process: the numbers two processes of one device each must give."""
-    from workflow import experiment, training
+    from workflow import engine, experiment
 
     config = small_config()
     config.parallel.data = "per_host"
     config.parallel.data_devices = 2
     setup = experiment.prepare(config)
-    result = training.fit(setup.task, setup.state, setup.dataset, config, progress=False)
+    result = engine.fit(setup.task, setup.state, setup.dataset, config, progress=False)
     return {
         "metrics": experiment.final_metrics(setup, result.state),
         "losses": [float(v) for v in result.step_losses],
@@ -153,12 +154,12 @@ def per_host_2() -> dict:
 
 def indivisible() -> dict:
     """The UsageError of batch 100 on 8 devices."""
-    from workflow import training
+    from workflow import engine
     from workflow.errors import UsageError
 
     config = small_config(batch_size=100)
     try:
-        training.data_mesh(config)
+        engine.data_mesh(config)
     except UsageError as e:
         return {"error": str(e)}
     return {"error": None}

@@ -27,14 +27,16 @@ def search_config():
 
 def main(url: str, study_name: str) -> None:
     """Join the study at `url` and work until every round is finished."""
-    from workflow import experiment, search, trials
+    from workflow import experiment
+    from workflow.engine import trials
+    from workflow.search import random_search
 
     config = search_config()
     setup = experiment.prepare(config)
     dataset = setup.dataset
     runner = trials.TrialRunner(config, dataset.input_shape, dataset.num_classes)
-    worker = search.Search(runner, dataset, config, url, study_name, progress=False)
-    first = search.first_round(config.search, len(dataset.x_train), config.batch_size)
+    worker = random_search.Search(runner, dataset, config, url, study_name, progress=False)
+    first = random_search.first_round(config.search, len(dataset.x_train), config.batch_size)
     rounds, records = worker.run(first)
     print(json.dumps({"trained_here": worker.trained_here, "records": len(records)}))
 

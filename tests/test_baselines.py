@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import load_config, run_stage
 from workflow import data
+from workflow.data import sources
 from workflow.errors import UsageError
 
 tfds = pytest.importorskip("tensorflow_datasets")
@@ -184,7 +185,7 @@ def test_vocabulary_comes_from_the_trained_examples_only(monkeypatch):
     def source(builder, name, split, data_dir):
         return [{"text": text, "label": label} for text, label in REVIEWS[split]]
 
-    monkeypatch.setattr(data, "_tfds_source", source)
+    monkeypatch.setattr(sources, "_tfds_source", source)
     cfg = data.default_config()
     cfg.name = "tfds:imdb_reviews"
     cfg.val_fraction = 0.2  # one of the five

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import small_config
-from workflow import checks, data, experiment, training
+from workflow import data, engine, experiment
+from workflow.diagnostics import checks
+from workflow.diagnostics.checks import gradients, inputs, modes
 
 BUGS = "tests.check_bugs"
 
@@ -73,7 +75,7 @@ def test_dropout_and_batchnorm_used_correctly_pass(build):
     setup, batch = build(model=bug("DropoutBatchNormMLP"))
     assert checks.run_checks(setup, batch) == []
     # The mode checks did look at both layers.
-    types = {layer["type"] for layer in checks._mode_layers(setup.task, setup.state)}
+    types = {layer["type"] for layer in modes.mode_layers(setup.task, setup.state)}
     assert types == {"Dropout", "BatchNorm"}
 
 
@@ -106,7 +108,7 @@ def test_raw_pixels_without_normalization_fire_inputs_not_normalized():
     )
     assert finding.severity == "warning"
     train = finding.evidence["splits"]["train"]
-    assert train["mean"] > 100 and train["std"] > checks.INPUT_STD_RANGE[1]
+    assert train["mean"] > 100 and train["std"] > inputs.INPUT_STD_RANGE[1]
     assert set(finding.evidence["splits"]) == {"train", "val", "test"}
     assert finding.evidence["normalized_by_pipeline"] is False
     assert "normalize=True" in finding.suggestions[0]
@@ -184,8 +186,8 @@ def abstract_task_and_state(config, input_shape, num_classes=10):
     built = {}
 
     def create():
-        model = training.build_model(config, input_shape, num_classes)
-        built["task"], state = training.create_train_state(model, config)
+        model = engine.build_model(config, input_shape, num_classes)
+        built["task"], state = engine.create_train_state(model, config)
         return state
 
     state = jax.eval_shape(create)
@@ -369,9 +371,7 @@ def test_normalizing_over_the_batch_fires_batch_dependence(build, model):
         checks.check_batch_dependence(setup.task, setup.state, batch["x"]), "batch_dependence"
     )
     assert finding.severity == "error"
-    assert (
-        max(finding.evidence["relative_differences"].values()) > 10 * checks.BATCH_DEPENDENCE_RTOL
-    )
+    assert max(finding.evidence["relative_differences"].values()) > 10 * modes.BATCH_DEPENDENCE_RTOL
 
 
 def test_dropout_ignoring_eval_mode_fires_train_eval_mode(build):
@@ -420,7 +420,7 @@ def test_x1000_init_fires_exploding_gradients(build):
     setup, batch = build(model=bug("ScaledInitMLP"), scale=1e3, hidden_sizes=(32, 32))
     finding = only(checks.check_gradients(setup.task, setup.state, batch), "exploding_gradients")
     assert finding.severity == "warning"
-    assert finding.evidence["global_grad_norm"] > checks.EXPLODING_GRAD_NORM
+    assert finding.evidence["global_grad_norm"] > gradients.EXPLODING_GRAD_NORM
 
 
 def test_deep_sigmoid_stack_fires_vanishing_gradients(build):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import small_config
-from workflow.curves import diagnose_curve
-from workflow.findings import SEVERITIES, Finding
+from workflow.diagnostics.curves import diagnose_curve
+from workflow.diagnostics.findings import SEVERITIES, Finding
 
 LN10 = math.log(10)
 VOCABULARY = {
@@ -240,13 +240,13 @@ def test_rejects_a_2d_curve():
 
 def real_run(**overrides) -> np.ndarray:
     """Per-step training losses of a small synthetic-tabular run, trained in-process."""
-    from workflow import experiment, training
+    from workflow import engine, experiment
 
     config = small_config(num_steps=200, **overrides)
     if "dataset.name" in overrides:
         config.dataset.kwargs = {}  # the custom loader takes its own defaults
     setup = experiment.prepare(config)
-    result = training.fit(setup.task, setup.state, setup.dataset, setup.config, progress=False)
+    result = engine.fit(setup.task, setup.state, setup.dataset, setup.config, progress=False)
     losses = result.step_losses
     if result.divergence:  # fit stops at the first non-finite step and leaves it out
         losses = np.append(losses, np.nan)

@@ -9,7 +9,7 @@ import pytest
 
 from models import MLP
 from tests.conftest import run_stage, small_config
-from workflow import cli, experiment, training
+from workflow import cli, engine, experiment
 
 
 class SpyMLP(MLP):
@@ -39,8 +39,8 @@ def test_training_without_jit_gives_the_jitted_numbers():
 
     def train():
         # The trainer's own multi-step: K steps under lax.scan, a Python loop without jit.
-        state, metrics = training.make_multi_step(setup.task)(
-            training.copy_state(setup.state), x, y, indices
+        state, metrics = engine.make_multi_step(setup.task)(
+            engine.copy_state(setup.state), x, y, indices
         )
         return jax.device_get((state.params, metrics))
 

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import small_config
-from workflow import error_analysis as ea
-from workflow import evaluate, experiment, run_report
+from workflow import evaluate, experiment
+from workflow.diagnostics import error_analysis as ea
+from workflow.run import report as run_report
 
 C = 10
 

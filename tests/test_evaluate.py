@@ -7,10 +7,11 @@ import os
 import pytest
 
 from tests.conftest import SMALL_CONFIG_FLAGS, run_stage, small_config
-from workflow import bias_variance as bv
-from workflow import config_lib, error_analysis, evaluate, experiment
+from workflow import config_lib, evaluate, experiment
+from workflow.diagnostics import bias_variance as bv
+from workflow.diagnostics import error_analysis
+from workflow.diagnostics.findings import Finding
 from workflow.errors import UsageError
-from workflow.findings import Finding
 
 BIG = 10**7  # sets so large that sampling noise never decides a gap
 

@@ -13,7 +13,8 @@ import pytest
 
 from tests.conftest import run_stage, small_config, start_stage
 from tests.conftest import train_run as run
-from workflow import checkpoints, cli, experiment
+from workflow import cli, experiment
+from workflow.engine import checkpoints
 
 TIMING_KEYS = {"steps_per_s", "wall_seconds", "compile_seconds", "seconds"}
 

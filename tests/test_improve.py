@@ -6,15 +6,9 @@ import os
 import pytest
 
 from tests.conftest import ROOT, small_config
-from workflow import (
-    config_lib,
-    data,
-    evaluate,
-    experiment,
-    improve,
-    remedies,
-    synthetic,
-)
+from workflow import config_lib, data, evaluate, experiment, improve
+from workflow.data import synthetic
+from workflow.search import remedies
 
 
 def _underfit_config():

@@ -9,9 +9,10 @@ import optax
 import pytest
 
 from tests.conftest import small_config
-from workflow import experiment, lr_range
+from workflow import experiment
 from workflow.errors import UsageError
-from workflow.lr_range import analyze_range_test, range_test_findings
+from workflow.search import range_test
+from workflow.search.range_test import analyze_range_test, range_test_findings
 
 NUM_STEPS = 200  # run_range_test's default: 25 points a decade from 1e-7 to 10
 NUM_CURVES = 300  # noise seeds, each with its own curve shape
@@ -271,7 +272,7 @@ def real_sweep():
     """One sweep of the tiny tabular MLP (Adam), from 1e-6 to 100 in 100 steps, 2 repeats."""
     setup = experiment.prepare(small_config())
     before = jax.tree.map(np.array, setup.state)
-    result = lr_range.run_range_test(
+    result = range_test.run_range_test(
         setup.task,
         setup.state,
         setup.dataset,
@@ -313,16 +314,16 @@ def test_real_sweep_leaves_the_input_state_unchanged(real_sweep):
 
 def test_plot_is_written(real_sweep, tmp_path):
     _, _, r = real_sweep
-    path = lr_range.plot_range_test(r, str(tmp_path / "plots" / "lr_range.png"))
+    path = range_test.plot_range_test(r, str(tmp_path / "plots" / "lr_range.png"))
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     flat = analyze_range_test(np.geomspace(1e-7, 10, 50), np.full(50, 2.3))
-    assert lr_range.plot_range_test(flat, str(tmp_path / "flat.png")).endswith("flat.png")
+    assert range_test.plot_range_test(flat, str(tmp_path / "flat.png")).endswith("flat.png")
 
 
 def test_uneven_chunks_run_every_step_once(real_sweep):
     setup, _, _ = real_sweep
-    r = lr_range.run_range_test(
+    r = range_test.run_range_test(
         setup.task,
         setup.state,
         setup.dataset,
@@ -340,9 +341,9 @@ def test_uneven_chunks_run_every_step_once(real_sweep):
 def test_run_range_test_rejects_bad_input(real_sweep):
     setup, _, _ = real_sweep
     with pytest.raises(UsageError, match="min_lr"):
-        lr_range.run_range_test(setup.task, setup.state, setup.dataset, min_lr=1.0, max_lr=0.1)
+        range_test.run_range_test(setup.task, setup.state, setup.dataset, min_lr=1.0, max_lr=0.1)
     with pytest.raises(UsageError, match="repeats"):
-        lr_range.run_range_test(setup.task, setup.state, setup.dataset, repeats=0)
+        range_test.run_range_test(setup.task, setup.state, setup.dataset, repeats=0)
     plain = setup.state.replace(opt_state=optax.sgd(0.1).init(setup.state.params))
     with pytest.raises(UsageError, match="inject_hyperparams"):
-        lr_range.run_range_test(setup.task, plain, setup.dataset)
+        range_test.run_range_test(setup.task, plain, setup.dataset)

@@ -8,7 +8,8 @@ import jax
 import pytest
 
 from tests.conftest import run_stage, small_config
-from workflow import experiment, memory
+from workflow import experiment
+from workflow.diagnostics import memory
 from workflow.errors import UsageError
 
 OOM_TEXT = "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 4294967296 bytes."

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 import models
-from workflow import model_summary
+from workflow.reporting import model_summary
 
 
 def build(name, shape):

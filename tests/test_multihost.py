@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import ROOT, SMALL_CONFIG_FLAGS, run_stage
 from tests.test_faults import damage
 from tests.test_parallel import run_worker
-from workflow import distributed
+from workflow.engine import distributed
 
 STAGE = os.path.join(ROOT, "tests", "multihost_stage.py")
 

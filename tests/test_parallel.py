@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, run_stage, small_config
-from workflow import experiment, training
+from workflow import engine, experiment
 from workflow.errors import UsageError
 
 WORKER = os.path.join(ROOT, "tests", "parallel_worker.py")
@@ -108,11 +108,11 @@ def test_more_devices_than_visible_is_a_usage_error():
     config = small_config()
     config.parallel.data_devices = jax.device_count() + 1
     with pytest.raises(UsageError, match=r"parallel.data_devices=\d+: only \d+ device"):
-        training.data_mesh(config)
+        engine.data_mesh(config)
 
 
 def test_one_device_needs_no_mesh():
-    assert training.data_mesh(small_config()) is None
+    assert engine.data_mesh(small_config()) is None
 
 
 @pytest.mark.parametrize(
@@ -141,7 +141,7 @@ def bf16_run():
     """60 steps of the tabular MLP computed in bfloat16."""
     config = small_config(dtype="bfloat16")
     setup = experiment.prepare(config)
-    return setup, training.fit(setup.task, setup.state, setup.dataset, config, progress=False)
+    return setup, engine.fit(setup.task, setup.state, setup.dataset, config, progress=False)
 
 
 def test_bfloat16_trains_with_float32_parameters(bf16_run):
@@ -164,7 +164,7 @@ def test_bfloat16_matmuls_run_in_bfloat16(bf16_run):
     task, state = setup.task, result.state
     x = jnp.asarray(setup.dataset.x_train[:4])
     jaxpr = jax.make_jaxpr(
-        lambda p: training.forward(task.eval_graphdef, p, state.model_state, x, "bfloat16")[0]
+        lambda p: engine.forward(task.eval_graphdef, p, state.model_state, x, "bfloat16")[0]
     )(state.params)
     dots = [eqn for eqn in jaxpr.eqns if eqn.primitive.name == "dot_general"]
     assert dots and all(eqn.invars[0].aval.dtype == jnp.bfloat16 for eqn in dots)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from workflow import data
-from workflow.data import Shard, load_dataset
+from workflow.data import Shard, load_dataset, sources
 from workflow.errors import UsageError
 
 
@@ -73,13 +73,13 @@ def test_per_host_normalization_counts_the_dropped_examples():
 def test_tfds_reads_only_this_processs_records(monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
     reads = []
-    read = data._read_tfds_source
+    read = sources._read_tfds_source
 
     def counting(source, image_key, label_key, indices=None):
         reads.append(len(source) if indices is None else len(indices))
         return read(source, image_key, label_key, indices)
 
-    monkeypatch.setattr(data, "_read_tfds_source", counting)
+    monkeypatch.setattr(sources, "_read_tfds_source", counting)
     cfg = data.default_config()
     cfg.name = "tfds:mnist"
     cfg.normalize = False

@@ -11,7 +11,10 @@ import optax
 import pytest
 
 from tests.conftest import run_stage, small_config
-from workflow import augment, checkpoints, checks, config_lib, data, experiment, training, trials
+from workflow import config_lib, data, engine, experiment
+from workflow.diagnostics import checks
+from workflow.diagnostics.checks import probes
+from workflow.engine import augment, checkpoints, loop, trials
 from workflow.errors import UsageError
 
 
@@ -158,21 +161,22 @@ def test_training_batches_are_augmented_and_evaluation_never(aug_config):
     assert setup.task.augment is not None
     ds = setup.dataset
     batch = {"x": jnp.asarray(ds.x_train[:32]), "y": jnp.asarray(ds.y_train[:32])}
-    step_aug = jax.jit(training.make_train_step(setup.task))
+    step_aug = jax.jit(engine.make_train_step(setup.task))
     state = setup.state
     loss = float(step_aug(state, batch)[1]["loss"])
     assert loss == float(step_aug(state, batch)[1]["loss"])  # same (seed, step), same draw
     later = state.replace(step=jnp.asarray(7, jnp.int32))
     # Same parameters and batch, another step: only the augmentation can change the loss.
     assert float(step_aug(later, batch)[1]["loss"]) != loss
-    # Vmapped over trials (workflow/trials.py), each trial draws the single run's augmentation.
+    # Vmapped over trials (workflow/engine/trials.py), each trial draws the single run's
+    # augmentation.
     stacked = jax.tree.map(lambda a: jnp.stack([a, a]), state)
-    vmapped = jax.jit(jax.vmap(training.make_train_step(setup.task), in_axes=(0, None)))
+    vmapped = jax.jit(jax.vmap(engine.make_train_step(setup.task), in_axes=(0, None)))
     np.testing.assert_allclose(vmapped(stacked, batch)[1]["loss"], [loss, loss], rtol=1e-6)
     runner = trials.TrialRunner(setup.config, ds.input_shape, ds.num_classes)
     assert runner.task.augment is not None  # the runner's Task reads the kind from the config
     # Evaluation ignores the step: an augmented eval would differ between these two.
-    evaluate = training.Evaluator(setup.task, 256)
+    evaluate = engine.Evaluator(setup.task, 256)
     assert evaluate(state, ds.x_val, ds.y_val) == evaluate(later, ds.x_val, ds.y_val)
 
 
@@ -202,24 +206,24 @@ def _history(metric, values, every=10):
 
 
 def test_tracker_counts_evaluations_without_improvement():
-    es = training.EarlyStopping("val_accuracy", patience=2)
+    es = engine.EarlyStopping("val_accuracy", patience=2)
     es.replay(_history("val_accuracy", [0.5, 0.6, 0.6, 0.59]), until=1000)
     assert (es.best, es.best_step, es.waited, es.exhausted) == (0.6, 20, 2, True)
-    es = training.EarlyStopping("val_loss", patience=2, min_delta=0.05)
+    es = engine.EarlyStopping("val_loss", patience=2, min_delta=0.05)
     es.replay(_history("val_loss", [1.0, float("nan"), 0.97, 0.9]), until=1000)
     assert (es.best, es.best_step, es.waited) == (0.9, 40, 0)  # NaN never best; 0.97 too close
-    es = training.EarlyStopping("val_accuracy", patience=0)
+    es = engine.EarlyStopping("val_accuracy", patience=0)
     es.replay(_history("val_accuracy", [0.5, 0.6]), until=1000)
     assert not es.exhausted  # patience 0 stops at the first evaluation that does not improve
     es.update(30, {"val_accuracy": 0.6})
     assert es.exhausted
-    es = training.EarlyStopping("val_accuracy", patience=1)
+    es = engine.EarlyStopping("val_accuracy", patience=1)
     es.replay(_history("val_accuracy", [0.5, 0.4]), until=10)  # a resumed run at step 10
     assert es.best_step == 10 and es.waited == 0
 
 
 class ScriptedEvaluator:
-    """Stands in for training.Evaluator: the val accuracy of each step comes from SCRIPT."""
+    """Stands in for engine.Evaluator: the val accuracy of each step comes from SCRIPT."""
 
     script: dict[int, float] = {}
 
@@ -245,10 +249,10 @@ def test_early_stopping_fires_and_returns_the_best_state(tabular_setup, monkeypa
     accuracies = [0.5, 0.6, 0.7, 0.65, 0.7, 0.69, 0.9, 0.95, 0.96, 0.97]
     script = dict(zip(range(10, 101, 10), accuracies, strict=True))
     monkeypatch.setattr(ScriptedEvaluator, "script", script)
-    monkeypatch.setattr(training, "Evaluator", ScriptedEvaluator)
-    state = training.copy_state(setup.state)
+    monkeypatch.setattr(loop, "Evaluator", ScriptedEvaluator)
+    state = engine.copy_state(setup.state)
     saved = checkpoints.Checkpointer(str(tmp_path), max_to_keep=None)
-    result = training.fit(
+    result = engine.fit(
         setup.task, state, setup.dataset, setup.config, progress=False, checkpointer=saved
     )
     assert result.stopped_early and result.final_step == 60
@@ -266,9 +270,9 @@ def test_early_stopping_fires_and_returns_the_best_state(tabular_setup, monkeypa
 def test_early_stopping_stays_quiet_while_the_metric_improves(tabular_setup, monkeypatch):
     setup = tabular_setup
     monkeypatch.setattr(ScriptedEvaluator, "script", {s: s / 200 for s in range(10, 101, 10)})
-    monkeypatch.setattr(training, "Evaluator", ScriptedEvaluator)
-    state = training.copy_state(setup.state)
-    result = training.fit(setup.task, state, setup.dataset, setup.config, progress=False)
+    monkeypatch.setattr(loop, "Evaluator", ScriptedEvaluator)
+    state = engine.copy_state(setup.state)
+    result = engine.fit(setup.task, state, setup.dataset, setup.config, progress=False)
     assert not result.stopped_early
     assert result.final_step == result.best_step == int(result.state.step) == 100
 
@@ -365,10 +369,14 @@ def test_norm_and_dropout_train_eval_behaviour_and_checks(kind, model, norm, rat
     batch = checks.sample_batch(setup.dataset)
     x = jnp.asarray(batch["x"])
     # checks' own compiled programs, which run_checks below reuses (compiles dominate here).
-    train, advanced = checks._forward(task.train_graphdef, state.params, state.model_state, x)
-    train_again, _ = checks._forward(task.train_graphdef, state.params, advanced, x)
-    evaluated, after = checks._forward(task.eval_graphdef, state.params, state.model_state, x)
-    evaluated_again, _ = checks._forward(task.eval_graphdef, state.params, after, x)
+    train, advanced = probes.forward_in_mode(
+        task.train_graphdef, state.params, state.model_state, x
+    )
+    train_again, _ = probes.forward_in_mode(task.train_graphdef, state.params, advanced, x)
+    evaluated, after = probes.forward_in_mode(
+        task.eval_graphdef, state.params, state.model_state, x
+    )
+    evaluated_again, _ = probes.forward_in_mode(task.eval_graphdef, state.params, after, x)
     assert train.shape == evaluated.shape == (len(x), setup.dataset.num_classes)
     np.testing.assert_array_equal(evaluated, evaluated_again)  # eval is deterministic
     if rate:
@@ -380,7 +388,7 @@ def test_norm_and_dropout_train_eval_behaviour_and_checks(kind, model, norm, rat
     if norm == "batch":
         stats = [jax.tree_util.keystr(p) for p, _ in _leaves(state.model_state)]
         assert any("mean" in name for name in stats) and any("var" in name for name in stats)
-    _, grads = checks._loss_and_grads(task, state, batch)
+    _, grads = probes.loss_and_grads(task, state, batch)
     for path, g in _leaves(grads):
         assert np.all(np.isfinite(g)) and np.any(g != 0), jax.tree_util.keystr(path)
     if norm == "layer" and not rate:
@@ -404,7 +412,7 @@ def test_adamw_decays_the_weights():
     opt = ml_collections.ConfigDict(
         {"name": "adamw", "learning_rate": 0.1, "momentum": 0.9, "weight_decay": 1e-2}
     )
-    tx = training.build_optimizer(opt)
+    tx = engine.build_optimizer(opt)
     params = {"w": jnp.ones(3)}
     updates, _ = tx.update({"w": jnp.zeros(3)}, tx.init(params), params)
     np.testing.assert_allclose(optax.apply_updates(params, updates)["w"], 1 - 0.1 * 1e-2)

@@ -14,7 +14,9 @@ import models
 from models import MODELS, build_model, count_params
 from models.resnet import ResNet, ResNet20, ResNet32, ResNet56, ResNetSmall
 from tests.conftest import small_config
-from workflow import checks, config_lib, experiment, training
+from workflow import config_lib, engine, experiment
+from workflow.diagnostics import checks
+from workflow.diagnostics.checks import modes
 from workflow.errors import UsageError
 
 BATCH = 4
@@ -66,7 +68,7 @@ def split(model: nnx.Module, mode: str) -> tuple[nnx.GraphDef, nnx.State, nnx.St
 @partial(jax.jit, static_argnums=0)
 def forward(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State, x: jax.Array):
     """Outputs in the graphdef's mode and the non-parameter state after the call."""
-    model = nnx.merge(graphdef, params, training.fresh_variables(rest))
+    model = nnx.merge(graphdef, params, engine.fresh_variables(rest))
     return model(x), nnx.split(model, nnx.Param, ...)[2]
 
 
@@ -75,7 +77,7 @@ def sgd(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State, x: jax.Array
     """TRAIN_STEPS SGD steps carrying BatchNorm statistics: (first grads, params, rest, losses)."""
 
     def loss(p, r):
-        model = nnx.merge(graphdef, p, training.fresh_variables(r))
+        model = nnx.merge(graphdef, p, engine.fresh_variables(r))
         logits = model(x)
         value = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         return value, nnx.split(model, nnx.Param, ...)[2]
@@ -197,12 +199,12 @@ def probe(train_graphdef, eval_graphdef, params, rest, x, other, y):
     """Parameter grads on (x, y), train outputs on x and on `other`, eval outputs on x."""
 
     def loss(p):
-        logits = nnx.merge(train_graphdef, p, training.fresh_variables(rest))(x)
+        logits = nnx.merge(train_graphdef, p, engine.fresh_variables(rest))(x)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
 
     grads, train_out = jax.grad(loss, has_aux=True)(params)
-    train_other = nnx.merge(train_graphdef, params, training.fresh_variables(rest))(other)
-    eval_out = nnx.merge(eval_graphdef, params, training.fresh_variables(rest))(x)
+    train_other = nnx.merge(train_graphdef, params, engine.fresh_variables(rest))(other)
+    eval_out = nnx.merge(eval_graphdef, params, engine.fresh_variables(rest))(x)
     return grads, train_out, train_other, eval_out
 
 
@@ -290,7 +292,7 @@ def test_debug_checks_pass_on_a_built_config(setup):
     findings = checks.run_checks(setup, checks.sample_batch(setup.dataset))
     assert [(f.id, f.severity) for f in findings if f.severity != "info"] == []
     # The mode checks did look at the BatchNorm layers.
-    layers = checks._mode_layers(setup.task, setup.state)
+    layers = modes.mode_layers(setup.task, setup.state)
     assert len(layers) == 7 and {layer["type"] for layer in layers} == {"BatchNorm"}
 
 
@@ -298,7 +300,7 @@ def test_debug_checks_pass_on_a_built_config(setup):
 def test_short_training_run_decreases_the_loss(setup):
     # fit donates its state: train a copy so the fixture's state stays usable.
     state = jax.tree.map(jnp.copy, setup.state)
-    result = training.fit(setup.task, state, setup.dataset, setup.config, progress=False)
+    result = engine.fit(setup.task, state, setup.dataset, setup.config, progress=False)
     assert result.status == "ok"
     losses = result.step_losses
     assert len(losses) == setup.config.num_steps == 60

@@ -13,8 +13,10 @@ from flax import nnx
 
 from tests.conftest import ROOT
 from tests.search_worker import search_config
-from workflow import experiment, search, training, trials
+from workflow import engine, experiment
+from workflow.engine import trials
 from workflow.errors import UsageError
+from workflow.search import random_search
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -40,9 +42,9 @@ def test_batched_trials_equal_separate_runs(setup, runner):
         config.optimizer.learning_rate = hparams.learning_rate[i]
         config.l2 = hparams.l2[i]
         single = experiment.prepare(config)
-        fit = training.fit(single.task, single.state, single.dataset, config, progress=False)
+        fit = engine.fit(single.task, single.state, single.dataset, config, progress=False)
         ds = single.dataset
-        val = training.Evaluator(single.task, 256)(fit.state, ds.x_val, ds.y_val)
+        val = engine.Evaluator(single.task, 256)(fit.state, ds.x_val, ds.y_val)
         assert result.val_loss[i] == pytest.approx(val["loss"], rel=1e-4)
         assert result.val_accuracy[i] == pytest.approx(val["accuracy"])
         np.testing.assert_allclose(
@@ -53,7 +55,7 @@ def test_batched_trials_equal_separate_runs(setup, runner):
     # A trial's seed initializes its parameters as config.seed does for a single run.
     config = setup.config.copy_and_resolve_references()
     config.seed = 1
-    model = training.build_model(config, setup.dataset.input_shape, setup.dataset.num_classes)
+    model = engine.build_model(config, setup.dataset.input_shape, setup.dataset.num_classes)
     expected = jax.tree.leaves(nnx.state(model, nnx.Param))
     got = jax.tree.leaves(trials.trial_state(runner.init(hparams), 2).params)
     for a, b in zip(expected, got, strict=True):
@@ -66,7 +68,8 @@ import json, sys
 sys.path.insert(0, {ROOT!r})
 import jax
 from tests.search_worker import search_config
-from workflow import experiment, trials
+from workflow import experiment
+from workflow.engine import trials
 config = search_config()
 setup = experiment.prepare(config)
 ds = setup.dataset
@@ -118,7 +121,7 @@ def test_summarize_trials_marks_divergence_and_improvement():
 )
 def test_bad_ranges_are_one_line_errors(value, words):
     with pytest.raises(UsageError, match=words) as info:
-        search.check_range("search.lr_range", value)
+        random_search.check_range("search.lr_range", value)
     assert "search.lr_range" in str(info.value) and "\n" not in str(info.value)
 
 
@@ -126,16 +129,16 @@ def test_bad_sampler_metric_and_storage_are_usage_errors(tmp_path):
     config = search_config()
     config.search.sampler = "grid"
     with pytest.raises(UsageError, match="halton, sobol, random"):
-        search.validate_search_config(config.search)
+        random_search.validate_search_config(config.search)
     with pytest.raises(UsageError, match="postgresql://nobody@127.0.0.1:9/nothing"):
-        search.open_storage("postgresql://nobody@127.0.0.1:9/nothing", 5)
+        random_search.open_storage("postgresql://nobody@127.0.0.1:9/nothing", 5)
     with pytest.raises(UsageError, match="cannot open the study storage"):
-        search.open_storage(f"sqlite:///{tmp_path}/missing/dir/study.db", 5)
+        random_search.open_storage(f"sqlite:///{tmp_path}/missing/dir/study.db", 5)
 
 
 def test_first_round_widens_lr_range_to_the_range_test_band():
     config = search_config()
-    first = search.first_round(config.search, 1000, 100, lr_band=(2e-4, 3e-2))
+    first = random_search.first_round(config.search, 1000, 100, lr_band=(2e-4, 3e-2))
     assert first.lr_range == (1e-6, 3e-2)
     assert first.reg_range == (1e-5, 1e5)
     assert first.steps == 10  # 1 epoch of 1000 examples at batch 100
@@ -143,7 +146,7 @@ def test_first_round_widens_lr_range_to_the_range_test_band():
 
 def test_refined_round_narrows_around_the_best_trials_and_trains_longer():
     config = search_config()
-    first = search.first_round(config.search, 1000, 100)
+    first = random_search.first_round(config.search, 1000, 100)
     records = [
         {"learning_rate": lr, "l2": l2, "val_accuracy": acc, "val_loss": 1 - acc, "improved": ok}
         for lr, l2, acc, ok in [
@@ -157,7 +160,7 @@ def test_refined_round_narrows_around_the_best_trials_and_trains_longer():
             (4e-6, 1e1, 0.12, False),
         ]
     ]
-    refined = search.next_round(first, records, config.search, 1000, 100)
+    refined = random_search.next_round(first, records, config.search, 1000, 100)
     # The top quarter of the improved trials (at least two): lr 3e-4 and 5e-4, l2 1e-4..1e-3.
     lr_lo, lr_hi = refined.lr_range
     assert 1e-4 < lr_lo < 3e-4 and 5e-4 < lr_hi < 2e-3
@@ -178,11 +181,11 @@ def test_search_resumes_trials_of_a_dead_worker(setup, runner, tmp_path):
 
     url = f"sqlite:///{tmp_path}/study.db"
     config = setup.config
-    first = search.first_round(config.search, len(setup.dataset.x_train), config.batch_size)
+    first = random_search.first_round(config.search, len(setup.dataset.x_train), config.batch_size)
     # A worker that died with two trials running: a process id that no longer exists.
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    worker = search.Search(runner, setup.dataset, config, url, "t", progress=False)
+    worker = random_search.Search(runner, setup.dataset, config, url, "t", progress=False)
     study, round_ = worker.study(first)
     interrupted = []
     for _ in range(2):
@@ -203,7 +206,7 @@ def test_search_resumes_trials_of_a_dead_worker(setup, runner, tmp_path):
     assert len({tuple(sorted(p.items())) for p in completed}) == 8
     assert worker.trained_here == 12
 
-    again = search.Search(runner, setup.dataset, config, url, "t", progress=False)
+    again = random_search.Search(runner, setup.dataset, config, url, "t", progress=False)
     _, records_again = again.run(first)
     assert again.trained_here == 0  # nothing finished is run twice
     assert [r["val_accuracy"] for r in records_again] == [r["val_accuracy"] for r in records]
@@ -237,7 +240,7 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
     assert all(o["records"] == 12 for o in outputs)
 
 
-@pytest.mark.parametrize("name", search.SAMPLERS)
+@pytest.mark.parametrize("name", random_search.SAMPLERS)
 def test_sampler_points_depend_only_on_the_trial_number(name):
     from optuna.distributions import FloatDistribution
 
@@ -247,13 +250,13 @@ def test_sampler_points_depend_only_on_the_trial_number(name):
 
     dist = FloatDistribution(1e-6, 1e-2, log=True)
     draws = []
-    for sampler in (search.make_sampler(name, 0, 0), search.make_sampler(name, 0, 0)):
+    for sampler in (random_search.make_sampler(name, 0, 0), random_search.make_sampler(name, 0, 0)):
         draws.append(
             [sampler.sample_independent(None, Trial(n), "learning_rate", dist) for n in range(40)]
         )
     assert draws[0] == draws[1]  # every worker, and a restarted one, draws the same points
     assert len(set(draws[0])) == 40 and all(1e-6 <= v <= 1e-2 for v in draws[0])
-    other_round = search.make_sampler(name, 0, 1)
+    other_round = random_search.make_sampler(name, 0, 1)
     assert other_round.sample_independent(None, Trial(0), "learning_rate", dist) != draws[0][0]
     # Quasi-random points cover the range evenly: each decade gets its share.
     decades = np.histogram(np.log10(draws[0]), bins=4, range=(-6, -2))[0]

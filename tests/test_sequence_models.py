@@ -21,7 +21,9 @@ from models.wavenet import (
     receptive_field,
 )
 from tests.conftest import small_config
-from workflow import checks, experiment, training
+from workflow import engine, experiment
+from workflow.diagnostics import checks
+from workflow.diagnostics.checks import modes
 from workflow.errors import UsageError
 
 BATCH = 4
@@ -362,7 +364,7 @@ def test_debug_checks_pass(setup):
     findings = checks.run_checks(setup, batch)
     assert [(f.id, f.severity) for f in findings if f.severity != "info"] == []
     # The mode check did see the Dropout layers it compares train and eval for.
-    assert {layer["type"] for layer in checks._mode_layers(setup.task, setup.state)} == {"Dropout"}
+    assert {layer["type"] for layer in modes.mode_layers(setup.task, setup.state)} == {"Dropout"}
 
 
 @pytest.mark.slow  # kept out of the default run for time; runs with -m slow
@@ -372,7 +374,7 @@ def test_short_training_run_lowers_the_loss(setup):
     ds = setup.dataset
     small = dataclasses.replace(ds, x_train=ds.x_train[:64], y_train=ds.y_train[:64])
     config = setup.config
-    result = training.fit(setup.task, setup.state, small, config, progress=False)
+    result = engine.fit(setup.task, setup.state, small, config, progress=False)
     assert result.status == "ok"
     losses = result.step_losses
     assert len(losses) == config.num_steps == 60

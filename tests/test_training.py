@@ -12,7 +12,8 @@ import pytest
 from flax import nnx
 
 from tests.conftest import small_config
-from workflow import checkpoints, experiment, training
+from workflow import engine, experiment
+from workflow.engine import checkpoints
 
 
 def run(config, workdir):
@@ -117,7 +118,7 @@ def test_checkpoint_round_trip_keeps_rng_and_batch_stats():
             return self.drop(self.norm(self.dense(x)))
 
     config = small_config()
-    task, state = training.create_train_state(Net(nnx.Rngs(0, dropout=1)), config)
+    task, state = engine.create_train_state(Net(nnx.Rngs(0, dropout=1)), config)
     flat = checkpoints.to_flat(state)
     assert all(not jax.dtypes.issubdtype(v.dtype, jax.dtypes.prng_key) for v in flat.values())
     back = checkpoints.from_flat(flat, state)
@@ -128,14 +129,14 @@ def test_checkpoint_round_trip_keeps_rng_and_batch_stats():
 
 
 def test_schedule_chunks_end_on_eval_and_checkpoint_steps():
-    assert training.schedule_chunks(0, 250, 100, (100, 0)) == [100, 100, 50]
-    assert training.schedule_chunks(30, 100, 100, (50, 40)) == [10, 10, 30, 20]
-    assert training.schedule_chunks(100, 100, 100, (50,)) == []
+    assert engine.schedule_chunks(0, 250, 100, (100, 0)) == [100, 100, 50]
+    assert engine.schedule_chunks(30, 100, 100, (50, 40)) == [10, 10, 30, 20]
+    assert engine.schedule_chunks(100, 100, 100, (50,)) == []
 
 
 def test_window_records_average_each_log_window():
     metrics = {"loss": np.arange(10, dtype=float)}
-    records = training.window_records(20, metrics, log_every=5, rate=1.0)
+    records = engine.window_records(20, metrics, log_every=5, rate=1.0)
     assert [r["step"] for r in records] == [25, 30]
     assert [r["train_loss"] for r in records] == [2.0, 7.0]
 
@@ -182,7 +183,7 @@ def _updates(schedule: dict, steps: int, num_steps: int = 10) -> list[float]:
     opt.schedule = ml_collections.ConfigDict(
         {"name": "constant", "boundaries": (), "scale": 0.1, "warmup_steps": 0, **schedule}
     )
-    tx = training.build_optimizer(opt, num_steps=num_steps)
+    tx = engine.build_optimizer(opt, num_steps=num_steps)
     params = {"w": jax.numpy.zeros(())}
     state, out = tx.init(params), []
     for _ in range(steps):
@@ -209,7 +210,7 @@ def test_constant_schedule_leaves_the_rate_alone():
 def test_logging_metrics_does_not_import_torch(tmp_path):
     # tensorboardX imports torch when installed (2-6 s of every stage's start); we hide it.
     code = (
-        "import sys; from workflow import rundir; r = rundir.RunDir(sys.argv[1]); "
+        "import sys; from workflow.reporting import rundir; r = rundir.RunDir(sys.argv[1]); "
         "r.log({'step': 1, 'train_loss': 0.5}); r.close(); print('torch' in sys.modules)"
     )
     out = subprocess.run(

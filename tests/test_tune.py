@@ -10,7 +10,9 @@ import time
 import pytest
 
 from tests.conftest import run_stage, start_stage
-from workflow import config_lib, search, tuning_report
+from workflow import config_lib
+from workflow.search import random_search
+from workflow.tune import report as tune_report
 
 TINY = [
     "--config=configs/synthetic.py:tabular",
@@ -136,11 +138,11 @@ def test_trial_line_is_the_workflow_table_row():
         "epochs": 1.0,
         "improved": True,
     }
-    line = tuning_report.trial_line(record, "val_accuracy", 100)
+    line = tune_report.trial_line(record, "val_accuracy", 100)
     assert line == "acc = 0.412  lr : 1.405e-04  reg: 4.234e-04 (epoch 1 / 100)  ✓"
-    assert not tuning_report.trial_line(
-        {**record, "improved": False}, "val_accuracy", 100
-    ).endswith("✓")
+    assert not tune_report.trial_line({**record, "improved": False}, "val_accuracy", 100).endswith(
+        "✓"
+    )
 
 
 def _record(lr, l2, acc, improved=True, round_=0):
@@ -155,20 +157,20 @@ def _record(lr, l2, acc, improved=True, round_=0):
 
 
 def test_search_findings_fire_on_no_progress_and_range_edges_and_stay_quiet_inside():
-    rounds = [search.Round(0, (1e-6, 1e-2), (1e-5, 1e5), 3, 1.0, 10)]
+    rounds = [random_search.Round(0, (1e-6, 1e-2), (1e-5, 1e5), 3, 1.0, 10)]
     stuck = [_record(lr, 1e-3, 0.1, improved=False) for lr in (1e-6, 1e-4, 1e-2)]
-    (finding,) = tuning_report.search_findings(stuck, rounds, stuck[0])
+    (finding,) = tune_report.search_findings(stuck, rounds, stuck[0])
     assert finding.id == "loss_plateau" and finding.severity == "error"
 
     edge = [_record(9e-3, 1e-3, 0.9), _record(1e-4, 1e-3, 0.5)]
-    (finding,) = tuning_report.search_findings(edge, rounds, edge[0])
+    (finding,) = tune_report.search_findings(edge, rounds, edge[0])
     assert finding.id == "search_range_edge" and finding.evidence["value"] == 9e-3
 
     inside = [_record(1e-4, 1e-3, 0.9), _record(1e-5, 1e-3, 0.5)]
-    assert tuning_report.search_findings(inside, rounds, inside[0]) == []
+    assert tune_report.search_findings(inside, rounds, inside[0]) == []
     # The smallest L2 searched being best is no reason to search lower.
     low_reg = [_record(1e-4, 2e-5, 0.9)]
-    assert tuning_report.search_findings(low_reg, rounds, low_reg[0]) == []
+    assert tune_report.search_findings(low_reg, rounds, low_reg[0]) == []
 
 
 @pytest.mark.slow

@@ -48,7 +48,7 @@ def define_flags(stage: str) -> None:
         "JAX persistent compilation cache directory (default: <data cache>/jax; 'off' disables "
         "it). A second run of the same setup then skips compilation.",
     )
-    # Multi-host runs (workflow/distributed.py): all three, or none to read the cluster's
+    # Multi-host runs (workflow/engine/distributed.py): all three, or none to read the cluster's
     # environment (SLURM, Cloud TPU) or to run as one process.
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
     flags.DEFINE_integer("num_processes", None, "How many processes run this job (multi-host).")
@@ -165,7 +165,8 @@ def run(main: Callable[[list[str]], int]) -> None:
     def guarded(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)
         try:
-            from workflow import distributed, memory
+            from workflow.diagnostics import memory
+            from workflow.engine import distributed
 
             distributed.initialize(
                 flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id

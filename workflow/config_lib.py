@@ -9,8 +9,8 @@ import ml_collections
 from ml_collections import config_dict
 
 import models
-from workflow import augment
-from workflow.distributed import DATA_LAYOUTS
+from workflow.engine import augment
+from workflow.engine.distributed import DATA_LAYOUTS
 from workflow.errors import UsageError
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "momentum")
@@ -64,7 +64,7 @@ def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collection
     )
     # L2 penalty on the parameters, added to the loss: the workflow's "reg" hyperparameter.
     config.l2 = 0.0
-    # Data augmentation of training batches (workflow/augment.py), one block per data kind.
+    # Data augmentation of training batches (workflow/engine/augment.py), one block per data kind.
     config.augment = augment.default_config()
     # Stop when the validation metric has not improved for `patience` evaluations, and report
     # the best evaluated state (training.fit).
@@ -86,7 +86,7 @@ def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collection
     config.dtype = "float32"
     # Data parallelism over a Mesh of local devices: the batch is split over `data_devices`
     # devices (0: all of them); parameters are "replicated" on each or "sharded" over them.
-    # `data`: where the training split lives (workflow/distributed.py): "replicated" (every
+    # `data`: where the training split lives (workflow/engine/distributed.py): "replicated" (every
     # process and device holds all of it), "per_host" (each process loads only its shard, each
     # device one block of it), "auto" (per_host with several processes, else replicated).
     config.parallel = ml_collections.ConfigDict(
@@ -105,7 +105,8 @@ def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collection
             "disable_jit": False,
         }
     )
-    # Out of memory (workflow/memory.py): on XLA's resource-exhausted error a stage reports an
+    # Out of memory (workflow/diagnostics/memory.py): on XLA's resource-exhausted error a stage
+    # reports an
     # `out_of_memory` finding; retry_halving reruns it at half the batch size until it fits.
     # step_limit_mb (None: off) treats a training step estimated above it as out of memory.
     config.memory = ml_collections.ConfigDict(
@@ -127,7 +128,8 @@ def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collection
             "train_size_steps": config_dict.placeholder(int),
         }
     )
-    # The tune stage: LR range test, then coarse-to-fine random search (workflow/search.py).
+    # The tune stage: LR range test, then coarse-to-fine random search
+    # (workflow/search/random_search.py).
     config.search = ml_collections.ConfigDict(
         {
             # Log-uniform ranges as the workflow writes them: lr = 10^U(-6, -3), widened to the

@@ -10,19 +10,12 @@ import jax
 import ml_collections
 
 import models
-from workflow import (
-    augment,
-    checkpoints,
-    config_lib,
-    data,
-    debugging,
-    model_summary,
-    reports,
-    rundir,
-    training,
-)
+from workflow import config_lib, data, engine, reporting
+from workflow.diagnostics.curves import curve_findings
+from workflow.diagnostics.findings import Finding, has_error, rank_findings
+from workflow.engine import augment, checkpoints
 from workflow.errors import UsageError
-from workflow.findings import Finding, has_error
+from workflow.reporting import model_summary, rundir
 
 
 @dataclasses.dataclass
@@ -32,8 +25,8 @@ class Setup:
     config: ml_collections.ConfigDict
     dataset: Any
     model: Any
-    task: training.Task
-    state: training.TrainState
+    task: engine.Task
+    state: engine.TrainState
 
 
 def prepare(config: ml_collections.ConfigDict) -> Setup:
@@ -58,9 +51,9 @@ def prepare(config: ml_collections.ConfigDict) -> Setup:
                 f"{config.dataset.name!r} is token ids, which noise would turn into other "
                 "words; use 0 (time shifts only)"
             )
-    model = training.build_model(config, dataset.input_shape, dataset.num_classes)
-    training.check_output_shape(model, dataset.input_shape, dataset.num_classes)
-    task, state = training.create_train_state(model, config)
+    model = engine.build_model(config, dataset.input_shape, dataset.num_classes)
+    engine.check_output_shape(model, dataset.input_shape, dataset.num_classes)
+    task, state = engine.create_train_state(model, config)
     return Setup(config, dataset, model, task, state)
 
 
@@ -74,10 +67,10 @@ def with_whole_training_split(setup: Setup) -> Setup:
     return dataclasses.replace(setup, dataset=whole)
 
 
-def final_metrics(setup: Setup, state: training.TrainState) -> dict[str, float]:
+def final_metrics(setup: Setup, state: engine.TrainState) -> dict[str, float]:
     """Loss and accuracy of `state` on every split, in eval mode."""
-    mesh = training.data_mesh(setup.config)  # evaluate where fit trained (all hosts' devices)
-    evaluator = training.Evaluator(setup.task, setup.config.eval_batch_size, mesh)
+    mesh = engine.data_mesh(setup.config)  # evaluate where fit trained (all hosts' devices)
+    evaluator = engine.Evaluator(setup.task, setup.config.eval_batch_size, mesh)
     ds = setup.dataset
     metrics = {}
     for split, x, y in (
@@ -91,7 +84,7 @@ def final_metrics(setup: Setup, state: training.TrainState) -> dict[str, float]:
     return metrics
 
 
-def divergence_finding(result: training.FitResult, config) -> Finding:
+def divergence_finding(result: engine.FitResult, config) -> Finding:
     """The `nan_or_inf` finding for a run stopped by a non-finite loss or gradient."""
     d = result.divergence
     return Finding(
@@ -145,9 +138,7 @@ def train_and_report(setup: Setup, workdir: str, stage: str, next_stage: str | N
     created = not run.exists
     if not created:
         run.check_resumable(config)
-    ckpt = checkpoints.Checkpointer(
-        run.checkpoints, max_to_keep=training.checkpoints_to_keep(config)
-    )
+    ckpt = checkpoints.Checkpointer(run.checkpoints, max_to_keep=engine.checkpoints_to_keep(config))
     state, resume_step, skipped = setup.state, None, []
     try:
         if ckpt.latest_step() is not None:
@@ -163,7 +154,7 @@ def train_and_report(setup: Setup, workdir: str, stage: str, next_stage: str | N
     if run.writer:
         rundir.write_json(run.file("normalization.json"), setup.dataset.normalization)
     try:
-        result = training.fit(
+        result = engine.fit(
             setup.task,
             state,
             setup.dataset,
@@ -180,10 +171,10 @@ def train_and_report(setup: Setup, workdir: str, stage: str, next_stage: str | N
     if skipped:
         findings.append(corrupt_checkpoint_finding(skipped, resume_step))
     if result.start_step == 0:  # the curve checks read a whole run from its first step
-        findings += debugging.curve_findings(
+        findings += curve_findings(
             result, setup.dataset.num_classes, setup.dataset.y_train, config.optimizer.learning_rate
         )
-    findings = debugging.rank_findings(findings)
+    findings = rank_findings(findings)
     metrics = final_metrics(setup, result.state)
     metrics.update(
         num_params=models.count_params(setup.model),
@@ -208,7 +199,7 @@ def train_and_report(setup: Setup, workdir: str, stage: str, next_stage: str | N
     if not run.writer:  # another process writes the run directory's files
         return summary
     records = run.read_metrics()
-    curve = reports.plot_learning_curves(
+    curve = reporting.plot_learning_curves(
         records,
         os.path.join(run.plots, "learning_curves.png"),
         title=f"{config.model.name} on {setup.dataset.name}",
@@ -238,13 +229,13 @@ def write_report(run: rundir.RunDir, summary: dict, curve: str) -> None:
     """report.md: metrics table, data, model, learning curves, findings, next commands."""
     m, c = summary["metrics"], summary["config"]
     rows = [
-        [split, reports.fmt(m[f"{split}_loss"]), reports.fmt(m[f"{split}_accuracy"])]
+        [split, reporting.fmt(m[f"{split}_loss"]), reporting.fmt(m[f"{split}_accuracy"])]
         for split in ("train", "val", "test")
     ]
     model_kwargs = ", ".join(f"{k}={v}" for k, v in c["model"].items() if k != "name")
     run_rows = [
         ["model", f"`{c['model']['name']}` ({model_kwargs})"],
-        ["parameters", reports.fmt(m["num_params"])],
+        ["parameters", reporting.fmt(m["num_params"])],
         ["optimizer", f"{c['optimizer']['name']} lr={c['optimizer']['learning_rate']:g}"],
         ["steps", f"{m['steps']:,} at batch {c['batch_size']}"],
         [
@@ -272,23 +263,23 @@ def write_report(run: rundir.RunDir, summary: dict, curve: str) -> None:
         ["dataset", f"{ds['name']} ({ds['kind']}, {ds['num_classes']} classes)"],
         ["input shape", str(tuple(ds["input_shape"]))],
         ["normalized", "per channel, train statistics" if ds["normalized"] else "no"],
-        ["irreducible error", reports.fmt(ds["irreducible_error"])],
+        ["irreducible error", reporting.fmt(ds["irreducible_error"])],
     ]
     for split, info in ds["splits"].items():
         counts = info["class_counts"]
         balance = f"{min(counts):,}–{max(counts):,} per class" if counts else ""
         data_rows.append([f"{split} examples", f"{info['size']:,} ({balance})"])
     next_md = "\n".join(f"```\n{cmd}\n```" for cmd in summary["next"]) or "Nothing further."
-    reports.write_report(
+    reporting.write_report(
         run.file("report.md"),
         f"{summary['stage']}: {c['model']['name']} on {c['dataset']['name']} ({summary['status']})",
         [
-            ("Results", reports.markdown_table(["split", "loss", "accuracy"], rows)),
-            ("Run", reports.markdown_table(["", ""], run_rows)),
+            ("Results", reporting.markdown_table(["split", "loss", "accuracy"], rows)),
+            ("Run", reporting.markdown_table(["", ""], run_rows)),
             ("Learning curves", f"![learning curves]({curve})"),
-            ("Findings", reports.findings_markdown(summary["findings"])),
+            ("Findings", reporting.findings_markdown(summary["findings"])),
             ("Model", model_summary.markdown(summary["model_summary"], c["batch_size"])),
-            ("Data", reports.markdown_table(["", ""], data_rows)),
+            ("Data", reporting.markdown_table(["", ""], data_rows)),
             ("Next", next_md),
         ],
     )
@@ -304,7 +295,9 @@ def print_summary(summary: dict) -> None:
     for col in ("split", "loss", "accuracy"):
         table.add_column(col)
     for split in ("train", "val", "test"):
-        table.add_row(split, reports.fmt(m[f"{split}_loss"]), reports.fmt(m[f"{split}_accuracy"]))
+        table.add_row(
+            split, reporting.fmt(m[f"{split}_loss"]), reporting.fmt(m[f"{split}_accuracy"])
+        )
     console = Console()
     console.print(table)
     for f in summary["findings"]:

@@ -1,0 +1,271 @@
+"""The Dataset and `load_dataset`: raw load -> validate -> carve val -> subset -> normalize."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from workflow.data.batching import stratified_order
+from workflow.data.normalization import (
+    apply_normalization,
+    combined_normalization,
+    compute_normalization,
+)
+from workflow.data.shards import Shard, SplitPlan, process_shard, shard_info
+from workflow.data.sources import (
+    VALID_NAMES,
+    custom_arrays,
+    digits_arrays,
+    mnist1d_arrays,
+    tfds_arrays,
+)
+from workflow.data.synthetic import make_synthetic, rng_for
+from workflow.data.text import apply_vocabulary, restrict_vocabulary, vocabulary_info
+from workflow.data.validation import as_inputs, check_train_size, val_count, validate_raw
+from workflow.errors import UsageError
+
+
+@dataclasses.dataclass(eq=False)
+class Dataset:
+    """A classification dataset split into train/val/test numpy arrays."""
+
+    name: str
+    kind: str
+    num_classes: int
+    x_train: np.ndarray = dataclasses.field(repr=False)
+    y_train: np.ndarray = dataclasses.field(repr=False)
+    x_val: np.ndarray = dataclasses.field(repr=False)
+    y_val: np.ndarray = dataclasses.field(repr=False)
+    x_test: np.ndarray = dataclasses.field(repr=False)
+    y_test: np.ndarray = dataclasses.field(repr=False)
+    irreducible_error: float | None = None
+    normalization: dict | None = None
+    info: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one example, without the batch axis."""
+        return tuple(self.x_train.shape[1:])
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """The (x, y) arrays of split 'train', 'val' or 'test'."""
+        if name not in ("train", "val", "test"):
+            raise UsageError(f"split {name!r} is unknown; valid: train, val, test")
+        return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-friendly description for reports: sizes, shapes and class counts per split."""
+        splits = {}
+        for split in ("train", "val", "test"):
+            x, y = self.split(split)
+            counts = np.bincount(y, minlength=self.num_classes) if y.size else []
+            splits[split] = {
+                "size": int(x.shape[0]),
+                "x_shape": list(x.shape),
+                "class_counts": [int(c) for c in counts],
+            }
+        out = {
+            "name": self.name,
+            "kind": self.kind,
+            "num_classes": int(self.num_classes),
+            "input_shape": list(self.input_shape),
+            "splits": splits,
+            "irreducible_error": self.irreducible_error,
+            "normalized": self.normalization is not None,
+        }
+        shard = self.info.get("shard")
+        if shard:  # per-host data: the training set is every process's shard together
+            splits["train"] = {
+                "size": int(shard["global_size"]),
+                "x_shape": [int(shard["global_size"]), *self.input_shape],
+                "class_counts": [int(c) for c in shard["class_counts"]],
+            }
+            out["shard"] = {k: v for k, v in shard.items() if k != "class_counts"}
+        vocab = self.info.get("vocabulary")
+        if vocab:  # token-id inputs: the vocabulary's size, file and coverage, not its words
+            out["vocabulary"] = {k: v for k, v in vocab.items() if k != "words"}
+        return out
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """A dataset ConfigDict with every field ``load_dataset`` reads (defaults filled in)."""
+    cfg = ml_collections.ConfigDict()
+    cfg.name = "mnist1d"
+    cfg.train_size = ml_collections.config_dict.placeholder(int)
+    cfg.val_fraction = 0.1
+    cfg.normalize = True
+    cfg.kwargs = ml_collections.ConfigDict()
+    cfg.data_dir = ml_collections.config_dict.placeholder(str)
+    return cfg
+
+
+def load_dataset(
+    cfg: ml_collections.ConfigDict, *, seed: int, shard: Shard | None | str = "auto"
+) -> Dataset:
+    """Load, validate, split and normalize the dataset that ``cfg`` names.
+
+    `shard`: this process's part of the training split (per-host data), None to load it whole,
+    or "auto": ``process_shard()``, i.e. per-host exactly when several processes run.
+    """
+    name = _get(cfg, "name", None)
+    if not isinstance(name, str) or not name:
+        raise UsageError(f"dataset name={name!r} is invalid; valid: {VALID_NAMES}")
+    val_fraction = _get(cfg, "val_fraction", 0.1)
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float):
+        raise UsageError(f"val_fraction={val_fraction!r} must be a number in (0, 1)")
+    if not 0.0 < val_fraction < 1.0:
+        raise UsageError(f"val_fraction={val_fraction} must be in (0, 1)")
+    train_size = _get(cfg, "train_size", None)
+    if train_size is not None and (
+        isinstance(train_size, bool)
+        or not isinstance(train_size, int | np.integer)
+        or train_size < 1
+    ):
+        raise UsageError(f"train_size={train_size!r} must be a positive integer or None")
+    kwargs = _get(cfg, "kwargs", None)
+    kwargs = {} if kwargs is None else _to_dict(kwargs)
+    data_dir = _get(cfg, "data_dir", None)
+    if isinstance(shard, str):
+        shard = process_shard()
+    split_plan = SplitPlan(seed, val_fraction, train_size, shard)
+
+    raw = _load_raw(name, kwargs, seed=seed, data_dir=data_dir, plan=split_plan)
+    # Recorded before validate_raw casts to float32/int32, which would hide them from the checks.
+    source_dtypes = _source_dtypes(raw)
+    raw = validate_raw(raw, name)
+    info = {**raw.get("info", {})}
+    info.setdefault("source", name)
+    info["source_dtypes"] = source_dtypes
+    info["raw_sizes"] = {
+        s: int(raw[f"y_{s}"].shape[0]) for s in ("train", "val", "test") if f"y_{s}" in raw
+    }
+    read_shard = raw.get("shard")  # set by a loader that read only this process's records
+
+    x_train, y_train = raw["x_train"], raw["y_train"]
+    if read_shard is not None:
+        x_val, y_val = raw["x_val"], raw["y_val"]
+        info["raw_sizes"].update(read_shard.pop("raw_sizes"))
+        if read_shard.pop("val_carved"):
+            info["raw_sizes"].pop("val", None)
+        info["val_source"] = read_shard.pop("val_source")
+    elif "x_val" in raw:
+        x_val, y_val = raw["x_val"], raw["y_val"]
+        info["val_source"] = "dataset's own validation split"
+    else:
+        n_val = val_count(val_fraction, len(y_train), name)
+        order = stratified_order(y_train, rng_for(seed, 101))
+        val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+        x_val, y_val = x_train[val_idx], y_train[val_idx]
+        x_train, y_train = x_train[train_idx], y_train[train_idx]
+        info["val_source"] = f"carved from train (val_fraction={val_fraction}, seed={seed})"
+
+    if train_size is not None and read_shard is None:
+        check_train_size(train_size, len(y_train), name)
+        # Prefixes of one stratified order: a smaller train_size is a subset of a larger one.
+        keep = np.sort(stratified_order(y_train, rng_for(seed, 102))[:train_size])
+        x_train, y_train = x_train[keep], y_train[keep]
+    info["train_size"] = train_size
+
+    normalization = None
+    x_test = raw["x_test"]
+    if raw.get("token_ids") is not None:
+        # Token ids are categories, not quantities: they get a vocabulary, never normalization.
+        # Built from the whole training split (text is never read per host), before any slice.
+        vocab = restrict_vocabulary(x_train, raw["token_ids"])
+        x_train, x_val, x_test = (apply_vocabulary(x, vocab) for x in (x_train, x_val, x_test))
+        splits = {"train": x_train, "val": x_val, "test": x_test}
+        info["vocabulary"] = vocabulary_info(vocab, splits)
+        info["normalize"] = "skipped: inputs are token ids"
+    x_rest = None  # the dropped training examples, which the statistics still count
+    if shard is not None:
+        if read_shard is None:
+            start, stop, kept = shard.plan(len(y_train))
+            x_rest = x_train[kept:]
+            read_shard = {
+                "start": start,
+                "stop": stop,
+                "global_size": kept,
+                "dropped": len(y_train) - kept,
+                "read": "the whole training split (generated or loaded in memory), sliced",
+            }
+            x_train, y_train = x_train[start:stop], y_train[start:stop]
+        else:
+            x_rest = as_inputs(raw["x_train_rest"], name, "train")
+        info["shard"] = shard_info(shard, read_shard, y_train, raw["num_classes"])
+    if raw.get("token_ids") is None and _get(cfg, "normalize", False):
+        if shard is None:
+            normalization = compute_normalization(x_train)
+        else:
+            normalization = combined_normalization(x_train, x_rest)
+        x_train, x_val, x_test = (
+            apply_normalization(x, normalization) for x in (x_train, x_val, x_test)
+        )
+    info["sizes"] = {"train": len(y_train), "val": len(y_val), "test": len(raw["y_test"])}
+
+    return Dataset(
+        name=name,
+        kind=raw["kind"],
+        num_classes=raw["num_classes"],
+        x_train=x_train,
+        y_train=y_train,
+        x_val=x_val,
+        y_val=y_val,
+        x_test=x_test,
+        y_test=raw["y_test"],
+        irreducible_error=raw.get("irreducible_error"),
+        normalization=normalization,
+        info=info,
+    )
+
+
+def _source_dtypes(raw: Any) -> dict[str, str]:
+    """The dtype of each array as the loader returned it: {'x_train': 'float64', ...}."""
+    dtypes = {}
+    if not isinstance(raw, Mapping):
+        return dtypes
+    for key in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+        value = raw.get(key)
+        if value is not None:
+            dtype = getattr(value, "dtype", None)
+            dtypes[key] = str(dtype if dtype is not None else np.asarray(value).dtype)
+    return dtypes
+
+
+def _get(cfg: Any, key: str, default: Any) -> Any:
+    if isinstance(cfg, Mapping) or hasattr(cfg, "get"):
+        return cfg.get(key, default)
+    return getattr(cfg, key, default)
+
+
+def _to_dict(value: Any) -> dict[str, Any]:
+    if isinstance(value, ml_collections.ConfigDict):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise UsageError(f"dataset kwargs={value!r} must be a mapping of loader options")
+
+
+def _load_raw(
+    name: str, kwargs: dict[str, Any], *, seed: int, data_dir: str | None, plan: SplitPlan
+) -> dict:
+    if name == "mnist1d":
+        return mnist1d_arrays(kwargs)
+    if name == "digits":
+        _reject_kwargs(name, kwargs)
+        return digits_arrays()
+    if name == "synthetic":
+        return make_synthetic(kwargs, seed=seed)
+    if name.startswith("tfds:"):
+        return tfds_arrays(name[len("tfds:") :], kwargs, data_dir, plan)
+    if ":" in name:
+        return custom_arrays(name, kwargs)
+    raise UsageError(f"dataset name={name!r} is unknown; valid: {VALID_NAMES}")
+
+
+def _reject_kwargs(name: str, kwargs: dict[str, Any]) -> None:
+    if kwargs:
+        raise UsageError(f"dataset {name} takes no kwargs, got {', '.join(sorted(kwargs))}")

@@ -1,0 +1,154 @@
+"""Raw data that cannot be trained on is refused, with one line naming what is wrong."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from workflow.errors import UsageError
+
+_EXPECTED_SHAPE = {"image": "(N, H, W, C)", "sequence": "(N, T, F)", "tabular": "(N, D)"}
+_NDIM = {"image": 4, "sequence": 3, "tabular": 2}
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def validate_raw(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    """Reject raw data that cannot be trained on; return it converted to float32/int32."""
+    required = ("x_train", "y_train", "x_test", "y_test", "kind", "num_classes")
+    missing = [k for k in required if k not in raw or raw[k] is None]
+    if missing:
+        raise UsageError(
+            f"dataset {name} lacks {', '.join(missing)}; required: {', '.join(required)}"
+        )
+    if (raw.get("x_val") is None) != (raw.get("y_val") is None):
+        raise UsageError(f"dataset {name} gives only one of x_val, y_val; give both or neither")
+
+    kind = raw["kind"]
+    if kind not in KINDS:
+        raise UsageError(f"dataset {name} kind={kind!r} is unknown; valid: {', '.join(KINDS)}")
+    c = raw["num_classes"]
+    if isinstance(c, bool) or not isinstance(c, int | np.integer) or c < 2:
+        raise UsageError(f"dataset {name} num_classes={c!r} must be an integer >= 2")
+    c = int(c)
+    irreducible = raw.get("irreducible_error")
+    if irreducible is not None:
+        if not isinstance(irreducible, numbers.Real) or not 0.0 <= irreducible <= 1.0:
+            raise UsageError(
+                f"dataset {name} irreducible_error={irreducible!r} must be in [0, 1] or None"
+            )
+        irreducible = float(irreducible)
+
+    splits = ["train", "val", "test"] if raw.get("x_val") is not None else ["train", "test"]
+    out = dict(raw, kind=kind, num_classes=c, irreducible_error=irreducible)
+    if "val" not in splits:  # explicit x_val=None means "no val split": carve one
+        out.pop("x_val", None)
+        out.pop("y_val", None)
+    feature_shape = None
+    for split in splits:
+        x = as_inputs(raw[f"x_{split}"], name, split, tokens=raw.get("token_ids") is not None)
+        y = _as_labels(raw[f"y_{split}"], name, split)
+        if x.ndim != _NDIM[kind]:
+            raise UsageError(
+                f"dataset {name} x_{split} has shape {x.shape} but kind={kind!r} needs "
+                f"{_EXPECTED_SHAPE[kind]} ({_NDIM[kind]} dims)"
+            )
+        if x.shape[0] != y.shape[0]:
+            raise UsageError(
+                f"dataset {name} {split} split has {x.shape[0]} inputs but {y.shape[0]} labels"
+            )
+        if x.shape[0] == 0:
+            raise UsageError(f"dataset {name} {split} split is empty")
+        if feature_shape is None:
+            feature_shape = x.shape[1:]
+        elif x.shape[1:] != feature_shape:
+            raise UsageError(
+                f"dataset {name} x_{split} examples have shape {x.shape[1:]} but x_train "
+                f"examples have {feature_shape}"
+            )
+        bad = ~np.isfinite(x)
+        if bad.any():
+            n_nan = int(np.isnan(x).sum())
+            raise UsageError(
+                f"dataset {name} x_{split} has {int(bad.sum())} non-finite values "
+                f"({n_nan} NaN, {int(bad.sum()) - n_nan} inf) in "
+                f"{int(bad.reshape(len(x), -1).any(1).sum())} examples; inputs must be finite"
+            )
+        outside = (y < 0) | (y >= c)
+        if outside.any():
+            values = np.unique(y[outside])
+            shown = ", ".join(str(v) for v in values[:10]) + (" ..." if len(values) > 10 else "")
+            raise UsageError(
+                f"dataset {name} y_{split} has {int(outside.sum())} labels outside "
+                f"[0, {c}) (values: {shown}); labels must be class indices 0..{c - 1}"
+            )
+        out[f"x_{split}"], out[f"y_{split}"] = x, y
+    return out
+
+
+def as_inputs(x: Any, name: str, split: str, tokens: bool = False) -> np.ndarray:
+    x = np.asarray(x)
+    if tokens:
+        # Kept integer: config.dtype=bfloat16 casts floating inputs, and bfloat16 holds integers
+        # exactly only up to 256, so float token ids would be merged into their neighbours.
+        if not np.issubdtype(x.dtype, np.integer) or (x.size and x.min() < 0):
+            raise UsageError(
+                f"dataset {name} x_{split} holds token ids, which must be integers >= 0 "
+                f"(0 padding, 1 unknown); got dtype {x.dtype}"
+            )
+        return x.astype(np.int32, copy=False)
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise UsageError(f"dataset {name} x_{split} has dtype {x.dtype}; inputs must be numeric")
+    if np.issubdtype(x.dtype, np.complexfloating):
+        raise UsageError(f"dataset {name} x_{split} is complex; inputs must be real")
+    # Checked after the cast so values that overflow float32 are caught as inf.
+    return x.astype(np.float32, copy=False)
+
+
+def _as_labels(y: Any, name: str, split: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim != 1:
+        hint = " (one-hot? pass class indices, e.g. y.argmax(-1))" if y.ndim == 2 else ""
+        raise UsageError(
+            f"dataset {name} y_{split} has shape {y.shape}; labels must be class indices "
+            f"shaped (N,){hint}"
+        )
+    if np.issubdtype(y.dtype, np.integer):
+        return y.astype(np.int32, copy=False)
+    if np.issubdtype(y.dtype, np.floating):
+        finite = np.isfinite(y)
+        fractional = ~finite | (np.floor(np.where(finite, y, 0)) != y)
+        if fractional.any():
+            examples = ", ".join(str(v) for v in np.unique(y[fractional])[:5])
+            raise UsageError(
+                f"dataset {name} y_{split} has {int(fractional.sum())} non-integer labels "
+                f"(e.g. {examples}); labels must be integer class indices"
+            )
+        return y.astype(np.int32)
+    raise UsageError(
+        f"dataset {name} y_{split} has dtype {y.dtype}; labels must be integer class indices"
+    )
+
+
+KINDS = ("image", "sequence", "tabular")
+
+
+def val_count(val_fraction: float, num_train: int, name: str) -> int:
+    n_val = int(round(val_fraction * num_train))
+    if not 1 <= n_val < num_train:
+        raise UsageError(
+            f"val_fraction={val_fraction} leaves {n_val} val and {num_train - n_val} "
+            f"train examples of {num_train} in {name}; pick a fraction that keeps both >= 1"
+        )
+    return n_val
+
+
+def check_train_size(train_size: int, num_train: int, name: str) -> None:
+    if train_size > num_train:
+        raise UsageError(
+            f"train_size={train_size} exceeds the {num_train} training examples of "
+            f"{name} (after carving val); use train_size <= {num_train} or None"
+        )

@@ -1,0 +1,96 @@
+"""What the debug stage leaves for a person: the checklist, the plots, report.md."""
+
+import os
+
+import numpy as np
+
+from workflow import reporting
+from workflow.diagnostics.overfit import OverfitResult
+from workflow.reporting import model_summary, rundir
+
+# The report's checklist: what was checked, and the finding ids that mean it failed.
+CHECKLIST = (
+    ("inputs are normalized", ("inputs_not_normalized",)),
+    ("dtypes as expected", ("dtype_mismatch",)),
+    ("labels in range and informative", ("labels_out_of_range", "labels_corrupted")),
+    ("outputs are logits, not probabilities", ("softmax_before_loss",)),
+    ("shapes match in the loss (no silent broadcasting)", ("shape_mismatch",)),
+    ("initial loss near ln C", ("initial_loss_off",)),
+    ("examples independent of their batch (eval)", ("batch_dependence",)),
+    ("dropout / BatchNorm follow train and eval mode", ("train_eval_mode",)),
+    (
+        "gradients reach every parameter",
+        ("no_gradient", "dead_units", "vanishing_gradients", "exploding_gradients"),
+    ),
+    ("no NaN/inf", ("nan_or_inf",)),
+    ("overfits one batch", ("cannot_overfit_batch",)),
+    (
+        "loss curve of a short run",
+        (
+            "loss_increasing",
+            "loss_exploding",
+            "loss_oscillating",
+            "loss_plateau",
+            "lr_too_high",
+            "lr_too_low",
+        ),
+    ),
+)
+
+
+def plot_overfit(result: OverfitResult, path: str) -> str:
+    """The overfit-one-batch loss and accuracy against step."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.5))
+    steps = np.arange(1, len(result.losses) + 1)
+    ax_loss.plot(steps, result.losses)
+    reporting.set_log_scale_if_positive(ax_loss, result.losses.tolist())
+    ax_loss.set_ylabel("batch loss")
+    ax_acc.plot(steps, result.accuracies)
+    ax_acc.set_ylabel("batch accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"overfit one batch: {'passed' if result.passed else 'FAILED'}")
+    return reporting.save_figure(fig, path)
+
+
+def write_report(run: rundir.RunDir, summary: dict, overfit_plot: str, curve_plot: str) -> None:
+    """report.md: the checklist, findings with fixes, and the two plots."""
+    found = {f["id"]: f for f in summary["findings"]}
+    rows = []
+    for name, ids in CHECKLIST:
+        hits = [found[i] for i in ids if i in found]
+        status = "passed" if not hits else ", ".join(f"{h['severity']}: `{h['id']}`" for h in hits)
+        evidence = "; ".join(
+            ", ".join(f"{k}={reporting.fmt(v)}" for k, v in list(h["evidence"].items())[:4])
+            for h in hits
+        )
+        rows.append([name, status, evidence])
+    m = summary["metrics"]
+    reporting.write_report(
+        run.file("report.md"),
+        f"debug: {summary['config']['model']['name']} on {summary['config']['dataset']['name']} "
+        f"({summary['status']})",
+        [
+            ("Checks", reporting.markdown_table(["check", "result", "evidence"], rows)),
+            (
+                "Findings (most likely root cause first)",
+                reporting.findings_markdown(summary["findings"]),
+            ),
+            (
+                "Overfit one batch",
+                f"{'Passed' if m['overfit_passed'] else 'Failed'} after {m['overfit_steps']} "
+                f"steps (final loss {m['overfit_final_loss']:.3g}, accuracy "
+                f"{m['overfit_final_accuracy']:.0%}).\n\n"
+                f"![overfit one batch]({os.path.relpath(overfit_plot, run.path)})",
+            ),
+            ("Short run", f"![short run]({os.path.relpath(curve_plot, run.path)})"),
+            (
+                "Model",
+                model_summary.markdown(summary["model_summary"], summary["config"]["batch_size"]),
+            ),
+            ("Time to verdict", f"{m['seconds_to_verdict']:.1f} s"),
+        ],
+    )

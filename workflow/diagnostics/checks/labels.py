@@ -1,0 +1,149 @@
+"""Labels out of range or carrying no signal: `labels_out_of_range`, `labels_corrupted`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from workflow.diagnostics.findings import Finding
+
+# --- labels. Total-variation distance between the train and val/test class distributions. For
+# n examples of C classes the sampling noise of the TV distance is about 0.4 * sqrt(C / n), at
+# most ~0.18 for n >= 5 C; 0.4 is far outside it yet is reached by any split holding a class
+# mix unrelated to train's (e.g. test labels of a different encoding, or a sorted subset).
+LABEL_TV_MAX = 0.4
+LABEL_TV_MIN_EXAMPLES = 50  # and at least LABEL_TV_MIN_PER_CLASS * C examples in the split
+LABEL_TV_MIN_PER_CLASS = 5
+# The debug stage's memorization test: a memorized training set (accuracy >= 0.99) whose model
+# scores at chance (1/C) plus at most half a chance level (capped at 10 points) on val.
+MEMORIZED_ACCURACY = 0.99
+CHANCE_MARGIN_FACTOR = 0.5
+CHANCE_MARGIN_CAP = 0.1
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def label_summary(dataset: Any) -> dict[str, Any]:
+    """Class counts per split and the train imbalance ratio (largest / smallest count)."""
+    c = int(dataset.num_classes)
+    counts = {}
+    for split in ("train", "val", "test"):
+        y = np.asarray(dataset.split(split)[1])
+        inside = y[(y >= 0) & (y < c)].astype(np.int64)
+        counts[split] = [int(v) for v in np.bincount(inside, minlength=c)]
+    train = np.asarray(counts["train"])
+    present = train[train > 0]
+    imbalance = float(present.max() / present.min()) if present.size else math.nan
+    return {"class_counts": counts, "train_imbalance": round(imbalance, 3)}
+
+
+def check_labels(dataset: Any) -> list[Finding]:
+    """`labels_out_of_range`, and `labels_corrupted` for label problems visible without training."""
+    findings = []
+    c = int(dataset.num_classes)
+    outside = {}
+    for split in ("train", "val", "test"):
+        y = np.asarray(dataset.split(split)[1])
+        bad = (y < 0) | (y >= c)
+        if bad.any():
+            outside[split] = {
+                "count": int(bad.sum()),
+                "values": [v.item() for v in np.unique(y[bad])[:10]],
+            }
+    if outside:
+        findings.append(
+            Finding(
+                id="labels_out_of_range",
+                severity="error",
+                message=f"labels outside [0, {c}) in "
+                + ", ".join(f"{s} ({e['count']})" for s, e in outside.items()),
+                evidence={"num_classes": c, "splits": outside},
+                suggestions=[
+                    "map labels to class indices 0..C-1 in the loader (e.g. 1-based -> y - 1)",
+                    "check num_classes matches the data",
+                ],
+            )
+        )
+
+    summary = label_summary(dataset)
+    counts = {s: np.asarray(v, np.float64) for s, v in summary["class_counts"].items()}
+    present = np.flatnonzero(counts["train"])
+    if len(present) == 1:
+        findings.append(
+            Finding(
+                id="labels_corrupted",
+                severity="error",
+                message=f"every training label is class {int(present[0])}: the labels carry no "
+                "signal to learn",
+                evidence={"num_classes": c, **summary},
+                suggestions=[
+                    "check the loader reads the label column/field, not a constant or an index",
+                    "check the labels are not zeroed or overwritten in preprocessing",
+                ],
+            )
+        )
+        return findings
+
+    p_train = counts["train"] / max(1.0, counts["train"].sum())
+    shifted = {}
+    for split in ("val", "test"):
+        n = counts[split].sum()
+        if n < max(LABEL_TV_MIN_EXAMPLES, LABEL_TV_MIN_PER_CLASS * c):
+            continue
+        tv = 0.5 * float(np.abs(counts[split] / n - p_train).sum())
+        if tv > LABEL_TV_MAX:
+            shifted[split] = round(tv, 4)
+    if shifted:
+        findings.append(
+            Finding(
+                id="labels_corrupted",
+                severity="warning",
+                message="the class distribution differs wildly between train and "
+                + ", ".join(f"{s} (total variation {tv:.2f})" for s, tv in shifted.items()),
+                evidence={
+                    "total_variation": shifted,
+                    "threshold": LABEL_TV_MAX,
+                    **summary,
+                },
+                suggestions=[
+                    "check every split is labeled with the same class encoding",
+                    "check the splits are drawn from the same distribution (not a sorted or "
+                    "filtered subset)",
+                ],
+            )
+        )
+    return findings
+
+
+def labels_signal_finding(
+    train_batch_accuracy: float, val_accuracy: float, num_classes: int
+) -> list[Finding]:
+    """`labels_corrupted` when training data is memorized but val accuracy stays at chance."""
+    chance = 1.0 / num_classes
+    limit = chance + min(CHANCE_MARGIN_FACTOR * chance, CHANCE_MARGIN_CAP)
+    if train_batch_accuracy < MEMORIZED_ACCURACY or val_accuracy >= limit:
+        return []
+    return [
+        Finding(
+            id="labels_corrupted",
+            severity="error",
+            message=f"the model memorizes its training data (accuracy {train_batch_accuracy:.3f}) "
+            f"but scores {val_accuracy:.3f} on val, chance level for {num_classes} classes: the "
+            "labels carry no signal the inputs predict",
+            evidence={
+                "train_accuracy": train_batch_accuracy,
+                "val_accuracy": val_accuracy,
+                "chance": chance,
+                "val_accuracy_limit": limit,
+                "memorized_threshold": MEMORIZED_ACCURACY,
+            },
+            suggestions=[
+                "check labels stay aligned with their inputs when shuffling or splitting",
+                "check train and val inputs get the same preprocessing",
+                "look at a few examples with their labels",
+            ],
+        )
+    ]

@@ -1,0 +1,274 @@
+"""Outputs against the loss: probabilities into a logits loss, silent broadcasting, the
+initial loss (`softmax_before_loss`, `shape_mismatch`, `initial_loss_off`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from workflow import engine
+from workflow.diagnostics.checks.probes import (
+    Batch,
+    forward_in_mode,
+    loss_outputs_grads,
+    max_diff,
+    output_scale,
+)
+from workflow.diagnostics.findings import Finding
+from workflow.engine import Task, TrainState, losses
+
+# --- outputs and loss. Probabilities: every output in [0, 1] and rows summing to 1; log-
+# probabilities: every output <= 0 and rows with logsumexp 0. float32 softmax rows sum to 1
+# within ~1e-6 * C; random logits never come within 1e-3 of either on 64 rows.
+PROB_TOL = 1e-3
+# Initial loss: a near-uniform prediction gives ln C (the workflow's "check initial loss"); a
+# prior-matching bias gives the entropy H of the batch's labels (<= ln C). Accept
+# [H - tol, ln C + tol] with tol = max(0.5, 0.25 ln C): the built-in models start within
+# 0.25 of ln C (logit std < 0.85), while a x100 weight scale or an output bias of 20 is off
+# by more than ln C itself.
+INITIAL_LOSS_ABS_TOL = 0.5
+INITIAL_LOSS_REL_TOL = 0.25
+# The loss must be computed per example: the loss of the first half of a batch computed alone
+# must match the first half of the whole batch's loss within float32 noise.
+LOSS_SEPARABLE_RTOL = 1e-4
+
+
+# ----------------------------------------------------------------------------- outputs, loss
+
+
+def _output_kind(outputs: np.ndarray) -> str | None:
+    """'probabilities', 'log-probabilities' or None for outputs that look like logits."""
+    if not np.all(np.isfinite(outputs)) or outputs.shape[-1] < 2:
+        return None
+    if outputs.min() >= -PROB_TOL and outputs.max() <= 1 + PROB_TOL:
+        if np.all(np.abs(outputs.sum(-1) - 1.0) <= PROB_TOL):
+            return "probabilities"
+    if outputs.max() <= PROB_TOL:
+        if np.all(np.abs(_logsumexp(outputs)) <= PROB_TOL):
+            return "log-probabilities"
+    return None
+
+
+def _logsumexp(outputs: np.ndarray) -> np.ndarray:
+    """log(sum(exp(outputs))) over the last axis, in float64 on the host."""
+    out = np.asarray(outputs, np.float64)
+    peak = out.max(-1, keepdims=True)
+    return (peak + np.log(np.exp(out - peak).sum(-1, keepdims=True)))[..., 0]
+
+
+def _softmax_cross_entropy(outputs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean softmax cross-entropy of logits against integer labels, in float64 on the host."""
+    out = np.asarray(outputs, np.float64)
+    picked = np.take_along_axis(out, np.asarray(labels, np.int64)[:, None], axis=-1)[:, 0]
+    return float(np.mean(_logsumexp(out) - picked))
+
+
+# Static loss: one compiled program per loss and shape. Run eagerly, each operation of the loss
+# would compile on its own (2.4 s of a cold debug run for softmax cross-entropy).
+@engine.jit_for_few_runs(static_argnums=0)
+def _apply_loss(loss_fn: Callable, outputs: jax.Array, labels: jax.Array) -> jax.Array:
+    return loss_fn(outputs, labels)
+
+
+def _label_entropy(y: np.ndarray, num_classes: int) -> float:
+    p = np.bincount(y.astype(np.int64), minlength=num_classes) / len(y)
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())
+
+
+def _loss_shape_findings(
+    loss_fn: Callable, outputs: jax.Array, labels: jax.Array, loss_name: str
+) -> list[Finding]:
+    """`shape_mismatch` for a loss that broadcasts instead of returning one value per example."""
+    n = outputs.shape[0]
+    try:
+        per_example = jax.eval_shape(loss_fn, outputs, labels)
+    except Exception as e:  # whatever the loss raises on (N, C) outputs and (N,) labels
+        return [
+            Finding(
+                id="shape_mismatch",
+                severity="error",
+                message=f"the loss {loss_name} fails on outputs {tuple(outputs.shape)} and "
+                f"labels {tuple(labels.shape)}: {type(e).__name__}: "
+                + (str(e).strip().splitlines() or [""])[0],
+                evidence={
+                    "outputs_shape": list(outputs.shape),
+                    "labels_shape": list(labels.shape),
+                    "error": str(e).strip()[:500],
+                },
+                suggestions=["a loss takes (outputs (N, C), integer labels (N,)) and returns (N,)"],
+            )
+        ]
+    promotion = None
+    try:
+        with jax.numpy_rank_promotion("raise"):
+            jax.eval_shape(loss_fn, outputs, labels)
+    except ValueError as e:
+        if "rank_promotion" not in str(e):
+            raise
+        promotion = str(e).split(". For more", 1)[0]
+    shape = tuple(per_example.shape)
+    separable_diff = None
+    if shape == (n,) and n >= 2:
+        h = n // 2
+        full = np.asarray(_apply_loss(loss_fn, outputs, labels))
+        try:
+            half = np.asarray(_apply_loss(loss_fn, outputs[:h], labels[:h]))
+            separable_diff = max_diff(full[:h], half) / output_scale(full)
+        except Exception:  # a loss tied to one batch size: the shape test above still holds
+            separable_diff = None
+    if shape == (n,) and (separable_diff is None or separable_diff <= LOSS_SEPARABLE_RTOL):
+        if promotion is None:
+            return []
+        return [
+            Finding(
+                id="shape_mismatch",
+                severity="info",
+                message=f"the loss {loss_name} broadcasts arrays of different rank, but its "
+                "per-example values do not depend on other examples: check it is intended",
+                evidence={"rank_promotion": promotion, "loss_shape": list(shape)},
+                suggestions=["make the broadcast explicit (x[:, None]) to silence this"],
+            )
+        ]
+    if shape != (n,):
+        problem = f"returns shape {shape} for a batch of {n}; expected ({n},), one loss per example"
+    else:
+        problem = (
+            f"returns ({n},) but each example's loss depends on the other examples "
+            f"(relative difference {separable_diff:.3g} when computed on half the batch)"
+        )
+    return [
+        Finding(
+            id="shape_mismatch",
+            severity="error",
+            message=f"the loss {loss_name} {problem}"
+            + ("; it broadcasts arrays of different rank" if promotion else ""),
+            evidence={
+                "outputs_shape": list(outputs.shape),
+                "labels_shape": list(labels.shape),
+                "loss_shape": list(shape),
+                "rank_promotion": promotion,
+                "relative_difference_half_batch": separable_diff,
+            },
+            suggestions=[
+                "look for (N,) against (N, 1) arithmetic: index with [:, 0] or squeeze "
+                "the (N, 1) side, e.g. take_along_axis(...)[:, 0]",
+                "reduce over the class axis only (axis=-1), never over the batch axis",
+                "debug with jax.numpy_rank_promotion('raise') to find the line",
+            ],
+        )
+    ]
+
+
+def check_output_and_loss(
+    task: Task, state: TrainState, batch: Batch, num_classes: int
+) -> list[Finding]:
+    """`shape_mismatch`, `softmax_before_loss` and `initial_loss_off` on one batch at step 0."""
+    x, y = jnp.asarray(batch["x"]), jnp.asarray(batch["y"])
+    n = x.shape[0]
+    # Train mode: the loss the first training step reports. The gradient program is compiled
+    # here for the later checks too; a loss that cannot even run falls back to a forward pass.
+    try:
+        (_, outputs), _ = loss_outputs_grads(
+            task.train_graphdef, task.loss_fn, state.params, state.model_state, x, y
+        )
+    except Exception:  # reported below as a shape_mismatch of the loss
+        outputs, _ = forward_in_mode(task.train_graphdef, state.params, state.model_state, x)
+    try:
+        chex.assert_shape(outputs, (n, num_classes))
+    except AssertionError as e:
+        return [
+            Finding(
+                id="shape_mismatch",
+                severity="error",
+                message=f"the model returns shape {tuple(outputs.shape)}; expected ({n}, "
+                f"{num_classes}) logits",
+                evidence={"outputs_shape": list(outputs.shape), "expected": [n, num_classes]},
+                suggestions=[
+                    "end the model with a Dense layer of num_outputs units",
+                    "flatten (batch, ...) features to (batch, -1) before the last layer",
+                    str(e).splitlines()[0],
+                ],
+            )
+        ]
+    builtin_ce = task.loss_fn is losses.softmax_cross_entropy
+    loss_name = getattr(task.loss_fn, "__name__", repr(task.loss_fn))
+    findings = _loss_shape_findings(task.loss_fn, outputs, y, loss_name)
+
+    out = np.asarray(outputs, np.float64)
+    kind = _output_kind(out)
+    if kind:
+        if kind == "probabilities":
+            severity = "error" if builtin_ce else "warning"
+            why = (
+                "softmax cross-entropy applies a second softmax: outputs in [0, 1] give nearly "
+                "uniform predictions, tiny gradients and a plateau near ln C"
+            )
+        else:
+            severity = "warning" if builtin_ce else "info"
+            why = (
+                "log_softmax is idempotent, so softmax cross-entropy is unchanged, but the "
+                "outputs are not logits as the workflow's losses and metrics expect"
+            )
+        findings.append(
+            Finding(
+                id="softmax_before_loss",
+                severity=severity,
+                message=f"the model's outputs are already {kind} but the loss {loss_name} "
+                f"expects logits; {why}",
+                evidence={
+                    "outputs": kind,
+                    "loss": loss_name,
+                    "min": float(out.min()),
+                    "max": float(out.max()),
+                    "row_sum_range": [float(out.sum(-1).min()), float(out.sum(-1).max())],
+                },
+                suggestions=[
+                    "remove the final softmax / log_softmax from the model: return raw logits",
+                    "apply softmax only where probabilities are needed (prediction, calibration)",
+                ],
+            )
+        )
+
+    # Calibrated for softmax cross-entropy, so computed as that on the outputs read as logits;
+    # under another loss the result is only reported (info).
+    ce = _softmax_cross_entropy(out, np.asarray(y))
+    ln_c = math.log(num_classes)
+    entropy = _label_entropy(np.asarray(y), num_classes)
+    tol = max(INITIAL_LOSS_ABS_TOL, INITIAL_LOSS_REL_TOL * ln_c)
+    if not math.isfinite(ce) or not entropy - tol <= ce <= ln_c + tol:
+        logits_std = float(np.std(out)) if np.all(np.isfinite(out)) else math.inf
+        row_spread = out.max(-1) - out.min(-1)
+        findings.append(
+            Finding(
+                id="initial_loss_off",
+                severity="warning" if builtin_ce else "info",
+                message=f"the initial loss {ce:.4g} is far from ln C = {ln_c:.4g} "
+                f"(accepted {entropy - tol:.3g}..{ln_c + tol:.3g})"
+                + ("" if builtin_ce else f"; computed as softmax cross-entropy, not {loss_name}"),
+                evidence={
+                    "initial_loss": ce,
+                    "expected": ln_c,
+                    "label_entropy": entropy,
+                    "tolerance": tol,
+                    "loss": loss_name if builtin_ce else f"softmax_cross_entropy ({loss_name})",
+                    "logits_std": logits_std,
+                    "logits_max_abs": float(np.nanmax(np.abs(out))),
+                    "logits_row_spread_mean": float(np.nanmean(row_spread)),
+                },
+                suggestions=[
+                    "too large: the last layer's weights or bias start too big (exploding init, "
+                    "x100 scale) -- use the default (LeCun/He) init and a zero bias",
+                    "too large: unnormalized inputs scale the logits -- normalize the inputs",
+                    "too small: labels may leak into the inputs, or the loss is not averaged "
+                    "per example",
+                    "the model may end in a softmax (see softmax_before_loss)",
+                ],
+            )
+        )
+    return findings

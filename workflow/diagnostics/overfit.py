@@ -1,0 +1,130 @@
+"""Overfit one batch: can the model memorize a small fixed batch, and if not, why?"""
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+
+from workflow import engine
+from workflow.diagnostics.findings import Finding
+from workflow.engine.state import copy_state
+
+
+@dataclasses.dataclass
+class OverfitResult:
+    """How far training on one fixed batch got."""
+
+    passed: bool
+    steps: int  # steps run; the steps to overfit when passed
+    initial_loss: float
+    final_loss: float
+    final_accuracy: float
+    losses: np.ndarray
+    accuracies: np.ndarray
+
+
+def overfit_one_batch(
+    task: engine.Task,
+    state: engine.TrainState,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    max_steps: int,
+    loss_fraction: float,
+    chunk: int = 50,
+) -> OverfitResult:
+    """Train on one batch until it is memorized (100% accuracy, loss near zero) or max_steps."""
+    multi_step = engine.make_multi_step(task)
+    xb, yb = jnp.asarray(x), jnp.asarray(y)
+    indices = jnp.asarray(np.tile(np.arange(len(x)), (chunk, 1)))
+    state = copy_state(state)
+    losses, accuracies = [], []
+    passed, steps = False, 0
+    while steps < max_steps:
+        state, metrics = multi_step(state, xb, yb, indices)
+        losses.append(np.asarray(metrics["loss"]))
+        accuracies.append(np.asarray(metrics["accuracy"]))
+        all_losses = np.concatenate(losses)
+        target = loss_fraction * all_losses[0]
+        done = np.flatnonzero((np.concatenate(accuracies) >= 1.0) & (all_losses <= target))
+        if done.size:
+            passed, steps = True, int(done[0]) + 1
+            break
+        if not np.all(np.isfinite(losses[-1])):
+            steps = len(all_losses)
+            break
+        steps += chunk
+    loss, acc = np.concatenate(losses), np.concatenate(accuracies)
+    last = min(steps, len(loss)) - 1
+    return OverfitResult(
+        passed=passed,
+        steps=steps if passed else len(loss),
+        initial_loss=float(loss[0]),
+        final_loss=float(loss[last]),
+        final_accuracy=float(acc[last]),
+        losses=loss,
+        accuracies=acc,
+    )
+
+
+def with_learning_rate(state: engine.TrainState, learning_rate: float) -> engine.TrainState:
+    """A copy of `state` whose optimizer uses `learning_rate` (it lives in the optimizer state)."""
+    state = copy_state(state)
+    hyperparams = dict(state.opt_state.hyperparams)
+    hyperparams["learning_rate"] = jnp.asarray(learning_rate, jnp.float32)
+    return state.replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
+
+
+def slow_overfit_finding(
+    slow: OverfitResult, fast: OverfitResult, learning_rate: float, config
+) -> Finding:
+    """`lr_too_low`: one batch is memorized, but only at 10x the configured learning rate."""
+    return Finding(
+        id="lr_too_low",
+        severity="warning",
+        message=(
+            f"one batch is memorized in {fast.steps} steps at lr {10 * learning_rate:g}, but not "
+            f"in {slow.steps} steps at the configured {learning_rate:g} (loss "
+            f"{slow.initial_loss:.3g} -> {slow.final_loss:.3g}, accuracy {slow.final_accuracy:.0%})"
+        ),
+        evidence={
+            "learning_rate": learning_rate,
+            "steps_at_learning_rate": slow.steps,
+            "final_loss_at_learning_rate": slow.final_loss,
+            "faster_learning_rate": 10 * learning_rate,
+            "steps_at_faster_learning_rate": fast.steps,
+        },
+        suggestions=[
+            f"raise the learning rate towards {10 * learning_rate:g}, or find it with "
+            "workflow.tune's range test",
+            f"or train longer than {config.debug.overfit_steps} steps",
+        ],
+    )
+
+
+def cannot_overfit_finding(result: OverfitResult, causes: list[Finding], config) -> Finding:
+    """`cannot_overfit_batch`, naming the likeliest cause the other checks found."""
+    likely = [f.id for f in causes if f.id != "cannot_overfit_batch"]
+    suggestions = [f"fix `{likely[0]}` first: {causes[0].message}"] if likely else []
+    suggestions += [
+        "check that gradients reach every layer (no stop_gradient, no dead ReLUs)",
+        f"raise the learning rate (now {config.optimizer.learning_rate:g}) or train longer",
+        "make sure the loss receives logits and labels of the expected shapes",
+    ]
+    return Finding(
+        id="cannot_overfit_batch",
+        severity="error",
+        message=(
+            f"the model could not memorize one batch of {config.debug.batch_size} examples in "
+            f"{result.steps} steps (loss {result.initial_loss:.3g} -> {result.final_loss:.3g}, "
+            f"accuracy {result.final_accuracy:.0%})"
+        ),
+        evidence={
+            "steps": result.steps,
+            "initial_loss": result.initial_loss,
+            "final_loss": result.final_loss,
+            "final_accuracy": result.final_accuracy,
+            "likely_causes": likely[:3],
+        },
+        suggestions=suggestions,
+    )

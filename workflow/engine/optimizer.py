@@ -1,0 +1,53 @@
+"""The configured optax optimizer: base rule, L2 as a gradient term, lr schedule."""
+
+import ml_collections
+import optax
+
+
+def build_optimizer(
+    opt: ml_collections.ConfigDict, l2: float = 0.0, num_steps: int = 1
+) -> optax.GradientTransformation:
+    """The configured optimizer, with the L2 penalty applied as its gradient.
+
+    The learning rate and the L2 weight live in the optimizer state (`inject_hyperparams`), so
+    trials batched under `vmap` each carry their own. `l2 * sum(w**2)` added to the loss has the
+    gradient `2 * l2 * w`, which `add_decayed_weights` adds before the optimizer sees it.
+    """
+    base = {
+        "adam": lambda lr: optax.adam(lr),
+        "adamw": lambda lr: optax.adamw(lr, weight_decay=opt.weight_decay),
+        "sgd": lambda lr: optax.sgd(lr),
+        "momentum": lambda lr: optax.sgd(lr, momentum=opt.momentum),
+    }[opt.name]
+
+    multiplier = lr_multiplier(opt, num_steps)
+
+    def make(learning_rate, l2):
+        parts = [optax.add_decayed_weights(2.0 * l2), base(learning_rate)]
+        if multiplier is not None:  # constant schedules keep the state (and checkpoints) lean
+            parts.append(optax.scale_by_schedule(multiplier))
+        return optax.chain(*parts)
+
+    return optax.inject_hyperparams(make)(learning_rate=opt.learning_rate, l2=l2)
+
+
+def lr_multiplier(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule | None:
+    """config.optimizer.schedule as a factor on the learning rate; None for "constant".
+
+    A factor rather than a schedule of the rate itself: the rate stays one injected scalar, so
+    batched trials (each with its own rate) share the schedule's shape.
+    """
+    schedule = opt.get("schedule") or {"name": "constant"}
+    name = schedule["name"]
+    if name == "constant":
+        return None
+    if name == "piecewise":
+        boundaries = {int(b): float(schedule["scale"]) for b in schedule["boundaries"]}
+        return optax.piecewise_constant_schedule(1.0, boundaries)
+    warmup = int(schedule.get("warmup_steps", 0))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup else 1.0,
+        peak_value=1.0,
+        warmup_steps=warmup,
+        decay_steps=max(num_steps, warmup + 1),
+    )

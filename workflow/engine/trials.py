@@ -1,0 +1,258 @@
+"""Many trials of one architecture as one compiled program: the pure step `vmap`ped over trials.
+
+Each trial has its own initialization seed, learning rate and L2 weight. Both hyperparameters
+live in the optimizer state (`optax.inject_hyperparams`, see build_optimizer), so the
+unchanged `train_step` of py runs every trial: vmap adds a leading trial axis to the
+state and broadcasts the batch. All trials see the same batches (common random numbers: their
+differences come from the hyperparameters, not from the data order). When there are several
+devices the trial axis is sharded over a `Mesh`, one slice of trials per device.
+
+Trials run on this process's own devices (`jax.local_devices()`), never across hosts: in a
+multi-process job (workflow/engine/distributed.py) every process trains the same trials on its own
+devices and its own whole copy of the training split, so every process gets the same results
+and nothing is exchanged while they train (tune and improve then agree on process 0's choice).
+"""
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+import models
+from workflow import data
+from workflow.engine.evaluator import padded_batches
+from workflow.engine.loop import now, schedule_chunks
+from workflow.engine.programs import few_runs_options
+from workflow.engine.state import Task, TrainState, build_model, create_train_state, model_kwargs
+from workflow.engine.step import make_train_step
+
+TRIAL_AXIS = "trials"
+
+# On the CPU a vmapped LSTM is slower than its trials one by one: 8 trials ran 54 trial-steps/s
+# against 160 for one (MNIST-1D, batch 100; the per-trial recurrent matmuls of every time step
+# become small batched matmuls), while the MLP gains 1.4x (benchmarks/search_throughput.py).
+UNBATCHED_ON_CPU = ("lstm",)
+
+
+def trials_per_program(config: ml_collections.ConfigDict) -> int:
+    """How many trials to vmap into one program: config.search.trials_per_program, or one for
+    models that batching slows down on this backend."""
+    if jax.default_backend() == "cpu" and config.model.name in UNBATCHED_ON_CPU:
+        return 1
+    return config.search.trials_per_program
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialHparams:
+    """The per-trial hyperparameters of one batch of trials (equal-length sequences)."""
+
+    learning_rate: Sequence[float]
+    l2: Sequence[float]
+    seed: Sequence[int]
+
+    def __post_init__(self):
+        n = len(self.learning_rate)
+        if not n or len(self.l2) != n or len(self.seed) != n:
+            raise ValueError("learning_rate, l2 and seed need one (equal, non-zero) count")
+
+    def __len__(self) -> int:
+        return len(self.learning_rate)
+
+
+@dataclasses.dataclass
+class TrialsResult:
+    """What each trial did: per-trial arrays with a leading trial axis."""
+
+    initial_loss: np.ndarray  # mean training loss of the first log window
+    final_loss: np.ndarray  # mean training loss of the last log window
+    train_loss_curve: np.ndarray  # (trials, windows) mean training loss per log window
+    curve_steps: np.ndarray  # (windows,) last step of each window
+    val_loss: np.ndarray
+    val_accuracy: np.ndarray
+    diverged_at: np.ndarray  # first step with a NaN/inf loss, or -1
+    steps: int
+    seconds: float
+
+    @property
+    def improved(self) -> np.ndarray:
+        """The workflow's ✓: the loss went down (by 10%) and never became NaN/inf."""
+        return (self.diverged_at < 0) & (self.final_loss < 0.9 * self.initial_loss)
+
+
+def trial_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A one-axis mesh over the devices (this process's local devices by default)."""
+    devices = list(devices if devices is not None else jax.local_devices())
+    return Mesh(np.array(devices), (TRIAL_AXIS,))
+
+
+def padded_count(num_trials: int, num_devices: int) -> int:
+    """The trial count rounded up to a multiple of the devices (the mesh splits it evenly)."""
+    return -(-num_trials // num_devices) * num_devices
+
+
+def _pad(values: Sequence, count: int) -> list:
+    """Repeat the last value up to `count` entries: padding trials are copies, then dropped."""
+    values = list(values)
+    return values + [values[-1]] * (count - len(values))
+
+
+def make_trials_multi_step(task: Task) -> Callable:
+    """K steps of every trial in one compiled call; all trials share the gathered batch."""
+    train_step = jax.vmap(make_train_step(task), in_axes=(0, None))
+
+    def multi_step(states, x, y, indices):
+        def body(states, idx):
+            return train_step(states, {"x": x[idx], "y": y[idx]})
+
+        return jax.lax.scan(body, states, indices)
+
+    return jax.jit(multi_step, donate_argnums=0)
+
+
+def make_trials_evaluator(task: Task, batch_size: int) -> Callable:
+    """Loss and accuracy of every trial over a split: (trials,) arrays."""
+
+    def eval_batch(params, model_state, x, y, mask):
+        model = nnx.merge(task.eval_graphdef, params, model_state)
+        logits = model(x)
+        return jnp.sum(task.loss_fn(logits, y) * mask), jnp.sum((logits.argmax(-1) == y) * mask)
+
+    batched = jax.jit(jax.vmap(eval_batch, in_axes=(0, 0, None, None, None)))
+
+    def evaluate(states, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        total_loss, total_correct = 0.0, 0.0
+        for xb, yb, mask in padded_batches(x, y, batch_size):
+            loss, correct = batched(states.params, states.model_state, xb, yb, mask)
+            total_loss, total_correct = total_loss + loss, total_correct + correct
+        return np.asarray(total_loss) / len(x), np.asarray(total_correct) / len(x)
+
+    return evaluate
+
+
+class TrialRunner:
+    """Builds, trains and evaluates batches of trials of one config; compiles each program once."""
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        input_shape: Sequence[int],
+        num_classes: int,
+        mesh: Mesh | None = None,
+    ):
+        self.config = config
+        self.mesh = mesh or trial_mesh()
+        model = build_model(config, input_shape, num_classes)
+        self.task, _ = create_train_state(model, config)
+        self._init = jax.jit(
+            jax.vmap(self._init_one_fn(config, tuple(input_shape), num_classes)),
+            out_shardings=NamedSharding(self.mesh, PartitionSpec(TRIAL_AXIS)),
+            # Compiled as initialize compiles a single run's: the same initial values.
+            compiler_options=few_runs_options(),
+        )
+        self._multi_step = make_trials_multi_step(self.task)
+        self._evaluate = make_trials_evaluator(self.task, config.eval_batch_size)
+
+    def _init_one_fn(self, config, input_shape, num_classes) -> Callable:
+        kwargs = model_kwargs(config)
+        tx = self.task.tx
+
+        def init_one(seed, learning_rate, l2):
+            # The same streams as build_model's nnx.Rngs(seed, dropout=seed + 1).
+            rngs = nnx.Rngs(jax.random.key(seed), dropout=jax.random.key(seed + 1))
+            model = models.build_model(
+                config.model.name, input_shape, num_classes, rngs=rngs, **kwargs
+            )
+            model.train()
+            _, params, model_state = nnx.split(model, nnx.Param, ...)
+            opt_state = tx.init(params)
+            opt_state.hyperparams["learning_rate"] = learning_rate
+            opt_state.hyperparams["l2"] = l2
+            return TrainState(jnp.zeros((), jnp.int32), params, model_state, opt_state)
+
+        return init_one
+
+    def init(self, hparams: TrialHparams) -> TrainState:
+        """The stacked initial states (padded to a multiple of the devices)."""
+        count = padded_count(len(hparams), self.mesh.size)
+        return self._init(
+            jnp.asarray(_pad(hparams.seed, count), jnp.int32),
+            jnp.asarray(_pad(hparams.learning_rate, count), jnp.float32),
+            jnp.asarray(_pad(hparams.l2, count), jnp.float32),
+        )
+
+    def evaluate(self, states, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Loss and accuracy of every trial (padding included) on (x, y)."""
+        return self._evaluate(states, x, y)
+
+    def run(
+        self,
+        hparams: TrialHparams,
+        dataset: data.Dataset,
+        num_steps: int,
+        *,
+        progress: Callable[[int], None] = lambda steps: None,
+    ) -> tuple[TrainState, TrialsResult]:
+        """Train every trial `num_steps` steps from its initialization; evaluate each on val."""
+        t_start = now()
+        num_trials, config = len(hparams), self.config
+        states = self.init(hparams)
+        x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
+        window = max(1, min(config.log_every, num_steps // 4))
+        losses, step = [], 0
+        # Chunks need not end on log windows (the curve is cut from the per-step losses):
+        # at most two chunk lengths, so at most two compiles per trial length.
+        for k in schedule_chunks(0, num_steps, config.steps_per_call, ()):
+            indices = data.batch_indices(
+                len(dataset.x_train), config.batch_size, config.seed, step, k
+            )
+            states, metrics = self._multi_step(states, x_train, y_train, jnp.asarray(indices))
+            losses.append(np.asarray(jax.device_get(metrics["loss"]))[:, :num_trials])
+            step += k
+            progress(k)
+        val_loss, val_accuracy = self._evaluate(states, dataset.x_val, dataset.y_val)
+        result = summarize_trials(
+            np.concatenate(losses).T,
+            window,
+            val_loss[:num_trials],
+            val_accuracy[:num_trials],
+            now() - t_start,
+        )
+        return states, result
+
+
+def summarize_trials(
+    step_losses: np.ndarray,
+    window: int,
+    val_loss: np.ndarray,
+    val_accuracy: np.ndarray,
+    seconds: float,
+) -> TrialsResult:
+    """Per-trial curves and verdicts from the (trials, steps) training losses."""
+    num_trials, num_steps = step_losses.shape
+    finite = np.isfinite(step_losses)
+    diverged_at = np.where(finite.all(1), -1, np.argmin(finite, axis=1) + 1)
+    num_windows = num_steps // window
+    curve = step_losses[:, : num_windows * window].reshape(num_trials, num_windows, window)
+    curve = curve.mean(-1)
+    bad = (diverged_at >= 0) | ~np.isfinite(val_loss)
+    return TrialsResult(
+        initial_loss=curve[:, 0],
+        final_loss=curve[:, -1],
+        train_loss_curve=curve,
+        curve_steps=np.arange(1, num_windows + 1) * window,
+        val_loss=np.where(bad, np.inf, val_loss),
+        val_accuracy=np.where(bad, 0.0, val_accuracy),
+        diverged_at=diverged_at,
+        steps=num_steps,
+        seconds=seconds,
+    )
+
+
+def trial_state(states: TrainState, index: int) -> TrainState:
+    """One trial's state out of the stacked states (for a checkpoint or a closer look)."""
+    return jax.tree.map(lambda leaf: leaf[index], states)

@@ -1,0 +1,324 @@
+"""Stage 5, improve: follow the workflow's decision list for the verdict and keep what works.
+
+    python -m workflow.improve --config=configs/mnist1d.py --workdir=runs/improve
+
+Evaluates the starting point (baseline/, trained or restored), takes the verdict (underfit,
+overfit, val overfit), runs the remedies the workflow lists for it as runs of equal length —
+those that change only the learning rate or the L2 weight batched with the baseline as trials of
+one program; the baseline's own evaluation stands for its run when it is that long — compares
+them in one table, keeps the best and says why, and writes it as best_config.py for the next
+round of evaluate / tune / improve.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+
+import jax
+import ml_collections
+
+import models
+from workflow import config_lib, engine, evaluate, experiment
+from workflow.engine import copy_state, distributed, trials
+from workflow.improve.report import plot_outcomes, write_report
+from workflow.reporting import rundir
+from workflow.search import remedies
+
+VERDICTS = ("underfit", "overfit", "val_overfit")
+
+
+@dataclasses.dataclass
+class Outcome:
+    """One remedy's run: its errors on every split, size and time."""
+
+    remedy: remedies.Remedy
+    train_error: float
+    val_error: float
+    test_error: float
+    num_params: int
+    seconds: float
+    status: str = "ok"
+
+    def to_json(self) -> dict:
+        """The summary.json form."""
+        r = self.remedy
+        return {
+            "name": r.name,
+            "verdict": r.verdict,
+            "reason": r.reason,
+            "change": r.change,
+            "train_error": self.train_error,
+            "val_error": self.val_error,
+            "test_error": self.test_error,
+            "num_params": self.num_params,
+            "seconds": self.seconds,
+            "status": self.status,
+        }
+
+
+def short_config(config: ml_collections.ConfigDict, base_steps: int) -> ml_collections.ConfigDict:
+    """A remedy's run: the improve stage's length (scaled for a remedy that changes the length
+    itself, as "train longer" does), no checkpoints."""
+    short = config.copy_and_resolve_references()
+    length = config.improve.num_steps or base_steps
+    short.num_steps = max(1, round(length * config.num_steps / base_steps))
+    short.eval_every = short.num_steps
+    short.checkpoint_every = 0
+    return short
+
+
+def signature(config: ml_collections.ConfigDict) -> str:
+    """The config without its learning rate and L2 weight: equal signatures batch as trials."""
+    plain = json.loads(config.to_json_best_effort())
+    plain["optimizer"].pop("learning_rate")
+    plain.pop("l2")
+    return json.dumps(plain, sort_keys=True)
+
+
+def run_batched(group: list[remedies.Remedy], dataset, base_steps: int) -> list[Outcome]:
+    """Remedies that differ only in lr / L2, trained together as trials of one program."""
+    config = short_config(group[0].config, base_steps)
+    runner = trials.TrialRunner(config, dataset.input_shape, dataset.num_classes)
+    hparams = trials.TrialHparams(
+        learning_rate=[r.config.optimizer.learning_rate for r in group],
+        l2=[r.config.l2 for r in group],
+        seed=[config.seed] * len(group),
+    )
+    t0 = engine.now()
+    states, result = runner.run(hparams, dataset, config.num_steps)
+    errors = {}
+    for split in ("train", "test"):
+        x, y = dataset.split(split)
+        errors[split] = 1 - runner.evaluate(states, x, y)[1]
+    seconds = (engine.now() - t0) / len(group)
+    num_params = sum(x.size for x in jax.tree.leaves(trials.trial_state(states, 0).params))
+    return [
+        Outcome(
+            remedy,
+            float(errors["train"][i]),
+            float(1 - result.val_accuracy[i]),
+            float(errors["test"][i]),
+            num_params,
+            seconds,
+            "diverged" if result.diverged_at[i] >= 0 else "ok",
+        )
+        for i, remedy in enumerate(group)
+    ]
+
+
+def run_single(remedy: remedies.Remedy, base_steps: int) -> Outcome:
+    """A remedy that changes the model, the data or the training loop: its own run."""
+    t0 = engine.now()
+    config = short_config(remedy.config, base_steps)
+    setup = experiment.prepare(config)
+    fit = engine.fit(setup.task, setup.state, setup.dataset, config, progress=config.progress)
+    metrics = experiment.final_metrics(setup, fit.state)
+    return Outcome(
+        remedy,
+        1 - metrics["train_accuracy"],
+        1 - metrics["val_accuracy"],
+        1 - metrics["test_accuracy"],
+        models.count_params(setup.model),
+        engine.now() - t0,
+        fit.status,
+    )
+
+
+def evaluated_outcome(remedy: remedies.Remedy, summary: dict) -> Outcome | None:
+    """The baseline's outcome read from its evaluation, when that was a run of the remedies'
+    length (training is deterministic: retraining it would give the same numbers); else None."""
+    config, metrics = remedy.config, summary["metrics"]
+    if config.improve.num_steps not in (None, config.num_steps) or config.early_stopping.enabled:
+        return None
+    if metrics.get("steps") != config.num_steps:
+        return None
+    return Outcome(
+        remedy,
+        1 - metrics["train_accuracy"],
+        1 - metrics["val_accuracy"],
+        1 - metrics["test_accuracy"],
+        metrics["num_params"],
+        metrics.get("wall_seconds", 0.0),
+    )
+
+
+def run_remedies(
+    candidates: list[remedies.Remedy], dataset, baseline: Outcome | None = None
+) -> list[Outcome]:
+    """Every candidate, the baseline first; one program per group of equal signatures. A given
+    `baseline` outcome is used unless the baseline trains anyway, batched with lr / L2 changes."""
+    groups: dict[str, list[remedies.Remedy]] = {}
+    for remedy in candidates:
+        groups.setdefault(signature(remedy.config), []).append(remedy)
+    outcomes, base_steps = {}, candidates[0].config.num_steps
+    for group in groups.values():
+        if len(group) > 1 and trials.trials_per_program(group[0].config) > 1:
+            results = run_batched(group, dataset, base_steps)
+        elif baseline is not None and len(group) == 1 and group[0] is candidates[0]:
+            results = [baseline]
+        else:
+            results = [run_single(remedy, base_steps) for remedy in group]
+        for remedy, outcome in zip(group, results, strict=True):
+            outcomes[remedy.name] = outcome
+            print_outcome(outcome)
+    return [outcomes[r.name] for r in candidates]
+
+
+def choose(outcomes: list[Outcome], n_val: int) -> tuple[Outcome, str]:
+    """The best by validation error (ties: fewer parameters), kept only when it beats the
+    baseline by more than one standard error of the difference of two error rates on the val
+    set (the candidates are scored on the same examples, so their errors are correlated and one
+    unpaired standard error is about two paired ones)."""
+    baseline = outcomes[0]
+    ok = [o for o in outcomes if o.status == "ok"] or [baseline]
+    best = min(ok, key=lambda o: (o.val_error, o.num_params))
+    floor = remedies.noise_floor(baseline.val_error, n_val, z=1.0)
+    gain = baseline.val_error - best.val_error
+    if best is baseline:
+        return baseline, "no remedy lowered the validation error; the starting point stays"
+    if gain < floor:
+        return baseline, (
+            f"the best remedy, {best.remedy.name}, lowered the val error by {gain:.2%}, within "
+            f"the noise of {n_val:,} val examples (±{floor:.2%}); the starting point stays"
+        )
+    return best, (
+        f"{best.remedy.name} ({best.remedy.change}) answers the verdict "
+        f"'{best.remedy.verdict}': val error {baseline.val_error:.2%} → {best.val_error:.2%} "
+        f"({gain:.2%} better, above the ±{floor:.2%} noise of {n_val:,} val examples); test "
+        f"error {baseline.test_error:.2%} → {best.test_error:.2%}"
+    )
+
+
+def range_test_suggestion(setup: experiment.Setup) -> float | None:
+    """The learning-rate range test's suggestion for the starting point (None if none)."""
+    from workflow import tune
+
+    return tune.configured_range_test(setup).suggested_lr
+
+
+def run_improve(setup: experiment.Setup, workdir: str, config_source: str) -> dict:
+    """Evaluate the starting point, try the remedies its verdict calls for, keep the best."""
+    config = setup.config
+    # The remedies' menu, the range test and the batched trials see the whole training split
+    # on every process (per-host data applies to engine.fit's runs only).
+    whole = experiment.with_whole_training_split(setup)
+    dataset = whole.dataset
+    initial = dataclasses.replace(whole, state=copy_state(setup.state))
+    baseline = evaluate.run_evaluate(setup, os.path.join(workdir, "baseline"))  # donates state
+    # Every process goes on from process 0's verdicts (the same remedies, the same collectives).
+    baseline = distributed.broadcast_json(baseline)
+    if baseline["status"] == "diverged":
+        return baseline
+    verdicts = [f["id"] for f in baseline["findings"] if f["id"] in VERDICTS]
+    menu = functools.partial(
+        remedies.candidates,
+        config,
+        dataset,
+        verdicts,
+        available_train=evaluate.available_train_examples(dataset),
+        max_candidates=config.improve.max_candidates,
+    )
+    # The range test only when its lr would be tried: it comes last and may be cut.
+    far_lr = 100 * config.optimizer.learning_rate
+    wanted = any(r.name == "re-tuned lr" for r in menu(suggested_lr=far_lr))
+    candidates = menu(suggested_lr=range_test_suggestion(initial) if wanted else None)
+    outcomes = (
+        run_remedies(candidates, dataset, evaluated_outcome(candidates[0], baseline))
+        if len(candidates) > 1
+        else []
+    )
+    if outcomes:  # process 0's numbers on every process: one decision for the job
+        outcomes = [
+            dataclasses.replace(o, **values)
+            for o, values in zip(
+                outcomes,
+                distributed.broadcast_json([outcome_numbers(o) for o in outcomes]),
+                strict=True,
+            )
+        ]
+    run = rundir.RunDir(workdir)
+    if run.writer:
+        os.makedirs(run.plots, exist_ok=True)
+        rundir.write_json(run.file("config.json"), rundir.config_to_dict(config))
+    if outcomes:
+        chosen, why = choose(outcomes, len(dataset.y_val))
+    elif verdicts:
+        chosen, why = None, "no remedy on the decision list applies to this setup"
+    else:
+        chosen, why = None, "the goal is met: nothing to improve"
+    best_config = None
+    if chosen is not None and chosen is not outcomes[0]:
+        best_config = run.file("best_config.py")
+    if best_config and run.writer:
+        config_lib.write_config_file(
+            best_config,
+            config_source,
+            chosen.remedy.config,
+            f"The improve stage's choice in {os.path.abspath(workdir)}: {chosen.remedy.name}.\n\n"
+            + why,
+        )
+    summary = {
+        "stage": "improve",
+        "status": "ok",
+        "config": rundir.config_to_dict(config),
+        "metrics": chosen_metrics(baseline, chosen, outcomes),
+        "findings": baseline["findings"],
+        "verdicts": verdicts,
+        "candidates": [o.to_json() for o in outcomes],
+        "decision": {"chosen": chosen.remedy.name if chosen else None, "why": why},
+        "best_config": best_config,
+        "bias_variance": baseline.get("bias_variance"),
+        "next": next_commands(workdir, best_config, verdicts),
+        "dataset": dataset.summary(),
+        "device": jax.devices()[0].device_kind,
+    }
+    plot = plot_outcomes(outcomes, run.plots) if outcomes and run.writer else None
+    run.write_summary(summary)  # process 0 only, as every file
+    if run.writer:
+        write_report(run, summary, plot)
+    return summary
+
+
+def outcome_numbers(outcome: Outcome) -> dict:
+    """An outcome's measured fields (what processes exchange to agree)."""
+    fields = ("train_error", "val_error", "test_error", "num_params", "seconds", "status")
+    return {name: getattr(outcome, name) for name in fields}
+
+
+def chosen_metrics(baseline: dict, chosen: Outcome | None, outcomes: list[Outcome]) -> dict:
+    """The baseline's full-length metrics, and the chosen remedy's errors from its run."""
+    metrics = {f"baseline_{k}": v for k, v in baseline["metrics"].items() if "accuracy" in k}
+    if chosen is not None:
+        metrics.update(
+            chosen=chosen.remedy.name,
+            train_accuracy=1 - chosen.train_error,
+            val_accuracy=1 - chosen.val_error,
+            test_accuracy=1 - chosen.test_error,
+            num_params=chosen.num_params,
+            candidates=len(outcomes),
+        )
+    return metrics
+
+
+def next_commands(workdir: str, best_config: str | None, verdicts: list[str]) -> list[str]:
+    """Evaluate the chosen setup at full length (and tune it), or stop when nothing changed."""
+    if not best_config:
+        return []
+    parent = os.path.dirname(os.path.abspath(workdir))
+    return [
+        f"python -m workflow.evaluate --config={best_config} "
+        f"--workdir={os.path.join(parent, 'evaluate_improved')}",
+        f"python -m workflow.tune --config={best_config} "
+        f"--workdir={os.path.join(parent, 'tune_improved')}",
+    ]
+
+
+def print_outcome(outcome: Outcome) -> None:
+    """One finished candidate on the console."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(
+        f"{outcome.remedy.name:22s} val error {outcome.val_error:6.2%}  test error "
+        f"{outcome.test_error:6.2%}  ({outcome.remedy.change}, {outcome.seconds:.1f} s)"
+    )

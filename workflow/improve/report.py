@@ -1,0 +1,72 @@
+"""What the improve stage leaves for a person: the candidates plot and report.md."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import matplotlib.pyplot as plt
+
+from workflow import reporting
+from workflow.reporting import rundir
+
+if TYPE_CHECKING:
+    from workflow.improve import Outcome
+
+
+def plot_outcomes(outcomes: list[Outcome], plots_dir: str) -> str:
+    """Validation and test error per candidate, the baseline first."""
+    names = [o.remedy.name for o in outcomes]
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 3.8))
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], [o.val_error for o in outcomes], 0.4, label="val error")
+    ax.bar([x + 0.2 for x in xs], [o.test_error for o in outcomes], 0.4, label="test error")
+    ax.axhline(outcomes[0].val_error, color="gray", lw=0.8, ls="--")
+    ax.set_xticks(list(xs), names, rotation=30, ha="right")
+    ax.set_ylabel("error")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend()
+    return reporting.save_figure(fig, os.path.join(plots_dir, "candidates.png"))
+
+
+def write_report(run: rundir.RunDir, summary: dict, plot: str | None) -> None:
+    """report.md: the verdict, the candidates table, the decision and why, next commands."""
+    sections = []
+    bv = summary.get("bias_variance")
+    if bv:
+        table = reporting.markdown_table(["Error source", "Value", "Analysis"], bv["rows"])
+        sections.append(("Starting point", f"{table}\n\n{bv['decomposition']}"))
+    rows = []
+    base = summary["candidates"][0] if summary["candidates"] else None
+    for c in summary["candidates"]:
+        delta = c["val_error"] - base["val_error"]
+        rows.append(
+            [
+                c["name"],
+                c["change"],
+                f"{c['val_error']:.2%}",
+                f"{delta:+.2%}" if c is not base else "",
+                f"{c['test_error']:.2%}",
+                f"{c['num_params']:,}",
+                f"{c['seconds']:.1f} s",
+                c["reason"],
+            ]
+        )
+    if rows:
+        headers = ["candidate", "change", "val error", "Δ val", "test error", "params", "time"]
+        body = reporting.markdown_table([*headers, "why tried"], rows)
+        if plot:
+            body += f"\n\n![candidates]({os.path.relpath(plot, run.path)})"
+        sections.append(("Candidates (runs of equal length)", body))
+    decision = summary["decision"]
+    sections.append(("Decision", f"**{decision['chosen'] or 'none'}**: {decision['why']}"))
+    sections.append(
+        ("Findings of the starting point", reporting.findings_markdown(summary["findings"]))
+    )
+    next_md = "\n".join(f"```\n{cmd}\n```" for cmd in summary["next"]) or "Nothing further."
+    sections.append(("Next", next_md))
+    reporting.write_report(
+        run.file("report.md"),
+        f"improve: {summary['config']['model']['name']} on {summary['config']['dataset']['name']}",
+        sections,
+    )

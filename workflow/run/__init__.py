@@ -1,0 +1,363 @@
+"""The whole workflow in one command, with its report.
+
+    python -m workflow.run                       # offline MNIST-1D, the default
+    python -m workflow.run --config=configs/digits.py --workdir=runs/digits
+    python -m workflow.run --config=configs/synthetic.py:underfit --workdir=runs/underfit
+    python -m workflow.run --config=configs/synthetic.py:overfit --workdir=runs/overfit
+
+start simple → debug (stops there, fixes named, when an error stands) → evaluate → then rounds of
+tune → evaluate → improve → evaluate until the goal is met, nothing changes, or
+`config.budget` is spent. One sub-directory per step; a killed run resumes from the steps it
+finished (each stage also resumes its own work). At the top, summary.json holds the final
+model's metrics and, as findings, each decision and its evidence; report.md and a
+self-contained report.html tell the whole story.
+
+It runs as one process: as a multi-process job (workflow/engine/distributed.py) it refuses at once
+(exit 2); its stages run multi-process one by one.
+"""
+
+import dataclasses
+import os
+import shutil
+
+import jax
+import ml_collections
+
+from workflow import config_lib, debug, engine, evaluate, experiment, improve, tune
+from workflow.diagnostics.findings import Finding
+from workflow.reporting import rundir
+from workflow.run import report
+
+
+@dataclasses.dataclass
+class Step:
+    """One finished step of the workflow: which stage, where, on which config, its summary."""
+
+    name: str
+    stage: str
+    workdir: str
+    config_source: str
+    summary: dict
+
+
+class Workflow:
+    """The steps of one workflow run, each recorded in workflow.json as it finishes."""
+
+    def __init__(self, workdir: str, config: ml_collections.ConfigDict, source: str):
+        self.workdir = workdir
+        self.config = config
+        self.source = source  # the --config file[:arg] (its overrides are in `config`)
+        self.state_path = os.path.join(workdir, "workflow.json")
+        self.steps: list[Step] = []
+        self.t_start = engine.now()
+        self.seconds_before = 0.0  # spent by earlier, interrupted invocations
+        if os.path.exists(self.state_path):
+            state = rundir.read_json(self.state_path)
+            self.steps = [Step(**s) for s in state["steps"]]
+            self.seconds_before = state.get("seconds", 0.0)
+
+    @property
+    def seconds(self) -> float:
+        """Wall time spent on this workflow, over every invocation."""
+        return self.seconds_before + engine.now() - self.t_start
+
+    def budget_left(self) -> float:
+        """Seconds left of config.budget.minutes (inf without a budget)."""
+        minutes = self.config.budget.minutes
+        return float("inf") if minutes is None else 60 * minutes - self.seconds
+
+    def done(self, name: str) -> Step | None:
+        """The finished step `name`, when an earlier invocation ran it."""
+        return next((s for s in self.steps if s.name == name), None)
+
+    def record(self, step: Step) -> Step:
+        """Add a finished step and save the workflow state atomically."""
+        self.steps.append(step)
+        rundir.write_json(
+            self.state_path,
+            {"steps": [dataclasses.asdict(s) for s in self.steps], "seconds": self.seconds},
+        )
+        return step
+
+    def config_of(self, source: str) -> ml_collections.ConfigDict:
+        """The config a step runs on: the flags' for the first steps, later a written file."""
+        if source == self.source:  # the command line's config, overrides included
+            return self.config.copy_and_resolve_references()
+        path, _, arg = source.partition(":")
+        config = config_lib.load_config_file(path, arg or None)
+        config.progress = self.config.progress
+        config.budget = self.config.budget
+        return config
+
+    def step(self, name: str, stage: str, source: str, action, adjust=None) -> Step:
+        """Run `action(setup, workdir)` as step `name` unless it finished before; `adjust` may
+        change the step's config (the search sized to the budget)."""
+        finished = self.done(name)
+        if finished is not None:
+            return finished
+        workdir = os.path.join(self.workdir, name)
+        config = self.config_of(source)
+        if adjust is not None:
+            config = adjust(config)
+        setup = experiment.prepare(config)
+        print_step(name, stage)
+        summary = action(setup, workdir)
+        return self.record(Step(name, stage, workdir, source, summary))
+
+
+def copy_run(source: str, target: str) -> None:
+    """Copy a finished run directory once, atomically (a killed copy is redone, not reused)."""
+    if not os.path.exists(target):
+        shutil.copytree(source, target + ".tmp", dirs_exist_ok=True)
+        os.replace(target + ".tmp", target)
+
+
+def evaluate_copy(trained_dir: str) -> callable:
+    """An evaluate step on a copy of a finished training run (nothing is retrained)."""
+
+    def action(setup: experiment.Setup, workdir: str) -> dict:
+        copy_run(trained_dir, workdir)
+        return evaluate.run_evaluate(setup, workdir)
+
+    return action
+
+
+def improve_from(evaluated_dir: str, source: str) -> callable:
+    """An improve step whose baseline is a copy of the run just evaluated (not retrained)."""
+
+    def action(setup: experiment.Setup, workdir: str) -> dict:
+        copy_run(evaluated_dir, os.path.join(workdir, "baseline"))
+        return improve.run_improve(setup, workdir, source)
+
+    return action
+
+
+def goal_met(summary: dict) -> bool:
+    """Whether an evaluate summary's verdict is goal_met."""
+    return any(f["id"] == "goal_met" for f in summary.get("findings", []))
+
+
+def run_workflow(workflow: Workflow) -> dict:
+    """Every step in order; returns the top-level summary."""
+    flags_source = workflow.source
+    start = workflow.step(
+        "1_start_simple",
+        "start_simple",
+        flags_source,
+        lambda s, d: experiment.train_and_report(s, d, "start_simple", None),
+    )
+    checked = workflow.step("2_debug", "debug", flags_source, debug.run_debug)
+    if checked.summary["status"] != "ok":
+        return finish(workflow, stopped="debug found an error: fix it first (see 2_debug)")
+    current = workflow.step("3_evaluate", "evaluate", flags_source, evaluate_copy(start.workdir))
+    number = 4
+    # One trial's training speed and the training-set size, to size each search to the budget.
+    speed = start.summary["metrics"].get("steps_per_s") or 0.0
+    num_train = start.summary["dataset"]["splits"]["train"]["size"]
+    for _ in range(workflow.config.budget.max_rounds):
+        if goal_met(current.summary):
+            break
+        if workflow.budget_left() <= 0:
+            return finish(workflow, stopped="the time budget (config.budget.minutes) is spent")
+        source = current.config_source
+        tuned = workflow.step(
+            f"{number}_tune",
+            "tune",
+            source,
+            lambda s, d, src=source: tune.run_tune(s, d, src),
+            adjust=lambda c: size_search(c, 0.35 * workflow.budget_left(), speed, num_train),
+        )
+        number += 1
+        if tuned.summary.get("best_config"):
+            source = tuned.summary["best_config"]
+            current = workflow.step(
+                f"{number}_evaluate",
+                "evaluate",
+                source,
+                evaluate_copy(os.path.join(tuned.workdir, "best")),
+            )
+            number += 1
+        if goal_met(current.summary) or workflow.budget_left() <= 0:
+            break
+        run_seconds = current.summary["metrics"].get("wall_seconds") or 0.0
+        improved = workflow.step(
+            f"{number}_improve",
+            "improve",
+            source,
+            improve_from(current.workdir, source),
+            adjust=lambda c, t=run_seconds: size_improve(c, 0.6 * workflow.budget_left(), t),
+        )
+        number += 1
+        if not improved.summary.get("best_config"):
+            break  # no remedy beat the tuned setup: tuning it again would repeat this round
+        source = improved.summary["best_config"]
+        current = workflow.step(
+            f"{number}_evaluate",
+            "evaluate",
+            source,
+            lambda s, d: evaluate.run_evaluate(s, d),
+        )
+        number += 1
+    return finish(workflow)
+
+
+def search_cost(search, s0: int, full_steps: int) -> int:
+    """Training steps (summed over trials) of a search sized by `search`."""
+    cost, steps = search.num_trials * s0, s0
+    for index in range(1, search.rounds):
+        steps = round(steps * search.refine_epochs_factor)
+        last = index == search.rounds - 1
+        cost += search.refine_trials * (
+            full_steps if last and search.last_round_full_length else steps
+        )
+    return cost
+
+
+def size_search(
+    config: ml_collections.ConfigDict, seconds: float, steps_per_s: float, num_train: int
+) -> ml_collections.ConfigDict:
+    """The search shrunk to fit `seconds` at the measured training speed (one trial's steps/s):
+    first the last round loses its full length, then every round loses trials, then a round."""
+    if not (seconds < float("inf") and steps_per_s > 0):
+        return config
+    from workflow.search import random_search as search_lib
+
+    sized = config.copy_and_resolve_references()
+    s = sized.search
+    s0 = search_lib.steps_for(s.epochs, num_train, sized.batch_size)
+    affordable = seconds * steps_per_s - (sized.num_steps if s.retrain_best else 0)
+    if search_cost(s, s0, sized.num_steps) > affordable:
+        s.last_round_full_length = False
+    cost = search_cost(s, s0, sized.num_steps)
+    if cost > affordable:
+        scale = max(affordable, 0) / cost
+        s.num_trials = max(8, int(s.num_trials * scale))
+        s.refine_trials = max(4, int(s.refine_trials * scale))
+    if search_cost(s, s0, sized.num_steps) > affordable and s.rounds > 2:
+        s.rounds = 2
+    return sized
+
+
+def size_improve(
+    config: ml_collections.ConfigDict, seconds: float, run_seconds: float
+) -> ml_collections.ConfigDict:
+    """As many remedies (the workflow's first ones) as runs of `run_seconds` fit in `seconds`,
+    counting the baseline's run; at least one."""
+    if not (seconds < float("inf") and run_seconds > 0):
+        return config
+    sized = config.copy_and_resolve_references()
+    affordable = int(seconds // run_seconds) - 1
+    sized.improve.max_candidates = max(1, min(config.improve.max_candidates, affordable))
+    return sized
+
+
+def decisions(workflow: Workflow) -> list[Finding]:
+    """How the final model came about: one info finding per step, with its evidence."""
+    out = []
+    for step in workflow.steps:
+        s = step.summary
+        m = s.get("metrics", {})
+        extra = {}  # an improve step's choice: what changed and against which verdict
+        if step.stage == "evaluate":
+            verdicts = [f["id"] for f in s.get("findings", []) if f["id"] in report.VERDICTS]
+            message = f"{step.name}: test accuracy {m.get('test_accuracy', float('nan')):.2%}, " + (
+                f"verdict {', '.join(verdicts)}" if verdicts else "no verdict"
+            )
+        elif step.stage == "tune":
+            message = (
+                f"{step.name}: {m.get('num_trials', 0)} trials; best lr "
+                f"{m.get('best_learning_rate', float('nan')):.3g}, L2 "
+                f"{m.get('best_l2', float('nan')):.3g}"
+            )
+        elif step.stage == "improve":
+            # No decision when the starting point diverged (the summary is its evaluation).
+            decision = s.get("decision") or {"chosen": None, "why": f"status {s['status']}"}
+            chosen = next(
+                (c for c in s.get("candidates", []) if c["name"] == decision["chosen"]), None
+            )
+            if chosen is None or chosen["name"] == "baseline":
+                message = f"{step.name}: no change — {decision['why']}"
+            else:  # the why names the remedy, what it changed and the evidence
+                message = f"{step.name}: {decision['why']}"
+                extra = {"chosen": chosen["name"]} | {
+                    k: chosen[k] for k in ("verdict", "change", "val_error", "test_error")
+                }
+        elif step.stage == "debug":
+            message = f"{step.name}: {s['status']} ({len(s['findings'])} findings)"
+        else:
+            message = f"{step.name}: test accuracy {m.get('test_accuracy', float('nan')):.2%}"
+        out.append(
+            Finding(
+                id="workflow_step",
+                severity="info",
+                message=message,
+                evidence={
+                    "stage": step.stage,
+                    "workdir": step.workdir,
+                    "config": step.config_source,
+                    **extra,
+                },
+            )
+        )
+    return out
+
+
+def finish(workflow: Workflow, stopped: str | None = None) -> dict:
+    """The top-level summary.json, report.md and report.html."""
+    # The final model is the evaluated one with the best validation accuracy (never the test
+    # accuracy: choosing on it would make the reported test number optimistic).
+    evaluated = [
+        s
+        for s in workflow.steps
+        if s.stage == "evaluate" and "val_accuracy" in s.summary["metrics"]
+    ]
+    final = (
+        max(reversed(evaluated), key=lambda s: s.summary["metrics"]["val_accuracy"])
+        if evaluated
+        else workflow.steps[-1]
+    )
+    blocking = [Finding(**f) for f in final.summary.get("findings", []) if f["severity"] == "error"]
+    status = "failed" if stopped and "debug" in stopped else "ok"
+    summary = {
+        "stage": "run",
+        "status": status,
+        "config": rundir.config_to_dict(workflow.config),
+        "metrics": {
+            **final.summary.get("metrics", {}),
+            "workflow_seconds": workflow.seconds,
+            "steps_run": len(workflow.steps),
+        },
+        "findings": [f.to_json() for f in blocking + decisions(workflow)]
+        + [f for f in final.summary.get("findings", []) if f["severity"] != "error"],
+        "next": final.summary.get("next", []),
+        "stopped": stopped,
+        "final": {
+            "step": final.name,
+            "config": final.config_source,
+            "workdir": final.workdir,
+            "model": final.summary.get("config", {}).get("model"),
+        },
+        "reproduce": reproduce_commands(workflow, final),
+        "steps": [
+            {k: v for k, v in dataclasses.asdict(s).items() if k != "summary"}
+            for s in workflow.steps
+        ],
+        "device": jax.devices()[0].device_kind,
+    }
+    rundir.write_json(os.path.join(workflow.workdir, "summary.json"), summary)
+    report.write_reports(workflow.workdir, summary, workflow.steps)
+    return summary
+
+
+def reproduce_commands(workflow: Workflow, final: Step) -> list[str]:
+    """The exact commands that train and evaluate the final model again."""
+    if final.config_source == workflow.source:
+        return [experiment.stage_command("evaluate", "runs/final")]
+    return [f"python -m workflow.evaluate --config={final.config_source} --workdir=runs/final"]
+
+
+def print_step(name: str, stage: str) -> None:
+    """A header on the console for each step."""
+    from rich.console import Console
+
+    Console().rule(f"{name} ({stage})")

@@ -1,0 +1,241 @@
+"""The workflow's report: one story from the simple start to the final model, as report.md and a
+self-contained report.html (plots embedded), built from the same blocks."""
+
+import base64
+import glob
+import html
+import os
+
+from workflow import reporting
+from workflow.diagnostics import error_analysis
+from workflow.reporting import model_summary
+
+VERDICTS = ("underfit", "overfit", "val_overfit", "goal_met")
+
+# Blocks: ("text", str) | ("table", headers, rows) | ("image", path, caption) | ("code", str).
+
+
+def _pct(value) -> str:
+    return f"{value:.2%}" if isinstance(value, float) else "-"
+
+
+def step_blocks(step) -> list[tuple]:
+    """What one step shows: its key table, decision and plots."""
+    s, stage = step.summary, step.stage
+    blocks = [("text", f"`{step.workdir}` — config `{step.config_source}`, status {s['status']}.")]
+    m = s.get("metrics", {})
+    if stage in ("start_simple", "evaluate") and "test_accuracy" in m:
+        rows = [
+            [split, reporting.fmt(m.get(f"{split}_loss")), _pct(m.get(f"{split}_accuracy"))]
+            for split in ("train", "val", "test")
+        ]
+        blocks.append(("table", ["split", "loss", "accuracy"], rows))
+    if s.get("bias_variance"):
+        blocks.append(("table", ["Error source", "Value", "Analysis"], s["bias_variance"]["rows"]))
+        blocks.append(("text", s["bias_variance"]["decomposition"]))
+    if stage == "debug":
+        rows = [[f["severity"], f["id"], f["message"]] for f in s["findings"]]
+        blocks.append(
+            ("table", ["severity", "finding", "message"], rows or [["-", "-", "all checks passed"]])
+        )
+    if stage == "tune":
+        rows = [
+            ["trials", m.get("num_trials")],
+            ["best learning rate", reporting.fmt(m.get("best_learning_rate"))],
+            ["best L2 weight", reporting.fmt(m.get("best_l2"))],
+            ["range test suggestion", reporting.fmt(m.get("suggested_lr"))],
+            [
+                "val / test accuracy (full length)",
+                f"{_pct(m.get('val_accuracy'))} / {_pct(m.get('test_accuracy'))}",
+            ],
+        ]
+        blocks.append(("table", ["", ""], rows))
+    if stage == "improve" and s.get("candidates"):
+        rows = [
+            [
+                c["name"],
+                c["change"],
+                _pct(c["val_error"]),
+                _pct(c["test_error"]),
+                f"{c['num_params']:,}",
+                f"{c['seconds']:.1f} s",
+            ]
+            for c in s["candidates"]
+        ]
+        blocks.append(
+            ("table", ["candidate", "change", "val error", "test error", "params", "time"], rows)
+        )
+        blocks.append(("text", f"Decision: **{s['decision']['chosen']}** — {s['decision']['why']}"))
+    for path in sorted(glob.glob(os.path.join(step.workdir, "plots", "*.png"))):
+        blocks.append(
+            ("image", path, os.path.splitext(os.path.basename(path))[0].replace("_", " "))
+        )
+    return blocks
+
+
+def error_blocks(step) -> list[tuple]:
+    """The evaluate step's error analysis: per-class table, confusions, its plots."""
+    s = step.summary
+    blocks = error_analysis.report_blocks(s["error_analysis"], s["dataset"]["kind"])
+    for name in ("confusion_matrix", "worst_examples"):
+        path = os.path.join(step.workdir, "plots", f"{name}.png")
+        if os.path.exists(path):
+            blocks.append(("image", path, f"{name.replace('_', ' ')} (train | val)"))
+    return blocks
+
+
+def sections(summary: dict, steps: list) -> list[tuple[str, list[tuple]]]:
+    """The report's sections as blocks."""
+    m = summary["metrics"]
+    final_step = next((s for s in steps if s.name == summary["final"]["step"]), None)
+    result = [
+        (
+            "table",
+            ["", ""],
+            [
+                ["final model", f"`{summary['final']['config']}`"],
+                ["test accuracy", _pct(m.get("test_accuracy"))],
+                ["val accuracy", _pct(m.get("val_accuracy"))],
+                ["train accuracy", _pct(m.get("train_accuracy"))],
+                ["wall time", f"{m['workflow_seconds']:.0f} s over {m['steps_run']} steps"],
+            ],
+        )
+    ]
+    if summary.get("stopped"):
+        result.append(("text", f"Stopped: {summary['stopped']}."))
+    if final_step is not None and final_step.summary.get("bias_variance"):
+        bv = final_step.summary["bias_variance"]
+        result.append(("table", ["Error source", "Value", "Analysis"], bv["rows"]))
+        result.append(("text", bv["decomposition"]))
+    story = [
+        (
+            "table",
+            ["step", "decision and evidence"],
+            [
+                [f["evidence"]["stage"], f["message"]]
+                for f in summary["findings"]
+                if f["id"] == "workflow_step"
+            ],
+        )
+    ]
+    out = [("Result", result)]
+    layers = final_step.summary.get("model_summary") if final_step is not None else None
+    if layers:
+        headers, rows = model_summary.table(layers)
+        out.append(("Final model", [("table", headers, rows)]))
+    if final_step is not None and final_step.summary.get("error_analysis"):
+        out.append(("Error analysis of the final model", error_blocks(final_step)))
+    out.append(("How it got there", story))
+    for step in steps:
+        out.append((f"{step.name} ({step.stage})", step_blocks(step)))
+    out.append(("Reproduce the final model", [("code", cmd) for cmd in summary["reproduce"]]))
+    return out
+
+
+def to_markdown(title: str, secs: list, root: str) -> str:
+    """The blocks as GitHub-flavoured markdown, images linked relative to `root`."""
+    parts = [f"# {title}"]
+    for heading, blocks in secs:
+        parts.append(f"## {heading}")
+        for block in blocks:
+            kind = block[0]
+            if kind == "text":
+                parts.append(block[1])
+            elif kind == "table":
+                parts.append(
+                    reporting.markdown_table(block[1], [[str(c) for c in r] for r in block[2]])
+                )
+            elif kind == "image":
+                parts.append(f"![{block[2]}]({os.path.relpath(block[1], root)})")
+            elif kind == "code":
+                parts.append(f"```\n{block[1]}\n```")
+    return "\n\n".join(parts) + "\n"
+
+
+def _inline(text: str) -> str:
+    """Escape, then render `code` and **bold** spans."""
+    out, code, bold = [], False, False
+    for i, piece in enumerate(html.escape(text).split("`")):
+        if i:
+            code = not code
+        if code:
+            out.append(f"<code>{piece}</code>" if piece else "")
+            continue
+        chunks = piece.split("**")
+        for j, chunk in enumerate(chunks):
+            if j:
+                bold = not bold
+                out.append("<b>" if bold else "</b>")
+            out.append(chunk)
+    return "".join(out)
+
+
+def to_html(title: str, secs: list) -> str:
+    """The blocks as one self-contained HTML page (PNG plots embedded as data URIs)."""
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    for heading, blocks in secs:
+        body.append(f"<h2>{html.escape(heading)}</h2>")
+        for block in blocks:
+            kind = block[0]
+            if kind == "text":
+                body.append(f"<p>{_inline(block[1])}</p>")
+            elif kind == "table":
+                head = "".join(f"<th>{_inline(str(h))}</th>" for h in block[1])
+                rows = "".join(
+                    "<tr>" + "".join(f"<td>{_inline(str(c))}</td>" for c in row) + "</tr>"
+                    for row in block[2]
+                )
+                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+            elif kind == "image":
+                with open(block[1], "rb") as f:
+                    data = base64.b64encode(f.read()).decode("ascii")
+                caption = html.escape(block[2])
+                body.append(
+                    f'<figure><img alt="{caption}" src="data:image/png;base64,{data}">'
+                    f"<figcaption>{caption}</figcaption></figure>"
+                )
+            elif kind == "code":
+                body.append(f"<pre><code>{html.escape(block[1])}</code></pre>")
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+        "text-align:left}th{background:#f3f3f3}img{max-width:100%}pre{background:#f6f6f6;"
+        "padding:8px;overflow-x:auto}figure{margin:1em 0}figcaption{color:#666;font-size:90%}"
+    )
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+
+
+def write_reports(workdir: str, summary: dict, steps: list) -> None:
+    """report.md and report.html at the top of the workflow's directory, written atomically."""
+    c = summary["config"]
+    title = f"workflow: {c['model']['name']} on {c['dataset']['name']} ({summary['status']})"
+    secs = sections(summary, steps)
+    for name, text in (
+        ("report.md", to_markdown(title, secs, workdir)),
+        ("report.html", to_html(title, secs)),
+    ):
+        path = os.path.join(workdir, name)
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+
+
+def print_summary(summary: dict) -> None:
+    """The story and the final numbers on the console."""
+    from rich.console import Console
+
+    console = Console()
+    for f in summary["findings"]:
+        if f["id"] == "workflow_step":
+            console.print(f"  {f['message']}", soft_wrap=True)
+    m = summary["metrics"]
+    console.print(
+        f"[bold]final test accuracy {_pct(m.get('test_accuracy'))}[/bold] in "
+        f"{m['workflow_seconds']:.0f} s; report: {summary['final']['workdir']}/../report.html",
+        soft_wrap=True,
+    )
+    if summary.get("stopped"):
+        console.print(f"stopped: {summary['stopped']}")

@@ -1,0 +1,6 @@
+"""Choosing hyperparameters and remedies.
+
+range_test      the learning-rate range test
+random_search   coarse-to-fine random search of batched trials, recorded by Optuna
+remedies        the workflow's decision list: what to try for a verdict
+"""

@@ -1,0 +1,490 @@
+"""Coarse-to-fine random search over the learning rate and the L2 weight, recorded by Optuna.
+
+Each round is one Optuna study (`<name>/round-<r>`) in one storage (SQLite in the run directory
+by default, any SQLAlchemy URL for workers on several machines), because a quasi-random sampler
+keeps the search space of its first trial: a refined round needs a study of its own. Trials are
+asked in batches, trained together as one program (workflow/engine/trials.py) and told together.
+
+Resuming: a trial that was running when its worker died is failed and re-enqueued with the same
+hyperparameters (Optuna's RetryFailedTrialCallback), so a search killed at any point and started
+again keeps every finished trial and runs none twice. A dead worker on this host is recognised at
+once by its process id; one on another host by its heartbeat going stale.
+"""
+
+import dataclasses
+import datetime
+import math
+import os
+import socket
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from workflow.engine import trials as trials_lib
+from workflow.errors import UsageError
+from workflow.reporting import rundir
+
+SAMPLERS = ("halton", "sobol", "random")
+METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
+PARAMS = ("learning_rate", "l2")  # the searched hyperparameters, in sampling-dimension order
+
+
+@dataclasses.dataclass(frozen=True)
+class Round:
+    """One round of the search: its ranges (log-uniform), size and trial length."""
+
+    index: int
+    lr_range: tuple[float, float]
+    reg_range: tuple[float, float]
+    num_trials: int
+    epochs: float
+    steps: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary.json form."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, stored: dict[str, Any]) -> "Round":
+        """A round back from its to_json form."""
+        stored = dict(stored)
+        stored["lr_range"], stored["reg_range"] = (
+            tuple(stored["lr_range"]),
+            tuple(stored["reg_range"]),
+        )
+        return cls(**stored)
+
+
+def check_range(name: str, value: Any) -> tuple[float, float]:
+    """A (low, high) range of positive numbers with low < high, or a one-line UsageError."""
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise UsageError(f"invalid value {name}={value!r}: must be a pair (low, high)") from None
+    if not (0 < low < high and math.isfinite(high)):
+        problem = "empty or inverted" if low >= high else "not positive and finite"
+        raise UsageError(
+            f"invalid value {name}=({low:g}, {high:g}): the range is {problem}; it must satisfy "
+            "0 < low < high (sampled log-uniformly)"
+        )
+    return low, high
+
+
+def validate_search_config(search: ml_collections.ConfigDict) -> None:
+    """Reject search settings that cannot run, naming the key and what is valid."""
+    check_range("search.lr_range", search.lr_range)
+    check_range("search.reg_range", search.reg_range)
+    if search.sampler not in SAMPLERS:
+        raise UsageError(
+            f"invalid value search.sampler={search.sampler!r}: one of {', '.join(SAMPLERS)}"
+        )
+    if search.metric not in METRICS:
+        raise UsageError(
+            f"invalid value search.metric={search.metric!r}: one of {', '.join(METRICS)}"
+        )
+    for key in ("num_trials", "refine_trials", "trials_per_program"):
+        if not (isinstance(search[key], int) and search[key] > 0):
+            raise UsageError(f"invalid value search.{key}={search[key]!r}: a positive integer")
+    if not (isinstance(search.rounds, int) and search.rounds >= 1):
+        raise UsageError(f"invalid value search.rounds={search.rounds!r}: an integer >= 1")
+    if not search.epochs > 0 or not search.refine_epochs_factor >= 1:
+        raise UsageError(
+            f"invalid value search.epochs={search.epochs!r} / search.refine_epochs_factor="
+            f"{search.refine_epochs_factor!r}: epochs > 0 and a factor >= 1"
+        )
+    if not 0 < search.top_fraction <= 1:
+        raise UsageError(
+            f"invalid value search.top_fraction={search.top_fraction!r}: must lie in (0, 1]"
+        )
+
+
+def steps_for(epochs: float, num_train: int, batch_size: int) -> int:
+    """Training steps of `epochs` passes over the training split (at least one step)."""
+    return max(1, round(epochs * num_train / batch_size))
+
+
+def first_round(
+    search: ml_collections.ConfigDict,
+    num_train: int,
+    batch_size: int,
+    lr_band: tuple[float, float] | None = None,
+) -> Round:
+    """The coarse round: the configured ranges, the lr range widened to the range test's band."""
+    lr_low, lr_high = check_range("search.lr_range", search.lr_range)
+    if lr_band is not None and all(math.isfinite(v) and v > 0 for v in lr_band):
+        lr_low, lr_high = min(lr_low, lr_band[0]), max(lr_high, lr_band[1])
+    return Round(
+        index=0,
+        lr_range=(lr_low, lr_high),
+        reg_range=check_range("search.reg_range", search.reg_range),
+        num_trials=search.num_trials,
+        epochs=float(search.epochs),
+        steps=steps_for(search.epochs, num_train, batch_size),
+    )
+
+
+def refined_range(values: list[float], previous: tuple[float, float]) -> tuple[float, float]:
+    """The span of the best trials' values in log space, widened by a quarter of the previous
+    range's width on each side (at least 0.1 decade): narrow, but room to move off an edge."""
+    logs = np.log10(values)
+    margin = max(0.1, 0.25 * (math.log10(previous[1]) - math.log10(previous[0])) / 2)
+    return float(10 ** (logs.min() - margin)), float(10 ** (logs.max() + margin))
+
+
+def best_records(records: list[dict], metric: str, fraction: float) -> list[dict]:
+    """The top `fraction` (at least two) of the trials whose loss went down, by the metric;
+    of all finished trials when none improved."""
+    sign = -1.0 if METRICS[metric] == "maximize" else 1.0
+    finite = [r for r in records if math.isfinite(r[metric])]
+    candidates = [r for r in finite if r["improved"]] or finite
+    # Ties (common on a small val split) go to the lower val loss.
+    ranked = sorted(candidates, key=lambda r: (sign * r[metric], r["val_loss"]))
+    return ranked[: max(2, math.ceil(fraction * len(ranked)))]
+
+
+def next_round(
+    previous: Round,
+    records: list[dict],
+    search: ml_collections.ConfigDict,
+    num_train: int,
+    batch_size: int,
+    full_steps: int | None = None,
+) -> Round:
+    """A refined round: ranges narrowed around the previous round's best trials, longer runs
+    (the last round, with `full_steps`, as long as the config's full run)."""
+    top = best_records(records, search.metric, search.top_fraction)
+    if not top:  # every trial diverged: keep the ranges and only train longer
+        lr_range, reg_range = previous.lr_range, previous.reg_range
+    else:
+        lr_range = refined_range([r["learning_rate"] for r in top], previous.lr_range)
+        reg_range = refined_range([r["l2"] for r in top], previous.reg_range)
+    epochs = previous.epochs * search.refine_epochs_factor
+    steps = steps_for(epochs, num_train, batch_size)
+    if full_steps is not None and (previous.index + 2 == search.rounds or steps > full_steps):
+        # The last round trains as long as the real run: its best is then chosen for the length
+        # it will be used at (short runs favour larger learning rates and less regularization).
+        steps, epochs = full_steps, full_steps * batch_size / num_train
+    return Round(
+        index=previous.index + 1,
+        lr_range=lr_range,
+        reg_range=reg_range,
+        num_trials=search.refine_trials,
+        epochs=epochs,
+        steps=steps,
+    )
+
+
+def open_storage(url: str, heartbeat_seconds: int):
+    """The Optuna RDB storage at `url`; an unreachable or invalid URL is bad input."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Heartbeats, QMC and stale-trial handling are "experimental" in Optuna; we rely on them.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_seconds,
+                grace_period=3 * heartbeat_seconds,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
+            )
+        except Exception as e:  # noqa: BLE001 - any failure to reach the database is bad input
+            # Two workers creating a new database at once race on its schema: try again.
+            if "IntegrityError" in type(e).__name__ or "locked" in str(e):
+                if attempt < 4:
+                    time.sleep(0.5 * (attempt + 1))
+                    continue
+            reason = " ".join(str(e).split())[:200]
+            raise UsageError(
+                f"cannot open the study storage search.storage={url!r} ({type(e).__name__}: "
+                f"{reason}); use sqlite:///path/study.db or a reachable SQLAlchemy URL such as "
+                "postgresql://user:password@host/database"
+            ) from None
+
+
+def make_sampler(name: str, seed: int, round_index: int):
+    """An Optuna sampler whose point for a trial depends only on the trial's number."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    class NumberedSampler(optuna.samplers.BaseSampler):
+        """Trial n takes point n of a scrambled Halton or Sobol sequence, or a random point seeded
+        by n. Trial numbers are unique within a study, so workers asking at the same moment
+        never draw the same point (Optuna's QMCSampler counts draws in the study and samples its
+        first trial at random, so two workers starting a round together duplicate it), and the
+        sequence is the same in every worker and after a restart."""
+
+        def __init__(self):
+            self._points = np.zeros((0, len(PARAMS)))
+
+        def infer_relative_search_space(self, study, trial):
+            return {}
+
+        def sample_relative(self, study, trial, search_space):
+            return {}
+
+        def _point(self, number: int) -> np.ndarray:
+            if name == "random":
+                return np.random.default_rng([seed, round_index, number]).random(len(PARAMS))
+            if number >= len(self._points):
+                from scipy.stats import qmc
+
+                engine = (qmc.Halton if name == "halton" else qmc.Sobol)(
+                    len(PARAMS), scramble=True, seed=seed * 1000 + round_index
+                )
+                count = 2 ** math.ceil(math.log2(number + 1))  # Sobol is balanced at 2^k
+                self._points = engine.random(max(count, 64))
+            return self._points[number]
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            if not isinstance(param_distribution, FloatDistribution) or not param_distribution.log:
+                raise ValueError(f"{param_name}: only log-uniform floats are searched")
+            u = self._point(trial.number)[PARAMS.index(param_name)]
+            low, high = math.log(param_distribution.low), math.log(param_distribution.high)
+            return float(min(param_distribution.high, math.exp(low + u * (high - low))))
+
+    return NumberedSampler()
+
+
+@dataclasses.dataclass(frozen=True)
+class Worker:
+    """Who runs a trial: a dead process on this host is recognised without waiting."""
+
+    host: str
+    pid: int
+
+    @classmethod
+    def this_process(cls) -> "Worker":
+        """The current process."""
+        return cls(socket.gethostname(), os.getpid())
+
+    def is_dead(self) -> bool:
+        """Whether this worker is a process of this host that no longer runs."""
+        if self.host != socket.gethostname() or self.pid == os.getpid():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+
+def reclaim_interrupted(study, storage) -> int:
+    """Fail (and so re-enqueue) trials whose worker died; returns how many."""
+    import optuna
+
+    optuna.storages.fail_stale_trials(study)  # other hosts: heartbeat older than the grace
+    reclaimed = 0
+    grace = 3 * storage.get_heartbeat_interval()
+    now = datetime.datetime.now()
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker")
+        # No worker recorded: its worker died right after asking; reclaim it once it is old.
+        orphan = worker is None and (now - trial.datetime_start).total_seconds() > grace
+        if orphan or (worker and Worker(worker["host"], worker["pid"]).is_dead()):
+            try:
+                storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another worker reclaimed it first
+            optuna.storages.RetryHeartbeatStaleTrialCallback()(
+                study, storage.get_trial(trial._trial_id)
+            )
+            reclaimed += 1
+    return reclaimed
+
+
+def trial_record(number: int, params: dict, attrs: dict, round_: Round) -> dict:
+    """A finished trial as the plain record the reports use."""
+    return {
+        "round": round_.index,
+        "number": number,
+        "learning_rate": params["learning_rate"],
+        "l2": params["l2"],
+        "seed": attrs["seed"],
+        "steps": attrs["steps"],
+        "epochs": attrs["epochs"],
+        "val_accuracy": attrs["val_accuracy"],
+        "val_loss": math.inf if attrs["val_loss"] is None else attrs["val_loss"],
+        "initial_loss": attrs["initial_loss"],
+        "final_loss": attrs["final_loss"],
+        "improved": attrs["improved"],
+        "diverged_at": attrs["diverged_at"],
+        "loss_curve": attrs.get("loss_curve", []),
+    }
+
+
+class Search:
+    """A coarse-to-fine search of one config in one storage, resumable and shareable."""
+
+    def __init__(
+        self,
+        runner: trials_lib.TrialRunner,
+        dataset,
+        config: ml_collections.ConfigDict,
+        storage_url: str,
+        study_name: str,
+        *,
+        progress: bool = True,
+    ):
+        self.runner, self.dataset, self.config = runner, dataset, config
+        self.search = config.search
+        self.storage = open_storage(storage_url, self.search.heartbeat_seconds)
+        self.study_name = study_name
+        self.worker = Worker.this_process()
+        self.progress = progress
+        self.trained_here = 0  # trials this process trained (the rest came from the study)
+
+    def study(self, round_: Round):
+        """The Optuna study of one round (created by whichever worker gets there first)."""
+        import optuna
+
+        study = optuna.create_study(
+            storage=self.storage,
+            study_name=f"{self.study_name}/round-{round_.index}",
+            direction=METRICS[self.search.metric],
+            sampler=make_sampler(self.search.sampler, self.config.seed, round_.index),
+            load_if_exists=True,
+        )
+        # The first worker's ranges are authoritative; the others read them back.
+        if "round" not in study.user_attrs:
+            study.set_user_attr("round", round_.to_json())
+        return study, Round.from_json(study.user_attrs["round"])
+
+    def run_round(self, study, round_: Round, on_batch: Callable[[list[dict]], None]) -> list[dict]:
+        """Ask, train and tell batches until the round has all its trials finished."""
+        import optuna
+
+        states = optuna.trial.TrialState
+        while True:
+            reclaim_interrupted(study, self.storage)
+            current = study.get_trials(deepcopy=False)
+            counts = {s: sum(t.state == s for t in current) for s in states}
+            queued = counts[states.COMPLETE] + counts[states.RUNNING] + counts[states.WAITING]
+            to_ask = min(
+                trials_lib.trials_per_program(self.config),
+                counts[states.WAITING] + max(0, round_.num_trials - queued),
+            )
+            if to_ask == 0:
+                if counts[states.RUNNING] == 0:
+                    break
+                time.sleep(self.search.poll_seconds)  # other workers finish their trials
+                continue
+            asked = self._ask(study, round_, to_ask)
+            if asked:
+                on_batch(self._train_and_tell(study, round_, asked))
+        finished = study.get_trials(deepcopy=False, states=(states.COMPLETE,))
+        return [
+            trial_record(t.number, t.params, t.user_attrs["result"], round_)
+            for t in sorted(finished, key=lambda t: t.number)
+        ]
+
+    def _ask(self, study, round_: Round, count: int) -> list:
+        """Ask `count` trials; those beyond the round's size (a race with another worker) are
+        failed at once, untrained, by the same rule in every worker: trial number order."""
+        import optuna
+
+        asked = []
+        for _ in range(count):
+            trial = study.ask()
+            # Claim it first: a worker killed before this line leaves a trial that only its age
+            # can reclaim (see reclaim_interrupted).
+            trial.set_user_attr("worker", dataclasses.asdict(self.worker))
+            self.storage.record_heartbeat(trial._trial_id)
+            trial.suggest_float("learning_rate", *round_.lr_range, log=True)
+            trial.suggest_float("l2", *round_.reg_range, log=True)
+            asked.append(trial)
+        alive = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+        numbers = sorted(t.number for t in study.get_trials(deepcopy=False, states=alive))
+        keep = set(numbers[: round_.num_trials])
+        for trial in [t for t in asked if t.number not in keep]:
+            trial.set_user_attr("surplus", True)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return [t for t in asked if t.number in keep]
+
+    def _train_and_tell(self, study, round_: Round, asked: list) -> list[dict]:
+        """Train the asked trials as one program and record each result in the study."""
+        from tqdm.auto import tqdm
+
+        hparams = trials_lib.TrialHparams(
+            learning_rate=[t.params["learning_rate"] for t in asked],
+            l2=[t.params["l2"] for t in asked],
+            seed=[self.config.seed + 7919 * round_.index + t.number for t in asked],
+        )
+        bar = tqdm(
+            total=round_.steps,
+            disable=not self.progress,
+            unit="step",
+            desc=f"round {round_.index + 1}: {len(asked)} trials",
+            leave=False,
+        )
+        last_beat = [time.monotonic()]
+
+        def on_steps(k: int) -> None:
+            bar.update(k)
+            if time.monotonic() - last_beat[0] > self.search.heartbeat_seconds / 2:
+                for trial in asked:
+                    self.storage.record_heartbeat(trial._trial_id)
+                last_beat[0] = time.monotonic()
+
+        _, result = self.runner.run(hparams, self.dataset, round_.steps, progress=on_steps)
+        bar.close()
+        self.trained_here += len(asked)
+        records = []
+        for i, trial in enumerate(asked):
+            attrs = {
+                "seed": hparams.seed[i],
+                "steps": round_.steps,
+                "epochs": round_.epochs,
+                "val_accuracy": float(result.val_accuracy[i]),
+                "val_loss": rundir.finite_or_none(result.val_loss[i]),
+                "initial_loss": rundir.finite_or_none(result.initial_loss[i]),
+                "final_loss": rundir.finite_or_none(result.final_loss[i]),
+                "improved": bool(result.improved[i]),
+                "diverged_at": int(result.diverged_at[i]),
+                "loss_curve": [rundir.finite_or_none(v) for v in result.train_loss_curve[i]],
+            }
+            trial.set_user_attr("result", attrs)  # one write: SQLite commits are slow
+            metric = attrs[self.search.metric]
+            study.tell(trial, metric if metric is not None else math.inf)
+            records.append(trial_record(trial.number, trial.params, attrs, round_))
+        return records
+
+    def run(self, first: Round, on_batch: Callable[[list[dict]], None] = lambda r: None):
+        """Every round, each refined around the best of the one before; returns
+        (rounds, records of all finished trials)."""
+        rounds, records, round_, round_records = [], [], first, []
+        num_train = len(self.dataset.x_train)
+        for index in range(self.search.rounds):
+            if index:
+                round_ = next_round(
+                    rounds[-1],
+                    round_records,
+                    self.search,
+                    num_train,
+                    self.config.batch_size,
+                    self.config.num_steps if self.search.last_round_full_length else None,
+                )
+            study, round_ = self.study(round_)
+            round_records = self.run_round(study, round_, on_batch)
+            rounds.append(round_)
+            records += round_records
+        return rounds, records
+
+
+def best_record(records: list[dict], metric: str) -> dict | None:
+    """The best finished trial of the longest round that has one (longer runs rank truer)."""
+    for round_index in sorted({r["round"] for r in records}, reverse=True):
+        top = best_records([r for r in records if r["round"] == round_index], metric, 0.0)
+        if top:
+            return top[0]
+    return None

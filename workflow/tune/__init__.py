@@ -1,0 +1,157 @@
+"""Stage 4, tune: check the initial loss, find the learning rates that make the loss go down, then
+a coarse-to-fine random search of many short trials trained at once.
+
+    python -m workflow.tune --config=configs/mnist1d.py:mlp --workdir=runs/tune
+
+Writes the trial table, axis plots, `best_config.py` (accepted by every stage as --config) and
+the best trial retrained at the config's full length; a killed search resumes from `study.db`.
+
+As a multi-process job (workflow/engine/distributed.py) every process loads the whole training
+split and
+runs the range test and the search on its own devices (the same trials, the same results); only
+process 0 writes the run directory and the study (the others keep a private scratch copy, deleted
+at the end), every process takes process 0's trials and best, and the best is retrained by
+engine.fit over every host's devices with the configured data layout.
+"""
+
+import os
+import shutil
+import tempfile
+
+import jax
+import numpy as np
+
+from workflow import engine, experiment
+from workflow.diagnostics import checks
+from workflow.diagnostics.curves import expected_initial_loss
+from workflow.engine import distributed, trials
+from workflow.reporting import rundir
+from workflow.search import random_search, range_test
+from workflow.tune import report
+
+
+def check_initial_loss(setup: experiment.Setup) -> tuple[list, dict]:
+    """Step 1: the loss at initialization against ln C (the debug stage's checks)."""
+    dataset = setup.dataset
+    batch = checks.sample_batch(dataset, min(256, len(dataset.x_train)), setup.config.seed)
+    findings = checks.check_output_and_loss(setup.task, setup.state, batch, dataset.num_classes)
+    measured = engine.Evaluator(setup.task, len(batch["x"]))(setup.state, batch["x"], batch["y"])
+    expected = expected_initial_loss(np.asarray(batch["y"]), dataset.num_classes)
+    return findings, {"initial_loss": measured["loss"], "expected_initial_loss": expected}
+
+
+def configured_range_test(setup: experiment.Setup) -> range_test.RangeTest:
+    """The range test of `setup` with the settings of config.search.range_test."""
+    rt = setup.config.search.range_test
+    return range_test.run_range_test(
+        setup.task,
+        setup.state,
+        setup.dataset,
+        min_lr=rt.min_lr,
+        max_lr=rt.max_lr,
+        num_steps=rt.num_steps,
+        batch_size=setup.config.batch_size,
+        seed=setup.config.seed,
+        repeats=rt.repeats,
+        divergence_factor=rt.divergence_factor,
+    )
+
+
+def lr_range_test(setup: experiment.Setup, run: rundir.RunDir) -> range_test.RangeTest | None:
+    """Step 2: sweep the learning rate (deterministic: a resumed search gets the same band)."""
+    rt = setup.config.search.range_test
+    if not rt.enabled:
+        return None
+    result = configured_range_test(setup)
+    rundir.write_json(run.file("range_test.json"), result.to_json(include_curve=True))
+    return result
+
+
+def search_trials(setup: experiment.Setup, run: rundir.RunDir, band) -> tuple[list, list]:
+    """Steps 3-4: the coarse round and the refined ones, as batches of vmapped trials."""
+    config, dataset = setup.config, setup.dataset
+    # Only process 0 records the search in the configured storage; the others in their scratch
+    # directory (`run` is theirs), and all of them then take process 0's trials.
+    shared = config.search.storage if distributed.is_writer() else None
+    storage = shared or f"sqlite:///{os.path.abspath(run.file('study.db'))}"
+    runner = trials.TrialRunner(config, dataset.input_shape, dataset.num_classes)
+    study = random_search.Search(runner, dataset, config, storage, "tune", progress=config.progress)
+    first = random_search.first_round(config.search, len(dataset.x_train), config.batch_size, band)
+    total_epochs = config.num_steps * config.batch_size / len(dataset.x_train)
+    rounds, records = study.run(
+        first, on_batch=lambda batch: report.print_trials(batch, total_epochs)
+    )
+    if distributed.multi_process():
+        agreed = distributed.broadcast_json([[r.to_json() for r in rounds], records])
+        rounds = [random_search.Round.from_json(r) for r in agreed[0]]
+        records = agreed[1]
+    return rounds, records
+
+
+def retrain_best(setup: experiment.Setup, best_config, workdir: str) -> dict:
+    """Step 5: the best hyperparameters trained at the config's full length, with a report."""
+    best_setup = experiment.prepare(best_config)
+    return experiment.train_and_report(best_setup, os.path.join(workdir, "best"), "tune", None)
+
+
+def run_tune(setup: experiment.Setup, workdir: str, config_source: str) -> dict:
+    """Every tuning step on `setup` in `workdir` (resumed when it holds the same search)."""
+    config = setup.config
+    random_search.validate_search_config(config.search)
+    if config.search.storage and distributed.is_writer():
+        # An unreachable database is bad input: fail before writing.
+        random_search.open_storage(config.search.storage, config.search.heartbeat_seconds)
+    if not distributed.is_writer():
+        # Another process of a multi-process job: the same steps in a scratch directory of
+        # its own; the run directory (and the retrained best's checkpoints) stay the job's.
+        shared = rundir.RunDir(workdir)
+        if shared.exists:
+            shared.check_resumable(config)
+        scratch = tempfile.mkdtemp(prefix=f"tune-process{jax.process_index()}-")
+        try:
+            run, _ = report.open_run(scratch, config)
+            return tune(setup, run, config_source, workdir)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    run, created = report.open_run(workdir, config)
+    try:
+        return tune(setup, run, config_source, workdir)
+    except BaseException:
+        if created and not os.path.exists(run.file("study.db")):
+            run.remove()  # nothing of value was written yet
+        raise
+
+
+def tune(setup: experiment.Setup, run, config_source: str, workdir: str | None = None) -> dict:
+    """The tuning steps in the run directory `run` (the best retrained in `workdir`/best,
+    default `run`'s); returns the summary."""
+    config = setup.config
+    t_start = engine.now()
+    whole = experiment.with_whole_training_split(setup)  # the search's data, on every process
+    findings, initial = check_initial_loss(whole)
+    sweep = lr_range_test(whole, run)
+    band = sweep.band if sweep is not None and sweep.found else None
+    if sweep is not None:
+        findings += range_test.range_test_findings(sweep, config.optimizer.learning_rate)
+    rounds, records = search_trials(whole, run, band)
+    best = random_search.best_record(records, config.search.metric)
+    findings += report.search_findings(records, rounds, best)
+    best_config_path = None
+    retrained = None
+    if best is not None:
+        best_config_path, best_config = report.write_best_config(run, config, config_source, best)
+        if config.search.retrain_best:
+            retrained = retrain_best(setup, best_config, workdir or run.path)
+    return report.summarize(
+        run,
+        setup,
+        findings=findings,
+        initial=initial,
+        sweep=sweep,
+        rounds=rounds,
+        records=records,
+        best=best,
+        retrained=retrained,
+        best_config_path=best_config_path,
+        seconds=engine.now() - t_start,
+    )

@@ -1,0 +1,404 @@
+"""What the tune stage leaves: the trial table, axis plots, best_config.py, summary, report."""
+
+import math
+import os
+
+import jax
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import ml_collections  # noqa: E402
+
+from workflow import config_lib, experiment, reporting
+from workflow.diagnostics.findings import Finding, has_error, sort_findings  # noqa: E402
+from workflow.reporting import rundir
+from workflow.search import (
+    random_search,  # noqa: E402
+    range_test,
+)
+
+ROUND_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
+
+
+def open_run(workdir: str, config: ml_collections.ConfigDict) -> tuple[rundir.RunDir, bool]:
+    """The tune directory: a new one, or the same search resumed (a different config is refused).
+
+    Returns the directory and whether this call created it."""
+    run = rundir.RunDir(workdir)
+    created = not run.exists
+    if not created:
+        run.check_resumable(config)
+    os.makedirs(run.plots, exist_ok=True)
+    rundir.write_json(run.file("config.json"), rundir.config_to_dict(config))
+    return run, created
+
+
+def trial_line(record: dict, metric: str, total_epochs: float) -> str:
+    """One row of the workflow's table, `acc = 0.412  lr : 1.405e-4  reg: 4.234e-4 (epoch 1 / 100)`
+    and a ✓ when the loss went down; epoch e / E: the epochs trained / those of a full run."""
+    name = "acc" if metric == "val_accuracy" else "loss"
+    value = record[metric]
+    shown = f"{value:.3f}" if math.isfinite(value) else "nan"
+    mark = "✓" if record["improved"] else " "
+    return (
+        f"{name} = {shown}  lr : {record['learning_rate']:.3e}  reg: {record['l2']:.3e} "
+        f"(epoch {record['epochs']:g} / {total_epochs:.0f})  {mark}"
+    )
+
+
+def print_trials(records: list[dict], total_epochs: float, metric: str = "val_accuracy") -> None:
+    """Print a finished batch of trials as the workflow's table rows."""
+    from tqdm.auto import tqdm
+
+    for record in sorted(records, key=lambda r: r["number"]):
+        tqdm.write(
+            f"round {record['round'] + 1} #{record['number']:<3d} "
+            + trial_line(record, metric, total_epochs)
+        )
+
+
+def improved_band(records: list[dict]) -> tuple[float, float] | None:
+    """The learning rates of the trials whose loss went down, all rounds: (lowest, highest)."""
+    lrs = [r["learning_rate"] for r in records if r["improved"]]
+    return (min(lrs), max(lrs)) if lrs else None
+
+
+def search_findings(records: list[dict], rounds: list, best: dict | None) -> list[Finding]:
+    """What the search itself says: nothing trained at all, or a best value on a range's edge."""
+    if not any(r["improved"] for r in records):
+        lrs = [r["learning_rate"] for r in records]
+        return [
+            Finding(
+                id="loss_plateau",
+                severity="error",
+                message=f"no trial's training loss went down by 10% ({len(records)} trials, "
+                f"lr {min(lrs):.2g}..{max(lrs):.2g})",
+                evidence={"trials": len(records), "lr_low": min(lrs), "lr_high": max(lrs)},
+                suggestions=[
+                    "run workflow.debug: gradients may not flow, or the loss gets probabilities",
+                    "widen --config.search.lr_range upwards, or train longer "
+                    "(--config.search.epochs)",
+                ],
+            )
+        ]
+    findings = []
+    last = rounds[-1]
+    for name, key, low_high in (
+        ("learning rate", "learning_rate", last.lr_range),
+        (
+            "L2 weight",
+            "l2",
+            last.reg_range,
+        ),
+    ):
+        value = best[key]
+        position = (math.log10(value) - math.log10(low_high[0])) / (
+            math.log10(low_high[1]) - math.log10(low_high[0])
+        )
+        if key == "l2" and position < 0.1:
+            continue  # the least regularization searched is best: nothing lies below it to try
+        if position < 0.1 or position > 0.9:
+            edge = "lower" if position < 0.1 else "upper"
+            findings.append(
+                Finding(
+                    id="search_range_edge",
+                    severity="warning",
+                    message=f"the best {name} {value:.3g} lies at the {edge} edge of the last "
+                    f"round's range {low_high[0]:.3g}..{low_high[1]:.3g}",
+                    evidence={"value": value, "range": list(low_high), "position": position},
+                    suggestions=[
+                        f"search further {'down' if edge == 'lower' else 'up'}: set "
+                        f"--config.search.{'lr_range' if key == 'learning_rate' else 'reg_range'}"
+                        " to include it, or add a round (--config.search.rounds)"
+                    ],
+                )
+            )
+    return findings
+
+
+def best_values(config: ml_collections.ConfigDict, best: dict) -> ml_collections.ConfigDict:
+    """The config with the best trial's learning rate and L2 weight."""
+    tuned = config.copy_and_resolve_references()
+    tuned.optimizer.learning_rate = float(best["learning_rate"])
+    tuned.l2 = float(best["l2"])
+    return tuned
+
+
+def write_best_config(
+    run: rundir.RunDir, config: ml_collections.ConfigDict, config_source: str, best: dict
+) -> tuple[str, ml_collections.ConfigDict]:
+    """best_config.py: the original config file with every changed value, then the tuned ones."""
+    tuned = best_values(config, best)
+    out = run.file("best_config.py")
+    about = (
+        f"Best hyperparameters found by workflow.tune in {os.path.abspath(run.path)}.\n\n"
+        f"Round {best['round'] + 1}, trial #{best['number']}: val_accuracy "
+        f"{best['val_accuracy']:.4f} after {best['epochs']:g} epochs; learning rate "
+        f"{best['learning_rate']:.4g}, L2 weight {best['l2']:.4g}.\n"
+        "The same run at full length is in best/ beside this file."
+    )
+    config_lib.write_config_file(out, config_source, tuned, about)
+    return out, tuned
+
+
+def overrides(best: dict) -> list[str]:
+    """The tuned values as command-line overrides of the original config."""
+    return [
+        f"--config.optimizer.learning_rate={best['learning_rate']:.6g}",
+        f"--config.l2={best['l2']:.6g}",
+    ]
+
+
+def plot_search_axes(records: list[dict], path: str, metric: str) -> str:
+    """The metric against each hyperparameter (log axes), rounds in colours, ✓ filled."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, key, label in ((axes[0], "learning_rate", "learning rate"), (axes[1], "l2", "reg")):
+        for index in sorted({r["round"] for r in records}):
+            rows = [r for r in records if r["round"] == index]
+            color = ROUND_COLORS[index % len(ROUND_COLORS)]
+            for improved, marker in ((True, "o"), (False, "x")):
+                sel = [r for r in rows if r["improved"] == improved]
+                if sel:
+                    ax.scatter(
+                        [r[key] for r in sel],
+                        [r[metric] if math.isfinite(r[metric]) else math.nan for r in sel],
+                        c=color,
+                        marker=marker,
+                        alpha=0.8,
+                        label=f"round {index + 1}" + (" ✓" if improved else " (loss not down)"),
+                    )
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(metric.replace("_", " "))
+    axes[1].legend(fontsize=8)
+    fig.suptitle("coarse-to-fine search")
+    return reporting.save_figure(fig, path)
+
+
+def plot_trial_curves(records: list[dict], path: str, metric: str) -> str:
+    """Training-loss curves of every trial, by round; the round's best drawn bold."""
+    rounds = sorted({r["round"] for r in records})
+    fig, axes = plt.subplots(1, len(rounds), figsize=(4.5 * len(rounds), 3.6), squeeze=False)
+    for ax, index in zip(axes[0], rounds, strict=True):
+        rows = [r for r in records if r["round"] == index and r["loss_curve"]]
+        best = random_search.best_records(rows, metric, 0.0)[:1]
+        for r in rows:
+            curve = [math.nan if v is None else v for v in r["loss_curve"]]
+            steps = [r["steps"] * (i + 1) / len(curve) for i in range(len(curve))]
+            bold = bool(best) and r is best[0]
+            ax.plot(
+                steps,
+                curve,
+                color="black" if bold else "tab:blue",
+                lw=2 if bold else 0.6,
+                alpha=1 if bold else 0.35,
+            )
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(f"round {index + 1}: {len(rows)} trials")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("training loss")
+    return reporting.save_figure(fig, path)
+
+
+def summarize(
+    run: rundir.RunDir,
+    setup: experiment.Setup,
+    *,
+    findings: list[Finding],
+    initial: dict,
+    sweep: range_test.RangeTest | None,
+    rounds: list,
+    records: list[dict],
+    best: dict | None,
+    retrained: dict | None,
+    best_config_path: str | None,
+    seconds: float,
+) -> dict:
+    """summary.json and report.md of the tune stage; returns the summary."""
+    config = setup.config
+    metric = config.search.metric
+    plots = {
+        "search": plot_search_axes(records, os.path.join(run.plots, "search.png"), metric),
+        "curves": plot_trial_curves(records, os.path.join(run.plots, "trial_curves.png"), metric),
+    }
+    if sweep is not None:
+        plots["range_test"] = range_test.plot_range_test(
+            sweep, os.path.join(run.plots, "lr_range_test.png")
+        )
+    findings = sort_findings(findings)
+    band = improved_band(records)
+    metrics = {**initial, "num_trials": len(records), "search_seconds": seconds}
+    if sweep is not None and sweep.found:
+        metrics["suggested_lr"] = sweep.suggested_lr
+        metrics["suggested_lr_in_improved_band"] = bool(
+            band and band[0] <= sweep.suggested_lr <= band[1]
+        )
+    if best is not None:
+        metrics.update(
+            best_learning_rate=best["learning_rate"],
+            best_l2=best["l2"],
+            best_trial_val_accuracy=best["val_accuracy"],
+            best_trial_val_loss=best["val_loss"],
+        )
+    if retrained is not None:
+        for key in ("train", "val", "test"):
+            for name in ("loss", "accuracy"):
+                metrics[f"{key}_{name}"] = retrained["metrics"][f"{key}_{name}"]
+        metrics["retrain_steps"] = retrained["metrics"]["steps"]
+    failed = has_error(findings) or (retrained is not None and retrained["status"] != "ok")
+    next_commands = []
+    if best_config_path:
+        parent = os.path.dirname(os.path.abspath(run.path))
+        next_commands.append(
+            f"python -m workflow.evaluate --config={best_config_path} "
+            f"--workdir={os.path.join(parent, 'evaluate')}"
+        )
+    summary = {
+        "stage": "tune",
+        "status": "failed" if failed else "ok",
+        "config": rundir.config_to_dict(config),
+        "metrics": metrics,
+        "findings": [f.to_json() for f in findings],
+        "next": next_commands,
+        "best": best,
+        "best_config": best_config_path,
+        "overrides": overrides(best) if best else [],
+        "range_test": sweep.to_json() if sweep is not None else None,
+        "improved_band": list(band) if band else None,
+        "rounds": [r.to_json() for r in rounds],
+        "trials": records,
+        "dataset": setup.dataset.summary(),
+        "device": jax.devices()[0].device_kind,
+    }
+    run.write_summary(summary)
+    write_report(run, summary, plots)
+    return summary
+
+
+def write_report(run: rundir.RunDir, summary: dict, plots: dict) -> None:
+    """report.md: initial loss, range test, rounds, the trial table, the best, findings, next."""
+    m, metric = summary["metrics"], summary["config"]["search"]["metric"]
+    rel = {k: os.path.relpath(v, run.path) for k, v in plots.items()}
+    total_epochs = (
+        summary["config"]["num_steps"]
+        * summary["config"]["batch_size"]
+        / summary["dataset"]["splits"]["train"]["size"]
+    )
+    sections = [
+        (
+            "Initial loss",
+            f"{m['initial_loss']:.4g} at initialization; expected {m['expected_initial_loss']:.4g}"
+            " (the entropy of the labels, ln C for balanced classes).",
+        )
+    ]
+    rt = summary["range_test"]
+    if rt is not None:
+        if rt["suggested_lr"] is None:
+            text = "The loss never went down measurably during the sweep."
+        else:
+            text = (
+                f"Suggested learning rate **{rt['suggested_lr']:.3g}**; the loss goes down for "
+                f"lr in {rt['band'][0]:.3g}..{rt['band'][1]:.3g}. "
+                f"The search's trials improved for lr in "
+                + (
+                    "{:.3g}..{:.3g}".format(*summary["improved_band"])
+                    if summary["improved_band"]
+                    else "(none)"
+                )
+                + "."
+            )
+        sections.append(
+            ("Learning-rate range test", f"{text}\n\n![range test]({rel['range_test']})")
+        )
+    round_rows = []
+    for r in summary["rounds"]:
+        rows = [t for t in summary["trials"] if t["round"] == r["index"]]
+        top = random_search.best_records(rows, metric, 0.0)[:1]
+        round_rows.append(
+            [
+                r["index"] + 1,
+                "{:.2g}..{:.2g}".format(*r["lr_range"]),
+                "{:.2g}..{:.2g}".format(*r["reg_range"]),
+                len(rows),
+                f"{r['epochs']:g} ({r['steps']:,} steps)",
+                sum(t["improved"] for t in rows),
+                reporting.fmt(top[0][metric]) if top else "-",
+            ]
+        )
+    table = "\n".join(
+        f"    round {t['round'] + 1} #{t['number']:<3d} {trial_line(t, metric, total_epochs)}"
+        for t in sorted(summary["trials"], key=lambda t: (t["round"], -_sort_value(t, metric)))
+    )
+    sections += [
+        (
+            "Search",
+            reporting.markdown_table(
+                ["round", "lr range", "reg range", "trials", "epochs", "✓", f"best {metric}"],
+                round_rows,
+            )
+            + f"\n\n![search]({rel['search']})\n\n![trial curves]({rel['curves']})",
+        ),
+        ("Trials (best first within each round)", table),
+    ]
+    best = summary["best"]
+    if best is not None:
+        rows = [
+            ["learning rate", f"{best['learning_rate']:.4g}"],
+            ["L2 weight", f"{best['l2']:.4g}"],
+        ]
+        for key in ("train", "val", "test"):
+            if f"{key}_accuracy" in m:
+                rows.append([f"{key} accuracy (full length)", reporting.fmt(m[f"{key}_accuracy"])])
+        sections.append(
+            (
+                "Best",
+                reporting.markdown_table(["", ""], rows)
+                + f"\n\nConfig: `{summary['best_config']}`; overrides: "
+                + " ".join(f"`{o}`" for o in summary["overrides"]),
+            )
+        )
+    sections.append(("Findings", reporting.findings_markdown(summary["findings"])))
+    next_md = "\n".join(f"```\n{cmd}\n```" for cmd in summary["next"]) or "Nothing further."
+    sections.append(("Next", next_md))
+    reporting.write_report(
+        run.file("report.md"),
+        f"tune: {summary['config']['model']['name']} on {summary['config']['dataset']['name']} "
+        f"({summary['status']})",
+        sections,
+    )
+
+
+def _sort_value(record: dict, metric: str) -> float:
+    value = record[metric]
+    if not math.isfinite(value):
+        return -math.inf
+    return value if random_search.METRICS[metric] == "maximize" else -value
+
+
+def print_summary(summary: dict) -> None:
+    """The verdict on the console: the best hyperparameters, their full-length result, findings."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"tune: {summary['status']}")
+    table.add_column("")
+    table.add_column("value")
+    m = summary["metrics"]
+    table.add_row("trials", str(m["num_trials"]))
+    if summary["best"]:
+        table.add_row("best learning rate", f"{m['best_learning_rate']:.4g}")
+        table.add_row("best L2 weight", f"{m['best_l2']:.4g}")
+    for key in ("val_accuracy", "test_accuracy"):
+        if key in m:
+            table.add_row(f"{key} (full length)", reporting.fmt(m[key]))
+    console.print(table)
+    for f in summary["findings"]:
+        console.print(f"{f['severity']:7s} {f['id']}: {f['message']}", soft_wrap=True)
+    if summary["best_config"]:
+        console.print(f"best config: {summary['best_config']}", soft_wrap=True)
+    for cmd in summary["next"]:
+        console.print(f"next: {cmd}", soft_wrap=True)
