@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import sys
 
 import jax
 import ml_collections
@@ -10,8 +11,11 @@ import pytest
 
 from tests.conftest import small_config
 from workflow import data, engine, experiment
+from workflow.debug import report as debug_report
 from workflow.diagnostics import checks
+from workflow.diagnostics import findings as registry
 from workflow.diagnostics.checks import gradients, inputs, modes
+from workflow.diagnostics.findings import Finding
 
 BUGS = "tests.check_bugs"
 
@@ -472,3 +476,87 @@ def test_unnormalized_inputs_come_first_among_their_symptoms():
     findings = checks.run_checks(setup, checks.sample_batch(setup.dataset))
     assert ids(findings)[0] == ("inputs_not_normalized", "warning")
     assert {"initial_loss_off", "exploding_gradients"} <= {f.id for f in findings[1:]}
+
+
+# ----------------------------------------------------------------------------- plugins
+
+
+def test_checks_run_in_their_declared_order():
+    names = [c.name for c in checks.declared_checks()]
+    assert names == [
+        "inputs",
+        "dtypes",
+        "labels",
+        "outputs",
+        "nonfinite",
+        "batch_dependence",
+        "train_eval_mode",
+        "gradients",
+    ]
+
+
+EXTRA_CHECK = """
+from workflow.diagnostics.checks.plugins import LOSS_RUNS, Check
+from workflow.diagnostics.findings import Finding
+
+
+def check_extra(setup, batch):
+    return [Finding("extra_found", "warning", "the extra check fired", {"n": len(batch["y"])})]
+
+
+CHECKS = (Check("extra", order=45, run=check_extra, needs=(LOSS_RUNS,)),)
+"""
+
+
+@pytest.fixture
+def extra_check_module(tmp_path, monkeypatch):
+    """A check module beside the package's own (as if dropped into checks/), removed after."""
+    name = f"{checks.__name__}.zz_extra"
+    (tmp_path / "zz_extra.py").write_text(EXTRA_CHECK)
+    monkeypatch.setattr(checks, "__path__", [*checks.__path__, str(tmp_path)])
+    yield name
+    sys.modules.pop(name, None)
+    if hasattr(checks, "zz_extra"):
+        delattr(checks, "zz_extra")
+
+
+def test_a_new_check_needs_only_its_module_and_its_registry_entry(
+    build, extra_check_module, monkeypatch
+):
+    row = "the extra property holds"
+    extra = registry.FindingKind(
+        "extra_found",
+        "warning",
+        "an extra property failed",
+        "debug",
+        explains=("cannot_overfit_batch",),
+        checklist=row,
+    )
+    at = registry.declared_ids().index("cannot_overfit_batch")
+    monkeypatch.setattr(registry, "KINDS", (*registry.KINDS[:at], extra, *registry.KINDS[at:]))
+    monkeypatch.setattr(registry, "CHECKLIST_ROWS", (*registry.CHECKLIST_ROWS, row))
+
+    # Discovered by module name and run in its declared place (after the outputs check).
+    names = [c.name for c in checks.declared_checks()]
+    assert names.index("outputs") < names.index("extra") < names.index("nonfinite")
+    setup, batch = build()
+    (found,) = checks.run_checks(setup, batch)
+    assert (found.id, found.severity, found.evidence) == ("extra_found", "warning", {"n": 64})
+    # Ranked by its registry entry: a cause of the batch that cannot be overfit, promoted.
+    stuck = Finding("cannot_overfit_batch", "error", "could not memorize one batch")
+    ranked = registry.rank_findings([stuck, found])
+    assert [(f.id, f.severity) for f in ranked] == [
+        ("extra_found", "error"),
+        ("cannot_overfit_batch", "error"),
+    ]
+    # Its row in the debug report's checklist.
+    rows = debug_report.checklist_rows([f.to_json() for f in ranked])
+    assert rows[-1] == [row, "error: `extra_found`", "n=64"]
+    assert rows[-3][:2] == ["overfits one batch", "error: `cannot_overfit_batch`"]
+
+
+def test_a_check_whose_gate_is_closed_does_not_run(build, extra_check_module, monkeypatch):
+    extra = registry.FindingKind("extra_found", "warning", "an extra property failed", "debug")
+    monkeypatch.setattr(registry, "KINDS", (*registry.KINDS, extra))
+    setup, batch = build(loss=bug("transposed_cross_entropy"))  # the loss raises: LOSS_RUNS closed
+    assert ids(checks.run_checks(setup, batch)) == [("shape_mismatch", "error")]

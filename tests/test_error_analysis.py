@@ -9,6 +9,7 @@ import pytest
 from tests.conftest import small_config
 from workflow import evaluate, experiment
 from workflow.diagnostics import error_analysis as ea
+from workflow.diagnostics.findings import ERROR_ANALYSIS, declared_ids
 from workflow.run import report as run_report
 
 C = 10
@@ -70,7 +71,7 @@ def found(train, val, train_counts) -> dict:
     """The findings of a simulated train/val pair, by id (checked well formed)."""
     findings = ea.findings(analysis_of(train, val), train_counts)
     for f in findings:
-        assert f.id in ea.FINDING_IDS and f.severity in ("info", "warning")
+        assert f.id in declared_ids(ERROR_ANALYSIS) and f.severity in ("info", "warning")
         assert f.message and f.evidence and f.suggestions
         json.dumps(f.to_json(), allow_nan=False)
     ids = [f.id for f in findings]

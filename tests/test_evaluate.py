@@ -9,8 +9,7 @@ import pytest
 from tests.conftest import SMALL_CONFIG_FLAGS, run_stage, small_config
 from workflow import config_lib, evaluate, experiment
 from workflow.diagnostics import bias_variance as bv
-from workflow.diagnostics import error_analysis
-from workflow.diagnostics.findings import Finding
+from workflow.diagnostics.findings import ERROR_ANALYSIS, VERDICT, Finding, declared_ids
 from workflow.errors import UsageError
 
 BIG = 10**7  # sets so large that sampling noise never decides a gap
@@ -217,7 +216,7 @@ def test_evaluating_a_start_simple_run_trains_nothing_and_keeps_its_findings(tmp
     assert (tmp_path / "metrics.jsonl").read_text() == records
     assert sorted(os.listdir(tmp_path / "checkpoints")) == checkpoints
     ids = [f["id"] for f in summary["findings"]]
-    assert "loss_plateau" in ids and len(set(ids) & set(bv.VERDICT_IDS)) >= 1
+    assert "loss_plateau" in ids and len(set(ids) & set(declared_ids(VERDICT))) >= 1
     assert summary["config"]["evaluate"]["underfit_tolerance"] == 0.02
     assert json.loads((tmp_path / "summary.json").read_text())["stage"] == "evaluate"
 
@@ -244,7 +243,7 @@ def test_the_stage_trains_decomposes_and_reports_end_to_end(tmp_path):
     assert m["goal_error"] + m["bias"] + m["variance"] + m["val_overfit"] == pytest.approx(
         m["test_error"]
     )
-    ids = {f["id"] for f in summary["findings"]} & set(bv.VERDICT_IDS)
+    ids = {f["id"] for f in summary["findings"]} & set(declared_ids(VERDICT))
     assert ids and (ids == {"goal_met"}) == (summary["next"] == [])
     if ids != {"goal_met"}:
         assert "workflow.improve" in summary["next"][0] or "train_size" in summary["next"][0]
@@ -260,7 +259,7 @@ def test_the_stage_trains_decomposes_and_reports_end_to_end(tmp_path):
     assert "## Error analysis" in report and "![confusion matrix](plots/confusion_matrix.png)" in (
         report
     )
-    assert not {f["id"] for f in summary["findings"]} & set(error_analysis.FINDING_IDS)
+    assert not {f["id"] for f in summary["findings"]} & set(declared_ids(ERROR_ANALYSIS))
     assert "Train error" in result.stdout and "Irreducible error" in result.stdout
 
 

@@ -5,37 +5,9 @@ import os
 import numpy as np
 
 from workflow import reporting
+from workflow.diagnostics import findings
 from workflow.diagnostics.overfit import OverfitResult
 from workflow.reporting import model_summary, rundir
-
-# The report's checklist: what was checked, and the finding ids that mean it failed.
-CHECKLIST = (
-    ("inputs are normalized", ("inputs_not_normalized",)),
-    ("dtypes as expected", ("dtype_mismatch",)),
-    ("labels in range and informative", ("labels_out_of_range", "labels_corrupted")),
-    ("outputs are logits, not probabilities", ("softmax_before_loss",)),
-    ("shapes match in the loss (no silent broadcasting)", ("shape_mismatch",)),
-    ("initial loss near ln C", ("initial_loss_off",)),
-    ("examples independent of their batch (eval)", ("batch_dependence",)),
-    ("dropout / BatchNorm follow train and eval mode", ("train_eval_mode",)),
-    (
-        "gradients reach every parameter",
-        ("no_gradient", "dead_units", "vanishing_gradients", "exploding_gradients"),
-    ),
-    ("no NaN/inf", ("nan_or_inf",)),
-    ("overfits one batch", ("cannot_overfit_batch",)),
-    (
-        "loss curve of a short run",
-        (
-            "loss_increasing",
-            "loss_exploding",
-            "loss_oscillating",
-            "loss_plateau",
-            "lr_too_high",
-            "lr_too_low",
-        ),
-    ),
-)
 
 
 def plot_overfit(result: OverfitResult, path: str) -> str:
@@ -56,18 +28,24 @@ def plot_overfit(result: OverfitResult, path: str) -> str:
     return reporting.save_figure(fig, path)
 
 
-def write_report(run: rundir.RunDir, summary: dict, overfit_plot: str, curve_plot: str) -> None:
-    """report.md: the checklist, findings with fixes, and the two plots."""
-    found = {f["id"]: f for f in summary["findings"]}
+def checklist_rows(found: list[dict]) -> list[list[str]]:
+    """The checklist (findings.checklist()): [check, result, evidence] per row."""
+    by_id = {f["id"]: f for f in found}
     rows = []
-    for name, ids in CHECKLIST:
-        hits = [found[i] for i in ids if i in found]
+    for name, ids in findings.checklist():
+        hits = [by_id[i] for i in ids if i in by_id]
         status = "passed" if not hits else ", ".join(f"{h['severity']}: `{h['id']}`" for h in hits)
         evidence = "; ".join(
             ", ".join(f"{k}={reporting.fmt(v)}" for k, v in list(h["evidence"].items())[:4])
             for h in hits
         )
         rows.append([name, status, evidence])
+    return rows
+
+
+def write_report(run: rundir.RunDir, summary: dict, overfit_plot: str, curve_plot: str) -> None:
+    """report.md: the checklist, findings with fixes, and the two plots."""
+    rows = checklist_rows(summary["findings"])
     m = summary["metrics"]
     reporting.write_report(
         run.file("report.md"),

@@ -13,7 +13,6 @@ import math
 
 from workflow.diagnostics.findings import Finding
 
-VERDICT_IDS = ("underfit", "overfit", "val_overfit", "goal_met")
 TREND_FALLING, TREND_FLAT = "falling", "flat"
 
 

@@ -1,11 +1,12 @@
 """Loss-curve diagnosis: the workflow's error analysis (goes up, explodes, oscillates, plateaus).
 
 `diagnose_curve` reads the per-step training loss of a run (`FitResult.step_losses`, step i+1 at
-index i) and returns findings from the stable vocabulary, most likely first; a healthy curve gives
-none. Per-step losses are noisy (one mini-batch each: 10-30% relative noise at batch 32-128, far
-more once the loss nears zero), so every test compares robust levels (medians of whole windows,
-noise scales from the IQR of differences) and asks for both a practical effect size and
-statistical significance before it fires; a trend too unclear to call gives no finding.
+index i) and returns findings from the stable vocabulary in the one ranking (a cause before the
+symptom it explains: findings.rank_findings); a healthy curve gives none. Per-step losses are noisy
+(one mini-batch each: 10-30% relative noise at batch 32-128, far more once the loss nears zero), so
+every test compares robust levels (medians of whole windows, noise scales from the IQR of
+differences) and asks for both a practical effect size and statistical significance before it fires;
+a trend too unclear to call gives no finding.
 
 The plateau and lr_too_low verdicts compare the end of the curve with its start, so the curve
 should begin at the first training step; a resumed run should pass its whole history (or
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from workflow.diagnostics.findings import Finding, sort_findings
+from workflow.diagnostics.findings import Finding, rank_findings
 
 if TYPE_CHECKING:  # the engine imports jax; reading a curve needs numpy only
     from workflow.engine.loop import FitResult
@@ -268,7 +269,7 @@ def diagnose_curve(
     initial_expected: float | None = None,
     learning_rate: float | None = None,
 ) -> list[Finding]:
-    """Findings for a per-step training-loss curve, most likely first; [] for a healthy one."""
+    """Findings for a per-step training-loss curve, ranked; [] for a healthy one."""
     x = np.asarray(train_loss, dtype=np.float64)
     if x.ndim != 1:
         raise ValueError(f"train_loss must be 1-D (one loss per step), got shape {x.shape}")
@@ -285,14 +286,12 @@ def diagnose_curve(
         _shape_findings(y, initial_expected, learning_rate, context) if len(y) >= MIN_POINTS else []
     )
     if bad is None:
-        return sort_findings(shape)
+        return rank_findings(shape)
     exploded = any(f.id == "loss_exploding" for f in shape)
     # After an explosion the NaN's causes are ranked as the explosion's: lr first if it was early.
     lr_first = any(f.id == "lr_too_high" for f in shape) if exploded else None
     nan = _nan_finding(x, bad, lr_first, learning_rate, context)
-    # An explosion explains the NaN that ends it, so it ranks first; otherwise the NaN does.
-    ordered = [*shape[:1], nan, *shape[1:]] if exploded else [nan, *shape]
-    return sort_findings(ordered)
+    return rank_findings([nan, *shape])
 
 
 def _val_evidence(val: list[tuple[int, float]] | None) -> dict:
@@ -347,7 +346,7 @@ def _nan_finding(
 def _shape_findings(
     y: np.ndarray, initial_expected: float | None, learning_rate: float | None, context: dict
 ) -> list[Finding]:
-    """Findings from the shape of a finite curve of at least MIN_POINTS steps, ranked."""
+    """Findings from the shape of a finite curve of at least MIN_POINTS steps."""
     c = _Curve(y)
     base = {
         "steps": c.m,
@@ -674,8 +673,7 @@ def _flat(
         },
         suggestions=[_raise_lr(learning_rate)],
     )
-    # The steady shape names the learning rate outright; a bare tiny value only backs the plateau.
-    return [low, plateau] if steady else [plateau, low]
+    return [plateau, low]
 
 
 def _lr_too_high(

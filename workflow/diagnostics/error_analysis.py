@@ -61,12 +61,6 @@ MIN_CONFIDENT = 5
 CONFIDENT_GAP = 0.02
 CONFIDENT_SHARE = 1 / 3
 
-FINDING_IDS = (
-    "class_error_concentrated",
-    "class_too_few_examples",
-    "label_noise_suspected",
-    "input_errors_concentrated",
-)
 # "Inputs of one kind that fail": each example is described by a few scalars of its inputs as
 # the model sees them, each split into INPUT_BINS equal-count bins, and a bin whose error is
 # far above the split's is tested like a class (flagged_classes, the same ALPHA and floors).

@@ -32,7 +32,7 @@ import ml_collections
 
 import models
 from workflow import config_lib, reporting
-from workflow.diagnostics.findings import SEVERITIES, Finding
+from workflow.diagnostics.findings import Finding, rank_findings
 from workflow.reporting import rundir
 
 MIB = 2**20
@@ -609,8 +609,8 @@ def _record_recovery(
     if path is None or not os.path.exists(path):
         return
     summary = rundir.read_json(path)
-    findings = [*summary.get("findings", []), finding.to_json()]
-    summary["findings"] = sorted(findings, key=lambda f: SEVERITIES.index(f["severity"]))
+    findings = [Finding(**f) for f in summary.get("findings", [])] + [finding]
+    summary["findings"] = [f.to_json() for f in rank_findings(findings)]
     summary["memory"] = {"attempts": attempts, "estimate": sizes}
     # The next stages inherit this invocation's flags: pass them the batch size that fits.
     extra = override_flags(attempts)

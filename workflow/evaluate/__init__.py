@@ -22,7 +22,14 @@ import numpy as np
 
 from workflow import engine, experiment
 from workflow.diagnostics import bias_variance, error_analysis
-from workflow.diagnostics.findings import Finding, has_error, sort_findings
+from workflow.diagnostics.findings import (
+    ERROR_ANALYSIS,
+    VERDICT,
+    Finding,
+    declared_ids,
+    has_error,
+    rank_findings,
+)
 from workflow.engine import checkpoints, distributed
 from workflow.errors import UsageError
 from workflow.evaluate.report import write_plots, write_report
@@ -72,7 +79,7 @@ def run_evaluate(setup: experiment.Setup, workdir: str) -> dict:
         if analysis
         else []
     )
-    findings = unique_findings(
+    findings = rank_findings(
         verdicts + explained + [Finding(**f) for f in summary["findings"] + (carried or [])]
     )
 
@@ -203,18 +210,8 @@ def carried_findings(previous: dict | None, summary: dict, trained_steps: int) -
     if previous.get("metrics", {}).get("steps") != summary["metrics"]["steps"]:
         return None
     # Verdicts and error-analysis findings are recomputed on this invocation's model.
-    recomputed = set(bias_variance.VERDICT_IDS) | set(error_analysis.FINDING_IDS)
+    recomputed = {*declared_ids(VERDICT), *declared_ids(ERROR_ANALYSIS)}
     return [f for f in previous.get("findings", []) if f["id"] not in recomputed]
-
-
-def unique_findings(findings: list[Finding]) -> list[Finding]:
-    """Most severe first, the first finding of each id kept (this run's before carried ones)."""
-    seen, unique = set(), []
-    for f in findings:
-        if f.id not in seen:
-            seen.add(f.id)
-            unique.append(f)
-    return sort_findings(unique)
 
 
 def split_errors(metrics: dict, dataset) -> bias_variance.Errors:

@@ -20,12 +20,11 @@ import ml_collections
 
 import models
 from workflow import config_lib, engine, evaluate, experiment
+from workflow.diagnostics.findings import VERDICT, declared_ids
 from workflow.engine import copy_state, distributed, trials
 from workflow.improve.report import plot_outcomes, write_report
 from workflow.reporting import rundir
 from workflow.search import remedies
-
-VERDICTS = ("underfit", "overfit", "val_overfit")
 
 
 @dataclasses.dataclass
@@ -210,7 +209,9 @@ def run_improve(setup: experiment.Setup, workdir: str, config_source: str) -> di
     baseline = distributed.broadcast_json(baseline)
     if baseline["status"] == "diverged":
         return baseline
-    verdicts = [f["id"] for f in baseline["findings"] if f["id"] in VERDICTS]
+    # The verdicts that call for a remedy: every one but goal_met.
+    remediable = set(declared_ids(VERDICT)) - {"goal_met"}
+    verdicts = [f["id"] for f in baseline["findings"] if f["id"] in remediable]
     menu = functools.partial(
         remedies.candidates,
         config,

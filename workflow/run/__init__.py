@@ -24,7 +24,7 @@ import jax
 import ml_collections
 
 from workflow import config_lib, debug, engine, evaluate, experiment, improve, tune
-from workflow.diagnostics.findings import Finding
+from workflow.diagnostics.findings import VERDICT, Finding, declared_ids
 from workflow.reporting import rundir
 from workflow.run import report
 
@@ -253,13 +253,14 @@ def size_improve(
 
 def decisions(workflow: Workflow) -> list[Finding]:
     """How the final model came about: one info finding per step, with its evidence."""
+    verdict_ids = declared_ids(VERDICT)
     out = []
     for step in workflow.steps:
         s = step.summary
         m = s.get("metrics", {})
         extra = {}  # an improve step's choice: what changed and against which verdict
         if step.stage == "evaluate":
-            verdicts = [f["id"] for f in s.get("findings", []) if f["id"] in report.VERDICTS]
+            verdicts = [f["id"] for f in s.get("findings", []) if f["id"] in verdict_ids]
             message = f"{step.name}: test accuracy {m.get('test_accuracy', float('nan')):.2%}, " + (
                 f"verdict {', '.join(verdicts)}" if verdicts else "no verdict"
             )

@@ -10,8 +10,6 @@ from workflow import reporting
 from workflow.diagnostics import error_analysis
 from workflow.reporting import model_summary
 
-VERDICTS = ("underfit", "overfit", "val_overfit", "goal_met")
-
 # Blocks: ("text", str) | ("table", headers, rows) | ("image", path, caption) | ("code", str).
 
 

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import ml_collections  # noqa: E402
 
 from workflow import config_lib, experiment, reporting
-from workflow.diagnostics.findings import Finding, has_error, sort_findings  # noqa: E402
+from workflow.diagnostics.findings import Finding, has_error, rank_findings  # noqa: E402
 from workflow.reporting import rundir
 from workflow.search import (
     random_search,  # noqa: E402
@@ -228,7 +228,7 @@ def summarize(
         plots["range_test"] = range_test.plot_range_test(
             sweep, os.path.join(run.plots, "lr_range_test.png")
         )
-    findings = sort_findings(findings)
+    findings = rank_findings(findings)
     band = improved_band(records)
     metrics = {**initial, "num_trials": len(records), "search_seconds": seconds}
     if sweep is not None and sweep.found:

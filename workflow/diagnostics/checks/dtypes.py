@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from workflow.diagnostics.checks.plugins import Check
 from workflow.diagnostics.checks.probes import Batch, forward_in_mode, named_leaves
 from workflow.diagnostics.findings import Finding
 from workflow.engine import Task, TrainState
@@ -205,3 +206,12 @@ def check_dtypes(
             suggestions=suggestions,
         )
     ]
+
+
+CHECKS = (
+    Check(
+        "dtypes",
+        order=20,
+        run=lambda setup, batch: check_dtypes(setup.dataset, setup.task, setup.state, batch),
+    ),
+)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from workflow.diagnostics.checks.plugins import LABELS_IN_RANGE, LOSS_RUNS, Check
 from workflow.diagnostics.checks.probes import Batch, loss_and_grads, named_leaves
 from workflow.diagnostics.findings import Finding
 from workflow.engine import Task, TrainState
@@ -209,3 +210,13 @@ def check_gradients(task: Task, state: TrainState, batch: Batch) -> list[Finding
             )
         )
     return findings
+
+
+CHECKS = (
+    Check(
+        "gradients",
+        order=80,
+        run=lambda setup, batch: check_gradients(setup.task, setup.state, batch),
+        needs=(LABELS_IN_RANGE, LOSS_RUNS),
+    ),
+)

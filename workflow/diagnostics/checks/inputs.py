@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from workflow.diagnostics.checks.plugins import Check
 from workflow.diagnostics.findings import Finding
 
 # --- inputs. Standardized inputs have mean 0 and std 1 per channel; images scaled to [0, 1]
@@ -107,3 +108,7 @@ def check_inputs(dataset: Any) -> list[Finding]:
             )
         )
     return findings
+
+
+# Data first: unnormalized inputs or bad labels explain most model-side symptoms.
+CHECKS = (Check("inputs", order=10, run=lambda setup, batch: check_inputs(setup.dataset)),)

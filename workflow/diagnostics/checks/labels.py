@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from workflow.diagnostics.checks.plugins import Check
 from workflow.diagnostics.findings import Finding
 
 # --- labels. Total-variation distance between the train and val/test class distributions. For
@@ -147,3 +148,6 @@ def labels_signal_finding(
             ],
         )
     ]
+
+
+CHECKS = (Check("labels", order=30, run=lambda setup, batch: check_labels(setup.dataset)),)

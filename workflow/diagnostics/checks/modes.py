@@ -10,6 +10,7 @@ import numpy as np
 from flax import nnx
 
 from workflow import engine
+from workflow.diagnostics.checks.plugins import LABELS_IN_RANGE, OUTPUTS_SHAPED, Check
 from workflow.diagnostics.checks.probes import forward_in_mode, max_diff, output_scale, reseed
 from workflow.diagnostics.findings import Finding
 from workflow.engine import Task, TrainState
@@ -145,3 +146,19 @@ def check_train_eval_mode(task: Task, state: TrainState, x: np.ndarray) -> list[
                 )
             )
     return findings
+
+
+CHECKS = (
+    Check(
+        "batch_dependence",
+        order=60,
+        run=lambda setup, batch: check_batch_dependence(setup.task, setup.state, batch["x"]),
+        needs=(LABELS_IN_RANGE, OUTPUTS_SHAPED),
+    ),
+    Check(
+        "train_eval_mode",
+        order=70,
+        run=lambda setup, batch: check_train_eval_mode(setup.task, setup.state, batch["x"]),
+        needs=(LABELS_IN_RANGE, OUTPUTS_SHAPED),
+    ),
+)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from workflow import engine
+from workflow.diagnostics.checks.plugins import LABELS_IN_RANGE, LOSS_RUNS, Check
 from workflow.diagnostics.checks.probes import Batch, data_loss, loss_and_grads
 from workflow.diagnostics.findings import Finding
 from workflow.engine import Task, TrainState
@@ -88,3 +89,15 @@ def locate_nonfinite(task: Task, state: TrainState, batch: Batch) -> Finding | N
             "input normalization",
         ],
     )
+
+
+CHECKS = (
+    Check(
+        "nonfinite",
+        order=50,
+        run=lambda setup, batch: [
+            f for f in [locate_nonfinite(setup.task, setup.state, batch)] if f is not None
+        ],
+        needs=(LABELS_IN_RANGE, LOSS_RUNS),
+    ),
+)

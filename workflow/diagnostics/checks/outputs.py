@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from workflow import engine
+from workflow.diagnostics.checks.plugins import LABELS_IN_RANGE, Check
 from workflow.diagnostics.checks.probes import (
     Batch,
     forward_in_mode,
@@ -272,3 +273,15 @@ def check_output_and_loss(
             )
         )
     return findings
+
+
+CHECKS = (
+    Check(
+        "outputs",
+        order=40,
+        run=lambda setup, batch: check_output_and_loss(
+            setup.task, setup.state, batch, setup.dataset.num_classes
+        ),
+        needs=(LABELS_IN_RANGE,),
+    ),
+)
