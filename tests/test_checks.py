@@ -14,7 +14,7 @@ from workflow import data, engine, experiment
 from workflow.debug import report as debug_report
 from workflow.diagnostics import checks
 from workflow.diagnostics import findings as registry
-from workflow.diagnostics.checks import gradients, inputs, modes
+from workflow.diagnostics.checks import gradients, inputs, modes, plugins
 from workflow.diagnostics.findings import Finding
 
 BUGS = "tests.check_bugs"
@@ -560,3 +560,23 @@ def test_a_check_whose_gate_is_closed_does_not_run(build, extra_check_module, mo
     monkeypatch.setattr(registry, "KINDS", (*registry.KINDS, extra))
     setup, batch = build(loss=bug("transposed_cross_entropy"))  # the loss raises: LOSS_RUNS closed
     assert ids(checks.run_checks(setup, batch)) == [("shape_mismatch", "error")]
+
+
+def test_a_check_needing_an_unknown_gate_or_declared_twice_is_refused(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match=r"check 'x' needs \['labels'\]; valid: "):
+        plugins.Check("x", order=1, run=lambda setup, batch: [], needs=("labels",))
+    package = tmp_path / "zz_twice"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    for module in ("a", "b"):
+        (package / f"{module}.py").write_text(
+            "from workflow.diagnostics.checks.plugins import Check\n"
+            "CHECKS = (Check('twice', order=1, run=lambda setup, batch: []),)\n"
+        )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        with pytest.raises(ValueError, match=r"declared twice in zz_twice: \['twice'\]"):
+            plugins.declared_checks([str(package)], "zz_twice")
+    finally:
+        for name in ("zz_twice", "zz_twice.a", "zz_twice.b"):
+            sys.modules.pop(name, None)

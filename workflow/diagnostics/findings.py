@@ -379,6 +379,9 @@ def _index(kinds: tuple[FindingKind, ...]) -> dict[str, tuple[int, FindingKind]]
     return {k.id: (position, k) for position, k in enumerate(kinds)}
 
 
+_index(KINDS)  # a vocabulary that contradicts itself fails on import
+
+
 def kind(finding_id: str) -> FindingKind:
     """The declaration of `finding_id`; ValueError naming the closest ids when undeclared."""
     index = _index(KINDS)
@@ -439,8 +442,9 @@ def promote_causes(findings: list[Finding]) -> list[Finding]:
 
 
 def rank_findings(findings: list[Finding]) -> list[Finding]:
-    """The one order of findings: causes promoted to their symptoms' severity, most severe
-    first, then by rank (root cause first); of an id that does not repeat, the first kept."""
+    """The one order: causes promoted, most severe first, then by rank; repeated ids dropped."""
+    # Of an id that does not repeat, the first in this order stands: the most severe, then the
+    # one emitted first (a check's located NaN before the curve's).
     index = _index(KINDS)
     ranked = sorted(
         promote_causes(findings),
@@ -484,9 +488,6 @@ def markdown() -> str:
             "",
         ]
     )
-
-
-_index(KINDS)  # a vocabulary that contradicts itself fails on import
 
 
 def main(argv: list[str]) -> int:

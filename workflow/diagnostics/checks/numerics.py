@@ -91,13 +91,9 @@ def locate_nonfinite(task: Task, state: TrainState, batch: Batch) -> Finding | N
     )
 
 
-CHECKS = (
-    Check(
-        "nonfinite",
-        order=50,
-        run=lambda setup, batch: [
-            f for f in [locate_nonfinite(setup.task, setup.state, batch)] if f is not None
-        ],
-        needs=(LABELS_IN_RANGE, LOSS_RUNS),
-    ),
-)
+def _nonfinite_check(setup: Any, batch: Batch) -> list[Finding]:
+    located = locate_nonfinite(setup.task, setup.state, batch)
+    return [located] if located is not None else []
+
+
+CHECKS = (Check("nonfinite", order=50, run=_nonfinite_check, needs=(LABELS_IN_RANGE, LOSS_RUNS)),)

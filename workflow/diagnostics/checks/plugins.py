@@ -60,6 +60,7 @@ def declared_checks(package_path: Iterable[str], package_name: str) -> list[Chec
     for module in pkgutil.iter_modules(package_path, package_name + "."):
         found += getattr(importlib.import_module(module.name), "CHECKS", ())
     names = [c.name for c in found]
-    if len(set(names)) != len(names):
-        raise ValueError(f"check names declared twice in {package_name}: {sorted(names)}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"check names declared twice in {package_name}: {twice}")
     return sorted(found, key=lambda c: (c.order, c.name))
