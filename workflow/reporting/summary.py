@@ -39,25 +39,25 @@ class Summary:
     bias_variance: dict[str, Any] | None = None  # the decomposition's rows, line and tolerances
     train_size: dict[str, Any] | None = None  # error against training-set size (train_sizes)
     error_analysis: dict[str, Any] | None = None  # per-class errors, confusions, worst examples
-    # tune
-    trials: list[dict] | None = None  # every trial's record, all rounds
-    rounds: list[dict] | None = None  # each round's ranges, length and trial count
-    range_test: dict[str, Any] | None = None  # the learning-rate range test (null: disabled)
+    # tune (best_config: improve's too)
     best: dict[str, Any] | None = None  # the best trial's record (null: no trial finished)
-    best_config: str | None = None  # tune, improve: best_config.py's path (null: none written)
+    best_config: str | None = None  # best_config.py's path (null: none written)
     overrides: list[str] | None = None  # the best values as --config.* flags
+    range_test: dict[str, Any] | None = None  # the learning-rate range test (null: disabled)
     improved_band: list[float] | None = None  # lowest, highest lr of the trials that improved
-    # improve
-    candidates: list[dict] | None = None  # each remedy's run: errors, size, time, why tried
+    rounds: list[dict] | None = None  # each round's ranges, length and trial count
+    trials: list[dict] | None = None  # every trial's record, all rounds
+    # improve (with best_config, and the starting point's bias_variance)
     verdicts: list[str] | None = None  # the starting point's verdicts the remedies answer
+    candidates: list[dict] | None = None  # each remedy's run: errors, size, time, why tried
     decision: dict[str, Any] | None = None  # {"chosen": remedy or null, "why": the reason}
     # out of memory (workflow/diagnostics/memory.py)
     memory: dict[str, Any] | None = None  # {"attempts": batch sizes and results, "estimate"}
     # run
-    steps: list[dict] | None = None  # each finished step: name, stage, workdir, config source
     stopped: str | None = None  # why the workflow stopped early (null: it ran to its end)
     final: dict[str, Any] | None = None  # the final model's step, config, workdir and model
     reproduce: list[str] | None = None  # the commands that train and evaluate it again
+    steps: list[dict] | None = None  # each finished step: name, stage, workdir, config source
 
     def to_json(self) -> dict[str, Any]:
         """The summary.json form: the set fields (and the groups of set sections), findings as
