@@ -38,9 +38,9 @@ def run_case(case: Case, config=None) -> dict[str, Any]:
     setup = experiment.prepare(config)
     with tempfile.TemporaryDirectory() as workdir:
         summary = debug.run_debug(setup, workdir, started)
-    findings = summary["findings"]
-    serious = [f["id"] for f in findings if f["severity"] in SERIOUS]
-    top = findings[0]["id"] if findings else None
+    findings = summary.findings
+    serious = [f.id for f in findings if f.severity in SERIOUS]
+    top = findings[0].id if findings else None
     if case.expected_id is None:
         correct = not serious
     else:
@@ -49,10 +49,10 @@ def run_case(case: Case, config=None) -> dict[str, Any]:
         "name": case.name,
         "expected": case.expected_id,
         "top": top,
-        "top_severity": findings[0]["severity"] if findings else None,
+        "top_severity": findings[0].severity if findings else None,
         "serious": serious,
         "correct": correct,
-        "seconds": summary["metrics"]["seconds_to_verdict"],
+        "seconds": summary.metrics["seconds_to_verdict"],
     }
 
 

@@ -101,7 +101,7 @@ def run_scenario(name: str, config, workdir: str) -> dict[str, Any]:
     def stage() -> int:
         setup = experiment.prepare(config)
         summary = experiment.train_and_report(setup, workdir, "start_simple", None)
-        return 0 if summary["status"] == "ok" else 1
+        return 0 if summary.status == "ok" else 1
 
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):

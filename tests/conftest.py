@@ -1,5 +1,6 @@
 """Shared fixtures: one data cache per test session, small configs, the stage CLI."""
 
+import json
 import os
 import subprocess
 import sys
@@ -38,6 +39,17 @@ def start_stage(stage: str, *args: str, **popen_options) -> subprocess.Popen:
         env=dict(os.environ, JAX_PLATFORMS="cpu"),
         **popen_options,
     )
+
+
+def read_summary(workdir) -> dict:
+    """summary.json of a run directory, after checking that it reads back as a Summary that
+    writes it unchanged (workflow.run reads its steps' summaries back)."""
+    from workflow.reporting.summary import Summary
+
+    with open(os.path.join(workdir, "summary.json")) as f:
+        data = json.load(f)
+    assert Summary.from_json(data).to_json() == data
+    return data
 
 
 def load_config(path: str, arg: str | None = None):

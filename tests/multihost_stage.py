@@ -6,9 +6,12 @@ stdout is silenced by the stage): the process index, how many training examples 
 holds, its dataset shard, the data layout fit used, and a SHA-256 of each of its local copies of
 the final parameters (one per local device), for tests/test_multihost.py to compare processes.
 Whenever the stage hands a summary to RunDir.write_summary (which writes it on process 0 only),
-one line `SUMMARY {json}` with the process index and that summary goes to stderr too.
+one line `SUMMARY {json}` with the process index and that summary goes to stderr too. Each file
+this process opens for writing, or renames into place, under --workdir gives one line
+`WRITE {json}` (the process index and the path relative to --workdir): only process 0 should.
 """
 
+import builtins
 import hashlib
 import json
 import os
@@ -29,7 +32,7 @@ def write_summary(run, summary):
     import jax
 
     _write_summary(run, summary)
-    line = {"process": jax.process_index(), "summary": rundir.to_jsonable(summary)}
+    line = {"process": jax.process_index(), "summary": rundir.to_jsonable(summary.to_json())}
     print("SUMMARY " + json.dumps(line), file=sys.stderr, flush=True)
 
 
@@ -65,7 +68,34 @@ def fit(task, state, dataset, config, **kwargs):
     return result
 
 
+def watch_writes(workdir: str) -> None:
+    """A WRITE line for every file opened for writing or renamed into place under `workdir`."""
+    import jax
+
+    root = os.path.abspath(workdir)
+    real_open, real_replace = builtins.open, os.replace
+
+    def report(path) -> None:
+        path = os.path.abspath(os.fspath(path))
+        if path == root or path.startswith(root + os.sep):
+            line = {"process": jax.process_index(), "path": os.path.relpath(path, root)}
+            print("WRITE " + json.dumps(line), file=sys.stderr, flush=True)
+
+    def watched_open(file, mode="r", *args, **kwargs):
+        if isinstance(file, str | bytes | os.PathLike) and any(c in mode for c in "wax+"):
+            report(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    def watched_replace(src, dst, *args, **kwargs):
+        report(dst)
+        return real_replace(src, dst, *args, **kwargs)
+
+    builtins.open, os.replace = watched_open, watched_replace
+
+
 if __name__ == "__main__":
+    workdir = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--workdir="))
+    watch_writes(workdir)
     engine.fit = fit  # experiment.train_and_report looks it up when it trains
     rundir.RunDir.write_summary = write_summary
     stage = sys.argv[1]

@@ -29,7 +29,7 @@ FAST = {
 }
 
 
-def run_baseline(name: str, workdir, num_examples: int = 24, **overrides) -> dict:
+def run_baseline(name: str, workdir, num_examples: int = 24, **overrides):
     """prepare + train_and_report of baseline `name` on mock data, as start_simple runs it."""
     from workflow import experiment
 
@@ -38,8 +38,8 @@ def run_baseline(name: str, workdir, num_examples: int = 24, **overrides) -> dic
     with tfds.testing.mock_data(num_examples=num_examples):
         setup = experiment.prepare(config)
         summary = experiment.train_and_report(setup, str(workdir), "start_simple", None)
-    assert summary["status"] == "ok", summary["findings"]
-    assert summary["metrics"]["steps"] == 4
+    assert summary.status == "ok", summary.findings
+    assert summary.metrics["steps"] == 4
     assert json.loads((workdir / "summary.json").read_text())["stage"] == "start_simple"
     return summary
 
@@ -94,21 +94,21 @@ def test_unknown_baseline_is_a_usage_error_and_exits_2(tmp_path):
 @pytest.mark.slow  # LeNet on mock tfds:mnist also runs by default in test_start_simple
 def test_mnist_lenet_trains_end_to_end_on_mock_data(tmp_path):
     summary = run_baseline("mnist_lenet", tmp_path)
-    assert summary["config"]["model"]["name"] == "lenet"
-    assert summary["dataset"]["input_shape"] == [28, 28, 1]
-    assert summary["dataset"]["normalized"]
+    assert summary.config["model"]["name"] == "lenet"
+    assert summary.dataset["input_shape"] == [28, 28, 1]
+    assert summary.dataset["normalized"]
 
 
 def test_imdb_lstm_trains_end_to_end_on_mock_data(tmp_path):
     summary = run_baseline("imdb_lstm", tmp_path, **{"dataset.kwargs.max_length": 16})
-    ds = summary["dataset"]
+    ds = summary.dataset
     assert ds["kind"] == "sequence" and ds["input_shape"] == [16, 1] and not ds["normalized"]
     vocab = ds["vocabulary"]
     assert 2 < vocab["size"] <= 20000 and vocab["max_length"] == 16
     words = json.loads(open(vocab["file"]).read())["words"]
     assert words[:2] == ["<pad>", "<unk>"] and len(words) == vocab["size"]
     assert "words" not in vocab  # the summary names the file; the words stay out of it
-    layers = {layer["path"]: layer for layer in summary["model_summary"]}
+    layers = {layer["path"]: layer for layer in summary.model_summary}
     assert layers["embed"]["type"] == "Embed"
 
 
@@ -130,7 +130,7 @@ def test_noise_augmentation_of_token_ids_is_refused_naming_the_value():
 @pytest.mark.slow
 def test_fashion_mnist_lenet_trains_end_to_end_on_mock_data(tmp_path):
     summary = run_baseline("fashion_mnist_lenet", tmp_path)
-    assert summary["dataset"]["name"] == "tfds:fashion_mnist"
+    assert summary.dataset["name"] == "tfds:fashion_mnist"
 
 
 @pytest.mark.slow
@@ -139,9 +139,9 @@ def test_cifar10_resnet20_trains_end_to_end_on_mock_data(tmp_path):
     summary = run_baseline(
         "cifar10_resnet20", tmp_path, num_examples=50, **{"optimizer.schedule.boundaries": (2,)}
     )
-    assert summary["dataset"]["input_shape"] == [32, 32, 3]
-    assert summary["dataset"]["splits"]["val"]["size"] == 1
-    assert summary["config"]["augment"]["kind"] == "image"
+    assert summary.dataset["input_shape"] == [32, 32, 3]
+    assert summary.dataset["splits"]["val"]["size"] == 1
+    assert summary.config["augment"]["kind"] == "image"
 
 
 # ----------------------------------------------------------------------------- text path

@@ -34,7 +34,7 @@ def test_bugzoo_case(case: Case, tmp_path) -> None:
     if case.fast:
         config = with_budget(config, OVERFIT_STEPS, TRAIN_STEPS)
     summary = debug.run_debug(experiment.prepare(config), str(tmp_path))
-    findings = [(f["id"], f["severity"]) for f in summary["findings"]]
+    findings = [(f.id, f.severity) for f in summary.findings]
     if case.expected_id is None:
         serious = [f for f in findings if f[1] in ("error", "warning")]
         assert serious == [], findings

@@ -550,7 +550,7 @@ def test_a_new_check_needs_only_its_module_and_its_registry_entry(
         ("cannot_overfit_batch", "error"),
     ]
     # Its row in the debug report's checklist.
-    rows = debug_report.checklist_rows([f.to_json() for f in ranked])
+    rows = debug_report.checklist_rows(ranked)
     assert rows[-1] == [row, "error: `extra_found`", "n=64"]
     assert rows[-3][:2] == ["overfits one batch", "error: `cannot_overfit_batch`"]
 

@@ -1,11 +1,9 @@
 """The debug stage on clean and broken setups: the right finding on top, quiet when clean."""
 
-import json
-
 import pytest
 
 from tests.bugzoo.cases import synthetic
-from tests.conftest import run_stage, small_config
+from tests.conftest import read_summary, run_stage, small_config
 from workflow import debug, experiment
 
 
@@ -17,20 +15,20 @@ def debug_config(model: str | None = None, loss: str | None = None, dataset: str
     return config
 
 
-def run_debug(config, workdir) -> dict:
+def run_debug(config, workdir):
     return debug.run_debug(experiment.prepare(config), str(workdir))
 
 
 def test_clean_setup_passes_every_check(tmp_path):
     summary = run_debug(debug_config(), tmp_path)
-    serious = [f for f in summary["findings"] if f["severity"] in ("error", "warning")]
+    serious = [f for f in summary.findings if f.severity in ("error", "warning")]
     assert serious == [], serious
-    assert summary["status"] == "ok" and summary["metrics"]["overfit_passed"]
+    assert summary.status == "ok" and summary.metrics["overfit_passed"]
     report = (tmp_path / "report.md").read_text()
     assert "| overfits one batch | passed |" in report
     assert (tmp_path / "plots" / "overfit_batch.png").exists()
     assert "## Model" in report and (tmp_path / "model_summary.txt").exists()
-    assert [layer["path"] for layer in summary["model_summary"]] == ["", "hidden/0", "out"]
+    assert [layer["path"] for layer in summary.model_summary] == ["", "hidden/0", "out"]
 
 
 @pytest.mark.parametrize(
@@ -45,9 +43,9 @@ def test_clean_setup_passes_every_check(tmp_path):
 )
 def test_broken_setup_gets_the_right_top_finding(tmp_path, broken, expected):
     summary = run_debug(debug_config(**broken), tmp_path)
-    ids = [f["id"] for f in summary["findings"]]
+    ids = [f.id for f in summary.findings]
     assert ids and ids[0] == expected, ids
-    assert summary["status"] == "failed"
+    assert summary.status == "failed"
 
 
 def test_cli_exits_1_and_names_the_fix(tmp_path):
@@ -62,7 +60,7 @@ def test_cli_exits_1_and_names_the_fix(tmp_path):
     )
     assert result.returncode == 1, result.stderr
     assert "softmax_before_loss" in result.stdout
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    summary = read_summary(tmp_path)
     assert summary["findings"][0]["id"] == "softmax_before_loss"
     assert summary["findings"][0]["suggestions"]
 
@@ -74,12 +72,12 @@ def test_a_learning_rate_too_low_to_memorize_a_batch_is_a_warning_not_an_error(t
     config.debug.overfit_steps = 150
     config.debug.train_steps = 60
     summary = debug.run_debug(experiment.prepare(config), str(tmp_path / "slow"))
-    assert summary["status"] == "ok"
-    ids = [(f["id"], f["severity"]) for f in summary["findings"]]
+    assert summary.status == "ok"
+    ids = [(f.id, f.severity) for f in summary.findings]
     assert ("lr_too_low", "warning") in ids and "cannot_overfit_batch" not in dict(ids)
-    assert summary["metrics"]["overfit_learning_rate"] == pytest.approx(2e-3)
+    assert summary.metrics["overfit_learning_rate"] == pytest.approx(2e-3)
     # At 1e-4 the loss falls by less than half: no retry, the error stands.
     config.optimizer.learning_rate = 1e-4
     config.debug.overfit_steps = 200
     summary = debug.run_debug(experiment.prepare(config), str(tmp_path / "slower"))
-    assert any(f["id"] == "cannot_overfit_batch" for f in summary["findings"])
+    assert summary.has_finding("cannot_overfit_batch")

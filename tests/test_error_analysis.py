@@ -2,6 +2,7 @@
 plots and report tables, and the evaluate stage with label noise planted in one class."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,6 +11,8 @@ from tests.conftest import small_config
 from workflow import evaluate, experiment
 from workflow.diagnostics import error_analysis as ea
 from workflow.diagnostics.findings import ERROR_ANALYSIS, declared_ids
+from workflow.evaluate import report as evaluate_report
+from workflow.reporting import rundir
 from workflow.run import report as run_report
 
 C = 10
@@ -248,12 +251,17 @@ def small_analysis(kind: str) -> tuple[dict, dict]:
 def test_plots_draw_each_kind_as_a_person_looks_at_it(tmp_path):
     for kind in ("image", "sequence", "tabular"):
         analysis, inputs = small_analysis(kind)
-        plots = ea.write_plots(analysis, inputs, kind, str(tmp_path / kind), title=kind)
-        assert (tmp_path / kind / "confusion_matrix.png").stat().st_size > 1000
+        setup = SimpleNamespace(
+            dataset=SimpleNamespace(kind=kind, name="data"),
+            config=SimpleNamespace(model=SimpleNamespace(name=kind)),
+        )
+        run = rundir.RunDir(str(tmp_path / kind))
+        plots = evaluate_report.save_error_analysis_plots(run, setup, analysis, inputs)
+        assert (tmp_path / kind / "plots" / "confusion_matrix.png").stat().st_size > 1000
         if kind == "tabular":  # a table in the report instead of a picture
             assert list(plots) == ["confusion matrix"]
         else:
-            assert (tmp_path / kind / "worst_examples.png").stat().st_size > 1000
+            assert (tmp_path / kind / "plots" / "worst_examples.png").stat().st_size > 1000
 
 
 def test_the_report_shows_classes_train_against_val_and_the_confusions():
@@ -283,11 +291,11 @@ def test_evaluate_analyzes_errors_and_calls_planted_label_noise(tmp_path):
     # 30 examples of other classes labelled 3: about 40% of what carries label 3.
     y[rng.choice(np.flatnonzero(y != 3), 30, replace=False)] = 3
     summary = evaluate.run_evaluate(setup, str(tmp_path))
-    assert summary["status"] == "ok"  # error-analysis findings never change the exit code
-    by_id = {f["id"]: f for f in summary["findings"]}
+    assert summary.status == "ok"  # error-analysis findings never change the exit code
+    by_id = {f.id: f for f in summary.findings}
     noise = by_id["label_noise_suspected"]
-    assert noise["evidence"]["class"] == 3 and noise["evidence"]["split"] == "train"
-    splits = summary["error_analysis"]["splits"]
+    assert noise.evidence["class"] == 3 and noise.evidence["split"] == "train"
+    splits = summary.error_analysis["splits"]
     assert set(splits) == {"train", "val"}
     train = splits["train"]
     assert train["examples"] == len(y) and len(train["class_errors"]) == C
@@ -296,7 +304,7 @@ def test_evaluate_analyzes_errors_and_calls_planted_label_noise(tmp_path):
     assert all(y[w["index"]] == w["true"] for w in train["worst_examples"])
     # The analyzed model is the reported one: its errors are the summary's.
     for split in ("train", "val"):
-        assert splits[split]["error"] == pytest.approx(summary["metrics"][f"{split}_error"])
+        assert splits[split]["error"] == pytest.approx(summary.metrics[f"{split}_error"])
     stored = json.loads((tmp_path / "summary.json").read_text())
     assert (
         stored["error_analysis"]["splits"]["val"]["class_counts"] == splits["val"]["class_counts"]
@@ -330,13 +338,13 @@ def test_evaluate_calls_a_small_class_and_a_class_that_absorbs_others(tmp_path, 
         idx = rng.choice(np.flatnonzero(ds.y_train == 3), (ds.y_train == 3).sum() // 2, False)
         ds.y_train[idx] = (3 + rng.integers(1, C, len(idx))) % C
     summary = evaluate.run_evaluate(setup, str(tmp_path))
-    by_id = {f["id"]: f for f in summary["findings"]}
+    by_id = {f.id: f for f in summary.findings}
     if plant == "few":
-        assert by_id["class_too_few_examples"]["evidence"]["class"] == 3
+        assert by_id["class_too_few_examples"].evidence["class"] == 3
     else:
-        e = by_id["class_error_concentrated"]["evidence"]
+        e = by_id["class_error_concentrated"].evidence
         assert e["class"] == 3 and e["grouped_by"] == "prediction"
-    assert summary["status"] == "ok"
+    assert summary.status == "ok"
 
 
 @pytest.mark.slow
@@ -351,7 +359,7 @@ def test_an_image_run_draws_its_worst_examples_from_the_early_stopped_model(tmp_
         },
     )
     summary = evaluate.run_evaluate(experiment.prepare(config), str(tmp_path))
-    m, splits = summary["metrics"], summary["error_analysis"]["splits"]
+    m, splits = summary.metrics, summary.error_analysis["splits"]
     assert m["best_step"] < m["steps"]  # stopped after its best evaluation
     for split in ("train", "val"):  # the best evaluated state, not the last one
         assert splits[split]["error"] == pytest.approx(m[f"{split}_error"])

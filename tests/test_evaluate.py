@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tests.conftest import SMALL_CONFIG_FLAGS, run_stage, small_config
+from tests.conftest import SMALL_CONFIG_FLAGS, read_summary, run_stage, small_config
 from workflow import config_lib, evaluate, experiment
 from workflow.diagnostics import bias_variance as bv
 from workflow.diagnostics.findings import ERROR_ANALYSIS, VERDICT, Finding, declared_ids
@@ -200,24 +200,24 @@ def test_evaluating_a_start_simple_run_trains_nothing_and_keeps_its_findings(tmp
     first = experiment.train_and_report(setup, workdir, "start_simple", "debug")
     # A curve finding of the original run, as start_simple writes one.
     plateau = Finding("loss_plateau", "warning", "the loss plateaus", {"step": 40}, ["raise lr"])
-    first["findings"].append(plateau.to_json())
-    (tmp_path / "summary.json").write_text(json.dumps(first))
+    first.findings.append(plateau)
+    (tmp_path / "summary.json").write_text(json.dumps(first.to_json()))
     records = (tmp_path / "metrics.jsonl").read_text()
     checkpoints = sorted(os.listdir(tmp_path / "checkpoints"))
 
     # Other tolerances are no different training config: the run is evaluated, not refused.
     config = small_config(**{"evaluate.underfit_tolerance": 0.02})
     summary = evaluate.run_evaluate(experiment.prepare(config), workdir)
-    m = summary["metrics"]
-    assert summary["stage"] == "evaluate" and summary["status"] == "ok"
+    m = summary.metrics
+    assert summary.stage == "evaluate" and summary.status == "ok"
     assert m["steps"] == 60 and m["trained_steps"] == 0
-    assert m["wall_seconds"] == first["metrics"]["wall_seconds"]  # the training run's timing
-    assert m["test_accuracy"] == pytest.approx(first["metrics"]["test_accuracy"])
+    assert m["wall_seconds"] == first.metrics["wall_seconds"]  # the training run's timing
+    assert m["test_accuracy"] == pytest.approx(first.metrics["test_accuracy"])
     assert (tmp_path / "metrics.jsonl").read_text() == records
     assert sorted(os.listdir(tmp_path / "checkpoints")) == checkpoints
-    ids = [f["id"] for f in summary["findings"]]
+    ids = [f.id for f in summary.findings]
     assert "loss_plateau" in ids and len(set(ids) & set(declared_ids(VERDICT))) >= 1
-    assert summary["config"]["evaluate"]["underfit_tolerance"] == 0.02
+    assert summary.config["evaluate"]["underfit_tolerance"] == 0.02
     assert json.loads((tmp_path / "summary.json").read_text())["stage"] == "evaluate"
 
     changed = small_config(**{"optimizer.learning_rate": 0.01})
@@ -234,7 +234,7 @@ def test_the_stage_trains_decomposes_and_reports_end_to_end(tmp_path):
         "evaluate", *SMALL_FLAGS, "--config.evaluate.train_sizes=(0.5,)", f"--workdir={workdir}"
     )
     assert result.returncode == 0, result.stderr
-    summary = json.loads((workdir / "summary.json").read_text())
+    summary = read_summary(workdir)
     assert summary["stage"] == "evaluate" and summary["status"] == "ok"
     m = summary["metrics"]
     for key in ("train_error", "val_error", "test_error", "goal_error", "irreducible_error"):

@@ -26,9 +26,10 @@ def records(workdir) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in lines]
 
 
-def same_numbers(summary: dict, reference: dict) -> None:
+def same_numbers(metrics: dict, reference: dict) -> None:
+    """The same final numbers in two summaries' metrics."""
     for key in ("train_loss", "val_loss", "test_loss", "test_accuracy", "steps"):
-        assert summary["metrics"][key] == reference["metrics"][key], key
+        assert metrics[key] == reference[key], key
 
 
 def damage(checkpoint_dir) -> None:
@@ -46,11 +47,11 @@ def test_damaged_latest_checkpoint_is_set_aside_and_the_one_before_used(referenc
     shutil.copytree(ref_dir, workdir)
     damage(workdir / "checkpoints" / "60")
     summary = run(small_config(), workdir)
-    same_numbers(summary, ref_summary)  # resumed from step 40: the same numbers again
-    [finding] = [f for f in summary["findings"] if f["id"] == "corrupt_checkpoint"]
-    assert finding["severity"] == "warning"
-    assert [c["step"] for c in finding["evidence"]["checkpoints"]] == [60]
-    assert finding["evidence"]["resumed_from"] == 40
+    same_numbers(summary.metrics, ref_summary.metrics)  # resumed from step 40: the same again
+    [finding] = [f for f in summary.findings if f.id == "corrupt_checkpoint"]
+    assert finding.severity == "warning"
+    assert [c["step"] for c in finding.evidence["checkpoints"]] == [60]
+    assert finding.evidence["resumed_from"] == 40
     assert os.path.isdir(workdir / "checkpoints" / "corrupt-60")  # kept for inspection
     assert sorted(os.listdir(workdir / "checkpoints" / "60"))  # rewritten by the resumed run
     assert records(workdir) == records(ref_dir)
@@ -92,10 +93,10 @@ def test_every_checkpoint_damaged_restarts_from_scratch(reference_run, tmp_path)
     for step in ("20", "40", "60"):
         damage(workdir / "checkpoints" / step)
     summary = run(small_config(), workdir)
-    same_numbers(summary, ref_summary)
-    [finding] = [f for f in summary["findings"] if f["id"] == "corrupt_checkpoint"]
-    assert [c["step"] for c in finding["evidence"]["checkpoints"]] == [60, 40, 20]
-    assert finding["evidence"]["resumed_from"] is None and "restarted" in finding["message"]
+    same_numbers(summary.metrics, ref_summary.metrics)
+    [finding] = [f for f in summary.findings if f.id == "corrupt_checkpoint"]
+    assert [c["step"] for c in finding.evidence["checkpoints"]] == [60, 40, 20]
+    assert finding.evidence["resumed_from"] is None and "restarted" in finding.message
     assert records(workdir) == records(ref_dir)
 
 
@@ -140,7 +141,7 @@ def test_kill_9_mid_run_then_the_same_command_ends_with_the_uninterrupted_metric
     assert whole.returncode == 0, whole.stderr[-2000:]
     summary = json.loads((killed / "summary.json").read_text())
     reference = json.loads((tmp_path / "whole" / "summary.json").read_text())
-    same_numbers(summary, reference)
+    same_numbers(summary["metrics"], reference["metrics"])
     assert records(killed) == records(tmp_path / "whole")
 
 
@@ -193,5 +194,5 @@ def test_a_full_disk_mid_run_keeps_the_last_checkpoint_and_resumes(
     assert cli.storage_error_line(raised.value).startswith("cannot write")
     monkeypatch.setattr(checkpoints.Checkpointer, "save", real_save)
     assert sorted(os.listdir(workdir / "checkpoints")) == ["20", "checksums.json"]
-    same_numbers(run(small_config(), workdir), ref_summary)  # space again: resume from 20
+    same_numbers(run(small_config(), workdir).metrics, ref_summary.metrics)  # resume from 20
     assert records(workdir) == records(ref_dir)

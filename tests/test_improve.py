@@ -5,9 +5,10 @@ import os
 
 import pytest
 
-from tests.conftest import ROOT, small_config
+from tests.conftest import ROOT, read_summary, small_config
 from workflow import config_lib, data, evaluate, experiment, improve
 from workflow.data import synthetic
+from workflow.reporting import rundir
 from workflow.search import remedies
 
 
@@ -137,7 +138,9 @@ def test_an_escalated_model_is_written_as_a_loadable_config(tmp_path):
     escalated = remedies.candidates(base, _Data("sequence", input_shape=(64, 1)), ["underfit"])
     wavenet = next(r for r in escalated if r.name == "escalate to wavenet").config
     path = str(tmp_path / "best_config.py")
-    config_lib.write_config_file(path, source, wavenet, "escalated")
+    (tmp_path / "best_config.py").write_text(
+        config_lib.config_file_text(path, source, wavenet, "escalated")
+    )
     loaded = config_lib.load_config_file(path)
     # The new architecture's options only: none of the LSTM's (hidden_size, readout) remain,
     # which WaveNet would reject.
@@ -168,23 +171,24 @@ def test_improve_fixes_an_underfit_model_and_says_why(tmp_path, monkeypatch):
     monkeypatch.setattr(improve, "range_test_suggestion", no_range_test)
     source = os.path.join(ROOT, "configs/synthetic.py") + ":tabular"
     summary = improve.run_improve(setup, str(tmp_path / "improve"), source)
-    assert summary["verdicts"] == ["underfit"] or "underfit" in summary["verdicts"]
-    candidates = summary["candidates"]
+    assert read_summary(tmp_path / "improve") == rundir.to_jsonable(summary.to_json())
+    assert summary.verdicts == ["underfit"] or "underfit" in summary.verdicts
+    candidates = summary.candidates
     assert candidates[0]["name"] == "baseline" and len(candidates) >= 3
     # The baseline is the evaluated run of the same length: its numbers, not a retrained copy.
     evaluated = json.load(open(tmp_path / "improve" / "baseline" / "summary.json"))["metrics"]
     assert candidates[0]["val_error"] == pytest.approx(1 - evaluated["val_accuracy"])
-    chosen = summary["decision"]["chosen"]
-    assert chosen != "baseline" and "val error" in summary["decision"]["why"]
+    chosen = summary.decision["chosen"]
+    assert chosen != "baseline" and "val error" in summary.decision["why"]
     best = next(c for c in candidates if c["name"] == chosen)
     assert best["val_error"] < candidates[0]["val_error"]
-    assert summary["metrics"]["test_accuracy"] == pytest.approx(1 - best["test_error"])
+    assert summary.metrics["test_accuracy"] == pytest.approx(1 - best["test_error"])
     report = open(tmp_path / "improve" / "report.md").read()
     assert "| candidate | change | val error |" in report and "Decision" in report
     assert os.path.getsize(tmp_path / "improve" / "plots" / "candidates.png") > 0
     # The choice is written as a config every stage accepts.
-    chosen_config = config_lib.load_config_file(summary["best_config"])
+    chosen_config = config_lib.load_config_file(summary.best_config)
     assert json.loads(chosen_config.to_json_best_effort()) != json.loads(
         config.to_json_best_effort()
     )
-    assert summary["next"][0].startswith("python -m workflow.evaluate --config=")
+    assert summary.next[0].startswith("python -m workflow.evaluate --config=")

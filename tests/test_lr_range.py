@@ -11,6 +11,7 @@ import pytest
 from tests.conftest import small_config
 from workflow import experiment
 from workflow.errors import UsageError
+from workflow.reporting import rundir
 from workflow.search import range_test
 from workflow.search.range_test import analyze_range_test, range_test_findings
 
@@ -314,11 +315,14 @@ def test_real_sweep_leaves_the_input_state_unchanged(real_sweep):
 
 def test_plot_is_written(real_sweep, tmp_path):
     _, _, r = real_sweep
-    path = range_test.plot_range_test(r, str(tmp_path / "plots" / "lr_range.png"))
-    with open(path, "rb") as f:
+    run = rundir.RunDir(str(tmp_path))
+    path = run.save_figure(rundir.PLOT_LR_RANGE_TEST, lambda: range_test.plot_range_test(r))
+    with open(tmp_path / path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     flat = analyze_range_test(np.geomspace(1e-7, 10, 50), np.full(50, 2.3))
-    assert range_test.plot_range_test(flat, str(tmp_path / "flat.png")).endswith("flat.png")
+    run = rundir.RunDir(str(tmp_path / "flat"))
+    run.save_figure(rundir.PLOT_LR_RANGE_TEST, lambda: range_test.plot_range_test(flat))
+    assert (tmp_path / "flat" / "plots" / "lr_range_test.png").stat().st_size > 1000
 
 
 def test_uneven_chunks_run_every_step_once(real_sweep):

@@ -7,7 +7,7 @@ import os
 import jax
 import pytest
 
-from tests.conftest import run_stage, small_config
+from tests.conftest import read_summary, run_stage, small_config
 from workflow import experiment
 from workflow.diagnostics import memory
 from workflow.errors import UsageError
@@ -39,8 +39,19 @@ class FlakyStage:
         summary = {
             "stage": "start_simple",
             "status": "ok",
-            "findings": [{"id": "lr_too_low", "severity": "info", "message": "", "evidence": {}}],
+            "config": {"batch_size": self.config.batch_size},
+            "metrics": {},
+            "findings": [
+                {
+                    "id": "lr_too_low",
+                    "severity": "info",
+                    "message": "",
+                    "evidence": {},
+                    "suggestions": [],
+                }
+            ],
             "next": ["python -m workflow.debug --config=configs/synthetic.py --workdir=runs/d"],
+            "device": "cpu",
         }
         with open(os.path.join(self.workdir, "summary.json"), "w") as f:
             json.dump(summary, f)
@@ -50,7 +61,7 @@ class FlakyStage:
 
 
 def summary_of(workdir) -> dict:
-    return json.loads((workdir / "summary.json").read_text())
+    return read_summary(workdir)
 
 
 def config(retry=False, batch_size=32):
@@ -229,7 +240,7 @@ def test_step_limit_makes_a_real_stage_halve_its_batch(tmp_path):
     def stage():
         setup = experiment.prepare(cfg)
         summary = experiment.train_and_report(setup, str(tmp_path), "start_simple", None)
-        return 0 if summary["status"] == "ok" else 1
+        return 0 if summary.status == "ok" else 1
 
     assert memory.run_guarded(stage, cfg, str(tmp_path), "start_simple") == 0
     summary = summary_of(tmp_path)

@@ -197,7 +197,7 @@ def test_replicated_data_on_two_processes_gives_the_one_process_numbers(tmp_path
     reference = reference_run[1]
     assert summary["metrics"]["steps"] == 60
     for key in ("train_loss", "val_loss", "test_loss", "test_accuracy"):
-        assert summary["metrics"][key] == pytest.approx(reference["metrics"][key], abs=1e-5), key
+        assert summary["metrics"][key] == pytest.approx(reference.metrics[key], abs=1e-5), key
 
 
 def test_multi_host_flags_go_together(tmp_path):
@@ -307,3 +307,43 @@ def test_workflow_run_as_several_processes_exits_2_with_one_line(tmp_path):
         assert "workflow.run does not run as a multi-process job" in line
         assert "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+# Two fresh processes importing JAX and compiling: well over a few seconds on the 2-core CPU.
+@pytestmark_slow
+def test_debug_as_two_processes_writes_the_run_directory_once(tmp_path):
+    # The short run trains over both processes; the files are process 0's alone, written once.
+    workdir = tmp_path / "run"
+    done = two_processes(
+        "debug",
+        workdir,
+        *SMALL_CONFIG_FLAGS,
+        "--config.debug.overfit_steps=50",
+        "--config.debug.train_steps=20",
+    )
+    errors = {pid: err[-3000:] for pid, (_, _, err) in done.items()}
+    assert done[0][0] == done[1][0] and done[0][0] in (0, 1), errors
+    writes = {
+        pid: [w["path"] for w in tagged_lines(err, "WRITE")] for pid, (_, _, err) in done.items()
+    }
+    assert writes[1] == [], "only process 0 writes the run directory"
+    summary = summary_of(workdir)
+    assert summary["stage"] == "debug" and summary["metrics"]["short_run_steps"] == 20
+    assert summary["status"] == ("ok" if done[0][0] == 0 else "failed")
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").open()]
+    assert [r["step"] for r in records if "val_loss" in r] == [20]
+    keys = [(r["step"], tuple(sorted(r))) for r in records]
+    assert len(keys) == len(set(keys)), "each record written once"
+    files = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*") if p.is_file())
+    assert [f for f in files if not f.startswith("tensorboard/")] == [
+        "config.json",
+        "metrics.jsonl",
+        "model_summary.txt",
+        "plots/overfit_batch.png",
+        "plots/short_run.png",
+        "report.md",
+        "summary.json",
+    ]
+    # Each file written once: config.json, metrics.jsonl (opened, then appended to per record).
+    assert writes[0].count("config.json") == 1 and writes[0].count("summary.json") == 1
+    assert writes[0].count("report.md") == 1

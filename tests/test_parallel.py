@@ -174,5 +174,5 @@ def test_bfloat16_matmuls_run_in_bfloat16(bf16_run):
 def test_bfloat16_run_still_stops_on_nan(tmp_path):
     config = small_config(num_steps=200, loss="tests.broken:log_of_margin_loss", dtype="bfloat16")
     summary = experiment.train_and_report(experiment.prepare(config), str(tmp_path), "t", None)
-    assert summary["status"] == "diverged"
-    assert [f["id"] for f in summary["findings"]] == ["nan_or_inf"]
+    assert summary.status == "diverged"
+    assert [f.id for f in summary.findings] == ["nan_or_inf"]

@@ -193,9 +193,9 @@ def test_augmented_run_resumes_exactly(aug_config, tmp_path):
     reference = run(aug_config.copy_and_resolve_references(), tmp_path / "reference")
     interrupted = killed_copy(tmp_path / "reference", tmp_path / "resumed", 40)
     resumed = run(aug_config.copy_and_resolve_references(), interrupted)
-    assert resumed["metrics"]["steps"] == 60
+    assert resumed.metrics["steps"] == 60
     for key in ("train_loss", "val_loss", "test_loss", "test_accuracy"):
-        assert resumed["metrics"][key] == reference["metrics"][key], key
+        assert resumed.metrics[key] == reference.metrics[key], key
 
 
 # ----------------------------------------------------------------------------- early stopping
@@ -297,7 +297,7 @@ def stopped_run(overfitting_config, tmp_path_factory):
 
 def test_a_real_run_stops_early_and_reports_the_best_state(stopped_run):
     workdir, summary = stopped_run
-    m = summary["metrics"]
+    m = summary.metrics
     assert m["stopped_early"] and m["steps"] < 1000 and m["best_step"] < m["steps"]
     evals = {r["step"]: r for r in records(workdir) if "val_accuracy" in r}
     assert max(evals) == m["steps"]
@@ -316,7 +316,7 @@ def test_rerunning_a_stopped_run_trains_nothing_and_reports_the_same(
     again = run(overfitting_config.copy_and_resolve_references(), workdir)
     assert records(workdir) == before
     for key in ("steps", "best_step", "stopped_early", "train_loss", "val_loss", "test_accuracy"):
-        assert again["metrics"][key] == summary["metrics"][key], key
+        assert again.metrics[key] == summary.metrics[key], key
 
 
 @pytest.mark.slow  # kept out of the default run for time; runs with -m slow
@@ -324,15 +324,15 @@ def test_early_stopped_run_resumes_exactly_after_an_interruption(
     stopped_run, overfitting_config, tmp_path
 ):
     workdir, summary = stopped_run
-    best = summary["metrics"]["best_step"]
+    best = summary.metrics["best_step"]
     kept = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    assert best in kept and kept[-1] == summary["metrics"]["steps"]  # the best is never evicted
+    assert best in kept and kept[-1] == summary.metrics["steps"]  # the best is never evicted
     # Killed one evaluation after the best: the resumed run restores the best from its
     # checkpoint, replays the evaluations it had seen, and stops where the uninterrupted one did.
     interrupted = killed_copy(workdir, tmp_path / "resumed", best + 20)
     resumed = run(overfitting_config.copy_and_resolve_references(), interrupted)
     for key in ("steps", "best_step", "stopped_early", "train_loss", "val_loss", "test_accuracy"):
-        assert resumed["metrics"][key] == summary["metrics"][key], key
+        assert resumed.metrics[key] == summary.metrics[key], key
     assert _without_timing(records(interrupted)) == _without_timing(records(workdir))
 
 

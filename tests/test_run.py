@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import run_stage
+from tests.conftest import read_summary, run_stage
 
 SMALL = [
     "--config=configs/synthetic.py:tabular",
@@ -32,7 +32,7 @@ SMALL = [
 def _run(workdir, *extra):
     result = run_stage("run", *SMALL, *extra, f"--workdir={workdir}", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.load(open(os.path.join(workdir, "summary.json"))), result
+    return read_summary(workdir), result
 
 
 def _check_reports(workdir, summary):

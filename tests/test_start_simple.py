@@ -1,11 +1,10 @@
 """`python -m workflow.start_simple` as a user runs it: files, exit codes, error lines."""
 
-import json
 import os
 
 import pytest
 
-from tests.conftest import run_stage
+from tests.conftest import read_summary, run_stage
 
 FAST = ["--config.num_steps=40", "--config.eval_every=20", "--config.progress=False"]
 
@@ -21,7 +20,7 @@ def mnist1d_run(tmp_path_factory):
 def test_default_run_succeeds_and_writes_the_run_directory(mnist1d_run):
     workdir, result = mnist1d_run
     assert result.returncode == 0, result.stderr
-    summary = json.loads((workdir / "summary.json").read_text())
+    summary = read_summary(workdir)
     assert summary["stage"] == "start_simple" and summary["status"] == "ok"
     assert summary["config"]["model"]["name"] == "lstm"  # the workflow's default for sequences
     assert summary["config"]["optimizer"] == {
@@ -97,7 +96,7 @@ def test_diverging_run_exits_1_with_nan_or_inf(tmp_path):
         "--config.progress=False",
     )
     assert result.returncode == 1, result.stderr
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    summary = read_summary(tmp_path)
     assert summary["status"] == "diverged"
     assert summary["findings"][0]["id"] == "nan_or_inf"
 
@@ -130,10 +129,10 @@ def test_tfds_config_trains_end_to_end_on_mock_data(tmp_path):
     with tfds.testing.mock_data(num_examples=40):
         setup = experiment.prepare(config)
         summary = experiment.train_and_report(setup, str(tmp_path), "start_simple", None)
-    assert summary["status"] == "ok"
-    assert summary["config"]["model"]["name"] == "lenet"
-    assert summary["dataset"]["input_shape"] == [28, 28, 1]
-    assert summary["metrics"]["steps"] == 4
+    assert summary.status == "ok"
+    assert summary.config["model"]["name"] == "lenet"
+    assert summary.dataset["input_shape"] == [28, 28, 1]
+    assert summary.metrics["steps"] == 4
 
 
 def test_stages_fill_the_persistent_compilation_cache(mnist1d_run, data_cache, tmp_path):

@@ -60,21 +60,21 @@ def test_run_directory_contract(reference_run):
 def test_learns_the_synthetic_task(reference_run):
     _, summary = reference_run
     # 10 balanced classes: chance is 0.1; 60 Adam steps on well separated Gaussians learn a lot.
-    assert summary["metrics"]["test_accuracy"] > 0.5
-    assert summary["metrics"]["train_loss"] < np.log(10)
+    assert summary.metrics["test_accuracy"] > 0.5
+    assert summary.metrics["train_loss"] < np.log(10)
 
 
 def test_same_seed_same_numbers(reference_run, tmp_path):
     _, summary = reference_run
     again = run(small_config(), tmp_path / "again")
     for key in ("train_loss", "val_loss", "test_loss", "test_accuracy"):
-        assert again["metrics"][key] == summary["metrics"][key], key
+        assert again.metrics[key] == summary.metrics[key], key
 
 
 def test_other_seed_other_numbers(reference_run, tmp_path):
     _, summary = reference_run
     other = run(small_config(seed=1), tmp_path / "other")
-    assert other["metrics"]["train_loss"] != summary["metrics"]["train_loss"]
+    assert other.metrics["train_loss"] != summary.metrics["train_loss"]
 
 
 def test_resume_after_interruption_gives_the_uninterrupted_numbers(reference_run, tmp_path):
@@ -82,9 +82,9 @@ def test_resume_after_interruption_gives_the_uninterrupted_numbers(reference_run
     interrupted = tmp_path / "resumed"
     run(small_config(num_steps=40), interrupted)  # as if killed after the step-40 checkpoint
     resumed = run(small_config(), interrupted)
-    assert resumed["metrics"]["steps"] == 60
+    assert resumed.metrics["steps"] == 60
     for key in ("train_loss", "val_loss", "test_loss", "test_accuracy"):
-        assert resumed["metrics"][key] == summary["metrics"][key], key
+        assert resumed.metrics[key] == summary.metrics[key], key
     steps = [json.loads(line)["step"] for line in (interrupted / "metrics.jsonl").open()]
     reference = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").open()]
     assert steps == reference, "metrics.jsonl must hold each logged step exactly once"
@@ -94,14 +94,14 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     config = small_config(num_steps=400, loss="tests.broken:log_of_margin_loss")
     config.optimizer.learning_rate = 3e-4  # slow enough to pass a checkpoint before the NaN
     summary = run(config, tmp_path)
-    assert summary["status"] == "diverged"
-    [finding] = summary["findings"]
-    assert finding["id"] == "nan_or_inf" and finding["severity"] == "error"
-    step = finding["evidence"]["step"]
+    assert summary.status == "diverged"
+    [finding] = summary.findings
+    assert finding.id == "nan_or_inf" and finding.severity == "error"
+    step = finding.evidence["step"]
     assert 0 < step < 400
     kept = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
     assert kept and kept[-1] < step
-    assert finding["evidence"]["last_good_checkpoint"] == kept[-1]
+    assert finding.evidence["last_good_checkpoint"] == kept[-1]
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
     assert all(np.isfinite(r["train_loss"]) for r in records if "train_loss" in r)
     assert records[-1]["step"] < step
@@ -161,8 +161,8 @@ def test_batchnorm_statistics_are_updated_and_carried_through_training(tmp_path)
     setup = experiment.prepare(config)
     template = experiment.prepare(config).state
     summary = experiment.train_and_report(setup, str(tmp_path), "test", None)
-    assert summary["status"] == "ok"
-    assert summary["metrics"]["test_accuracy"] > 0.3
+    assert summary.status == "ok"
+    assert summary.metrics["test_accuracy"] > 0.3
     saved = checkpoints.Checkpointer(str(tmp_path / "checkpoints"))
     state = saved.restore(20, template)
     saved.close()

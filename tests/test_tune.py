@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import run_stage, start_stage
+from tests.conftest import read_summary, run_stage, start_stage
 from workflow import config_lib
 from workflow.search import random_search
 from workflow.tune import report as tune_report
@@ -87,7 +87,7 @@ def test_killed_tune_resumes_without_losing_or_repeating_trials(tuned):
 
 def test_tune_writes_table_plots_best_config_and_retrained_metrics(tuned):
     workdir, _, _, result = tuned
-    summary = json.load(open(os.path.join(workdir, "summary.json")))
+    summary = read_summary(workdir)
     assert summary["stage"] == "tune" and summary["status"] == "ok"
     m = summary["metrics"]
     for key in ("val_accuracy", "test_accuracy", "best_learning_rate", "best_l2", "initial_loss"):

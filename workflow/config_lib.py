@@ -429,18 +429,18 @@ def _from_json(value):
     return tuple(_from_json(v) for v in value) if isinstance(value, list) else value
 
 
-def write_config_file(
+def config_file_text(
     path: str, base_source: str, config: ml_collections.ConfigDict, about: str
-) -> None:
-    """A config file that every stage accepts as --config: `base_source` (the `path[:arg]` it
-    came from) with each value of `config` that differs from it, written atomically."""
+) -> str:
+    """The text of a config file at `path` that every stage accepts as --config: `base_source`
+    (the `path[:arg]` it came from) with each value of `config` that differs from it."""
     import pprint
 
     base_path, _, arg = base_source.partition(":")
     base_path = os.path.abspath(base_path)
     base = load_config_file(base_path, arg or None)
     values = changed_values(base, json.loads(config.to_json_best_effort()))
-    text = f'''"""{about}
+    return f'''"""{about}
 
     python -m workflow.evaluate --config={path} --workdir=runs/evaluate
 """
@@ -457,6 +457,3 @@ def get_config(arg=None):
     del arg
     return config_lib.apply_values(config_lib.load_config_file(BASE_CONFIG, BASE_ARG), VALUES)
 '''
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)

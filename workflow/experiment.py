@@ -6,7 +6,6 @@ import shlex
 import sys
 from typing import Any
 
-import jax
 import ml_collections
 
 import models
@@ -16,6 +15,7 @@ from workflow.diagnostics.findings import Finding, has_error, rank_findings
 from workflow.engine import augment, checkpoints
 from workflow.errors import UsageError
 from workflow.reporting import model_summary, rundir
+from workflow.reporting.summary import Summary
 
 
 @dataclasses.dataclass
@@ -131,10 +131,37 @@ def stage_command(stage: str, workdir: str) -> str:
     return shlex.join(["python", "-m", f"workflow.{stage}", *args, f"--workdir={workdir}"])
 
 
-def train_and_report(setup: Setup, workdir: str, stage: str, next_stage: str | None) -> dict:
+def train_and_report(setup: Setup, workdir: str, stage: str, next_stage: str | None) -> Summary:
     """Train in `workdir` (resuming a killed run), then write summary.json and report.md."""
     config = setup.config
     run = rundir.RunDir(workdir)
+    result, resume_step, skipped = train(setup, run)
+    findings = run_findings(setup, result, skipped, resume_step)
+    summary = Summary(
+        stage=stage,
+        status="failed" if result.status == "ok" and has_error(findings) else result.status,
+        config=rundir.config_to_dict(config),
+        metrics=run_metrics(setup, result),
+        findings=findings,
+        next=next_commands(workdir, next_stage),
+        dataset=setup.dataset.summary(),
+        model_summary=write_model_summary(setup, run),
+    )
+    curve = run.save_figure(
+        rundir.PLOT_LEARNING_CURVES,
+        lambda: reporting.plot_learning_curves(
+            run.read_metrics(), title=f"{config.model.name} on {setup.dataset.name}"
+        ),
+    )
+    run.write_summary(summary)
+    run.write_report(reporting.report_title(summary), report_sections(summary, curve))
+    return summary
+
+
+def train(setup: Setup, run: rundir.RunDir) -> tuple[engine.FitResult, int | None, list[dict]]:
+    """engine.fit in `run`, resumed from its newest readable checkpoint: (result, the step it
+    resumed from, the checkpoints set aside as unreadable)."""
+    config = setup.config
     created = not run.exists
     if not created:
         run.check_resumable(config)
@@ -151,8 +178,7 @@ def train_and_report(setup: Setup, workdir: str, stage: str, next_stage: str | N
         if created:
             run.remove()
         raise
-    if run.writer:
-        rundir.write_json(run.file("normalization.json"), setup.dataset.normalization)
+    run.write_json(rundir.NORMALIZATION, setup.dataset.normalization)
     try:
         result = engine.fit(
             setup.task,
@@ -167,6 +193,14 @@ def train_and_report(setup: Setup, workdir: str, stage: str, next_stage: str | N
     finally:
         ckpt.close()
         run.close()
+    return result, resume_step, skipped
+
+
+def run_findings(
+    setup: Setup, result: engine.FitResult, skipped: list[dict], resume_step: int | None
+) -> list[Finding]:
+    """A divergence, checkpoints set aside, and what the learning curves say; ranked."""
+    config = setup.config
     findings = [divergence_finding(result, config)] if result.divergence else []
     if skipped:
         findings.append(corrupt_checkpoint_finding(skipped, resume_step))
@@ -174,7 +208,11 @@ def train_and_report(setup: Setup, workdir: str, stage: str, next_stage: str | N
         findings += curve_findings(
             result, setup.dataset.num_classes, setup.dataset.y_train, config.optimizer.learning_rate
         )
-    findings = rank_findings(findings)
+    return rank_findings(findings)
+
+
+def run_metrics(setup: Setup, result: engine.FitResult) -> dict[str, Any]:
+    """Loss and accuracy on every split, the model's size, the steps and the time they took."""
     metrics = final_metrics(setup, result.state)
     metrics.update(
         num_params=models.count_params(setup.model),
@@ -186,48 +224,30 @@ def train_and_report(setup: Setup, workdir: str, stage: str, next_stage: str | N
         steps_per_s=result.steps_per_s,
         compile_seconds=result.compile_seconds,
     )
-    summary = {
-        "stage": stage,
-        "status": "failed" if result.status == "ok" and has_error(findings) else result.status,
-        "config": rundir.config_to_dict(config),
-        "metrics": metrics,
-        "findings": [f.to_json() for f in findings],
-        "next": [],
-        "dataset": setup.dataset.summary(),
-        "device": jax.devices()[0].device_kind,
-    }
-    if not run.writer:  # another process writes the run directory's files
-        return summary
-    records = run.read_metrics()
-    curve = reporting.plot_learning_curves(
-        records,
-        os.path.join(run.plots, "learning_curves.png"),
-        title=f"{config.model.name} on {setup.dataset.name}",
-    )
-    next_commands = []
-    if next_stage:
-        parent = os.path.dirname(os.path.abspath(workdir))
-        next_commands.append(stage_command(next_stage, os.path.join(parent, next_stage)))
-    summary["next"] = next_commands
-    summary["model_summary"] = write_model_summary(setup, run)
-    run.write_summary(summary)
-    write_report(run, summary, os.path.relpath(curve, run.path))
-    return summary
+    return metrics
+
+
+def next_commands(workdir: str, next_stage: str | None) -> list[str]:
+    """The command of `next_stage` in a folder beside `workdir` (none without one)."""
+    if not next_stage:
+        return []
+    parent = os.path.dirname(os.path.abspath(workdir))
+    return [stage_command(next_stage, os.path.join(parent, next_stage))]
 
 
 def write_model_summary(setup: Setup, run: rundir.RunDir) -> list[dict]:
     """model_summary.txt in the run directory; the layers for summary.json's model_summary."""
     ds = setup.dataset
-    summary = model_summary.summarize(
+    described = model_summary.summarize(
         setup.model, ds.input_shape, setup.config.batch_size, ds.x_train.dtype
     )
-    model_summary.write(run.file("model_summary.txt"), summary)
-    return summary["layers"]
+    run.write_text(rundir.MODEL_SUMMARY, described["text"])
+    return described["layers"]
 
 
-def write_report(run: rundir.RunDir, summary: dict, curve: str) -> None:
-    """report.md: metrics table, data, model, learning curves, findings, next commands."""
-    m, c = summary["metrics"], summary["config"]
+def report_sections(summary: Summary, curve: str) -> list[tuple[str, str]]:
+    """report.md: metrics table, run, learning curves, findings, model, data, next commands."""
+    m, c = summary.metrics, summary.config
     rows = [
         [split, reporting.fmt(m[f"{split}_loss"]), reporting.fmt(m[f"{split}_accuracy"])]
         for split in ("train", "val", "test")
@@ -243,7 +263,7 @@ def write_report(run: rundir.RunDir, summary: dict, curve: str) -> None:
             f"{m['wall_seconds']:.1f} s ({m['steps_per_s']:,.0f} steps/s, "
             f"{m['compile_seconds']:.1f} s compiling)",
         ],
-        ["device", summary["device"]],
+        ["device", summary.device],
     ]
     if c.get("augment", {}).get("enabled"):
         kind = c["augment"]["kind"]
@@ -258,7 +278,7 @@ def write_report(run: rundir.RunDir, summary: dict, curve: str) -> None:
                 f"(patience {es['patience']} evaluations)",
             ]
         )
-    ds = summary["dataset"]
+    ds = summary.dataset
     data_rows = [
         ["dataset", f"{ds['name']} ({ds['kind']}, {ds['num_classes']} classes)"],
         ["input shape", str(tuple(ds["input_shape"]))],
@@ -269,29 +289,24 @@ def write_report(run: rundir.RunDir, summary: dict, curve: str) -> None:
         counts = info["class_counts"]
         balance = f"{min(counts):,}–{max(counts):,} per class" if counts else ""
         data_rows.append([f"{split} examples", f"{info['size']:,} ({balance})"])
-    next_md = "\n".join(f"```\n{cmd}\n```" for cmd in summary["next"]) or "Nothing further."
-    reporting.write_report(
-        run.file("report.md"),
-        f"{summary['stage']}: {c['model']['name']} on {c['dataset']['name']} ({summary['status']})",
-        [
-            ("Results", reporting.markdown_table(["split", "loss", "accuracy"], rows)),
-            ("Run", reporting.markdown_table(["", ""], run_rows)),
-            ("Learning curves", f"![learning curves]({curve})"),
-            ("Findings", reporting.findings_markdown(summary["findings"])),
-            ("Model", model_summary.markdown(summary["model_summary"], c["batch_size"])),
-            ("Data", reporting.markdown_table(["", ""], data_rows)),
-            ("Next", next_md),
-        ],
-    )
+    return [
+        ("Results", reporting.markdown_table(["split", "loss", "accuracy"], rows)),
+        ("Run", reporting.markdown_table(["", ""], run_rows)),
+        ("Learning curves", f"![learning curves]({curve})"),
+        ("Findings", reporting.findings_markdown(summary.findings)),
+        ("Model", model_summary.markdown(summary.model_summary, c["batch_size"])),
+        ("Data", reporting.markdown_table(["", ""], data_rows)),
+        ("Next", reporting.next_markdown(summary.next)),
+    ]
 
 
-def print_summary(summary: dict) -> None:
+def print_summary(summary: Summary) -> None:
     """A console table of the run's results and findings."""
     from rich.console import Console
     from rich.table import Table
 
-    m = summary["metrics"]
-    table = Table(title=f"{summary['stage']}: {summary['status']}")
+    m = summary.metrics
+    table = Table(title=f"{summary.stage}: {summary.status}")
     for col in ("split", "loss", "accuracy"):
         table.add_column(col)
     for split in ("train", "val", "test"):
@@ -300,7 +315,7 @@ def print_summary(summary: dict) -> None:
         )
     console = Console()
     console.print(table)
-    for f in summary["findings"]:
-        console.print(f"[bold]{f['severity']}[/bold] {f['id']}: {f['message']}")
-    for cmd in summary["next"]:
+    for f in summary.findings:
+        console.print(f"[bold]{f.severity}[/bold] {f.id}: {f.message}")
+    for cmd in summary.next:
         console.print(f"next: {cmd}", soft_wrap=True)

@@ -8,15 +8,12 @@ its loss curve; exits 1 when an error-severity finding stands, with the fixes na
 
 import concurrent.futures
 import dataclasses
-import os
-
-import jax
 
 from workflow import engine, experiment, reporting
-from workflow.debug.report import plot_overfit, write_report
+from workflow.debug.report import plot_overfit, report_sections
 from workflow.diagnostics import checks
 from workflow.diagnostics.curves import curve_findings
-from workflow.diagnostics.findings import Finding, rank_findings
+from workflow.diagnostics.findings import Finding, has_error, rank_findings
 from workflow.diagnostics.overfit import (
     OverfitResult,
     cannot_overfit_finding,
@@ -26,6 +23,7 @@ from workflow.diagnostics.overfit import (
 )
 from workflow.engine import copy_state
 from workflow.reporting import rundir
+from workflow.reporting.summary import Summary
 
 
 def short_run_config(config, steps: int):
@@ -72,7 +70,7 @@ def check_and_overfit(
     return findings, overfit, overfit_lr
 
 
-def run_debug(setup: experiment.Setup, workdir: str, started: float | None = None) -> dict:
+def run_debug(setup: experiment.Setup, workdir: str, started: float | None = None) -> Summary:
     """Every debug step on `setup`; writes the run directory and returns the summary.
 
     `started` (engine.now() before experiment.prepare) puts loading the data and building the
@@ -111,29 +109,22 @@ def run_debug(setup: experiment.Setup, workdir: str, started: float | None = Non
     findings = rank_findings(findings)
     seconds = engine.now() - t_start
 
-    os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
     run = rundir.RunDir(workdir)
-    rundir.write_json(run.file("config.json"), rundir.config_to_dict(config))
-    with open(run.file("metrics.jsonl"), "w"):
-        pass
+    run.open(config, resume_step=None)
     for record in fit.records:
         run.log(record)
     run.close()
-    overfit_plot = plot_overfit(overfit, os.path.join(run.plots, "overfit_batch.png"))
-    curve_plot = reporting.plot_learning_curves(
-        fit.records, os.path.join(run.plots, "short_run.png"), title="short run"
+    overfit_plot = run.save_figure(rundir.PLOT_OVERFIT_BATCH, lambda: plot_overfit(overfit))
+    curve_plot = run.save_figure(
+        rundir.PLOT_SHORT_RUN,
+        lambda: reporting.plot_learning_curves(fit.records, title="short run"),
     )
-    layers = experiment.write_model_summary(setup, run)
-    has_error = any(f.severity == "error" for f in findings)
-    next_commands = []
-    if not has_error:
-        parent = os.path.dirname(os.path.abspath(workdir))
-        next_commands.append(experiment.stage_command("evaluate", os.path.join(parent, "evaluate")))
-    summary = {
-        "stage": "debug",
-        "status": "failed" if has_error else "ok",
-        "config": rundir.config_to_dict(config),
-        "metrics": {
+    failed = has_error(findings)
+    summary = Summary(
+        stage="debug",
+        status="failed" if failed else "ok",
+        config=rundir.config_to_dict(config),
+        metrics={
             "overfit_passed": overfit.passed,
             "overfit_learning_rate": overfit_lr,
             "overfit_steps": overfit.steps,
@@ -143,12 +134,13 @@ def run_debug(setup: experiment.Setup, workdir: str, started: float | None = Non
             "short_run_val_accuracy": val_accuracy,
             "seconds_to_verdict": seconds,
         },
-        "findings": [f.to_json() for f in findings],
-        "next": next_commands,
-        "dataset": dataset.summary(),
-        "model_summary": layers,
-        "device": jax.devices()[0].device_kind,
-    }
+        findings=findings,
+        next=[] if failed else experiment.next_commands(workdir, "evaluate"),
+        dataset=dataset.summary(),
+        model_summary=experiment.write_model_summary(setup, run),
+    )
     run.write_summary(summary)
-    write_report(run, summary, overfit_plot, curve_plot)
+    run.write_report(
+        reporting.report_title(summary), report_sections(summary, overfit_plot, curve_plot)
+    )
     return summary

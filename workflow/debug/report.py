@@ -1,16 +1,16 @@
 """What the debug stage leaves for a person: the checklist, the plots, report.md."""
 
-import os
-
 import numpy as np
 
 from workflow import reporting
 from workflow.diagnostics import findings
+from workflow.diagnostics.findings import Finding
 from workflow.diagnostics.overfit import OverfitResult
-from workflow.reporting import model_summary, rundir
+from workflow.reporting import model_summary
+from workflow.reporting.summary import Summary
 
 
-def plot_overfit(result: OverfitResult, path: str) -> str:
+def plot_overfit(result: OverfitResult):
     """The overfit-one-batch loss and accuracy against step."""
     import matplotlib.pyplot as plt
 
@@ -25,50 +25,42 @@ def plot_overfit(result: OverfitResult, path: str) -> str:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     fig.suptitle(f"overfit one batch: {'passed' if result.passed else 'FAILED'}")
-    return reporting.save_figure(fig, path)
+    return fig
 
 
-def checklist_rows(found: list[dict]) -> list[list[str]]:
+def checklist_rows(found: list[Finding]) -> list[list[str]]:
     """The checklist (findings.checklist()): [check, result, evidence] per row."""
-    by_id = {f["id"]: f for f in found}
+    by_id = {f.id: f for f in found}
     rows = []
     for name, ids in findings.checklist():
         hits = [by_id[i] for i in ids if i in by_id]
-        status = "passed" if not hits else ", ".join(f"{h['severity']}: `{h['id']}`" for h in hits)
+        status = "passed" if not hits else ", ".join(f"{h.severity}: `{h.id}`" for h in hits)
         evidence = "; ".join(
-            ", ".join(f"{k}={reporting.fmt(v)}" for k, v in list(h["evidence"].items())[:4])
+            ", ".join(f"{k}={reporting.fmt(v)}" for k, v in list(h.evidence.items())[:4])
             for h in hits
         )
         rows.append([name, status, evidence])
     return rows
 
 
-def write_report(run: rundir.RunDir, summary: dict, overfit_plot: str, curve_plot: str) -> None:
+def report_sections(summary: Summary, overfit_plot: str, curve_plot: str) -> list[tuple[str, str]]:
     """report.md: the checklist, findings with fixes, and the two plots."""
-    rows = checklist_rows(summary["findings"])
-    m = summary["metrics"]
-    reporting.write_report(
-        run.file("report.md"),
-        f"debug: {summary['config']['model']['name']} on {summary['config']['dataset']['name']} "
-        f"({summary['status']})",
-        [
-            ("Checks", reporting.markdown_table(["check", "result", "evidence"], rows)),
-            (
-                "Findings (most likely root cause first)",
-                reporting.findings_markdown(summary["findings"]),
-            ),
-            (
-                "Overfit one batch",
-                f"{'Passed' if m['overfit_passed'] else 'Failed'} after {m['overfit_steps']} "
-                f"steps (final loss {m['overfit_final_loss']:.3g}, accuracy "
-                f"{m['overfit_final_accuracy']:.0%}).\n\n"
-                f"![overfit one batch]({os.path.relpath(overfit_plot, run.path)})",
-            ),
-            ("Short run", f"![short run]({os.path.relpath(curve_plot, run.path)})"),
-            (
-                "Model",
-                model_summary.markdown(summary["model_summary"], summary["config"]["batch_size"]),
-            ),
-            ("Time to verdict", f"{m['seconds_to_verdict']:.1f} s"),
-        ],
-    )
+    rows = checklist_rows(summary.findings)
+    m = summary.metrics
+    return [
+        ("Checks", reporting.markdown_table(["check", "result", "evidence"], rows)),
+        (
+            "Findings (most likely root cause first)",
+            reporting.findings_markdown(summary.findings),
+        ),
+        (
+            "Overfit one batch",
+            f"{'Passed' if m['overfit_passed'] else 'Failed'} after {m['overfit_steps']} "
+            f"steps (final loss {m['overfit_final_loss']:.3g}, accuracy "
+            f"{m['overfit_final_accuracy']:.0%}).\n\n"
+            f"![overfit one batch]({overfit_plot})",
+        ),
+        ("Short run", f"![short run]({curve_plot})"),
+        ("Model", model_summary.markdown(summary.model_summary, summary.config["batch_size"])),
+        ("Time to verdict", f"{m['seconds_to_verdict']:.1f} s"),
+    ]

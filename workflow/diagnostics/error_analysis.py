@@ -8,7 +8,6 @@ the plot functions draw what a person would look at.
 """
 
 import math
-import os
 from collections.abc import Callable, Sequence
 
 import jax
@@ -67,6 +66,8 @@ CONFIDENT_SHARE = 1 / 3
 INPUT_BINS = 4
 INPUT_DESCRIPTORS = ("mean", "std", "max_abs")
 SPLITS = ("train", "val")
+# Data kinds whose worst examples are drawn (image tiles, sequence plots); others get a table.
+DRAWN_KINDS = ("image", "sequence")
 
 
 # ----------------------------------------------------------------------------- predictions
@@ -650,7 +651,7 @@ def raw_inputs(x: np.ndarray, normalization: dict | None) -> np.ndarray:
 # ----------------------------------------------------------------------------- plots
 
 
-def plot_confusion(analysis: dict, path: str, title: str = "") -> str:
+def plot_confusion(analysis: dict, title: str = ""):
     """Row-normalized confusion matrices, train | val, counts written in small matrices."""
     import matplotlib
 
@@ -693,7 +694,9 @@ def plot_confusion(analysis: dict, path: str, title: str = "") -> str:
             f"{name}: error {_pct(split['error'])} on {split['examples']:,} examples", fontsize=10
         )
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    return reporting.save_figure(fig, path, title)
+    if title:
+        fig.suptitle(title)
+    return fig
 
 
 def _tile(example: np.ndarray) -> np.ndarray:
@@ -714,14 +717,13 @@ def _grid_axes(ax, rows: int, cols: int) -> None:
 
 
 def plot_worst_examples(
-    analysis: dict, worst_inputs: dict[str, np.ndarray], kind: str, path: str, title: str = ""
-) -> str | None:
+    analysis: dict, worst_inputs: dict[str, np.ndarray], kind: str, title: str = ""
+):
     """The most confidently wrong examples of train | val, drawn for their kind: image tiles or
-    sequence line plots, each with its true and predicted class; None for tabular data.
+    sequence line plots, each with its true and predicted class (kinds in DRAWN_KINDS; tabular
+    data gets a table in the report instead).
 
     `worst_inputs` maps split -> the inputs of its worst_examples, in their order."""
-    if kind not in ("image", "sequence"):
-        return None
     import matplotlib
 
     matplotlib.use("Agg")
@@ -775,24 +777,9 @@ def plot_worst_examples(
                 va="center",
                 fontsize=6.5,
             )
-    return reporting.save_figure(fig, path, title)
-
-
-def write_plots(
-    analysis: dict, worst_inputs: dict[str, np.ndarray], kind: str, plots_dir: str, title: str = ""
-) -> dict[str, str]:
-    """The confusion matrices and (images, sequences) the worst-examples grids; name -> path."""
-    plots = {
-        "confusion matrix": plot_confusion(
-            analysis, os.path.join(plots_dir, "confusion_matrix.png"), title
-        )
-    }
-    worst = plot_worst_examples(
-        analysis, worst_inputs, kind, os.path.join(plots_dir, "worst_examples.png"), title
-    )
-    if worst:
-        plots["worst examples"] = worst
-    return plots
+    if title:
+        fig.suptitle(title)
+    return fig
 
 
 # ----------------------------------------------------------------------------- report

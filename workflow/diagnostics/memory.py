@@ -34,6 +34,7 @@ import models
 from workflow import config_lib, reporting
 from workflow.diagnostics.findings import Finding, rank_findings
 from workflow.reporting import rundir
+from workflow.reporting.summary import Summary
 
 MIB = 2**20
 # Where compiling a step at the real batch size fails, the estimate compiles this one and scales.
@@ -425,9 +426,9 @@ def _suggestions(
 def _saved_work(workdir: str) -> bool:
     """Whether the run directory holds something worth keeping: checkpoints or a study."""
     for root, dirs, files in os.walk(workdir):
-        if "study.db" in files:
+        if rundir.STUDY in files:
             return True
-        if os.path.basename(root) == "checkpoints" and (dirs or files):
+        if os.path.basename(root) == rundir.CHECKPOINTS and (dirs or files):
             return True
     return False
 
@@ -540,23 +541,21 @@ def write_failure(
     sizes: dict[str, Any],
 ) -> None:
     """summary.json (status failed) and report.md for a stage stopped by running out of memory."""
-    os.makedirs(workdir, exist_ok=True)
-    summary = {
-        "stage": stage,
-        "status": "failed",
-        "config": rundir.config_to_dict(config),
-        "metrics": {},
-        "findings": [finding.to_json()],
-        "next": [],
-        "memory": {"attempts": finding.evidence["attempts"], "estimate": sizes},
-        "device": jax.devices()[0].device_kind,
-    }
-    rundir.write_json(os.path.join(workdir, "summary.json"), summary)
-    reporting.write_report(
-        os.path.join(workdir, "report.md"),
+    run = rundir.RunDir(workdir)
+    summary = Summary(
+        stage=stage,
+        status="failed",
+        config=rundir.config_to_dict(config),
+        metrics={},
+        findings=[finding],
+        next=[],
+        memory={"attempts": finding.evidence["attempts"], "estimate": sizes},
+    )
+    run.write_summary(summary)
+    run.write_report(
         f"{stage}: out of memory (failed)",
         [
-            ("Findings", reporting.findings_markdown(summary["findings"])),
+            ("Findings", reporting.findings_markdown(summary.findings)),
             ("Memory", memory_markdown(finding.evidence["attempts"], sizes)),
         ],
     )
@@ -605,31 +604,20 @@ def _record_recovery(
         stage, attempts, sizes, config, retry={"enabled": retry_on, "stopped_because": "it fit"}
     )
     print_finding(stage, finding)
-    path = os.path.join(workdir, "summary.json") if workdir else None
-    if path is None or not os.path.exists(path):
+    run = rundir.RunDir(workdir) if workdir else None
+    summary = run.read_summary() if run is not None else None
+    if summary is None:
         return
-    summary = rundir.read_json(path)
-    findings = [Finding(**f) for f in summary.get("findings", [])] + [finding]
-    summary["findings"] = [f.to_json() for f in rank_findings(findings)]
-    summary["memory"] = {"attempts": attempts, "estimate": sizes}
+    summary.findings = rank_findings([*summary.findings, finding])
+    summary.memory = {"attempts": attempts, "estimate": sizes}
     # The next stages inherit this invocation's flags: pass them the batch size that fits.
     extra = override_flags(attempts)
-    summary["next"] = [shlex.join([*shlex.split(cmd), *extra]) for cmd in summary.get("next", [])]
-    rundir.write_json(path, summary)
-    report = os.path.join(workdir, "report.md")
-    if os.path.exists(report):
-        with open(report) as f:
-            text = f.read()
-        section = (
-            "\n## Out of memory\n\n"
-            + reporting.findings_markdown([finding.to_json()])
-            + "\n\n"
-            + memory_markdown(attempts, sizes)
-            + "\n"
-        )
-        with open(report + ".tmp", "w") as f:
-            f.write(text + section)
-        os.replace(report + ".tmp", report)
+    summary.next = [shlex.join([*shlex.split(cmd), *extra]) for cmd in summary.next]
+    run.write_summary(summary)
+    run.append_to_report(
+        "Out of memory",
+        reporting.findings_markdown([finding]) + "\n\n" + memory_markdown(attempts, sizes),
+    )
 
 
 def print_finding(stage: str, finding: Finding) -> None:

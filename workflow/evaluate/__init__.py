@@ -20,7 +20,7 @@ import shlex
 import ml_collections
 import numpy as np
 
-from workflow import engine, experiment
+from workflow import engine, experiment, reporting
 from workflow.diagnostics import bias_variance, error_analysis
 from workflow.diagnostics.findings import (
     ERROR_ANALYSIS,
@@ -32,8 +32,9 @@ from workflow.diagnostics.findings import (
 )
 from workflow.engine import checkpoints, distributed
 from workflow.errors import UsageError
-from workflow.evaluate.report import write_plots, write_report
+from workflow.evaluate.report import report_sections, save_error_analysis_plots, save_plots
 from workflow.reporting import rundir
+from workflow.reporting.summary import Summary
 
 # Config blocks that only change the analysis, never the trained numbers (see training_config).
 ANALYSIS_KEYS = ("evaluate", "goal", "search", "improve", "budget")
@@ -41,7 +42,7 @@ ANALYSIS_KEYS = ("evaluate", "goal", "search", "improve", "budget")
 TIMING_KEYS = ("wall_seconds", "steps_per_s", "compile_seconds")
 
 
-def run_evaluate(setup: experiment.Setup, workdir: str) -> dict:
+def run_evaluate(setup: experiment.Setup, workdir: str) -> Summary:
     """Train or restore the run in `workdir`, decompose its errors against the goal, report."""
     config = setup.config
     tolerances = bias_variance.Tolerances.from_config(config.evaluate)
@@ -49,18 +50,18 @@ def run_evaluate(setup: experiment.Setup, workdir: str) -> dict:
     previous, resume_step = previous_run(workdir)
     trainable = dataclasses.replace(setup, config=training_config(config, workdir))
     summary = experiment.train_and_report(trainable, workdir, "evaluate", next_stage=None)
-    summary["config"] = rundir.config_to_dict(config)
+    summary.config = rundir.config_to_dict(config)
     run = rundir.RunDir(workdir)
-    if summary["status"] != "ok":  # diverged: no model to decompose, the nan_or_inf finding stands
+    if summary.status != "ok":  # diverged: no model to decompose, the nan_or_inf finding stands
         run.write_summary(summary)
         return summary
 
-    metrics = summary["metrics"]
+    metrics = summary.metrics
     trained_steps = metrics["steps"] - (resume_step or 0)
     metrics["trained_steps"] = trained_steps
     carried = carried_findings(previous, summary, trained_steps)
-    if carried is not None:
-        metrics.update({k: previous["metrics"][k] for k in TIMING_KEYS if k in previous["metrics"]})
+    if carried is not None:  # this invocation trained nothing: the training run's time stands
+        metrics.update({k: previous.metrics[k] for k in TIMING_KEYS if k in previous.metrics})
 
     errors = split_errors(metrics, setup.dataset)
     decomposition = bias_variance.decompose(
@@ -72,55 +73,55 @@ def run_evaluate(setup: experiment.Setup, workdir: str) -> dict:
     trend = bias_variance.train_size_trend(points, errors.n_val, tolerances)
     verdicts = bias_variance.verdict_findings(decomposition, facts, trend)
     analysis, worst_inputs = analyze_errors(setup, run, metrics)
-    explained = (
-        error_analysis.findings(
-            analysis, np.bincount(setup.dataset.y_train, minlength=setup.dataset.num_classes)
-        )
-        if analysis
-        else []
-    )
     findings = rank_findings(
-        verdicts + explained + [Finding(**f) for f in summary["findings"] + (carried or [])]
+        verdicts + error_findings(setup, analysis) + summary.findings + (carried or [])
     )
 
     metrics.update(decomposition.metrics())
-    summary.update(
-        status="failed" if has_error(findings) else "ok",
-        findings=[f.to_json() for f in findings],
-        next=next_commands(findings, workdir, errors.n_train, facts, trend),
-        bias_variance={
-            "rows": bias_variance.table_rows(decomposition),
-            "decomposition": bias_variance.decomposition_line(decomposition),
-            "tolerances": dataclasses.asdict(tolerances),
-        },
-    )
-    if points:
-        summary["train_size"] = {
-            "steps": config.evaluate.train_size_steps or config.num_steps,
-            "points": [dataclasses.asdict(p) for p in points],
-            **({"trend": trend.trend, "text": trend.text()} if trend else {}),
-        }
+    summary.status = "failed" if has_error(findings) else "ok"
+    summary.findings = findings
+    summary.next = next_commands(findings, workdir, errors.n_train, facts, trend)
+    summary.bias_variance = bias_variance_section(decomposition, tolerances)
+    summary.train_size = train_size_section(config, points, trend) if points else None
+    summary.error_analysis = analysis or None
+    plots = save_plots(run, setup, records, points)
     if analysis:
-        summary["error_analysis"] = analysis
-    if not run.writer:  # another process of the job writes the files
-        return summary
-    plots = write_plots(run, setup, records, points)
-    if analysis:
-        plots.update(
-            {
-                name: os.path.relpath(path, run.path)
-                for name, path in error_analysis.write_plots(
-                    analysis,
-                    worst_inputs,
-                    setup.dataset.kind,
-                    run.plots,
-                    f"{setup.config.model.name} on {setup.dataset.name}",
-                ).items()
-            }
-        )
+        plots.update(save_error_analysis_plots(run, setup, analysis, worst_inputs))
     run.write_summary(summary)
-    write_report(run, summary, plots)
+    run.write_report(reporting.report_title(summary), report_sections(summary, plots))
     return summary
+
+
+def bias_variance_section(
+    decomposition: bias_variance.Decomposition, tolerances: bias_variance.Tolerances
+) -> dict:
+    """summary.json's bias_variance: the table's rows, the decomposition line, the tolerances."""
+    return {
+        "rows": bias_variance.table_rows(decomposition),
+        "decomposition": bias_variance.decomposition_line(decomposition),
+        "tolerances": dataclasses.asdict(tolerances),
+    }
+
+
+def train_size_section(
+    config: ml_collections.ConfigDict,
+    points: list[bias_variance.SizePoint],
+    trend: bias_variance.SizeTrend | None,
+) -> dict:
+    """summary.json's train_size: each subset's errors, their run length and the trend read."""
+    return {
+        "steps": config.evaluate.train_size_steps or config.num_steps,
+        "points": [dataclasses.asdict(p) for p in points],
+        **({"trend": trend.trend, "text": trend.text()} if trend else {}),
+    }
+
+
+def error_findings(setup: experiment.Setup, analysis: dict | None) -> list[Finding]:
+    """What the error analysis says: classes and inputs the errors concentrate in."""
+    if not analysis:
+        return []
+    counts = np.bincount(setup.dataset.y_train, minlength=setup.dataset.num_classes)
+    return error_analysis.findings(analysis, counts)
 
 
 def analyze_errors(
@@ -157,13 +158,13 @@ def subset_sizes(config: ml_collections.ConfigDict, n_train: int) -> list[tuple[
     return sorted(((fraction, size) for size, fraction in sizes.items()), key=lambda s: s[1])
 
 
-def previous_run(workdir: str) -> tuple[dict | None, int | None]:
+def previous_run(workdir: str) -> tuple[Summary | None, int | None]:
     """The summary.json already in `workdir` (before it is overwritten) and its last checkpoint."""
     run = rundir.RunDir(workdir)
     previous = None
-    if run.exists and os.path.exists(run.file("summary.json")):
+    if run.exists:
         try:
-            previous = rundir.read_json(run.file("summary.json"))
+            previous = run.read_summary()
         except (OSError, ValueError):
             previous = None  # an unreadable summary is rewritten below; nothing to keep from it
     resume_step = None
@@ -185,10 +186,10 @@ def training_config(config: ml_collections.ConfigDict, workdir: str) -> ml_colle
     same training run: those blocks never change the numbers, so they must not count as "a
     different config" when train_and_report resumes the directory.
     """
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    run = rundir.RunDir(workdir)
+    if not run.exists:
         return config
-    stored, current = rundir.read_json(path), rundir.config_to_dict(config)
+    stored, current = run.read_json(rundir.CONFIG), rundir.config_to_dict(config)
     differing = [k for k in ANALYSIS_KEYS if stored.get(k) != current.get(k)]
     if not differing:
         return config
@@ -202,16 +203,18 @@ def training_config(config: ml_collections.ConfigDict, workdir: str) -> ml_colle
     return adopted
 
 
-def carried_findings(previous: dict | None, summary: dict, trained_steps: int) -> list | None:
+def carried_findings(
+    previous: Summary | None, summary: Summary, trained_steps: int
+) -> list[Finding] | None:
     """The previous summary's findings (curve diagnoses of the training run) when this invocation
     trained no step, so they still describe this model; None when they do not apply."""
     if not previous or trained_steps != 0:
         return None
-    if previous.get("metrics", {}).get("steps") != summary["metrics"]["steps"]:
+    if previous.metrics.get("steps") != summary.metrics["steps"]:
         return None
     # Verdicts and error-analysis findings are recomputed on this invocation's model.
     recomputed = {*declared_ids(VERDICT), *declared_ids(ERROR_ANALYSIS)}
-    return [f for f in previous.get("findings", []) if f["id"] not in recomputed]
+    return [f for f in previous.findings if f.id not in recomputed]
 
 
 def split_errors(metrics: dict, dataset) -> bias_variance.Errors:

@@ -1,15 +1,17 @@
-"""What the evaluate stage leaves for a person: error curves, the train-size plot,
-report.md."""
+"""What the evaluate stage leaves for a person: error curves, the train-size plot, the error
+analysis's plots, report.md."""
 
 import math
-import os
+
+import numpy as np
 
 from workflow import experiment, reporting
 from workflow.diagnostics import bias_variance, error_analysis
 from workflow.reporting import rundir
+from workflow.reporting.summary import Summary
 
 
-def write_plots(
+def save_plots(
     run: rundir.RunDir,
     setup: experiment.Setup,
     records: list[dict],
@@ -18,16 +20,40 @@ def write_plots(
     """The error curves and, when measured, error against training-set size; paths relative to
     the run directory, as report.md links them."""
     goal, title = setup.config.goal.test_error, f"{setup.config.model.name} on {setup.dataset.name}"
-    error_curves = os.path.join(run.plots, "error_curves.png")
+    irreducible = setup.dataset.irreducible_error
     plots = {
-        "error curves": plot_error_curves(
-            records, error_curves, goal, setup.dataset.irreducible_error, title
+        "error curves": run.save_figure(
+            rundir.PLOT_ERROR_CURVES,
+            lambda: plot_error_curves(records, goal, irreducible, title),
         )
     }
     if points:
-        train_size = os.path.join(run.plots, "train_size.png")
-        plots["train size"] = plot_train_size(points, train_size, goal, title)
-    return {name: os.path.relpath(path, run.path) for name, path in plots.items()}
+        plots["train size"] = run.save_figure(
+            rundir.PLOT_TRAIN_SIZE, lambda: plot_train_size(points, goal, title)
+        )
+    return plots
+
+
+def save_error_analysis_plots(
+    run: rundir.RunDir,
+    setup: experiment.Setup,
+    analysis: dict,
+    worst_inputs: dict[str, np.ndarray],
+) -> dict[str, str]:
+    """The confusion matrices and (images, sequences) the worst-examples grids; name -> path
+    relative to the run directory."""
+    kind, title = setup.dataset.kind, f"{setup.config.model.name} on {setup.dataset.name}"
+    plots = {
+        "confusion matrix": run.save_figure(
+            rundir.PLOT_CONFUSION_MATRIX, lambda: error_analysis.plot_confusion(analysis, title)
+        )
+    }
+    if kind in error_analysis.DRAWN_KINDS:
+        plots["worst examples"] = run.save_figure(
+            rundir.PLOT_WORST_EXAMPLES,
+            lambda: error_analysis.plot_worst_examples(analysis, worst_inputs, kind, title),
+        )
+    return plots
 
 
 def numeric_series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -40,9 +66,7 @@ def numeric_series(records: list[dict], key: str) -> tuple[list[int], list[float
     return [s for s, _ in rows], [v for _, v in rows]
 
 
-def plot_error_curves(
-    records: list[dict], path: str, goal: float, irreducible: float | None, title: str
-) -> str:
+def plot_error_curves(records: list[dict], goal: float, irreducible: float | None, title: str):
     """Train/val loss and error against step, with the goal (and irreducible error) marked."""
     import matplotlib.pyplot as plt
 
@@ -69,12 +93,10 @@ def plot_error_curves(
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
-    return reporting.save_figure(fig, path)
+    return fig
 
 
-def plot_train_size(
-    points: list[bias_variance.SizePoint], path: str, goal: float, title: str
-) -> str:
+def plot_train_size(points: list[bias_variance.SizePoint], goal: float, title: str):
     """Train and val error against training-set size (log scale), with the goal marked."""
     import matplotlib.pyplot as plt
 
@@ -92,13 +114,12 @@ def plot_train_size(
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(f"error against training-set size: {title}")
-    return reporting.save_figure(fig, path)
+    return fig
 
 
-def write_report(run: rundir.RunDir, summary: dict, plots: dict[str, str]) -> None:
+def report_sections(summary: Summary, plots: dict[str, str]) -> list[tuple[str, str]]:
     """report.md: the decomposition table, the verdict, next commands, curves, run and data."""
-    bv, m, c = summary["bias_variance"], summary["metrics"], summary["config"]
-    goal_met = any(f["id"] == "goal_met" for f in summary["findings"])
+    bv, m, c = summary.bias_variance, summary.metrics, summary.config
     tol = bv["tolerances"]
     table = "\n\n".join(
         [
@@ -110,26 +131,24 @@ def write_report(run: rundir.RunDir, summary: dict, plots: dict[str, str]) -> No
             "of the two error rates on sets of their sizes.",
         ]
     )
-    if summary["next"]:
-        next_md = "\n".join(f"```\n{cmd}\n```" for cmd in summary["next"])
-    else:
-        next_md = "Nothing further: the goal is met." if goal_met else "Nothing further."
+    goal_met = summary.has_finding("goal_met")
+    nothing = "Nothing further: the goal is met." if goal_met else "Nothing further."
     sections = [
         ("Bias-variance decomposition", table),
-        ("Verdict", reporting.findings_markdown(summary["findings"])),
-        ("Next", next_md),
+        ("Verdict", reporting.findings_markdown(summary.findings)),
+        ("Next", reporting.next_markdown(summary.next, nothing)),
         ("Learning curves", f"![error curves]({plots['error curves']})"),
     ]
-    if "error_analysis" in summary:
+    if summary.error_analysis is not None:
         body = error_analysis.blocks_markdown(
-            error_analysis.report_blocks(summary["error_analysis"], summary["dataset"]["kind"])
+            error_analysis.report_blocks(summary.error_analysis, summary.dataset["kind"])
         )
         for name in ("confusion matrix", "worst examples"):
             if name in plots:
                 body += f"\n\n![{name}]({plots[name]})"
         sections.append(("Error analysis", body))
-    if "train_size" in summary:
-        ts = summary["train_size"]
+    if summary.train_size is not None:
+        ts = summary.train_size
         rows = [
             [f"{p['train_size']:,}", f"{p['fraction']:g}"]
             + [bias_variance.pct(p[k]) for k in ("train_error", "val_error")]
@@ -153,23 +172,19 @@ def write_report(run: rundir.RunDir, summary: dict, plots: dict[str, str]) -> No
             "steps",
             f"{m['steps']:,} at batch {c['batch_size']} ({m['trained_steps']:,} trained now)",
         ],
-        ["device", summary["device"]],
+        ["device", summary.device],
     ]
     split_rows = [
         [
             split,
-            f"{summary['dataset']['splits'][split]['size']:,}",
+            f"{summary.dataset['splits'][split]['size']:,}",
             reporting.fmt(m[f"{split}_loss"]),
             bias_variance.pct(m[f"{split}_error"]),
         ]
         for split in ("train", "val", "test")
     ]
-    sections += [
+    return [
+        *sections,
         ("Results", reporting.markdown_table(["split", "examples", "loss", "error"], split_rows)),
         ("Run", reporting.markdown_table(["", ""], run_rows)),
     ]
-    reporting.write_report(
-        run.file("report.md"),
-        f"evaluate: {c['model']['name']} on {c['dataset']['name']} ({summary['status']})",
-        sections,
-    )

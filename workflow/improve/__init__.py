@@ -19,11 +19,12 @@ import jax
 import ml_collections
 
 import models
-from workflow import config_lib, engine, evaluate, experiment
+from workflow import config_lib, engine, evaluate, experiment, reporting
 from workflow.diagnostics.findings import VERDICT, declared_ids
 from workflow.engine import copy_state, distributed, trials
-from workflow.improve.report import plot_outcomes, write_report
+from workflow.improve.report import plot_outcomes, report_sections
 from workflow.reporting import rundir
+from workflow.reporting.summary import Summary
 from workflow.search import remedies
 
 
@@ -124,10 +125,10 @@ def run_single(remedy: remedies.Remedy, base_steps: int) -> Outcome:
     )
 
 
-def evaluated_outcome(remedy: remedies.Remedy, summary: dict) -> Outcome | None:
+def evaluated_outcome(remedy: remedies.Remedy, summary: Summary) -> Outcome | None:
     """The baseline's outcome read from its evaluation, when that was a run of the remedies'
     length (training is deterministic: retraining it would give the same numbers); else None."""
-    config, metrics = remedy.config, summary["metrics"]
+    config, metrics = remedy.config, summary.metrics
     if config.improve.num_steps not in (None, config.num_steps) or config.early_stopping.enabled:
         return None
     if metrics.get("steps") != config.num_steps:
@@ -196,7 +197,7 @@ def range_test_suggestion(setup: experiment.Setup) -> float | None:
     return tune.configured_range_test(setup).suggested_lr
 
 
-def run_improve(setup: experiment.Setup, workdir: str, config_source: str) -> dict:
+def run_improve(setup: experiment.Setup, workdir: str, config_source: str) -> Summary:
     """Evaluate the starting point, try the remedies its verdict calls for, keep the best."""
     config = setup.config
     # The remedies' menu, the range test and the batched trials see the whole training split
@@ -204,14 +205,54 @@ def run_improve(setup: experiment.Setup, workdir: str, config_source: str) -> di
     whole = experiment.with_whole_training_split(setup)
     dataset = whole.dataset
     initial = dataclasses.replace(whole, state=copy_state(setup.state))
-    baseline = evaluate.run_evaluate(setup, os.path.join(workdir, "baseline"))  # donates state
-    # Every process goes on from process 0's verdicts (the same remedies, the same collectives).
-    baseline = distributed.broadcast_json(baseline)
-    if baseline["status"] == "diverged":
+    baseline = evaluate.run_evaluate(setup, os.path.join(workdir, rundir.BASELINE))  # donates
+    if distributed.multi_process():  # every process goes on from process 0's verdicts
+        baseline = Summary.from_json(distributed.broadcast_json(baseline.to_json()))
+    if baseline.status == "diverged":
         return baseline
     # The verdicts that call for a remedy: every one but goal_met.
     remediable = set(declared_ids(VERDICT)) - {"goal_met"}
-    verdicts = [f["id"] for f in baseline["findings"] if f["id"] in remediable]
+    verdicts = [f.id for f in baseline.findings if f.id in remediable]
+    candidates = remedy_candidates(initial, verdicts)
+    outcomes = (
+        agreed(run_remedies(candidates, dataset, evaluated_outcome(candidates[0], baseline)))
+        if len(candidates) > 1
+        else []
+    )
+    run = rundir.RunDir(workdir)
+    run.create(config)
+    chosen, why = decide(outcomes, verdicts, len(dataset.y_val))
+    best_config = None
+    if chosen is not None and chosen is not outcomes[0]:
+        best_config = write_best_config(run, config_source, chosen, why)
+    summary = Summary(
+        stage="improve",
+        status="ok",
+        config=rundir.config_to_dict(config),
+        metrics=chosen_metrics(baseline, chosen, outcomes),
+        findings=baseline.findings,
+        verdicts=verdicts,
+        candidates=[o.to_json() for o in outcomes],
+        decision={"chosen": chosen.remedy.name if chosen else None, "why": why},
+        best_config=best_config,
+        bias_variance=baseline.bias_variance,
+        next=next_commands(workdir, best_config, verdicts),
+        dataset=dataset.summary(),
+    )
+    plot = (
+        run.save_figure(rundir.PLOT_CANDIDATES, lambda: plot_outcomes(outcomes))
+        if outcomes
+        else None
+    )
+    run.write_summary(summary)
+    run.write_report(reporting.report_title(summary, status=False), report_sections(summary, plot))
+    return summary
+
+
+def remedy_candidates(setup: experiment.Setup, verdicts: list[str]) -> list[remedies.Remedy]:
+    """The workflow's remedies for `verdicts`, the baseline first; the range test runs (on
+    `setup`) only when its learning rate would be tried."""
+    config, dataset = setup.config, setup.dataset
     menu = functools.partial(
         remedies.candidates,
         config,
@@ -223,62 +264,36 @@ def run_improve(setup: experiment.Setup, workdir: str, config_source: str) -> di
     # The range test only when its lr would be tried: it comes last and may be cut.
     far_lr = 100 * config.optimizer.learning_rate
     wanted = any(r.name == "re-tuned lr" for r in menu(suggested_lr=far_lr))
-    candidates = menu(suggested_lr=range_test_suggestion(initial) if wanted else None)
-    outcomes = (
-        run_remedies(candidates, dataset, evaluated_outcome(candidates[0], baseline))
-        if len(candidates) > 1
-        else []
-    )
-    if outcomes:  # process 0's numbers on every process: one decision for the job
-        outcomes = [
-            dataclasses.replace(o, **values)
-            for o, values in zip(
-                outcomes,
-                distributed.broadcast_json([outcome_numbers(o) for o in outcomes]),
-                strict=True,
-            )
-        ]
-    run = rundir.RunDir(workdir)
-    if run.writer:
-        os.makedirs(run.plots, exist_ok=True)
-        rundir.write_json(run.file("config.json"), rundir.config_to_dict(config))
+    return menu(suggested_lr=range_test_suggestion(setup) if wanted else None)
+
+
+def agreed(outcomes: list[Outcome]) -> list[Outcome]:
+    """Process 0's numbers on every process: one decision for the job."""
+    numbers = distributed.broadcast_json([outcome_numbers(o) for o in outcomes])
+    return [dataclasses.replace(o, **n) for o, n in zip(outcomes, numbers, strict=True)]
+
+
+def decide(outcomes: list[Outcome], verdicts: list[str], n_val: int) -> tuple[Outcome | None, str]:
+    """The outcome kept (None: no remedy was run) and why."""
     if outcomes:
-        chosen, why = choose(outcomes, len(dataset.y_val))
-    elif verdicts:
-        chosen, why = None, "no remedy on the decision list applies to this setup"
-    else:
-        chosen, why = None, "the goal is met: nothing to improve"
-    best_config = None
-    if chosen is not None and chosen is not outcomes[0]:
-        best_config = run.file("best_config.py")
-    if best_config and run.writer:
-        config_lib.write_config_file(
-            best_config,
-            config_source,
-            chosen.remedy.config,
-            f"The improve stage's choice in {os.path.abspath(workdir)}: {chosen.remedy.name}.\n\n"
-            + why,
-        )
-    summary = {
-        "stage": "improve",
-        "status": "ok",
-        "config": rundir.config_to_dict(config),
-        "metrics": chosen_metrics(baseline, chosen, outcomes),
-        "findings": baseline["findings"],
-        "verdicts": verdicts,
-        "candidates": [o.to_json() for o in outcomes],
-        "decision": {"chosen": chosen.remedy.name if chosen else None, "why": why},
-        "best_config": best_config,
-        "bias_variance": baseline.get("bias_variance"),
-        "next": next_commands(workdir, best_config, verdicts),
-        "dataset": dataset.summary(),
-        "device": jax.devices()[0].device_kind,
-    }
-    plot = plot_outcomes(outcomes, run.plots) if outcomes and run.writer else None
-    run.write_summary(summary)  # process 0 only, as every file
-    if run.writer:
-        write_report(run, summary, plot)
-    return summary
+        return choose(outcomes, n_val)
+    if verdicts:
+        return None, "no remedy on the decision list applies to this setup"
+    return None, "the goal is met: nothing to improve"
+
+
+def write_best_config(run: rundir.RunDir, config_source: str, chosen: Outcome, why: str) -> str:
+    """best_config.py: the chosen remedy's config as a file every stage accepts; its path."""
+    path = run.file(rundir.BEST_CONFIG)
+    about = (
+        f"The improve stage's choice in {os.path.abspath(run.path)}: {chosen.remedy.name}.\n\n"
+        + why
+    )
+    run.write_text(
+        rundir.BEST_CONFIG,
+        config_lib.config_file_text(path, config_source, chosen.remedy.config, about),
+    )
+    return path
 
 
 def outcome_numbers(outcome: Outcome) -> dict:
@@ -287,9 +302,9 @@ def outcome_numbers(outcome: Outcome) -> dict:
     return {name: getattr(outcome, name) for name in fields}
 
 
-def chosen_metrics(baseline: dict, chosen: Outcome | None, outcomes: list[Outcome]) -> dict:
+def chosen_metrics(baseline: Summary, chosen: Outcome | None, outcomes: list[Outcome]) -> dict:
     """The baseline's full-length metrics, and the chosen remedy's errors from its run."""
-    metrics = {f"baseline_{k}": v for k, v in baseline["metrics"].items() if "accuracy" in k}
+    metrics = {f"baseline_{k}": v for k, v in baseline.metrics.items() if "accuracy" in k}
     if chosen is not None:
         metrics.update(
             chosen=chosen.remedy.name,

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 
 from workflow import reporting
-from workflow.reporting import rundir
+from workflow.reporting.summary import Summary
 
 if TYPE_CHECKING:
     from workflow.improve import Outcome
 
 
-def plot_outcomes(outcomes: list[Outcome], plots_dir: str) -> str:
+def plot_outcomes(outcomes: list[Outcome]) -> plt.Figure:
     """Validation and test error per candidate, the baseline first."""
     names = [o.remedy.name for o in outcomes]
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 3.8))
@@ -26,19 +25,19 @@ def plot_outcomes(outcomes: list[Outcome], plots_dir: str) -> str:
     ax.set_ylabel("error")
     ax.grid(alpha=0.3, axis="y")
     ax.legend()
-    return reporting.save_figure(fig, os.path.join(plots_dir, "candidates.png"))
+    return fig
 
 
-def write_report(run: rundir.RunDir, summary: dict, plot: str | None) -> None:
+def report_sections(summary: Summary, plot: str | None) -> list[tuple[str, str]]:
     """report.md: the verdict, the candidates table, the decision and why, next commands."""
     sections = []
-    bv = summary.get("bias_variance")
+    bv = summary.bias_variance
     if bv:
         table = reporting.markdown_table(["Error source", "Value", "Analysis"], bv["rows"])
         sections.append(("Starting point", f"{table}\n\n{bv['decomposition']}"))
     rows = []
-    base = summary["candidates"][0] if summary["candidates"] else None
-    for c in summary["candidates"]:
+    base = summary.candidates[0] if summary.candidates else None
+    for c in summary.candidates:
         delta = c["val_error"] - base["val_error"]
         rows.append(
             [
@@ -56,17 +55,12 @@ def write_report(run: rundir.RunDir, summary: dict, plot: str | None) -> None:
         headers = ["candidate", "change", "val error", "Δ val", "test error", "params", "time"]
         body = reporting.markdown_table([*headers, "why tried"], rows)
         if plot:
-            body += f"\n\n![candidates]({os.path.relpath(plot, run.path)})"
+            body += f"\n\n![candidates]({plot})"
         sections.append(("Candidates (runs of equal length)", body))
-    decision = summary["decision"]
+    decision = summary.decision
     sections.append(("Decision", f"**{decision['chosen'] or 'none'}**: {decision['why']}"))
     sections.append(
-        ("Findings of the starting point", reporting.findings_markdown(summary["findings"]))
+        ("Findings of the starting point", reporting.findings_markdown(summary.findings))
     )
-    next_md = "\n".join(f"```\n{cmd}\n```" for cmd in summary["next"]) or "Nothing further."
-    sections.append(("Next", next_md))
-    reporting.write_report(
-        run.file("report.md"),
-        f"improve: {summary['config']['model']['name']} on {summary['config']['dataset']['name']}",
-        sections,
-    )
+    sections.append(("Next", reporting.next_markdown(summary.next)))
+    return sections

@@ -1,6 +1,6 @@
-"""report.md: tables, numbers and findings as markdown."""
+"""report.md: tables, numbers and findings as markdown (RunDir.write_report writes the file)."""
 
-import os
+from workflow.diagnostics.findings import Finding
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:
@@ -19,24 +19,28 @@ def fmt(value) -> str:
     return str(value)
 
 
-def findings_markdown(findings: list[dict]) -> str:
+def findings_markdown(findings: list[Finding]) -> str:
     """Findings as a list with evidence and suggestions."""
     if not findings:
         return "No findings."
     parts = []
     for f in findings:
-        parts.append(f"- **{f['severity']}** `{f['id']}`: {f['message']}")
-        if f.get("evidence"):
-            evidence = ", ".join(f"{k}={fmt(v)}" for k, v in f["evidence"].items())
+        parts.append(f"- **{f.severity}** `{f.id}`: {f.message}")
+        if f.evidence:
+            evidence = ", ".join(f"{k}={fmt(v)}" for k, v in f.evidence.items())
             parts.append(f"  - evidence: {evidence}")
-        for s in f.get("suggestions", []):
+        for s in f.suggestions:
             parts.append(f"  - try: {s}")
     return "\n".join(parts)
 
 
-def write_report(path: str, title: str, sections: list[tuple[str, str]]) -> None:
-    """report.md from (heading, markdown body) sections, written atomically."""
-    text = f"# {title}\n\n" + "\n\n".join(f"## {h}\n\n{body}" for h, body in sections) + "\n"
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+def next_markdown(commands: list[str], nothing: str = "Nothing further.") -> str:
+    """The next commands as code blocks, or `nothing`."""
+    return "\n".join(f"```\n{cmd}\n```" for cmd in commands) or nothing
+
+
+def report_title(summary, name: str | None = None, status: bool = True) -> str:
+    """'STAGE: MODEL on DATASET (STATUS)', the title of a stage's report.md."""
+    config = summary.config
+    title = f"{name or summary.stage}: {config['model']['name']} on {config['dataset']['name']}"
+    return f"{title} ({summary.status})" if status else title

@@ -10,7 +10,6 @@ called still appear, with no output shape: a layer built but left out of `__call
 import contextlib
 import inspect
 import math
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -217,10 +216,3 @@ def markdown(layers: list[dict], batch_size: int) -> str:
         f"{table}\n\nOutput shapes for one batch of {batch_size}; {total:,} parameters in total. "
         "NNX's full table (`nnx.tabulate`) is in `model_summary.txt`."
     )
-
-
-def write(path: str, summary: dict[str, Any]) -> None:
-    """model_summary.txt: NNX's table (or ours), written atomically."""
-    with open(path + ".tmp", "w") as f:
-        f.write(summary["text"])
-    os.replace(path + ".tmp", path)

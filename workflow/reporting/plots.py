@@ -1,4 +1,4 @@
-"""Plots a person reads, saved as PNG files."""
+"""Plots a person reads: figures drawn here and by each stage, saved by RunDir.save_figure."""
 
 import os
 
@@ -8,8 +8,8 @@ matplotlib.use("Agg")  # headless: plots are files, never windows
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_learning_curves(records: list[dict], path: str, title: str = "") -> str:
-    """Train/val loss and accuracy against step, saved as a PNG; returns the path."""
+def plot_learning_curves(records: list[dict], title: str = "") -> plt.Figure:
+    """Train/val loss and accuracy against step."""
     train = [r for r in records if "train_loss" in r]
     val = [r for r in records if "val_loss" in r]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -23,19 +23,19 @@ def plot_learning_curves(records: list[dict], path: str, title: str = "") -> str
         ax.grid(alpha=0.3)
         ax.legend()
     set_log_scale_if_positive(ax_loss, [r["train_loss"] for r in train])
-    return save_figure(fig, path, title)
-
-
-def save_figure(fig, path: str, title: str = "") -> str:
-    """Lay out, title (if given) and save a figure as a PNG, creating its folder; the path."""
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    if os.path.dirname(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def save_figure(fig: plt.Figure, path: str) -> None:
+    """Lay out a figure and save it as a PNG atomically (temporary file, then rename); closed."""
+    try:
+        fig.tight_layout()
+        fig.savefig(f"{path}.tmp", dpi=100, format="png")
+    finally:
+        plt.close(fig)
+    os.replace(f"{path}.tmp", path)
 
 
 def set_log_scale_if_positive(ax, values) -> None:

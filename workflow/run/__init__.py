@@ -18,14 +18,13 @@ It runs as one process: as a multi-process job (workflow/engine/distributed.py) 
 
 import dataclasses
 import os
-import shutil
 
-import jax
 import ml_collections
 
 from workflow import config_lib, debug, engine, evaluate, experiment, improve, tune
 from workflow.diagnostics.findings import VERDICT, Finding, declared_ids
 from workflow.reporting import rundir
+from workflow.reporting.summary import Summary
 from workflow.run import report
 
 
@@ -37,7 +36,22 @@ class Step:
     stage: str
     workdir: str
     config_source: str
-    summary: dict
+    summary: Summary
+
+    def to_json(self) -> dict:
+        """The workflow.json form."""
+        return {
+            "name": self.name,
+            "stage": self.stage,
+            "workdir": self.workdir,
+            "config_source": self.config_source,
+            "summary": self.summary.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Step":
+        """A step read back from workflow.json."""
+        return cls(**{**data, "summary": Summary.from_json(data["summary"])})
 
 
 class Workflow:
@@ -45,15 +59,15 @@ class Workflow:
 
     def __init__(self, workdir: str, config: ml_collections.ConfigDict, source: str):
         self.workdir = workdir
+        self.run = rundir.RunDir(workdir)
         self.config = config
         self.source = source  # the --config file[:arg] (its overrides are in `config`)
-        self.state_path = os.path.join(workdir, "workflow.json")
         self.steps: list[Step] = []
         self.t_start = engine.now()
         self.seconds_before = 0.0  # spent by earlier, interrupted invocations
-        if os.path.exists(self.state_path):
-            state = rundir.read_json(self.state_path)
-            self.steps = [Step(**s) for s in state["steps"]]
+        if os.path.exists(self.run.file(rundir.WORKFLOW)):
+            state = self.run.read_json(rundir.WORKFLOW)
+            self.steps = [Step.from_json(s) for s in state["steps"]]
             self.seconds_before = state.get("seconds", 0.0)
 
     @property
@@ -73,9 +87,8 @@ class Workflow:
     def record(self, step: Step) -> Step:
         """Add a finished step and save the workflow state atomically."""
         self.steps.append(step)
-        rundir.write_json(
-            self.state_path,
-            {"steps": [dataclasses.asdict(s) for s in self.steps], "seconds": self.seconds},
+        self.run.write_json(
+            rundir.WORKFLOW, {"steps": [s.to_json() for s in self.steps], "seconds": self.seconds}
         )
         return step
 
@@ -105,18 +118,11 @@ class Workflow:
         return self.record(Step(name, stage, workdir, source, summary))
 
 
-def copy_run(source: str, target: str) -> None:
-    """Copy a finished run directory once, atomically (a killed copy is redone, not reused)."""
-    if not os.path.exists(target):
-        shutil.copytree(source, target + ".tmp", dirs_exist_ok=True)
-        os.replace(target + ".tmp", target)
-
-
 def evaluate_copy(trained_dir: str) -> callable:
     """An evaluate step on a copy of a finished training run (nothing is retrained)."""
 
-    def action(setup: experiment.Setup, workdir: str) -> dict:
-        copy_run(trained_dir, workdir)
+    def action(setup: experiment.Setup, workdir: str) -> Summary:
+        rundir.RunDir(workdir).copy_from(trained_dir)
         return evaluate.run_evaluate(setup, workdir)
 
     return action
@@ -125,19 +131,14 @@ def evaluate_copy(trained_dir: str) -> callable:
 def improve_from(evaluated_dir: str, source: str) -> callable:
     """An improve step whose baseline is a copy of the run just evaluated (not retrained)."""
 
-    def action(setup: experiment.Setup, workdir: str) -> dict:
-        copy_run(evaluated_dir, os.path.join(workdir, "baseline"))
+    def action(setup: experiment.Setup, workdir: str) -> Summary:
+        rundir.RunDir(os.path.join(workdir, rundir.BASELINE)).copy_from(evaluated_dir)
         return improve.run_improve(setup, workdir, source)
 
     return action
 
 
-def goal_met(summary: dict) -> bool:
-    """Whether an evaluate summary's verdict is goal_met."""
-    return any(f["id"] == "goal_met" for f in summary.get("findings", []))
-
-
-def run_workflow(workflow: Workflow) -> dict:
+def run_workflow(workflow: Workflow) -> Summary:
     """Every step in order; returns the top-level summary."""
     flags_source = workflow.source
     start = workflow.step(
@@ -147,15 +148,15 @@ def run_workflow(workflow: Workflow) -> dict:
         lambda s, d: experiment.train_and_report(s, d, "start_simple", None),
     )
     checked = workflow.step("2_debug", "debug", flags_source, debug.run_debug)
-    if checked.summary["status"] != "ok":
+    if checked.summary.status != "ok":
         return finish(workflow, stopped="debug found an error: fix it first (see 2_debug)")
     current = workflow.step("3_evaluate", "evaluate", flags_source, evaluate_copy(start.workdir))
     number = 4
     # One trial's training speed and the training-set size, to size each search to the budget.
-    speed = start.summary["metrics"].get("steps_per_s") or 0.0
-    num_train = start.summary["dataset"]["splits"]["train"]["size"]
+    speed = start.summary.metrics.get("steps_per_s") or 0.0
+    num_train = start.summary.dataset["splits"]["train"]["size"]
     for _ in range(workflow.config.budget.max_rounds):
-        if goal_met(current.summary):
+        if current.summary.has_finding("goal_met"):
             break
         if workflow.budget_left() <= 0:
             return finish(workflow, stopped="the time budget (config.budget.minutes) is spent")
@@ -168,18 +169,18 @@ def run_workflow(workflow: Workflow) -> dict:
             adjust=lambda c: size_search(c, 0.35 * workflow.budget_left(), speed, num_train),
         )
         number += 1
-        if tuned.summary.get("best_config"):
-            source = tuned.summary["best_config"]
+        if tuned.summary.best_config:
+            source = tuned.summary.best_config
             current = workflow.step(
                 f"{number}_evaluate",
                 "evaluate",
                 source,
-                evaluate_copy(os.path.join(tuned.workdir, "best")),
+                evaluate_copy(os.path.join(tuned.workdir, rundir.BEST)),
             )
             number += 1
-        if goal_met(current.summary) or workflow.budget_left() <= 0:
+        if current.summary.has_finding("goal_met") or workflow.budget_left() <= 0:
             break
-        run_seconds = current.summary["metrics"].get("wall_seconds") or 0.0
+        run_seconds = current.summary.metrics.get("wall_seconds") or 0.0
         improved = workflow.step(
             f"{number}_improve",
             "improve",
@@ -188,9 +189,9 @@ def run_workflow(workflow: Workflow) -> dict:
             adjust=lambda c, t=run_seconds: size_improve(c, 0.6 * workflow.budget_left(), t),
         )
         number += 1
-        if not improved.summary.get("best_config"):
+        if not improved.summary.best_config:
             break  # no remedy beat the tuned setup: tuning it again would repeat this round
-        source = improved.summary["best_config"]
+        source = improved.summary.best_config
         current = workflow.step(
             f"{number}_evaluate",
             "evaluate",
@@ -257,10 +258,10 @@ def decisions(workflow: Workflow) -> list[Finding]:
     out = []
     for step in workflow.steps:
         s = step.summary
-        m = s.get("metrics", {})
+        m = s.metrics
         extra = {}  # an improve step's choice: what changed and against which verdict
         if step.stage == "evaluate":
-            verdicts = [f["id"] for f in s.get("findings", []) if f["id"] in verdict_ids]
+            verdicts = [f.id for f in s.findings if f.id in verdict_ids]
             message = f"{step.name}: test accuracy {m.get('test_accuracy', float('nan')):.2%}, " + (
                 f"verdict {', '.join(verdicts)}" if verdicts else "no verdict"
             )
@@ -272,10 +273,8 @@ def decisions(workflow: Workflow) -> list[Finding]:
             )
         elif step.stage == "improve":
             # No decision when the starting point diverged (the summary is its evaluation).
-            decision = s.get("decision") or {"chosen": None, "why": f"status {s['status']}"}
-            chosen = next(
-                (c for c in s.get("candidates", []) if c["name"] == decision["chosen"]), None
-            )
+            decision = s.decision or {"chosen": None, "why": f"status {s.status}"}
+            chosen = next((c for c in s.candidates or [] if c["name"] == decision["chosen"]), None)
             if chosen is None or chosen["name"] == "baseline":
                 message = f"{step.name}: no change — {decision['why']}"
             else:  # the why names the remedy, what it changed and the evidence
@@ -284,7 +283,7 @@ def decisions(workflow: Workflow) -> list[Finding]:
                     k: chosen[k] for k in ("verdict", "change", "val_error", "test_error")
                 }
         elif step.stage == "debug":
-            message = f"{step.name}: {s['status']} ({len(s['findings'])} findings)"
+            message = f"{step.name}: {s.status} ({len(s.findings)} findings)"
         else:
             message = f"{step.name}: test accuracy {m.get('test_accuracy', float('nan')):.2%}"
         out.append(
@@ -303,51 +302,55 @@ def decisions(workflow: Workflow) -> list[Finding]:
     return out
 
 
-def finish(workflow: Workflow, stopped: str | None = None) -> dict:
+def finish(workflow: Workflow, stopped: str | None = None) -> Summary:
     """The top-level summary.json, report.md and report.html."""
-    # The final model is the evaluated one with the best validation accuracy (never the test
-    # accuracy: choosing on it would make the reported test number optimistic).
-    evaluated = [
-        s
-        for s in workflow.steps
-        if s.stage == "evaluate" and "val_accuracy" in s.summary["metrics"]
-    ]
-    final = (
-        max(reversed(evaluated), key=lambda s: s.summary["metrics"]["val_accuracy"])
-        if evaluated
-        else workflow.steps[-1]
-    )
-    blocking = [Finding(**f) for f in final.summary.get("findings", []) if f["severity"] == "error"]
-    status = "failed" if stopped and "debug" in stopped else "ok"
-    summary = {
-        "stage": "run",
-        "status": status,
-        "config": rundir.config_to_dict(workflow.config),
-        "metrics": {
-            **final.summary.get("metrics", {}),
+    final = final_step(workflow)
+    blocking = [f for f in final.summary.findings if f.severity == "error"]
+    summary = Summary(
+        stage="run",
+        status="failed" if stopped and "debug" in stopped else "ok",
+        config=rundir.config_to_dict(workflow.config),
+        metrics={
+            **final.summary.metrics,
             "workflow_seconds": workflow.seconds,
             "steps_run": len(workflow.steps),
         },
-        "findings": [f.to_json() for f in blocking + decisions(workflow)]
-        + [f for f in final.summary.get("findings", []) if f["severity"] != "error"],
-        "next": final.summary.get("next", []),
-        "stopped": stopped,
-        "final": {
+        findings=blocking
+        + decisions(workflow)
+        + [f for f in final.summary.findings if f.severity != "error"],
+        next=final.summary.next,
+        stopped=stopped,
+        final={
             "step": final.name,
             "config": final.config_source,
             "workdir": final.workdir,
-            "model": final.summary.get("config", {}).get("model"),
+            "model": final.summary.config.get("model"),
         },
-        "reproduce": reproduce_commands(workflow, final),
-        "steps": [
-            {k: v for k, v in dataclasses.asdict(s).items() if k != "summary"}
+        reproduce=reproduce_commands(workflow, final),
+        steps=[
+            {
+                "name": s.name,
+                "stage": s.stage,
+                "workdir": s.workdir,
+                "config_source": s.config_source,
+            }
             for s in workflow.steps
         ],
-        "device": jax.devices()[0].device_kind,
-    }
-    rundir.write_json(os.path.join(workflow.workdir, "summary.json"), summary)
-    report.write_reports(workflow.workdir, summary, workflow.steps)
+    )
+    workflow.run.write_summary(summary)
+    report.write_reports(workflow.run, summary, workflow.steps)
     return summary
+
+
+def final_step(workflow: Workflow) -> Step:
+    """The evaluated step with the best validation accuracy (never the test accuracy: choosing
+    on it would make the reported test number optimistic); the last step when none was."""
+    evaluated = [
+        s for s in workflow.steps if s.stage == "evaluate" and "val_accuracy" in s.summary.metrics
+    ]
+    if not evaluated:
+        return workflow.steps[-1]
+    return max(reversed(evaluated), key=lambda s: s.summary.metrics["val_accuracy"])
 
 
 def reproduce_commands(workflow: Workflow, final: Step) -> list[str]:

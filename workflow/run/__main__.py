@@ -32,7 +32,7 @@ def main(argv: list[str]) -> int:
     workflow = Workflow(FLAGS.workdir, config, source)
     summary = run_workflow(workflow)
     report.print_summary(summary)
-    return cli.EXIT_OK if summary["status"] == "ok" else cli.EXIT_FINDINGS
+    return cli.EXIT_OK if summary.status == "ok" else cli.EXIT_FINDINGS
 
 
 if __name__ == "__main__":

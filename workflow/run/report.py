@@ -8,7 +8,8 @@ import os
 
 from workflow import reporting
 from workflow.diagnostics import error_analysis
-from workflow.reporting import model_summary
+from workflow.reporting import model_summary, rundir
+from workflow.reporting.summary import Summary
 
 # Blocks: ("text", str) | ("table", headers, rows) | ("image", path, caption) | ("code", str).
 
@@ -20,19 +21,19 @@ def _pct(value) -> str:
 def step_blocks(step) -> list[tuple]:
     """What one step shows: its key table, decision and plots."""
     s, stage = step.summary, step.stage
-    blocks = [("text", f"`{step.workdir}` — config `{step.config_source}`, status {s['status']}.")]
-    m = s.get("metrics", {})
+    blocks = [("text", f"`{step.workdir}` — config `{step.config_source}`, status {s.status}.")]
+    m = s.metrics
     if stage in ("start_simple", "evaluate") and "test_accuracy" in m:
         rows = [
             [split, reporting.fmt(m.get(f"{split}_loss")), _pct(m.get(f"{split}_accuracy"))]
             for split in ("train", "val", "test")
         ]
         blocks.append(("table", ["split", "loss", "accuracy"], rows))
-    if s.get("bias_variance"):
-        blocks.append(("table", ["Error source", "Value", "Analysis"], s["bias_variance"]["rows"]))
-        blocks.append(("text", s["bias_variance"]["decomposition"]))
+    if s.bias_variance:
+        blocks.append(("table", ["Error source", "Value", "Analysis"], s.bias_variance["rows"]))
+        blocks.append(("text", s.bias_variance["decomposition"]))
     if stage == "debug":
-        rows = [[f["severity"], f["id"], f["message"]] for f in s["findings"]]
+        rows = [[f.severity, f.id, f.message] for f in s.findings]
         blocks.append(
             ("table", ["severity", "finding", "message"], rows or [["-", "-", "all checks passed"]])
         )
@@ -48,7 +49,7 @@ def step_blocks(step) -> list[tuple]:
             ],
         ]
         blocks.append(("table", ["", ""], rows))
-    if stage == "improve" and s.get("candidates"):
+    if stage == "improve" and s.candidates:
         rows = [
             [
                 c["name"],
@@ -58,13 +59,13 @@ def step_blocks(step) -> list[tuple]:
                 f"{c['num_params']:,}",
                 f"{c['seconds']:.1f} s",
             ]
-            for c in s["candidates"]
+            for c in s.candidates
         ]
         blocks.append(
             ("table", ["candidate", "change", "val error", "test error", "params", "time"], rows)
         )
-        blocks.append(("text", f"Decision: **{s['decision']['chosen']}** — {s['decision']['why']}"))
-    for path in sorted(glob.glob(os.path.join(step.workdir, "plots", "*.png"))):
+        blocks.append(("text", f"Decision: **{s.decision['chosen']}** — {s.decision['why']}"))
+    for path in sorted(glob.glob(os.path.join(step.workdir, rundir.PLOTS, "*.png"))):
         blocks.append(
             ("image", path, os.path.splitext(os.path.basename(path))[0].replace("_", " "))
         )
@@ -74,24 +75,25 @@ def step_blocks(step) -> list[tuple]:
 def error_blocks(step) -> list[tuple]:
     """The evaluate step's error analysis: per-class table, confusions, its plots."""
     s = step.summary
-    blocks = error_analysis.report_blocks(s["error_analysis"], s["dataset"]["kind"])
-    for name in ("confusion_matrix", "worst_examples"):
-        path = os.path.join(step.workdir, "plots", f"{name}.png")
+    blocks = error_analysis.report_blocks(s.error_analysis, s.dataset["kind"])
+    for name in (rundir.PLOT_CONFUSION_MATRIX, rundir.PLOT_WORST_EXAMPLES):
+        path = os.path.join(step.workdir, name)
         if os.path.exists(path):
-            blocks.append(("image", path, f"{name.replace('_', ' ')} (train | val)"))
+            caption = os.path.splitext(os.path.basename(name))[0].replace("_", " ")
+            blocks.append(("image", path, f"{caption} (train | val)"))
     return blocks
 
 
-def sections(summary: dict, steps: list) -> list[tuple[str, list[tuple]]]:
+def sections(summary: Summary, steps: list) -> list[tuple[str, list[tuple]]]:
     """The report's sections as blocks."""
-    m = summary["metrics"]
-    final_step = next((s for s in steps if s.name == summary["final"]["step"]), None)
+    m = summary.metrics
+    final_step = next((s for s in steps if s.name == summary.final["step"]), None)
     result = [
         (
             "table",
             ["", ""],
             [
-                ["final model", f"`{summary['final']['config']}`"],
+                ["final model", f"`{summary.final['config']}`"],
                 ["test accuracy", _pct(m.get("test_accuracy"))],
                 ["val accuracy", _pct(m.get("val_accuracy"))],
                 ["train accuracy", _pct(m.get("train_accuracy"))],
@@ -99,55 +101,49 @@ def sections(summary: dict, steps: list) -> list[tuple[str, list[tuple]]]:
             ],
         )
     ]
-    if summary.get("stopped"):
-        result.append(("text", f"Stopped: {summary['stopped']}."))
-    if final_step is not None and final_step.summary.get("bias_variance"):
-        bv = final_step.summary["bias_variance"]
+    if summary.stopped:
+        result.append(("text", f"Stopped: {summary.stopped}."))
+    if final_step is not None and final_step.summary.bias_variance:
+        bv = final_step.summary.bias_variance
         result.append(("table", ["Error source", "Value", "Analysis"], bv["rows"]))
         result.append(("text", bv["decomposition"]))
     story = [
         (
             "table",
             ["step", "decision and evidence"],
-            [
-                [f["evidence"]["stage"], f["message"]]
-                for f in summary["findings"]
-                if f["id"] == "workflow_step"
-            ],
+            [[f.evidence["stage"], f.message] for f in summary.findings if f.id == "workflow_step"],
         )
     ]
     out = [("Result", result)]
-    layers = final_step.summary.get("model_summary") if final_step is not None else None
+    layers = final_step.summary.model_summary if final_step is not None else None
     if layers:
         headers, rows = model_summary.table(layers)
         out.append(("Final model", [("table", headers, rows)]))
-    if final_step is not None and final_step.summary.get("error_analysis"):
+    if final_step is not None and final_step.summary.error_analysis:
         out.append(("Error analysis of the final model", error_blocks(final_step)))
     out.append(("How it got there", story))
     for step in steps:
         out.append((f"{step.name} ({step.stage})", step_blocks(step)))
-    out.append(("Reproduce the final model", [("code", cmd) for cmd in summary["reproduce"]]))
+    out.append(("Reproduce the final model", [("code", cmd) for cmd in summary.reproduce]))
     return out
 
 
-def to_markdown(title: str, secs: list, root: str) -> str:
-    """The blocks as GitHub-flavoured markdown, images linked relative to `root`."""
-    parts = [f"# {title}"]
-    for heading, blocks in secs:
-        parts.append(f"## {heading}")
-        for block in blocks:
-            kind = block[0]
-            if kind == "text":
-                parts.append(block[1])
-            elif kind == "table":
-                parts.append(
-                    reporting.markdown_table(block[1], [[str(c) for c in r] for r in block[2]])
-                )
-            elif kind == "image":
-                parts.append(f"![{block[2]}]({os.path.relpath(block[1], root)})")
-            elif kind == "code":
-                parts.append(f"```\n{block[1]}\n```")
-    return "\n\n".join(parts) + "\n"
+def blocks_markdown(blocks: list[tuple], root: str) -> str:
+    """Blocks as GitHub-flavoured markdown, images linked relative to `root`."""
+    parts = []
+    for block in blocks:
+        kind = block[0]
+        if kind == "text":
+            parts.append(block[1])
+        elif kind == "table":
+            parts.append(
+                reporting.markdown_table(block[1], [[str(c) for c in r] for r in block[2]])
+            )
+        elif kind == "image":
+            parts.append(f"![{block[2]}]({os.path.relpath(block[1], root)})")
+        elif kind == "code":
+            parts.append(f"```\n{block[1]}\n```")
+    return "\n\n".join(parts)
 
 
 def _inline(text: str) -> str:
@@ -206,34 +202,30 @@ def to_html(title: str, secs: list) -> str:
     )
 
 
-def write_reports(workdir: str, summary: dict, steps: list) -> None:
-    """report.md and report.html at the top of the workflow's directory, written atomically."""
-    c = summary["config"]
-    title = f"workflow: {c['model']['name']} on {c['dataset']['name']} ({summary['status']})"
+def write_reports(run: rundir.RunDir, summary: Summary, steps: list) -> None:
+    """report.md and report.html at the top of the workflow's directory."""
+    c = summary.config
+    title = f"workflow: {c['model']['name']} on {c['dataset']['name']} ({summary.status})"
     secs = sections(summary, steps)
-    for name, text in (
-        ("report.md", to_markdown(title, secs, workdir)),
-        ("report.html", to_html(title, secs)),
-    ):
-        path = os.path.join(workdir, name)
-        with open(path + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
+    run.write_report(
+        title, [(heading, blocks_markdown(blocks, run.path)) for heading, blocks in secs]
+    )
+    run.write_text(rundir.REPORT_HTML, to_html(title, secs))
 
 
-def print_summary(summary: dict) -> None:
+def print_summary(summary: Summary) -> None:
     """The story and the final numbers on the console."""
     from rich.console import Console
 
     console = Console()
-    for f in summary["findings"]:
-        if f["id"] == "workflow_step":
-            console.print(f"  {f['message']}", soft_wrap=True)
-    m = summary["metrics"]
+    for f in summary.findings:
+        if f.id == "workflow_step":
+            console.print(f"  {f.message}", soft_wrap=True)
+    m = summary.metrics
     console.print(
         f"[bold]final test accuracy {_pct(m.get('test_accuracy'))}[/bold] in "
-        f"{m['workflow_seconds']:.0f} s; report: {summary['final']['workdir']}/../report.html",
+        f"{m['workflow_seconds']:.0f} s; report: {summary.final['workdir']}/../report.html",
         soft_wrap=True,
     )
-    if summary.get("stopped"):
-        console.print(f"stopped: {summary['stopped']}")
+    if summary.stopped:
+        console.print(f"stopped: {summary.stopped}")

@@ -52,7 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workflow import data, engine, reporting
+from workflow import data, engine
 from workflow.diagnostics.findings import Finding
 from workflow.errors import UsageError
 from workflow.reporting import plots, rundir
@@ -571,7 +571,7 @@ def range_test_findings(result: RangeTest, configured_lr: float) -> list[Finding
     return []
 
 
-def plot_range_test(result: RangeTest, path: str, title: str = "") -> str:
+def plot_range_test(result: RangeTest, title: str = ""):
     """Raw (faint) and smoothed loss against log lr, the band shaded, suggestion and stop marked."""
     plt = plots.plt
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -600,4 +600,4 @@ def plot_range_test(result: RangeTest, path: str, title: str = "") -> str:
     ax.set_title(title or "learning-rate range test")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    return reporting.save_figure(fig, path)
+    return fig

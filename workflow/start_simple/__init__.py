@@ -8,8 +8,9 @@ read like any other run's, and the next stage named is debug.
 """
 
 from workflow import experiment
+from workflow.reporting.summary import Summary
 
 
-def run_start_simple(setup: experiment.Setup, workdir: str) -> dict:
+def run_start_simple(setup: experiment.Setup, workdir: str) -> Summary:
     """Train `setup` in `workdir` (resuming a killed run) and write its run directory."""
     return experiment.train_and_report(setup, workdir, "start_simple", "debug")

@@ -13,7 +13,7 @@ def main(argv: list[str]) -> int:
     setup = experiment.prepare(FLAGS.config)
     summary = start_simple.run_start_simple(setup, FLAGS.workdir)
     experiment.print_summary(summary)
-    return cli.EXIT_OK if summary["status"] == "ok" else cli.EXIT_FINDINGS
+    return cli.EXIT_OK if summary.status == "ok" else cli.EXIT_FINDINGS
 
 
 if __name__ == "__main__":

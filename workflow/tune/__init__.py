@@ -26,6 +26,7 @@ from workflow.diagnostics import checks
 from workflow.diagnostics.curves import expected_initial_loss
 from workflow.engine import distributed, trials
 from workflow.reporting import rundir
+from workflow.reporting.summary import Summary
 from workflow.search import random_search, range_test
 from workflow.tune import report
 
@@ -63,7 +64,7 @@ def lr_range_test(setup: experiment.Setup, run: rundir.RunDir) -> range_test.Ran
     if not rt.enabled:
         return None
     result = configured_range_test(setup)
-    rundir.write_json(run.file("range_test.json"), result.to_json(include_curve=True))
+    run.write_json(rundir.RANGE_TEST, result.to_json(include_curve=True))
     return result
 
 
@@ -73,7 +74,7 @@ def search_trials(setup: experiment.Setup, run: rundir.RunDir, band) -> tuple[li
     # Only process 0 records the search in the configured storage; the others in their scratch
     # directory (`run` is theirs), and all of them then take process 0's trials.
     shared = config.search.storage if distributed.is_writer() else None
-    storage = shared or f"sqlite:///{os.path.abspath(run.file('study.db'))}"
+    storage = shared or f"sqlite:///{os.path.abspath(run.file(rundir.STUDY))}"
     runner = trials.TrialRunner(config, dataset.input_shape, dataset.num_classes)
     study = random_search.Search(runner, dataset, config, storage, "tune", progress=config.progress)
     first = random_search.first_round(config.search, len(dataset.x_train), config.batch_size, band)
@@ -88,13 +89,14 @@ def search_trials(setup: experiment.Setup, run: rundir.RunDir, band) -> tuple[li
     return rounds, records
 
 
-def retrain_best(setup: experiment.Setup, best_config, workdir: str) -> dict:
+def retrain_best(setup: experiment.Setup, best_config, workdir: str) -> Summary:
     """Step 5: the best hyperparameters trained at the config's full length, with a report."""
     best_setup = experiment.prepare(best_config)
-    return experiment.train_and_report(best_setup, os.path.join(workdir, "best"), "tune", None)
+    best_dir = os.path.join(workdir, rundir.BEST)
+    return experiment.train_and_report(best_setup, best_dir, "tune", None)
 
 
-def run_tune(setup: experiment.Setup, workdir: str, config_source: str) -> dict:
+def run_tune(setup: experiment.Setup, workdir: str, config_source: str) -> Summary:
     """Every tuning step on `setup` in `workdir` (resumed when it holds the same search)."""
     config = setup.config
     random_search.validate_search_config(config.search)
@@ -117,12 +119,14 @@ def run_tune(setup: experiment.Setup, workdir: str, config_source: str) -> dict:
     try:
         return tune(setup, run, config_source, workdir)
     except BaseException:
-        if created and not os.path.exists(run.file("study.db")):
+        if created and not os.path.exists(run.file(rundir.STUDY)):
             run.remove()  # nothing of value was written yet
         raise
 
 
-def tune(setup: experiment.Setup, run, config_source: str, workdir: str | None = None) -> dict:
+def tune(
+    setup: experiment.Setup, run: rundir.RunDir, config_source: str, workdir: str | None = None
+) -> Summary:
     """The tuning steps in the run directory `run` (the best retrained in `workdir`/best,
     default `run`'s); returns the summary."""
     config = setup.config

@@ -20,7 +20,7 @@ def main(argv: list[str]) -> int:
     source = config_flags.get_config_filename(FLAGS["config"])
     summary = run_tune(setup, FLAGS.workdir, source)
     report.print_summary(summary)
-    return cli.EXIT_OK if summary["status"] == "ok" else cli.EXIT_FINDINGS
+    return cli.EXIT_OK if summary.status == "ok" else cli.EXIT_FINDINGS
 
 
 if __name__ == "__main__":

@@ -3,20 +3,14 @@
 import math
 import os
 
-import jax
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import ml_collections  # noqa: E402
+import ml_collections
 
 from workflow import config_lib, experiment, reporting
-from workflow.diagnostics.findings import Finding, has_error, rank_findings  # noqa: E402
+from workflow.diagnostics.findings import Finding, has_error, rank_findings
 from workflow.reporting import rundir
-from workflow.search import (
-    random_search,  # noqa: E402
-    range_test,
-)
+from workflow.reporting.plots import plt
+from workflow.reporting.summary import Summary
+from workflow.search import random_search, range_test
 
 ROUND_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 
@@ -29,8 +23,7 @@ def open_run(workdir: str, config: ml_collections.ConfigDict) -> tuple[rundir.Ru
     created = not run.exists
     if not created:
         run.check_resumable(config)
-    os.makedirs(run.plots, exist_ok=True)
-    rundir.write_json(run.file("config.json"), rundir.config_to_dict(config))
+    run.create(config)
     return run, created
 
 
@@ -130,15 +123,17 @@ def write_best_config(
 ) -> tuple[str, ml_collections.ConfigDict]:
     """best_config.py: the original config file with every changed value, then the tuned ones."""
     tuned = best_values(config, best)
-    out = run.file("best_config.py")
+    out = run.file(rundir.BEST_CONFIG)
     about = (
         f"Best hyperparameters found by workflow.tune in {os.path.abspath(run.path)}.\n\n"
         f"Round {best['round'] + 1}, trial #{best['number']}: val_accuracy "
         f"{best['val_accuracy']:.4f} after {best['epochs']:g} epochs; learning rate "
         f"{best['learning_rate']:.4g}, L2 weight {best['l2']:.4g}.\n"
-        "The same run at full length is in best/ beside this file."
+        f"The same run at full length is in {rundir.BEST}/ beside this file."
     )
-    config_lib.write_config_file(out, config_source, tuned, about)
+    run.write_text(
+        rundir.BEST_CONFIG, config_lib.config_file_text(out, config_source, tuned, about)
+    )
     return out, tuned
 
 
@@ -150,7 +145,7 @@ def overrides(best: dict) -> list[str]:
     ]
 
 
-def plot_search_axes(records: list[dict], path: str, metric: str) -> str:
+def plot_search_axes(records: list[dict], metric: str) -> plt.Figure:
     """The metric against each hyperparameter (log axes), rounds in colours, ✓ filled."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, key, label in ((axes[0], "learning_rate", "learning rate"), (axes[1], "l2", "reg")):
@@ -174,10 +169,10 @@ def plot_search_axes(records: list[dict], path: str, metric: str) -> str:
     axes[0].set_ylabel(metric.replace("_", " "))
     axes[1].legend(fontsize=8)
     fig.suptitle("coarse-to-fine search")
-    return reporting.save_figure(fig, path)
+    return fig
 
 
-def plot_trial_curves(records: list[dict], path: str, metric: str) -> str:
+def plot_trial_curves(records: list[dict], metric: str) -> plt.Figure:
     """Training-loss curves of every trial, by round; the round's best drawn bold."""
     rounds = sorted({r["round"] for r in records})
     fig, axes = plt.subplots(1, len(rounds), figsize=(4.5 * len(rounds), 3.6), squeeze=False)
@@ -200,7 +195,7 @@ def plot_trial_curves(records: list[dict], path: str, metric: str) -> str:
         ax.set_title(f"round {index + 1}: {len(rows)} trials")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("training loss")
-    return reporting.save_figure(fig, path)
+    return fig
 
 
 def summarize(
@@ -213,23 +208,48 @@ def summarize(
     rounds: list,
     records: list[dict],
     best: dict | None,
-    retrained: dict | None,
+    retrained: Summary | None,
     best_config_path: str | None,
     seconds: float,
-) -> dict:
+) -> Summary:
     """summary.json and report.md of the tune stage; returns the summary."""
     config = setup.config
-    metric = config.search.metric
-    plots = {
-        "search": plot_search_axes(records, os.path.join(run.plots, "search.png"), metric),
-        "curves": plot_trial_curves(records, os.path.join(run.plots, "trial_curves.png"), metric),
-    }
-    if sweep is not None:
-        plots["range_test"] = range_test.plot_range_test(
-            sweep, os.path.join(run.plots, "lr_range_test.png")
-        )
     findings = rank_findings(findings)
     band = improved_band(records)
+    failed = has_error(findings) or (retrained is not None and retrained.status != "ok")
+    summary = Summary(
+        stage="tune",
+        status="failed" if failed else "ok",
+        config=rundir.config_to_dict(config),
+        metrics=search_metrics(initial, sweep, records, best, retrained, band, seconds),
+        findings=findings,
+        next=next_commands(run, best_config_path),
+        best=best,
+        best_config=best_config_path,
+        overrides=overrides(best) if best else [],
+        range_test=sweep.to_json() if sweep is not None else None,
+        improved_band=list(band) if band else None,
+        rounds=[r.to_json() for r in rounds],
+        trials=records,
+        dataset=setup.dataset.summary(),
+    )
+    plots = save_plots(run, records, sweep, config.search.metric)
+    run.write_summary(summary)
+    run.write_report(reporting.report_title(summary), report_sections(summary, plots))
+    return summary
+
+
+def search_metrics(
+    initial: dict,
+    sweep: range_test.RangeTest | None,
+    records: list[dict],
+    best: dict | None,
+    retrained: Summary | None,
+    band: tuple[float, float] | None,
+    seconds: float,
+) -> dict:
+    """The initial loss, the range test's suggestion, the best trial's values and the retrained
+    best's loss and accuracy on every split."""
     metrics = {**initial, "num_trials": len(records), "search_seconds": seconds}
     if sweep is not None and sweep.found:
         metrics["suggested_lr"] = sweep.suggested_lr
@@ -246,46 +266,46 @@ def summarize(
     if retrained is not None:
         for key in ("train", "val", "test"):
             for name in ("loss", "accuracy"):
-                metrics[f"{key}_{name}"] = retrained["metrics"][f"{key}_{name}"]
-        metrics["retrain_steps"] = retrained["metrics"]["steps"]
-    failed = has_error(findings) or (retrained is not None and retrained["status"] != "ok")
-    next_commands = []
-    if best_config_path:
-        parent = os.path.dirname(os.path.abspath(run.path))
-        next_commands.append(
-            f"python -m workflow.evaluate --config={best_config_path} "
-            f"--workdir={os.path.join(parent, 'evaluate')}"
-        )
-    summary = {
-        "stage": "tune",
-        "status": "failed" if failed else "ok",
-        "config": rundir.config_to_dict(config),
-        "metrics": metrics,
-        "findings": [f.to_json() for f in findings],
-        "next": next_commands,
-        "best": best,
-        "best_config": best_config_path,
-        "overrides": overrides(best) if best else [],
-        "range_test": sweep.to_json() if sweep is not None else None,
-        "improved_band": list(band) if band else None,
-        "rounds": [r.to_json() for r in rounds],
-        "trials": records,
-        "dataset": setup.dataset.summary(),
-        "device": jax.devices()[0].device_kind,
+                metrics[f"{key}_{name}"] = retrained.metrics[f"{key}_{name}"]
+        metrics["retrain_steps"] = retrained.metrics["steps"]
+    return metrics
+
+
+def next_commands(run: rundir.RunDir, best_config_path: str | None) -> list[str]:
+    """Evaluate the best config at full length in a folder beside the run directory."""
+    if not best_config_path:
+        return []
+    parent = os.path.dirname(os.path.abspath(run.path))
+    return [
+        f"python -m workflow.evaluate --config={best_config_path} "
+        f"--workdir={os.path.join(parent, 'evaluate')}"
+    ]
+
+
+def save_plots(
+    run: rundir.RunDir, records: list[dict], sweep: range_test.RangeTest | None, metric: str
+) -> dict[str, str]:
+    """The search's axes, every trial's curve and the range test; paths relative to `run`."""
+    plots = {
+        "search": run.save_figure(rundir.PLOT_SEARCH, lambda: plot_search_axes(records, metric)),
+        "curves": run.save_figure(
+            rundir.PLOT_TRIAL_CURVES, lambda: plot_trial_curves(records, metric)
+        ),
     }
-    run.write_summary(summary)
-    write_report(run, summary, plots)
-    return summary
+    if sweep is not None:
+        plots["range_test"] = run.save_figure(
+            rundir.PLOT_LR_RANGE_TEST, lambda: range_test.plot_range_test(sweep)
+        )
+    return plots
 
 
-def write_report(run: rundir.RunDir, summary: dict, plots: dict) -> None:
+def report_sections(summary: Summary, plots: dict[str, str]) -> list[tuple[str, str]]:
     """report.md: initial loss, range test, rounds, the trial table, the best, findings, next."""
-    m, metric = summary["metrics"], summary["config"]["search"]["metric"]
-    rel = {k: os.path.relpath(v, run.path) for k, v in plots.items()}
+    m, metric = summary.metrics, summary.config["search"]["metric"]
     total_epochs = (
-        summary["config"]["num_steps"]
-        * summary["config"]["batch_size"]
-        / summary["dataset"]["splits"]["train"]["size"]
+        summary.config["num_steps"]
+        * summary.config["batch_size"]
+        / summary.dataset["splits"]["train"]["size"]
     )
     sections = [
         (
@@ -294,7 +314,7 @@ def write_report(run: rundir.RunDir, summary: dict, plots: dict) -> None:
             " (the entropy of the labels, ln C for balanced classes).",
         )
     ]
-    rt = summary["range_test"]
+    rt = summary.range_test
     if rt is not None:
         if rt["suggested_lr"] is None:
             text = "The loss never went down measurably during the sweep."
@@ -304,18 +324,18 @@ def write_report(run: rundir.RunDir, summary: dict, plots: dict) -> None:
                 f"lr in {rt['band'][0]:.3g}..{rt['band'][1]:.3g}. "
                 f"The search's trials improved for lr in "
                 + (
-                    "{:.3g}..{:.3g}".format(*summary["improved_band"])
-                    if summary["improved_band"]
+                    "{:.3g}..{:.3g}".format(*summary.improved_band)
+                    if summary.improved_band
                     else "(none)"
                 )
                 + "."
             )
         sections.append(
-            ("Learning-rate range test", f"{text}\n\n![range test]({rel['range_test']})")
+            ("Learning-rate range test", f"{text}\n\n![range test]({plots['range_test']})")
         )
     round_rows = []
-    for r in summary["rounds"]:
-        rows = [t for t in summary["trials"] if t["round"] == r["index"]]
+    for r in summary.rounds:
+        rows = [t for t in summary.trials if t["round"] == r["index"]]
         top = random_search.best_records(rows, metric, 0.0)[:1]
         round_rows.append(
             [
@@ -330,7 +350,7 @@ def write_report(run: rundir.RunDir, summary: dict, plots: dict) -> None:
         )
     table = "\n".join(
         f"    round {t['round'] + 1} #{t['number']:<3d} {trial_line(t, metric, total_epochs)}"
-        for t in sorted(summary["trials"], key=lambda t: (t["round"], -_sort_value(t, metric)))
+        for t in sorted(summary.trials, key=lambda t: (t["round"], -_sort_value(t, metric)))
     )
     sections += [
         (
@@ -339,11 +359,11 @@ def write_report(run: rundir.RunDir, summary: dict, plots: dict) -> None:
                 ["round", "lr range", "reg range", "trials", "epochs", "✓", f"best {metric}"],
                 round_rows,
             )
-            + f"\n\n![search]({rel['search']})\n\n![trial curves]({rel['curves']})",
+            + f"\n\n![search]({plots['search']})\n\n![trial curves]({plots['curves']})",
         ),
         ("Trials (best first within each round)", table),
     ]
-    best = summary["best"]
+    best = summary.best
     if best is not None:
         rows = [
             ["learning rate", f"{best['learning_rate']:.4g}"],
@@ -356,19 +376,13 @@ def write_report(run: rundir.RunDir, summary: dict, plots: dict) -> None:
             (
                 "Best",
                 reporting.markdown_table(["", ""], rows)
-                + f"\n\nConfig: `{summary['best_config']}`; overrides: "
-                + " ".join(f"`{o}`" for o in summary["overrides"]),
+                + f"\n\nConfig: `{summary.best_config}`; overrides: "
+                + " ".join(f"`{o}`" for o in summary.overrides),
             )
         )
-    sections.append(("Findings", reporting.findings_markdown(summary["findings"])))
-    next_md = "\n".join(f"```\n{cmd}\n```" for cmd in summary["next"]) or "Nothing further."
-    sections.append(("Next", next_md))
-    reporting.write_report(
-        run.file("report.md"),
-        f"tune: {summary['config']['model']['name']} on {summary['config']['dataset']['name']} "
-        f"({summary['status']})",
-        sections,
-    )
+    sections.append(("Findings", reporting.findings_markdown(summary.findings)))
+    sections.append(("Next", reporting.next_markdown(summary.next)))
+    return sections
 
 
 def _sort_value(record: dict, metric: str) -> float:
@@ -378,27 +392,27 @@ def _sort_value(record: dict, metric: str) -> float:
     return value if random_search.METRICS[metric] == "maximize" else -value
 
 
-def print_summary(summary: dict) -> None:
+def print_summary(summary: Summary) -> None:
     """The verdict on the console: the best hyperparameters, their full-length result, findings."""
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    table = Table(title=f"tune: {summary['status']}")
+    table = Table(title=f"tune: {summary.status}")
     table.add_column("")
     table.add_column("value")
-    m = summary["metrics"]
+    m = summary.metrics
     table.add_row("trials", str(m["num_trials"]))
-    if summary["best"]:
+    if summary.best:
         table.add_row("best learning rate", f"{m['best_learning_rate']:.4g}")
         table.add_row("best L2 weight", f"{m['best_l2']:.4g}")
     for key in ("val_accuracy", "test_accuracy"):
         if key in m:
             table.add_row(f"{key} (full length)", reporting.fmt(m[key]))
     console.print(table)
-    for f in summary["findings"]:
-        console.print(f"{f['severity']:7s} {f['id']}: {f['message']}", soft_wrap=True)
-    if summary["best_config"]:
-        console.print(f"best config: {summary['best_config']}", soft_wrap=True)
-    for cmd in summary["next"]:
+    for f in summary.findings:
+        console.print(f"{f.severity:7s} {f.id}: {f.message}", soft_wrap=True)
+    if summary.best_config:
+        console.print(f"best config: {summary.best_config}", soft_wrap=True)
+    for cmd in summary.next:
         console.print(f"next: {cmd}", soft_wrap=True)
