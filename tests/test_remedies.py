@@ -1,10 +1,20 @@
-"""The improve stage's decision list for the model zoo: every built-in model's remedies pinned."""
+"""The improve stage's decision list for the model zoo: every built-in model's remedies pinned,
+and a user's model that declares (or does not declare) how it grows."""
 
+import math
+import os
+import re
+from collections.abc import Sequence
+
+import jax
 import pytest
+from flax import nnx
 
 import models
-from tests.conftest import small_config
+from tests.conftest import ROOT, small_config
+from workflow import config_lib, experiment, improve
 from workflow.diagnostics import bias_variance
+from workflow.engine.state import model_kwargs
 from workflow.search import remedies
 
 # The data kind each model is built for in configs/synthetic.py (image for the ResNets).
@@ -289,10 +299,122 @@ def test_every_registered_model_is_pinned():
 
 def test_the_two_noise_estimates_keep_their_numbers():
     # The improve stage's: one error rate, n val examples each, variance floored at 1/n.
-    assert remedies.noise_floor(0.3, 400, z=1.0) == pytest.approx(0.0324037034920393, rel=1e-12)
-    assert remedies.noise_floor(0.0, 100) == pytest.approx(0.0282842712474619, rel=1e-12)
+    gain = remedies.remedy_gain_noise(0.3, 400, z=1.0)
+    assert gain == pytest.approx(0.0324037034920393, rel=1e-12)
+    assert remedies.remedy_gain_noise(0.0, 100) == pytest.approx(0.0282842712474619, rel=1e-12)
     # The bias-variance gaps': Wald variances of each rate on its own set; exact references add 0.
-    gap = bias_variance.noise_floor(2.0, (0.3, 400), (0.1, None))
+    gap = bias_variance.gap_noise(2.0, (0.3, 400), (0.1, None))
     assert gap == pytest.approx(0.0458257569495584, rel=1e-12)
-    gap = bias_variance.noise_floor(1.0, (0.2, 100), (0.25, 50))
+    gap = bias_variance.gap_noise(1.0, (0.2, 100), (0.25, 50))
     assert gap == pytest.approx(0.07314369419163898, rel=1e-12)
+
+
+def test_the_remedies_know_no_model_by_name():
+    source = open(os.path.join(ROOT, "workflow", "search", "remedies.py")).read()
+    for name in models.MODELS:
+        assert not re.search(rf"\b{name}\b", source, re.IGNORECASE), name
+
+
+def test_every_built_in_model_declares_its_growth_in_its_own_options():
+    for name, cls in models.MODELS.items():
+        options = config_lib.model_config(name)
+        sizes = models.growth.size_options(cls)
+        assert sizes and set(sizes) <= set(options), name
+        for key, divisor in getattr(cls, "SIZE_DIVISIBLE_BY", {}).items():
+            assert key in sizes and divisor in options, name
+        assert getattr(cls, "DEPTH_OPTION", None) in (None, *sizes), name
+        for shape in ((8, 8, 1), (32, 32, 3), (40, 1)):
+            assert set(models.growth.next_models(cls, shape)) <= set(models.MODELS), name
+        assert remedies.notes(small_config(KIND.get(name, "image"), name), ["underfit"]) == []
+
+
+# --- a user's model, given by import path: tests.test_remedies:<Class> ---------------------------
+
+
+class PlainNet(nnx.Module):
+    """A user's model that declares nothing about how it grows: Dense layers of `widths`."""
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_outputs: int,
+        *,
+        rngs: nnx.Rngs,
+        widths: Sequence[int] = (8,),
+        width: int = 8,  # named like a zoo size option, but not declared as one
+    ) -> None:
+        sizes = (math.prod(input_shape), *widths)
+        self.hidden = nnx.List(
+            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+        )
+        self.out = nnx.Linear(sizes[-1], num_outputs, rngs=rngs)
+        self.width = width
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.reshape(x.shape[0], -1)
+        for layer in self.hidden:
+            x = jax.nn.relu(layer(x))
+        return self.out(x)
+
+
+class GrowingNet(PlainNet):
+    """The same model declaring its size, its depth and its next step (models/__init__.py)."""
+
+    SIZE_OPTIONS = ("widths",)
+    DEPTH_OPTION = "widths"
+
+    @classmethod
+    def next_models(cls, input_shape: Sequence[int]) -> tuple[str, ...]:
+        return ("no_such_model", "mlp")  # the first registered one is the step up
+
+
+def _user_config(cls: type) -> object:
+    config = small_config("tabular")
+    config.model = config_lib.model_config(f"{__name__}:{cls.__name__}")
+    return config
+
+
+def test_a_user_model_that_declares_nothing_gets_no_size_remedy_and_a_note():
+    config = _user_config(PlainNet)
+    out = remedies.candidates(config, _Data("tabular", (20,)), ["underfit", "overfit"])
+    names = [r.name for r in out]
+    assert "train longer" in names and "L2 0.0001" in names
+    assert not {"bigger model", "deeper model", "smaller model"} & set(names)
+    assert not any(name.startswith("escalate") for name in names)
+    (note,) = remedies.notes(config, ["underfit", "overfit"])
+    assert f"model '{__name__}:PlainNet' declares no size options" in note
+    assert "models/__init__.py" in note
+    assert remedies.notes(config, ["val_overfit"]) == []
+
+
+def test_a_user_model_that_declares_its_growth_gets_the_model_remedies():
+    config = _user_config(GrowingNet)
+    config.model.widths = (6, 3)
+    out = remedies.candidates(config, _Data("tabular", (20,)), ["underfit", "overfit"])
+    by_name = {r.name: r for r in out}
+    assert by_name["bigger model"].change == "widths=(12, 6)"
+    assert by_name["deeper model"].change == "widths=(6, 3, 3)"
+    assert by_name["smaller model"].change == "widths=(3, 2)"
+    escalated = by_name["escalate to mlp"].config.model.to_dict()
+    assert escalated == config_lib.model_config("mlp").to_dict()
+    assert by_name["bigger model"].config.model.width == 8  # undeclared: left alone
+    assert remedies.notes(config, ["underfit", "overfit"]) == []
+    # The remedy's options build the user's model at the new size.
+    options = model_kwargs(by_name["bigger model"].config)
+    bigger = nnx.eval_shape(
+        lambda: models.build_model(config.model.name, (20,), 2, rngs=nnx.Rngs(0), **options)
+    )
+    assert [layer.out_features for layer in bigger.hidden] == [12, 6]
+
+
+def test_the_improve_stage_says_once_that_a_model_declares_no_size(tmp_path):
+    config = _user_config(PlainNet)
+    config.goal.test_error = 0.0  # nothing meets it: the starting point underfits
+    config.improve.max_candidates = 1
+    source = os.path.join(ROOT, "configs/synthetic.py") + ":tabular"
+    summary = improve.run_improve(experiment.prepare(config), str(tmp_path / "improve"), source)
+    assert "underfit" in summary["verdicts"]
+    (note,) = summary["decision"]["notes"]
+    assert "declares no size options" in note
+    report = open(tmp_path / "improve" / "report.md").read()
+    assert report.count(f"info: {note}") == 1

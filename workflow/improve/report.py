@@ -59,7 +59,8 @@ def write_report(run: rundir.RunDir, summary: dict, plot: str | None) -> None:
             body += f"\n\n![candidates]({os.path.relpath(plot, run.path)})"
         sections.append(("Candidates (runs of equal length)", body))
     decision = summary["decision"]
-    sections.append(("Decision", f"**{decision['chosen'] or 'none'}**: {decision['why']}"))
+    notes = "".join(f"\n\ninfo: {note}" for note in decision["notes"])
+    sections.append(("Decision", f"**{decision['chosen'] or 'none'}**: {decision['why']}{notes}"))
     sections.append(
         ("Findings of the starting point", reporting.findings_markdown(summary["findings"]))
     )
