@@ -22,9 +22,7 @@ class TCN(nnx.Module):
 
     @classmethod
     def next_models(cls, input_shape: Sequence[int]) -> tuple[str, ...]:
-        """WaveNet, then the Transformer (models/__init__.py)."""
-        # WaveNet first: on MNIST-1D it reached 93% test at the defaults (3,000 steps, Adam 3e-4)
-        # where the Transformer reached 78% (it overfits) and the LSTM 54%.
+        """WaveNet, then the Transformer, as from the LSTM (models/lstm.py, models/__init__.py)."""
         return ("wavenet", "transformer")
 
     def __init__(

@@ -14,6 +14,7 @@ models.growth): nothing here knows a model by name.
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import ml_collections
 
@@ -50,7 +51,9 @@ def scale_model(model: ml_collections.ConfigDict, factor: float) -> dict | None:
     return growth.scaled_options(_model_class(model), model.to_dict(), factor)
 
 
-def escalated(config: ml_collections.ConfigDict, input_shape) -> ml_collections.ConfigDict | None:
+def escalated(
+    config: ml_collections.ConfigDict, input_shape: Sequence[int]
+) -> ml_collections.ConfigDict | None:
     """The config with the next architecture up the model's ladder that is registered, at its
     defaults adapted to the input; None at the top of the ladder."""
     for name in growth.next_models(_model_class(config.model), input_shape):
