@@ -1,7 +1,35 @@
 """Model zoo: NNX modules built as `Class(input_shape, num_outputs, *, rngs, **kwargs)`.
 
 Every model maps float32 input (batch, *input_shape) to logits (batch, num_outputs); input_shape
-excludes the batch dim: images (H, W, C), sequences (T, F), tabular (D,).
+excludes the batch dim: images (H, W, C), sequences (T, F), tabular (D,). A bad model name,
+option or input shape raises ModelOptionError (a ValueError), one line naming the value and what
+is valid. The zoo stands alone: it imports nothing from the workflow that trains its models.
+
+Optional layers (norm, dropout, a token embedding) are built after the core layers, so turning
+one on leaves the core layers' initial parameters as they are, seed for seed
+(tests/test_models.py::test_optional_layers_leave_the_core_initialization_unchanged).
+
+How a model grows, declared by the model class itself (all optional; the improve stage reads
+them through models.growth to offer "bigger model", "deeper model", "smaller model" and
+"escalate to ..." remedies):
+
+    SIZE_OPTIONS       keyword options (an int or a tuple of ints) that set the model's width,
+                       in the order a remedy lists them: "bigger model" doubles each, "smaller
+                       model" halves each (rounded, at least 1). A model that declares none gets
+                       neither remedy, and the improve stage says so.
+    SIZE_DIVISIBLE_BY  {size option: option}: the scaled size is rounded down to a multiple of
+                       the other option's value, at least one (a transformer's d_model is split
+                       among num_heads heads).
+    DEPTH_OPTION       a tuple option with one entry per hidden layer: "deeper model" repeats its
+                       last entry.
+    next_models(input_shape)
+                       classmethod: registered names of the next architectures up the ladder for
+                       inputs of this shape, most promising first; the first registered one is
+                       tried. Default: none.
+    options_for_input(options, input_shape)
+                       classmethod: the options to change so the model, escalated to with its
+                       default `options`, suits inputs of this shape (WaveNet's dilated layers
+                       capped by the sequence length). Default: none.
 """
 
 import importlib
@@ -12,20 +40,21 @@ from typing import Any
 import jax
 from flax import nnx
 
-from models import _checks
+from models import growth, validate
 from models.lenet import LeNet
 from models.lstm import LSTM
 from models.mlp import MLP
 from models.resnet import ResNet, ResNet20, ResNet32, ResNet56, ResNetSmall
 from models.tcn import TCN
 from models.transformer import TransformerClassifier
+from models.validate import ModelOptionError
 from models.wavenet import WaveNet
-from workflow.errors import UsageError
 
 __all__ = [
     "MODELS",
     "LSTM",
     "MLP",
+    "ModelOptionError",
     "ResNet",
     "ResNet20",
     "ResNet32",
@@ -39,7 +68,9 @@ __all__ = [
     "count_params",
     "default_model_for_kind",
     "get_model_class",
+    "growth",
     "register_model",
+    "validate",
 ]
 
 MODELS: dict[str, type] = {}
@@ -67,7 +98,7 @@ def register_model(name: str) -> Callable[[type], type]:
 for _name, _cls in (("mlp", MLP), ("lenet", LeNet), ("lstm", LSTM), ("tcn", TCN)):
     register_model(_name)(_cls)
 
-# CIFAR ResNets (the improve stage's step up from LeNet): `resnet` is the class itself, depth 20.
+# CIFAR ResNets: `resnet` is the class itself, depth 20.
 for _name, _cls in (
     ("resnet", ResNet),
     ("resnet20", ResNet20),
@@ -78,7 +109,7 @@ for _name, _cls in (
     register_model(_name)(_cls)
 
 
-# Sequence models the improve stage escalates to from an LSTM/TCN.
+# Sequence models with attention and with dilated causal convolutions.
 for _name, _cls in (("transformer", TransformerClassifier), ("wavenet", WaveNet)):
     register_model(_name)(_cls)
 
@@ -95,24 +126,24 @@ def _one_line(exc: BaseException) -> str:
 def get_model_class(name: str) -> type:
     """Resolve a registered short name or an import path 'pkg.module:ClassName' to a class."""
     if not isinstance(name, str):
-        raise UsageError(f"model={name!r} is invalid; expected {_valid_names()}")
+        raise ModelOptionError(f"model={name!r} is invalid; expected {_valid_names()}")
     if name in MODELS:
         return MODELS[name]
     if name.strip().lower() in MODELS:
         return MODELS[name.strip().lower()]
     module_path, sep, attr = name.partition(":")
     if not sep or not module_path or not attr:
-        raise UsageError(f"unknown model {name!r}; expected {_valid_names()}")
+        raise ModelOptionError(f"unknown model {name!r}; expected {_valid_names()}")
     try:
         obj: Any = importlib.import_module(module_path)
         for part in attr.split("."):
             obj = getattr(obj, part)
     except Exception as e:  # any import-time failure is the user's path being wrong
-        raise UsageError(
+        raise ModelOptionError(
             f"model {name!r} could not be loaded ({_one_line(e)}); expected {_valid_names()}"
         ) from e
     if not (isinstance(obj, type) and issubclass(obj, nnx.Module)):
-        raise UsageError(
+        raise ModelOptionError(
             f"model {name!r} is {obj!r}, not an nnx.Module subclass; expected {_valid_names()}"
         )
     return obj
@@ -137,26 +168,26 @@ def build_model(
     rngs: nnx.Rngs,
     **kwargs: Any,
 ) -> nnx.Module:
-    """Build model `name` (short name, import path or class); bad options raise UsageError."""
+    """Build model `name` (short name, import path or class); bad options: ModelOptionError."""
     cls = name if isinstance(name, type) else get_model_class(name)
     label = name if isinstance(name, str) else cls.__name__
     accepted, takes_any = _accepted_kwargs(cls)
     unknown = sorted(k for k in kwargs if k not in accepted)
     if unknown and not takes_any:
-        raise UsageError(
+        raise ModelOptionError(
             f"unknown option(s) {', '.join(unknown)} for model {label!r}; "
             f"accepted: {', '.join(accepted) or '(none)'}"
         )
-    shape = _checks.input_shape(input_shape, label, None, "a tuple")
-    num_outputs = _checks.positive_int(num_outputs, "num_outputs")
+    shape = validate.input_shape(input_shape, label, None, "a tuple")
+    num_outputs = validate.positive_int(num_outputs, "num_outputs")
     try:
         return cls(shape, num_outputs, rngs=rngs, **kwargs)
-    except UsageError:
+    except ModelOptionError:
         raise
     except (TypeError, ValueError) as e:
         # A wrongly typed option usually surfaces as one of these deep inside a layer.
         options = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "default options"
-        raise UsageError(
+        raise ModelOptionError(
             f"cannot build model {label!r} for input_shape={shape} with {options} ({_one_line(e)})"
         ) from e
 
@@ -164,7 +195,7 @@ def build_model(
 def default_model_for_kind(kind: str) -> str:
     """Registered model name to start with for a data kind: image, sequence or tabular."""
     if kind not in DEFAULT_MODEL_FOR_KIND:
-        raise UsageError(
+        raise ModelOptionError(
             f"unknown data kind {kind!r}; expected one of: {', '.join(DEFAULT_MODEL_FOR_KIND)}"
         )
     return DEFAULT_MODEL_FOR_KIND[kind]

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models import _checks
+from models import validate
 
 CONV_IMPLS = ("auto", "xla", "im2col")
 
@@ -22,7 +22,7 @@ _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 
 def resolve_conv_impl(conv_impl: str) -> str:
     """'auto' → 'im2col' on CPU, 'xla' elsewhere; 'xla' and 'im2col' pass through."""
-    conv_impl = _checks.choice(conv_impl, "conv_impl", CONV_IMPLS)
+    conv_impl = validate.choice(conv_impl, "conv_impl", CONV_IMPLS)
     if conv_impl == "auto":
         return "im2col" if jax.default_backend() == "cpu" else "xla"
     return conv_impl

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import jax
 from flax import nnx
 
-from models import _checks
+from models import validate
 from models.layers import Conv2D, resolve_conv_impl
 from models.mlp import NORMS, head_init, make_norm
 
@@ -26,6 +26,14 @@ class LeNet(nnx.Module):
     convolution; dropout_rate: Dropout after each hidden Dense layer, i.e. before the next Dense.
     """
 
+    # How it grows (models/__init__.py); the dense sizes come first in a remedy's change.
+    SIZE_OPTIONS = ("hidden_sizes", "features")
+
+    @classmethod
+    def next_models(cls, input_shape: Sequence[int]) -> tuple[str, ...]:
+        """The CIFAR ResNets, the smallest first (models/__init__.py)."""
+        return ("resnet_small", "resnet20")
+
     def __init__(
         self,
         input_shape: Sequence[int],
@@ -38,12 +46,12 @@ class LeNet(nnx.Module):
         conv_impl: str = "auto",
         norm: str = "none",
     ) -> None:
-        height, width, channels = _checks.input_shape(input_shape, "lenet", 3, "(H, W, C)")
-        num_outputs = _checks.positive_int(num_outputs, "num_outputs")
-        self.features = _checks.int_tuple(features, "features")
-        self.hidden_sizes = _checks.int_tuple(hidden_sizes, "hidden_sizes")
-        self.dropout_rate = _checks.dropout_rate(dropout_rate)
-        self.norm = _checks.choice(norm, "norm", NORMS)
+        height, width, channels = validate.input_shape(input_shape, "lenet", 3, "(H, W, C)")
+        num_outputs = validate.positive_int(num_outputs, "num_outputs")
+        self.features = validate.int_tuple(features, "features")
+        self.hidden_sizes = validate.int_tuple(hidden_sizes, "hidden_sizes")
+        self.dropout_rate = validate.dropout_rate(dropout_rate)
+        self.norm = validate.choice(norm, "norm", NORMS)
         # Resolved here ("auto" → backend choice) so equal models have equal graphdefs.
         self.conv_impl = resolve_conv_impl(conv_impl)
         convs, pools = [], []
@@ -62,7 +70,6 @@ class LeNet(nnx.Module):
         # model's split state has no RNG variables and train()/eval() leave it unchanged.
         self.dropout = nnx.Dropout(self.dropout_rate, rngs=rngs) if self.dropout_rate else None
         self.out = nnx.Linear(sizes[-1], num_outputs, rngs=rngs, **head_init(self.norm))
-        # Built last, so the default (norm="none") initializes exactly as before norms existed.
         self.norms = (
             nnx.List([make_norm(self.norm, f, rngs, spatial_dims=2) for f in self.features])
             if self.norm != "none"

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models import _checks
+from models import validate
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
@@ -55,6 +55,10 @@ class MLP(nnx.Module):
     norm: "none", "batch" (BatchNorm) or "layer" (LayerNorm) after each hidden Dense.
     """
 
+    # How it grows (models/__init__.py): wider and deeper hidden layers.
+    SIZE_OPTIONS = ("hidden_sizes",)
+    DEPTH_OPTION = "hidden_sizes"
+
     def __init__(
         self,
         input_shape: Sequence[int],
@@ -66,12 +70,12 @@ class MLP(nnx.Module):
         dropout_rate: float = 0.0,
         norm: str = "none",
     ) -> None:
-        shape = _checks.input_shape(input_shape, "mlp", None, "a tuple")
-        num_outputs = _checks.positive_int(num_outputs, "num_outputs")
-        self.hidden_sizes = _checks.int_tuple(hidden_sizes, "hidden_sizes")
-        self.activation = _checks.choice(activation, "activation", sorted(ACTIVATIONS))
-        self.dropout_rate = _checks.dropout_rate(dropout_rate)
-        self.norm = _checks.choice(norm, "norm", NORMS)
+        shape = validate.input_shape(input_shape, "mlp", None, "a tuple")
+        num_outputs = validate.positive_int(num_outputs, "num_outputs")
+        self.hidden_sizes = validate.int_tuple(hidden_sizes, "hidden_sizes")
+        self.activation = validate.choice(activation, "activation", sorted(ACTIVATIONS))
+        self.dropout_rate = validate.dropout_rate(dropout_rate)
+        self.norm = validate.choice(norm, "norm", NORMS)
         self._act = ACTIVATIONS[self.activation]
         sizes = (math.prod(shape), *self.hidden_sizes)
         self.hidden = nnx.List(
@@ -81,7 +85,6 @@ class MLP(nnx.Module):
         # model's split state has no RNG variables and train()/eval() leave it unchanged.
         self.dropout = nnx.Dropout(self.dropout_rate, rngs=rngs) if self.dropout_rate else None
         self.out = nnx.Linear(sizes[-1], num_outputs, rngs=rngs, **head_init(self.norm))
-        # Built last, so the default (norm="none") initializes exactly as before norms existed.
         self.norms = (
             nnx.List([make_norm(self.norm, b, rngs) for b in self.hidden_sizes])
             if self.norm != "none"

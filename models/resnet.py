@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models import _checks
+from models import validate
 from models.layers import conv_im2col, resolve_conv_impl
-from workflow.errors import UsageError
+from models.validate import ModelOptionError
 
 NORMS = ("batch", "layer", "none")
 
@@ -55,7 +55,7 @@ def _normal_init(gain: float) -> Callable[..., jax.Array]:
 def _depth(value: object) -> int:
     """Return `value` if it is a valid CIFAR ResNet depth 6n + 2 (n >= 1), else raise."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 8 or (value - 2) % 6:
-        raise UsageError(
+        raise ModelOptionError(
             f"depth={value!r} is invalid for model 'resnet'; expected 6n + 2 for an integer "
             "n >= 1 (8, 14, 20, 32, 44, 56, 110, ...)"
         )
@@ -171,6 +171,13 @@ class BasicBlock(nnx.Module):
 class ResNet(nnx.Module):
     """CIFAR ResNet: conv3x3 stem → 3 stages of (depth - 2) / 6 basic blocks → pool → logits."""
 
+    SIZE_OPTIONS = ("width",)  # how it grows: models/__init__.py
+
+    @classmethod
+    def next_models(cls, input_shape: Sequence[int]) -> tuple[str, ...]:
+        """ResNet-32 (models/__init__.py)."""
+        return ("resnet32",)
+
     def __init__(
         self,
         input_shape: Sequence[int],
@@ -183,12 +190,12 @@ class ResNet(nnx.Module):
         dropout_rate: float = 0.0,
         conv_impl: str = "auto",
     ) -> None:
-        _, _, channels = _checks.input_shape(input_shape, "resnet", 3, "(H, W, C)")
-        num_outputs = _checks.positive_int(num_outputs, "num_outputs")
+        _, _, channels = validate.input_shape(input_shape, "resnet", 3, "(H, W, C)")
+        num_outputs = validate.positive_int(num_outputs, "num_outputs")
         self.depth = _depth(depth)
-        self.width = _checks.positive_int(width, "width")
-        self.norm = _checks.choice(norm, "norm", NORMS)
-        self.dropout_rate = _checks.dropout_rate(dropout_rate)
+        self.width = validate.positive_int(width, "width")
+        self.norm = validate.choice(norm, "norm", NORMS)
+        self.dropout_rate = validate.dropout_rate(dropout_rate)
         # Resolved here ("auto" → backend choice) so equal models have equal graphdefs.
         self.conv_impl = resolve_conv_impl(conv_impl)
         self.stem = Conv3x3(
@@ -236,8 +243,8 @@ class ResNet(nnx.Module):
         return self.out(x)
 
 
-def _preset(name: str, doc: str, **defaults: Any) -> type[ResNet]:
-    """A ResNet subclass whose signature carries other keyword defaults.
+def _preset(**defaults: Any) -> Callable[[type[ResNet]], type[ResNet]]:
+    """Class decorator: a ResNet subclass whose signature carries other keyword defaults.
 
     The config reads a model's options from its constructor's signature
     (config_lib.model_config), so a preset must change the defaults there, not only at call time.
@@ -250,35 +257,56 @@ def _preset(name: str, doc: str, **defaults: Any) -> type[ResNet]:
         ]
     )
 
-    def __init__(
-        self: ResNet,
-        input_shape: Sequence[int],
-        num_outputs: int,
-        *,
-        rngs: nnx.Rngs,
-        **kwargs: Any,
-    ) -> None:
-        ResNet.__init__(self, input_shape, num_outputs, rngs=rngs, **{**defaults, **kwargs})
+    def decorate(cls: type[ResNet]) -> type[ResNet]:
+        def __init__(
+            self: ResNet,
+            input_shape: Sequence[int],
+            num_outputs: int,
+            *,
+            rngs: nnx.Rngs,
+            **kwargs: Any,
+        ) -> None:
+            ResNet.__init__(self, input_shape, num_outputs, rngs=rngs, **{**defaults, **kwargs})
 
-    __init__.__signature__ = signature  # type: ignore[attr-defined]
-    __init__.__qualname__ = f"{name}.__init__"
-    cls = type(name, (ResNet,), {"__init__": __init__, "__doc__": doc, "__module__": __name__})
-    cls.__qualname__ = name
-    return cls
+        __init__.__signature__ = signature  # type: ignore[attr-defined]
+        __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+        cls.__init__ = __init__
+        return cls
+
+    return decorate
 
 
-ResNet20 = _preset(
-    "ResNet20", "ResNet-20: 3 blocks per stage; 0.27M parameters on CIFAR-10.", depth=20
-)
-ResNet32 = _preset(
-    "ResNet32", "ResNet-32: 5 blocks per stage; 0.46M parameters on CIFAR-10.", depth=32
-)
-ResNet56 = _preset(
-    "ResNet56", "ResNet-56: 9 blocks per stage; 0.85M parameters on CIFAR-10.", depth=56
-)
-ResNetSmall = _preset(
-    "ResNetSmall",
-    "ResNet-8 with 8/16/32 filters for tiny images such as 8x8 digits (spatial 8 → 4 → 2).",
-    depth=8,
-    width=8,
-)
+@_preset(depth=20)
+class ResNet20(ResNet):
+    """ResNet-20: 3 blocks per stage; 0.27M parameters on CIFAR-10."""
+
+
+@_preset(depth=32)
+class ResNet32(ResNet):
+    """ResNet-32: 5 blocks per stage; 0.46M parameters on CIFAR-10."""
+
+    @classmethod
+    def next_models(cls, input_shape: Sequence[int]) -> tuple[str, ...]:
+        """ResNet-56 (models/__init__.py)."""
+        return ("resnet56",)
+
+
+@_preset(depth=56)
+class ResNet56(ResNet):
+    """ResNet-56: 9 blocks per stage; 0.85M parameters on CIFAR-10."""
+
+    @classmethod
+    def next_models(cls, input_shape: Sequence[int]) -> tuple[str, ...]:
+        """None: the deepest preset (models/__init__.py)."""
+        return ()
+
+
+@_preset(depth=8, width=8)
+class ResNetSmall(ResNet):
+    """ResNet-8 with 8/16/32 filters for tiny images such as 8x8 digits (spatial 8 → 4 → 2)."""
+
+    @classmethod
+    def next_models(cls, input_shape: Sequence[int]) -> tuple[str, ...]:
+        """ResNet-20 for images larger than 16 px (models/__init__.py)."""
+        # An 8x8 image is too small for the CIFAR ResNet-20's two downsamplings.
+        return ("resnet20",) if min(input_shape[:2]) > 16 else ()

@@ -5,10 +5,10 @@ from collections.abc import Sequence
 import jax
 from flax import nnx
 
-from models import _checks
+from models import validate
 from models.layers import Conv1D, conv_output_length, resolve_conv_impl
 from models.mlp import NORMS, head_init, make_norm
-from workflow.errors import UsageError
+from models.validate import ModelOptionError
 
 
 class TCN(nnx.Module):
@@ -17,6 +17,13 @@ class TCN(nnx.Module):
     norm: "none", "batch" (BatchNorm per channel) or "layer" (LayerNorm over T, C) after each
     convolution; dropout_rate: Dropout on the flattened features of the last convolution.
     """
+
+    SIZE_OPTIONS = ("channels",)  # how it grows: models/__init__.py
+
+    @classmethod
+    def next_models(cls, input_shape: Sequence[int]) -> tuple[str, ...]:
+        """WaveNet, then the Transformer, as from the LSTM (models/lstm.py, models/__init__.py)."""
+        return ("wavenet", "transformer")
 
     def __init__(
         self,
@@ -32,28 +39,28 @@ class TCN(nnx.Module):
         norm: str = "none",
         dropout_rate: float = 0.0,
     ) -> None:
-        length, features = _checks.input_shape(input_shape, "tcn", 2, "(T, F)")
-        num_outputs = _checks.positive_int(num_outputs, "num_outputs")
-        self.channels = _checks.int_tuple(channels, "channels", allow_empty=False)
-        self.kernel_sizes = _checks.int_tuple(kernel_sizes, "kernel_sizes", allow_empty=False)
-        self.strides = _checks.int_tuple(strides, "strides", allow_empty=False)
+        length, features = validate.input_shape(input_shape, "tcn", 2, "(T, F)")
+        num_outputs = validate.positive_int(num_outputs, "num_outputs")
+        self.channels = validate.int_tuple(channels, "channels", allow_empty=False)
+        self.kernel_sizes = validate.int_tuple(kernel_sizes, "kernel_sizes", allow_empty=False)
+        self.strides = validate.int_tuple(strides, "strides", allow_empty=False)
         if not len(self.channels) == len(self.kernel_sizes) == len(self.strides):
-            raise UsageError(
+            raise ModelOptionError(
                 f"channels={self.channels}, kernel_sizes={self.kernel_sizes} and "
                 f"strides={self.strides} are invalid; they must have the same length"
             )
         if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-            raise UsageError(f"padding={padding!r} is invalid; expected an integer >= 0")
+            raise ModelOptionError(f"padding={padding!r} is invalid; expected an integer >= 0")
         self.padding = padding
-        self.norm = _checks.choice(norm, "norm", NORMS)
-        self.dropout_rate = _checks.dropout_rate(dropout_rate)
+        self.norm = validate.choice(norm, "norm", NORMS)
+        self.dropout_rate = validate.dropout_rate(dropout_rate)
         # Resolved here ("auto" → backend choice) so equal models have equal graphdefs.
         self.conv_impl = resolve_conv_impl(conv_impl)
         convs, lengths = [], [length]
         for cout, k, s in zip(self.channels, self.kernel_sizes, self.strides, strict=True):
             out_len = conv_output_length(lengths[-1], k, s, (padding, padding))
             if out_len < 1:
-                raise UsageError(
+                raise ModelOptionError(
                     f"input_shape={tuple(input_shape)} is too short for kernel_sizes="
                     f"{self.kernel_sizes}, strides={self.strides}, padding={padding}; "
                     f"lengths would be {tuple(lengths)} then {out_len}"
@@ -76,7 +83,6 @@ class TCN(nnx.Module):
         self.out = nnx.Linear(
             lengths[-1] * features, num_outputs, rngs=rngs, **head_init(self.norm)
         )
-        # Built last, so the default (norm="none") initializes exactly as before norms existed.
         self.norms = (
             nnx.List([make_norm(self.norm, c, rngs, spatial_dims=1) for c in self.channels])
             if self.norm != "none"

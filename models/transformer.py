@@ -19,9 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from models import _checks
-from models._checks import PAD_ID
-from workflow.errors import UsageError
+from models import validate
+from models.validate import PAD_ID, ModelOptionError
 
 POSITIONS = ("learned", "sinusoidal")
 POOLINGS = ("mean", "cls")
@@ -93,6 +92,15 @@ class TransformerClassifier(nnx.Module):
     drops attention weights and the output of each residual branch (attention and MLP).
     """
 
+    # How it grows (models/__init__.py): d_model stays divisible among the heads.
+    SIZE_OPTIONS = ("d_model", "mlp_dim")
+    SIZE_DIVISIBLE_BY = {"d_model": "num_heads"}
+
+    @classmethod
+    def next_models(cls, input_shape: Sequence[int]) -> tuple[str, ...]:
+        """WaveNet (models/__init__.py)."""
+        return ("wavenet",)
+
     def __init__(
         self,
         input_shape: Sequence[int],
@@ -110,26 +118,26 @@ class TransformerClassifier(nnx.Module):
         vocab_size: int = 0,
         embed_size: int = 64,
     ) -> None:
-        length, features = _checks.input_shape(input_shape, "transformer", 2, "(T, F)")
-        num_outputs = _checks.positive_int(num_outputs, "num_outputs")
-        self.vocab_size, features = _checks.token_inputs(
+        length, features = validate.input_shape(input_shape, "transformer", 2, "(T, F)")
+        num_outputs = validate.positive_int(num_outputs, "num_outputs")
+        self.vocab_size, features = validate.token_inputs(
             vocab_size, embed_size, features, "transformer"
         )
-        self.d_model = _checks.positive_int(d_model, "d_model")
-        self.num_layers = _checks.positive_int(num_layers, "num_layers")
-        self.num_heads = _checks.positive_int(num_heads, "num_heads")
-        self.mlp_dim = _checks.positive_int(mlp_dim, "mlp_dim")
-        self.dropout_rate = _checks.dropout_rate(dropout_rate)
-        self.positions = _checks.choice(positions, "positions", POSITIONS)
-        self.pooling = _checks.choice(pooling, "pooling", POOLINGS)
-        self.patch_size = _checks.positive_int(patch_size, "patch_size")
+        self.d_model = validate.positive_int(d_model, "d_model")
+        self.num_layers = validate.positive_int(num_layers, "num_layers")
+        self.num_heads = validate.positive_int(num_heads, "num_heads")
+        self.mlp_dim = validate.positive_int(mlp_dim, "mlp_dim")
+        self.dropout_rate = validate.dropout_rate(dropout_rate)
+        self.positions = validate.choice(positions, "positions", POSITIONS)
+        self.pooling = validate.choice(pooling, "pooling", POOLINGS)
+        self.patch_size = validate.positive_int(patch_size, "patch_size")
         if d_model % num_heads:
-            raise UsageError(
+            raise ModelOptionError(
                 f"d_model={d_model} is invalid with num_heads={num_heads}; d_model must be "
                 "divisible by num_heads (each head gets d_model // num_heads features)"
             )
         if self.patch_size > length:
-            raise UsageError(
+            raise ModelOptionError(
                 f"patch_size={patch_size} is invalid for input_shape={tuple(input_shape)}; "
                 f"expected at most the sequence length {length}"
             )
@@ -158,7 +166,6 @@ class TransformerClassifier(nnx.Module):
         )
         self.final_norm = nnx.LayerNorm(self.d_model, rngs=rngs)
         self.out = nnx.Linear(self.d_model, num_outputs, rngs=rngs)
-        # Built last, so models without an embedding initialize exactly as before it existed.
         self.token_embed = (
             nnx.Embed(self.vocab_size, features, rngs=rngs) if self.vocab_size else None
         )
@@ -168,7 +175,7 @@ class TransformerClassifier(nnx.Module):
             # Built with NumPy from the static length: a constant in the compiled program.
             return jnp.asarray(sinusoidal_positions(tokens, self.d_model))
         if tokens > self.max_tokens:
-            raise UsageError(
+            raise ModelOptionError(
                 f"input of length {length} is longer than the learned position table "
                 f"({self.max_tokens} tokens of {self.patch_size} steps, from input_shape); "
                 "build the model for the longest sequence or use positions='sinusoidal'"

@@ -10,16 +10,17 @@ same conv_impl choice: im2col (dilated tap slices + one matmul) on CPU, lax.conv
 (For this stride-1 model the two ran at the same speed on the CPU, unlike the strided TCN.)
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models import _checks
+from models import validate
 from models.layers import resolve_conv_impl
-from workflow.errors import UsageError
+from models.validate import ModelOptionError
 
 POOLINGS = ("last", "mean")
 
@@ -125,6 +126,19 @@ class WaveNet(nnx.Module):
     gated activation and on the pooled features.
     """
 
+    SIZE_OPTIONS = ("channels",)  # how it grows: models/__init__.py
+
+    @classmethod
+    def next_models(cls, input_shape: Sequence[int]) -> tuple[str, ...]:
+        """The Transformer (models/__init__.py)."""
+        return ("transformer",)
+
+    @classmethod
+    def options_for_input(cls, options: Mapping[str, Any], input_shape: Sequence[int]) -> dict:
+        """As many dilated layers as the sequence has room for (models/__init__.py)."""
+        cover = layers_to_cover(input_shape[0], options["kernel_size"])
+        return {"num_layers": min(options["num_layers"], cover)}
+
     def __init__(
         self,
         input_shape: Sequence[int],
@@ -139,32 +153,32 @@ class WaveNet(nnx.Module):
         dropout_rate: float = 0.0,
         conv_impl: str = "auto",
     ) -> None:
-        length, features = _checks.input_shape(input_shape, "wavenet", 2, "(T, F)")
-        num_outputs = _checks.positive_int(num_outputs, "num_outputs")
-        self.channels = c = _checks.positive_int(channels, "channels")
-        self.skip_channels = s = _checks.positive_int(skip_channels, "skip_channels")
-        self.kernel_size = _checks.positive_int(kernel_size, "kernel_size")
+        length, features = validate.input_shape(input_shape, "wavenet", 2, "(T, F)")
+        num_outputs = validate.positive_int(num_outputs, "num_outputs")
+        self.channels = c = validate.positive_int(channels, "channels")
+        self.skip_channels = s = validate.positive_int(skip_channels, "skip_channels")
+        self.kernel_size = validate.positive_int(kernel_size, "kernel_size")
         if self.kernel_size < 2:
-            raise UsageError(
+            raise ModelOptionError(
                 f"kernel_size={kernel_size!r} is invalid; expected an integer >= 2 (a dilated "
                 "convolution needs at least two taps)"
             )
-        self.num_layers = _checks.positive_int(num_layers, "num_layers")
+        self.num_layers = validate.positive_int(num_layers, "num_layers")
         most = max_layers(length, self.kernel_size)
         if most < 1:
-            raise UsageError(
+            raise ModelOptionError(
                 f"input_shape={tuple(input_shape)} is too short for model 'wavenet' with "
                 f"kernel_size={self.kernel_size}; expected T >= kernel_size"
             )
         if self.num_layers > most:
-            raise UsageError(
+            raise ModelOptionError(
                 f"num_layers={num_layers} is too many for input_shape={tuple(input_shape)} with "
                 f"kernel_size={self.kernel_size}: dilation {2 ** (self.num_layers - 1)} reaches "
                 f"past the start of every length-{length} input, so those weights would never "
                 f"learn; use num_layers <= {most}"
             )
-        self.pooling = _checks.choice(pooling, "pooling", POOLINGS)
-        self.dropout_rate = _checks.dropout_rate(dropout_rate)
+        self.pooling = validate.choice(pooling, "pooling", POOLINGS)
+        self.dropout_rate = validate.dropout_rate(dropout_rate)
         self.conv_impl = resolve_conv_impl(conv_impl)
         self.receptive_field = receptive_field(self.kernel_size, self.num_layers)
         self.dilations = tuple(2**i for i in range(self.num_layers))

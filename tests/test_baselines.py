@@ -279,7 +279,8 @@ def test_embedding_options_are_checked():
 
     import models
 
-    with pytest.raises(UsageError, match="vocab_size=1 is invalid"):
+    with pytest.raises(models.ModelOptionError, match="vocab_size=1 is invalid"):
         models.build_model("lstm", (8, 1), 3, rngs=nnx.Rngs(0), vocab_size=1)
-    with pytest.raises(UsageError, match=r"come shaped \(T, 1\); the input has 2 features"):
+    shaped = r"come shaped \(T, 1\); the input has 2 features"
+    with pytest.raises(models.ModelOptionError, match=shaped):
         models.build_model("transformer", (8, 2), 3, rngs=nnx.Rngs(0), vocab_size=10)

@@ -1,5 +1,9 @@
 """Tests of the model zoo: shapes, gradients, split-state jit/scan/vmap, registry and options."""
 
+import inspect
+import math
+import subprocess
+import sys
 import textwrap
 from functools import partial
 
@@ -14,6 +18,7 @@ from flax import nnx
 import models
 from models import (
     MODELS,
+    ModelOptionError,
     build_model,
     count_params,
     default_model_for_kind,
@@ -21,6 +26,8 @@ from models import (
     register_model,
 )
 from models.layers import ConvND
+from tests.conftest import ROOT, small_config
+from workflow import config_lib, engine
 from workflow.errors import UsageError
 
 BATCH = 4
@@ -237,7 +244,7 @@ def test_import_path_loading(tiny_module):
     assert model.scale == 2.0
     chex.assert_shape(apply(model, jnp.ones((5, 8, 2))), (5, 8))
     assert count_params(model) == 16 * 8 + 8
-    with pytest.raises(UsageError, match="accepted: scale"):
+    with pytest.raises(ModelOptionError, match="accepted: scale"):
         build_model(f"{tiny_module}:TinyNet", (8, 2), 8, rngs=nnx.Rngs(0), sclae=2.0)
 
 
@@ -251,8 +258,8 @@ def test_import_path_loading(tiny_module):
         "models.mlp:",
     ],
 )
-def test_bad_model_names_are_usage_errors(tiny_module, bad):
-    with pytest.raises(UsageError) as info:
+def test_bad_model_names_are_one_line_option_errors(tiny_module, bad):
+    with pytest.raises(ModelOptionError) as info:
         get_model_class(bad)
     message = str(info.value)
     assert "\n" not in message
@@ -269,7 +276,7 @@ def test_short_names_and_import_paths_resolve_to_the_same_classes():
 
 
 def test_unknown_kwarg_lists_accepted_ones():
-    with pytest.raises(UsageError) as info:
+    with pytest.raises(ModelOptionError) as info:
         build_model("mlp", (4,), 2, rngs=nnx.Rngs(0), hidden=(3,))
     message = str(info.value)
     assert "hidden" in message and "\n" not in message
@@ -300,7 +307,7 @@ def test_default_model_for_kind():
     assert default_model_for_kind("tabular") == "mlp"
     for kind in ("image", "sequence", "tabular"):
         assert default_model_for_kind(kind) in MODELS
-    with pytest.raises(UsageError, match="image, sequence, tabular"):
+    with pytest.raises(ModelOptionError, match="image, sequence, tabular"):
         default_model_for_kind("audio")
 
 
@@ -320,14 +327,14 @@ def test_default_model_for_kind():
         ("mlp", (0, 3), {}, r"input_shape=\(0, 3\)"),
     ],
 )
-def test_bad_options_are_one_line_usage_errors(name, shape, kwargs, pattern):
-    with pytest.raises(UsageError, match=pattern) as info:
+def test_bad_options_are_one_line_option_errors(name, shape, kwargs, pattern):
+    with pytest.raises(ModelOptionError, match=pattern) as info:
         build_model(name, shape, 2, rngs=nnx.Rngs(0), **kwargs)
     assert "\n" not in str(info.value)
 
 
-def test_bad_num_outputs_is_usage_error():
-    with pytest.raises(UsageError, match="num_outputs=0"):
+def test_bad_num_outputs_is_an_option_error():
+    with pytest.raises(ModelOptionError, match="num_outputs=0"):
         build_model("mlp", (4,), 0, rngs=nnx.Rngs(0))
 
 
@@ -507,3 +514,104 @@ def test_lstm_single_step_sequence_readouts_agree():
     mean = build_model("lstm", (1, 2), NUM_OUTPUTS, rngs=nnx.Rngs(0), readout="mean", **options)
     chex.assert_shape(apply(last, x), (BATCH, NUM_OUTPUTS))
     np.testing.assert_allclose(apply(last, x), apply(mean, x), rtol=1e-6, atol=1e-6)
+
+
+# --- standing alone, and the workflow's view of its errors ----------------------------------------
+
+
+def test_the_zoo_stands_alone_without_the_workflow():
+    # A fresh interpreter where `import workflow` fails: every module of the zoo still loads,
+    # and build_model rejects a bad option with the zoo's own error.
+    code = textwrap.dedent(
+        """
+        import pkgutil, sys
+        sys.modules["workflow"] = None  # any import of it raises ImportError
+        import models
+        for info in pkgutil.iter_modules(models.__path__):
+            __import__(f"models.{info.name}")
+        from flax import nnx
+        try:
+            models.build_model("mlp", (4,), 2, rngs=nnx.Rngs(0), hidden_sizes="1")
+        except models.ModelOptionError as e:
+            print(type(e).__name__, e)
+        """
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [
+        "ModelOptionError hidden_sizes='1' is invalid; expected a sequence of positive integers"
+    ]
+
+
+def test_the_workflow_reports_a_model_option_error_as_the_same_usage_error():
+    with pytest.raises(ModelOptionError) as direct:
+        build_model("mlp", (4,), 2, rngs=nnx.Rngs(0), activation="swish")
+    config = small_config("tabular")
+    config.model.activation = "swish"
+    with pytest.raises(UsageError) as built:
+        engine.build_model(config, (4,), 2)
+    assert str(built.value) == str(direct.value)
+    with pytest.raises(ModelOptionError) as direct:
+        get_model_class("convnet")
+    with pytest.raises(UsageError) as configured:
+        config_lib.model_config("convnet")
+    assert str(configured.value) == str(direct.value)
+
+
+# --- optional layers leave the core initialization as it is -------------------------------------
+
+# Options that add a layer: the default that leaves it out, and a value that puts it in.
+OPTIONAL_LAYERS = {"norm": ("none", "layer"), "dropout_rate": (0.0, 0.2), "vocab_size": (0, 10)}
+
+# Small options per registered model (eager initialization compiles an op per shape); token-id
+# inputs need one feature per step.
+INIT_CASES: dict[str, tuple[tuple[int, ...], dict]] = {
+    "mlp": ((6,), {"hidden_sizes": (4,)}),
+    "lenet": ((8, 8, 1), {"features": (2, 2), "hidden_sizes": (4,)}),
+    "lstm": ((5, 1), {"hidden_size": 4, "embed_size": 3}),
+    "tcn": ((16, 1), {"channels": (2, 2, 2)}),
+    "transformer": (
+        (8, 1),
+        {"d_model": 4, "mlp_dim": 4, "num_heads": 2, "num_layers": 1, "embed_size": 3},
+    ),
+    "wavenet": ((8, 1), {"channels": 2, "skip_channels": 2, "num_layers": 2}),
+}
+# The ResNets share one class: the smallest depth shows its build order.
+INIT_CASES |= {n: ((8, 8, 1), {"width": 2, "depth": 8}) for n in MODELS if n.startswith("resnet")}
+
+
+def _initial_params(name: str, **options) -> dict[tuple, np.ndarray]:
+    """The initial parameters of model `name` with `options`, by path."""
+    shape, small = INIT_CASES[name]
+    # Seeded as the workflow seeds a model: Dropout draws from its own stream.
+    rngs = nnx.Rngs(0, dropout=1)
+    model = build_model(name, shape, NUM_OUTPUTS, rngs=rngs, **small, **options)
+    return {path: np.asarray(v[...]) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_optional_layers_leave_the_core_initialization_unchanged(name):
+    # Optional layers are built after the core layers (models/__init__.py): with one on, every
+    # parameter of the model without it starts at the same value, seed for seed.
+    defaults = inspect.signature(MODELS[name].__init__).parameters
+    switched = [
+        (option, on)
+        for option, (off, on) in OPTIONAL_LAYERS.items()
+        if option in defaults and defaults[option].default == off
+    ]
+    assert switched, f"{name} has no optional layer to test"
+    off = _initial_params(name)
+    for option, value in switched:
+        on = _initial_params(name, **{option: value})
+        compared = [p for p, a in off.items() if p in on and on[p].shape == a.shape]
+        # Token ids replace the input features: only the first projection changes shape.
+        assert len(compared) >= len(off) - (option == "vocab_size"), option
+        for path in compared:
+            if option == "norm" and path == ("out", "kernel"):
+                # The head behind normalized features: the same draw at a tenth of the
+                # variance (models.mlp.head_init).
+                np.testing.assert_allclose(on[path], math.sqrt(0.1) * off[path], rtol=1e-6)
+            else:
+                np.testing.assert_array_equal(on[path], off[path], err_msg=f"{option} {path}")

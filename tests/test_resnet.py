@@ -11,13 +11,12 @@ import pytest
 from flax import nnx
 
 import models
-from models import MODELS, build_model, count_params
+from models import MODELS, ModelOptionError, build_model, count_params
 from models.resnet import ResNet, ResNet20, ResNet32, ResNet56, ResNetSmall
 from tests.conftest import small_config
 from workflow import config_lib, engine, experiment
 from workflow.diagnostics import checks
 from workflow.diagnostics.checks import modes
-from workflow.errors import UsageError
 
 BATCH = 4
 NUM_OUTPUTS = 3
@@ -326,16 +325,17 @@ def test_short_training_run_decreases_the_loss(setup):
     ],
 )
 @pytest.mark.parametrize("name", ["resnet", "resnet_small"])
-def test_bad_options_are_one_line_usage_errors(name, kwargs, pattern):
-    with pytest.raises(UsageError, match=pattern) as info:
+def test_bad_options_are_one_line_option_errors(name, kwargs, pattern):
+    with pytest.raises(ModelOptionError, match=pattern) as info:
         build_model(name, SHAPE, 2, rngs=nnx.Rngs(0), **kwargs)
     assert "\n" not in str(info.value)
 
 
 def test_bad_input_shape_and_unknown_option():
-    with pytest.raises(UsageError, match=r"input_shape=\(8, 8\).*\(H, W, C\)"):
+    with pytest.raises(ModelOptionError, match=r"input_shape=\(8, 8\).*\(H, W, C\)"):
         build_model("resnet20", (8, 8), 2, rngs=nnx.Rngs(0))
-    with pytest.raises(UsageError, match="accepted: depth, width, norm, dropout_rate, conv_impl"):
+    accepted = "accepted: depth, width, norm, dropout_rate, conv_impl"
+    with pytest.raises(ModelOptionError, match=accepted):
         build_model("resnet_small", SHAPE, 2, rngs=nnx.Rngs(0), blocks=3)
-    with pytest.raises(UsageError, match="depth=9"):
+    with pytest.raises(ModelOptionError, match="depth=9"):
         models.ResNet56(SHAPE, 2, rngs=nnx.Rngs(0), depth=9)

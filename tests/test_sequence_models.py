@@ -11,7 +11,7 @@ import optax
 import pytest
 from flax import nnx
 
-from models import MODELS, build_model, count_params
+from models import MODELS, ModelOptionError, build_model, count_params
 from models.transformer import TransformerClassifier, sinusoidal_positions
 from models.wavenet import (
     CausalConv1D,
@@ -24,7 +24,6 @@ from tests.conftest import small_config
 from workflow import engine, experiment
 from workflow.diagnostics import checks
 from workflow.diagnostics.checks import modes
-from workflow.errors import UsageError
 
 BATCH = 4
 NUM_OUTPUTS = 3
@@ -232,7 +231,7 @@ def test_transformer_patches():
 def test_transformer_lengths():
     x_long = jax.ShapeDtypeStruct((BATCH, SHAPE[0] + 4, SHAPE[1]), jnp.float32)
     # Abstract evaluation: traces the model (where the length check runs) without compiling.
-    with pytest.raises(UsageError, match="longer than the learned position table"):
+    with pytest.raises(ModelOptionError, match="longer than the learned position table"):
         jax.eval_shape(make("transformer"), x_long)
     # Fixed encodings work for any length.
     out = jax.eval_shape(deterministic("transformer", TRANSFORMER_DROPOUT), x_long)
@@ -341,8 +340,8 @@ def test_causal_conv_im2col_matches_xla_and_formula(dilation, kernel_size):
         ("wavenet", (2, 1), {"kernel_size": 3}, "too short.*T >= kernel_size"),
     ],
 )
-def test_bad_options_are_one_line_usage_errors(name, shape, kwargs, pattern):
-    with pytest.raises(UsageError, match=pattern) as info:
+def test_bad_options_are_one_line_option_errors(name, shape, kwargs, pattern):
+    with pytest.raises(ModelOptionError, match=pattern) as info:
         # Abstract build: validation runs first, no parameters are initialized.
         nnx.eval_shape(lambda: build_model(name, shape, 2, rngs=nnx.Rngs(0), **kwargs))
     assert "\n" not in str(info.value)

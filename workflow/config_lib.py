@@ -11,7 +11,7 @@ from ml_collections import config_dict
 import models
 from workflow.engine import augment
 from workflow.engine.distributed import DATA_LAYOUTS
-from workflow.errors import UsageError
+from workflow.errors import UsageError, as_usage_error
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "momentum")
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -22,7 +22,8 @@ EARLY_STOPPING_METRICS = ("val_accuracy", "val_loss")
 
 def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
     """Config for a registered model: its name and every keyword default, so each is overridable."""
-    cls = models.get_model_class(name)
+    with as_usage_error(models.ModelOptionError):
+        cls = models.get_model_class(name)
     kwargs = {}
     for param in inspect.signature(cls.__init__).parameters.values():
         if param.kind is param.KEYWORD_ONLY and param.name != "rngs":

@@ -48,8 +48,9 @@ class Tolerances:
         )
 
 
-def noise_floor(z: float, *rates: tuple[float, int | None]) -> float:
-    """`z` standard errors of a difference of error rates, each `(rate, examples)`.
+def gap_noise(z: float, *rates: tuple[float, int | None]) -> float:
+    """The sampling noise of a gap between error rates: `z` standard errors of their
+    difference, each rate given as `(rate, examples)` on its own set.
 
     An exact reference (the goal, the irreducible error) is given with `examples=None` and adds
     no variance. The Wald estimate p(1-p)/n treats the sets as independent samples.
@@ -192,7 +193,7 @@ def decompose(
         lower,
         errors.train - reference,
         tol.underfit,
-        noise_floor(z, (errors.train, errors.n_train)),
+        gap_noise(z, (errors.train, errors.n_train)),
     )
     variance = Gap(
         "overfit",
@@ -201,7 +202,7 @@ def decompose(
         "Train",
         errors.val - errors.train,
         tol.overfit,
-        noise_floor(z, (errors.val, errors.n_val), (errors.train, errors.n_train)),
+        gap_noise(z, (errors.val, errors.n_val), (errors.train, errors.n_train)),
     )
     val_overfit = Gap(
         "val_overfit",
@@ -210,9 +211,9 @@ def decompose(
         "Val",
         errors.test - errors.val,
         tol.val_overfit,
-        noise_floor(z, (errors.test, errors.n_test), (errors.val, errors.n_val)),
+        gap_noise(z, (errors.test, errors.n_test), (errors.val, errors.n_val)),
     )
-    goal_floor = noise_floor(z, (errors.test, errors.n_test))
+    goal_floor = gap_noise(z, (errors.test, errors.n_test))
     return Decomposition(errors, goal, irreducible, bias, variance, val_overfit, goal_floor)
 
 
@@ -337,7 +338,7 @@ def train_size_trend(points: list[SizePoint], n_val: int, tol: Tolerances) -> Si
     drop = a.val_error - b.val_error
     # The same val set scores both runs, so their errors are positively correlated: the
     # independent-samples floor is conservative and a drop past it is real.
-    floor = noise_floor(tol.noise_z, (a.val_error, n_val), (b.val_error, n_val))
+    floor = gap_noise(tol.noise_z, (a.val_error, n_val), (b.val_error, n_val))
     tolerance = max(tol.overfit, floor)
     doublings = math.log2(b.train_size / a.train_size)
     return SizeTrend(

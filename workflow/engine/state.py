@@ -21,7 +21,7 @@ from workflow.engine import augment as augmentation
 from workflow.engine import losses
 from workflow.engine.optimizer import build_optimizer
 from workflow.engine.programs import initialize, run_setup_program
-from workflow.errors import UsageError
+from workflow.errors import UsageError, as_usage_error
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -86,17 +86,19 @@ def model_kwargs(config: ml_collections.ConfigDict) -> dict:
 
 
 def build_model(config: ml_collections.ConfigDict, input_shape, num_classes: int) -> nnx.Module:
-    """The configured model, built as `Class(input_shape, num_outputs, *, rngs, **kwargs)`."""
+    """The configured model, built as `Class(input_shape, num_outputs, *, rngs, **kwargs)`;
+    a bad model name, option or input shape is a UsageError."""
     kwargs = model_kwargs(config)
-    return initialize(
-        lambda: models.build_model(
-            config.model.name,
-            tuple(input_shape),
-            num_classes,
-            rngs=nnx.Rngs(config.seed, dropout=config.seed + 1),
-            **kwargs,
+    with as_usage_error(models.ModelOptionError):
+        return initialize(
+            lambda: models.build_model(
+                config.model.name,
+                tuple(input_shape),
+                num_classes,
+                rngs=nnx.Rngs(config.seed, dropout=config.seed + 1),
+                **kwargs,
+            )
         )
-    )
 
 
 def check_output_shape(model: nnx.Module, input_shape, num_classes: int) -> None:

@@ -173,7 +173,7 @@ def choose(outcomes: list[Outcome], n_val: int) -> tuple[Outcome, str]:
     baseline = outcomes[0]
     ok = [o for o in outcomes if o.status == "ok"] or [baseline]
     best = min(ok, key=lambda o: (o.val_error, o.num_params))
-    floor = remedies.noise_floor(baseline.val_error, n_val, z=1.0)
+    floor = remedies.remedy_gain_noise(baseline.val_error, n_val, z=1.0)
     gain = baseline.val_error - best.val_error
     if best is baseline:
         return baseline, "no remedy lowered the validation error; the starting point stays"
@@ -233,7 +233,11 @@ def run_improve(setup: experiment.Setup, workdir: str, config_source: str) -> Su
         findings=baseline.findings,
         verdicts=verdicts,
         candidates=[o.to_json() for o in outcomes],
-        decision={"chosen": chosen.remedy.name if chosen else None, "why": why},
+        decision={
+            "chosen": chosen.remedy.name if chosen else None,
+            "why": why,
+            "notes": remedies.notes(config, verdicts),  # remedies the model cannot have, and why
+        },
         best_config=best_config,
         bias_variance=baseline.bias_variance,
         next=next_commands(workdir, best_config, verdicts),

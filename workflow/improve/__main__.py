@@ -17,6 +17,8 @@ def print_decision(summary: Summary) -> None:
     decision = summary.decision
     console.print(f"[bold]improve: {decision['chosen'] or 'nothing to change'}[/bold]")
     console.print(decision["why"], soft_wrap=True)
+    for note in decision["notes"]:
+        console.print(f"info: {note}", soft_wrap=True)
     for cmd in summary.next:
         console.print(f"next: {cmd}", soft_wrap=True)
 

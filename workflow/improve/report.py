@@ -58,7 +58,8 @@ def report_sections(summary: Summary, plot: str | None) -> list[tuple[str, str]]
             body += f"\n\n![candidates]({plot})"
         sections.append(("Candidates (runs of equal length)", body))
     decision = summary.decision
-    sections.append(("Decision", f"**{decision['chosen'] or 'none'}**: {decision['why']}"))
+    notes = "".join(f"\n\ninfo: {note}" for note in decision["notes"])
+    sections.append(("Decision", f"**{decision['chosen'] or 'none'}**: {decision['why']}{notes}"))
     sections.append(
         ("Findings of the starting point", reporting.findings_markdown(summary.findings))
     )

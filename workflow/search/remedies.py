@@ -1,38 +1,26 @@
 """The workflow's decision list: for a verdict, the remedies to try, each as a changed config.
 
-Underfit (reduce bias): a bigger model of the same family, then the next architecture (LeNet →
-ResNet, LSTM/TCN → attention or WaveNet-like, MLP → deeper/wider), less regularization, the
-learning rate re-tuned. Overfit (reduce variance): more data when the dataset has more (a
-bigger train_size, or more examples drawn from a generator: synthetic, mnist1d), normalization
-layers, augmentation, dropout / weight decay, early stopping, a smaller model. Val overfit: a
-bigger validation split. Each remedy is a pure function of the config.
+Underfit (reduce bias): a bigger model of the same family (deeper too, where it has hidden
+layers), then the next architecture up its ladder, less regularization, the learning rate
+re-tuned. Overfit (reduce variance): more data when the dataset has more (a bigger train_size,
+or more examples drawn from a generator: synthetic, mnist1d), normalization layers,
+augmentation, dropout / weight decay, early stopping, a smaller model. Val overfit: a bigger
+validation split. Each remedy is a pure function of the config.
+
+Which options set a model's size, how it grows deeper, which architecture comes next and what
+to adapt to the data, each model declares itself (models/__init__.py, read through
+models.growth): nothing here knows a model by name.
 """
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import ml_collections
 
 import models
+from models import growth
 from workflow import config_lib
-
-# Model options that set its size: doubled for "bigger", halved for "smaller".
-SIZE_KEYS = ("hidden_sizes", "features", "channels", "hidden_size", "width", "d_model", "mlp_dim")
-
-# The next architecture to escalate to, most promising first (names that exist are used).
-ESCALATION = {
-    "lenet": ("resnet_small", "resnet20"),
-    "resnet_small": ("resnet20",),
-    "resnet": ("resnet32",),
-    "resnet20": ("resnet32",),
-    "resnet32": ("resnet56",),
-    # WaveNet first: on MNIST-1D it reached 93% test at the defaults (3,000 steps, Adam 3e-4)
-    # where the Transformer reached 78% (it overfits) and the LSTM 54%.
-    "lstm": ("wavenet", "transformer"),
-    "tcn": ("wavenet", "transformer"),
-    "wavenet": ("transformer",),
-    "transformer": ("wavenet",),
-}
 
 # Normalization layer by data kind: BatchNorm for images, LayerNorm elsewhere (batch statistics
 # of a sequence or table batch are a poor estimate of the population).
@@ -54,21 +42,30 @@ def _copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config.copy_and_resolve_references()
 
 
+def _model_class(model: ml_collections.ConfigDict) -> type:
+    return models.get_model_class(model.name)
+
+
 def scale_model(model: ml_collections.ConfigDict, factor: float) -> dict | None:
-    """The model's size options times `factor` (at least 1 unit each); None if it has none."""
-    changed = {}
-    for key in SIZE_KEYS:
-        if key not in model:
+    """The size options the model declares, times `factor`; None if it has none."""
+    return growth.scaled_options(_model_class(model), model.to_dict(), factor)
+
+
+def escalated(
+    config: ml_collections.ConfigDict, input_shape: Sequence[int]
+) -> ml_collections.ConfigDict | None:
+    """The config with the next architecture up the model's ladder that is registered, at its
+    defaults adapted to the input; None at the top of the ladder."""
+    for name in growth.next_models(_model_class(config.model), input_shape):
+        if name not in models.MODELS:
             continue
-        value = model[key]
-        if isinstance(value, list | tuple):
-            changed[key] = tuple(max(1, round(v * factor)) for v in value)
-        elif isinstance(value, int):
-            changed[key] = max(1, round(value * factor))
-    if "d_model" in changed and "num_heads" in model:  # heads must divide the width
-        heads = model.num_heads
-        changed["d_model"] = max(heads, changed["d_model"] // heads * heads)
-    return changed or None
+        new = _copy(config)
+        new.model = config_lib.model_config(name)
+        adapted = growth.options_for_input(models.MODELS[name], new.model.to_dict(), input_shape)
+        for key, value in adapted.items():
+            new.model[key] = value
+        return new
+    return None
 
 
 def _with_model(config, **values) -> ml_collections.ConfigDict:
@@ -97,35 +94,20 @@ def underfit_remedies(config, dataset, suggested_lr: float | None) -> list[Remed
                 _with_model(config, **bigger),
             )
         )
-    if model.name == "mlp" and model.hidden_sizes:
-        deeper = (*model.hidden_sizes, model.hidden_sizes[-1])
+    deeper = growth.deeper_options(_model_class(model), model.to_dict())
+    if deeper:
         out.append(
             Remedy(
                 "deeper model",
                 "underfit",
                 "underfit: one more hidden layer",
-                f"hidden_sizes={deeper}",
-                _with_model(config, hidden_sizes=deeper),
+                _describe(deeper),
+                _with_model(config, **deeper),
             )
         )
-    for name in ESCALATION.get(model.name, ()):
-        if name not in models.MODELS:
-            continue
-        if (
-            name == "resnet20"
-            and "resnet_small" in models.MODELS
-            and min(dataset.input_shape[:2]) <= 16
-        ):
-            continue  # an 8x8 image is too small for the CIFAR ResNet's two downsamplings
-        new = _copy(config)
-        new.model = config_lib.model_config(name)
-        if name == "wavenet":  # as many dilated layers as the sequence has room for
-            from models import wavenet
-
-            new.model.num_layers = min(
-                new.model.num_layers,
-                wavenet.layers_to_cover(dataset.input_shape[0], new.model.kernel_size),
-            )
+    new = escalated(config, dataset.input_shape)
+    if new is not None:
+        name = new.model.name
         out.append(
             Remedy(
                 f"escalate to {name}",
@@ -135,7 +117,6 @@ def underfit_remedies(config, dataset, suggested_lr: float | None) -> list[Remed
                 new,
             )
         )
-        break  # the first available step of the ladder
     less = _copy(config)
     dropped = []
     if config.l2 > 0:
@@ -351,6 +332,21 @@ def candidates(
     return out
 
 
-def noise_floor(error: float, n: int, z: float = 2.0) -> float:
-    """z standard errors of the difference of two error rates near `error` on n examples each."""
+def notes(config: ml_collections.ConfigDict, verdicts: list[str]) -> list[str]:
+    """What the decision list leaves out for this setup that it would offer another, and why:
+    a model that declares no size options gets no bigger or smaller model."""
+    if not {"underfit", "overfit"} & set(verdicts):
+        return []
+    if growth.size_options(_model_class(config.model)):
+        return []
+    return [
+        f"model {config.model.name!r} declares no size options (SIZE_OPTIONS), so no bigger or "
+        "smaller model is tried; see models/__init__.py"
+    ]
+
+
+def remedy_gain_noise(error: float, n: int, z: float = 2.0) -> float:
+    """z standard errors of the difference of two error rates near `error`, each on the same n
+    examples: the noise a remedy's gain over the baseline must beat. The variance is floored at
+    1/n so an error near 0 or 1 is not taken as exact."""
     return z * math.sqrt(2 * max(error * (1 - error), 1.0 / n) / n)

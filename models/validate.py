@@ -1,28 +1,35 @@
-"""Validation helpers shared by the models: bad arguments become one-line UsageErrors."""
+"""Validation of the models' constructor arguments: a bad one is a one-line ModelOptionError
+naming the value and what is valid."""
 
 from collections.abc import Sequence
 
-from workflow.errors import UsageError
+
+class ModelOptionError(ValueError):
+    """A bad model name, constructor option or input shape: one line naming it and the valid."""
 
 
 def positive_int(value: object, what: str) -> int:
-    """Return `value` as an int if it is a positive integer, else raise UsageError."""
+    """Return `value` as an int if it is a positive integer, else raise ModelOptionError."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UsageError(f"{what}={value!r} is invalid; expected a positive integer")
+        raise ModelOptionError(f"{what}={value!r} is invalid; expected a positive integer")
     return value
 
 
 def int_tuple(value: object, what: str, *, allow_empty: bool = True) -> tuple[int, ...]:
-    """Return a tuple of positive ints from an int or a sequence of ints, else raise UsageError."""
+    """A tuple of positive ints from an int or a sequence of ints, else ModelOptionError."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = (value,)
     if isinstance(value, str) or not isinstance(value, Sequence):
-        raise UsageError(f"{what}={value!r} is invalid; expected a sequence of positive integers")
+        raise ModelOptionError(
+            f"{what}={value!r} is invalid; expected a sequence of positive integers"
+        )
     if not value and not allow_empty:
-        raise UsageError(f"{what}={value!r} is invalid; expected at least one positive integer")
+        raise ModelOptionError(
+            f"{what}={value!r} is invalid; expected at least one positive integer"
+        )
     for v in value:
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise UsageError(
+            raise ModelOptionError(
                 f"{what}={tuple(value)!r} is invalid; expected a sequence of positive integers"
             )
     return tuple(value)
@@ -32,10 +39,10 @@ def input_shape(value: object, model: str, ndim: int | None, layout: str) -> tup
     """Check an input_shape (batch dim excluded) has `ndim` positive dims; `layout` names them."""
     try:
         shape = int_tuple(value, "input_shape", allow_empty=False)
-    except UsageError:
+    except ModelOptionError:
         shape = None
     if shape is None or (ndim is not None and len(shape) != ndim):
-        raise UsageError(
+        raise ModelOptionError(
             f"input_shape={value!r} is invalid for model {model!r}; "
             f"expected {layout} of positive integers (batch dim excluded)"
         )
@@ -43,16 +50,16 @@ def input_shape(value: object, model: str, ndim: int | None, layout: str) -> tup
 
 
 def dropout_rate(value: object) -> float:
-    """Return a dropout rate in [0, 1), else raise UsageError."""
+    """Return a dropout rate in [0, 1), else raise ModelOptionError."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
-        raise UsageError(f"dropout_rate={value!r} is invalid; expected a float in [0, 1)")
+        raise ModelOptionError(f"dropout_rate={value!r} is invalid; expected a float in [0, 1)")
     return float(value)
 
 
 def choice(value: object, what: str, valid: Sequence[str]) -> str:
-    """Return `value` if it is one of `valid`, else raise UsageError listing them."""
+    """Return `value` if it is one of `valid`, else raise ModelOptionError listing them."""
     if not isinstance(value, str) or value not in valid:
-        raise UsageError(f"{what}={value!r} is invalid; expected one of: {', '.join(valid)}")
+        raise ModelOptionError(f"{what}={value!r} is invalid; expected one of: {', '.join(valid)}")
     return value
 
 
@@ -71,12 +78,12 @@ def token_vocabulary(value: object, features: int, model: str) -> int:
     """Return `value` as a vocabulary size: 0 (inputs are features, no embedding) or an integer
     >= 2 for token-id inputs, which must then have one feature per step: (T, 1)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value == 1:
-        raise UsageError(
+        raise ModelOptionError(
             f"vocab_size={value!r} is invalid; expected 0 (no embedding) or an integer >= 2 "
             "(the number of token ids, padding and unknown included)"
         )
     if value and features != 1:
-        raise UsageError(
+        raise ModelOptionError(
             f"vocab_size={value} makes model {model!r} embed token ids, which come shaped "
             f"(T, 1); the input has {features} features per step"
         )
