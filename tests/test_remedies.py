@@ -413,8 +413,8 @@ def test_the_improve_stage_says_once_that_a_model_declares_no_size(tmp_path):
     config.improve.max_candidates = 1
     source = os.path.join(ROOT, "configs/synthetic.py") + ":tabular"
     summary = improve.run_improve(experiment.prepare(config), str(tmp_path / "improve"), source)
-    assert "underfit" in summary["verdicts"]
-    (note,) = summary["decision"]["notes"]
+    assert "underfit" in summary.verdicts
+    (note,) = summary.decision["notes"]
     assert "declares no size options" in note
     report = open(tmp_path / "improve" / "report.md").read()
     assert report.count(f"info: {note}") == 1
