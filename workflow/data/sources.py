@@ -118,7 +118,8 @@ def _read_digits() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 8x8 digits as (images (N, 8, 8) in 0..16, labels (N,)).
 
     Read from the CSV that scikit-learn ships, as load_digits does, without importing
-    scikit-learn: that import alone is 2.4 s of a cold debug run on the 2-core CPU.
+    scikit-learn: that import alone is a large part of a cold debug run (benchmarks/
+    compile_cache.py --setup times it).
     """
     spec = importlib.util.find_spec("sklearn")
     roots = spec.submodule_search_locations if spec else None

@@ -753,7 +753,7 @@ def plot_worst_examples(
     fig, axes = plt.subplots(
         1, len(splits), figsize=(4.6 * len(splits), 1.35 * rows + 0.9), squeeze=False
     )
-    # One axes per split, cells laid out inside it: 32 small axes would cost seconds to draw.
+    # One axes per split, cells laid out inside it: 32 small axes would be slow to draw.
     for ax, name in zip(axes[0], splits, strict=True):
         worst = analysis["splits"][name]["worst_examples"]
         _grid_axes(ax, rows, cols)

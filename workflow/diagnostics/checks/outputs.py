@@ -69,7 +69,7 @@ def _softmax_cross_entropy(outputs: np.ndarray, labels: np.ndarray) -> float:
 
 
 # Static loss: one compiled program per loss and shape. Run eagerly, each operation of the loss
-# would compile on its own (2.4 s of a cold debug run for softmax cross-entropy).
+# would compile on its own, a large part of a cold debug run.
 @engine.jit_for_few_runs(static_argnums=0)
 def _apply_loss(loss_fn: Callable, outputs: jax.Array, labels: jax.Array) -> jax.Array:
     return loss_fn(outputs, labels)
