@@ -104,24 +104,9 @@ def _loss_shape_findings(
                 suggestions=["a loss takes (outputs (N, C), integer labels (N,)) and returns (N,)"],
             )
         ]
-    promotion = None
-    try:
-        with jax.numpy_rank_promotion("raise"):
-            jax.eval_shape(loss_fn, outputs, labels)
-    except ValueError as e:
-        if "rank_promotion" not in str(e):
-            raise
-        promotion = str(e).split(". For more", 1)[0]
+    promotion = _rank_promotion(loss_fn, outputs, labels)
     shape = tuple(per_example.shape)
-    separable_diff = None
-    if shape == (n,) and n >= 2:
-        h = n // 2
-        full = np.asarray(_apply_loss(loss_fn, outputs, labels))
-        try:
-            half = np.asarray(_apply_loss(loss_fn, outputs[:h], labels[:h]))
-            separable_diff = max_diff(full[:h], half) / output_scale(full)
-        except Exception:  # a loss tied to one batch size: the shape test above still holds
-            separable_diff = None
+    separable_diff = _half_batch_difference(loss_fn, outputs, labels) if shape == (n,) else None
     if shape == (n,) and (separable_diff is None or separable_diff <= LOSS_SEPARABLE_RTOL):
         if promotion is None:
             return []
@@ -163,6 +148,36 @@ def _loss_shape_findings(
             ],
         )
     ]
+
+
+def _rank_promotion(loss_fn: Callable, outputs: jax.Array, labels: jax.Array) -> str | None:
+    """JAX's message when the loss broadcasts arrays of different rank, else None."""
+    try:
+        with jax.numpy_rank_promotion("raise"):
+            jax.eval_shape(loss_fn, outputs, labels)
+    except ValueError as e:
+        if "rank_promotion" not in str(e):
+            raise
+        return str(e).split(". For more", 1)[0]
+    return None
+
+
+def _half_batch_difference(
+    loss_fn: Callable, outputs: jax.Array, labels: jax.Array
+) -> float | None:
+    """How far the first half's per-example losses move when computed on that half alone
+    (relative to the losses' scale): 0 for a loss that treats examples separately. None for a
+    batch of one, or a loss tied to one batch size (the shape test still holds)."""
+    n = outputs.shape[0]
+    if n < 2:
+        return None
+    h = n // 2
+    full = np.asarray(_apply_loss(loss_fn, outputs, labels))
+    try:
+        half = np.asarray(_apply_loss(loss_fn, outputs[:h], labels[:h]))
+        return max_diff(full[:h], half) / output_scale(full)
+    except Exception:
+        return None
 
 
 def check_output_and_loss(
