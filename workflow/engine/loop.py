@@ -163,7 +163,7 @@ def place_training_data(
     layout = data_layout(config) if mesh is not None else "replicated"
     x_host, y_host = dataset.x_train, dataset.y_train
     shard = dataset.info.get("shard") or {}
-    held_in_parts = shard.get("processes", 1) > 1
+    held_in_parts = shard.get("processes", 1) > 1  # each process loaded only its shard
     if held_in_parts and layout == "replicated":
         x_host, y_host = (distributed.concat_over_processes(a) for a in (x_host, y_host))
         held_in_parts = False
