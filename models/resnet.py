@@ -13,7 +13,7 @@ compile) for a gain the paper found small (table 3, on ImageNet).
 `norm` switches the normalization: "batch" (the paper; statistics over the batch in train mode,
 running averages after model.eval()), "layer" (per example over H, W and C, so no train/eval
 difference) or "none". conv_impl picks the convolution formulation (see models.layers): on the
-2-core CPU, resnet_small trains on 8x8 digits ~9x faster with im2col than with lax.conv.
+CPU, resnet_small trains on 8x8 digits far faster with im2col than with lax.conv.
 """
 
 import inspect
@@ -44,8 +44,8 @@ def _normal_init(gain: float) -> Callable[..., jax.Array]:
     def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
         std = math.sqrt(gain / math.prod(shape[:-1]))
         # Drawn flat and reshaped: the same values as jax.random.normal(key, shape), but eager
-        # initialization compiles one draw per shape, and on the shared 2-core CPU a 4-d draw
-        # compiled ~5x slower than a flat one (about 2.5 s against 0.5 s per shape, measured).
+        # initialization compiles one draw per shape, and on the CPU a 4-d draw compiles far
+        # slower than a flat one.
         flat = jax.random.normal(key, (math.prod(shape),), dtype)
         return std * flat.reshape(tuple(shape))
 

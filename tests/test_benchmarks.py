@@ -137,6 +137,18 @@ def test_search_throughput_writes_json(tmp_path):
 
 
 @pytest.mark.slow
+def test_compile_cache_setup_times_each_set_up_choice(tmp_path):
+    from benchmarks import compile_cache
+
+    out = tmp_path / "setup.json"
+    assert compile_cache.main(["--setup", "--config=configs/synthetic.py", f"--out={out}"]) == 0
+    results = json.loads(out.read_text())
+    assert set(results["seconds"]) == set(compile_cache.SETUP_PARTS)
+    assert all(seconds > 0 for seconds in results["seconds"].values())
+    assert results["init_eager_over_program"] > 0
+
+
+@pytest.mark.slow
 def test_compile_cache_second_run_reaches_its_first_step_sooner(tmp_path):
     from benchmarks import compile_cache
 

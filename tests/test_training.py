@@ -13,7 +13,7 @@ from flax import nnx
 
 from tests.conftest import small_config
 from workflow import engine, experiment
-from workflow.engine import checkpoints
+from workflow.engine import checkpoints, loop
 
 
 def run(config, workdir):
@@ -139,6 +139,62 @@ def test_window_records_average_each_log_window():
     records = engine.window_records(20, metrics, log_every=5, rate=1.0)
     assert [r["step"] for r in records] == [25, 30]
     assert [r["train_loss"] for r in records] == [2.0, 7.0]
+
+
+def _state_with_params(params):
+    return engine.TrainState(np.int32(0), params, {}, {})
+
+
+def test_chunk_divergence_names_the_first_nonfinite_step_and_the_last_finite_loss():
+    finite = _state_with_params({"w": np.ones(3, np.float32)})
+    loss = np.array([2.0, 1.5, 1.2, np.nan, np.nan], np.float32)
+    grad_norm = np.ones(5, np.float32)
+    divergence = loop.chunk_divergence(40, {"loss": loss, "grad_norm": grad_norm}, finite)
+    # Steps 41..45 ran; the fourth (step 44) is the first NaN, after a finite 1.2.
+    assert divergence == {"step": 44, "quantity": "loss", "last_finite_loss": np.float32(1.2)}
+    grad_norm[1] = np.inf  # an infinite gradient at step 42 comes first
+    divergence = loop.chunk_divergence(40, {"loss": loss, "grad_norm": grad_norm}, finite)
+    assert divergence == {"step": 42, "quantity": "gradient", "last_finite_loss": 2.0}
+    loss[0] = np.nan  # the chunk's first step: no finite loss in it
+    divergence = loop.chunk_divergence(40, {"loss": loss, "grad_norm": grad_norm}, finite)
+    assert divergence == {"step": 41, "quantity": "loss", "last_finite_loss": None}
+
+
+def test_chunk_divergence_catches_nonfinite_parameters_behind_finite_metrics():
+    metrics = {"loss": np.array([2.0, 1.5], np.float32), "grad_norm": np.ones(2, np.float32)}
+    assert loop.chunk_divergence(0, metrics, _state_with_params({"w": np.ones(3)})) is None
+    overflowed = _state_with_params({"w": np.array([1.0, np.inf, 0.0], np.float32)})
+    # Blamed on the chunk's last step, whose update left the parameters non-finite.
+    assert loop.chunk_divergence(0, metrics, overflowed) == {
+        "step": 2,
+        "quantity": "gradient",
+        "last_finite_loss": 2.0,
+    }
+
+
+def test_chunk_timer_counts_each_chunk_lengths_first_call_as_compilation():
+    timer = loop.ChunkTimer()
+    assert timer.steps_per_s == 0.0  # nothing timed yet
+    for steps, seconds in ((20, 5.0), (20, 1.0), (10, 3.0), (20, 1.0), (10, 0.5)):
+        timer.add(steps, seconds)
+    assert timer.compile_seconds == 8.0
+    assert timer.steps_per_s == 50 / 2.5
+
+
+def test_evaluation_and_checkpoint_due():
+    config = small_config(num_steps=100, eval_every=30, checkpoint_every=40)
+    assert [s for s in range(1, 101) if loop.evaluation_due(s, config)] == [30, 60, 90, 100]
+    due = [
+        s for s in range(1, 101) if loop.checkpoint_due(s, config, improved=False, stopped=False)
+    ]
+    assert due == [40, 80, 100]
+    assert loop.checkpoint_due(30, config, improved=True, stopped=False)  # a new best
+    assert loop.checkpoint_due(30, config, improved=False, stopped=True)  # early stopping's end
+    config.checkpoint_every = 0  # no periodic checkpoints: only the last step's
+    due = [
+        s for s in range(1, 101) if loop.checkpoint_due(s, config, improved=False, stopped=False)
+    ]
+    assert due == [100]
 
 
 class BatchNormNet(nnx.Module):

@@ -102,7 +102,7 @@ def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collection
             "overfit_loss_fraction": 0.05,
             "train_steps": 300,
             # Run every stage without jit (jax.disable_jit), op by op: a breakpoint in a model's
-            # __call__ then sees concrete values. Slow (~100x); for stepping through a few steps.
+            # __call__ then sees concrete values. Far slower; for stepping through a few steps.
             "disable_jit": False,
         }
     )

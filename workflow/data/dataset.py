@@ -111,92 +111,37 @@ def load_dataset(
     `shard`: this process's part of the training split (per-host data), None to load it whole,
     or "auto": ``process_shard()``, i.e. per-host exactly when several processes run.
     """
-    name = _get(cfg, "name", None)
-    if not isinstance(name, str) or not name:
-        raise UsageError(f"dataset name={name!r} is invalid; valid: {VALID_NAMES}")
-    val_fraction = _get(cfg, "val_fraction", 0.1)
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float):
-        raise UsageError(f"val_fraction={val_fraction!r} must be a number in (0, 1)")
-    if not 0.0 < val_fraction < 1.0:
-        raise UsageError(f"val_fraction={val_fraction} must be in (0, 1)")
-    train_size = _get(cfg, "train_size", None)
-    if train_size is not None and (
-        isinstance(train_size, bool)
-        or not isinstance(train_size, int | np.integer)
-        or train_size < 1
-    ):
-        raise UsageError(f"train_size={train_size!r} must be a positive integer or None")
+    name, val_fraction, train_size = _checked_options(cfg)
     kwargs = _get(cfg, "kwargs", None)
     kwargs = {} if kwargs is None else _to_dict(kwargs)
-    data_dir = _get(cfg, "data_dir", None)
     if isinstance(shard, str):
         shard = process_shard()
     split_plan = SplitPlan(seed, val_fraction, train_size, shard)
 
-    raw = _load_raw(name, kwargs, seed=seed, data_dir=data_dir, plan=split_plan)
+    raw = _load_raw(name, kwargs, seed=seed, data_dir=_get(cfg, "data_dir", None), plan=split_plan)
     # Recorded before validate_raw casts to float32/int32, which would hide them from the checks.
     source_dtypes = _source_dtypes(raw)
     raw = validate_raw(raw, name)
-    info = {**raw.get("info", {})}
-    info.setdefault("source", name)
-    info["source_dtypes"] = source_dtypes
-    info["raw_sizes"] = {
-        s: int(raw[f"y_{s}"].shape[0]) for s in ("train", "val", "test") if f"y_{s}" in raw
-    }
+    info = _source_info(raw, name, source_dtypes)
     read_shard = raw.get("shard")  # set by a loader that read only this process's records
-
-    x_train, y_train = raw["x_train"], raw["y_train"]
-    if read_shard is not None:
-        x_val, y_val = raw["x_val"], raw["y_val"]
-        info["raw_sizes"].update(read_shard.pop("raw_sizes"))
-        if read_shard.pop("val_carved"):
-            info["raw_sizes"].pop("val", None)
-        info["val_source"] = read_shard.pop("val_source")
-    elif "x_val" in raw:
-        x_val, y_val = raw["x_val"], raw["y_val"]
-        info["val_source"] = "dataset's own validation split"
-    else:
-        n_val = val_count(val_fraction, len(y_train), name)
-        order = stratified_order(y_train, rng_for(seed, 101))
-        val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
-        x_val, y_val = x_train[val_idx], y_train[val_idx]
-        x_train, y_train = x_train[train_idx], y_train[train_idx]
-        info["val_source"] = f"carved from train (val_fraction={val_fraction}, seed={seed})"
-
+    (x_train, y_train), (x_val, y_val) = _train_and_val(
+        raw, read_shard, val_fraction, seed, name, info
+    )
     if train_size is not None and read_shard is None:
-        check_train_size(train_size, len(y_train), name)
-        # Prefixes of one stratified order: a smaller train_size is a subset of a larger one.
-        keep = np.sort(stratified_order(y_train, rng_for(seed, 102))[:train_size])
-        x_train, y_train = x_train[keep], y_train[keep]
+        x_train, y_train = _train_subset(x_train, y_train, train_size, seed, name)
     info["train_size"] = train_size
-
-    normalization = None
     x_test = raw["x_test"]
-    if raw.get("token_ids") is not None:
-        # Token ids are categories, not quantities: they get a vocabulary, never normalization.
-        # Built from the whole training split (text is never read per host), before any slice.
-        vocab = restrict_vocabulary(x_train, raw["token_ids"])
-        x_train, x_val, x_test = (apply_vocabulary(x, vocab) for x in (x_train, x_val, x_test))
-        splits = {"train": x_train, "val": x_val, "test": x_test}
-        info["vocabulary"] = vocabulary_info(vocab, splits)
-        info["normalize"] = "skipped: inputs are token ids"
+    token_ids = raw.get("token_ids")
+    if token_ids is not None:
+        x_train, x_val, x_test = _as_vocabulary_ids(token_ids, x_train, x_val, x_test, info)
     x_rest = None  # the dropped training examples, which the statistics still count
     if shard is not None:
-        if read_shard is None:
-            start, stop, kept = shard.plan(len(y_train))
-            x_rest = x_train[kept:]
-            read_shard = {
-                "start": start,
-                "stop": stop,
-                "global_size": kept,
-                "dropped": len(y_train) - kept,
-                "read": "the whole training split (generated or loaded in memory), sliced",
-            }
-            x_train, y_train = x_train[start:stop], y_train[start:stop]
-        else:
-            x_rest = as_inputs(raw["x_train_rest"], name, "train")
-        info["shard"] = shard_info(shard, read_shard, y_train, raw["num_classes"])
-    if raw.get("token_ids") is None and _get(cfg, "normalize", False):
+        x_train, y_train, x_rest = _this_process_part(
+            shard, read_shard, raw, x_train, y_train, name, info
+        )
+
+    normalization = None
+    if token_ids is None and _get(cfg, "normalize", False):
         if shard is None:
             normalization = compute_normalization(x_train)
         else:
@@ -220,6 +165,114 @@ def load_dataset(
         normalization=normalization,
         info=info,
     )
+
+
+def _checked_options(cfg: Any) -> tuple[str, float, int | None]:
+    """The dataset's name, val_fraction and train_size, each checked (UsageError naming it)."""
+    name = _get(cfg, "name", None)
+    if not isinstance(name, str) or not name:
+        raise UsageError(f"dataset name={name!r} is invalid; valid: {VALID_NAMES}")
+    val_fraction = _get(cfg, "val_fraction", 0.1)
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float):
+        raise UsageError(f"val_fraction={val_fraction!r} must be a number in (0, 1)")
+    if not 0.0 < val_fraction < 1.0:
+        raise UsageError(f"val_fraction={val_fraction} must be in (0, 1)")
+    train_size = _get(cfg, "train_size", None)
+    if train_size is not None and (
+        isinstance(train_size, bool)
+        or not isinstance(train_size, int | np.integer)
+        or train_size < 1
+    ):
+        raise UsageError(f"train_size={train_size!r} must be a positive integer or None")
+    return name, val_fraction, train_size
+
+
+def _source_info(raw: dict, name: str, source_dtypes: dict[str, str]) -> dict:
+    """dataset.info as the loader left it: its own info, the source, dtypes and split sizes."""
+    info = {**raw.get("info", {})}
+    info.setdefault("source", name)
+    info["source_dtypes"] = source_dtypes
+    info["raw_sizes"] = {
+        s: int(raw[f"y_{s}"].shape[0]) for s in ("train", "val", "test") if f"y_{s}" in raw
+    }
+    return info
+
+
+def _train_and_val(
+    raw: dict, read_shard: dict | None, val_fraction: float, seed: int, name: str, info: dict
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """((x, y) train, (x, y) val): the loader's validation split, or one carved from train
+    (stratified, by the seed); records where val came from in info["val_source"]."""
+    x_train, y_train = raw["x_train"], raw["y_train"]
+    if read_shard is not None:  # the loader carved val itself, reading per host
+        info["raw_sizes"].update(read_shard.pop("raw_sizes"))
+        if read_shard.pop("val_carved"):
+            info["raw_sizes"].pop("val", None)
+        info["val_source"] = read_shard.pop("val_source")
+        return (x_train, y_train), (raw["x_val"], raw["y_val"])
+    if "x_val" in raw:
+        info["val_source"] = "dataset's own validation split"
+        return (x_train, y_train), (raw["x_val"], raw["y_val"])
+    n_val = val_count(val_fraction, len(y_train), name)
+    order = stratified_order(y_train, rng_for(seed, 101))
+    val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+    info["val_source"] = f"carved from train (val_fraction={val_fraction}, seed={seed})"
+    return (x_train[train_idx], y_train[train_idx]), (x_train[val_idx], y_train[val_idx])
+
+
+def _train_subset(
+    x: np.ndarray, y: np.ndarray, train_size: int, seed: int, name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """`train_size` training examples, stratified by class."""
+    check_train_size(train_size, len(y), name)
+    # Prefixes of one stratified order: a smaller train_size is a subset of a larger one.
+    keep = np.sort(stratified_order(y, rng_for(seed, 102))[:train_size])
+    return x[keep], y[keep]
+
+
+def _as_vocabulary_ids(
+    token_ids: Any, x_train: np.ndarray, x_val: np.ndarray, x_test: np.ndarray, info: dict
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every split's token ids in the vocabulary of the training split; its description goes
+    to info["vocabulary"].
+
+    Token ids are categories, not quantities: they get a vocabulary, never normalization. It is
+    built from the whole training split (text is never read per host), before any slice.
+    """
+    vocab = restrict_vocabulary(x_train, token_ids)
+    x_train, x_val, x_test = (apply_vocabulary(x, vocab) for x in (x_train, x_val, x_test))
+    info["vocabulary"] = vocabulary_info(vocab, {"train": x_train, "val": x_val, "test": x_test})
+    info["normalize"] = "skipped: inputs are token ids"
+    return x_train, x_val, x_test
+
+
+def _this_process_part(
+    shard: Shard,
+    read_shard: dict | None,
+    raw: dict,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    name: str,
+    info: dict,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x, y, x_rest): this process's part of the training split (sliced here unless the
+    loader read only it) and the dropped examples, which the statistics still count;
+    info["shard"] describes every process's part (a collective)."""
+    if read_shard is None:
+        start, stop, kept = shard.plan(len(y_train))
+        x_rest = x_train[kept:]
+        read_shard = {
+            "start": start,
+            "stop": stop,
+            "global_size": kept,
+            "dropped": len(y_train) - kept,
+            "read": "the whole training split (generated or loaded in memory), sliced",
+        }
+        x_train, y_train = x_train[start:stop], y_train[start:stop]
+    else:
+        x_rest = as_inputs(raw["x_train_rest"], name, "train")
+    info["shard"] = shard_info(shard, read_shard, y_train, raw["num_classes"])
+    return x_train, y_train, x_rest
 
 
 def _source_dtypes(raw: Any) -> dict[str, str]:

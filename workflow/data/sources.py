@@ -118,7 +118,8 @@ def _read_digits() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 8x8 digits as (images (N, 8, 8) in 0..16, labels (N,)).
 
     Read from the CSV that scikit-learn ships, as load_digits does, without importing
-    scikit-learn: that import alone is 2.4 s of a cold debug run on the 2-core CPU.
+    scikit-learn: that import alone is a large part of a cold debug run (benchmarks/
+    compile_cache.py --setup times it).
     """
     spec = importlib.util.find_spec("sklearn")
     roots = spec.submodule_search_locations if spec else None
@@ -160,28 +161,11 @@ def digits_arrays() -> dict[str, Any]:
 def tfds_arrays(
     tfds_name: str, kwargs: dict[str, Any], data_dir: str | None, plan: SplitPlan | None = None
 ) -> dict[str, Any]:
-    options = {
-        "image_key": "image",
-        "label_key": "label",
-        "train_split": "train",
-        "val_split": "validation",
-        "test_split": "test",
-        **TEXT_OPTIONS,
-    }
-    unknown = sorted(set(kwargs) - set(options))
-    if unknown:
-        raise UsageError(
-            f"unknown tfds option(s) {', '.join(unknown)}; valid: {', '.join(sorted(options))}"
-        )
-    options.update(kwargs)
-    if not tfds_name:
-        raise UsageError("dataset name 'tfds:' lacks the tfds name; e.g. tfds:mnist")
-    for key in ("vocab_size", "max_length"):
-        value, low = options[key], 3 if key == "vocab_size" else 1
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise UsageError(f"tfds option {key}={value!r} must be an integer >= {low}")
+    """The raw splits of a TFDS classification dataset (images, or text as token ids), read
+    through `tfds.data_source`; per host, only this process's training records."""
+    options = _tfds_options(tfds_name, kwargs)
 
-    import tensorflow_datasets as tfds  # lazy: costs ~1 s, only tfds users pay it
+    import tensorflow_datasets as tfds  # lazy: only tfds users pay for importing it
 
     try:
         builder = tfds.builder(tfds_name, data_dir=data_dir)
@@ -190,32 +174,8 @@ def tfds_arrays(
 
     features = builder.info.features
     text_key = _tfds_text_key(tfds, tfds_name, features, options, set(kwargs))
-    for role in ("label_key",) if text_key else ("image_key", "label_key"):
-        if options[role] not in features:
-            raise UsageError(
-                f"tfds:{tfds_name} has no feature {role.split('_')[0]} "
-                f"{options[role]!r}; features: {', '.join(features.keys())} (set kwargs.{role})"
-            )
-    label_feature = features[options["label_key"]]
-    num_classes = getattr(label_feature, "num_classes", None)
-    if not num_classes:
-        raise UsageError(
-            f"tfds:{tfds_name} feature {options['label_key']!r} is not a ClassLabel with "
-            "num_classes; pick a classification label via kwargs.label_key"
-        )
-
-    # Splits are unknown until the dataset is prepared (and under tfds.testing.mock_data); then
-    # assume the usual train/test and no validation split.
-    known = set(builder.info.splits.keys())
-    wanted = {"train": options["train_split"], "test": options["test_split"]}
-    if options["val_split"] and options["val_split"] in known:
-        wanted["val"] = options["val_split"]
-    for role in ("train", "test"):
-        if known and wanted[role] not in known:
-            raise UsageError(
-                f"tfds:{tfds_name} has no split {wanted[role]!r}; splits: "
-                f"{', '.join(sorted(known))} (set kwargs.{role}_split)"
-            )
+    num_classes = _tfds_num_classes(tfds_name, features, options, text_key)
+    wanted = _tfds_splits(tfds_name, builder, options)
 
     raw: dict[str, Any] = {}
     token_lists = {}
@@ -239,24 +199,95 @@ def tfds_arrays(
         "data_dir": str(builder.data_dir),
     }
     if text_key:
-        # Every word of the train split, by frequency: load_dataset keeps the vocab_size - 2
-        # most frequent among the examples that are trained on (restrict_vocabulary).
-        words = build_vocabulary(token_lists["train"])
-        max_length = options["max_length"]
-        for role, tokens in token_lists.items():
-            raw[f"x_{role}"] = encode_tokens(tokens, words, max_length)[..., None]
-        raw["token_ids"] = {
-            "words": words,
-            "vocab_size": options["vocab_size"],
-            "max_length": max_length,
-            "truncated": {
-                role: round(float(np.mean([len(t) > max_length for t in tokens])), 4)
-                for role, tokens in token_lists.items()
-            },
-        }
+        raw.update(_token_id_splits(token_lists, options))
         info["text_key"] = text_key
     raw.update(kind="sequence" if text_key else "image", num_classes=int(num_classes), info=info)
     return raw
+
+
+def _tfds_options(tfds_name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The tfds loader's options: its defaults updated by `kwargs`, each checked."""
+    options = {
+        "image_key": "image",
+        "label_key": "label",
+        "train_split": "train",
+        "val_split": "validation",
+        "test_split": "test",
+        **TEXT_OPTIONS,
+    }
+    unknown = sorted(set(kwargs) - set(options))
+    if unknown:
+        raise UsageError(
+            f"unknown tfds option(s) {', '.join(unknown)}; valid: {', '.join(sorted(options))}"
+        )
+    options.update(kwargs)
+    if not tfds_name:
+        raise UsageError("dataset name 'tfds:' lacks the tfds name; e.g. tfds:mnist")
+    for key in ("vocab_size", "max_length"):
+        value, low = options[key], 3 if key == "vocab_size" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise UsageError(f"tfds option {key}={value!r} must be an integer >= {low}")
+    return options
+
+
+def _tfds_num_classes(
+    tfds_name: str, features: Any, options: dict[str, Any], text_key: str | None
+) -> int:
+    """The classes of the label feature, once the input and label features are found."""
+    for role in ("label_key",) if text_key else ("image_key", "label_key"):
+        if options[role] not in features:
+            raise UsageError(
+                f"tfds:{tfds_name} has no feature {role.split('_')[0]} "
+                f"{options[role]!r}; features: {', '.join(features.keys())} (set kwargs.{role})"
+            )
+    label_feature = features[options["label_key"]]
+    num_classes = getattr(label_feature, "num_classes", None)
+    if not num_classes:
+        raise UsageError(
+            f"tfds:{tfds_name} feature {options['label_key']!r} is not a ClassLabel with "
+            "num_classes; pick a classification label via kwargs.label_key"
+        )
+    return num_classes
+
+
+def _tfds_splits(tfds_name: str, builder: Any, options: dict[str, Any]) -> dict[str, str]:
+    """The tfds split of each role ("train", "test" and, when the dataset has it, "val")."""
+    # Splits are unknown until the dataset is prepared (and under tfds.testing.mock_data); then
+    # assume the usual train/test and no validation split.
+    known = set(builder.info.splits.keys())
+    wanted = {"train": options["train_split"], "test": options["test_split"]}
+    if options["val_split"] and options["val_split"] in known:
+        wanted["val"] = options["val_split"]
+    for role in ("train", "test"):
+        if known and wanted[role] not in known:
+            raise UsageError(
+                f"tfds:{tfds_name} has no split {wanted[role]!r}; splits: "
+                f"{', '.join(sorted(known))} (set kwargs.{role}_split)"
+            )
+    return wanted
+
+
+def _token_id_splits(token_lists: dict[str, list], options: dict[str, Any]) -> dict[str, Any]:
+    """Each split's token lists as ids (x_<role>, (N, max_length, 1)) and "token_ids": the
+    words of the train split by frequency, the vocabulary size and truncation per split."""
+    # Every word of the train split, by frequency: load_dataset keeps the vocab_size - 2
+    # most frequent among the examples that are trained on (restrict_vocabulary).
+    words = build_vocabulary(token_lists["train"])
+    max_length = options["max_length"]
+    out: dict[str, Any] = {
+        f"x_{role}": encode_tokens(tokens, words, max_length)[..., None]
+        for role, tokens in token_lists.items()
+    }
+    out["token_ids"] = {
+        "words": words,
+        "vocab_size": options["vocab_size"],
+        "max_length": max_length,
+        "truncated": {
+            role: round(float(np.mean([len(t) > max_length for t in tokens])), 4)
+            for role, tokens in token_lists.items()
+        },
+    }
+    return out
 
 
 def _tfds_text_key(

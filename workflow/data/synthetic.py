@@ -140,32 +140,40 @@ def _noisy_labels(
     return np.where(replace, random_labels, y)
 
 
+def _class_structure(opts: Mapping[str, Any], noise: float) -> tuple[np.ndarray | None, float]:
+    """(class means, pairwise error bound): the task's classes, drawn from task_seed alone.
+
+    Tabular and image classes are Gaussian means (images smoothed over space); sequence
+    classes are frequencies 1..C (means None), told apart up to the bound given noise.
+    """
+    kind, c = opts["kind"], opts["num_classes"]
+    task_rng = rng_for(opts["task_seed"], 0)
+    if kind == "tabular":
+        raw = task_rng.standard_normal((c, opts["dims"]))
+        means = _orthogonal_means(raw, opts["separation"], noise, "tabular", "raise dims")
+        return means, _normal_tail(opts["separation"] / 2.0)
+    if kind == "image":
+        s, ch = opts["image_size"], opts["channels"]
+        raw = _smooth(task_rng.standard_normal((c, s, s, ch)), axes=(1, 2))
+        means = _orthogonal_means(raw, opts["separation"], noise, "image", "raise image_size")
+        return means, _normal_tail(opts["separation"] / 2.0)
+    length, amp = opts["length"], float(opts["amplitude"])
+    if c > (length - 1) // 2:
+        # Frequencies 1..C must stay strictly below Nyquist to be distinct, phase-free bins.
+        raise UsageError(
+            f"synthetic sequence length={length} is too short for num_classes={c}; "
+            f"need length >= {2 * c + 1}"
+        )
+    return None, 0.5 * math.exp(-(amp**2) * length / (8.0 * noise**2))
+
+
 def make_synthetic(kwargs: Mapping[str, Any], *, seed: int) -> dict[str, Any]:
     """Generate a synthetic dataset as a raw loader dict (train/test, kind, irreducible error)."""
     opts = _resolve(kwargs)
     kind, c, noise = opts["kind"], opts["num_classes"], float(opts["noise"])
-    task_rng = rng_for(opts["task_seed"], 0)
     n_train, n_test = opts["num_train"], opts["num_test"]
-
-    if kind == "tabular":
-        raw = task_rng.standard_normal((c, opts["dims"]))
-        means = _orthogonal_means(raw, opts["separation"], noise, "tabular", "raise dims")
-        pairwise = _normal_tail(opts["separation"] / 2.0)
-    elif kind == "image":
-        s, ch = opts["image_size"], opts["channels"]
-        raw = _smooth(task_rng.standard_normal((c, s, s, ch)), axes=(1, 2))
-        means = _orthogonal_means(raw, opts["separation"], noise, "image", "raise image_size")
-        pairwise = _normal_tail(opts["separation"] / 2.0)
-    else:
-        length, amp = opts["length"], float(opts["amplitude"])
-        if c > (length - 1) // 2:
-            # Frequencies 1..C must stay strictly below Nyquist to be distinct, phase-free bins.
-            raise UsageError(
-                f"synthetic sequence length={length} is too short for num_classes={c}; "
-                f"need length >= {2 * c + 1}"
-            )
-        pairwise = 0.5 * math.exp(-(amp**2) * length / (8.0 * noise**2))
-        means = None
+    amp = float(opts["amplitude"]) if kind == "sequence" else None
+    means, pairwise = _class_structure(opts, noise)
 
     clean_bound = (c - 1) * pairwise
     if clean_bound > MAX_CLEAN_ERROR:

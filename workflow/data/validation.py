@@ -47,46 +47,61 @@ def validate_raw(raw: dict[str, Any], name: str) -> dict[str, Any]:
     if "val" not in splits:  # explicit x_val=None means "no val split": carve one
         out.pop("x_val", None)
         out.pop("y_val", None)
-    feature_shape = None
+    tokens = raw.get("token_ids") is not None
+    feature_shape = None  # x_train's examples', which the other splits' must match
     for split in splits:
-        x = as_inputs(raw[f"x_{split}"], name, split, tokens=raw.get("token_ids") is not None)
-        y = _as_labels(raw[f"y_{split}"], name, split)
-        if x.ndim != _NDIM[kind]:
-            raise UsageError(
-                f"dataset {name} x_{split} has shape {x.shape} but kind={kind!r} needs "
-                f"{_EXPECTED_SHAPE[kind]} ({_NDIM[kind]} dims)"
-            )
-        if x.shape[0] != y.shape[0]:
-            raise UsageError(
-                f"dataset {name} {split} split has {x.shape[0]} inputs but {y.shape[0]} labels"
-            )
-        if x.shape[0] == 0:
-            raise UsageError(f"dataset {name} {split} split is empty")
-        if feature_shape is None:
-            feature_shape = x.shape[1:]
-        elif x.shape[1:] != feature_shape:
-            raise UsageError(
-                f"dataset {name} x_{split} examples have shape {x.shape[1:]} but x_train "
-                f"examples have {feature_shape}"
-            )
-        bad = ~np.isfinite(x)
-        if bad.any():
-            n_nan = int(np.isnan(x).sum())
-            raise UsageError(
-                f"dataset {name} x_{split} has {int(bad.sum())} non-finite values "
-                f"({n_nan} NaN, {int(bad.sum()) - n_nan} inf) in "
-                f"{int(bad.reshape(len(x), -1).any(1).sum())} examples; inputs must be finite"
-            )
-        outside = (y < 0) | (y >= c)
-        if outside.any():
-            values = np.unique(y[outside])
-            shown = ", ".join(str(v) for v in values[:10]) + (" ..." if len(values) > 10 else "")
-            raise UsageError(
-                f"dataset {name} y_{split} has {int(outside.sum())} labels outside "
-                f"[0, {c}) (values: {shown}); labels must be class indices 0..{c - 1}"
-            )
+        x, y = _checked_split(raw, name, split, kind, c, tokens, feature_shape)
+        feature_shape = x.shape[1:]
         out[f"x_{split}"], out[f"y_{split}"] = x, y
     return out
+
+
+def _checked_split(
+    raw: dict[str, Any],
+    name: str,
+    split: str,
+    kind: str,
+    c: int,
+    tokens: bool,
+    feature_shape: tuple[int, ...] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One split's (x, y) as float32 (int32 token ids) and int32, checked: shapes that match
+    the kind, each other and `feature_shape` (x_train's), finite inputs, labels in [0, c)."""
+    x = as_inputs(raw[f"x_{split}"], name, split, tokens=tokens)
+    y = _as_labels(raw[f"y_{split}"], name, split)
+    if x.ndim != _NDIM[kind]:
+        raise UsageError(
+            f"dataset {name} x_{split} has shape {x.shape} but kind={kind!r} needs "
+            f"{_EXPECTED_SHAPE[kind]} ({_NDIM[kind]} dims)"
+        )
+    if x.shape[0] != y.shape[0]:
+        raise UsageError(
+            f"dataset {name} {split} split has {x.shape[0]} inputs but {y.shape[0]} labels"
+        )
+    if x.shape[0] == 0:
+        raise UsageError(f"dataset {name} {split} split is empty")
+    if feature_shape is not None and x.shape[1:] != feature_shape:
+        raise UsageError(
+            f"dataset {name} x_{split} examples have shape {x.shape[1:]} but x_train "
+            f"examples have {feature_shape}"
+        )
+    bad = ~np.isfinite(x)
+    if bad.any():
+        n_nan = int(np.isnan(x).sum())
+        raise UsageError(
+            f"dataset {name} x_{split} has {int(bad.sum())} non-finite values "
+            f"({n_nan} NaN, {int(bad.sum()) - n_nan} inf) in "
+            f"{int(bad.reshape(len(x), -1).any(1).sum())} examples; inputs must be finite"
+        )
+    outside = (y < 0) | (y >= c)
+    if outside.any():
+        values = np.unique(y[outside])
+        shown = ", ".join(str(v) for v in values[:10]) + (" ..." if len(values) > 10 else "")
+        raise UsageError(
+            f"dataset {name} y_{split} has {int(outside.sum())} labels outside "
+            f"[0, {c}) (values: {shown}); labels must be class indices 0..{c - 1}"
+        )
+    return x, y
 
 
 def as_inputs(x: Any, name: str, split: str, tokens: bool = False) -> np.ndarray:

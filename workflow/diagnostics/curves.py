@@ -386,42 +386,10 @@ def _exploding(
     c: _Curve, initial_expected: float | None, learning_rate: float | None, base: dict
 ) -> list[Finding] | None:
     """loss_exploding (+ lr_too_high when it starts early), or None."""
-    # The step-1 loss is the untrained model's: the reference, so that a blow-up at step 2 still
-    # counts, unless it is far from the expected initial loss (then the first 3 steps' median).
-    trusted = c.first > 0 and (
-        initial_expected is None
-        or (
-            initial_expected > 0
-            and abs(math.log(c.first / initial_expected)) < math.log(EXPECTED_TOLERANCE)
-        )
-    )
-    ref = c.first if trusted else c.init
-    if ref <= 0:
-        return None
-    s = c.smooth
-    # The minimum so far of the smoothed loss, from full windows only (the first, partial ones
-    # are as noisy as single steps), seeded with the initial loss.
-    k = c.smooth_window
-    running_min = np.minimum.accumulate(np.concatenate([[ref] * (k - 1), s[k - 1 :]])[: c.m])
-    # On very noisy curves a running median wanders by more than 10x: ask for more than its
-    # noise can explain (EXPLODE_NOISE_SE standard errors of a k-point median of log-loss).
-    factor = max(
-        EXPLODE_FACTOR, math.exp(EXPLODE_NOISE_SE * MEDIAN_SE * c.sigma_log / math.sqrt(k))
-    )
-    half = s[np.arange(c.m) // 2]
-    hit = (s > factor * running_min) & (s > EXPLODE_OVER_START * ref)
-    hit &= s > EXPLODE_FACTOR * half
-    hit[: k - 1] = False  # partial windows: one odd batch could fake it
-    onset = _first(hit)
-    # A blow-up at the first update: the first window after step 1 sits 10x above it (and, when
-    # no expected initial loss vouches for step 1, beyond Z_SIG of the single-step log-noise).
-    jump = (
-        EXPLODE_FACTOR if initial_expected else max(EXPLODE_FACTOR, math.exp(Z_SIG * c.sigma_log))
-    )
-    if trusted and np.median(c.y[1 : 1 + c.w]) > jump * ref:
-        onset = 1
+    onset, running_min = _explosion_onset(c, initial_expected)
     if onset is None:
         return None
+    s = c.smooth
     peak = int(np.argmax(s))
     rise = _rise_start(c, onset)
     early = rise < EARLY_FRACTION * c.m
@@ -451,6 +419,48 @@ def _exploding(
     if early:
         findings.append(_lr_too_high("exploding", rise, c, learning_rate, base))
     return findings
+
+
+def _explosion_onset(
+    c: _Curve, initial_expected: float | None
+) -> tuple[int | None, np.ndarray | None]:
+    """Where the loss starts to explode (None: it does not), and the running minimum of the
+    smoothed loss it is measured against."""
+    # The step-1 loss is the untrained model's: the reference, so that a blow-up at step 2 still
+    # counts, unless it is far from the expected initial loss (then the first 3 steps' median).
+    trusted = c.first > 0 and (
+        initial_expected is None
+        or (
+            initial_expected > 0
+            and abs(math.log(c.first / initial_expected)) < math.log(EXPECTED_TOLERANCE)
+        )
+    )
+    ref = c.first if trusted else c.init
+    if ref <= 0:
+        return None, None
+    s = c.smooth
+    # The minimum so far of the smoothed loss, from full windows only (the first, partial ones
+    # are as noisy as single steps), seeded with the initial loss.
+    k = c.smooth_window
+    running_min = np.minimum.accumulate(np.concatenate([[ref] * (k - 1), s[k - 1 :]])[: c.m])
+    # On very noisy curves a running median wanders by more than 10x: ask for more than its
+    # noise can explain (EXPLODE_NOISE_SE standard errors of a k-point median of log-loss).
+    factor = max(
+        EXPLODE_FACTOR, math.exp(EXPLODE_NOISE_SE * MEDIAN_SE * c.sigma_log / math.sqrt(k))
+    )
+    half = s[np.arange(c.m) // 2]
+    hit = (s > factor * running_min) & (s > EXPLODE_OVER_START * ref)
+    hit &= s > EXPLODE_FACTOR * half
+    hit[: k - 1] = False  # partial windows: one odd batch could fake it
+    onset = _first(hit)
+    # A blow-up at the first update: the first window after step 1 sits 10x above it (and, when
+    # no expected initial loss vouches for step 1, beyond Z_SIG of the single-step log-noise).
+    jump = (
+        EXPLODE_FACTOR if initial_expected else max(EXPLODE_FACTOR, math.exp(Z_SIG * c.sigma_log))
+    )
+    if trusted and np.median(c.y[1 : 1 + c.w]) > jump * ref:
+        onset = 1
+    return onset, running_min
 
 
 def _unbounded_below(
@@ -588,20 +598,11 @@ def _flat(
     c: _Curve, initial_expected: float | None, learning_rate: float | None, base: dict
 ) -> list[Finding]:
     """loss_plateau, with lr_too_low when the shape or the value says so, or []."""
-    # No meaningful decrease, with confidence: even decrease + Z_FLAT standard errors stays below
-    # PLATEAU_MAX_DECREASE, so a short or noisy curve whose trend is unclear is not called flat.
-    decrease = c.start - c.tail
-    se = _median_se(c.start_pair, (c.sigma_tail, c.w))
-    no_progress = decrease + Z_FLAT * se < PLATEAU_MAX_DECREASE * c.start
-    se_early = _median_se((c.sigma_head, c.w), (c.sigma_tail, c.w))
-    stuck_early = (
-        c.head - c.tail + Z_FLAT * se_early < PLATEAU_MAX_DECREASE * c.head
-        and c.tail > STUCK_MIN_FRACTION * c.init
-    )
-    # From where it is flat; a rise too noisy to call increasing is no plateau: just unclear.
-    since = c.start if no_progress else c.head
-    if not (no_progress or stuck_early) or c.tail - since > INCREASE_REL * since:
+    flat = _flat_since(c)
+    if flat is None:
         return []
+    no_progress, since = flat
+    decrease = c.start - c.tail
     never_left = _never_left(c)
     severity = "error" if never_left else "warning"
     evidence = {
@@ -610,19 +611,7 @@ def _flat(
         "segment_medians": [_r(v) for v in c.seg_median],
         "never_left_start": never_left,
     }
-
-    # lr_too_low from the shape: a significant decrease that is still going at the end.
-    first_seg, mid_seg, last_seg = c.seg_median[0], c.seg_median[N_SEGMENTS // 2], c.seg_median[-1]
-    steady_drop = float(first_seg - last_seg)
-    se_drop = _median_se(
-        (float(c.seg_sigma[0]), int(c.seg_len[0])), (float(c.seg_sigma[-1]), int(c.seg_len[-1]))
-    )
-    steady = (
-        steady_drop > Z_SIG * se_drop
-        and steady_drop > NEVER_LEFT_FLOOR * c.start
-        and (mid_seg - last_seg) >= STEADY_LATE_SHARE * steady_drop
-    )
-    tiny_lr = learning_rate is not None and 0 < learning_rate < LR_GRID_LOW
+    steady, steady_drop, late_drop = _steady_decrease(c)
     rel_noise = c.sigma_tail / c.tail if c.tail > 0 else 0.0
     # The loss sitting at ln C with almost no batch-to-batch variation: constant outputs.
     constant_outputs = bool(
@@ -650,10 +639,23 @@ def _flat(
         },
         suggestions=causes,
     )
+    tiny_lr = learning_rate is not None and 0 < learning_rate < LR_GRID_LOW
     if not (steady or tiny_lr):
         return [plateau]
+    return [plateau, _lr_too_low(c, steady, steady_drop, late_drop, learning_rate, base)]
+
+
+def _lr_too_low(
+    c: _Curve,
+    steady: bool,
+    steady_drop: float,
+    late_drop: float,
+    learning_rate: float | None,
+    base: dict,
+) -> Finding:
+    """lr_too_low beside a plateau: the loss still falls steadily, or the rate is tiny."""
     per_1000 = steady_drop / c.start / max(c.m * (N_SEGMENTS - 1) / N_SEGMENTS, 1) * 1000
-    low = Finding(
+    return Finding(
         id="lr_too_low",
         severity="warning",
         message=(
@@ -666,14 +668,48 @@ def _flat(
             **base,
             "relative_decrease": _r(steady_drop / c.start),
             "relative_decrease_per_1000_steps": _r(per_1000),
-            "still_falling_share": _r((mid_seg - last_seg) / steady_drop)
-            if steady_drop > 0
-            else None,
+            "still_falling_share": _r(late_drop / steady_drop) if steady_drop > 0 else None,
             "suggested_factor": LR_FACTOR,
         },
         suggestions=[_raise_lr(learning_rate)],
     )
-    return [plateau, low]
+
+
+def _flat_since(c: _Curve) -> tuple[bool, float] | None:
+    """(from the start, level): whether the loss is flat from the start or only after its first
+    window, and the level it stays at; None unless it is flat with confidence."""
+    # No meaningful decrease, with confidence: even decrease + Z_FLAT standard errors stays below
+    # PLATEAU_MAX_DECREASE, so a short or noisy curve whose trend is unclear is not called flat.
+    decrease = c.start - c.tail
+    se = _median_se(c.start_pair, (c.sigma_tail, c.w))
+    no_progress = decrease + Z_FLAT * se < PLATEAU_MAX_DECREASE * c.start
+    se_early = _median_se((c.sigma_head, c.w), (c.sigma_tail, c.w))
+    stuck_early = (
+        c.head - c.tail + Z_FLAT * se_early < PLATEAU_MAX_DECREASE * c.head
+        and c.tail > STUCK_MIN_FRACTION * c.init
+    )
+    # From where it is flat; a rise too noisy to call increasing is no plateau: just unclear.
+    since = c.start if no_progress else c.head
+    if not (no_progress or stuck_early) or c.tail - since > INCREASE_REL * since:
+        return None
+    return no_progress, since
+
+
+def _steady_decrease(c: _Curve) -> tuple[bool, float, float]:
+    """(steady, drop, late drop): whether the loss falls significantly and is still falling at
+    the end (lr_too_low from the shape), its drop from the first segment to the last, and the
+    part of that drop after the middle segment."""
+    first_seg, mid_seg, last_seg = c.seg_median[0], c.seg_median[N_SEGMENTS // 2], c.seg_median[-1]
+    steady_drop = float(first_seg - last_seg)
+    se_drop = _median_se(
+        (float(c.seg_sigma[0]), int(c.seg_len[0])), (float(c.seg_sigma[-1]), int(c.seg_len[-1]))
+    )
+    steady = (
+        steady_drop > Z_SIG * se_drop
+        and steady_drop > NEVER_LEFT_FLOOR * c.start
+        and (mid_seg - last_seg) >= STEADY_LATE_SHARE * steady_drop
+    )
+    return bool(steady), steady_drop, mid_seg - last_seg
 
 
 def _lr_too_high(

@@ -330,63 +330,7 @@ def findings(analysis: dict, train_class_counts: Sequence[int]) -> list[Finding]
     noisy = {s: _label_noise(split) for s, split in splits.items()}
     noisy_classes = list(dict.fromkeys(c for s in SPLITS for _, c in noisy.get(s, [])))
     if noisy_classes:
-        split_name = "train" if noisy.get("train") else "val"
-        split = splits[split_name]
-        grouping, cls = noisy[split_name][0]
-        hits_key, totals_key, errors_key = NOISE_GROUPINGS[grouping]
-        k, n = split[hits_key][cls], split[totals_key][cls]
-        rest = _rate(
-            [h for i, h in enumerate(split[hits_key]) if i != cls],
-            [t for i, t in enumerate(split[totals_key]) if i != cls],
-        )
-        other = _main_confusion(split, cls, grouping)
-        sure = f">= {split['confidence_threshold']:.0%}"
-        if grouping == "label":
-            message = (
-                f"{k} of {n} {split_name} examples labelled class {cls} ({_pct(k / n)}) are "
-                f"predicted as another class with {sure} confidence"
-                + (f", most often class {other}" if other is not None else "")
-                + f", against {_pct(rest)} of the other classes' examples: examples of other "
-                f"classes may carry the label {cls}"
-            )
-            look = f"the {split_name} examples labelled {cls} that the model assigns elsewhere"
-        else:
-            message = (
-                f"{k} of the {n} {split_name} examples the model predicts as class {cls} "
-                f"({_pct(k / n)}) carry another label while it is {sure} sure"
-                + (f", most often {other}" if other is not None else "")
-                + f", against {_pct(rest)} for the other predicted classes: examples of class "
-                f"{cls} may carry other classes' labels"
-            )
-            look = f"the {split_name} examples the model confidently calls {cls}"
-        out.append(
-            Finding(
-                id="label_noise_suspected",
-                severity="warning",
-                message=message,
-                evidence={
-                    "class": cls,
-                    "grouped_by": grouping,
-                    "split": split_name,
-                    "confident_errors": k,
-                    "examples": n,
-                    "rate": k / n,
-                    "other_classes_rate": rest,
-                    "errors": split[errors_key][cls],
-                    "confidence_threshold": split["confidence_threshold"],
-                    "other_class": other,
-                    "classes": noisy_classes,
-                },
-                suggestions=[
-                    f"look at {look} (plots/worst_examples.png; summary.json error_analysis "
-                    "worst_examples gives their indices) and relabel or drop the wrong ones",
-                    "if the labels come from a rule or a source that confuses these classes, "
-                    "fix it there",
-                    "while labels stay noisy: label smoothing or a noise-robust loss, and stop "
-                    "early before the model memorizes the wrong labels",
-                ],
-            )
-        )
+        out.append(_label_noise_finding(splits, noisy, noisy_classes))
         explained.update(noisy_classes)
 
     concentrated = {
@@ -403,35 +347,7 @@ def findings(analysis: dict, train_class_counts: Sequence[int]) -> list[Finding]
     median = float(np.median(counts[counts > 0])) if np.any(counts > 0) else 0.0
     few = [c for c in failing_classes("label") if counts[c] <= FEW_RATIO * median]
     if few:
-        cls = min(few, key=lambda c: counts[c])
-        split_name = "val" if cls in concentrated.get(("val", "label"), []) else "train"
-        split = splits[split_name]
-        out.append(
-            Finding(
-                id="class_too_few_examples",
-                severity="warning",
-                message=(
-                    f"class {cls} has {int(counts[cls]):,} training examples against a median "
-                    f"of {median:,.0f} per class, and its {split_name} error is "
-                    f"{_pct(split['class_errors'][cls])} against {_pct(split['error'])} overall"
-                ),
-                evidence={
-                    "class": cls,
-                    "train_examples": int(counts[cls]),
-                    "median_train_examples": median,
-                    "split": split_name,
-                    "class_error": split["class_errors"][cls],
-                    "overall_error": split["error"],
-                    "classes": few,
-                },
-                suggestions=[
-                    f"collect more examples of class {cls} (about {median:,.0f}, the median "
-                    "class's count)",
-                    f"oversample class {cls} or weight its loss by the inverse class frequency",
-                    f"augment class {cls}'s examples to multiply the few there are",
-                ],
-            )
-        )
+        out.append(_few_examples_finding(splits, concentrated, few, counts, median))
         explained.update(few)
 
     for grouping in ERROR_GROUPINGS:
@@ -441,6 +357,102 @@ def findings(analysis: dict, train_class_counts: Sequence[int]) -> list[Finding]
             break
     inputs = input_finding(splits)
     return out + ([inputs] if inputs else [])
+
+
+def _label_noise_finding(
+    splits: dict[str, dict], noisy: dict[str, list], noisy_classes: list[int]
+) -> Finding:
+    """`label_noise_suspected`, shown on the first noisy class of train (else val)."""
+    split_name = "train" if noisy.get("train") else "val"
+    split = splits[split_name]
+    grouping, cls = noisy[split_name][0]
+    hits_key, totals_key, errors_key = NOISE_GROUPINGS[grouping]
+    k, n = split[hits_key][cls], split[totals_key][cls]
+    rest = _rate(
+        [h for i, h in enumerate(split[hits_key]) if i != cls],
+        [t for i, t in enumerate(split[totals_key]) if i != cls],
+    )
+    other = _main_confusion(split, cls, grouping)
+    sure = f">= {split['confidence_threshold']:.0%}"
+    if grouping == "label":
+        message = (
+            f"{k} of {n} {split_name} examples labelled class {cls} ({_pct(k / n)}) are "
+            f"predicted as another class with {sure} confidence"
+            + (f", most often class {other}" if other is not None else "")
+            + f", against {_pct(rest)} of the other classes' examples: examples of other "
+            f"classes may carry the label {cls}"
+        )
+        look = f"the {split_name} examples labelled {cls} that the model assigns elsewhere"
+    else:
+        message = (
+            f"{k} of the {n} {split_name} examples the model predicts as class {cls} "
+            f"({_pct(k / n)}) carry another label while it is {sure} sure"
+            + (f", most often {other}" if other is not None else "")
+            + f", against {_pct(rest)} for the other predicted classes: examples of class "
+            f"{cls} may carry other classes' labels"
+        )
+        look = f"the {split_name} examples the model confidently calls {cls}"
+    return Finding(
+        id="label_noise_suspected",
+        severity="warning",
+        message=message,
+        evidence={
+            "class": cls,
+            "grouped_by": grouping,
+            "split": split_name,
+            "confident_errors": k,
+            "examples": n,
+            "rate": k / n,
+            "other_classes_rate": rest,
+            "errors": split[errors_key][cls],
+            "confidence_threshold": split["confidence_threshold"],
+            "other_class": other,
+            "classes": noisy_classes,
+        },
+        suggestions=[
+            f"look at {look} (plots/worst_examples.png; summary.json error_analysis "
+            "worst_examples gives their indices) and relabel or drop the wrong ones",
+            "if the labels come from a rule or a source that confuses these classes, fix it there",
+            "while labels stay noisy: label smoothing or a noise-robust loss, and stop "
+            "early before the model memorizes the wrong labels",
+        ],
+    )
+
+
+def _few_examples_finding(
+    splits: dict[str, dict],
+    concentrated: dict,
+    few: list[int],
+    counts: np.ndarray,
+    median: float,
+) -> Finding:
+    """`class_too_few_examples`, shown on the failing class with the fewest training examples."""
+    cls = min(few, key=lambda c: counts[c])
+    split_name = "val" if cls in concentrated.get(("val", "label"), []) else "train"
+    split = splits[split_name]
+    return Finding(
+        id="class_too_few_examples",
+        severity="warning",
+        message=(
+            f"class {cls} has {int(counts[cls]):,} training examples against a median "
+            f"of {median:,.0f} per class, and its {split_name} error is "
+            f"{_pct(split['class_errors'][cls])} against {_pct(split['error'])} overall"
+        ),
+        evidence={
+            "class": cls,
+            "train_examples": int(counts[cls]),
+            "median_train_examples": median,
+            "split": split_name,
+            "class_error": split["class_errors"][cls],
+            "overall_error": split["error"],
+            "classes": few,
+        },
+        suggestions=[
+            f"collect more examples of class {cls} (about {median:,.0f}, the median class's count)",
+            f"oversample class {cls} or weight its loss by the inverse class frequency",
+            f"augment class {cls}'s examples to multiply the few there are",
+        ],
+    )
 
 
 def describe_inputs(x: np.ndarray) -> dict[str, np.ndarray]:
@@ -737,7 +749,7 @@ def plot_worst_examples(
     fig, axes = plt.subplots(
         1, len(splits), figsize=(4.6 * len(splits), 1.35 * rows + 0.9), squeeze=False
     )
-    # One axes per split, cells laid out inside it: 32 small axes would cost seconds to draw.
+    # One axes per split, cells laid out inside it: 32 small axes would be slow to draw.
     for ax, name in zip(axes[0], splits, strict=True):
         worst = analysis["splits"][name]["worst_examples"]
         _grid_axes(ax, rows, cols)

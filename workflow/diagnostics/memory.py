@@ -198,17 +198,34 @@ def _estimate(config: ml_collections.ConfigDict) -> dict[str, Any]:
     out["num_params"] = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(state.params))
     out["param_bytes"] = _nbytes(state.params)
     out["optimizer_state_bytes"] = _nbytes(state.opt_state)
+    out["largest_layer_outputs"] = _largest_layer_outputs(built.get("layers", []))
+    out.update(_step_memory(built["task"], state, shape, x_dtype, batch, out["train_set_bytes"]))
+    return out
+
+
+def _largest_layer_outputs(layers: list[dict]) -> list[dict[str, Any]]:
+    """The three layers with the largest outputs per example (float32 bytes)."""
     widest = [
         {
             "path": layer["path"],
             "output_shape": layer["output_shape"],
             "bytes_per_example": math.prod(layer["output_shape"][1:]) * 4,
         }
-        for layer in built.get("layers", [])
+        for layer in layers
         if layer["path"] and layer["output_shape"] and isinstance(layer["output_shape"][0], int)
     ]
-    out["largest_layer_outputs"] = sorted(widest, key=lambda w: -w["bytes_per_example"])[:3]
-    step = jax.jit(engine.make_train_step(built["task"]))
+    return sorted(widest, key=lambda w: -w["bytes_per_example"])[:3]
+
+
+def _step_memory(
+    task: Any, state: Any, shape: tuple, x_dtype: Any, batch: int, train_set_bytes: int
+) -> dict[str, Any]:
+    """XLA's memory analysis of one compiled training step at `batch` (scaled from a small batch
+    when the compiler refuses the full one): the step's and the whole training's bytes, or
+    "error" when no step compiles."""
+    from workflow import engine
+
+    step = jax.jit(engine.make_train_step(task))
 
     def analyze(size: int) -> Any:
         abstract_batch = {
@@ -221,36 +238,33 @@ def _estimate(config: ml_collections.ConfigDict) -> dict[str, Any]:
     try:
         analysis = analyze(batch)
     except Exception as e:  # noqa: BLE001 - e.g. the compiler refuses a step beyond the device
-        out["error"] = f"cannot compile one training step: {_first_line(e)}"
-        analysis = None
-        if batch > SMALL_BATCH:
-            # Activations grow linearly with the batch: measure a small one and scale.
-            try:
-                analysis, scaled_from = analyze(SMALL_BATCH), SMALL_BATCH
-                del out["error"]
-            except Exception:  # noqa: BLE001
-                pass
-    if analysis is not None:
-        temp = int(analysis.temp_size_in_bytes)
-        arguments = int(analysis.argument_size_in_bytes)
-        if scaled_from:
-            temp = temp * batch // scaled_from
-            arguments += (batch - scaled_from) * (math.prod(shape) * x_dtype.itemsize + 4)
-        outputs = int(analysis.output_size_in_bytes)
-        aliased = int(analysis.alias_size_in_bytes)
-        out["step"] = {
+        if batch <= SMALL_BATCH:
+            return {"error": f"cannot compile one training step: {_first_line(e)}"}
+        # Activations grow linearly with the batch: measure a small one and scale.
+        try:
+            analysis, scaled_from = analyze(SMALL_BATCH), SMALL_BATCH
+        except Exception:  # noqa: BLE001
+            return {"error": f"cannot compile one training step: {_first_line(e)}"}
+    temp = int(analysis.temp_size_in_bytes)
+    arguments = int(analysis.argument_size_in_bytes)
+    if scaled_from:
+        temp = temp * batch // scaled_from
+        arguments += (batch - scaled_from) * (math.prod(shape) * x_dtype.itemsize + 4)
+    outputs = int(analysis.output_size_in_bytes)
+    aliased = int(analysis.alias_size_in_bytes)
+    return {
+        "step": {
             "argument_bytes": arguments,
             "output_bytes": outputs,
             "alias_bytes": aliased,
             "temp_bytes": temp,
-        }
-        out["activation_bytes"] = temp
-        out["activation_bytes_per_example"] = temp // max(1, batch)
-        out["training_bytes"] = arguments + outputs - aliased + temp + out["train_set_bytes"]
-        out["source"] = "XLA memory_analysis() of one compiled training step" + (
-            f" at batch size {scaled_from}, scaled linearly" if scaled_from else ""
-        )
-    return out
+        },
+        "activation_bytes": temp,
+        "activation_bytes_per_example": temp // max(1, batch),
+        "training_bytes": arguments + outputs - aliased + temp + train_set_bytes,
+        "source": "XLA memory_analysis() of one compiled training step"
+        + (f" at batch size {scaled_from}, scaled linearly" if scaled_from else ""),
+    }
 
 
 def _device_memory() -> dict[str, int] | None:
@@ -503,15 +517,7 @@ def run_guarded(
         attempts.append(record)
         # The failed attempt's frames (and the device buffers they hold) are gone by now.
         gc.collect()
-        stopped = None
-        if not retry_on:
-            stopped = "retry off (memory.retry_halving=False)"
-        elif not fresh:
-            stopped = f"--workdir={workdir} held an earlier run: its batch size is fixed"
-        elif workdir is not None and _saved_work(workdir):
-            stopped = "the attempt saved checkpoints or a study, which a retry would discard"
-        elif not halve_batch(config):
-            stopped = "smallest batch size"
+        stopped = _no_retry_because(config, workdir, retry_on, fresh)
         if stopped is None:
             print(
                 f"{stage}: out of memory at batch size {record['batch_size']}; retrying at "
@@ -531,6 +537,21 @@ def run_guarded(
             write_failure(workdir, stage, config, finding, sizes)
         print_finding(stage, finding)
         return 1
+
+
+def _no_retry_because(
+    config: ml_collections.ConfigDict, workdir: str | None, retry_on: bool, fresh: bool
+) -> str | None:
+    """Why a failed attempt is not retried; None after halving config.batch_size for a retry."""
+    if not retry_on:
+        return "retry off (memory.retry_halving=False)"
+    if not fresh:
+        return f"--workdir={workdir} held an earlier run: its batch size is fixed"
+    if workdir is not None and _saved_work(workdir):
+        return "the attempt saved checkpoints or a study, which a retry would discard"
+    if not halve_batch(config):
+        return "smallest batch size"
+    return None
 
 
 def write_failure(

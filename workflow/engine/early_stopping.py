@@ -70,6 +70,25 @@ def checkpoints_to_keep(config: ml_collections.ConfigDict, default: int = 3) -> 
     return max(default, newer + 1)
 
 
+def resume_early_stopping(
+    config: ml_collections.ConfigDict,
+    history: Sequence[dict],
+    state: TrainState,
+    start_step: int,
+    checkpointer,
+) -> tuple[EarlyStopping | None, TrainState | None]:
+    """Early stopping's tracker as a resumed run left it, and the best state it names.
+
+    The tracker replays the evaluation records of `history` up to `start_step`; (None, None)
+    when early stopping is off, (tracker, None) when no evaluation has been seen yet.
+    """
+    tracker = EarlyStopping.from_config(config)
+    if tracker is None:
+        return None, None
+    tracker.replay(history, start_step)
+    return tracker, resume_best(tracker, state, start_step, checkpointer)
+
+
 def resume_best(
     tracker: EarlyStopping, state: TrainState, start_step: int, checkpointer
 ) -> TrainState | None:
@@ -88,7 +107,7 @@ def resume_best(
         warnings.warn(
             f"early stopping: the best state (step {tracker.best_step}) cannot be restored "
             f"({e}); tracking restarts at step {start_step}",
-            stacklevel=3,
+            stacklevel=4,  # fit's caller
         )
         tracker.best, tracker.best_step, tracker.waited = None, None, 0
         return None

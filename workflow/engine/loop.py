@@ -5,14 +5,16 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh
 
 from workflow.engine import distributed
-from workflow.engine.early_stopping import EarlyStopping, resume_best
+from workflow.engine.early_stopping import resume_early_stopping
 from workflow.engine.evaluator import Evaluator
 from workflow.engine.sharding import (
     data_layout,
@@ -107,6 +109,182 @@ def window_records(step0: int, metrics: dict[str, np.ndarray], log_every: int, r
     return records
 
 
+# ----------------------------------------------------------------------------- placement
+
+
+def place_state(
+    state: TrainState, config: ml_collections.ConfigDict, mesh: Mesh | None
+) -> tuple[TrainState, Any]:
+    """The state on the mesh as config.parallel.params lays it out, and its shardings (None
+    on one device, where the state stays as it is)."""
+    if mesh is None:
+        return state, None
+    shardings = state_shardings(state, mesh, config.parallel.params)
+    return distributed.global_tree(state, shardings), shardings
+
+
+@dataclasses.dataclass
+class TrainingData:
+    """The training split where the compiled steps read it, and how their batches are drawn."""
+
+    x: jax.Array
+    y: jax.Array
+    mesh: Mesh | None
+    rows: int  # the examples batches are drawn from (all of them, or one device's block)
+    per_host: bool  # each device holds a block of `rows` examples and draws from it alone
+    info: dict  # FitResult.data
+
+    def batch_indices(self, config: ml_collections.ConfigDict, step: int, num_steps: int):
+        """Example indices (num_steps, batch_size) of steps [step, step + num_steps) on the host:
+        per-host, each device's columns index its own block."""
+        from workflow import data
+
+        if self.per_host:
+            return data.block_batch_indices(
+                self.rows, self.mesh.size, config.batch_size, config.seed, step, num_steps
+            )
+        return data.batch_indices(self.rows, config.batch_size, config.seed, step, num_steps)
+
+    def on_devices(self, indices: np.ndarray) -> jax.Array:
+        """Host indices where the step reads them (every process passes the same global ones)."""
+        if self.mesh is not None:
+            indices = distributed.global_array(indices, index_sharding(self.mesh))
+        return jnp.asarray(indices)
+
+
+def place_training_data(
+    dataset, config: ml_collections.ConfigDict, mesh: Mesh | None
+) -> TrainingData:
+    """The training split on one device, replicated over the mesh, or per-host in blocks.
+
+    A per-host dataset (each process loaded only its shard) is gathered whole when the layout
+    is replicated, since every device then needs all of it.
+    """
+    layout = data_layout(config) if mesh is not None else "replicated"
+    x_host, y_host = dataset.x_train, dataset.y_train
+    shard = dataset.info.get("shard") or {}
+    held_in_parts = shard.get("processes", 1) > 1  # each process loaded only its shard
+    if held_in_parts and layout == "replicated":
+        x_host, y_host = (distributed.concat_over_processes(a) for a in (x_host, y_host))
+        held_in_parts = False
+    info = {"layout": layout, "examples": len(y_host)}
+    if mesh is None:
+        x, y = jnp.asarray(x_host), jnp.asarray(y_host)
+        return TrainingData(x, y, mesh, len(y_host), per_host=False, info=info)
+    if layout != "per_host":
+        x, y = distributed.global_tree((x_host, y_host), replicated(mesh))
+        return TrainingData(x, y, mesh, len(y_host), per_host=False, info=info)
+    x, y, block_size = device_blocks(x_host, y_host, mesh, held_in_parts)
+    used = block_size * mesh.size
+    seen = shard.get("global_size", len(y_host)) if held_in_parts else len(y_host)
+    info.update(examples=used, blocks=mesh.size, block_size=block_size, dropped=seen - used)
+    return TrainingData(x, y, mesh, block_size, per_host=True, info=info)
+
+
+# ----------------------------------------------------------------------------- per chunk
+
+
+@dataclasses.dataclass
+class ChunkTimer:
+    """Seconds of training chunks, with the first call of each chunk length (which compiles
+    its program) counted apart from the rest."""
+
+    compile_seconds: float = 0.0
+    train_seconds: float = 0.0
+    timed_steps: int = 0
+    compiled: set[int] = dataclasses.field(default_factory=set)
+
+    def add(self, steps: int, seconds: float) -> None:
+        """Count one call of `steps` steps that took `seconds`."""
+        if steps in self.compiled:
+            self.train_seconds += seconds
+            self.timed_steps += steps
+        else:
+            self.compiled.add(steps)
+            self.compile_seconds += seconds
+
+    @property
+    def steps_per_s(self) -> float:
+        """Training speed over the calls that did not compile (0 when every call compiled)."""
+        return format_rate(self.timed_steps, self.train_seconds) if self.timed_steps else 0.0
+
+
+def train_chunk(
+    multi_step: Callable,
+    state: TrainState,
+    training: TrainingData,
+    config: ml_collections.ConfigDict,
+    step: int,
+    num_steps: int,
+) -> tuple[TrainState, dict[str, np.ndarray], float]:
+    """`num_steps` steps from `step` in one call: the new state, each step's metrics on the
+    host, and the call's seconds (drawing the batch indices excluded)."""
+    indices = training.batch_indices(config, step, num_steps)
+    t0 = now()
+    state, metrics = multi_step(state, training.x, training.y, training.on_devices(indices))
+    metrics = jax.device_get(metrics)
+    return state, metrics, now() - t0
+
+
+def chunk_divergence(step: int, metrics: dict[str, np.ndarray], state: TrainState) -> dict | None:
+    """Where the chunk of steps after `step` diverged, or None when it did not.
+
+    A non-finite loss or gradient norm names its step; a chunk whose metrics are all finite
+    but whose parameters are not (an update can overflow them) is blamed on its last step.
+    Returns {"step" (1-based, as in metrics.jsonl), "quantity" ("loss" or "gradient"),
+    "last_finite_loss" (None when the chunk's first step diverged)}.
+    """
+    bad_loss = first_nonfinite(np.asarray(metrics["loss"]))
+    bad_grad = first_nonfinite(np.asarray(metrics["grad_norm"]))
+    if bad_loss is None and bad_grad is None:
+        if params_finite(state):
+            return None
+        bad_grad = len(metrics["loss"]) - 1
+    first = min(i for i in (bad_loss, bad_grad) if i is not None)
+    return {
+        "step": step + first + 1,
+        "quantity": "loss" if first == bad_loss else "gradient",
+        "last_finite_loss": float(metrics["loss"][first - 1]) if first else None,
+    }
+
+
+def validation_record(evaluator: Evaluator, state: TrainState, dataset, step: int) -> dict:
+    """The metrics.jsonl record of one evaluation on the validation split."""
+    val = evaluator(state, dataset.x_val, dataset.y_val)
+    return {"step": step, "val_loss": val["loss"], "val_accuracy": val["accuracy"]}
+
+
+def evaluation_due(step: int, config: ml_collections.ConfigDict) -> bool:
+    """Whether `step` ends an evaluation period, or training."""
+    return step % config.eval_every == 0 or step == config.num_steps
+
+
+def checkpoint_due(
+    step: int, config: ml_collections.ConfigDict, *, improved: bool, stopped: bool
+) -> bool:
+    """Whether to checkpoint at `step`: the end of training or of a checkpoint period, a new
+    best state (for a resumed run to restore), or where early stopping ended training (so a
+    rerun resumes, and stops, there)."""
+    periodic = bool(config.checkpoint_every) and step % config.checkpoint_every == 0
+    return step == config.num_steps or periodic or improved or stopped
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+def _progress_bar(config: ml_collections.ConfigDict, start_step: int, progress: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=config.num_steps,
+        initial=start_step,
+        disable=not progress,
+        unit="step",
+        desc="train",
+        leave=False,
+    )
+
+
 def fit(
     task: Task,
     state: TrainState,
@@ -128,126 +306,57 @@ def fit(
     best state again; the latest checkpoint stays the state where training stopped, so a
     resumed run's numbers are the uninterrupted run's.
     """
-    from tqdm.auto import tqdm
-
-    from workflow import data
-
     mesh = data_mesh(config)
-    layout = data_layout(config) if mesh is not None else "replicated"
-    x_host, y_host = dataset.x_train, dataset.y_train
-    shard = dataset.info.get("shard") or {}
-    held_in_parts = shard.get("processes", 1) > 1  # each process loaded only its shard
-    if held_in_parts and layout == "replicated":  # every device needs all of it: gather
-        x_host, y_host = (distributed.concat_over_processes(a) for a in (x_host, y_host))
-        held_in_parts = False
-    shardings, block_size = None, None
-    data_info = {"layout": layout, "examples": len(y_host)}
-    if mesh is None:
-        x_train, y_train = jnp.asarray(x_host), jnp.asarray(y_host)
-    else:
-        shardings = state_shardings(state, mesh, config.parallel.params)
-        state = distributed.global_tree(state, shardings)
-        if layout == "per_host":
-            x_train, y_train, block_size = device_blocks(x_host, y_host, mesh, held_in_parts)
-            used = block_size * mesh.size
-            seen = shard.get("global_size", len(y_host)) if held_in_parts else len(y_host)
-            data_info.update(
-                examples=used, blocks=mesh.size, block_size=block_size, dropped=seen - used
-            )
-        else:
-            x_train, y_train = distributed.global_tree((x_host, y_host), replicated(mesh))
-    multi_step = make_multi_step(task, mesh, shardings, per_host=block_size is not None)
+    state, shardings = place_state(state, config, mesh)
+    training = place_training_data(dataset, config, mesh)
+    multi_step = make_multi_step(task, mesh, shardings, per_host=training.per_host)
     evaluator = Evaluator(task, config.eval_batch_size, mesh)
     start_step = step = int(state.step)
     last_checkpoint = checkpointer.latest_step() if checkpointer else None
-    tracker = EarlyStopping.from_config(config)
-    best_state = None
-    if tracker is not None:
-        tracker.replay(history, start_step)
-        best_state = resume_best(tracker, state, start_step, checkpointer)
+    tracker, best_state = resume_early_stopping(config, history, state, start_step, checkpointer)
     stopped = tracker is not None and tracker.exhausted and start_step < config.num_steps
-    chunks = schedule_chunks(
-        start_step,
-        config.num_steps,
-        config.steps_per_call,
-        (config.eval_every, config.checkpoint_every),
-    )
-    records, step_losses, divergence = [], [], None
-    compiled, compile_seconds, train_seconds, timed_steps = set(), 0.0, 0.0, 0
-    bar = tqdm(
-        total=config.num_steps,
-        initial=start_step,
-        disable=not progress,
-        unit="step",
-        desc="train",
-        leave=False,
-    )
+    every = (config.eval_every, config.checkpoint_every)  # chunks end on these steps
+    chunks = schedule_chunks(start_step, config.num_steps, config.steps_per_call, every)
+    records, step_losses, divergence, timer = [], [], None, ChunkTimer()
+
+    def emit(new_records: list[dict]) -> None:
+        for record in new_records:
+            records.append(record)
+            log(record)
+
+    bar = _progress_bar(config, start_step, progress)
     t_start = now()
     for k in [] if stopped else chunks:
-        if block_size is not None:  # per-host: each device's columns index its own block
-            indices = data.block_batch_indices(
-                block_size, mesh.size, config.batch_size, config.seed, step, k
-            )
-        else:
-            indices = data.batch_indices(len(y_host), config.batch_size, config.seed, step, k)
-        t0 = now()
-        if mesh is not None:  # every process passes the same global indices
-            indices = distributed.global_array(indices, index_sharding(mesh))
-        state, metrics = multi_step(state, x_train, y_train, jnp.asarray(indices))
-        metrics = jax.device_get(metrics)
-        seconds = now() - t0
-        if k in compiled:
-            train_seconds, timed_steps = train_seconds + seconds, timed_steps + k
-        else:  # the first call of each chunk length includes its compilation
-            compiled.add(k)
-            compile_seconds += seconds
+        state, metrics, seconds = train_chunk(multi_step, state, training, config, step, k)
+        timer.add(k, seconds)
         rate = format_rate(k, seconds)
-        bad = first_nonfinite(np.asarray(metrics["loss"]))
-        bad_grad = first_nonfinite(np.asarray(metrics["grad_norm"]))
-        if bad is None and bad_grad is None and not params_finite(state):
-            bad_grad = k - 1
-        if bad is not None or bad_grad is not None:
-            first = min(i for i in (bad, bad_grad) if i is not None)
-            divergence = {
-                "step": step + first + 1,  # steps count from 1, as in metrics.jsonl
-                "quantity": "loss" if first == bad else "gradient",
-                "last_finite_loss": float(metrics["loss"][first - 1]) if first else None,
-            }
-            metrics = {name: values[:first] for name, values in metrics.items()}
-            k = first
+        divergence = chunk_divergence(step, metrics, state)
+        if divergence:  # keep the steps before it
+            k = divergence["step"] - step - 1
+            metrics = {name: values[:k] for name, values in metrics.items()}
         step_losses.append(np.asarray(metrics["loss"]))
         if k:
-            for record in window_records(step, metrics, config.log_every, rate):
-                records.append(record)
-                log(record)
+            emit(window_records(step, metrics, config.log_every, rate))
         step += k
         bar.update(k)
         if divergence:
             break
         bar.set_postfix(loss=f"{float(metrics['loss'][-1]):.4f}", steps_per_s=f"{rate:,.0f}")
         improved = False
-        if step % config.eval_every == 0 or step == config.num_steps:
-            val = evaluator(state, dataset.x_val, dataset.y_val)
-            record = {"step": step, "val_loss": val["loss"], "val_accuracy": val["accuracy"]}
-            records.append(record)
-            log(record)
+        if evaluation_due(step, config):
+            record = validation_record(evaluator, state, dataset, step)
+            emit([record])
             if tracker is not None:
                 improved = tracker.update(step, record)
                 if improved:
                     best_state = copy_state(state)
                 stopped = tracker.exhausted and step < config.num_steps
-        if checkpointer and (
-            step == config.num_steps
-            or (config.checkpoint_every and step % config.checkpoint_every == 0)
-            or improved  # the best state, for a resumed run to restore
-            or stopped  # where training ended, so a rerun resumes (and stops) here
-        ):
+        if checkpointer and checkpoint_due(step, config, improved=improved, stopped=stopped):
             checkpointer.save(step, state)
             last_checkpoint = step
         if stopped:
             break
     bar.close()
-    losses_run = np.concatenate(step_losses) if step_losses else np.zeros(0, np.float32)
     final_step = int(state.step)  # after a divergence: the end of the chunk, as before
     if best_state is not None and not divergence:
         state = best_state
@@ -255,16 +364,16 @@ def fit(
         state=state,
         status="diverged" if divergence else "ok",
         records=records,
-        step_losses=losses_run,
+        step_losses=np.concatenate(step_losses) if step_losses else np.zeros(0, np.float32),
         divergence=divergence,
         wall_seconds=now() - t_start,
-        steps_per_s=format_rate(timed_steps, train_seconds) if timed_steps else 0.0,
-        compile_seconds=compile_seconds,
+        steps_per_s=timer.steps_per_s,
+        compile_seconds=timer.compile_seconds,
         start_step=start_step,
         last_checkpoint=last_checkpoint,
         final_step=final_step,
         stopped_early=stopped,
         best_step=int(state.step),
         best_value=tracker.best if tracker is not None and best_state is not None else None,
-        data=data_info,
+        data=training.info,
     )

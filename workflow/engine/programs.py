@@ -11,7 +11,8 @@ from flax import nnx
 
 def few_runs_options() -> dict[str, Any] | None:
     """XLA options for a program that runs once or a few times: on the CPU, the lowest backend
-    optimization level, which compiles small programs 3-5x faster; elsewhere the defaults."""
+    optimization level, which compiles small programs several times faster (benchmarks/
+    compile_cache.py --setup); elsewhere the defaults."""
     return {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
 
 
@@ -64,10 +65,10 @@ def initialize(make: Callable[[], nnx.Module]) -> nnx.Module:
     """The module `make()` builds, its initialization run as one compiled program.
 
     Built eagerly, every operation of every initializer compiles on its own for each parameter
-    shape: 5.2 s for LeNet on the 2-core CPU, most of a cold debug run's set-up. Traced once and
-    compiled at XLA's lowest backend optimization level (the program runs once), it takes 1.5 s
-    (MLP 4.1 -> 0.6 s, transformer 6.2 -> 2.5 s, ResNet-20 4.9 -> 1.9 s); the values agree with
-    eager initialization to 1 ulp. Constructors that need concrete values are built eagerly.
+    shape, most of a cold debug run's set-up. Traced once and compiled at XLA's lowest backend
+    optimization level (the program runs once), it compiles several times faster
+    (benchmarks/compile_cache.py --setup times both); the values agree with eager
+    initialization to 1 ulp. Constructors that need concrete values are built eagerly.
     """
     try:
         abstract = nnx.eval_shape(make)

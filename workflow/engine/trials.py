@@ -33,9 +33,9 @@ from workflow.engine.step import make_train_step
 
 TRIAL_AXIS = "trials"
 
-# On the CPU a vmapped LSTM is slower than its trials one by one: 8 trials ran 54 trial-steps/s
-# against 160 for one (MNIST-1D, batch 100; the per-trial recurrent matmuls of every time step
-# become small batched matmuls), while the MLP gains 1.4x (benchmarks/search_throughput.py).
+# On the CPU a vmapped LSTM trains slower than its trials one by one (the per-trial recurrent
+# matmuls of every time step become small batched matmuls), while the MLP gains:
+# benchmarks/search_throughput.py --model=lstm (or mlp) measures both.
 UNBATCHED_ON_CPU = ("lstm",)
 
 

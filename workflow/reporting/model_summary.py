@@ -1,10 +1,10 @@
 """The model's layers for the run directory: parameter shapes and counts, output shape per layer.
 
 NNX's own `nnx.tabulate` does the work: it calls the model on one batch and records each
-submodule's call. It runs here under `jax.eval_shape`, so nothing is computed or compiled (0.05-
-0.4 s for the zoo's models on the CPU), and its rows are collected through its `row_filter`
-hook for the structured list that summary.json holds. Modules that own parameters but are never
-called still appear, with no output shape: a layer built but left out of `__call__`.
+submodule's call. It runs here under `jax.eval_shape`, so nothing is computed or compiled, and
+its rows are collected through its `row_filter` hook for the structured list that summary.json
+holds. Modules that own parameters but are never called still appear, with no output shape: a
+layer built but left out of `__call__`.
 """
 
 import contextlib

@@ -323,6 +323,22 @@ def trial_record(number: int, params: dict, attrs: dict, round_: Round) -> dict:
     }
 
 
+def trial_attrs(result: trials_lib.TrialsResult, i: int, seed: int, round_: Round) -> dict:
+    """Trial i's result as stored in its study (JSON: non-finite values as None)."""
+    return {
+        "seed": seed,
+        "steps": round_.steps,
+        "epochs": round_.epochs,
+        "val_accuracy": float(result.val_accuracy[i]),
+        "val_loss": rundir.finite_or_none(result.val_loss[i]),
+        "initial_loss": rundir.finite_or_none(result.initial_loss[i]),
+        "final_loss": rundir.finite_or_none(result.final_loss[i]),
+        "improved": bool(result.improved[i]),
+        "diverged_at": int(result.diverged_at[i]),
+        "loss_curve": [rundir.finite_or_none(v) for v in result.train_loss_curve[i]],
+    }
+
+
 class Search:
     """A coarse-to-fine search of one config in one storage, resumable and shareable."""
 
@@ -427,37 +443,33 @@ class Search:
             desc=f"round {round_.index + 1}: {len(asked)} trials",
             leave=False,
         )
-        last_beat = [time.monotonic()]
-
-        def on_steps(k: int) -> None:
-            bar.update(k)
-            if time.monotonic() - last_beat[0] > self.search.heartbeat_seconds / 2:
-                for trial in asked:
-                    self.storage.record_heartbeat(trial._trial_id)
-                last_beat[0] = time.monotonic()
-
-        _, result = self.runner.run(hparams, self.dataset, round_.steps, progress=on_steps)
+        _, result = self.runner.run(
+            hparams, self.dataset, round_.steps, progress=self._beating(asked, bar.update)
+        )
         bar.close()
         self.trained_here += len(asked)
         records = []
         for i, trial in enumerate(asked):
-            attrs = {
-                "seed": hparams.seed[i],
-                "steps": round_.steps,
-                "epochs": round_.epochs,
-                "val_accuracy": float(result.val_accuracy[i]),
-                "val_loss": rundir.finite_or_none(result.val_loss[i]),
-                "initial_loss": rundir.finite_or_none(result.initial_loss[i]),
-                "final_loss": rundir.finite_or_none(result.final_loss[i]),
-                "improved": bool(result.improved[i]),
-                "diverged_at": int(result.diverged_at[i]),
-                "loss_curve": [rundir.finite_or_none(v) for v in result.train_loss_curve[i]],
-            }
+            attrs = trial_attrs(result, i, hparams.seed[i], round_)
             trial.set_user_attr("result", attrs)  # one write: SQLite commits are slow
             metric = attrs[self.search.metric]
             study.tell(trial, metric if metric is not None else math.inf)
             records.append(trial_record(trial.number, trial.params, attrs, round_))
         return records
+
+    def _beating(self, asked: list, on_steps: Callable[[int], None]) -> Callable[[int], None]:
+        """`on_steps`, recording the asked trials' heartbeats at least twice per heartbeat
+        period, so that no other worker reclaims them as orphaned while they train."""
+        last_beat = [time.monotonic()]
+
+        def beating(k: int) -> None:
+            on_steps(k)
+            if time.monotonic() - last_beat[0] > self.search.heartbeat_seconds / 2:
+                for trial in asked:
+                    self.storage.record_heartbeat(trial._trial_id)
+                last_beat[0] = time.monotonic()
+
+        return beating
 
     def run(self, first: Round, on_batch: Callable[[list[dict]], None] = lambda r: None):
         """Every round, each refined around the best of the one before; returns

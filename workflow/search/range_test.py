@@ -250,17 +250,7 @@ def analyze_range_test(
     min_drop: float = MIN_DROP,
 ) -> RangeTest:
     """Smooth a range test's loss, find where it diverged, its descent band and a suggested lr."""
-    lrs = np.asarray(learning_rates, np.float64).ravel()
-    raw = np.asarray(losses, np.float64).ravel()
-    if lrs.shape != raw.shape or len(lrs) == 0:
-        raise ValueError(
-            f"learning_rates and losses must be non-empty and of one length, got "
-            f"{lrs.shape} and {raw.shape}"
-        )
-    if not (np.all(np.isfinite(lrs)) and np.all(lrs > 0) and np.all(np.diff(lrs) > 0)):
-        raise ValueError("learning_rates must be positive, finite and strictly increasing")
-    if not divergence_factor > 1.0:
-        raise ValueError(f"divergence_factor={divergence_factor} must be > 1")
+    lrs, raw = _checked_sweep(learning_rates, losses, divergence_factor)
     n = len(raw)
     bad = np.flatnonzero(~np.isfinite(raw))
     n_ok = int(bad[0]) if bad.size else n
@@ -272,24 +262,7 @@ def analyze_range_test(
     z_s, draws = _smooth(lrs[:n_ok], z, smooth_decades)
     smoothed = np.full(n, np.nan)
     smoothed[:n_ok] = np.exp(z_s) if positive else z_s
-
-    def threshold(level: np.ndarray) -> np.ndarray:
-        if positive:
-            return level + math.log(divergence_factor)
-        return level + (divergence_factor - 1.0) * np.maximum(np.abs(level), 1e-12)
-
-    diverged_at = None
-    if n_ok:
-        best = np.minimum.accumulate(z_s)
-        over = np.flatnonzero(z_s > threshold(best))
-        diverged_at = int(over[0]) if over.size else None
-    reason = None
-    if diverged_at is not None:
-        stop_index, reason = diverged_at, "loss"
-    elif n_ok < n:
-        stop_index, reason = n_ok, "nonfinite"
-    else:
-        stop_index = n - 1
+    stop_index, reason = _stop(z_s, n, positive, divergence_factor)
     diverged = reason is not None
     region = stop_index if diverged else n  # points before the blow-up
 
@@ -310,61 +283,24 @@ def analyze_range_test(
     if region < 3:
         return result
 
-    x = np.log10(lrs[:region])
-    zr = z_s[:region]
-    noise = _noise_sigma(z[:region])
-    best_index = int(np.argmin(zr))
-    z_min = float(zr[best_index])
-    # The starting level: the median smoothed loss over the first quarter decade (at least
-    # START_POINTS points), but over no more than the first half of the way to the minimum.
-    start_count = max(int(np.sum(x < x[0] + START_DECADES)), START_POINTS)
-    start_count = max(min(start_count, best_index // 2), 1)
-    z0 = float(np.median(zr[:start_count]))
-    drop = z0 - z_min
-    # Noise (1 sigma) of the drop, of the start level and of a point of the curve, measured on
-    # the smoothed noise draws and scaled by the per-step noise.
-    z0_draws = np.median(draws[:, :start_count], axis=1)
-    sigma_drop = noise * float(np.std(z0_draws - draws[:, best_index]))
-    sigma_start = noise * float(np.std(z0_draws))
-    sigma_curve = noise * float(np.median(np.std(draws[:, :region], axis=0)))
+    levels = _levels(np.log10(lrs[:region]), z[:region], z_s[:region], draws)
     to_loss = math.exp if positive else float
-    result.best_index = best_index
-    result.start_loss = to_loss(z0)
-    result.min_loss = to_loss(z_min)
-    result.noise = sigma_curve
+    result.best_index = levels.best_index
+    result.start_loss = to_loss(levels.start)
+    result.min_loss = to_loss(levels.minimum)
+    result.noise = levels.sigma_curve
     result.status = "no_descent"
-    if best_index < 2 * MIN_START_POINTS:
+    if levels.best_index < 2 * MIN_START_POINTS:
         return result  # a minimum within the first few points leaves no start level to measure
-    result.significance = drop / sigma_drop if sigma_drop > 0 else math.inf
-    floor = math.log1p(min_drop) if positive else min_drop * max(abs(z0), 1e-12)
-    if not drop > max(MEASURABLE_SIGMAS * sigma_drop, floor):
+    drop = levels.drop
+    result.significance = drop / levels.sigma_drop if levels.sigma_drop > 0 else math.inf
+    floor = math.log1p(min_drop) if positive else min_drop * max(abs(levels.start), 1e-12)
+    if not drop > max(MEASURABLE_SIGMAS * levels.sigma_drop, floor):
         return result
 
-    # Both edges are levels measured from the curve's two robust anchors (start and minimum), so
-    # no single noisy point or derivative decides them. Capping at 40% of the drop keeps them
-    # ordered when the noise is large against the drop.
-    level_noise = math.hypot(sigma_start, sigma_curve)
-    margin = min(max(band_fraction * drop, NOISE_SIGMAS * level_noise), 0.4 * drop)
-    hi = int(np.flatnonzero(zr[: best_index + 1] <= z_min + margin)[0])
-    above = np.flatnonzero(zr[:hi] >= z0 - margin)
-    lo = int(above[-1]) + 1 if above.size else 0
-    # Open at the bottom: the loss was already falling measurably across the start window and
-    # the band begins right after it, so the band reaches down to the first lr (and maybe below
-    # the range tested). Both are asked, as a cluster of bad batches at the start fakes the first.
-    edge = max(start_count - 1, 1)
-    sigma_edge = noise * float(np.std(draws[:, 0] - draws[:, edge]))
-    falling = zr[0] - zr[edge] > max(band_fraction * drop, NOISE_SIGMAS * sigma_edge)
-    open_bottom = bool(falling and lo < 2 * start_count)
-    if open_bottom:
-        lo = 0
-    # Open at the top: no blow-up, the minimum is in the last window (twice the start one: the
-    # end of the curve is an extrapolation, noisier) and the loss still fell measurably across it.
-    end = max(region - 1 - 2 * edge, 0)
-    sigma_end = noise * float(np.std(draws[:, end] - draws[:, region - 1]))
-    still_falling = zr[end] - zr[-1] > NOISE_SIGMAS * sigma_end
-    open_top = bool(not diverged and best_index >= end and still_falling)
+    lo, hi, open_bottom, open_top = _band(levels, draws, band_fraction, diverged)
     lr_lo, lr_hi = float(lrs[lo]), float(lrs[hi])
-    log_s = max(math.log10(lr_hi) - SUGGEST_DECADES_BELOW_TOP, 0.5 * (x[lo] + x[hi]))
+    log_s = max(math.log10(lr_hi) - SUGGEST_DECADES_BELOW_TOP, 0.5 * (levels.x[lo] + levels.x[hi]))
     suggested = float(10.0**log_s)
     suggested = min(max(suggested, lr_lo), lr_hi)  # rounding must not push it out of the band
     result.status = "ok"
@@ -375,6 +311,125 @@ def analyze_range_test(
     result.band_open_bottom = open_bottom
     result.band_open_top = open_top
     return result
+
+
+def _checked_sweep(
+    learning_rates, losses, divergence_factor: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The sweep's learning rates and losses as float64 vectors, checked (ValueError)."""
+    lrs = np.asarray(learning_rates, np.float64).ravel()
+    raw = np.asarray(losses, np.float64).ravel()
+    if lrs.shape != raw.shape or len(lrs) == 0:
+        raise ValueError(
+            f"learning_rates and losses must be non-empty and of one length, got "
+            f"{lrs.shape} and {raw.shape}"
+        )
+    if not (np.all(np.isfinite(lrs)) and np.all(lrs > 0) and np.all(np.diff(lrs) > 0)):
+        raise ValueError("learning_rates must be positive, finite and strictly increasing")
+    if not divergence_factor > 1.0:
+        raise ValueError(f"divergence_factor={divergence_factor} must be > 1")
+    return lrs, raw
+
+
+def _stop(
+    z_s: np.ndarray, n: int, positive: bool, divergence_factor: float
+) -> tuple[int, str | None]:
+    """(stop index, reason): the first smoothed point above `divergence_factor` x its running
+    best ("loss"), else the first non-finite loss ("nonfinite"), else (n - 1, None).
+
+    `z_s` is the smoothed curve up to the first non-finite loss (log loss when `positive`).
+    """
+    n_ok = len(z_s)
+    if n_ok:
+        best = np.minimum.accumulate(z_s)
+        if positive:
+            threshold = best + math.log(divergence_factor)
+        else:
+            threshold = best + (divergence_factor - 1.0) * np.maximum(np.abs(best), 1e-12)
+        over = np.flatnonzero(z_s > threshold)
+        if over.size:
+            return int(over[0]), "loss"
+    if n_ok < n:
+        return n_ok, "nonfinite"
+    return n - 1, None
+
+
+@dataclasses.dataclass
+class _Levels:
+    """The robust anchors of a sweep's descent (log loss for positive losses), and the noise
+    (1 sigma) of each, measured on the smoothed noise draws and scaled by the per-step noise."""
+
+    x: np.ndarray  # log10(lr) of the points before the stop
+    z: np.ndarray  # their smoothed loss
+    noise: float  # per-step noise of the unsmoothed loss
+    best_index: int  # the smoothed minimum
+    minimum: float
+    start_count: int  # points the start level is the median of
+    start: float
+    drop: float  # start - minimum
+    sigma_drop: float
+    sigma_start: float
+    sigma_curve: float  # of one point of the smoothed curve
+
+
+def _levels(x: np.ndarray, z: np.ndarray, z_s: np.ndarray, draws: np.ndarray) -> _Levels:
+    """The start level, the minimum and the drop between them of the points before the stop
+    (`x`: log10 lr, `z`: raw and `z_s`: smoothed loss), with their noise."""
+    noise = _noise_sigma(z)
+    best_index = int(np.argmin(z_s))
+    z_min = float(z_s[best_index])
+    # The starting level: the median smoothed loss over the first quarter decade (at least
+    # START_POINTS points), but over no more than the first half of the way to the minimum.
+    start_count = max(int(np.sum(x < x[0] + START_DECADES)), START_POINTS)
+    start_count = max(min(start_count, best_index // 2), 1)
+    z0 = float(np.median(z_s[:start_count]))
+    z0_draws = np.median(draws[:, :start_count], axis=1)
+    return _Levels(
+        x=x,
+        z=z_s,
+        noise=noise,
+        best_index=best_index,
+        minimum=z_min,
+        start_count=start_count,
+        start=z0,
+        drop=z0 - z_min,
+        sigma_drop=noise * float(np.std(z0_draws - draws[:, best_index])),
+        sigma_start=noise * float(np.std(z0_draws)),
+        sigma_curve=noise * float(np.median(np.std(draws[:, : len(z_s)], axis=0))),
+    )
+
+
+def _band(
+    levels: _Levels, draws: np.ndarray, band_fraction: float, diverged: bool
+) -> tuple[int, int, bool, bool]:
+    """(lo, hi, open at the bottom, open at the top): the indices of the descent band."""
+    zr, drop, noise = levels.z, levels.drop, levels.noise
+    z0, z_min, best_index = levels.start, levels.minimum, levels.best_index
+    region = len(zr)
+    # Both edges are levels measured from the curve's two robust anchors (start and minimum), so
+    # no single noisy point or derivative decides them. Capping at 40% of the drop keeps them
+    # ordered when the noise is large against the drop.
+    level_noise = math.hypot(levels.sigma_start, levels.sigma_curve)
+    margin = min(max(band_fraction * drop, NOISE_SIGMAS * level_noise), 0.4 * drop)
+    hi = int(np.flatnonzero(zr[: best_index + 1] <= z_min + margin)[0])
+    above = np.flatnonzero(zr[:hi] >= z0 - margin)
+    lo = int(above[-1]) + 1 if above.size else 0
+    # Open at the bottom: the loss was already falling measurably across the start window and
+    # the band begins right after it, so the band reaches down to the first lr (and maybe below
+    # the range tested). Both are asked, as a cluster of bad batches at the start fakes the first.
+    edge = max(levels.start_count - 1, 1)
+    sigma_edge = noise * float(np.std(draws[:, 0] - draws[:, edge]))
+    falling = zr[0] - zr[edge] > max(band_fraction * drop, NOISE_SIGMAS * sigma_edge)
+    open_bottom = bool(falling and lo < 2 * levels.start_count)
+    if open_bottom:
+        lo = 0
+    # Open at the top: no blow-up, the minimum is in the last window (twice the start one: the
+    # end of the curve is an extrapolation, noisier) and the loss still fell measurably across it.
+    end = max(region - 1 - 2 * edge, 0)
+    sigma_end = noise * float(np.std(draws[:, end] - draws[:, region - 1]))
+    still_falling = zr[end] - zr[-1] > NOISE_SIGMAS * sigma_end
+    open_top = bool(not diverged and best_index >= end and still_falling)
+    return lo, hi, open_bottom, open_top
 
 
 # ----------------------------------------------------------------------------- the sweep
@@ -427,38 +482,12 @@ def run_range_test(
     `state` (left untouched); stops after the chunk in which the loss diverged. A batch_size
     above the number of training examples is cut to it.
     """
-    if not (0 < min_lr < max_lr and math.isfinite(max_lr)):
-        raise UsageError(f"min_lr={min_lr}, max_lr={max_lr}: need 0 < min_lr < max_lr")
-    for name, value, low in (
-        ("num_steps", num_steps, 2),
-        ("repeats", repeats, 1),
-        ("steps_per_call", steps_per_call, 1),
-        ("batch_size", batch_size, 1),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-            raise UsageError(f"{name}={value!r} must be an integer >= {low}")
-    hyperparams = getattr(state.opt_state, "hyperparams", None)
-    if not isinstance(hyperparams, dict) or "learning_rate" not in hyperparams:
-        raise UsageError(
-            "the range test sets the learning rate per step, so the optimizer must be built with "
-            "optax.inject_hyperparams(...)(learning_rate=...) (engine.build_optimizer does)"
-        )
+    _check_sweep_options(state, min_lr, max_lr, num_steps, repeats, steps_per_call, batch_size)
     x_train, y_train = dataset.x_train, dataset.y_train
-    n = len(x_train)
-    batch_size = min(int(batch_size), n)
     lrs = np.geomspace(min_lr, max_lr, num_steps)
-    # Equal chunks of at most steps_per_call (one compiled shape), padded by fewer than one step
-    # per chunk: padded steps run at lr 0 and are discarded.
-    num_chunks = -(-num_steps // min(int(steps_per_call), num_steps))
-    chunk = -(-num_steps // num_chunks)
-    # Each repeat sees its own data order; all start from the same parameters.
-    indices = np.stack(
-        [data.batch_indices(n, batch_size, seed + r, 0, num_steps) for r in range(repeats)]
+    num_chunks, chunk, lrs_padded, indices = _sweep_plan(
+        lrs, len(x_train), min(int(batch_size), len(x_train)), seed, repeats, steps_per_call
     )
-    pad = num_chunks * chunk - num_steps
-    lrs_padded = np.concatenate([lrs, np.zeros(pad)]).astype(np.float32)
-    if pad:
-        indices = np.concatenate([indices, np.repeat(indices[:, -1:], pad, axis=1)], axis=1)
 
     sweep = _make_sweep(task)
     t_start = time.perf_counter()
@@ -491,6 +520,57 @@ def run_range_test(
     result.wall_seconds = time.perf_counter() - t_start
     result.compile_seconds = compile_seconds
     return result
+
+
+def _check_sweep_options(
+    state: engine.TrainState,
+    min_lr: float,
+    max_lr: float,
+    num_steps: int,
+    repeats: int,
+    steps_per_call: int,
+    batch_size: int,
+) -> None:
+    """UsageError naming the first option of the sweep that is out of range, or the optimizer
+    whose learning rate cannot be set per step."""
+    if not (0 < min_lr < max_lr and math.isfinite(max_lr)):
+        raise UsageError(f"min_lr={min_lr}, max_lr={max_lr}: need 0 < min_lr < max_lr")
+    for name, value, low in (
+        ("num_steps", num_steps, 2),
+        ("repeats", repeats, 1),
+        ("steps_per_call", steps_per_call, 1),
+        ("batch_size", batch_size, 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+            raise UsageError(f"{name}={value!r} must be an integer >= {low}")
+    hyperparams = getattr(state.opt_state, "hyperparams", None)
+    if not isinstance(hyperparams, dict) or "learning_rate" not in hyperparams:
+        raise UsageError(
+            "the range test sets the learning rate per step, so the optimizer must be built with "
+            "optax.inject_hyperparams(...)(learning_rate=...) (engine.build_optimizer does)"
+        )
+
+
+def _sweep_plan(
+    lrs: np.ndarray, n: int, batch_size: int, seed: int, repeats: int, steps_per_call: int
+) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """(chunks, chunk length, learning rates, batch indices (repeats, steps)) of the sweep.
+
+    Equal chunks of at most steps_per_call (one compiled shape), padded by fewer than one step
+    per chunk: padded steps run at lr 0 and are discarded. Each repeat sees its own data
+    order; all start from the same parameters.
+    """
+    num_steps = len(lrs)
+    num_chunks = -(-num_steps // min(int(steps_per_call), num_steps))
+    chunk = -(-num_steps // num_chunks)
+    indices = np.stack(
+        [data.batch_indices(n, batch_size, seed + r, 0, num_steps) for r in range(repeats)]
+    )
+    pad = num_chunks * chunk - num_steps
+    lrs_padded = np.concatenate([lrs, np.zeros(pad)]).astype(np.float32)
+    if pad:
+        indices = np.concatenate([indices, np.repeat(indices[:, -1:], pad, axis=1)], axis=1)
+    return num_chunks, chunk, lrs_padded, indices
 
 
 # ----------------------------------------------------------------------------- findings, plot

@@ -165,6 +165,26 @@ def check_dtypes(
     for name, (problem, _) in problems.items():
         groups.setdefault(problem, []).append(name)
     severity = max((s for _, s in problems.values()), key=_SEVERITY_RANK.get)
+    suggestions = _dtype_suggestions(problems)
+    return [
+        Finding(
+            id="dtype_mismatch",
+            severity=severity,
+            message="unexpected dtypes: "
+            + "; ".join(f"{', '.join(names)}: {problem}" for problem, names in groups.items()),
+            evidence={
+                "dtypes": {name: problem for name, (problem, _) in problems.items()},
+                "expected": dict(EXPECTED_DTYPES),
+                "jax_enable_x64": bool(jax.config.jax_enable_x64),
+                "source_dtypes": (getattr(dataset, "info", None) or {}).get("source_dtypes", {}),
+            },
+            suggestions=suggestions,
+        )
+    ]
+
+
+def _dtype_suggestions(problems: dict[str, tuple[str, str]]) -> list[str]:
+    """One fix for each kind of array with a problem: inputs, labels, parameters, outputs, x64."""
     suggestions = []
     if any(n.startswith("x_") for n in problems):
         suggestions.append(
@@ -191,21 +211,7 @@ def check_dtypes(
             "keep jax_enable_x64 off: unset JAX_ENABLE_X64 and remove "
             "jax.config.update('jax_enable_x64', True); the workflow computes in float32"
         )
-    return [
-        Finding(
-            id="dtype_mismatch",
-            severity=severity,
-            message="unexpected dtypes: "
-            + "; ".join(f"{', '.join(names)}: {problem}" for problem, names in groups.items()),
-            evidence={
-                "dtypes": {name: problem for name, (problem, _) in problems.items()},
-                "expected": dict(EXPECTED_DTYPES),
-                "jax_enable_x64": bool(jax.config.jax_enable_x64),
-                "source_dtypes": (getattr(dataset, "info", None) or {}).get("source_dtypes", {}),
-            },
-            suggestions=suggestions,
-        )
-    ]
+    return suggestions
 
 
 CHECKS = (

@@ -45,15 +45,7 @@ def check_labels(dataset: Any) -> list[Finding]:
     """`labels_out_of_range`, and `labels_corrupted` for label problems visible without training."""
     findings = []
     c = int(dataset.num_classes)
-    outside = {}
-    for split in ("train", "val", "test"):
-        y = np.asarray(dataset.split(split)[1])
-        bad = (y < 0) | (y >= c)
-        if bad.any():
-            outside[split] = {
-                "count": int(bad.sum()),
-                "values": [v.item() for v in np.unique(y[bad])[:10]],
-            }
+    outside = _labels_outside(dataset, c)
     if outside:
         findings.append(
             Finding(
@@ -88,15 +80,7 @@ def check_labels(dataset: Any) -> list[Finding]:
         )
         return findings
 
-    p_train = counts["train"] / max(1.0, counts["train"].sum())
-    shifted = {}
-    for split in ("val", "test"):
-        n = counts[split].sum()
-        if n < max(LABEL_TV_MIN_EXAMPLES, LABEL_TV_MIN_PER_CLASS * c):
-            continue
-        tv = 0.5 * float(np.abs(counts[split] / n - p_train).sum())
-        if tv > LABEL_TV_MAX:
-            shifted[split] = round(tv, 4)
+    shifted = _shifted_splits(counts, c)
     if shifted:
         findings.append(
             Finding(
@@ -117,6 +101,35 @@ def check_labels(dataset: Any) -> list[Finding]:
             )
         )
     return findings
+
+
+def _labels_outside(dataset: Any, c: int) -> dict[str, dict]:
+    """Per split with labels outside [0, c): how many, and the first ten such values."""
+    outside = {}
+    for split in ("train", "val", "test"):
+        y = np.asarray(dataset.split(split)[1])
+        bad = (y < 0) | (y >= c)
+        if bad.any():
+            outside[split] = {
+                "count": int(bad.sum()),
+                "values": [v.item() for v in np.unique(y[bad])[:10]],
+            }
+    return outside
+
+
+def _shifted_splits(counts: dict[str, np.ndarray], c: int) -> dict[str, float]:
+    """The val/test splits whose class distribution is more than LABEL_TV_MAX (total
+    variation) from train's, among those with enough examples to tell."""
+    p_train = counts["train"] / max(1.0, counts["train"].sum())
+    shifted = {}
+    for split in ("val", "test"):
+        n = counts[split].sum()
+        if n < max(LABEL_TV_MIN_EXAMPLES, LABEL_TV_MIN_PER_CLASS * c):
+            continue
+        tv = 0.5 * float(np.abs(counts[split] / n - p_train).sum())
+        if tv > LABEL_TV_MAX:
+            shifted[split] = round(tv, 4)
+    return shifted
 
 
 def labels_signal_finding(

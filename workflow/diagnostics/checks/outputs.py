@@ -70,7 +70,7 @@ def _softmax_cross_entropy(outputs: np.ndarray, labels: np.ndarray) -> float:
 
 
 # Static loss: one compiled program per loss and shape. Run eagerly, each operation of the loss
-# would compile on its own (2.4 s of a cold debug run for softmax cross-entropy).
+# would compile on its own, a large part of a cold debug run.
 @engine.jit_for_few_runs(static_argnums=0)
 def _apply_loss(loss_fn: Callable, outputs: jax.Array, labels: jax.Array) -> jax.Array:
     return loss_fn(outputs, labels)
@@ -105,24 +105,9 @@ def _loss_shape_findings(
                 suggestions=["a loss takes (outputs (N, C), integer labels (N,)) and returns (N,)"],
             )
         ]
-    promotion = None
-    try:
-        with jax.numpy_rank_promotion("raise"):
-            jax.eval_shape(loss_fn, outputs, labels)
-    except ValueError as e:
-        if "rank_promotion" not in str(e):
-            raise
-        promotion = str(e).split(". For more", 1)[0]
+    promotion = _rank_promotion(loss_fn, outputs, labels)
     shape = tuple(per_example.shape)
-    separable_diff = None
-    if shape == (n,) and n >= 2:
-        h = n // 2
-        full = np.asarray(_apply_loss(loss_fn, outputs, labels))
-        try:
-            half = np.asarray(_apply_loss(loss_fn, outputs[:h], labels[:h]))
-            separable_diff = max_diff(full[:h], half) / output_scale(full)
-        except Exception:  # a loss tied to one batch size: the shape test above still holds
-            separable_diff = None
+    separable_diff = _half_batch_difference(loss_fn, outputs, labels) if shape == (n,) else None
     if shape == (n,) and (separable_diff is None or separable_diff <= LOSS_SEPARABLE_RTOL):
         if promotion is None:
             return []
@@ -166,113 +151,169 @@ def _loss_shape_findings(
     ]
 
 
+def _rank_promotion(loss_fn: Callable, outputs: jax.Array, labels: jax.Array) -> str | None:
+    """JAX's message when the loss broadcasts arrays of different rank, else None."""
+    try:
+        with jax.numpy_rank_promotion("raise"):
+            jax.eval_shape(loss_fn, outputs, labels)
+    except ValueError as e:
+        if "rank_promotion" not in str(e):
+            raise
+        return str(e).split(". For more", 1)[0]
+    return None
+
+
+def _half_batch_difference(
+    loss_fn: Callable, outputs: jax.Array, labels: jax.Array
+) -> float | None:
+    """How far the first half's per-example losses move when computed on that half alone
+    (relative to the losses' scale): 0 for a loss that treats examples separately. None for a
+    batch of one, or a loss tied to one batch size (the shape test still holds)."""
+    n = outputs.shape[0]
+    if n < 2:
+        return None
+    h = n // 2
+    full = np.asarray(_apply_loss(loss_fn, outputs, labels))
+    try:
+        half = np.asarray(_apply_loss(loss_fn, outputs[:h], labels[:h]))
+        return max_diff(full[:h], half) / output_scale(full)
+    except Exception:
+        return None
+
+
 def check_output_and_loss(
     task: Task, state: TrainState, batch: Batch, num_classes: int
 ) -> list[Finding]:
     """`shape_mismatch`, `softmax_before_loss` and `initial_loss_off` on one batch at step 0."""
     x, y = jnp.asarray(batch["x"]), jnp.asarray(batch["y"])
-    n = x.shape[0]
-    # Train mode: the loss the first training step reports. The gradient program is compiled
-    # here for the later checks too; a loss that cannot even run falls back to a forward pass.
+    outputs = _train_mode_outputs(task, state, x, y)
+    wrong_outputs = _output_shape_finding(outputs, x.shape[0], num_classes)
+    if wrong_outputs is not None:
+        return [wrong_outputs]
+    builtin_ce = task.loss_fn is losses.softmax_cross_entropy
+    loss_name = getattr(task.loss_fn, "__name__", repr(task.loss_fn))
+    findings = _loss_shape_findings(task.loss_fn, outputs, y, loss_name)
+    out = np.asarray(outputs, np.float64)
+    for finding in (
+        _softmax_before_loss_finding(out, loss_name, builtin_ce),
+        _initial_loss_finding(out, np.asarray(y), num_classes, loss_name, builtin_ce),
+    ):
+        if finding is not None:
+            findings.append(finding)
+    return findings
+
+
+def _train_mode_outputs(task: Task, state: TrainState, x: jax.Array, y: jax.Array) -> jax.Array:
+    """The model's outputs on the batch in train mode: those the first training step's loss
+    sees. The gradient program is compiled here for the later checks too; a loss that cannot
+    even run falls back to a forward pass (and is reported as a shape_mismatch of the loss)."""
     try:
         (_, outputs), _ = loss_outputs_grads(
             task.train_graphdef, task.loss_fn, state.params, state.model_state, x, y
         )
-    except Exception:  # reported below as a shape_mismatch of the loss
+    except Exception:
         outputs, _ = forward_in_mode(task.train_graphdef, state.params, state.model_state, x)
+    return outputs
+
+
+def _output_shape_finding(outputs: jax.Array, n: int, num_classes: int) -> Finding | None:
+    """`shape_mismatch` for outputs that are not (n, num_classes) logits of a batch of n."""
     try:
         chex.assert_shape(outputs, (n, num_classes))
     except AssertionError as e:
-        return [
-            Finding(
-                id="shape_mismatch",
-                severity="error",
-                message=f"the model returns shape {tuple(outputs.shape)}; expected ({n}, "
-                f"{num_classes}) logits",
-                evidence={"outputs_shape": list(outputs.shape), "expected": [n, num_classes]},
-                suggestions=[
-                    "end the model with a Dense layer of num_outputs units",
-                    "flatten (batch, ...) features to (batch, -1) before the last layer",
-                    str(e).splitlines()[0],
-                ],
-            )
-        ]
-    builtin_ce = task.loss_fn is losses.softmax_cross_entropy
-    loss_name = getattr(task.loss_fn, "__name__", repr(task.loss_fn))
-    findings = _loss_shape_findings(task.loss_fn, outputs, y, loss_name)
+        return Finding(
+            id="shape_mismatch",
+            severity="error",
+            message=f"the model returns shape {tuple(outputs.shape)}; expected ({n}, "
+            f"{num_classes}) logits",
+            evidence={"outputs_shape": list(outputs.shape), "expected": [n, num_classes]},
+            suggestions=[
+                "end the model with a Dense layer of num_outputs units",
+                "flatten (batch, ...) features to (batch, -1) before the last layer",
+                str(e).splitlines()[0],
+            ],
+        )
+    return None
 
-    out = np.asarray(outputs, np.float64)
+
+def _softmax_before_loss_finding(
+    out: np.ndarray, loss_name: str, builtin_ce: bool
+) -> Finding | None:
+    """`softmax_before_loss` for outputs that are already probabilities or log-probabilities."""
     kind = _output_kind(out)
-    if kind:
-        if kind == "probabilities":
-            severity = "error" if builtin_ce else "warning"
-            why = (
-                "softmax cross-entropy applies a second softmax: outputs in [0, 1] give nearly "
-                "uniform predictions, tiny gradients and a plateau near ln C"
-            )
-        else:
-            severity = "warning" if builtin_ce else "info"
-            why = (
-                "log_softmax is idempotent, so softmax cross-entropy is unchanged, but the "
-                "outputs are not logits as the workflow's losses and metrics expect"
-            )
-        findings.append(
-            Finding(
-                id="softmax_before_loss",
-                severity=severity,
-                message=f"the model's outputs are already {kind} but the loss {loss_name} "
-                f"expects logits; {why}",
-                evidence={
-                    "outputs": kind,
-                    "loss": loss_name,
-                    "min": float(out.min()),
-                    "max": float(out.max()),
-                    "row_sum_range": [float(out.sum(-1).min()), float(out.sum(-1).max())],
-                },
-                suggestions=[
-                    "remove the final softmax / log_softmax from the model: return raw logits",
-                    "apply softmax only where probabilities are needed (prediction, calibration)",
-                ],
-            )
+    if not kind:
+        return None
+    if kind == "probabilities":
+        severity = "error" if builtin_ce else "warning"
+        why = (
+            "softmax cross-entropy applies a second softmax: outputs in [0, 1] give nearly "
+            "uniform predictions, tiny gradients and a plateau near ln C"
         )
+    else:
+        severity = "warning" if builtin_ce else "info"
+        why = (
+            "log_softmax is idempotent, so softmax cross-entropy is unchanged, but the "
+            "outputs are not logits as the workflow's losses and metrics expect"
+        )
+    return Finding(
+        id="softmax_before_loss",
+        severity=severity,
+        message=f"the model's outputs are already {kind} but the loss {loss_name} "
+        f"expects logits; {why}",
+        evidence={
+            "outputs": kind,
+            "loss": loss_name,
+            "min": float(out.min()),
+            "max": float(out.max()),
+            "row_sum_range": [float(out.sum(-1).min()), float(out.sum(-1).max())],
+        },
+        suggestions=[
+            "remove the final softmax / log_softmax from the model: return raw logits",
+            "apply softmax only where probabilities are needed (prediction, calibration)",
+        ],
+    )
 
-    # Calibrated for softmax cross-entropy, so computed as that on the outputs read as logits;
-    # under another loss the result is only reported (info).
-    ce = _softmax_cross_entropy(out, np.asarray(y))
+
+def _initial_loss_finding(
+    out: np.ndarray, y: np.ndarray, num_classes: int, loss_name: str, builtin_ce: bool
+) -> Finding | None:
+    """`initial_loss_off` for an initial loss outside [label entropy, ln C] (with tolerance).
+
+    Calibrated for softmax cross-entropy, so computed as that on the outputs read as logits;
+    under another loss the result is only reported (info).
+    """
+    ce = _softmax_cross_entropy(out, y)
     ln_c = math.log(num_classes)
-    entropy = _label_entropy(np.asarray(y), num_classes)
+    entropy = _label_entropy(y, num_classes)
     tol = max(INITIAL_LOSS_ABS_TOL, INITIAL_LOSS_REL_TOL * ln_c)
-    if not math.isfinite(ce) or not entropy - tol <= ce <= ln_c + tol:
-        logits_std = float(np.std(out)) if np.all(np.isfinite(out)) else math.inf
-        row_spread = out.max(-1) - out.min(-1)
-        findings.append(
-            Finding(
-                id="initial_loss_off",
-                severity="warning" if builtin_ce else "info",
-                message=f"the initial loss {ce:.4g} is far from ln C = {ln_c:.4g} "
-                f"(accepted {entropy - tol:.3g}..{ln_c + tol:.3g})"
-                + ("" if builtin_ce else f"; computed as softmax cross-entropy, not {loss_name}"),
-                evidence={
-                    "initial_loss": ce,
-                    "expected": ln_c,
-                    "label_entropy": entropy,
-                    "tolerance": tol,
-                    "loss": loss_name if builtin_ce else f"softmax_cross_entropy ({loss_name})",
-                    "logits_std": logits_std,
-                    "logits_max_abs": float(np.nanmax(np.abs(out))),
-                    "logits_row_spread_mean": float(np.nanmean(row_spread)),
-                },
-                suggestions=[
-                    "too large: the last layer's weights or bias start too big (exploding init, "
-                    "x100 scale) -- use the default (LeCun/He) init and a zero bias",
-                    "too large: unnormalized inputs scale the logits -- normalize the inputs",
-                    "too small: labels may leak into the inputs, or the loss is not averaged "
-                    "per example",
-                    "the model may end in a softmax (see softmax_before_loss)",
-                ],
-            )
-        )
-    return findings
+    if math.isfinite(ce) and entropy - tol <= ce <= ln_c + tol:
+        return None
+    logits_std = float(np.std(out)) if np.all(np.isfinite(out)) else math.inf
+    row_spread = out.max(-1) - out.min(-1)
+    return Finding(
+        id="initial_loss_off",
+        severity="warning" if builtin_ce else "info",
+        message=f"the initial loss {ce:.4g} is far from ln C = {ln_c:.4g} "
+        f"(accepted {entropy - tol:.3g}..{ln_c + tol:.3g})"
+        + ("" if builtin_ce else f"; computed as softmax cross-entropy, not {loss_name}"),
+        evidence={
+            "initial_loss": ce,
+            "expected": ln_c,
+            "label_entropy": entropy,
+            "tolerance": tol,
+            "loss": loss_name if builtin_ce else f"softmax_cross_entropy ({loss_name})",
+            "logits_std": logits_std,
+            "logits_max_abs": float(np.nanmax(np.abs(out))),
+            "logits_row_spread_mean": float(np.nanmean(row_spread)),
+        },
+        suggestions=[
+            "too large: the last layer's weights or bias start too big (exploding init, "
+            "x100 scale) -- use the default (LeCun/He) init and a zero bias",
+            "too large: unnormalized inputs scale the logits -- normalize the inputs",
+            "too small: labels may leak into the inputs, or the loss is not averaged per example",
+            "the model may end in a softmax (see softmax_before_loss)",
+        ],
+    )
 
 
 CHECKS = (
