@@ -2,9 +2,8 @@
 
 The tune stage trains its trials in batches, one compiled program per batch
 (workflow/engine/trials.py: the train step `vmap`ped over a leading trial axis). This script
-times, in
-one process, on MNIST-1D (configs/mnist1d.py with the model of --model, batch 100) and with a
-fixed trial length of --steps steps:
+times, in one process, on MNIST-1D (configs/mnist1d.py with the model of --model, batch 100)
+and with a fixed trial length of --steps steps:
 
   batched      one `TrialRunner.run` call training N trials together, for each N of --sizes;
   sequential   --sequential_runs single-trial `TrialRunner.run` calls one after another: the

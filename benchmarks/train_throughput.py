@@ -3,7 +3,7 @@
 On the MNIST-1D train split at batch 100, with Adam, for the MLP (40-100-100-10), the CNN (tcn
 defaults) and the LSTM, it times in one process:
 
-  ours            workflow.training.make_multi_step: the jitted lax.scan over `steps_per_call`
+  ours            workflow.engine.make_multi_step: the jitted lax.scan over `steps_per_call`
                   steps that `fit` runs, with fit's per-call host work (batch indices, fetching
                   the step metrics, the finiteness checks).
   nnx.jit loop    an `nnx.jit` train step (nnx.Optimizer, nnx.value_and_grad) called once per

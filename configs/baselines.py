@@ -71,7 +71,7 @@ imdb_lstm
 
 Weight decay: the paper's SGD adds 1e-4 * w to each gradient (Caffe/Torch weight decay, i.e. a
 (1e-4 / 2) * ||w||^2 term in the loss). Our config.l2 adds l2 * sum(w^2) to the loss, whose
-gradient 2 * l2 * w training.build_optimizer adds with optax.add_decayed_weights(2 * l2) before
+gradient 2 * l2 * w engine.build_optimizer adds with optax.add_decayed_weights(2 * l2) before
 momentum, so l2 = 5e-5 reproduces 1e-4 exactly, on every parameter (BatchNorm scales and offsets
 included, as Torch's SGD did). optimizer.weight_decay is AdamW's decoupled decay, not this.
 """
@@ -116,7 +116,7 @@ def _accelerator_defaults(config: ml_collections.ConfigDict) -> None:
 
 
 def _set_schedule(config: ml_collections.ConfigDict, **values) -> None:
-    """Set keys of config.optimizer.schedule (training.lr_multiplier), keeping the base
+    """Set keys of config.optimizer.schedule (engine.lr_multiplier), keeping the base
     config's other keys so every schedule's options stay overridable from the command line."""
     if config.optimizer.get("schedule") is None:
         config.optimizer.schedule = ml_collections.ConfigDict()

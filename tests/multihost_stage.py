@@ -20,7 +20,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from workflow import engine  # noqa: E402
+from workflow import (
+    engine,  # noqa: E402
+    files,
+)
 from workflow.reporting import rundir
 
 _fit = engine.fit
@@ -32,7 +35,7 @@ def write_summary(run, summary):
     import jax
 
     _write_summary(run, summary)
-    line = {"process": jax.process_index(), "summary": rundir.to_jsonable(summary.to_json())}
+    line = {"process": jax.process_index(), "summary": files.to_jsonable(summary.to_json())}
     print("SUMMARY " + json.dumps(line), file=sys.stderr, flush=True)
 
 

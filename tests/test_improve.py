@@ -6,9 +6,8 @@ import os
 import pytest
 
 from tests.conftest import ROOT, read_summary, small_config
-from workflow import config_lib, data, evaluate, experiment, improve
+from workflow import config_lib, data, evaluate, experiment, files, improve
 from workflow.data import synthetic
-from workflow.reporting import rundir
 from workflow.search import remedies
 
 
@@ -171,7 +170,7 @@ def test_improve_fixes_an_underfit_model_and_says_why(tmp_path, monkeypatch):
     monkeypatch.setattr(improve, "range_test_suggestion", no_range_test)
     source = os.path.join(ROOT, "configs/synthetic.py") + ":tabular"
     summary = improve.run_improve(setup, str(tmp_path / "improve"), source)
-    assert read_summary(tmp_path / "improve") == rundir.to_jsonable(summary.to_json())
+    assert read_summary(tmp_path / "improve") == files.to_jsonable(summary.to_json())
     assert summary.verdicts == ["underfit"] or "underfit" in summary.verdicts
     candidates = summary.candidates
     assert candidates[0]["name"] == "baseline" and len(candidates) >= 3

@@ -7,6 +7,7 @@ import os
 import ml_collections
 import pytest
 
+from workflow import files
 from workflow.diagnostics.findings import Finding
 from workflow.engine import distributed
 from workflow.reporting import rundir
@@ -220,6 +221,6 @@ def test_a_misspelled_field_fails():
 
 def test_workflow_steps_read_back_from_workflow_json():
     step = Step("3_evaluate", "evaluate", "runs/x/3_evaluate", "configs/c.py", tiny_summary())
-    again = Step.from_json(json.loads(json.dumps(rundir.to_jsonable(step.to_json()))))
+    again = Step.from_json(json.loads(json.dumps(files.to_jsonable(step.to_json()))))
     assert again.name == step.name and again.summary.findings == step.summary.findings
     assert again.summary.to_json()["metrics"] == {"test_accuracy": 0.5, "val_loss": "nan"}

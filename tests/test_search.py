@@ -240,6 +240,39 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
     assert all(o["records"] == 12 for o in outputs)
 
 
+def _open_fresh_study(url: str, barrier, results) -> None:
+    """One worker: open the storage and create-or-load the study, all workers at once."""
+    import optuna
+
+    barrier.wait()
+    try:
+        storage = random_search.open_storage(url, heartbeat_seconds=30)
+        optuna.create_study(storage=storage, study_name="shared", load_if_exists=True)
+        results.put("ok")
+    except BaseException as e:  # noqa: BLE001 - reported to the test
+        results.put(f"{type(e).__name__}: {e}"[:300])
+
+
+def test_workers_creating_one_fresh_sqlite_study_at_once_all_succeed(tmp_path):
+    # Six workers released together on a database that does not exist yet: without the schema
+    # lock most such rounds fail with "table ... already exists" in one of them.
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(6), context.Queue()
+    url = f"sqlite:///{tmp_path}/study.db"
+    workers = [
+        context.Process(target=_open_fresh_study, args=(url, barrier, results)) for _ in range(6)
+    ]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=300) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+    assert outcomes == ["ok"] * 6
+    assert sorted(os.listdir(tmp_path)) == ["study.db"]  # the lock leaves no file behind
+
+
 @pytest.mark.parametrize("name", random_search.SAMPLERS)
 def test_sampler_points_depend_only_on_the_trial_number(name):
     from optuna.distributions import FloatDistribution

@@ -2,6 +2,7 @@
 
 import contextlib
 import errno
+import importlib
 import os
 import re
 import sys
@@ -23,6 +24,8 @@ def define_flags(stage: str) -> None:
     """--config (a configs/*.py file, overridable key by key) and --workdir."""
     global _stage
     _stage = stage
+    # --help prints the stage's own description (its package's docstring) above the flags.
+    sys.modules["__main__"].__doc__ = importlib.import_module(f"workflow.{stage}").__doc__
     check_config_path(sys.argv[1:])
     try:
         # config_flags applies --config.* overrides from sys.argv already here, at definition.

@@ -57,7 +57,7 @@ def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collection
     config.optimizer = ml_collections.ConfigDict(
         {"name": "adam", "learning_rate": 3e-4, "momentum": 0.9, "weight_decay": 0.0}
     )
-    # A factor on the learning rate over training (training.lr_multiplier): "constant";
+    # A factor on the learning rate over training (engine.lr_multiplier): "constant";
     # "piecewise" multiplies by `scale` at each of `boundaries` (steps); "cosine" decays to 0
     # at num_steps after `warmup_steps` of linear warm-up.
     config.optimizer.schedule = ml_collections.ConfigDict(
@@ -68,7 +68,7 @@ def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collection
     # Data augmentation of training batches (workflow/engine/augment.py), one block per data kind.
     config.augment = augment.default_config()
     # Stop when the validation metric has not improved for `patience` evaluations, and report
-    # the best evaluated state (training.fit).
+    # the best evaluated state (engine.fit).
     config.early_stopping = ml_collections.ConfigDict(
         {"enabled": False, "metric": "val_accuracy", "patience": 5, "min_delta": 0.0}
     )
@@ -107,9 +107,8 @@ def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collection
         }
     )
     # Out of memory (workflow/diagnostics/memory.py): on XLA's resource-exhausted error a stage
-    # reports an
-    # `out_of_memory` finding; retry_halving reruns it at half the batch size until it fits.
-    # step_limit_mb (None: off) treats a training step estimated above it as out of memory.
+    # reports an `out_of_memory` finding; retry_halving reruns it at half the batch size until it
+    # fits. step_limit_mb (None: off) treats a training step estimated above it as out of memory.
     config.memory = ml_collections.ConfigDict(
         {"retry_halving": False, "step_limit_mb": config_dict.placeholder(float)}
     )

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from workflow.data.cache import cache_dir, write_atomically
+from workflow.data.cache import cache_dir
+from workflow.files import write_atomically
 
 # ----------------------------------------------------------------------------- text
 

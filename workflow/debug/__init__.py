@@ -82,9 +82,9 @@ def run_debug(setup: experiment.Setup, workdir: str, started: float | None = Non
     short = short_run_config(config, config.debug.train_steps)
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="short-run") as pool:
         # The short run does not depend on the checks or the overfit: it compiles and trains on
-        # the other core meanwhile (cold LeNet on digits, 2 cores: 9.1-9.4 s -> 7.6-8.7 s to the
-        # verdict; the programs are traced by the user's own code in two threads at once, as
-        # JAX allows, each from its own merged copy of the model).
+        # another core meanwhile, which shortens the time to verdict (benchmarks/bugzoo.py times
+        # it). The user's model is traced in two threads at once, as JAX allows, each from its
+        # own merged copy.
         short_run = pool.submit(
             engine.fit,
             setup.task,

@@ -34,5 +34,5 @@ def print_findings(summary: Summary) -> None:
 
 
 if __name__ == "__main__":
-    cli.define_flags("debug")  # only as a script: stages can then be imported side by side
+    cli.define_flags("debug")
     cli.run(main)

@@ -15,9 +15,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from workflow import files
 from workflow.engine import distributed
 from workflow.errors import UsageError
-from workflow.reporting import rundir
 
 CHECKSUMS = "checksums.json"
 
@@ -101,11 +101,11 @@ class Checkpointer:
             sums[str(step)] = digest(jax.device_get(flat))
         else:  # parameters split over hosts: none sees them whole; Orbax's own checks remain
             sums.pop(str(step), None)
-        rundir.write_json(os.path.join(self._directory, CHECKSUMS), sums)  # atomic
+        files.write_json(os.path.join(self._directory, CHECKSUMS), sums)  # atomic
 
     def _checksums(self) -> dict[str, str]:
         try:
-            return rundir.read_json(os.path.join(self._directory, CHECKSUMS))
+            return files.read_json(os.path.join(self._directory, CHECKSUMS))
         except (OSError, ValueError):
             return {}  # none yet, or unreadable: checkpoints are then checked by Orbax alone
 

@@ -4,7 +4,7 @@ Every process runs the same stage command. `initialize` joins them through
 `jax.distributed.initialize`: from the --coordinator_address/--num_processes/--process_id flags,
 or from the cluster's environment (SLURM, Cloud TPU, or JAX_COORDINATOR_ADDRESS and friends),
 which JAX reads itself. Afterwards `jax.devices()` lists every host's devices and the
-data-parallel mesh of training.fit spans them all.
+data-parallel mesh of engine.fit spans them all.
 
 Every process builds the same initial state (same seed); `global_array` turns such a host value
 into one global array whose shards each process fills from its own copy.
@@ -19,7 +19,7 @@ The training data comes in one of two layouts (config.parallel.data; "auto", the
   and counted in the dataset info). TFDS reads only those records (tfds.data_source); the
   in-memory loaders (mnist1d, digits, synthetic, custom) generate everything and keep the slice.
   Normalization statistics are combined from every host's sums (`sum_over_processes`), so they
-  are the full training split's on every host. training.fit lays the shards end to end as one
+  are the full training split's on every host. engine.fit lays the shards end to end as one
   global array split over the mesh's data axis, each device holding one equal block, and each
   device gathers its part of every batch from its own block by local indices
   (data.block_batch_indices: epoch permutations of the block, a function of seed, step and
@@ -33,11 +33,10 @@ process 0 alone while the others wait, and all resume from the same step.
 
 Stages: start_simple, debug, evaluate, tune and improve run multi-process; workflow.run refuses
 (UsageError, exit 2). Batched trials (workflow/engine/trials.py: tune's search and range test,
-improve's
-lr / L2 candidates) run on each process's local devices with the whole training split loaded on
-every host, so every process computes the same trials; process 0 alone records them (the Optuna
-study) and `broadcast_json` hands its results and decisions to the others, so that every process
-takes the same next steps (the same training.fit runs, the same collectives).
+improve's lr / L2 candidates) run on each process's local devices with the whole training split
+loaded on every host, so every process computes the same trials; process 0 alone records them (the
+Optuna study) and `broadcast_json` hands its results and decisions to the others, so that every
+process takes the same next steps (the same engine.fit runs, the same collectives).
 
 Launch lines (the same for both layouts):
     # SLURM, one task per host (JAX reads SLURM's variables):
@@ -251,7 +250,7 @@ def barrier(name: str) -> None:
 
 def local_positions(mesh: jax.sharding.Mesh) -> list[int]:
     """Positions along a 1-D mesh of this process's devices (contiguous, by construction of
-    training.data_mesh)."""
+    engine.data_mesh)."""
     me = jax.process_index()
     return [i for i, d in enumerate(np.asarray(mesh.devices).flat) if d.process_index == me]
 

@@ -7,9 +7,9 @@ splits its test error into goal + bias + variance + val overfit, calls `underfit
 `val_overfit` or `goal_met`, analyzes its errors on train and val side by side (confusion
 matrix, per-class error, the most confused classes, the most confidently wrong examples; see
 workflow/diagnostics/error_analysis.py), and names the next stage. With
---config.evaluate.train_sizes it also
-trains short runs on subsets to tell "add data" from "regularize / a bigger model". The verdict
-is not an error: exit 0 unless training diverged (1) or the input is bad (2).
+--config.evaluate.train_sizes it also trains short runs on subsets to tell "add data" from
+"regularize / a bigger model". The verdict is not an error: exit 0 unless training diverged (1)
+or the input is bad (2).
 """
 
 import dataclasses

@@ -39,5 +39,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    cli.define_flags("improve")  # only as a script: stages can then be imported side by side
+    cli.define_flags("improve")
     cli.run(main)

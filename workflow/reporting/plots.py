@@ -1,11 +1,11 @@
 """Plots a person reads: figures drawn here and by each stage, saved by RunDir.save_figure."""
 
-import os
-
 import matplotlib
 
 matplotlib.use("Agg")  # headless: plots are files, never windows
 import matplotlib.pyplot as plt  # noqa: E402
+
+from workflow.files import write_atomically  # noqa: E402
 
 
 def plot_learning_curves(records: list[dict], title: str = "") -> plt.Figure:
@@ -29,13 +29,12 @@ def plot_learning_curves(records: list[dict], title: str = "") -> plt.Figure:
 
 
 def save_figure(fig: plt.Figure, path: str) -> None:
-    """Lay out a figure and save it as a PNG atomically (temporary file, then rename); closed."""
+    """Lay out a figure and save it as a PNG, written atomically; the figure is closed."""
     try:
         fig.tight_layout()
-        fig.savefig(f"{path}.tmp", dpi=100, format="png")
+        write_atomically(path, "wb", lambda f: fig.savefig(f, dpi=100, format="png"))
     finally:
         plt.close(fig)
-    os.replace(f"{path}.tmp", path)
 
 
 def set_log_scale_if_positive(ax, values) -> None:

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import ml_collections
-import numpy as np
 
 from workflow.engine import distributed
 from workflow.errors import UsageError
+from workflow.files import read_json, to_jsonable, write_json, write_text
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -69,45 +69,6 @@ PLOT_LR_RANGE_TEST = _declare("plots/lr_range_test.png", "tune: loss against lea
 PLOT_CANDIDATES = _declare("plots/candidates.png", "improve: val and test error per remedy")
 
 
-def to_jsonable(value: Any) -> Any:
-    """JSON-safe copy: numpy scalars to Python, NaN/inf to strings, tuples to lists."""
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
-
-
-def finite_or_none(value: float) -> float | None:
-    """A float for JSON, with NaN/inf as None (null)."""
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def write_text(path: str, text: str) -> None:
-    """Write a text file atomically (temporary file, then rename), so a reader never sees half."""
-    with open(f"{path}.tmp", "w") as f:
-        f.write(text)
-    os.replace(f"{path}.tmp", path)
-
-
-def write_json(path: str, obj: Any) -> None:
-    """Write JSON atomically (temporary file, then rename), so a reader never sees half."""
-    write_text(path, json.dumps(to_jsonable(obj), indent=2) + "\n")
-
-
-def read_json(path: str) -> Any:
-    """Read a JSON file."""
-    with open(path) as f:
-        return json.load(f)
-
-
 def config_to_dict(config: ml_collections.ConfigDict) -> dict:
     """The resolved config as plain JSON data."""
     return json.loads(config.to_json_best_effort())
@@ -117,7 +78,7 @@ def summary_writer_class() -> type:
     """tensorboardX's SummaryWriter, imported without PyTorch.
 
     tensorboardX imports torch at import time when it is installed, only to accept torch
-    tensors; we log Python floats. Importing torch costs 2 to 6 s of every stage's start on a
+    tensors; we log Python floats. Importing torch would add seconds to every stage's start on a
     machine that has it, so torch is hidden for that one import (unless already imported).
     """
     if "torch" in sys.modules:

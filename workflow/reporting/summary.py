@@ -50,7 +50,7 @@ class Summary:
     # improve (with best_config, and the starting point's bias_variance)
     verdicts: list[str] | None = None  # the starting point's verdicts the remedies answer
     candidates: list[dict] | None = None  # each remedy's run: errors, size, time, why tried
-    decision: dict[str, Any] | None = None  # {"chosen": remedy or null, "why": the reason}
+    decision: dict[str, Any] | None = None  # {"chosen": remedy or null, "why", "notes"}
     # out of memory (workflow/diagnostics/memory.py)
     memory: dict[str, Any] | None = None  # {"attempts": batch sizes and results, "estimate"}
     # run

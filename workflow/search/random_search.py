@@ -11,22 +11,24 @@ again keeps every finished trial and runs none twice. A dead worker on this host
 once by its process id; one on another host by its heartbeat going stale.
 """
 
+import contextlib
 import dataclasses
 import datetime
+import fcntl
 import math
 import os
 import socket
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ml_collections
 import numpy as np
 
+from workflow import files
 from workflow.engine import trials as trials_lib
 from workflow.errors import UsageError
-from workflow.reporting import rundir
 
 SAMPLERS = ("halton", "sobol", "random")
 METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
@@ -189,16 +191,18 @@ def open_storage(url: str, heartbeat_seconds: int):
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     for attempt in range(5):
         try:
-            return optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat_seconds,
-                grace_period=3 * heartbeat_seconds,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
-            )
+            with _schema_lock(url):
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat_seconds,
+                    grace_period=3 * heartbeat_seconds,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
+                )
         except Exception as e:  # noqa: BLE001 - any failure to reach the database is bad input
-            # Two workers creating a new database at once race on its schema: try again.
-            if "IntegrityError" in type(e).__name__ or "locked" in str(e):
+            # Two workers creating a new database server's schema at once race on it: again.
+            text = f"{type(e).__name__} {e}"
+            if any(word in text for word in ("IntegrityError", "locked", "already exists")):
                 if attempt < 4:
                     time.sleep(0.5 * (attempt + 1))
                     continue
@@ -208,6 +212,31 @@ def open_storage(url: str, heartbeat_seconds: int):
                 f"{reason}); use sqlite:///path/study.db or a reachable SQLAlchemy URL such as "
                 "postgresql://user:password@host/database"
             ) from None
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str) -> Iterator[None]:
+    """Hold an exclusive lock on a SQLite study's folder while its tables are created and
+    checked: two workers opening one fresh database at once would otherwise both create its
+    tables, and one fails ("table trials already exists"). Other databases serialize this
+    themselves (open_storage retries the loser)."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database if url.startswith("sqlite") else None
+    folder = (
+        os.path.dirname(os.path.abspath(database))
+        if database not in (None, "", ":memory:")
+        else None
+    )
+    if folder is None or not os.path.isdir(folder):
+        yield  # nothing to share, or SQLite will say the folder is missing
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def make_sampler(name: str, seed: int, round_index: int):
@@ -330,12 +359,12 @@ def trial_attrs(result: trials_lib.TrialsResult, i: int, seed: int, round_: Roun
         "steps": round_.steps,
         "epochs": round_.epochs,
         "val_accuracy": float(result.val_accuracy[i]),
-        "val_loss": rundir.finite_or_none(result.val_loss[i]),
-        "initial_loss": rundir.finite_or_none(result.initial_loss[i]),
-        "final_loss": rundir.finite_or_none(result.final_loss[i]),
+        "val_loss": files.finite_or_none(result.val_loss[i]),
+        "initial_loss": files.finite_or_none(result.initial_loss[i]),
+        "final_loss": files.finite_or_none(result.final_loss[i]),
         "improved": bool(result.improved[i]),
         "diverged_at": int(result.diverged_at[i]),
-        "loss_curve": [rundir.finite_or_none(v) for v in result.train_loss_curve[i]],
+        "loss_curve": [files.finite_or_none(v) for v in result.train_loss_curve[i]],
     }
 
 

@@ -52,10 +52,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from workflow import data, engine
+from workflow import data, engine, files
 from workflow.diagnostics.findings import Finding
 from workflow.errors import UsageError
-from workflow.reporting import plots, rundir
+from workflow.reporting import plots
 
 # Spikes of up to 3 consecutive bad batches are removed by a 7-point median.
 MEDIAN_WINDOW = 7
@@ -142,10 +142,10 @@ class RangeTest:
             "stop_lr": self.stop_lr,
             "best_index": self.best_index,
             "best_lr": self.best_lr,
-            "start_loss": rundir.finite_or_none(self.start_loss),
-            "min_loss": rundir.finite_or_none(self.min_loss),
-            "noise": rundir.finite_or_none(self.noise),
-            "significance": rundir.finite_or_none(self.significance),
+            "start_loss": files.finite_or_none(self.start_loss),
+            "min_loss": files.finite_or_none(self.min_loss),
+            "noise": files.finite_or_none(self.noise),
+            "significance": files.finite_or_none(self.significance),
             "min_lr": float(self.learning_rates[0]),
             "max_lr_run": float(self.learning_rates[-1]),
             "steps_run": len(self.learning_rates),
@@ -156,8 +156,8 @@ class RangeTest:
         }
         if include_curve:
             out["learning_rates"] = [float(v) for v in self.learning_rates]
-            out["losses"] = [rundir.finite_or_none(v) for v in self.losses]
-            out["smoothed"] = [rundir.finite_or_none(v) for v in self.smoothed]
+            out["losses"] = [files.finite_or_none(v) for v in self.losses]
+            out["smoothed"] = [files.finite_or_none(v) for v in self.smoothed]
         return out
 
 

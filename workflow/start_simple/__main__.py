@@ -17,5 +17,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    cli.define_flags("start_simple")  # only as a script: stages can then be imported side by side
+    cli.define_flags("start_simple")
     cli.run(main)

@@ -6,12 +6,11 @@ a coarse-to-fine random search of many short trials trained at once.
 Writes the trial table, axis plots, `best_config.py` (accepted by every stage as --config) and
 the best trial retrained at the config's full length; a killed search resumes from `study.db`.
 
-As a multi-process job (workflow/engine/distributed.py) every process loads the whole training
-split and
-runs the range test and the search on its own devices (the same trials, the same results); only
-process 0 writes the run directory and the study (the others keep a private scratch copy, deleted
-at the end), every process takes process 0's trials and best, and the best is retrained by
-engine.fit over every host's devices with the configured data layout.
+As a multi-process job (workflow/engine/distributed.py) every process loads the whole training split
+and runs the range test and the search on its own devices (the same trials, the same results); only
+process 0 writes the run directory and the study (the others keep a private scratch copy, deleted at
+the end), every process takes process 0's trials and best, and the best is retrained by engine.fit
+over every host's devices with the configured data layout.
 """
 
 import os

@@ -24,5 +24,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    cli.define_flags("tune")  # only as a script: stages can then be imported side by side
+    cli.define_flags("tune")
     cli.run(main)
