@@ -61,6 +61,18 @@ def test_training_without_jit_gives_the_jitted_numbers():
         np.testing.assert_allclose(eager, jitted, rtol=1e-5, atol=1e-6)
 
 
+def test_a_model_and_its_state_are_built_without_jit():
+    # Set-up compiles its programs ahead of time; without jit they run op by op instead, with
+    # the jitted values.
+    config = tiny_config()
+    jitted = experiment.prepare(config)
+    config.debug.disable_jit = True
+    with cli.jit_mode(config):
+        eager = experiment.prepare(config)
+    for a, b in zip(jax.tree.leaves(eager.state), jax.tree.leaves(jitted.state), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_jit_stays_on_by_default():
     with cli.jit_mode(small_config()):
         assert not jax.config.jax_disable_jit

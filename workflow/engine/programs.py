@@ -23,7 +23,9 @@ _SETUP_PROGRAMS: dict[str, Any] = {}
 
 def run_setup_program(fun: Callable, *args: Any) -> Any:
     """`fun(*args)` as one program compiled for a single run (see `initialize`)."""
-    if _traced(args):  # under an outer trace (eval_shape): part of that program
+    if _traced(args) or jax.config.jax_disable_jit:
+        # Under an outer trace (eval_shape): part of that program. Under jax.disable_jit
+        # (config.debug.disable_jit): op by op, as the user asked; ahead-of-time compiling refuses.
         return fun(*args)
     lowered = jax.jit(fun).lower(*args)
     key = hashlib.sha256(lowered.as_text().encode()).hexdigest()
