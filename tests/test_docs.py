@@ -46,10 +46,12 @@ FILE_SUFFIXES = ("json", "jsonl", "py", "md", "txt", "png", "db", "html")
 
 
 def page_text(path: pathlib.Path) -> str:
+    """A page as text."""
     return path.read_text(encoding="utf-8")
 
 
 def all_pages() -> dict[str, str]:
+    """Every page by its path in the repository."""
     return {str(p.relative_to(ROOT)): page_text(p) for p in PAGES}
 
 
@@ -81,6 +83,7 @@ def tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
 
 
 def tables_with_header(text: str, header: list[str]) -> list[list[list[str]]]:
+    """The rows of every table of a page with exactly this header."""
     return [rows for head, rows in tables(text) if head == header]
 
 
@@ -223,6 +226,7 @@ CONFIG_FILE = re.compile(r"(?<![\w/])(--config=)?(configs/\w+\.py)(?::([^\s`'\"\
 
 
 def load_config(path: str, arg: str | None):
+    """A config file's config for `arg`, as `--config=path:arg` loads it."""
     return config_lib.load_config_file(str(ROOT / path), arg)
 
 
@@ -430,23 +434,28 @@ def test_the_bugzoo_table_is_the_zoo():
 
 
 def result(name: str) -> dict:
+    """A results file of benchmarks/results/."""
     return json.loads((RESULTS / name).read_text())
 
 
 def results_file(name: str) -> str:
+    """How a table cites a results file."""
     return f"`benchmarks/results/{name}`"
 
 
 def count(value: float) -> str:
+    """A count or a rate, to the unit, with thousands separators."""
     return f"{value:,.0f}"
 
 
 def with_quartiles(m: dict, key: str) -> str:
+    """A median ratio with its quartiles in brackets."""
     low, high = m[f"{key}_quartiles"]
     return f"{m[key]:.2f} [{low:.2f}, {high:.2f}]"
 
 
 def cpu_throughput_table() -> tuple[list[str], list[list[str]]]:
+    """Steps/s of each method and the per-round ratios, from train_throughput's JSON."""
     header = [
         "model",
         "ours",
@@ -478,6 +487,7 @@ def cpu_throughput_table() -> tuple[list[str], list[list[str]]]:
 
 
 def setup_compile_table() -> tuple[list[str], list[list[str]]]:
+    """The set-up steps' seconds, from compile_cache --setup's JSON."""
     s = result("cpu_setup_compile.json")["seconds"]
     rows = [
         ["importing scikit-learn (avoided: digits are read from its CSV)", s["import_sklearn"]],
@@ -489,6 +499,7 @@ def setup_compile_table() -> tuple[list[str], list[list[str]]]:
 
 
 def seeds_precision_table() -> tuple[list[str], list[list[str]]]:
+    """Test accuracy per seed and matmul precision on the H100."""
     r = result("h100_mnist1d_seeds_precision.json")
     header = [
         "seed",
@@ -517,6 +528,7 @@ H100_THROUGHPUT = (
 
 
 def h100_throughput_table() -> tuple[list[str], list[list[str]]]:
+    """Examples/s in float32 and bfloat16 at the batch the suite chose."""
     header = [
         "model",
         "batch",
@@ -537,6 +549,7 @@ def h100_throughput_table() -> tuple[list[str], list[list[str]]]:
 
 
 def h100_search_table() -> tuple[list[str], list[list[str]]]:
+    """Trials/s of batched trials against runs one by one on the H100."""
     s = result("h100_gpu_suite.json")["search"]
     header = ["trials", "trials/s", "× one by one", "one call"]
     rows = [
@@ -568,6 +581,7 @@ H100_MNIST1D = (
 
 
 def h100_mnist1d_table() -> tuple[list[str], list[list[str]]]:
+    """The MNIST-1D reproduction on the H100."""
     header = ["model", "test accuracy", "steps/s", "wall seconds", "results"]
     rows = []
     for label, file, name in H100_MNIST1D:
@@ -586,6 +600,7 @@ def h100_mnist1d_table() -> tuple[list[str], list[list[str]]]:
 
 
 def oom_table() -> tuple[list[str], list[list[str]]]:
+    """oom_check's scenarios on the H100: exit code, status, finding, attempts."""
     r = result("h100_oom_check.json")["scenarios"]
     header = ["scenario", "exit code", "status", "finding", "batch sizes tried", "seconds"]
     rows = []
@@ -603,6 +618,7 @@ def oom_table() -> tuple[list[str], list[list[str]]]:
 
 
 def baselines_speed_table() -> tuple[list[str], list[list[str]]]:
+    """Each baseline's training steps/s on the H100 and what num_steps of them take."""
     r = result("h100_baselines_speed.json")
     header = ["baseline", "dtype", "batch", "steps/s", "examples/s", "training steps take"]
     rows = []
