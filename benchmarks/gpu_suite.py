@@ -4,7 +4,7 @@ One script for a lent GPU/TPU, in one process, writing everything to one JSON fi
 after each part, so a run cut short still leaves what it measured):
 
   device       platform, device kind and count, jax version;
-  throughput   training examples/s of our compiled multi-step (workflow.training) for LeNet
+  throughput   training examples/s of our compiled multi-step (workflow.engine) for LeNet
                (28x28x1, MNIST's shape), ResNet-20 (32x32x3, CIFAR-10's) and the one-layer
                LSTM (MNIST-1D's 40x1, hidden 128), on random data kept on the device. The batch
                is doubled from --min_batch until examples/s gains under 10% (the chip is full)

@@ -1,6 +1,6 @@
 """Reproduce the MNIST-1D paper's test accuracies with our trainer.
 
-Trains with workflow.training.fit, in the paper's setting: Adam at learning rate 1e-2, batch 100,
+Trains with workflow.engine.fit, in the paper's setting: Adam at learning rate 1e-2, batch 100,
 6,000 steps, 4,000 training and 1,000 test examples from the mnist1d generator's defaults, no
 regularization. The models are the paper's MLP (40-100-100-10) and CNN (three stride-2 convs
 with 25 channels, `tcn` defaults); for its recurrent model, a GRU, we train our one-layer LSTM

@@ -1,4 +1,4 @@
-"""Tests for workflow.data and workflow.synthetic (CPU only, small sizes)."""
+"""Tests for workflow.data and workflow.data.synthetic (CPU only, small sizes)."""
 
 from __future__ import annotations
 

@@ -258,7 +258,7 @@ def test_tune_as_two_processes_searches_like_one_and_process_0_writes_the_study(
         assert summaries[1][key] == summaries[0][key] == summary[key], key
     retrained = [tagged_lines(done[pid][2], "MULTIHOST")[-1] for pid in (0, 1)]
     assert retrained[0]["params_sha256"] == retrained[1]["params_sha256"]
-    assert retrained[0]["data"]["layout"] == "per_host"  # the retrain is training.fit's
+    assert retrained[0]["data"]["layout"] == "per_host"  # the retrain is engine.fit's
     # The job's study holds each trial once (process 1 searched in a scratch copy, deleted).
     trials = _complete_trials(str(base / "run" / "study.db"))
     assert sorted({study for study, _, _ in trials}) == ["tune/round-0", "tune/round-1"]
@@ -294,7 +294,7 @@ def test_improve_as_two_processes_agrees_on_one_decision(tmp_path):
         assert summaries[1][key] == summaries[0][key] == summary[key], key
     assert summary["decision"]["chosen"] == "re-tuned lr"
     assert (tmp_path / "run" / "best_config.py").exists()
-    # The baseline trained once for the job, by training.fit over both processes.
+    # The baseline trained once for the job, by engine.fit over both processes.
     fits = [tagged_lines(done[pid][2], "MULTIHOST") for pid in (0, 1)]
     assert fits[0][0]["params_sha256"] == fits[1][0]["params_sha256"]
 

@@ -212,7 +212,7 @@ def make_synthetic(kwargs: Mapping[str, Any], *, seed: int) -> dict[str, Any]:
         "num_classes": c,
         "irreducible_error": irreducible,
         "info": {
-            "source": f"synthetic {kind} (workflow.synthetic)",
+            "source": f"synthetic {kind} (workflow.data.synthetic)",
             "options": dict(opts),
             "label_noise": eps,
             "labels_changed": {"train": flipped_train, "test": flipped_test},

@@ -2,10 +2,11 @@
 
 Each trial has its own initialization seed, learning rate and L2 weight. Both hyperparameters
 live in the optimizer state (`optax.inject_hyperparams`, see build_optimizer), so the
-unchanged `train_step` of py runs every trial: vmap adds a leading trial axis to the
-state and broadcasts the batch. All trials see the same batches (common random numbers: their
-differences come from the hyperparameters, not from the data order). When there are several
-devices the trial axis is sharded over a `Mesh`, one slice of trials per device.
+unchanged `train_step` of workflow/engine/step.py runs every trial: vmap adds a leading trial
+axis to the state and broadcasts the batch. All trials see the same batches (common random
+numbers: their differences come from the hyperparameters, not from the data order). When
+there are several devices the trial axis is sharded over a `Mesh`, one slice of trials per
+device.
 
 Trials run on this process's own devices (`jax.local_devices()`), never across hosts: in a
 multi-process job (workflow/engine/distributed.py) every process trains the same trials on its own
