@@ -42,17 +42,18 @@ def inject_timings(monkeypatch, step_seconds: float, scan_seconds: float) -> lis
     """Replace the measurement by fixed seconds per step; returns the list of its calls."""
     calls = []
 
-    def measure(programs, carry, shared, rows):
+    def decide(programs, carry, shared, rows, guarded):
         calls.append(rows[0].shape)
-        return loop_form.LoopChoice(
+        choice = loop_form.LoopChoice(
             form=loop_form.choose(step_seconds, scan_seconds),
             source="measured",
             scan_seconds_per_step=scan_seconds,
             step_seconds_per_step=step_seconds,
             measure_seconds=0.0,
         )
+        return choice, None
 
-    monkeypatch.setattr(loop_form, "measure", measure)
+    monkeypatch.setattr(loop_form, "decide", decide)
     return calls
 
 
@@ -250,6 +251,34 @@ def test_the_measurement_times_both_forms_on_a_copy_of_the_state():
         engine.copy_state(setup.state), x, y, indices
     )
     np.testing.assert_array_equal(np.asarray(metrics["loss"]), np.asarray(expected["loss"]))
+
+
+@pytest.mark.parametrize("short_scan", [True, False, None])
+def test_deciding_on_a_short_scan_or_on_the_calls_own_steps_keeps_the_numbers(
+    monkeypatch, short_scan
+):
+    # The measurement's other paths, taken whatever the timings: a scan of a few steps compiled
+    # for the measurement first (as for a model with convolutions whose K steps take long), and
+    # then either it settles the choice, or the call's own steps run under the scan, for real.
+    monkeypatch.setattr(loop_form, "MAX_SCAN_PROBE_SECONDS", 0.0)
+    # None: no risky operation, so no short scan: the call's own steps decide at once.
+    monkeypatch.setattr(loop_form, "RISKY_OPS", ("stablehlo",) if short_scan is not None else ())
+    asked = []
+    monkeypatch.setattr(
+        loop_form, "short_scan_decides", lambda step_s, scan_s: asked.append(scan_s) or short_scan
+    )
+    config = small_config(num_steps=40, eval_every=20, checkpoint_every=0)
+    auto = fit_in("auto", config)
+    assert len(asked) == (0 if short_scan is None else 1)
+    if short_scan:  # the short scan's time is the one recorded
+        assert auto.loop["scan_seconds_per_step"] == asked[0]
+    assert auto.loop["source"] == "measured" and auto.loop["form"] in ("scan", "step")
+    assert auto.loop["scan_seconds_per_step"] > 0 and auto.loop["step_seconds_per_step"] > 0
+    scan = fit_in("scan", config)
+    assert records_without_rates(scan) == records_without_rates(auto)
+    np.testing.assert_array_equal(scan.step_losses, auto.step_losses)
+    for a, b in zip(state_leaves(scan), state_leaves(auto), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_the_choice_is_in_summary_json_and_the_report(monkeypatch, tmp_path):

@@ -12,8 +12,8 @@ Which is faster depends on the model and the backend. The scan saves the per-ste
 which dominates a small model's step. But XLA's CPU backend compiles some operations far slower
 inside a loop body than at the top of a program (a 2-D convolution's gradients run as plain
 loop nests there, jax-ml/jax#12868), and such a model's step runs many times faster alone.
-With form "auto" (config.loop) the loop times a few steps of each form at its first call,
-compilation excluded, and keeps the faster; the choice is cached with the compiled programs for
+With form "auto" (config.loop) the loop times both forms at its first call, compilation
+excluded (`decide`), and keeps the faster; the choice is cached with the compiled programs for
 the process (per program: model, dtype, shapes, shardings, backend), so later loops of the same
 program (search rounds, improve's candidates, tests) neither measure nor compile again.
 
@@ -46,17 +46,23 @@ SOURCES = ("measured", "cache", "config", "no_jit")
 # The step form must beat the scan by this factor to be chosen: a near tie keeps the scan, so
 # the form (and with it XLA's rounding, see above) does not flip with the machine's noise.
 STEP_MARGIN = 1.1
-# Each form's timed block lasts at least this long, over at least MIN_PROBE_STEPS steps.
+# Each form's timed block lasts at least this long, over MIN_PROBE_STEPS to MAX_PROBE_STEPS.
 PROBE_SECONDS = 0.02
 MIN_PROBE_STEPS = 2
-# The scan is timed on the loop's own call when K steps of the step form take at most this long
-# (no extra compile); otherwise on a scan of a few steps compiled for the measurement.
-MAX_SCAN_PROBE_SECONDS = 0.25
-# Rounds of alternating blocks (one of each form); a first scan block longer than this that is
-# CLEAR_FACTOR x slower than the step form decides at once.
+MAX_PROBE_STEPS = 1024
+# The scan is timed in rounds on the call's own program (on a copy of the state) when the call's
+# K steps take the step form at most this long; otherwise on the call's own steps (see decide).
+MAX_SCAN_PROBE_SECONDS = 0.1
+# Operations (in the step's StableHLO) a scan may run many times slower than the step alone
+# (XLA's CPU convolutions, jax-ml/jax#12868): with them, a short scan is timed before any call
+# risks its K steps under the scan.
+RISKY_OPS = ("stablehlo.convolution",)
+# Rounds of timed blocks, the medians compared.
 PROBE_ROUNDS = 3
-CLEAR_SECONDS = 0.5
+# A scan this many times slower per step than the step form decides at once for the step form;
+# a scan call shorter than CLEAR_SECONDS is timed again, warm, first.
 CLEAR_FACTOR = 3.0
+CLEAR_SECONDS = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,19 +200,15 @@ class StepLoop:
     def __call__(self, carry: Any, *args: Any) -> tuple[Any, Any]:
         """Run the steps of the rows in `args[num_shared:]` from `carry`."""
         shared, rows = args[: self._num_shared], args[self._num_shared :]
-        steps = int(jax.tree.leaves(rows)[0].shape[0])
         signature = _signature(carry, shared, rows)
-        if signature not in self._programs:
-            self._programs[signature] = self._prepare(carry, shared, rows)
-        programs = self._last = self._programs[signature]
-        if programs.choice.form == "scan":
-            return programs.scan(carry, *shared, *rows)
-        step = programs.step_compiled or programs.step
-        outputs = []
-        for row in programs.split_rows(steps, rows):
-            carry, out = step(carry, *shared, *row)
-            outputs.append(out)
-        return carry, jax.tree.map(lambda *values: np.stack(values), *jax.device_get(outputs))
+        programs = self._programs.get(signature)
+        if programs is None:
+            programs, result = self._first_call(carry, shared, rows)
+            self._programs[signature] = self._last = programs
+            if result is not None:  # deciding ran this call's steps
+                return result
+        self._last = programs
+        return _run(programs, carry, shared, rows)
 
     # ------------------------------------------------------------------------- choosing
 
@@ -236,30 +238,55 @@ class StepLoop:
             first_rows=_rows_cutter(rows_shardings),
         )
 
-    def _prepare(self, carry, shared, rows) -> _Programs:
-        """The programs and the choice: configured, cached for this program, or measured now."""
+    def _first_call(self, carry, shared, rows) -> tuple[_Programs, tuple | None]:
+        """The programs for these argument shapes and their form: configured, cached for this
+        program, or decided now; and this call's result when deciding ran its steps."""
         programs = self._build()
         if jax.config.jax_disable_jit:  # nothing compiles: every form runs op by op
             programs.choice = LoopChoice(self.form if self.form != "auto" else "scan", "no_jit")
-            return programs
+            return programs, None
         if self.form != "auto":
             programs.choice = LoopChoice(self.form, "config")
-            return programs
-        steps = int(jax.tree.leaves(rows)[0].shape[0])
-        first_row = programs.split_rows(steps, rows)[0]
-        lowered = programs.step.lower(carry, *shared, *first_row)
-        key = _program_key(lowered.as_text())
+            return programs, None
+        steps = _steps(rows)
+        lowered = programs.step.lower(carry, *shared, *programs.split_rows(steps, rows)[0])
+        text = lowered.as_text()
+        key = _program_key(text)
         with _key_lock(key):
             cached = _CACHE.get(key)
             if cached is not None:
                 choice = dataclasses.replace(cached.choice, source="cache")
-                return dataclasses.replace(cached, choice=choice)
+                return dataclasses.replace(cached, choice=choice), None
             programs.step_compiled = lowered.compile()
-            programs.choice = measure(programs, carry, shared, rows)
+            guarded = any(op in text for op in RISKY_OPS)
+            programs.choice, result = decide(programs, carry, shared, rows, guarded)
             if len(_CACHE) >= _CACHE_SIZE:
                 _CACHE.pop(next(iter(_CACHE)))
             _CACHE[key] = programs
-        return programs
+        return programs, result
+
+
+def _steps(rows: tuple) -> int:
+    """The number of steps in a call's rows (their leading axis)."""
+    return int(jax.tree.leaves(rows)[0].shape[0])
+
+
+def _run(programs: _Programs, carry: Any, shared: tuple, rows: tuple) -> tuple[Any, Any]:
+    """One call's steps in the chosen form: (carry, outputs stacked on a leading step axis)."""
+    if programs.choice.form == "scan":
+        return programs.scan(carry, *shared, *rows)
+    row_list = programs.split_rows(_steps(rows), rows)
+    carry, outputs = _dispatch(programs.step_compiled or programs.step, carry, shared, row_list)
+    return carry, jax.tree.map(lambda *values: np.stack(values), *jax.device_get(outputs))
+
+
+def _dispatch(step: Callable, carry: Any, shared: tuple, row_list: Sequence[tuple]):
+    """`step` once per row, each call dispatched as the one before runs: (carry, outputs)."""
+    outputs = []
+    for row in row_list:
+        carry, out = step(carry, *shared, *row)
+        outputs.append(out)
+    return carry, outputs
 
 
 def _signature(carry: Any, shared: tuple, rows: tuple) -> tuple:
@@ -307,69 +334,97 @@ def _copy(tree: Any) -> Any:
     return jax.tree.map(jnp.copy, tree)
 
 
-def measure(programs: _Programs, carry: Any, shared: tuple, rows: tuple) -> LoopChoice:
-    """Time both forms on a copy of `carry` over `rows` (compilation excluded) and choose.
+def decide(
+    programs: _Programs, carry: Any, shared: tuple, rows: tuple, guarded: bool
+) -> tuple[LoopChoice, tuple | None]:
+    """Time both forms (compilation excluded) and choose: (choice, this call's result when the
+    scan ran the call's own steps to decide, else None).
 
-    The step form's seconds per step first; then the scan's, on the loop's own K steps when
-    they are short, else on a scan of a few steps compiled for it. Rounds of one block of each
-    form alternate, and each form's median block decides; a first scan block that is long and
-    clearly slower decides at once (a convolution under a CPU scan: seconds per step).
+    The step form runs first, on a copy of `carry`, in blocks dispatched as a real call
+    dispatches them. Then the scan:
+      * when the call's K steps take the step form little time, the call's own scan program
+        runs on the copy, in rounds alternating with the step form;
+      * else, when `guarded` (the program has operations a scan may run many times slower,
+        RISKY_OPS), a scan of a few steps compiled for it runs on the copy first, and settles
+        the choice when it is far slower per step or as fast (short_scan_decides);
+      * else the call's own K steps run under the scan, on `carry` itself, and their time
+        decides: no step is wasted, nor a compile.
     """
     t_start = time.perf_counter()
-    steps = int(jax.tree.leaves(rows)[0].shape[0])
+    steps = _steps(rows)
     row_list = programs.split_rows(steps, rows)
     probe = _copy(carry)
-    step = programs.step_compiled
 
-    def run_steps(state, count: int) -> tuple[Any, float]:
+    def step_block(state, count: int) -> tuple[Any, float]:
         t0 = time.perf_counter()
-        out = None
-        for i in range(count):
-            state, out = step(state, *shared, *row_list[i % steps])
-        jax.block_until_ready((state, out))
-        return state, time.perf_counter() - t0
+        state, outputs = _dispatch(
+            programs.step_compiled, state, shared, [row_list[i % steps] for i in range(count)]
+        )
+        jax.device_get(outputs)
+        return state, (time.perf_counter() - t0) / count
 
-    probe, _ = run_steps(probe, 1)  # the first call of a program allocates its buffers
+    def scan_call(state, program, scan_rows) -> tuple[Any, Any, float]:
+        t0 = time.perf_counter()
+        state, outputs = program(state, *shared, *scan_rows)
+        outputs = jax.device_get(outputs)
+        return state, outputs, (time.perf_counter() - t0) / _steps(scan_rows)
+
+    def chosen(step_s: float, scan_s: float, seconds: float | None = None) -> LoopChoice:
+        return LoopChoice(
+            form=choose(step_s, scan_s),
+            source="measured",
+            scan_seconds_per_step=scan_s,
+            step_seconds_per_step=step_s,
+            measure_seconds=time.perf_counter() - t_start if seconds is None else seconds,
+        )
+
+    probe, _ = step_block(probe, 1)  # a program's first call allocates its buffers
     count = MIN_PROBE_STEPS
-    probe, seconds = run_steps(probe, count)
-    while seconds < PROBE_SECONDS and count < 1024:
-        count = min(1024, max(2 * count, math.ceil(count * PROBE_SECONDS / max(seconds, 1e-9))))
-        probe, seconds = run_steps(probe, count)
-    step_times = [seconds / count]
+    probe, step_s = step_block(probe, count)
+    while step_s * count < PROBE_SECONDS and count < MAX_PROBE_STEPS:
+        count = min(MAX_PROBE_STEPS, max(2 * count, math.ceil(PROBE_SECONDS / step_s)))
+        probe, step_s = step_block(probe, count)
 
-    if steps * step_times[0] <= MAX_SCAN_PROBE_SECONDS:
-        length, probe_rows = steps, rows
-    else:
-        length = min(steps, max(MIN_PROBE_STEPS, math.ceil(PROBE_SECONDS / step_times[0])))
-        probe_rows = programs.first_rows(length, rows)
-    scan = programs.scan.lower(probe, *shared, *probe_rows).compile()
-
-    def run_scan(state) -> tuple[Any, float]:
-        t0 = time.perf_counter()
-        state, out = scan(state, *shared, *probe_rows)
-        jax.block_until_ready((state, out))
-        return state, time.perf_counter() - t0
-
-    probe, seconds = run_scan(probe)
-    scan_times = [seconds / length]
-    clear = seconds > CLEAR_SECONDS and scan_times[0] > CLEAR_FACTOR * step_times[0]
-    if not clear:
-        scan_times = []  # the first call was the warm-up
+    if steps * step_s <= MAX_SCAN_PROBE_SECONDS:  # the call's own scan, on the copy
+        scan = programs.scan.lower(probe, *shared, *rows).compile()
+        probe, _, scan_s = scan_call(probe, scan, rows)  # the first call, as a warm-up
+        if scan_s * steps > CLEAR_SECONDS and scan_s > CLEAR_FACTOR * step_s:
+            return chosen(step_s, scan_s), None
+        step_times, scan_times = [], []
         for _ in range(PROBE_ROUNDS):
-            probe, seconds = run_steps(probe, length)
-            step_times.append(seconds / length)
-            probe, seconds = run_scan(probe)
-            scan_times.append(seconds / length)
-        step_times = step_times[1:]
+            probe, seconds = step_block(probe, max(count, steps))
+            step_times.append(seconds)
+            probe, _, seconds = scan_call(probe, scan, rows)
+            scan_times.append(seconds)
+        return chosen(float(np.median(step_times)), float(np.median(scan_times))), None
+
+    step_times = [step_s]
+    for _ in range(PROBE_ROUNDS - 1):
+        probe, seconds = step_block(probe, count)
+        step_times.append(seconds)
+    step_s = float(np.median(step_times))
+    if guarded:
+        length = min(steps, max(MIN_PROBE_STEPS, math.ceil(PROBE_SECONDS / step_s)))
+        short_rows = programs.first_rows(length, rows)
+        short = programs.scan.lower(probe, *shared, *short_rows).compile()
+        probe, _, short_s = scan_call(probe, short, short_rows)
+        if short_s * length < CLEAR_SECONDS:  # cheap enough to time again, warm
+            probe, _, short_s = scan_call(probe, short, short_rows)
+        if short_scan_decides(step_s, short_s):
+            return chosen(step_s, short_s), None
     del probe
-    step_s, scan_s = float(np.median(step_times)), float(np.median(scan_times))
-    return LoopChoice(
-        form=choose(step_s, scan_s),
-        source="measured",
-        scan_seconds_per_step=scan_s,
-        step_seconds_per_step=step_s,
-        measure_seconds=time.perf_counter() - t_start,
-    )
+    probing = time.perf_counter() - t_start
+    scan = programs.scan.lower(carry, *shared, *rows).compile()
+    carry, outputs, scan_s = scan_call(carry, scan, rows)  # the call's own steps, for real
+    return chosen(step_s, scan_s, probing), (carry, outputs)
+
+
+def short_scan_decides(step_seconds: float, short_scan_seconds: float) -> bool:
+    """Whether a short scan's seconds per step settle the choice: far slower than the step form,
+    or as fast (it overstates the scan's per-step time, its per-call cost shared by few steps)."""
+    if short_scan_seconds > CLEAR_FACTOR * step_seconds:
+        return True
+    return choose(step_seconds, short_scan_seconds) == "scan"
 
 
 def choose(step_seconds: float, scan_seconds: float) -> str:
