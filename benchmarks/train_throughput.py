@@ -29,7 +29,7 @@ that round). Aim for the paper's CNN and LSTM: ours >= 1.5 x PyTorch eager.
 
 Every method trains on the same batch order (workflow.data.batch_indices). Compilation and a
 warm-up call are excluded. The methods are timed in rounds: each round runs one block of
-`--steps` steps of every method (default 100, 10 for flax_cnn, whose scan reference takes
+`--steps` steps of every method (default 100, 4 for flax_cnn, whose scan reference takes
 seconds per step on the CPU), in an order shuffled from round to round. Other processes and
 the CPU's clock change the speed of the machine from second to second, and between runs of
 this script by 10-20%; blocks of one round see nearly the same machine, so each ratio is the
@@ -92,16 +92,16 @@ ALL_MODELS = (*common.MODELS, *USER_MODELS)
 # steps in 15 rounds put two identical programs 0.91-1.04 apart, 100-step blocks in 150 rounds
 # 1.00 both times.
 DEFAULT_STEPS = 100
-# ...but 10 for the Flax CNN: its scan reference runs seconds per step on the CPU.
-MODEL_STEPS = {"flax_cnn": 10}
+# ...but 4 for the Flax CNN: its scan reference runs seconds per step on the CPU.
+MODEL_STEPS = {"flax_cnn": 4}
 # Pause after a block of these methods before timing the next one (see measure).
 SETTLE_SECONDS = {"torch_eager": 0.05}
-# Rounds per model: about 1-2 minutes each (flax_cnn: 5), most of it in the slower methods.
+# Rounds per model: about 1-2 minutes each (flax_cnn: 5), most of it in the slowest method.
 DEFAULT_REPEATS = {
     "mlp": 150,
     "cnn": 60,
     "lstm": 15,
-    "flax_cnn": 5,
+    "flax_cnn": 8,
     "flax_mlp": 100,
     "flax_lstm": 15,
 }
