@@ -42,7 +42,7 @@ def inject_timings(monkeypatch, step_seconds: float, scan_seconds: float) -> lis
     """Replace the measurement by fixed seconds per step; returns the list of its calls."""
     calls = []
 
-    def decide(programs, lowered, carry, shared, rows, guarded):
+    def decide(programs, lowered, carry, shared, rows, *, guarded, agree):
         calls.append(rows[0].shape)
         choice = loop_form.LoopChoice(
             form=loop_form.choose(step_seconds, scan_seconds),

@@ -37,6 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from workflow.engine import distributed
+
 FORMS = ("scan", "step")
 CHOICES = ("auto", *FORMS)  # config.loop
 # How a choice was made: timed by this loop, by an earlier loop of the same program in this
@@ -192,6 +194,14 @@ class StepLoop:
         self._out_shardings = out_shardings
         self._programs: dict[Any, _Programs] = {}  # by the shapes of carry, shared and a row
         self._last: _Programs | None = None
+        # A program over several processes' devices runs its collectives in step on all of
+        # them: every process must take the same measurement's path and choose alike.
+        self._lockstep = any(
+            not sharding.is_fully_addressable
+            for sharding in jax.tree.leaves(
+                in_shardings, is_leaf=lambda s: isinstance(s, jax.sharding.Sharding)
+            )
+        )
 
     @property
     def choice(self) -> LoopChoice | None:
@@ -260,7 +270,10 @@ class StepLoop:
                 choice = dataclasses.replace(cached.choice, source="cache")
                 return dataclasses.replace(cached, choice=choice), None
             guarded = any(op in text for op in RISKY_OPS)
-            programs.choice, result = decide(programs, lowered, carry, shared, rows, guarded)
+            agree = distributed.broadcast_json if self._lockstep else _as_measured
+            programs.choice, result = decide(
+                programs, lowered, carry, shared, rows, guarded=guarded, agree=agree
+            )
             if len(_CACHE) >= _CACHE_SIZE:
                 _CACHE.pop(next(iter(_CACHE)))
             _CACHE[key] = programs
@@ -335,13 +348,19 @@ def _copy(tree: Any) -> Any:
     return jax.tree.map(jnp.copy, tree)
 
 
+def _as_measured(seconds: float) -> float:
+    return seconds
+
+
 def decide(
     programs: _Programs,
     lowered: jax.stages.Lowered,
     carry: Any,
     shared: tuple,
     rows: tuple,
+    *,
     guarded: bool,
+    agree: Callable[[float], float] = _as_measured,
 ) -> tuple[LoopChoice, tuple | None]:
     """Time both forms (compilation excluded) and choose: (choice, this call's result when the
     scan ran the call's own steps to decide, else None).
@@ -356,6 +375,8 @@ def decide(
       * else the call's own K steps run under the scan, on `carry` itself, and their time
         decides (confirmed by a second, warm call on the copy before leaving the scan): no step
         is wasted, nor a compile.
+    Every time measured passes through `agree` (process 0's, for a program over several
+    processes), so that every process takes the same path and the same choice.
     """
     t_start = time.perf_counter()
     programs.step_compiled = lowered.compile()
@@ -369,13 +390,13 @@ def decide(
             programs.step_compiled, state, shared, [row_list[i % steps] for i in range(count)]
         )
         jax.device_get(outputs)
-        return state, (time.perf_counter() - t0) / count
+        return state, agree((time.perf_counter() - t0) / count)
 
     def scan_call(state, program, scan_rows) -> tuple[Any, Any, float]:
         t0 = time.perf_counter()
         state, outputs = program(state, *shared, *scan_rows)
         outputs = jax.device_get(outputs)
-        return state, outputs, (time.perf_counter() - t0) / _steps(scan_rows)
+        return state, outputs, agree((time.perf_counter() - t0) / _steps(scan_rows))
 
     def chosen(step_s: float, scan_s: float, seconds: float | None = None) -> LoopChoice:
         return LoopChoice(

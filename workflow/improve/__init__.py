@@ -307,7 +307,7 @@ def write_best_config(run: rundir.RunDir, config_source: str, chosen: Outcome, w
 
 def outcome_numbers(outcome: Outcome) -> dict:
     """An outcome's measured fields (what processes exchange to agree)."""
-    fields = ("train_error", "val_error", "test_error", "num_params", "seconds", "status")
+    fields = ("train_error", "val_error", "test_error", "num_params", "seconds", "status", "loop")
     return {name: getattr(outcome, name) for name in fields}
 
 
