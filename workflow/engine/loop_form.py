@@ -87,7 +87,7 @@ class LoopChoice:
     def describe(self) -> str:
         """One line for a report, e.g. 'one compiled step per call (measured: 69 ms/step alone,
         1.42 s/step under lax.scan)'."""
-        form = "one compiled step per call" if self.form == "step" else "K steps per lax.scan call"
+        form = "one compiled step per call" if self.form == "step" else "steps under one lax.scan"
         if self.source == "config":
             return f"{form} (config.loop)"
         if self.source == "no_jit":
