@@ -145,6 +145,8 @@ class _Programs:
     first_rows: Callable  # (length, rows) -> the rows of the first `length` steps
     choice: LoopChoice | None = None
     step_compiled: Any = None  # the step program compiled for this loop's shapes
+    # The scan compiled for a number of steps while deciding (the jit compiles the others).
+    scan_compiled: dict[int, Any] = dataclasses.field(default_factory=dict)
 
 
 # Programs by the hash of their step's lowered text and the backend, with their choice; a lock
@@ -288,7 +290,8 @@ def _steps(rows: tuple) -> int:
 def _run(programs: _Programs, carry: Any, shared: tuple, rows: tuple) -> tuple[Any, Any]:
     """One call's steps in the chosen form: (carry, outputs stacked on a leading step axis)."""
     if programs.choice.form == "scan":
-        return programs.scan(carry, *shared, *rows)
+        scan = programs.scan_compiled.get(_steps(rows), programs.scan)
+        return scan(carry, *shared, *rows)
     row_list = programs.split_rows(_steps(rows), rows)
     carry, outputs = _dispatch(programs.step_compiled or programs.step, carry, shared, row_list)
     return carry, jax.tree.map(lambda *values: np.stack(values), *jax.device_get(outputs))
@@ -415,7 +418,7 @@ def decide(
         probe, step_s = step_block(probe, count)
 
     if steps * step_s <= MAX_SCAN_PROBE_SECONDS:  # the call's own scan, on the copy
-        scan = programs.scan.lower(probe, *shared, *rows).compile()
+        scan = programs.scan_compiled[steps] = programs.scan.lower(probe, *shared, *rows).compile()
         probe, _, scan_s = scan_call(probe, scan, rows)  # the first call, as a warm-up
         if scan_s * steps > CLEAR_SECONDS and scan_s > CLEAR_FACTOR * step_s:
             return chosen(step_s, scan_s), None
@@ -442,7 +445,7 @@ def decide(
         if short_scan_decides(step_s, short_s):
             return chosen(step_s, short_s), None
     probing = time.perf_counter() - t_start
-    scan = programs.scan.lower(carry, *shared, *rows).compile()
+    scan = programs.scan_compiled[steps] = programs.scan.lower(carry, *shared, *rows).compile()
     carry, outputs, scan_s = scan_call(carry, scan, rows)  # the call's own steps, for real
     if choose(step_s, scan_s) == "step" and scan_s <= CLEAR_FACTOR * step_s:
         # A program's first call can overstate its time: leave the scan only if a second, warm
