@@ -40,6 +40,8 @@ def compare(layout: tuple[str, str, str]) -> dict:
     import jax
     import numpy as np
 
+    from workflow.engine import loop_form
+
     scan, step = run(layout, "scan"), run(layout, "step")
 
     def leaves(result):
@@ -52,6 +54,8 @@ def compare(layout: tuple[str, str, str]) -> dict:
         "case": layout[0],
         "forms": [scan.loop["form"], step.loop["form"]],
         "devices": len(jax.tree.leaves(step.state.params)[0].sharding.device_set),
+        # The step form waits for each step over several CPU devices (see loop_form._Programs).
+        "one_at_a_time": loop_form._over_cpu_devices(step.state),
         "same_records": records(scan) == records(step),
         "same_losses": bool(np.array_equal(scan.step_losses, step.step_losses)),
         "same_state": all(

@@ -176,6 +176,7 @@ def test_both_forms_on_eight_devices():
     assert set(cases) == {"replicated", "sharded", "per_host"}
     for case in cases.values():
         assert case["forms"] == ["scan", "step"] and case["devices"] == 8
+        assert case["one_at_a_time"]
     for name in ("replicated", "per_host"):
         assert cases[name]["same_records"] and cases[name]["same_losses"], name
         assert cases[name]["same_state"], name
@@ -194,6 +195,7 @@ def test_both_forms_donate_the_state_they_are_given():
         assert all(leaf.is_deleted() for leaf in jax.tree.leaves(state.params)), form
         assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(new_state.params))
         assert np.shape(metrics["loss"]) == (3,) and int(new_state.step) == 3
+    assert not loop_form._over_cpu_devices(new_state)  # one device: steps dispatched ahead
 
 
 # ----------------------------------------------------------------------------- the choice

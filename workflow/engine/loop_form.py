@@ -145,6 +145,10 @@ class _Programs:
     first_rows: Callable  # (length, rows) -> the rows of the first `length` steps
     choice: LoopChoice | None = None
     step_compiled: Any = None  # the step program compiled for this loop's shapes
+    # Wait for each step before dispatching the next: XLA's CPU collectives block a thread per
+    # device, and several programs over many CPU devices in flight at once can exhaust the
+    # threads each needs (a rendezvous that never completes).
+    one_at_a_time: bool = False
     # The scan compiled for a number of steps while deciding (the jit compiles the others).
     scan_compiled: dict[int, Any] = dataclasses.field(default_factory=dict)
 
@@ -256,6 +260,7 @@ class StepLoop:
         """The programs for these argument shapes and their form: configured, cached for this
         program, or decided now; and this call's result when deciding ran its steps."""
         programs = self._build()
+        programs.one_at_a_time = _over_cpu_devices(carry)
         if jax.config.jax_disable_jit:  # nothing compiles: every form runs op by op
             programs.choice = LoopChoice(self.form if self.form != "auto" else "scan", "no_jit")
             return programs, None
@@ -293,17 +298,33 @@ def _run(programs: _Programs, carry: Any, shared: tuple, rows: tuple) -> tuple[A
         scan = programs.scan_compiled.get(_steps(rows), programs.scan)
         return scan(carry, *shared, *rows)
     row_list = programs.split_rows(_steps(rows), rows)
-    carry, outputs = _dispatch(programs.step_compiled or programs.step, carry, shared, row_list)
+    step = programs.step_compiled or programs.step
+    carry, outputs = _dispatch(step, carry, shared, row_list, programs.one_at_a_time)
     return carry, jax.tree.map(lambda *values: np.stack(values), *jax.device_get(outputs))
 
 
-def _dispatch(step: Callable, carry: Any, shared: tuple, row_list: Sequence[tuple]):
-    """`step` once per row, each call dispatched as the one before runs: (carry, outputs)."""
+def _dispatch(
+    step: Callable, carry: Any, shared: tuple, row_list: Sequence[tuple], one_at_a_time: bool
+):
+    """`step` once per row, each call dispatched as the one before runs (or after it, one at a
+    time): (carry, outputs)."""
     outputs = []
     for row in row_list:
         carry, out = step(carry, *shared, *row)
+        if one_at_a_time:
+            jax.block_until_ready(out)
         outputs.append(out)
     return carry, outputs
+
+
+def _over_cpu_devices(tree: Any) -> bool:
+    """Whether any array of `tree` spans several CPU devices."""
+    return any(
+        isinstance(leaf, jax.Array)
+        and len(leaf.sharding.device_set) > 1
+        and next(iter(leaf.sharding.device_set)).platform == "cpu"
+        for leaf in jax.tree.leaves(tree)
+    )
 
 
 def _signature(carry: Any, shared: tuple, rows: tuple) -> tuple:
@@ -389,8 +410,9 @@ def decide(
 
     def step_block(state, count: int) -> tuple[Any, float]:
         t0 = time.perf_counter()
+        rows_run = [row_list[i % steps] for i in range(count)]
         state, outputs = _dispatch(
-            programs.step_compiled, state, shared, [row_list[i % steps] for i in range(count)]
+            programs.step_compiled, state, shared, rows_run, programs.one_at_a_time
         )
         jax.device_get(outputs)
         return state, agree((time.perf_counter() - t0) / count)
