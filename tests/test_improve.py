@@ -182,6 +182,7 @@ def test_improve_fixes_an_underfit_model_and_says_why(tmp_path, monkeypatch):
     best = next(c for c in candidates if c["name"] == chosen)
     assert best["val_error"] < candidates[0]["val_error"]
     assert summary.metrics["test_accuracy"] == pytest.approx(1 - best["test_error"])
+    assert all(c["loop"]["form"] in ("scan", "step") for c in candidates)  # how each one ran
     report = open(tmp_path / "improve" / "report.md").read()
     assert "| candidate | change | val error |" in report and "Decision" in report
     assert os.path.getsize(tmp_path / "improve" / "plots" / "candidates.png") > 0

@@ -111,6 +111,12 @@ def test_tune_writes_table_plots_best_config_and_retrained_metrics(tuned):
     assert summary["next"][0].startswith("python -m workflow.evaluate --config=")
     assert summary["overrides"][0].startswith("--config.optimizer.learning_rate=")
     assert "best config:" in result.stdout
+    # How the range test, the trials and the retrained best ran their steps, measured.
+    loops = summary["loops"]
+    assert set(loops) == {"range_test", "trials", "train"}
+    for loop in loops.values():
+        assert loop["form"] in ("scan", "step") and loop["step_seconds_per_step"] > 0
+    assert "## Training loops" in report and "| search trials |" in report
 
 
 @pytest.mark.parametrize(

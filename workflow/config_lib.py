@@ -9,7 +9,7 @@ import ml_collections
 from ml_collections import config_dict
 
 import models
-from workflow.engine import augment
+from workflow.engine import augment, loop_form
 from workflow.engine.distributed import DATA_LAYOUTS
 from workflow.errors import UsageError, as_usage_error
 
@@ -74,7 +74,11 @@ def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collection
     )
     config.batch_size = 100
     config.num_steps = 3000
-    config.steps_per_call = 100  # training steps per host call, run under lax.scan
+    config.steps_per_call = 100  # training steps per host call
+    # How a call runs its steps (workflow/engine/loop_form.py): "scan" (all under one lax.scan),
+    # "step" (one compiled step per step, dispatched from Python), or "auto": the faster of the
+    # two, timed on a few steps at the start (a 2-D convolution runs far slower under a CPU scan).
+    config.loop = "auto"
     config.log_every = 50
     config.eval_every = 250
     config.checkpoint_every = 1000
@@ -194,6 +198,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "must be an integer >= 0 (0 saves only the final checkpoint)",
     )
     _require(config.eval_batch_size > 0, "eval_batch_size", config.eval_batch_size, "must be > 0")
+    loop = config.get("loop", "auto")
+    _require(loop in loop_form.CHOICES, "loop", loop, f"one of {', '.join(loop_form.CHOICES)}")
     dtype = config.get("dtype", "float32")
     _require(dtype in COMPUTE_DTYPES, "dtype", dtype, f"one of {', '.join(COMPUTE_DTYPES)}")
     if "parallel" in config:

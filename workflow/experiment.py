@@ -146,6 +146,7 @@ def train_and_report(setup: Setup, workdir: str, stage: str, next_stage: str | N
         next=next_commands(workdir, next_stage),
         dataset=setup.dataset.summary(),
         model_summary=write_model_summary(setup, run),
+        loops={"train": result.loop} if result.loop else None,
     )
     curve = run.save_figure(
         rundir.PLOT_LEARNING_CURVES,
@@ -265,6 +266,8 @@ def report_sections(summary: Summary, curve: str) -> list[tuple[str, str]]:
         ],
         ["device", summary.device],
     ]
+    if summary.loops and "train" in summary.loops:
+        run_rows.append(["training loop", engine.loop_form.describe_loop(summary.loops["train"])])
     if c.get("augment", {}).get("enabled"):
         kind = c["augment"]["kind"]
         run_rows.append(["augmentation", f"{kind}: {augment.describe(kind, c['augment'])}"])

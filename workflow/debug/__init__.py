@@ -51,6 +51,7 @@ def check_and_overfit(
         y,
         max_steps=config.debug.overfit_steps,
         loss_fraction=config.debug.overfit_loss_fraction,
+        loop=config.get("loop", "auto"),
     )
     overfit_lr = config.optimizer.learning_rate
     if not overfit.passed and overfit.final_loss < 0.5 * overfit.initial_loss:
@@ -63,6 +64,7 @@ def check_and_overfit(
             y,
             max_steps=config.debug.overfit_steps,
             loss_fraction=config.debug.overfit_loss_fraction,
+            loop=config.get("loop", "auto"),
         )
         if faster.passed:
             findings.append(slow_overfit_finding(overfit, faster, overfit_lr, config))
@@ -138,6 +140,7 @@ def run_debug(setup: experiment.Setup, workdir: str, started: float | None = Non
         next=[] if failed else experiment.next_commands(workdir, "evaluate"),
         dataset=dataset.summary(),
         model_summary=experiment.write_model_summary(setup, run),
+        loops={"overfit": overfit.loop, "train": fit.loop},
     )
     run.write_summary(summary)
     run.write_report(

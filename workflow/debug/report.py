@@ -6,6 +6,7 @@ from workflow import reporting
 from workflow.diagnostics import findings
 from workflow.diagnostics.findings import Finding
 from workflow.diagnostics.overfit import OverfitResult
+from workflow.engine.loop_form import describe_loop
 from workflow.reporting import model_summary
 from workflow.reporting.summary import Summary
 
@@ -63,4 +64,14 @@ def report_sections(summary: Summary, overfit_plot: str, curve_plot: str) -> lis
         ("Short run", f"![short run]({curve_plot})"),
         ("Model", model_summary.markdown(summary.model_summary, summary.config["batch_size"])),
         ("Time to verdict", f"{m['seconds_to_verdict']:.1f} s"),
+        ("Training loops", loops_table(summary.loops or {})),
     ]
+
+
+def loops_table(loops: dict[str, dict]) -> str:
+    """How the overfit and the short run ran their steps (engine.loop_form)."""
+    rows = [
+        [label, describe_loop(loops.get(name))]
+        for name, label in (("overfit", "overfit one batch"), ("train", "short run"))
+    ]
+    return reporting.markdown_table(["loop", "how its steps ran"], rows)

@@ -21,6 +21,7 @@ class OverfitResult:
     final_accuracy: float
     losses: np.ndarray
     accuracies: np.ndarray
+    loop: dict | None = None  # the form its steps ran in (Summary.loops["overfit"])
 
 
 def overfit_one_batch(
@@ -32,9 +33,11 @@ def overfit_one_batch(
     max_steps: int,
     loss_fraction: float,
     chunk: int = 50,
+    loop: str = "auto",
 ) -> OverfitResult:
-    """Train on one batch until it is memorized (100% accuracy, loss near zero) or max_steps."""
-    multi_step = engine.make_multi_step(task)
+    """Train on one batch until it is memorized (100% accuracy, loss near zero) or max_steps;
+    `loop`: the form of the training loop (config.loop, engine.loop_form)."""
+    multi_step = engine.make_train_loop(task, form=loop)
     xb, yb = jnp.asarray(x), jnp.asarray(y)
     indices = jnp.asarray(np.tile(np.arange(len(x)), (chunk, 1)))
     state = copy_state(state)
@@ -64,6 +67,7 @@ def overfit_one_batch(
         final_accuracy=float(acc[last]),
         losses=loss,
         accuracies=acc,
+        loop=multi_step.choice.to_json(),
     )
 
 

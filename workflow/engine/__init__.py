@@ -2,7 +2,8 @@
 
     state        TrainState (what a step changes) and Task (what it reads), built from a config
     optimizer    the optax chain: base rule, L2 as a gradient term, lr schedule
-    step         the pure train step, K steps under lax.scan, the eval pass of one batch
+    step         the pure train step, K steps per call (a train loop), the eval pass of one batch
+    loop_form    K steps under lax.scan or one compiled step per call: the faster, measured
     loop         `fit`: train to num_steps, logging, evaluating, checkpointing, stopping on NaN
     evaluator    loss and accuracy over a whole split
     early_stopping, checkpoints, sharding, distributed, trials (many runs as one program),
@@ -23,6 +24,7 @@ from workflow.engine.loop import (
     schedule_chunks,
     window_records,
 )
+from workflow.engine.loop_form import LoopChoice, StepLoop
 from workflow.engine.optimizer import build_optimizer, lr_multiplier
 from workflow.engine.programs import few_runs_options, initialize, jit_for_few_runs
 from workflow.engine.sharding import (
@@ -46,7 +48,9 @@ from workflow.engine.step import (
     block_gather,
     fresh_variables,
     make_eval_batch,
+    make_indexed_step,
     make_multi_step,
+    make_train_loop,
     make_train_step,
 )
 
@@ -54,6 +58,8 @@ __all__ = [
     "EarlyStopping",
     "Evaluator",
     "FitResult",
+    "LoopChoice",
+    "StepLoop",
     "Task",
     "TrainState",
     "batch_sharding",
@@ -77,7 +83,9 @@ __all__ = [
     "jit_for_few_runs",
     "lr_multiplier",
     "make_eval_batch",
+    "make_indexed_step",
     "make_multi_step",
+    "make_train_loop",
     "make_train_step",
     "model_kwargs",
     "now",

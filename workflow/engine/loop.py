@@ -25,7 +25,7 @@ from workflow.engine.sharding import (
     state_shardings,
 )
 from workflow.engine.state import Task, TrainState, copy_state
-from workflow.engine.step import make_multi_step
+from workflow.engine.step import make_train_loop
 
 
 def first_nonfinite(values: np.ndarray) -> int | None:
@@ -88,6 +88,8 @@ class FitResult:
     # Where the training data lived: {"layout", "examples"} and, per-host, the device blocks
     # ("blocks", "block_size", and "dropped": examples left out here, beyond load_dataset's).
     data: dict = dataclasses.field(default_factory=dict)
+    # The form the steps ran in and why (engine.loop_form.LoopChoice.to_json()); None: no step ran.
+    loop: dict | None = None
 
 
 def window_records(step0: int, metrics: dict[str, np.ndarray], log_every: int, rate: float):
@@ -187,7 +189,7 @@ def place_training_data(
 @dataclasses.dataclass
 class ChunkTimer:
     """Seconds of training chunks, with the first call of each chunk length (which compiles
-    its program) counted apart from the rest."""
+    its programs, and the first also measures the loop's form) counted apart from the rest."""
 
     compile_seconds: float = 0.0
     train_seconds: float = 0.0
@@ -309,7 +311,9 @@ def fit(
     mesh = data_mesh(config)
     state, shardings = place_state(state, config, mesh)
     training = place_training_data(dataset, config, mesh)
-    multi_step = make_multi_step(task, mesh, shardings, per_host=training.per_host)
+    multi_step = make_train_loop(
+        task, mesh, shardings, per_host=training.per_host, form=config.get("loop", "auto")
+    )
     evaluator = Evaluator(task, config.eval_batch_size, mesh)
     start_step = step = int(state.step)
     last_checkpoint = checkpointer.latest_step() if checkpointer else None
@@ -376,4 +380,5 @@ def fit(
         best_step=int(state.step),
         best_value=tracker.best if tracker is not None and best_state is not None else None,
         data=training.info,
+        loop=multi_step.choice.to_json() if multi_step.choice else None,
     )

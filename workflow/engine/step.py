@@ -1,4 +1,4 @@
-"""The pure training step, K of them under `lax.scan`, and the eval pass of one batch."""
+"""The pure training step, K of them per call (engine.loop_form), and the eval pass of one batch."""
 
 from collections.abc import Callable
 from typing import Any
@@ -10,6 +10,7 @@ from flax import nnx
 from jax.sharding import Mesh, PartitionSpec
 
 from workflow.engine import augment as augmentation
+from workflow.engine.loop_form import StepLoop
 from workflow.engine.sharding import DATA_AXIS, batch_sharding, index_sharding, replicated
 from workflow.engine.state import Batch, Metrics, Task, TrainState, forward
 
@@ -60,44 +61,66 @@ def make_train_step(task: Task) -> Callable[[TrainState, Batch], tuple[TrainStat
     return train_step
 
 
-def make_multi_step(
-    task: Task, mesh: Mesh | None = None, shardings: Any = None, per_host: bool = False
-) -> Callable:
-    """K training steps in one compiled call: batches gathered on device by example index.
+def make_indexed_step(
+    task: Task, mesh: Mesh | None = None, per_host: bool = False
+) -> Callable[..., tuple[TrainState, Metrics]]:
+    """One training step on the batch of example indices `idx`: (state, x, y, idx) -> (state,
+    metrics), the batch gathered on device.
 
-    With a mesh, each step's batch is split over its devices (the gather of a sharded index
-    row yields a sharded batch) and jit partitions the pure step: the same program, gradients
-    all-reduced by XLA, so the numbers are the one-device run's up to float summation order.
-    `per_host`: x and y are split over the mesh in equal blocks (per-host data), and each
-    device gathers its part of every batch from its own block by the local indices in its
-    columns of the index row (data.block_batch_indices), under shard_map.
+    With a mesh, the batch is split over its devices (the gather of a sharded index row yields a
+    sharded batch) and jit partitions the pure step: the same program, gradients all-reduced by
+    XLA, so the numbers are the one-device run's up to float summation order. `per_host`: x and
+    y are split over the mesh in equal blocks (per-host data), and each device gathers its part
+    of the batch from its own block by the local indices in its columns of idx
+    (data.block_batch_indices), under shard_map.
     """
     train_step = make_train_step(task)
     gather_blocks = block_gather(mesh) if per_host else None
 
-    def multi_step(state: TrainState, x: jax.Array, y: jax.Array, indices: jax.Array):
-        def body(state, idx):
-            if gather_blocks is not None:
-                xb, yb = gather_blocks(x, y, idx)
-            else:
-                xb, yb = x[idx], y[idx]
-            if mesh is not None:
-                xb = jax.lax.with_sharding_constraint(xb, batch_sharding(mesh))
-                yb = jax.lax.with_sharding_constraint(yb, batch_sharding(mesh))
-            return train_step(state, {"x": xb, "y": yb})
+    def indexed_step(state: TrainState, x: jax.Array, y: jax.Array, idx: jax.Array):
+        if gather_blocks is not None:
+            xb, yb = gather_blocks(x, y, idx)
+        else:
+            xb, yb = x[idx], y[idx]
+        if mesh is not None:
+            xb = jax.lax.with_sharding_constraint(xb, batch_sharding(mesh))
+            yb = jax.lax.with_sharding_constraint(yb, batch_sharding(mesh))
+        return train_step(state, {"x": xb, "y": yb})
 
-        return jax.lax.scan(body, state, indices)
+    return indexed_step
 
-    if mesh is None:
-        return jax.jit(multi_step, donate_argnums=0)
-    whole = replicated(mesh)
-    data = batch_sharding(mesh) if per_host else whole
-    return jax.jit(
-        multi_step,
-        donate_argnums=0,
-        in_shardings=(shardings, data, data, index_sharding(mesh)),
-        out_shardings=(shardings, whole),
+
+def make_train_loop(
+    task: Task,
+    mesh: Mesh | None = None,
+    shardings: Any = None,
+    per_host: bool = False,
+    form: str = "auto",
+) -> StepLoop:
+    """K training steps per call, `(state, x, y, indices) -> (state, per-step metrics)`: under
+    `lax.scan` or one compiled step per step, as `form` (config.loop) says or as measured faster
+    (engine.loop_form). `indices` is (K, batch) example indices; the state is donated."""
+    in_shardings = out_shardings = None
+    if mesh is not None:
+        whole = replicated(mesh)
+        data = batch_sharding(mesh) if per_host else whole
+        in_shardings = (shardings, data, data, index_sharding(mesh))
+        out_shardings = (shardings, whole)
+    return StepLoop(
+        make_indexed_step(task, mesh, per_host),
+        num_shared=2,
+        form=form,
+        in_shardings=in_shardings,
+        out_shardings=out_shardings,
     )
+
+
+def make_multi_step(
+    task: Task, mesh: Mesh | None = None, shardings: Any = None, per_host: bool = False
+) -> StepLoop:
+    """K training steps in one compiled call under `lax.scan`, batches gathered on device by
+    example index (make_indexed_step): the scanned form of make_train_loop."""
+    return make_train_loop(task, mesh, shardings, per_host, form="scan")
 
 
 def block_gather(mesh: Mesh) -> Callable:

@@ -28,6 +28,7 @@ import models
 from workflow import data
 from workflow.engine.evaluator import padded_batches
 from workflow.engine.loop import now, schedule_chunks
+from workflow.engine.loop_form import StepLoop
 from workflow.engine.programs import few_runs_options
 from workflow.engine.state import Task, TrainState, build_model, create_train_state, model_kwargs
 from workflow.engine.step import make_train_step
@@ -102,17 +103,16 @@ def _pad(values: Sequence, count: int) -> list:
     return values + [values[-1]] * (count - len(values))
 
 
-def make_trials_multi_step(task: Task) -> Callable:
-    """K steps of every trial in one compiled call; all trials share the gathered batch."""
+def make_trials_multi_step(task: Task, form: str = "auto") -> StepLoop:
+    """K steps of every trial per call, `(states, x, y, indices) -> (states, metrics)`: all
+    trials share the gathered batch; under `lax.scan` or one compiled step per step, as `form`
+    (config.loop) says or as measured faster (engine.loop_form)."""
     train_step = jax.vmap(make_train_step(task), in_axes=(0, None))
 
-    def multi_step(states, x, y, indices):
-        def body(states, idx):
-            return train_step(states, {"x": x[idx], "y": y[idx]})
+    def trials_step(states, x, y, idx):
+        return train_step(states, {"x": x[idx], "y": y[idx]})
 
-        return jax.lax.scan(body, states, indices)
-
-    return jax.jit(multi_step, donate_argnums=0)
+    return StepLoop(trials_step, num_shared=2, form=form)
 
 
 def make_trials_evaluator(task: Task, batch_size: int) -> Callable:
@@ -155,7 +155,7 @@ class TrialRunner:
             # Compiled as initialize compiles a single run's: the same initial values.
             compiler_options=few_runs_options(),
         )
-        self._multi_step = make_trials_multi_step(self.task)
+        self._multi_step = make_trials_multi_step(self.task, config.get("loop", "auto"))
         self._evaluate = make_trials_evaluator(self.task, config.eval_batch_size)
 
     def _init_one_fn(self, config, input_shape, num_classes) -> Callable:
@@ -185,6 +185,13 @@ class TrialRunner:
             jnp.asarray(_pad(hparams.learning_rate, count), jnp.float32),
             jnp.asarray(_pad(hparams.l2, count), jnp.float32),
         )
+
+    @property
+    def loop(self) -> dict | None:
+        """The form the trials' steps run in (LoopChoice.to_json()); None before the first run.
+        One batch's program: a batch of another trial count measures its own."""
+        choice = self._multi_step.choice
+        return choice.to_json() if choice else None
 
     def evaluate(self, states, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Loss and accuracy of every trial (padding included) on (x, y)."""

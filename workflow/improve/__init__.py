@@ -39,6 +39,7 @@ class Outcome:
     num_params: int
     seconds: float
     status: str = "ok"
+    loop: dict | None = None  # how its steps ran (engine.loop_form.LoopChoice.to_json())
 
     def to_json(self) -> dict:
         """The summary.json form."""
@@ -54,6 +55,7 @@ class Outcome:
             "num_params": self.num_params,
             "seconds": self.seconds,
             "status": self.status,
+            "loop": self.loop,
         }
 
 
@@ -102,6 +104,7 @@ def run_batched(group: list[remedies.Remedy], dataset, base_steps: int) -> list[
             num_params,
             seconds,
             "diverged" if result.diverged_at[i] >= 0 else "ok",
+            runner.loop,
         )
         for i, remedy in enumerate(group)
     ]
@@ -122,6 +125,7 @@ def run_single(remedy: remedies.Remedy, base_steps: int) -> Outcome:
         models.count_params(setup.model),
         engine.now() - t0,
         fit.status,
+        fit.loop,
     )
 
 
@@ -140,6 +144,7 @@ def evaluated_outcome(remedy: remedies.Remedy, summary: Summary) -> Outcome | No
         1 - metrics["test_accuracy"],
         metrics["num_params"],
         metrics.get("wall_seconds", 0.0),
+        loop=(summary.loops or {}).get("train"),
     )
 
 
@@ -302,7 +307,7 @@ def write_best_config(run: rundir.RunDir, config_source: str, chosen: Outcome, w
 
 def outcome_numbers(outcome: Outcome) -> dict:
     """An outcome's measured fields (what processes exchange to agree)."""
-    fields = ("train_error", "val_error", "test_error", "num_params", "seconds", "status")
+    fields = ("train_error", "val_error", "test_error", "num_params", "seconds", "status", "loop")
     return {name: getattr(outcome, name) for name in fields}
 
 

@@ -48,12 +48,14 @@ def report_sections(summary: Summary, plot: str | None) -> list[tuple[str, str]]
                 f"{c['test_error']:.2%}",
                 f"{c['num_params']:,}",
                 f"{c['seconds']:.1f} s",
+                (c.get("loop") or {}).get("form", "-"),
                 c["reason"],
             ]
         )
     if rows:
         headers = ["candidate", "change", "val error", "Δ val", "test error", "params", "time"]
-        body = reporting.markdown_table([*headers, "why tried"], rows)
+        # loop: scan or step, how the run's steps ran (engine.loop_form)
+        body = reporting.markdown_table([*headers, "loop", "why tried"], rows)
         if plot:
             body += f"\n\n![candidates]({plot})"
         sections.append(("Candidates (runs of equal length)", body))

@@ -28,8 +28,9 @@ if TYPE_CHECKING:
 
     from workflow.reporting.summary import Summary
 
-# Keys that may differ between a run and its resumption (they do not change the numbers).
-RESUMABLE_KEYS = ("num_steps", "progress")
+# Keys that may differ between a run and its resumption (they do not change the numbers; `loop`
+# at most their float rounding, workflow/engine/loop_form.py).
+RESUMABLE_KEYS = ("num_steps", "progress", "loop")
 
 # Every file and folder a run directory may hold (path inside it -> what it is).
 FILES: dict[str, str] = {}

@@ -111,6 +111,7 @@ class RangeTest:
     repeats: int = 1
     wall_seconds: float = 0.0
     compile_seconds: float = 0.0
+    loop: dict | None = None  # the form the sweep's steps ran in (Summary.loops["range_test"])
 
     @property
     def found(self) -> bool:
@@ -435,25 +436,24 @@ def _band(
 # ----------------------------------------------------------------------------- the sweep
 
 
-def _make_sweep(task: engine.Task):
-    """One compiled chunk of the sweep: `repeats` independent scans under vmap, lr set per step."""
+def _make_sweep(task: engine.Task, form: str = "auto") -> engine.StepLoop:
+    """The sweep's steps, `repeats` independent runs under vmap with the lr set per step:
+    (states, x, y, indices (K, repeats, batch), lrs (K,)) -> (states, losses (K, repeats)), K
+    steps per call under lax.scan or one compiled step per step (engine.loop_form)."""
     train_step = engine.make_train_step(task)
 
-    def one_sweep(state, x, y, indices, lrs):
-        def body(state, inputs):
-            idx, lr = inputs
-            opt_state = state.opt_state
-            hyperparams = dict(opt_state.hyperparams)
-            hyperparams["learning_rate"] = lr.astype(hyperparams["learning_rate"].dtype)
-            state = state.replace(opt_state=opt_state._replace(hyperparams=hyperparams))
-            state, metrics = train_step(state, {"x": x[idx], "y": y[idx]})
-            return state, metrics["loss"]
+    def sweep_step(state, x, y, idx, lr):
+        opt_state = state.opt_state
+        hyperparams = dict(opt_state.hyperparams)
+        hyperparams["learning_rate"] = lr.astype(hyperparams["learning_rate"].dtype)
+        state = state.replace(opt_state=opt_state._replace(hyperparams=hyperparams))
+        state, metrics = train_step(state, {"x": x[idx], "y": y[idx]})
+        return state, metrics["loss"]
 
-        return jax.lax.scan(body, state, (indices, lrs))
-
-    sweep = jax.vmap(one_sweep, in_axes=(0, None, None, 0, None))
-    # The batched state is this module's own copy, so donating it between chunks is safe.
-    return jax.jit(sweep, donate_argnums=0)
+    # The batched state is this module's own copy, so the loop may donate it between chunks.
+    return engine.StepLoop(
+        jax.vmap(sweep_step, in_axes=(0, None, None, 0, None)), num_shared=2, form=form
+    )
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -475,12 +475,14 @@ def run_range_test(
     repeats: int = 3,
     divergence_factor: float = 4.0,
     steps_per_call: int = 50,
+    loop: str = "auto",
 ) -> RangeTest:
     """Sweep the lr exponentially from min_lr to max_lr on the training split and analyze it.
 
     One step per learning rate, `repeats` sweeps over different data orders averaged, from
     `state` (left untouched); stops after the chunk in which the loss diverged. A batch_size
-    above the number of training examples is cut to it.
+    above the number of training examples is cut to it. `loop`: the form of the sweep's steps
+    (config.loop; the result's `loop` says which ran).
     """
     _check_sweep_options(state, min_lr, max_lr, num_steps, repeats, steps_per_call, batch_size)
     x_train, y_train = dataset.x_train, dataset.y_train
@@ -489,19 +491,18 @@ def run_range_test(
         lrs, len(x_train), min(int(batch_size), len(x_train)), seed, repeats, steps_per_call
     )
 
-    sweep = _make_sweep(task)
+    sweep = _make_sweep(task, loop)
     t_start = time.perf_counter()
     x, y = jnp.asarray(x_train), jnp.asarray(y_train)
+    indices = np.swapaxes(indices, 0, 1)  # (steps, repeats, batch): one row per step
     states = _replicate(state, repeats)
     chunks, compile_seconds, steps_run = [], 0.0, 0
     result = None
     for c in range(num_chunks):
         sl = slice(c * chunk, (c + 1) * chunk)
         t0 = time.perf_counter()
-        states, losses = sweep(
-            states, x, y, jnp.asarray(indices[:, sl]), jnp.asarray(lrs_padded[sl])
-        )
-        losses = np.asarray(jax.device_get(losses), np.float64)
+        states, losses = sweep(states, x, y, jnp.asarray(indices[sl]), jnp.asarray(lrs_padded[sl]))
+        losses = np.asarray(jax.device_get(losses), np.float64).T  # (repeats, steps)
         if c == 0:
             compile_seconds = time.perf_counter() - t0  # the first call includes compilation
         take = min(chunk, num_steps - steps_run)
@@ -519,6 +520,7 @@ def run_range_test(
     result.repeats = repeats
     result.wall_seconds = time.perf_counter() - t_start
     result.compile_seconds = compile_seconds
+    result.loop = sweep.choice.to_json() if sweep.choice else None
     return result
 
 

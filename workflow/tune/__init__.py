@@ -54,6 +54,7 @@ def configured_range_test(setup: experiment.Setup) -> range_test.RangeTest:
         seed=setup.config.seed,
         repeats=rt.repeats,
         divergence_factor=rt.divergence_factor,
+        loop=setup.config.get("loop", "auto"),
     )
 
 
@@ -67,8 +68,11 @@ def lr_range_test(setup: experiment.Setup, run: rundir.RunDir) -> range_test.Ran
     return result
 
 
-def search_trials(setup: experiment.Setup, run: rundir.RunDir, band) -> tuple[list, list]:
-    """Steps 3-4: the coarse round and the refined ones, as batches of vmapped trials."""
+def search_trials(
+    setup: experiment.Setup, run: rundir.RunDir, band
+) -> tuple[list, list, dict | None]:
+    """Steps 3-4: the coarse round and the refined ones, as batches of vmapped trials:
+    (rounds, records, the form the trials' steps ran in)."""
     config, dataset = setup.config, setup.dataset
     # Only process 0 records the search in the configured storage; the others in their scratch
     # directory (`run` is theirs), and all of them then take process 0's trials.
@@ -85,7 +89,7 @@ def search_trials(setup: experiment.Setup, run: rundir.RunDir, band) -> tuple[li
         agreed = distributed.broadcast_json([[r.to_json() for r in rounds], records])
         rounds = [random_search.Round.from_json(r) for r in agreed[0]]
         records = agreed[1]
-    return rounds, records
+    return rounds, records, runner.loop
 
 
 def retrain_best(setup: experiment.Setup, best_config, workdir: str) -> Summary:
@@ -136,7 +140,7 @@ def tune(
     band = sweep.band if sweep is not None and sweep.found else None
     if sweep is not None:
         findings += range_test.range_test_findings(sweep, config.optimizer.learning_rate)
-    rounds, records = search_trials(whole, run, band)
+    rounds, records, trials_loop = search_trials(whole, run, band)
     best = random_search.best_record(records, config.search.metric)
     findings += report.search_findings(records, rounds, best)
     best_config_path = None
@@ -157,4 +161,9 @@ def tune(
         retrained=retrained,
         best_config_path=best_config_path,
         seconds=engine.now() - t_start,
+        loops={
+            "range_test": sweep.loop if sweep is not None else None,
+            "trials": trials_loop,
+            "train": retrained.loops.get("train") if retrained and retrained.loops else None,
+        },
     )

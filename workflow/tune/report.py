@@ -7,6 +7,7 @@ import ml_collections
 
 from workflow import config_lib, experiment, reporting
 from workflow.diagnostics.findings import Finding, has_error, rank_findings
+from workflow.engine.loop_form import describe_loop
 from workflow.reporting import rundir
 from workflow.reporting.plots import plt
 from workflow.reporting.summary import Summary
@@ -211,8 +212,10 @@ def summarize(
     retrained: Summary | None,
     best_config_path: str | None,
     seconds: float,
+    loops: dict[str, dict | None],
 ) -> Summary:
-    """summary.json and report.md of the tune stage; returns the summary."""
+    """summary.json and report.md of the tune stage; returns the summary. `loops`: how the
+    range test, the trials and the retrained best ran their steps (None: not run)."""
     config = setup.config
     findings = rank_findings(findings)
     band = improved_band(records)
@@ -232,6 +235,7 @@ def summarize(
         rounds=[r.to_json() for r in rounds],
         trials=records,
         dataset=setup.dataset.summary(),
+        loops={name: loop for name, loop in loops.items() if loop is not None},
     )
     plots = save_plots(run, records, sweep, config.search.metric)
     run.write_summary(summary)
@@ -380,9 +384,17 @@ def report_sections(summary: Summary, plots: dict[str, str]) -> list[tuple[str, 
                 + " ".join(f"`{o}`" for o in summary.overrides),
             )
         )
+    sections.append(("Training loops", loops_table(summary.loops or {})))
     sections.append(("Findings", reporting.findings_markdown(summary.findings)))
     sections.append(("Next", reporting.next_markdown(summary.next)))
     return sections
+
+
+def loops_table(loops: dict[str, dict]) -> str:
+    """How the range test, the trials and the retrained best ran their steps."""
+    labels = {"range_test": "range test", "trials": "search trials", "train": "best, retrained"}
+    rows = [[label, describe_loop(loops[name])] for name, label in labels.items() if name in loops]
+    return reporting.markdown_table(["loop", "how its steps ran"], rows)
 
 
 def _sort_value(record: dict, metric: str) -> float:
