@@ -35,10 +35,7 @@ class Summary:
     dataset: dict[str, Any] | None = None  # the data's splits, classes, shapes (Dataset.summary)
     device: str = dataclasses.field(default_factory=device_kind)  # the device kind it ran on
     model_summary: list[dict] | None = None  # the model's layers (reporting/model_summary.py)
-    # How each loop of training steps ran, by what it trained ("train", "overfit", "trials",
-    # "range_test"): its form, why, and both forms' measured seconds per step
-    # (engine.loop_form.LoopChoice.to_json()).
-    loops: dict[str, dict] | None = None
+    loops: dict[str, dict] | None = None  # each training loop's form, why, seconds per step
     # evaluate
     bias_variance: dict[str, Any] | None = None  # the decomposition's rows, line and tolerances
     train_size: dict[str, Any] | None = None  # error against training-set size (train_sizes)
