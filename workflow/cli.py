@@ -6,16 +6,19 @@ import importlib
 import os
 import re
 import sys
+import traceback
 from collections.abc import Callable
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from workflow.errors import UsageError
+from workflow.errors import UsageError, UserCodeError
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_INTERRUPTED = 128 + 2  # SIGINT, as a shell reports a process it stopped
 
 _stage: str | None = None  # the stage define_flags was called for (run directory, findings)
 
@@ -45,6 +48,9 @@ def define_flags(stage: str) -> None:
     except Exception as e:  # noqa: BLE001 - any failure to build the config is bad input
         fail(flag_error_line(f"{type(e).__name__}: {e}"))
     flags.DEFINE_string("workdir", os.path.join("runs", stage), "Run directory to write.")
+    flags.DEFINE_bool(
+        "verbose", False, "On an error in your own code (model, loss, loader), print its traceback."
+    )
     flags.DEFINE_string(
         "compilation_cache",
         None,
@@ -92,6 +98,41 @@ def fail(message: str) -> None:
     """Exit 2 with one line on stderr naming the bad value and what is valid."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(EXIT_BAD_INPUT)
+
+
+def fail_on(error: UsageError, verbose: bool) -> None:
+    """`fail` with the error's line; the user's code's traceback above it with --verbose."""
+    if verbose and error.__cause__ is not None:
+        traceback.print_exception(error.__cause__, file=sys.stderr)
+    if isinstance(error, UserCodeError):
+        fail(error.line() if verbose else error.line("--verbose prints the traceback"))
+    fail(str(error))
+
+
+def check_workdir(workdir: str) -> None:
+    """A --workdir that names a directory: an empty one would write into the current one."""
+    if not workdir.strip():
+        fail("--workdir is empty: name the run directory to write, e.g. --workdir=runs/x")
+
+
+def check_config_type(config, flag) -> None:
+    """A config file's get_config() must return a ConfigDict (a plain dict has no checks)."""
+    if not isinstance(config, ml_collections.ConfigDict):
+        name = config_flags.get_config_filename(flag)
+        fail(
+            f"config file {name!r}: get_config() returned {type(config).__name__}; it must "
+            "return an ml_collections.ConfigDict (see configs/mnist1d.py)"
+        )
+
+
+def interrupted(workdir: str) -> None:
+    """Ctrl-C: one line and exit 130 (128 + SIGINT), with how to resume."""
+    print(
+        f"interrupted: what {workdir} holds is complete; the same command resumes from there "
+        "(the last checkpoint, the finished trials and steps)",
+        file=sys.stderr,
+    )
+    sys.exit(EXIT_INTERRUPTED)
 
 
 def flag_error_line(message: str) -> str:
@@ -168,9 +209,13 @@ def run(main: Callable[[list[str]], int]) -> None:
 
     def guarded(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)
+        workdir, verbose = flags.FLAGS.workdir, flags.FLAGS.verbose
+        check_workdir(workdir)
+        check_config_type(flags.FLAGS.config, flags.FLAGS["config"])
         try:
             from workflow.diagnostics import memory
             from workflow.engine import distributed
+            from workflow.reporting import rundir
 
             distributed.initialize(
                 flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id
@@ -180,15 +225,18 @@ def run(main: Callable[[list[str]], int]) -> None:
             enable_compilation_cache(flags.FLAGS.compilation_cache)
             config = flags.FLAGS.config
             stage = _stage or main.__module__.rsplit(".", 1)[-1]
-            with jit_mode(config):
-                code = memory.run_guarded(lambda: main(argv), config, flags.FLAGS.workdir, stage)
+            # One process at a time owns the run directory, for the stage's whole life.
+            with rundir.locked(workdir, stage), jit_mode(config):
+                code = memory.run_guarded(lambda: main(argv), config, workdir, stage)
         except UsageError as e:
-            fail(str(e))
+            fail_on(e, verbose)
         except OSError as e:
             line = storage_error_line(e)
             if line is None:
                 raise
             fail(line)
+        except KeyboardInterrupt:
+            interrupted(workdir)
         sys.exit(code or EXIT_OK)
 
     app.run(guarded, flags_parser=parse_flags)
