@@ -5,6 +5,7 @@ import errno
 import importlib
 import os
 import re
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -125,6 +126,17 @@ def check_config_type(config, flag) -> None:
         )
 
 
+_interrupt = {"received": False}  # set by Ctrl-C (SIGINT) for the rest of the process
+
+
+def _on_interrupt(signum, frame) -> None:
+    """Python's own SIGINT behaviour, remembered: code that catches KeyboardInterrupt and
+    raises something else (JAX wraps it when it lands in a host callback) still stops as an
+    interruption."""
+    _interrupt["received"] = True
+    raise KeyboardInterrupt
+
+
 def interrupted(workdir: str) -> None:
     """Ctrl-C: one line and exit 130 (128 + SIGINT), with how to resume."""
     print(
@@ -203,15 +215,34 @@ def storage_error_line(error: OSError) -> str | None:
 def run(main: Callable[[list[str]], int]) -> None:
     """Run a stage's main; UsageError anywhere becomes exit 2, and main's int is the exit code.
 
-    Every stage runs under debug.disable_jit if set, and running out of device memory becomes
-    an `out_of_memory` finding in the run directory (exit 1) instead of a traceback.
+    Every stage holds its run directory's lock for its whole life (another process there is
+    refused, exit 2), runs under debug.disable_jit if set, and running out of device memory
+    becomes an `out_of_memory` finding in the run directory (exit 1) instead of a traceback.
+    The user's own code raising is one line (its traceback with --verbose), and Ctrl-C one line
+    with how to resume (exit 130): see docs/reliability.md.
     """
 
     def guarded(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)
-        workdir, verbose = flags.FLAGS.workdir, flags.FLAGS.verbose
+        workdir = flags.FLAGS.workdir
         check_workdir(workdir)
         check_config_type(flags.FLAGS.config, flags.FLAGS["config"])
+        signal.signal(signal.SIGINT, _on_interrupt)
+        # After Ctrl-C the process says only that: JAX logs a callback the interrupt landed in.
+        logging.get_absl_handler().addFilter(lambda record: not _interrupt["received"])
+        try:
+            code = run_stage(argv, workdir)
+        except KeyboardInterrupt:
+            interrupted(workdir)
+        except Exception:
+            if _interrupt["received"]:
+                interrupted(workdir)
+            raise
+        sys.exit(code or EXIT_OK)
+
+    def run_stage(argv: list[str], workdir: str) -> int:
+        """The stage's main under its lock, the jit mode and the memory guard; bad input and
+        storage errors exit 2 with one line."""
         try:
             from workflow.diagnostics import memory
             from workflow.engine import distributed
@@ -227,16 +258,15 @@ def run(main: Callable[[list[str]], int]) -> None:
             stage = _stage or main.__module__.rsplit(".", 1)[-1]
             # One process at a time owns the run directory, for the stage's whole life.
             with rundir.locked(workdir, stage), jit_mode(config):
-                code = memory.run_guarded(lambda: main(argv), config, workdir, stage)
+                return memory.run_guarded(lambda: main(argv), config, workdir, stage)
         except UsageError as e:
-            fail_on(e, verbose)
+            if _interrupt["received"]:
+                raise KeyboardInterrupt from e
+            fail_on(e, flags.FLAGS.verbose)
         except OSError as e:
             line = storage_error_line(e)
-            if line is None:
+            if line is None or _interrupt["received"]:
                 raise
             fail(line)
-        except KeyboardInterrupt:
-            interrupted(workdir)
-        sys.exit(code or EXIT_OK)
 
     app.run(guarded, flags_parser=parse_flags)

@@ -31,6 +31,16 @@ class Setup:
     state: engine.TrainState
 
 
+@dataclasses.dataclass
+class Trained:
+    """What `train` did: fit's result and how the run resumed."""
+
+    result: engine.FitResult
+    resume_step: int | None  # the checkpoint it resumed from (None: from the start)
+    skipped: list[dict]  # the checkpoints set aside (Checkpointer.restore_latest)
+    unverified: str | None  # why the resumed checkpoint could not be verified; None: it was
+
+
 def prepare(config: ml_collections.ConfigDict) -> Setup:
     """Validate the config, load the data, build the model: all bad input fails here, before
     anything is written (but a broken loss, which the debug stage diagnoses as a finding and
@@ -183,7 +193,7 @@ def train_and_report(setup: Setup, workdir: str, stage: str, next_stage: str | N
 
 
 def report_training(
-    setup: Setup, run: rundir.RunDir, stage: str, next_stage: str | None, trained: "Trained"
+    setup: Setup, run: rundir.RunDir, stage: str, next_stage: str | None, trained: Trained
 ) -> Summary:
     """summary.json and report.md of a training run, from what `train` returned."""
     config, workdir, result = setup.config, run.path, trained.result
@@ -207,16 +217,6 @@ def report_training(
     run.write_summary(summary)
     run.write_report(reporting.report_title(summary), report_sections(summary, curve))
     return summary
-
-
-@dataclasses.dataclass
-class Trained:
-    """What `train` did: fit's result and how the run resumed."""
-
-    result: engine.FitResult
-    resume_step: int | None  # the checkpoint it resumed from (None: from the start)
-    skipped: list[dict]  # the checkpoints set aside (Checkpointer.restore_latest)
-    unverified: str | None  # why the resumed checkpoint could not be verified; None: it was
 
 
 def train(setup: Setup, run: rundir.RunDir, new: bool) -> Trained:

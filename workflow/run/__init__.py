@@ -73,6 +73,15 @@ class Step:
         return cls(**{**data, "summary": Summary.from_json(data["summary"])})
 
 
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """A config a step runs on: the command line's with `values`, shown as `source` (the
+    --config, or the best_config.py a tune or improve step wrote)."""
+
+    source: str
+    values: dict
+
+
 # Keys of the command line's config that every step takes from it (what is shown and how long
 # the workflow may take), whatever a step recorded.
 COMMAND_LINE_KEYS = ("progress", "budget")
@@ -166,7 +175,7 @@ class Workflow:
             if not any(key == k or key.startswith(f"{k}.") for k in COMMAND_LINE_KEYS)
         }
 
-    def step(self, name: str, stage: str, point: "Point", action, adjust=None) -> Step:
+    def step(self, name: str, stage: str, point: Point, action, adjust=None) -> Step:
         """Run `action(setup, workdir)` as step `name` on the config `point` names unless it
         finished before; `adjust` may change the step's config (the search sized to the
         budget). A step started before keeps the config it started on."""
@@ -225,15 +234,6 @@ class Workflow:
                 f"workflow.json records step {step.name} as finished in {step.workdir}, which "
                 f"holds {problem}; restore it or use a new --workdir"
             )
-
-
-@dataclasses.dataclass(frozen=True)
-class Point:
-    """A config a step runs on: the command line's with `values`, shown as `source` (the
-    --config, or the best_config.py a tune or improve step wrote)."""
-
-    source: str
-    values: dict
 
 
 def evaluate_copy(trained_dir: str) -> callable:
