@@ -67,7 +67,9 @@ BEST_CONFIG_JSON = _declare(
     "best_config.json", "tune, improve: the chosen setup's resolved config (workflow.run reads it)"
 )
 STUDY = _declare("study.db", "tune: the Optuna study (SQLite) a killed search resumes from")
-WORKFLOW = _declare("workflow.json", "run: the finished steps and their summaries")
+WORKFLOW = _declare(
+    "workflow.json", "run: each step's config as JSON values; finished: its summary"
+)
 CHECKPOINTS = _declare("checkpoints", "Orbax checkpoints and their checksums.json")
 TENSORBOARD = _declare("tensorboard", "TensorBoard event files of metrics.jsonl's numbers")
 BEST = _declare("best", "tune: the best trial retrained at full length (a run directory)")
