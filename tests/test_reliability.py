@@ -278,6 +278,15 @@ def test_num_steps_may_grow_under_a_piecewise_schedule_to_the_longer_runs_number
     assert records(tmp_path / "grown") == records(tmp_path / "whole")
 
 
+def test_num_steps_may_not_grow_from_off_the_evaluation_grid_with_early_stopping(tmp_path):
+    # The 50-step run evaluated at step 50, which the 60-step run never does: early stopping
+    # would count an evaluation the uninterrupted run does not make.
+    stopping = {"early_stopping.enabled": True, "num_steps": 50}
+    train_run(small_config(**stopping), tmp_path / "run")
+    with pytest.raises(UsageError, match="multiple of eval_every=20"):
+        train_run(small_config(**{**stopping, "num_steps": 60}), tmp_path / "run")
+
+
 def test_num_steps_may_not_shrink(reference_run, tmp_path):
     ref_dir, _ = reference_run
     workdir = copy_of(ref_dir, tmp_path)

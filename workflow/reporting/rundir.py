@@ -493,8 +493,10 @@ def num_steps_change(old: dict, new: dict) -> str | None:
 
     It may grow when the schedule does not depend on it: the data order and the augmentation
     are functions of (seed, step), and the constant and piecewise schedules (boundaries in
-    steps) of the step alone, so the steps already trained are the longer run's. It may never
-    shrink: a checkpoint past the new end would be reported as the shorter run.
+    steps) of the step alone, so the steps already trained are the longer run's. With early
+    stopping, only from a multiple of eval_every (the shorter run's last evaluation is then one
+    the longer run makes too). It may never shrink: a checkpoint past the new end would be
+    reported as the shorter run.
     """
     before, after = old.get("num_steps"), new.get("num_steps")
     schedule = ((new.get("optimizer") or {}).get("schedule") or {}).get("name", "constant")
@@ -504,6 +506,15 @@ def num_steps_change(old: dict, new: dict) -> str | None:
         return (
             f"of num_steps={before} with the {schedule} schedule, which spans num_steps: "
             f"num_steps={after} would train the rest on another schedule"
+        )
+    every = new.get("eval_every")
+    stopping = (new.get("early_stopping") or {}).get("enabled", False)
+    if stopping and isinstance(every, int) and before % every:
+        # The shorter run evaluated at its end, off the eval_every grid: early stopping would
+        # count that evaluation, which the longer run never makes.
+        return (
+            f"of num_steps={before} with early stopping: num_steps may grow only from a "
+            f"multiple of eval_every={every}"
         )
     return None
 
@@ -544,9 +555,10 @@ def config_refusal(kind: str, old: dict, new: dict) -> str | None:
 
 
 class _Lock:
-    """The lock this process holds on one run directory, with how many claims share it."""
+    """The lock this process holds on one run directory, with how many claims share it and
+    the folders taking it created (deepest first)."""
 
-    def __init__(self, fd: int, path: str, created: bool):
+    def __init__(self, fd: int, path: str, created: list[str]):
         self.fd, self.path, self.created, self.count = fd, path, created, 1
 
 
@@ -556,7 +568,10 @@ _HELD: dict[str, _Lock] = {}  # run directory (real path) -> this process's lock
 def lock(path: str, stage: str) -> None:
     """Take the OS file lock of run directory `path` (created if missing) for this process;
     re-entrant. Another process holding it: UsageError naming its pid and host (exit 2)."""
-    created = not os.path.exists(path)
+    created, folder = [], os.path.abspath(path)
+    while not os.path.exists(folder):
+        created.append(folder)
+        folder = os.path.dirname(folder)
     os.makedirs(path, exist_ok=True)
     key = os.path.realpath(path)
     if key in _HELD:
@@ -591,8 +606,8 @@ def lock(path: str, stage: str) -> None:
 
 
 def unlock(path: str) -> None:
-    """Release one `lock` of `path`; the last removes the lock file, and the directory when
-    `lock` created it and nothing else was written there."""
+    """Release one `lock` of `path`; the last removes the lock file, and the folders `lock`
+    created where nothing else was written."""
     key = os.path.realpath(path)
     held = _HELD.get(key)
     if held is None:
@@ -604,9 +619,11 @@ def unlock(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(held.path)  # while still locked: a process waiting on it then retries
     os.close(held.fd)
-    if held.created:
-        with contextlib.suppress(OSError):  # not empty: the run's files stay
-            os.rmdir(path)
+    for folder in held.created:
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty: the run's files stay
+            break
 
 
 @contextlib.contextmanager
