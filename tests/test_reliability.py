@@ -194,6 +194,24 @@ def test_a_full_disk_is_one_line_naming_the_path_and_a_rerun_resumes(small_disk,
     assert summary["metrics"]["steps"] == int(FULL_DISK_CASES[case][0].split("=")[1])
 
 
+def test_a_disk_that_fills_inside_orbax_is_an_os_error_naming_the_folder(small_disk, monkeypatch):
+    # Free space is checked before each save (the test above); a disk that fills meanwhile, or
+    # a quota, fails inside Orbax, which must come out as the same storage error.
+    from workflow import cli
+    from workflow.engine import checkpoints
+
+    plenty = shutil.disk_usage("/")._replace(free=2**50)
+    monkeypatch.setattr(checkpoints.shutil, "disk_usage", lambda path: plenty)
+    setup = experiment.prepare(small_config(**{"model.hidden_sizes": (5000,)}))
+    ckpt = checkpoints.Checkpointer(str(small_disk / "checkpoints"))
+    with pytest.raises(OSError) as raised:
+        for step in (1, 2, 3):  # 0.6 MiB of parameters each (Adam's zeros compress away)
+            ckpt.save(step, setup.state)
+    ckpt.close()  # quietly: the error that matters is raised already
+    assert raised.value.filename == str(small_disk / "checkpoints")
+    assert cli.storage_error_line(raised.value).startswith("cannot write")
+
+
 # ============================================================================ 3. identity
 
 

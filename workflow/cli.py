@@ -97,8 +97,21 @@ def check_config_path(argv: list[str]) -> None:
 
 def fail(message: str) -> None:
     """Exit 2 with one line on stderr naming the bad value and what is valid."""
-    print(f"error: {message}", file=sys.stderr)
+    last_line(f"error: {message}")
     sys.exit(EXIT_BAD_INPUT)
+
+
+def last_line(line: str) -> None:
+    """Print `line` on stderr as the last thing the process says there: threads a failure left
+    behind (Orbax's and tensorstore's, after a full disk) may print tracebacks as they die, so
+    stderr goes to /dev/null first and the line to what it was."""
+    sys.stderr.flush()
+    stderr = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    os.write(stderr, f"{line}\n".encode())
+    os.close(stderr)
 
 
 def fail_on(error: UsageError, verbose: bool) -> None:
@@ -139,10 +152,9 @@ def _on_interrupt(signum, frame) -> None:
 
 def interrupted(workdir: str) -> None:
     """Ctrl-C: one line and exit 130 (128 + SIGINT), with how to resume."""
-    print(
+    last_line(
         f"interrupted: what {workdir} holds is complete; the same command resumes from there "
-        "(the last checkpoint, the finished trials and steps)",
-        file=sys.stderr,
+        "(the last checkpoint, the finished trials and steps)"
     )
     sys.exit(EXIT_INTERRUPTED)
 

@@ -33,6 +33,9 @@ from workflow.errors import UsageError
 CHECKSUMS = "checksums.json"
 # The errors of the place checkpoints are written to (the user's to fix: cli words them).
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+# The room a checkpoint of N array bytes needs: N times this plus this many bytes (Orbax's
+# metadata and the file system's blocks).
+SPACE_MARGIN, SPACE_SLACK = 1.05, 2**16
 # tensorstore reports the operating system's error inside its message.
 _OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
 
@@ -109,6 +112,7 @@ class Checkpointer:
         """Write the state at `step`: its checksum first, then the arrays (atomically: Orbax
         finalizes a temporary directory), so every finished checkpoint has its checksum."""
         flat = to_flat(state)
+        self._check_space(flat)
         if distributed.is_writer():  # every process writes its shards (Orbax); process 0 sums
             self._record_checksum(step, flat)
         try:
@@ -121,6 +125,16 @@ class Checkpointer:
                 raise
             self._failed = True
             raise OSError(code, os.strerror(code), self._directory) from None
+
+    def _check_space(self, flat: dict) -> None:
+        """A full disk refused before Orbax starts writing: Orbax stopped by a failed write
+        leaves threads that print tracebacks as they die. (A disk that fills meanwhile, or a
+        quota, still fails in Orbax, and is worded the same.)"""
+        need = sum(int(np.prod(np.shape(v))) * np.dtype(v.dtype).itemsize for v in flat.values())
+        free = shutil.disk_usage(self._directory).free
+        if free < need * SPACE_MARGIN + SPACE_SLACK:
+            self._failed = True
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self._directory)
 
     def _record_checksum(self, step: int, flat: dict) -> None:
         """checksums.json with `step`'s digest (None where parameters split over hosts: no
