@@ -36,7 +36,8 @@ def define_flags(stage: str) -> None:
         config_flags.DEFINE_config_file(
             "config",
             os.path.join(CONFIGS_DIR, "mnist1d.py"),
-            "Problem config: configs/<problem>.py[:arg]; override keys as --config.a.b=value.",
+            "Problem config: configs/<problem>.py[:arg], a Python file (loading it runs it); "
+            "override keys as --config.a.b=value.",
             lock_config=True,
         )
     except (KeyError, AttributeError) as e:

@@ -132,7 +132,8 @@ class Checkpointer:
         quota, still fails in Orbax, and is worded the same.)"""
         need = sum(int(np.prod(np.shape(v))) * np.dtype(v.dtype).itemsize for v in flat.values())
         free = shutil.disk_usage(self._directory).free
-        if free < need * SPACE_MARGIN + SPACE_SLACK:
+        # Every process saves (a collective), so all of them stop if one would not fit.
+        if not distributed.all_agree(free >= need * SPACE_MARGIN + SPACE_SLACK):
             self._failed = True
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self._directory)
 
