@@ -438,6 +438,30 @@ def test_workflow_run_never_executes_a_file_its_run_directory_names(finished_wor
     assert not marker.exists(), "a file named by the run directory was executed"
 
 
+def test_values_read_from_a_file_never_name_code_to_import():
+    base = small_config()
+    where = "runs/x/workflow.json"
+    tuned = config_lib.apply_saved_values(base, {"optimizer.learning_rate": 0.01}, where)
+    assert tuned.optimizer.learning_rate == 0.01 and base.optimizer.learning_rate == 3e-3
+    for values in (
+        {"loss": "os:system"},
+        {"model": {"name": "tests.broken:RaisingModel"}},
+        {"dataset.name": "tests.broken:raising_loader"},
+    ):
+        with pytest.raises(UsageError, match="import path"):
+            config_lib.apply_saved_values(base, values, where)
+    with pytest.raises(UsageError, match=where):
+        config_lib.apply_saved_values(base, {"no_such_key": 1}, where)
+
+
+def test_workflow_run_refuses_a_step_outside_its_directory(finished_workflow, tmp_path):
+    workdir = copy_of(finished_workflow, tmp_path)
+    state = json.loads((workdir / "workflow.json").read_text())
+    state["steps"][0]["name"] = "../elsewhere"
+    (workdir / "workflow.json").write_text(json.dumps(state))
+    assert "workflow.json" in error_line(run_stage("run", *TINY_RUN, f"--workdir={workdir}"))
+
+
 def test_workflow_run_refuses_another_config_on_a_finished_run(finished_workflow, tmp_path):
     workdir = copy_of(finished_workflow, tmp_path)
     result = run_stage(

@@ -467,13 +467,21 @@ def apply_saved_values(
     """A copy of `base` (a command line's config) with flattened `values` read from the file
     `where` (JSON) applied. A file is data: a value that would import code other than the
     command line's (IMPORT_PATH_KEYS) is refused, and so is a key `base` does not have."""
-    flat = flatten({k: v for k, v in values.items()})
+    flat = flatten(values)
     base_flat = flatten(json.loads(base.to_json_best_effort()))
+    # Blocks replaced whole (another model's options), and empty ones the base leaves open.
+    open_blocks = [k for k, v in values.items() if isinstance(v, dict)]
+    open_blocks += [k for k, v in base_flat.items() if v == {}]
     for key, value in flat.items():
         if is_import_path(key, value) and base_flat.get(key) != value:
             raise UsageError(
                 f"{where} sets {key}={value!r}, an import path: code, which is never run from "
-                "a file; name it on the command line instead (--config.{key}=...)"
+                f"a file; name it on the command line instead (--config.{key}=...)"
+            )
+        if key not in base_flat and not any(key.startswith(f"{b}.") for b in open_blocks):
+            raise UsageError(
+                f"{where} sets {key}, which this config does not have: it was written for "
+                "another config; use a new --workdir"
             )
     config = base.copy_and_resolve_references()
     try:

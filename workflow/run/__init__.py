@@ -24,6 +24,7 @@ It runs as one process: as a multi-process job (workflow/engine/distributed.py) 
 
 import dataclasses
 import os
+import re
 
 import ml_collections
 
@@ -82,6 +83,9 @@ class Point:
     values: dict
 
 
+# A step's name, which is also its sub-directory: "4_tune".
+STEP_NAME = re.compile(r"\d+_(start_simple|debug|evaluate|tune|improve)")
+
 # Keys of the command line's config that every step takes from it (what is shown and how long
 # the workflow may take), whatever a step recorded.
 COMMAND_LINE_KEYS = ("progress", "budget")
@@ -117,6 +121,11 @@ class Workflow:
                 f"({type(e).__name__}: {str(e)[:200]}); use a new --workdir"
             ) from None
         for step in steps:
+            if not STEP_NAME.fullmatch(step.name) or step.stage not in rundir.KINDS:
+                raise UsageError(
+                    f"{where} records a step {step.name!r} of stage {step.stage!r}, which this "
+                    "workflow never runs; use a new --workdir"
+                )
             # Its own sub-directory, wherever the recorded path points (moved, copied, or not
             # ours): a step's files are always inside the workflow's directory.
             step.workdir = os.path.join(self.workdir, step.name)
