@@ -194,6 +194,8 @@ def test_a_full_disk_is_one_line_naming_the_path_and_a_rerun_resumes(small_disk,
     assert summary["metrics"]["steps"] == int(FULL_DISK_CASES[case][0].split("=")[1])
 
 
+# Orbax's threads, stopped by the failed write, report a closed event loop as they die.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_disk_that_fills_inside_orbax_is_an_os_error_naming_the_folder(small_disk, monkeypatch):
     # Free space is checked before each save (the test above); a disk that fills meanwhile, or
     # a quota, fails inside Orbax, which must come out as the same storage error.
