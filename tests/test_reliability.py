@@ -121,6 +121,18 @@ def test_a_second_stage_started_on_a_running_ones_directory_exits_2(tmp_path):
     assert steps == sorted(set(steps)), "one writer: steps only increase"
 
 
+def test_a_file_system_without_locks_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(UsageError, match="does not support file locks"):
+        rundir.lock(str(tmp_path / "new" / "run"), "start_simple")
+    assert os.listdir(tmp_path) == []
+
+
 # ============================================================================ 2. records
 
 

@@ -588,9 +588,16 @@ def lock(path: str, stage: str) -> None:
                 f"--workdir={path} is in use by {_holder(lock_path)}: one process at a time "
                 "writes a run directory; wait for it to end or use another --workdir"
             ) from None
-        except BaseException:
+        except OSError as e:  # ENOLCK, EOPNOTSUPP: a file system without locks (some NFS)
             os.close(fd)
-            raise
+            if created:  # nothing was there: leave nothing
+                os.unlink(lock_path)
+                _remove_empty(created)
+            raise UsageError(
+                f"cannot lock --workdir={path} ({os.strerror(e.errno)}): its file system does "
+                "not support file locks, which keep two processes off one run directory; use "
+                "a --workdir on a local disk or on NFS with locking"
+            ) from None
         # The holder removes the file as it releases it: the path must still be what we locked.
         try:
             if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
@@ -619,10 +626,15 @@ def unlock(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(held.path)  # while still locked: a process waiting on it then retries
     os.close(held.fd)
-    for folder in held.created:
+    _remove_empty(held.created)
+
+
+def _remove_empty(folders: list[str]) -> None:
+    """Remove `folders` (deepest first) while they are empty: a run's files stay."""
+    for folder in folders:
         try:
             os.rmdir(folder)
-        except OSError:  # not empty: the run's files stay
+        except OSError:
             break
 
 
