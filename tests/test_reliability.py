@@ -347,7 +347,6 @@ def test_a_garbled_config_json_is_one_line(reference_run, tmp_path):
         ({"loss": "tests.broken:mean_loss"}, "returns shape () for a batch of 32"),
         ({"model.name": "tests.broken:RaisingModel"}, "RuntimeError: the user's model failed"),
         ({"model.name": "tests.broken:UnbuildableModel"}, "the user's model cannot be built"),
-        ({"num_steps": 10**20}, "num_steps"),
     ],
 )
 def test_bad_input_is_found_before_the_run_directory_is_written(tmp_path, overrides, words):
@@ -358,6 +357,20 @@ def test_bad_input_is_found_before_the_run_directory_is_written(tmp_path, overri
         train_run(config, tmp_path / "run")  # prepare, then train_and_report, as a stage does
     assert words in str(raised.value)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        ({"num_steps": 10**20}, "must be at most 2,147,483,647"),
+        ({"num_steps": 10**8, "steps_per_call": 1}, "plans every host call up front"),
+        ({"eval_batch_size": 10**9}, "must be at most 1,048,576 examples"),
+    ],
+)
+def test_sizes_beyond_their_bounds_are_refused_before_anything_runs(overrides, words):
+    # Unbounded, num_steps=10**20 planned its chunks until memory ran out.
+    with pytest.raises(UsageError, match=words):
+        experiment.prepare(small_config(**overrides))
 
 
 def test_a_batch_the_devices_cannot_split_is_refused_before_writing(tmp_path):
