@@ -76,7 +76,7 @@ def watch_writes(workdir: str) -> None:
     import jax
 
     root = os.path.abspath(workdir)
-    real_open, real_replace = builtins.open, os.replace
+    real_open, real_os_open, real_replace = builtins.open, os.open, os.replace
 
     def report(path) -> None:
         path = os.path.abspath(os.fspath(path))
@@ -89,11 +89,16 @@ def watch_writes(workdir: str) -> None:
             report(file)
         return real_open(file, mode, *args, **kwargs)
 
+    def watched_os_open(path, flags, *args, **kwargs):  # appends (metrics.jsonl) and the lock
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            report(path)
+        return real_os_open(path, flags, *args, **kwargs)
+
     def watched_replace(src, dst, *args, **kwargs):
         report(dst)
         return real_replace(src, dst, *args, **kwargs)
 
-    builtins.open, os.replace = watched_open, watched_replace
+    builtins.open, os.open, os.replace = watched_open, watched_os_open, watched_replace
 
 
 if __name__ == "__main__":

@@ -337,6 +337,7 @@ def test_debug_as_two_processes_writes_the_run_directory_once(tmp_path):
     files = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*") if p.is_file())
     assert [f for f in files if not f.startswith("tensorboard/")] == [
         "config.json",
+        "identity.json",
         "metrics.jsonl",
         "model_summary.txt",
         "plots/overfit_batch.png",

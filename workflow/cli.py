@@ -5,17 +5,21 @@ import errno
 import importlib
 import os
 import re
+import signal
 import sys
+import traceback
 from collections.abc import Callable
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from workflow.errors import UsageError
+from workflow.errors import UsageError, UserCodeError
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_INTERRUPTED = 128 + 2  # SIGINT, as a shell reports a process it stopped
 
 _stage: str | None = None  # the stage define_flags was called for (run directory, findings)
 
@@ -32,7 +36,8 @@ def define_flags(stage: str) -> None:
         config_flags.DEFINE_config_file(
             "config",
             os.path.join(CONFIGS_DIR, "mnist1d.py"),
-            "Problem config: configs/<problem>.py[:arg]; override keys as --config.a.b=value.",
+            "Problem config: configs/<problem>.py[:arg], a Python file (loading it runs it); "
+            "override keys as --config.a.b=value.",
             lock_config=True,
         )
     except (KeyError, AttributeError) as e:
@@ -45,6 +50,9 @@ def define_flags(stage: str) -> None:
     except Exception as e:  # noqa: BLE001 - any failure to build the config is bad input
         fail(flag_error_line(f"{type(e).__name__}: {e}"))
     flags.DEFINE_string("workdir", os.path.join("runs", stage), "Run directory to write.")
+    flags.DEFINE_bool(
+        "verbose", False, "On an error in your own code (model, loss, loader), print its traceback."
+    )
     flags.DEFINE_string(
         "compilation_cache",
         None,
@@ -90,8 +98,66 @@ def check_config_path(argv: list[str]) -> None:
 
 def fail(message: str) -> None:
     """Exit 2 with one line on stderr naming the bad value and what is valid."""
-    print(f"error: {message}", file=sys.stderr)
+    last_line(f"error: {message}")
     sys.exit(EXIT_BAD_INPUT)
+
+
+def last_line(line: str) -> None:
+    """Print `line` on stderr as the last thing the process says there: threads a failure left
+    behind (Orbax's and tensorstore's, after a full disk) may print tracebacks as they die, so
+    stderr goes to /dev/null first and the line to what it was."""
+    sys.stderr.flush()
+    stderr = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    os.write(stderr, f"{line}\n".encode())
+    os.close(stderr)
+
+
+def fail_on(error: UsageError, verbose: bool) -> None:
+    """`fail` with the error's line; the user's code's traceback above it with --verbose."""
+    if verbose and error.__cause__ is not None:
+        traceback.print_exception(error.__cause__, file=sys.stderr)
+    if isinstance(error, UserCodeError):
+        fail(error.line() if verbose else error.line("--verbose prints the traceback"))
+    fail(str(error))
+
+
+def check_workdir(workdir: str) -> None:
+    """A --workdir that names a directory: an empty one would write into the current one."""
+    if not workdir.strip():
+        fail("--workdir is empty: name the run directory to write, e.g. --workdir=runs/x")
+
+
+def check_config_type(config, flag) -> None:
+    """A config file's get_config() must return a ConfigDict (a plain dict has no checks)."""
+    if not isinstance(config, ml_collections.ConfigDict):
+        name = config_flags.get_config_filename(flag)
+        fail(
+            f"config file {name!r}: get_config() returned {type(config).__name__}; it must "
+            "return an ml_collections.ConfigDict (see configs/mnist1d.py)"
+        )
+
+
+_interrupt = {"received": False}  # set by Ctrl-C (SIGINT) for the rest of the process
+
+
+def _on_interrupt(signum, frame) -> None:
+    """Python's own SIGINT behaviour, remembered: code that catches KeyboardInterrupt and
+    raises something else (JAX wraps it when it lands in a host callback) still stops as an
+    interruption."""
+    _interrupt["received"] = True
+    raise KeyboardInterrupt
+
+
+def interrupted(workdir: str) -> None:
+    """Ctrl-C: one line and exit 130 (128 + SIGINT), with how to resume."""
+    last_line(
+        f"interrupted: what {workdir} holds is complete; the same command resumes from there "
+        "(the last checkpoint, the finished trials and steps)"
+    )
+    sys.exit(EXIT_INTERRUPTED)
 
 
 def flag_error_line(message: str) -> str:
@@ -162,15 +228,38 @@ def storage_error_line(error: OSError) -> str | None:
 def run(main: Callable[[list[str]], int]) -> None:
     """Run a stage's main; UsageError anywhere becomes exit 2, and main's int is the exit code.
 
-    Every stage runs under debug.disable_jit if set, and running out of device memory becomes
-    an `out_of_memory` finding in the run directory (exit 1) instead of a traceback.
+    Every stage holds its run directory's lock for its whole life (another process there is
+    refused, exit 2), runs under debug.disable_jit if set, and running out of device memory
+    becomes an `out_of_memory` finding in the run directory (exit 1) instead of a traceback.
+    The user's own code raising is one line (its traceback with --verbose), and Ctrl-C one line
+    with how to resume (exit 130): see docs/reliability.md.
     """
 
     def guarded(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)
+        workdir = flags.FLAGS.workdir
+        check_workdir(workdir)
+        check_config_type(flags.FLAGS.config, flags.FLAGS["config"])
+        signal.signal(signal.SIGINT, _on_interrupt)
+        # After Ctrl-C the process says only that: JAX logs a callback the interrupt landed in.
+        logging.get_absl_handler().addFilter(lambda record: not _interrupt["received"])
+        try:
+            code = run_stage(argv, workdir)
+        except KeyboardInterrupt:
+            interrupted(workdir)
+        except Exception:
+            if _interrupt["received"]:
+                interrupted(workdir)
+            raise
+        sys.exit(code or EXIT_OK)
+
+    def run_stage(argv: list[str], workdir: str) -> int:
+        """The stage's main under its lock, the jit mode and the memory guard; bad input and
+        storage errors exit 2 with one line."""
         try:
             from workflow.diagnostics import memory
             from workflow.engine import distributed
+            from workflow.reporting import rundir
 
             distributed.initialize(
                 flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id
@@ -180,15 +269,17 @@ def run(main: Callable[[list[str]], int]) -> None:
             enable_compilation_cache(flags.FLAGS.compilation_cache)
             config = flags.FLAGS.config
             stage = _stage or main.__module__.rsplit(".", 1)[-1]
-            with jit_mode(config):
-                code = memory.run_guarded(lambda: main(argv), config, flags.FLAGS.workdir, stage)
+            # One process at a time owns the run directory, for the stage's whole life.
+            with rundir.locked(workdir, stage), jit_mode(config):
+                return memory.run_guarded(lambda: main(argv), config, workdir, stage)
         except UsageError as e:
-            fail(str(e))
+            if _interrupt["received"]:
+                raise KeyboardInterrupt from e
+            fail_on(e, flags.FLAGS.verbose)
         except OSError as e:
             line = storage_error_line(e)
-            if line is None:
+            if line is None or _interrupt["received"]:
                 raise
             fail(line)
-        sys.exit(code or EXIT_OK)
 
     app.run(guarded, flags_parser=parse_flags)

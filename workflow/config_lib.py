@@ -11,7 +11,20 @@ from ml_collections import config_dict
 import models
 from workflow.engine import augment, loop_form
 from workflow.engine.distributed import DATA_LAYOUTS
-from workflow.errors import UsageError, as_usage_error
+from workflow.errors import UsageError, as_usage_error, user_code
+
+# The train state counts steps in int32.
+MAX_STEPS = 2**31 - 1
+# The loop plans its host calls, evaluations and checkpoints up front: more than this many is
+# a typo (num_steps=10**20), not a run.
+MAX_PLANNED_CALLS = 10**7
+# Examples in one batch; the evaluator pads every batch to its batch size.
+MAX_BATCH = 2**20
+# Config values that name code to import ("module:object"): a model, a loss, a dataset loader.
+# By design the workflow runs the code a command line names; never code a file names (a run
+# directory is data): see apply_saved_values.
+IMPORT_PATH_KEYS = ("model.name", "loss", "dataset.name")
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "momentum")
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -191,6 +204,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for key in ("batch_size", "num_steps", "steps_per_call", "log_every", "eval_every"):
         value = config[key]
         _require(isinstance(value, int) and value > 0, key, value, "must be a positive integer")
+    _validate_bounds(config)
     _require(
         isinstance(config.checkpoint_every, int) and config.checkpoint_every >= 0,
         "checkpoint_every",
@@ -256,6 +270,48 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "evaluate.train_size_steps",
         steps,
         "must be a positive integer or None (None: num_steps)",
+    )
+
+
+def _validate_bounds(config: ml_collections.ConfigDict) -> None:
+    """Step counts within the int32 step counter, batches within MAX_BATCH, and no more planned
+    host calls than MAX_PLANNED_CALLS."""
+    steps = {
+        "num_steps": config.num_steps,
+        "debug.overfit_steps": config.debug.overfit_steps,
+        "debug.train_steps": config.debug.train_steps,
+        "evaluate.train_size_steps": config.evaluate.train_size_steps,
+        "improve.num_steps": config.get("improve", {}).get("num_steps"),
+    }
+    for key, value in steps.items():
+        _require(
+            not isinstance(value, int) or value <= MAX_STEPS,
+            key,
+            value,
+            f"must be at most {MAX_STEPS:,} (the step counter is int32)",
+        )
+    batches = {
+        "batch_size": config.batch_size,
+        "eval_batch_size": config.eval_batch_size,
+        "debug.batch_size": config.debug.batch_size,
+    }
+    for key, value in batches.items():
+        _require(
+            not isinstance(value, int) or value <= MAX_BATCH,
+            key,
+            value,
+            f"must be at most {MAX_BATCH:,} examples",
+        )
+    periods = [config.steps_per_call, config.eval_every]
+    if isinstance(config.checkpoint_every, int) and config.checkpoint_every > 0:
+        periods.append(config.checkpoint_every)
+    calls = config.num_steps // min(periods)
+    _require(
+        calls <= MAX_PLANNED_CALLS,
+        "num_steps",
+        config.num_steps,
+        f"at most {MAX_PLANNED_CALLS:,} times the smallest of steps_per_call, eval_every and "
+        f"checkpoint_every ({min(periods):,}): the run plans every host call up front",
     )
 
 
@@ -382,15 +438,65 @@ def _validate_early_stopping(es: ml_collections.ConfigDict) -> None:
 
 
 def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
-    """`get_config(arg)` of a config file, as `--config=path:arg` loads it."""
+    """`get_config(arg)` of a config file, as `--config=path:arg` loads it.
+
+    A config file is Python: loading it runs it. Only a file the user names on a command line
+    is loaded so; workflow.run reads what its run directory holds as JSON (apply_saved_values).
+    """
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("loaded_config", path)
     if spec is None or not os.path.isfile(path):
         raise UsageError(f"config file {path!r} does not exist")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
+    with user_code(f"config file {path!r}", module):
+        spec.loader.exec_module(module)
+        config = module.get_config(arg) if arg else module.get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise UsageError(
+            f"config file {path!r}: get_config() returned {type(config).__name__}; it must "
+            "return an ml_collections.ConfigDict"
+        )
+    return config
+
+
+def is_import_path(key: str, value) -> bool:
+    """Whether config value `key=value` names code to import (a 'module:object' path)."""
+    if key not in IMPORT_PATH_KEYS or not isinstance(value, str) or ":" not in value:
+        return False
+    return not (key == "dataset.name" and value.startswith("tfds:"))  # a TFDS name: data
+
+
+def apply_saved_values(
+    base: ml_collections.ConfigDict, values: dict, where: str
+) -> ml_collections.ConfigDict:
+    """A copy of `base` (a command line's config) with flattened `values` read from the file
+    `where` (JSON) applied. A file is data: a value that would import code other than the
+    command line's (IMPORT_PATH_KEYS) is refused, and so is a key `base` does not have."""
+    flat = flatten(values)
+    base_flat = flatten(json.loads(base.to_json_best_effort()))
+    # Blocks replaced whole (another model's options), and empty ones the base leaves open.
+    open_blocks = [k for k, v in values.items() if isinstance(v, dict)]
+    open_blocks += [k for k, v in base_flat.items() if v == {}]
+    for key, value in flat.items():
+        if is_import_path(key, value) and base_flat.get(key) != value:
+            raise UsageError(
+                f"{where} sets {key}={value!r}, an import path: code, which is never run from "
+                f"a file; name it on the command line instead (--config.{key}=...)"
+            )
+        if key not in base_flat and not any(key.startswith(f"{b}.") for b in open_blocks):
+            raise UsageError(
+                f"{where} sets {key}, which this config does not have: it was written for "
+                "another config; use a new --workdir"
+            )
+    config = base.copy_and_resolve_references()
+    try:
+        return apply_values(config, values)
+    except (KeyError, AttributeError, TypeError, ValueError) as e:
+        raise UsageError(
+            f"{where} holds config values this config cannot take ({type(e).__name__}: "
+            f"{str(e)[:200]}); it was written for another config: use a new --workdir"
+        ) from None
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -435,25 +541,46 @@ def _from_json(value):
     return tuple(_from_json(v) for v in value) if isinstance(value, list) else value
 
 
+def project_file(relative: str) -> str:
+    """A file of the workflow's own folder (configs/...), wherever it is installed."""
+    return os.path.join(PROJECT_ROOT, relative)
+
+
+def _base_reference(base_path: str, path: str) -> str:
+    """Python source for the base config's path in a file written at `path`: a file of the
+    workflow's configs/ through project_file, any other relative to the written file, so the
+    file holds no absolute path of the machine that wrote it."""
+    base = os.path.realpath(base_path)
+    configs = os.path.join(os.path.realpath(PROJECT_ROOT), "configs") + os.sep
+    if base.startswith(configs):
+        return f"config_lib.project_file({os.path.relpath(base, PROJECT_ROOT)!r})"
+    here = os.path.dirname(os.path.realpath(path))
+    return f"os.path.join(os.path.dirname(__file__), {os.path.relpath(base, here)!r})"
+
+
 def config_file_text(
     path: str, base_source: str, config: ml_collections.ConfigDict, about: str
 ) -> str:
     """The text of a config file at `path` that every stage accepts as --config: `base_source`
-    (the `path[:arg]` it came from) with each value of `config` that differs from it."""
+    (the `path[:arg]` it came from) with each value of `config` that differs from it. The file
+    names its base relative to itself or to the workflow, so it can be moved with its base."""
     import pprint
 
     base_path, _, arg = base_source.partition(":")
-    base_path = os.path.abspath(base_path)
     base = load_config_file(base_path, arg or None)
     values = changed_values(base, json.loads(config.to_json_best_effort()))
     return f'''"""{about}
 
-    python -m workflow.evaluate --config={path} --workdir=runs/evaluate
+This file is Python: loading it (--config=...) runs it, as any config file.
+
+    python -m workflow.evaluate --config=<this file> --workdir=runs/evaluate
 """
+
+import os
 
 from workflow import config_lib
 
-BASE_CONFIG = {base_path!r}
+BASE_CONFIG = {_base_reference(base_path, path)}
 BASE_ARG = {arg or None!r}
 VALUES = {pprint.pformat(values, indent=4, sort_dicts=True)}
 

@@ -6,14 +6,16 @@ import shlex
 import sys
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 
 import models
 from workflow import config_lib, data, engine, reporting
 from workflow.diagnostics.curves import curve_findings
 from workflow.diagnostics.findings import Finding, has_error, rank_findings
-from workflow.engine import augment, checkpoints
-from workflow.errors import UsageError
+from workflow.engine import augment, checkpoints, losses
+from workflow.errors import UsageError, user_code
 from workflow.reporting import model_summary, rundir
 from workflow.reporting.summary import Summary
 
@@ -29,10 +31,24 @@ class Setup:
     state: engine.TrainState
 
 
+@dataclasses.dataclass
+class Trained:
+    """What `train` did: fit's result and how the run resumed."""
+
+    result: engine.FitResult
+    resume_step: int | None  # the checkpoint it resumed from (None: from the start)
+    skipped: list[dict]  # the checkpoints set aside (Checkpointer.restore_latest)
+    unverified: str | None  # why the resumed checkpoint could not be verified; None: it was
+
+
 def prepare(config: ml_collections.ConfigDict) -> Setup:
-    """Validate the config, load the data, build the model: all bad input fails here."""
+    """Validate the config, load the data, build the model: all bad input fails here, before
+    anything is written (but a broken loss, which the debug stage diagnoses as a finding and
+    the training stages refuse first with `check_loss`)."""
     config_lib.validate_config(config)
     dataset = data.load_dataset(config.dataset, seed=config.seed, shard=data.process_shard(config))
+    check_batch_size(config, dataset)
+    engine.data_mesh(config)  # a batch the data-parallel devices cannot split is refused here
     if config.model.name == "auto":  # the workflow's default architecture for the data kind
         config.model.name = models.default_model_for_kind(dataset.kind)
     if "augment" in config:  # in the config, so every Task built from it augments alike
@@ -52,9 +68,30 @@ def prepare(config: ml_collections.ConfigDict) -> Setup:
                 "words; use 0 (time shifts only)"
             )
     model = engine.build_model(config, dataset.input_shape, dataset.num_classes)
-    engine.check_output_shape(model, dataset.input_shape, dataset.num_classes)
+    with user_code(f"model {config.model.name!r}", type(model)):
+        engine.check_output_shape(model, dataset.input_shape, dataset.num_classes)
     task, state = engine.create_train_state(model, config)
     return Setup(config, dataset, model, task, state)
+
+
+def check_batch_size(config: ml_collections.ConfigDict, dataset) -> None:
+    """A training batch no larger than the training split (of the whole job, per-host data)."""
+    shard = dataset.info.get("shard")
+    examples = int(shard["global_size"]) if shard else len(dataset.y_train)
+    if config.batch_size > examples:
+        raise UsageError(
+            f"batch_size={config.batch_size} exceeds the {examples} training examples; "
+            f"use batch_size <= {examples}"
+        )
+
+
+def check_loss(setup: Setup) -> None:
+    """The configured loss on one batch's shapes (nothing runs): it takes (logits, labels) and
+    returns one float per example. Every training stage calls it before its first write."""
+    config, dataset = setup.config, setup.dataset
+    logits = jax.ShapeDtypeStruct((config.batch_size, dataset.num_classes), jnp.float32)
+    labels = jax.ShapeDtypeStruct((config.batch_size,), dataset.y_train.dtype)
+    losses.check_loss(setup.task.loss_fn, config.loss, logits, labels)
 
 
 def with_whole_training_split(setup: Setup) -> Setup:
@@ -106,22 +143,35 @@ def divergence_finding(result: engine.FitResult, config) -> Finding:
     )
 
 
-def corrupt_checkpoint_finding(skipped: list[dict], resume_step: int | None) -> Finding:
-    """The `corrupt_checkpoint` warning: checkpoints set aside, and where the run resumed."""
+def corrupt_checkpoint_finding(
+    skipped: list[dict], resume_step: int | None, unverified: str | None = None
+) -> Finding:
+    """The `corrupt_checkpoint` warning: checkpoints set aside (unreadable, damaged, or without
+    a checksum while an older one had one), where the run resumed, and why that checkpoint could
+    not be verified when it could not."""
     resumed = f"resumed from step {resume_step}" if resume_step is not None else "restarted"
-    steps = [item["step"] for item in skipped]
+    parts = []
+    if skipped:
+        steps = ", ".join(str(item["step"]) for item in skipped)
+        parts.append(
+            f"checkpoint(s) at step {steps} were unreadable, damaged or unverifiable and set aside"
+        )
+    if unverified:
+        parts.append(f"the checkpoint at step {resume_step} was not verified: {unverified}")
+    suggestions = ["check the disk and whatever else writes to the run directory"]
+    if skipped:
+        suggestions.append(f"inspect or delete {', '.join(i['moved_to'] for i in skipped)}")
+    if unverified:
+        suggestions.append(
+            "to retrain from the last verified state instead, move that "
+            "checkpoint out of checkpoints/ and run the same command again"
+        )
     return Finding(
         id="corrupt_checkpoint",
         severity="warning",
-        message=(
-            f"checkpoint(s) at step {', '.join(map(str, steps))} were unreadable or damaged "
-            f"and set aside; the run {resumed}"
-        ),
-        evidence={"checkpoints": skipped, "resumed_from": resume_step},
-        suggestions=[
-            "check the disk and whatever else writes to the run directory",
-            f"inspect or delete {', '.join(item['moved_to'] for item in skipped)}",
-        ],
+        message=f"{'; '.join(parts)}; the run {resumed}",
+        evidence={"checkpoints": skipped, "resumed_from": resume_step, "unverified": unverified},
+        suggestions=suggestions,
     )
 
 
@@ -132,11 +182,22 @@ def stage_command(stage: str, workdir: str) -> str:
 
 
 def train_and_report(setup: Setup, workdir: str, stage: str, next_stage: str | None) -> Summary:
-    """Train in `workdir` (resuming a killed run), then write summary.json and report.md."""
-    config = setup.config
+    """Train in `workdir` (resuming a killed run), then write summary.json and report.md.
+
+    The loss is checked and the directory claimed (locked, its identity checked) before
+    anything is written there."""
+    check_loss(setup)
     run = rundir.RunDir(workdir)
-    result, resume_step, skipped = train(setup, run)
-    findings = run_findings(setup, result, skipped, resume_step)
+    with run.claimed(rundir.TRAINING, stage, setup.config, setup.dataset.fingerprint()) as new:
+        return report_training(setup, run, stage, next_stage, train(setup, run, new))
+
+
+def report_training(
+    setup: Setup, run: rundir.RunDir, stage: str, next_stage: str | None, trained: Trained
+) -> Summary:
+    """summary.json and report.md of a training run, from what `train` returned."""
+    config, workdir, result = setup.config, run.path, trained.result
+    findings = run_findings(setup, result, trained.skipped, trained.resume_step, trained.unverified)
     summary = Summary(
         stage=stage,
         status="failed" if result.status == "ok" and has_error(findings) else result.status,
@@ -159,24 +220,25 @@ def train_and_report(setup: Setup, workdir: str, stage: str, next_stage: str | N
     return summary
 
 
-def train(setup: Setup, run: rundir.RunDir) -> tuple[engine.FitResult, int | None, list[dict]]:
-    """engine.fit in `run`, resumed from its newest readable checkpoint: (result, the step it
-    resumed from, the checkpoints set aside as unreadable)."""
+def train(setup: Setup, run: rundir.RunDir, new: bool) -> Trained:
+    """engine.fit in the claimed `run` (`new`: claim found it new), resumed from its newest
+    verified checkpoint."""
     config = setup.config
-    created = not run.exists
-    if not created:
-        run.check_resumable(config)
     ckpt = checkpoints.Checkpointer(run.checkpoints, max_to_keep=engine.checkpoints_to_keep(config))
-    state, resume_step, skipped = setup.state, None, []
+    state, resume_step, skipped, unverified = setup.state, None, [], None
     try:
         if ckpt.latest_step() is not None:
             state, resume_step, skipped = ckpt.restore_latest(setup.state)
         for item in skipped:
             print(f"warning: {item['error']}; set aside as {item['moved_to']}", file=sys.stderr)
+        if resume_step is not None:
+            unverified = ckpt.unverified_reason(resume_step)
+        if unverified:
+            print(f"warning: checkpoint at step {resume_step}: {unverified}", file=sys.stderr)
         run.open(config, resume_step=resume_step)
     except BaseException:
         ckpt.close()
-        if created:
+        if new:
             run.remove()
         raise
     run.write_json(rundir.NORMALIZATION, setup.dataset.normalization)
@@ -194,17 +256,22 @@ def train(setup: Setup, run: rundir.RunDir) -> tuple[engine.FitResult, int | Non
     finally:
         ckpt.close()
         run.close()
-    return result, resume_step, skipped
+    return Trained(result, resume_step, skipped, unverified)
 
 
 def run_findings(
-    setup: Setup, result: engine.FitResult, skipped: list[dict], resume_step: int | None
+    setup: Setup,
+    result: engine.FitResult,
+    skipped: list[dict],
+    resume_step: int | None,
+    unverified: str | None = None,
 ) -> list[Finding]:
-    """A divergence, checkpoints set aside, and what the learning curves say; ranked."""
+    """A divergence, checkpoints set aside or unverified, and what the learning curves say;
+    ranked."""
     config = setup.config
     findings = [divergence_finding(result, config)] if result.divergence else []
-    if skipped:
-        findings.append(corrupt_checkpoint_finding(skipped, resume_step))
+    if skipped or unverified:
+        findings.append(corrupt_checkpoint_finding(skipped, resume_step, unverified))
     if result.start_step == 0:  # the curve checks read a whole run from its first step
         findings += curve_findings(
             result, setup.dataset.num_classes, setup.dataset.y_train, config.optimizer.learning_rate

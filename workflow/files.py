@@ -3,6 +3,8 @@
 Every file the workflow writes (the run directory's, the checkpoints' checksums, the dataset
 cache) goes through `write_atomically`: a temporary file beside the target, flushed to disk,
 then renamed over it. A reader, a concurrent run or a run killed mid-write never sees half a file.
+The append-only records (metrics.jsonl, TensorBoard events) go through `append_bytes`: one write
+per record, so a crash at any byte leaves at most a torn last record, which their readers skip.
 """
 
 import json
@@ -30,10 +32,41 @@ def write_atomically(path: str | os.PathLike, mode: str, write: Callable[[IO], N
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        _discard(tmp)
+        raise naming(e, path) from None
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _discard(tmp)
         raise
+
+
+def _discard(tmp: str) -> None:
+    if os.path.exists(tmp):
+        os.unlink(tmp)
+
+
+def naming(error: OSError, path: str | os.PathLike) -> OSError:
+    """`error` with `path` as its filename when it names none (a failed write() names no file,
+    and the user's one line must say which file could not be written)."""
+    if error.filename is None and error.errno is not None:
+        return OSError(error.errno, error.strerror or os.strerror(error.errno), os.fspath(path))
+    return error
+
+
+def append_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Append `data` to `path` (created if missing) in one write: a process killed meanwhile
+    leaves at most a torn last record, which the readers of append-only files skip; OSError
+    names the path."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            view = memoryview(data)
+            while view:  # a write may take fewer bytes than given
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise naming(e, path) from None
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

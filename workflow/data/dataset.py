@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +29,7 @@ from workflow.data.synthetic import make_synthetic, rng_for
 from workflow.data.text import apply_vocabulary, restrict_vocabulary, vocabulary_info
 from workflow.data.validation import as_inputs, check_train_size, val_count, validate_raw
 from workflow.errors import UsageError
+from workflow.files import to_jsonable
 
 
 @dataclasses.dataclass(eq=False)
@@ -56,6 +59,24 @@ class Dataset:
         if name not in ("train", "val", "test"):
             raise UsageError(f"split {name!r} is unknown; valid: train, val, test")
         return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+
+    def fingerprint(self) -> str:
+        """SHA-256 of what training reads: the arrays of every split, the classes and the
+        normalization. With per-host data, this process holds only its shard of the training
+        split; its place is taken by the shard's description (sizes, class counts), the same on
+        every process, and the statistics of the whole split (normalization)."""
+        h = hashlib.sha256()
+        shard = self.info.get("shard")
+        # Of the shard, what every process knows alike: every process's range, the class counts.
+        whole = {k: shard[k] for k in ("hosts", "global_size", "class_counts")} if shard else None
+        described = [self.kind, int(self.num_classes), whole, self.normalization]
+        h.update(json.dumps(to_jsonable(described), sort_keys=True).encode())
+        splits = ("val", "test") if shard else ("train", "val", "test")
+        for split in splits:
+            for array in self.split(split):
+                h.update(f"{split}|{array.dtype.str}|{array.shape}|".encode())
+                h.update(np.ascontiguousarray(array).tobytes())
+        return h.hexdigest()
 
     def summary(self) -> dict[str, Any]:
         """JSON-friendly description for reports: sizes, shapes and class counts per split."""

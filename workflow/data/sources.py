@@ -20,7 +20,7 @@ from workflow.data.shards import SplitPlan
 from workflow.data.synthetic import rng_for
 from workflow.data.text import TEXT_OPTIONS, build_vocabulary, encode_tokens, tokenize
 from workflow.data.validation import check_train_size, val_count
-from workflow.errors import UsageError
+from workflow.errors import UsageError, UserCodeError, one_line, user_code
 
 # Fixed so the digits test split never changes with the run seed.
 _DIGITS_SPLIT_SEED = 0
@@ -429,6 +429,8 @@ def custom_arrays(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
             f"dataset loader {name!r}: cannot import module {module_name!r} ({e}); "
             f"valid: {VALID_NAMES}"
         ) from e
+    except Exception as e:  # the module's own code raising as it is imported
+        raise UserCodeError(f"dataset loader {name!r}: importing it raised {one_line(e)}") from e
     func = getattr(module, func_name, None)
     if not callable(func):
         raise UsageError(
@@ -440,7 +442,8 @@ def custom_arrays(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         raise UsageError(f"dataset loader {name!r} does not accept kwargs {kwargs}: {e}") from e
     except ValueError:
         pass  # no introspectable signature (some builtins): let the call itself decide
-    raw = func(**kwargs)
+    with user_code(f"dataset loader {name!r}", func):
+        raw = func(**kwargs)
     if not isinstance(raw, Mapping):
         raise UsageError(
             f"dataset loader {name!r} returned {type(raw).__name__}; it must return a dict "

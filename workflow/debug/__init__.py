@@ -76,9 +76,17 @@ def run_debug(setup: experiment.Setup, workdir: str, started: float | None = Non
     """Every debug step on `setup`; writes the run directory and returns the summary.
 
     `started` (engine.now() before experiment.prepare) puts loading the data and building the
-    model into the time to verdict, as the user waits for them too.
+    model into the time to verdict, as the user waits for them too. The directory is claimed
+    first (locked; another kind of run there is refused); a rerun replaces its results.
     """
-    config, dataset = setup.config, setup.dataset
+    run = rundir.RunDir(workdir)
+    with run.claimed(rundir.KINDS["debug"], "debug", setup.config, setup.dataset.fingerprint()):
+        return debug(setup, run, started)
+
+
+def debug(setup: experiment.Setup, run: rundir.RunDir, started: float | None) -> Summary:
+    """The debug steps, written into the claimed run directory `run`."""
+    config, dataset, workdir = setup.config, setup.dataset, run.path
     t_start = engine.now() if started is None else started
     batch = checks.sample_batch(dataset, config.debug.batch_size, config.seed)
     short = short_run_config(config, config.debug.train_steps)
@@ -111,7 +119,6 @@ def run_debug(setup: experiment.Setup, workdir: str, started: float | None = Non
     findings = rank_findings(findings)
     seconds = engine.now() - t_start
 
-    run = rundir.RunDir(workdir)
     run.open(config, resume_step=None)
     for record in fit.records:
         run.log(record)

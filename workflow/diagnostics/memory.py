@@ -448,14 +448,27 @@ def _saved_work(workdir: str) -> bool:
 
 
 def _is_empty(workdir: str | None) -> bool:
-    return workdir is None or not os.path.isdir(workdir) or not os.listdir(workdir)
+    """Whether nothing but the stage's own lock is in `workdir`."""
+    if workdir is None or not os.path.isdir(workdir):
+        return True
+    return not [name for name in os.listdir(workdir) if name != rundir.LOCK]
 
 
 def _clear(workdir: str, existed: bool) -> None:
-    """Remove what a failed attempt wrote (the directory was empty when the stage began)."""
-    shutil.rmtree(workdir, ignore_errors=True)
-    if existed:
-        os.makedirs(workdir, exist_ok=True)
+    """Remove what a failed attempt wrote (the directory was empty when the stage began); the
+    lock the stage holds on it stays."""
+    if not os.path.isdir(workdir):
+        return
+    for name in os.listdir(workdir):
+        if name == rundir.LOCK:
+            continue
+        path = os.path.join(workdir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
+    if not existed and not os.listdir(workdir):
+        os.rmdir(workdir)
 
 
 def _simulated(config: ml_collections.ConfigDict) -> tuple[str, dict[str, Any]] | None:
@@ -561,8 +574,11 @@ def write_failure(
     finding: Finding,
     sizes: dict[str, Any],
 ) -> None:
-    """summary.json (status failed) and report.md for a stage stopped by running out of memory."""
+    """summary.json (status failed) and report.md for a stage stopped by running out of memory;
+    nothing in a directory that holds another kind of run (the console has the finding)."""
     run = rundir.RunDir(workdir)
+    if run.kind not in (None, rundir.KINDS.get(stage)):
+        return
     summary = Summary(
         stage=stage,
         status="failed",

@@ -1,15 +1,26 @@
 """Orbax checkpoints of the train state, stored as a flat {path: array} mapping.
 
-Each save also records a SHA-256 digest of the arrays in checkpoints/checksums.json, so a
+Each save first records a SHA-256 digest of the arrays in checkpoints/checksums.json, so a
 checkpoint whose files were damaged after it was written (truncated, partly deleted, bits
 flipped) is caught on restore even where Orbax would read it back without complaint. A resumed
 run sets such a checkpoint aside (renamed corrupt-<step>, by process 0 alone when several
 processes run) and resumes from the one before.
+
+Verification fails closed: a checkpoint whose checksum cannot be read (checksums.json damaged
+or missing, or without its step) is unverified. An older verified checkpoint is preferred to it
+(the unverified one is set aside as unverified-<step>); only when none is verified is the
+newest readable one used, and `unverified_reason` says why it could not be checked. A full disk
+while saving is an OSError naming the checkpoints folder, never Orbax's tracebacks.
 """
 
+import contextlib
+import errno
 import hashlib
+import logging
 import os
+import re
 import shutil
+from collections.abc import Iterator
 
 import jax
 import numpy as np
@@ -20,6 +31,13 @@ from workflow.engine import distributed
 from workflow.errors import UsageError
 
 CHECKSUMS = "checksums.json"
+# The errors of the place checkpoints are written to (the user's to fix: cli words them).
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+# The room a checkpoint of N array bytes needs: N times this plus this many bytes (Orbax's
+# metadata and the file system's blocks).
+SPACE_MARGIN, SPACE_SLACK = 1.05, 2**16
+# tensorstore reports the operating system's error inside its message.
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
 
 
 class CorruptCheckpoint(UsageError):
@@ -84,30 +102,75 @@ class Checkpointer:
             max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
         )
         self._manager = ocp.CheckpointManager(self._directory, options=self._options)
+        self._failed = False  # a save failed on storage: closing may fail the same way
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or None."""
         return self._manager.latest_step()
 
     def save(self, step: int, state) -> None:
-        """Write the state at `step` (atomically: orbax finalizes a temporary directory)."""
+        """Write the state at `step`: its checksum first, then the arrays (atomically: Orbax
+        finalizes a temporary directory), so every finished checkpoint has its checksum."""
         flat = to_flat(state)
-        self._manager.save(step, args=ocp.args.StandardSave(flat), force=True)
-        self._manager.wait_until_finished()
-        if not distributed.is_writer():
-            return  # every process writes its shards (Orbax); process 0 the checksums
-        sums = {k: v for k, v in self._checksums().items() if int(k) in self._manager.all_steps()}
+        self._check_space(flat)
+        if distributed.is_writer():  # every process writes its shards (Orbax); process 0 sums
+            self._record_checksum(step, flat)
+        try:
+            with _orbax_quiet():
+                self._manager.save(step, args=ocp.args.StandardSave(flat), force=True)
+                self._manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - tensorstore raises plain Exceptions
+            code = _os_error(e)
+            if code not in STORAGE_ERRNOS:
+                raise
+            self._failed = True
+            raise OSError(code, os.strerror(code), self._directory) from None
+
+    def _check_space(self, flat: dict) -> None:
+        """A full disk refused before Orbax starts writing: Orbax stopped by a failed write
+        leaves threads that print tracebacks as they die. (A disk that fills meanwhile, or a
+        quota, still fails in Orbax, and is worded the same.)"""
+        need = sum(int(np.prod(np.shape(v))) * np.dtype(v.dtype).itemsize for v in flat.values())
+        free = shutil.disk_usage(self._directory).free
+        # Every process saves (a collective), so all of them stop if one would not fit.
+        if not distributed.all_agree(free >= need * SPACE_MARGIN + SPACE_SLACK):
+            self._failed = True
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self._directory)
+
+    def _record_checksum(self, step: int, flat: dict) -> None:
+        """checksums.json with `step`'s digest (None where parameters split over hosts: no
+        process sees them whole, and Orbax's own checks remain), kept to the steps on disk."""
+        sums, _ = self._checksums()
+        steps = set(self._manager.all_steps())
+        sums = {k: v for k, v in (sums or {}).items() if k.isdigit() and int(k) in steps}
         if all(_whole_on_host(value) for value in flat.values()):
             sums[str(step)] = digest(jax.device_get(flat))
-        else:  # parameters split over hosts: none sees them whole; Orbax's own checks remain
-            sums.pop(str(step), None)
+        else:
+            sums[str(step)] = None
         files.write_json(os.path.join(self._directory, CHECKSUMS), sums)  # atomic
 
-    def _checksums(self) -> dict[str, str]:
+    def _checksums(self) -> tuple[dict | None, str | None]:
+        """(step -> digest, None) from checksums.json, or (None, why it cannot be read)."""
+        path = os.path.join(self._directory, CHECKSUMS)
         try:
-            return files.read_json(os.path.join(self._directory, CHECKSUMS))
-        except (OSError, ValueError):
-            return {}  # none yet, or unreadable: checkpoints are then checked by Orbax alone
+            sums = files.read_json(path)
+        except FileNotFoundError:
+            return None, f"{CHECKSUMS} is missing"
+        except (OSError, ValueError) as e:
+            return None, f"{CHECKSUMS} does not read back ({type(e).__name__}: {str(e)[:100]})"
+        if not isinstance(sums, dict):
+            return None, f"{CHECKSUMS} is not a JSON object"
+        return sums, None
+
+    def unverified_reason(self, step: int) -> str | None:
+        """Why the checkpoint at `step` cannot be checked against its checksum; None when it
+        can (or when it is checked by Orbax alone by design: parameters split over hosts)."""
+        sums, problem = self._checksums()
+        if sums is None:
+            return f"checkpoints/{problem}, so its checksum cannot be read"
+        if str(step) not in sums:
+            return f"checkpoints/{CHECKSUMS} holds no checksum for it"
+        return None
 
     def restore(self, step: int, template):
         """The state saved at `step`, in the structure of `template`."""
@@ -117,7 +180,7 @@ class Checkpointer:
         except Exception as e:  # noqa: BLE001 - tensorstore raises plain Exceptions
             message = str(e).splitlines()[0][:300]
             raise CorruptCheckpoint(f"cannot read checkpoint at step {step}: {message}") from None
-        expected = self._checksums().get(str(step))
+        expected = (self._checksums()[0] or {}).get(str(step))
         if expected is not None and digest(jax.device_get(flat)) != expected:
             raise CorruptCheckpoint(
                 f"checkpoint at step {step} does not match the checksum recorded when it was "
@@ -126,32 +189,53 @@ class Checkpointer:
         return from_flat(flat, template)
 
     def restore_latest(self, template) -> tuple[object, int | None, list[dict]]:
-        """The newest readable checkpoint as (state, step, skipped); step None: none readable.
+        """The newest verified checkpoint as (state, step, skipped); step None: none readable.
 
         A corrupt or partial checkpoint is renamed corrupt-<step> (kept for inspection, out of
-        Orbax's way) and reported in `skipped`; the one before it is tried next. With several
-        processes every one tries the same steps (process 0's list), a step counts as readable
-        only where all of them read it, and process 0 alone renames while the others wait, so
-        all resume from the same step. Every process must call it (collectives).
+        Orbax's way) and reported in `skipped`; the one before it is tried next. A checkpoint
+        without a readable checksum gives way to an older verified one (renamed
+        unverified-<step>, reported in `skipped`); with none verified, the newest readable one
+        is returned (`unverified_reason` names why it was not checked). With several processes
+        every one tries the same steps (process 0's list), a step counts as readable only where
+        all of them read it, and process 0 alone renames while the others wait, so all resume
+        from the same step. Every process must call it (collectives).
         """
-        skipped = []
-        steps = sorted(self._manager.all_steps(), reverse=True)
-        for step in distributed.broadcast_ints(steps):
-            error = None
-            try:
-                state = self.restore(step, template)
-            except CorruptCheckpoint as e:
-                error = str(e)
-            if distributed.all_agree(error is None):
+        skipped: list[dict] = []
+        steps = distributed.broadcast_ints(sorted(self._manager.all_steps(), reverse=True))
+        unverified = [step for step in steps if self.unverified_reason(step)]
+        for step in [s for s in steps if s not in unverified]:
+            state = self._restore_or_set_aside(step, template, skipped)
+            if state is not None:
+                for newer in (s for s in unverified if s > step):
+                    reason = self.unverified_reason(newer)
+                    moved = self._set_aside(newer, "unverified")
+                    error = f"checkpoint at step {newer} is not verified ({reason})"
+                    skipped.append({"step": newer, "error": error, "moved_to": moved})
                 return state, step, skipped
-            if error is None:
-                error = f"checkpoint at step {step} could not be read by another process"
-            skipped.append({"step": step, "error": error, "moved_to": self._set_aside(step)})
+        for step in unverified:  # none verified: the newest readable, reported as unverified
+            state = self._restore_or_set_aside(step, template, skipped)
+            if state is not None:
+                return state, step, skipped
         return template, None, skipped
 
-    def _set_aside(self, step: int) -> str:
+    def _restore_or_set_aside(self, step: int, template, skipped: list[dict]):
+        """The state at `step` where every process reads it; else None, the checkpoint set
+        aside as corrupt-<step> and reported in `skipped`."""
+        error, state = None, None
+        try:
+            state = self.restore(step, template)
+        except CorruptCheckpoint as e:
+            error = str(e)
+        if distributed.all_agree(error is None):
+            return state
+        if error is None:
+            error = f"checkpoint at step {step} could not be read by another process"
+        skipped.append({"step": step, "error": error, "moved_to": self._set_aside(step)})
+        return None
+
+    def _set_aside(self, step: int, why: str = "corrupt") -> str:
         source = os.path.join(self._directory, str(step))
-        target = os.path.join(self._directory, f"corrupt-{step}")
+        target = os.path.join(self._directory, f"{why}-{step}")
         distributed.barrier(f"checkpoints:set_aside:{step}:read")  # every process is done with it
         if distributed.is_writer():
             shutil.rmtree(target, ignore_errors=True)
@@ -163,5 +247,39 @@ class Checkpointer:
         return target
 
     def close(self) -> None:
-        """Release the manager's resources."""
-        self._manager.close()
+        """Release the manager's resources (quietly after a save the disk refused: the error
+        that matters is raised already)."""
+        try:
+            with _orbax_quiet():
+                self._manager.close()
+        except Exception:  # noqa: BLE001 - the same failure again, from Orbax's threads
+            if not self._failed:
+                raise
+
+
+def _os_error(error: BaseException) -> int | None:
+    """The storage errno (full disk, quota, permissions, read-only) behind an Orbax or
+    tensorstore error, or None when it is another failure."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno is not None:
+            return error.errno
+        match = _OS_ERROR_CODE.search(str(error))
+        if match:
+            return int(match.group(1))
+        if "No space left on device" in str(error):
+            return errno.ENOSPC
+        error = error.__cause__ or error.__context__
+    return None
+
+
+@contextlib.contextmanager
+def _orbax_quiet() -> Iterator[None]:
+    """Orbax's threads log a failed write with its traceback before the error reaches us; the
+    error is raised (and worded for the user) here instead."""
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        absl_logger.setLevel(level)

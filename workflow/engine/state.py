@@ -21,7 +21,7 @@ from workflow.engine import augment as augmentation
 from workflow.engine import losses
 from workflow.engine.optimizer import build_optimizer
 from workflow.engine.programs import initialize, run_setup_program
-from workflow.errors import UsageError, as_usage_error
+from workflow.errors import UsageError, as_usage_error, user_code
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -89,10 +89,14 @@ def build_model(config: ml_collections.ConfigDict, input_shape, num_classes: int
     """The configured model, built as `Class(input_shape, num_outputs, *, rngs, **kwargs)`;
     a bad model name, option or input shape is a UsageError."""
     kwargs = model_kwargs(config)
+    name = config.model.name
     with as_usage_error(models.ModelOptionError):
+        cls = models.get_model_class(name)
+    # The model's own code raising (not a bad option) is named in one line too.
+    with user_code(f"model {name!r}", cls), as_usage_error(models.ModelOptionError):
         return initialize(
             lambda: models.build_model(
-                config.model.name,
+                name,
                 tuple(input_shape),
                 num_classes,
                 rngs=nnx.Rngs(config.seed, dropout=config.seed + 1),

@@ -43,15 +43,32 @@ TIMING_KEYS = ("wall_seconds", "steps_per_s", "compile_seconds")
 
 
 def run_evaluate(setup: experiment.Setup, workdir: str) -> Summary:
-    """Train or restore the run in `workdir`, decompose its errors against the goal, report."""
-    config = setup.config
-    tolerances = bias_variance.Tolerances.from_config(config.evaluate)
-    sizes = subset_sizes(config, job_train_examples(setup.dataset))  # bad fractions fail first
+    """Train or restore the run in `workdir`, decompose its errors against the goal, report;
+    the directory is claimed (locked, its identity checked) for all of it."""
+    sizes = subset_sizes(setup.config, job_train_examples(setup.dataset))  # bad fractions first
+    experiment.check_loss(setup)
     previous, resume_step = previous_run(workdir)
-    trainable = dataclasses.replace(setup, config=training_config(config, workdir))
-    summary = experiment.train_and_report(trainable, workdir, "evaluate", next_stage=None)
-    summary.config = rundir.config_to_dict(config)
+    trainable = dataclasses.replace(setup, config=training_config(setup.config, workdir))
     run = rundir.RunDir(workdir)
+    data = setup.dataset.fingerprint()
+    with run.claimed(rundir.TRAINING, "evaluate", trainable.config, data):
+        summary = experiment.train_and_report(trainable, workdir, "evaluate", next_stage=None)
+        return evaluate(setup, run, summary, previous, resume_step, sizes)
+
+
+def evaluate(
+    setup: experiment.Setup,
+    run: rundir.RunDir,
+    summary: Summary,
+    previous: Summary | None,
+    resume_step: int | None,
+    sizes: list[tuple[float, int]],
+) -> Summary:
+    """The decomposition, verdicts and error analysis of the trained run in `run`, whose
+    training summary is `summary` (`previous`: the summary.json it held before)."""
+    config, workdir = setup.config, run.path
+    tolerances = bias_variance.Tolerances.from_config(config.evaluate)
+    summary.config = rundir.config_to_dict(config)
     if summary.status != "ok":  # diverged: no model to decompose, the nan_or_inf finding stands
         run.write_summary(summary)
         return summary
@@ -187,9 +204,13 @@ def training_config(config: ml_collections.ConfigDict, workdir: str) -> ml_colle
     different config" when train_and_report resumes the directory.
     """
     run = rundir.RunDir(workdir)
-    if not run.exists:
+    try:
+        stored = run.read_json(rundir.CONFIG)
+    except (OSError, ValueError):  # none yet; or damaged, which claiming the directory reports
         return config
-    stored, current = run.read_json(rundir.CONFIG), rundir.config_to_dict(config)
+    current = rundir.config_to_dict(config)
+    if not isinstance(stored, dict):
+        return config
     differing = [k for k in ANALYSIS_KEYS if stored.get(k) != current.get(k)]
     if not differing:
         return config

@@ -203,8 +203,19 @@ def range_test_suggestion(setup: experiment.Setup) -> float | None:
 
 
 def run_improve(setup: experiment.Setup, workdir: str, config_source: str) -> Summary:
-    """Evaluate the starting point, try the remedies its verdict calls for, keep the best."""
-    config = setup.config
+    """Evaluate the starting point, try the remedies its verdict calls for, keep the best; in
+    `workdir`, claimed (locked, its identity checked) before anything is written there."""
+    experiment.check_loss(setup)
+    run = rundir.RunDir(workdir)
+    kind = rundir.KINDS["improve"]
+    with run.claimed(kind, "improve", setup.config, setup.dataset.fingerprint()):
+        run.create(setup.config)
+        return improve(setup, run, config_source)
+
+
+def improve(setup: experiment.Setup, run: rundir.RunDir, config_source: str) -> Summary:
+    """The improve stage's steps in the claimed run directory `run`."""
+    config, workdir = setup.config, run.path
     # The remedies' menu, the range test and the batched trials see the whole training split
     # on every process (per-host data applies to engine.fit's runs only).
     whole = experiment.with_whole_training_split(setup)
@@ -224,8 +235,6 @@ def run_improve(setup: experiment.Setup, workdir: str, config_source: str) -> Su
         if len(candidates) > 1
         else []
     )
-    run = rundir.RunDir(workdir)
-    run.create(config)
     chosen, why = decide(outcomes, verdicts, len(dataset.y_val))
     best_config = None
     if chosen is not None and chosen is not outcomes[0]:
@@ -295,13 +304,14 @@ def write_best_config(run: rundir.RunDir, config_source: str, chosen: Outcome, w
     """best_config.py: the chosen remedy's config as a file every stage accepts; its path."""
     path = run.file(rundir.BEST_CONFIG)
     about = (
-        f"The improve stage's choice in {os.path.abspath(run.path)}: {chosen.remedy.name}.\n\n"
-        + why
+        f"The improve stage's choice (in the run directory of this file): "
+        f"{chosen.remedy.name}.\n\n" + why
     )
     run.write_text(
         rundir.BEST_CONFIG,
         config_lib.config_file_text(path, config_source, chosen.remedy.config, about),
     )
+    run.write_json(rundir.BEST_CONFIG_JSON, rundir.config_to_dict(chosen.remedy.config))
     return path
 
 

@@ -3,22 +3,37 @@ writes every one of them.
 
 Only process 0 of a multi-process job writes (`distributed.is_writer()`): on every other
 process each of RunDir's writing methods does nothing, and a plot is not even drawn. Every file
-is written atomically (a temporary file, then a rename), so a reader never sees half of one.
-Checkpoints are Orbax's (workflow/engine/checkpoints.py), under `CHECKPOINTS`.
+is written atomically (a temporary file, then a rename), so a reader never sees half of one;
+the append-only records (metrics.jsonl, the TensorBoard events) take one write per record, and
+their readers skip a torn last one. Checkpoints are Orbax's (workflow/engine/checkpoints.py),
+under `CHECKPOINTS`.
+
+A stage owns its directory for its whole life: `RunDir.claim` takes an OS file lock (`LOCK`;
+another process is refused naming the holder), then checks, before anything is written, that
+the directory is new or holds this same run: the same kind of stage (`KINDS`), the same config
+(but the keys of `RESUMABLE_KEYS`) and the same data (`identity.json`). A run directory is data:
+nothing in it is ever executed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import fcntl
 import json
 import math
 import os
 import shutil
+import socket
+import struct
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import ml_collections
 
+from workflow import files
 from workflow.engine import distributed
 from workflow.errors import UsageError
 from workflow.files import read_json, to_jsonable, write_json, write_text
@@ -27,10 +42,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from workflow.reporting.summary import Summary
-
-# Keys that may differ between a run and its resumption (they do not change the numbers; `loop`
-# at most their float rounding, workflow/engine/loop_form.py).
-RESUMABLE_KEYS = ("num_steps", "progress", "loop")
 
 # Every file and folder a run directory may hold (path inside it -> what it is).
 FILES: dict[str, str] = {}
@@ -42,6 +53,8 @@ def _declare(name: str, meaning: str) -> str:
 
 
 CONFIG = _declare("config.json", "the resolved config; a resumed run must have the same")
+IDENTITY = _declare("identity.json", "the kind of run, the stage that made it, its data's digest")
+LOCK = _declare("lock", "while a stage runs: its OS file lock, with its pid, host and start")
 METRICS = _declare("metrics.jsonl", "one JSON record per logged step or evaluation")
 SUMMARY = _declare("summary.json", "the stage's result (fields: workflow/reporting/summary.py)")
 REPORT = _declare("report.md", "tables, findings, plots and next commands for a person")
@@ -50,8 +63,13 @@ MODEL_SUMMARY = _declare("model_summary.txt", "NNX's table of the model's layers
 NORMALIZATION = _declare("normalization.json", "the training split's per-channel mean and std")
 RANGE_TEST = _declare("range_test.json", "tune: the learning-rate range test and its curve")
 BEST_CONFIG = _declare("best_config.py", "tune, improve: the chosen setup as a --config file")
+BEST_CONFIG_JSON = _declare(
+    "best_config.json", "tune, improve: the chosen setup's resolved config (workflow.run reads it)"
+)
 STUDY = _declare("study.db", "tune: the Optuna study (SQLite) a killed search resumes from")
-WORKFLOW = _declare("workflow.json", "run: the finished steps and their summaries")
+WORKFLOW = _declare(
+    "workflow.json", "run: each step's config as JSON values; finished: its summary"
+)
 CHECKPOINTS = _declare("checkpoints", "Orbax checkpoints and their checksums.json")
 TENSORBOARD = _declare("tensorboard", "TensorBoard event files of metrics.jsonl's numbers")
 BEST = _declare("best", "tune: the best trial retrained at full length (a run directory)")
@@ -70,28 +88,102 @@ PLOT_LR_RANGE_TEST = _declare("plots/lr_range_test.png", "tune: loss against lea
 PLOT_CANDIDATES = _declare("plots/candidates.png", "improve: val and test error per remedy")
 
 
+# What a run directory holds, by the stages that write one: a stage reopens only its own kind.
+TRAINING = "training"  # one training run: start_simple, evaluate, tune's best/, improve's baseline/
+KINDS = {
+    "start_simple": TRAINING,
+    "evaluate": TRAINING,
+    "debug": "debug",
+    "tune": "tune",
+    "improve": "improve",
+    "run": "workflow",
+}
+# Kinds whose rerun replaces the previous results whole (debug resumes nothing), so any config
+# may follow another there.
+REPLACED_ON_RERUN = ("debug",)
+
+# Config keys that may differ when a run directory is reopened, and why the directory then
+# still holds one run. Every other key must be equal; num_steps, in a training run, may grow
+# when the schedule does not depend on it (`num_steps_change`).
+RESUMABLE_KEYS: dict[str, str] = {
+    "progress": "the console's progress bar: no file and no number depends on it",
+    "loop": (
+        "how a call runs its steps (engine/loop_form.py): the same steps on the same data, "
+        "equal to float rounding"
+    ),
+}
+RESUMABLE_KEYS_BY_KIND: dict[str, dict[str, str]] = {
+    "workflow": {
+        "budget": (
+            "how many steps workflow.run starts, checked between steps: a finished step's "
+            "results do not depend on it, and a step that started keeps the config it started on"
+        ),
+    },
+}
+# num_steps in a schedule that spans it (cosine decays to 0 at num_steps): changing it would
+# train the steps after the resume on another schedule than the steps before.
+SCHEDULES_OVER_NUM_STEPS = ("cosine",)
+
+# The files whose presence without a config.json means the directory is not ours to start in.
+_WORK_OF_A_RUN = (CHECKPOINTS, STUDY, METRICS, SUMMARY, WORKFLOW)
+
+
 def config_to_dict(config: ml_collections.ConfigDict) -> dict:
     """The resolved config as plain JSON data."""
     return json.loads(config.to_json_best_effort())
 
 
-def summary_writer_class() -> type:
-    """tensorboardX's SummaryWriter, imported without PyTorch.
+def _tensorboardx() -> Any:
+    """tensorboardX's event protobufs and record checksum, imported without PyTorch.
 
     tensorboardX imports torch at import time when it is installed, only to accept torch
     tensors; we log Python floats. Importing torch would add seconds to every stage's start on a
     machine that has it, so torch is hidden for that one import (unless already imported).
     """
-    if "torch" in sys.modules:
-        from tensorboardX import SummaryWriter
-
-        return SummaryWriter
-    sys.modules["torch"] = None  # makes `import torch` raise ImportError
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # makes `import torch` raise ImportError
     try:
-        from tensorboardX import SummaryWriter
+        from tensorboardX import summary
+        from tensorboardX.proto import event_pb2
+        from tensorboardX.record_writer import masked_crc32c
     finally:
-        del sys.modules["torch"]
-    return SummaryWriter
+        if hide:
+            del sys.modules["torch"]
+    return summary, event_pb2, masked_crc32c
+
+
+class EventFile:
+    """A TensorBoard event file, written on the calling thread with one write per record.
+
+    tensorboardX's SummaryWriter hands events to a thread through a bounded queue: once that
+    thread dies (a full disk), every later event blocks the training loop forever. Here a write
+    that fails raises OSError naming the file, as every other write of the run directory does.
+    """
+
+    def __init__(self, folder: str):
+        self._summary, self._event_pb2, self._crc = _tensorboardx()
+        os.makedirs(folder, exist_ok=True)
+        stamp = f"{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
+        self.path = os.path.join(folder, f"events.out.tfevents.{stamp}")
+        files.append_bytes(self.path, self._record(file_version="brain.Event:2"))
+
+    def _record(self, **event: Any) -> bytes:
+        """One event in TFRecord framing: length, its checksum, the event, its checksum."""
+        data = self._event_pb2.Event(wall_time=time.time(), **event).SerializeToString()
+        header = struct.pack("Q", len(data))
+        return (
+            header + struct.pack("I", self._crc(header)) + data + struct.pack("I", self._crc(data))
+        )
+
+    def write_scalars(self, step: int, values: dict[str, float]) -> None:
+        """One event per value at `step`, appended in one write."""
+        data = b"".join(
+            self._record(step=step, summary=self._summary.scalar(key, value))
+            for key, value in values.items()
+        )
+        if data:
+            files.append_bytes(self.path, data)
 
 
 class RunDir:
@@ -102,7 +194,10 @@ class RunDir:
     def __init__(self, path: str):
         self.path = path
         self.checkpoints = self.file(CHECKPOINTS)
-        self._tb = None
+        self._events: EventFile | None = None
+        self._identity: dict | None = None  # set by claim() for a new directory
+        self._claims = 0
+        self._torn_reported = False
 
     def file(self, name: str) -> str:
         """Path of a file (or folder) of `FILES` inside the run directory."""
@@ -122,12 +217,43 @@ class RunDir:
         return read_json(self.file(name))
 
     def read_metrics(self) -> list[dict]:
-        """Every record of metrics.jsonl (empty when there is none)."""
+        """Every complete record of metrics.jsonl (empty when there is none).
+
+        A torn last line (a process stopped in the middle of writing it) is left out and
+        reported once on stderr; `open` then drops it from the file. A line before it that does
+        not read back is damage from outside: a UsageError naming the file and the line.
+        """
         path = self.file(METRICS)
-        if not os.path.exists(path):
+        try:
+            with open(path, "rb") as f:
+                lines = f.read().split(b"\n")
+        except FileNotFoundError:
             return []
-        with open(path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+        records = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                if number == len(lines):  # no newline after it: the write never finished
+                    self._report_torn_line(path, len(line))
+                    break
+                raise UsageError(
+                    f"{path} line {number} is not a JSON record: the file was damaged; move it "
+                    "away (the run then resumes without its records) or use a new --workdir"
+                ) from None
+        return records
+
+    def _report_torn_line(self, path: str, size: int) -> None:
+        if self._torn_reported or not distributed.is_writer():
+            return
+        self._torn_reported = True
+        print(
+            f"warning: {path}: the last line ({size} bytes) is incomplete, left by a process "
+            "stopped while writing it; it is left out",
+            file=sys.stderr,
+        )
 
     def read_summary(self) -> Summary | None:
         """summary.json, or None when there is none; ValueError when it cannot be read as one."""
@@ -137,18 +263,111 @@ class RunDir:
             return None
         return Summary.from_json(self.read_json(SUMMARY))
 
-    def check_resumable(self, config: ml_collections.ConfigDict) -> None:
-        """Refuse to mix two different configs in one directory."""
-        old = self.read_json(CONFIG)
-        new = config_to_dict(config)
-        changed = sorted(
-            k for k in set(old) | set(new) if k not in RESUMABLE_KEYS and old.get(k) != new.get(k)
-        )
-        if changed:
+    @property
+    def kind(self) -> str | None:
+        """The kind of run the directory holds (`KINDS`), None when it holds none or it is
+        unreadable."""
+        try:
+            return self.read_json(IDENTITY).get("kind")
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    # ------------------------------------------------------------------------- identity
+
+    def claim(
+        self, kind: str, stage: str, config: ml_collections.ConfigDict, data: str | None
+    ) -> bool:
+        """Own the directory for `stage`: lock it, then check that it is new or holds this same
+        run (`check_identity`). Nothing is written but the lock; `create` and `open` write the
+        identity. Returns whether the directory is new. Re-entrant; `release` undoes one claim.
+        """
+        if distributed.is_writer():
+            lock(self.path, stage)
+        try:
+            new = self.check_identity(kind, stage, config, data)
+        except BaseException:
+            if distributed.is_writer():
+                unlock(self.path)
+            raise
+        if new:
+            self._identity = {"kind": kind, "stage": stage, "data": data}
+        self._claims += 1
+        return new
+
+    def release(self) -> None:
+        """Undo one `claim` (the lock goes with the last one)."""
+        if self._claims:
+            self._claims -= 1
+            if distributed.is_writer():
+                unlock(self.path)
+
+    @contextlib.contextmanager
+    def claimed(
+        self, kind: str, stage: str, config: ml_collections.ConfigDict, data: str | None
+    ) -> Iterator[bool]:
+        """`claim` for the body of a with statement; yields whether the directory is new."""
+        new = self.claim(kind, stage, config, data)
+        try:
+            yield new
+        finally:
+            self.release()
+
+    def check_identity(
+        self, kind: str, stage: str, config: ml_collections.ConfigDict, data: str | None
+    ) -> bool:
+        """Whether the directory is new (True), or holds this same run (False): the same kind,
+        the same config but `RESUMABLE_KEYS`, the same data digest. UsageError otherwise, or
+        when files of a run lie there without the config.json that says whose they are."""
+        if not self.exists:
+            found = [name for name in _WORK_OF_A_RUN if _holds(self.file(name))]
+            if found:
+                raise UsageError(
+                    f"--workdir={self.path} holds {', '.join(found)} but no {CONFIG}, so nothing "
+                    "tells which run they belong to; nothing was changed: move them away or use "
+                    "another --workdir"
+                )
+            return True
+        identity = self._read_record(IDENTITY)
+        held = identity.get("kind")
+        if held != kind:
             raise UsageError(
-                f"--workdir={self.path} holds a run with a different config (differs in "
-                f"{', '.join(changed)}); use a new --workdir or delete this one"
+                f"--workdir={self.path} holds a {held} run directory (written by the "
+                f"{identity.get('stage')} stage); {stage} writes a {kind} one: use another "
+                "--workdir"
             )
+        if kind in REPLACED_ON_RERUN:
+            return False
+        refusal = config_refusal(kind, self._read_record(CONFIG), config_to_dict(config))
+        if refusal:
+            raise UsageError(f"--workdir={self.path} holds a run {refusal}")
+        if data is not None and identity.get("data") not in (None, data):
+            raise UsageError(
+                f"--workdir={self.path} holds a run on other data: the dataset's arrays differ "
+                "from those it was trained on (same config, other contents); use a new --workdir"
+            )
+        return False
+
+    def _read_record(self, name: str) -> dict:
+        """A JSON object of the directory that must read back; UsageError naming it if not."""
+        try:
+            value = self.read_json(name)
+        except FileNotFoundError:
+            raise UsageError(
+                f"--workdir={self.path} has {CONFIG} but no {name}: written by an older version "
+                "of the workflow, or damaged; use a new --workdir"
+            ) from None
+        except (OSError, ValueError) as e:
+            raise UsageError(
+                f"--workdir={self.path}: {name} does not read back ({type(e).__name__}: "
+                f"{str(e)[:200]}); the run directory is damaged: restore the file or use a new "
+                "--workdir"
+            ) from None
+        if not isinstance(value, dict):
+            raise UsageError(
+                f"--workdir={self.path}: {name} is not a JSON object; the run directory is "
+                "damaged: restore the file or use a new --workdir"
+            )
+        return value
 
     # ------------------------------------------------------------------------- writing
 
@@ -161,10 +380,14 @@ class RunDir:
         return path
 
     def create(self, config: ml_collections.ConfigDict) -> None:
-        """Create (or reopen) the directory with its plots/ folder; write config.json."""
+        """Create (or reopen) the directory with its plots/ folder; write identity.json (when
+        `claim` found it new) and config.json."""
         plots = self._writable(PLOTS)
         if plots is not None:
             os.makedirs(plots, exist_ok=True)
+        if self._identity is not None:
+            self.write_json(IDENTITY, self._identity)
+            self._identity = None
         self.write_json(CONFIG, config_to_dict(config))
 
     def open(self, config: ml_collections.ConfigDict, *, resume_step: int | None) -> None:
@@ -173,7 +396,7 @@ class RunDir:
         path = self._writable(METRICS)
         if path is None:
             return
-        kept = [r for r in self.read_metrics() if resume_step and r["step"] <= resume_step]
+        kept = [r for r in self.read_metrics() if r["step"] <= resume_step] if resume_step else []
         write_text(path, "".join(json.dumps(to_jsonable(r)) + "\n" for r in kept))
 
     def log(self, record: dict) -> None:
@@ -181,13 +404,15 @@ class RunDir:
         path = self._writable(METRICS)
         if path is None:
             return
-        with open(path, "a") as f:
-            f.write(json.dumps(to_jsonable(record)) + "\n")
-        if self._tb is None:
-            self._tb = summary_writer_class()(self.file(TENSORBOARD))
-        for key, value in record.items():
-            if key != "step" and isinstance(value, int | float) and math.isfinite(value):
-                self._tb.add_scalar(key, value, record["step"])
+        files.append_bytes(path, (json.dumps(to_jsonable(record)) + "\n").encode())
+        if self._events is None:
+            self._events = EventFile(self.file(TENSORBOARD))
+        scalars = {
+            key: float(value)
+            for key, value in record.items()
+            if key != "step" and isinstance(value, int | float) and math.isfinite(value)
+        }
+        self._events.write_scalars(record["step"], scalars)
 
     def write_json(self, name: str, obj: Any) -> None:
         """A JSON file of the run directory."""
@@ -231,20 +456,225 @@ class RunDir:
 
     def copy_from(self, source: str) -> None:
         """This directory as a copy of the finished run directory `source`, made once and
-        atomically (a killed copy is redone, not reused)."""
+        atomically (a killed copy is redone, not reused); a lock there is not copied."""
         if not distributed.is_writer() or os.path.exists(self.path):
             return
-        shutil.copytree(source, self.path + ".tmp", dirs_exist_ok=True)
-        os.replace(self.path + ".tmp", self.path)
+        temporary = self.path + ".tmp"
+        shutil.rmtree(temporary, ignore_errors=True)
+        shutil.copytree(source, temporary, ignore=shutil.ignore_patterns(LOCK))
+        os.replace(temporary, self.path)
 
     def close(self) -> None:
-        """Flush the TensorBoard writer."""
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        """Stop logging (every record is written already)."""
+        self._events = None
 
     def remove(self) -> None:
-        """Delete a directory this process created and could not finish setting up."""
+        """Delete what a stage wrote in a directory it found new and could not finish setting
+        up: the files of `FILES` only (anything else there is someone else's), the directory
+        itself once its lock is released, if the lock created it."""
         if not distributed.is_writer():
             return
-        shutil.rmtree(self.path, ignore_errors=True)
+        for name in FILES:
+            if "/" in name or name == LOCK:
+                continue
+            path = self.file(name)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif os.path.exists(path):
+                os.remove(path)
+
+
+def _holds(path: str) -> bool:
+    """Whether `path` is a file, or a folder with something in it."""
+    return os.path.isfile(path) or (os.path.isdir(path) and bool(os.listdir(path)))
+
+
+# ----------------------------------------------------------------------------- config changes
+
+
+def num_steps_change(old: dict, new: dict) -> str | None:
+    """Why num_steps may not change from `old`'s to `new`'s config; None when it may.
+
+    It may grow when the schedule does not depend on it: the data order and the augmentation
+    are functions of (seed, step), and the constant and piecewise schedules (boundaries in
+    steps) of the step alone, so the steps already trained are the longer run's. With early
+    stopping, only from a multiple of eval_every (the shorter run's last evaluation is then one
+    the longer run makes too). It may never shrink: a checkpoint past the new end would be
+    reported as the shorter run.
+    """
+    before, after = old.get("num_steps"), new.get("num_steps")
+    schedule = ((new.get("optimizer") or {}).get("schedule") or {}).get("name", "constant")
+    if not (isinstance(before, int) and isinstance(after, int)) or after < before:
+        return f"of num_steps={before}: num_steps may grow on resume, never shrink (to {after})"
+    if schedule in SCHEDULES_OVER_NUM_STEPS:
+        return (
+            f"of num_steps={before} with the {schedule} schedule, which spans num_steps: "
+            f"num_steps={after} would train the rest on another schedule"
+        )
+    every = new.get("eval_every")
+    stopping = (new.get("early_stopping") or {}).get("enabled", False)
+    if stopping and isinstance(every, int) and before % every:
+        # The shorter run evaluated at its end, off the eval_every grid: early stopping would
+        # count that evaluation, which the longer run never makes.
+        return (
+            f"of num_steps={before} with early stopping: num_steps may grow only from a "
+            f"multiple of eval_every={every}"
+        )
+    return None
+
+
+def config_refusal(kind: str, old: dict, new: dict) -> str | None:
+    """Why a run directory of `kind` holding config `old` cannot be reopened with `new` (the
+    end of a sentence starting "holds a run "); None when it can."""
+    from workflow.config_lib import flatten
+
+    resumable = {**RESUMABLE_KEYS, **RESUMABLE_KEYS_BY_KIND.get(kind, {})}
+    flat_old, flat_new = flatten(old), flatten(new)
+    missing = object()
+
+    def may_differ(key: str) -> bool:
+        return any(key == k or key.startswith(f"{k}.") for k in resumable)
+
+    changed = sorted(
+        key
+        for key in set(flat_old) | set(flat_new)
+        if flat_old.get(key, missing) != flat_new.get(key, missing) and not may_differ(key)
+    )
+    if changed == ["num_steps"] and kind == TRAINING:
+        return num_steps_change(old, new)
+    if not changed:
+        return None
+    shown = [
+        f"{key}: {flat_old.get(key, '(none)')!r} -> {flat_new.get(key, '(none)')!r}"
+        for key in changed[:4]
+    ]
+    more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+    return (
+        f"with a different config (differs in {'; '.join(shown)}{more}); use a new --workdir "
+        "or delete this one"
+    )
+
+
+# ----------------------------------------------------------------------------- the lock
+
+
+class _Lock:
+    """The lock this process holds on one run directory, with how many claims share it and
+    the folders taking it created (deepest first)."""
+
+    def __init__(self, fd: int, path: str, created: list[str]):
+        self.fd, self.path, self.created, self.count = fd, path, created, 1
+
+
+_HELD: dict[str, _Lock] = {}  # run directory (real path) -> this process's lock on it
+
+
+def lock(path: str, stage: str) -> None:
+    """Take the OS file lock of run directory `path` (created if missing) for this process;
+    re-entrant. Another process holding it: UsageError naming its pid and host (exit 2)."""
+    created, folder = [], os.path.abspath(path)
+    while not os.path.exists(folder):
+        created.append(folder)
+        folder = os.path.dirname(folder)
+    os.makedirs(path, exist_ok=True)
+    key = os.path.realpath(path)
+    if key in _HELD:
+        _HELD[key].count += 1
+        return
+    lock_path = os.path.join(path, LOCK)
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UsageError(
+                f"--workdir={path} is in use by {_holder(lock_path)}: one process at a time "
+                "writes a run directory; wait for it to end or use another --workdir"
+            ) from None
+        except OSError as e:  # ENOLCK, EOPNOTSUPP: a file system without locks (some NFS)
+            os.close(fd)
+            if created:  # nothing was there: leave nothing
+                os.unlink(lock_path)
+                _remove_empty(created)
+            raise UsageError(
+                f"cannot lock --workdir={path} ({os.strerror(e.errno)}): its file system does "
+                "not support file locks, which keep two processes off one run directory; use "
+                "a --workdir on a local disk or on NFS with locking"
+            ) from None
+        # The holder removes the file as it releases it: the path must still be what we locked.
+        try:
+            if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    since = datetime.datetime.now().isoformat(timespec="seconds")
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "stage": stage, "since": since}
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps(holder).encode())
+    _HELD[key] = _Lock(fd, lock_path, created)
+
+
+def unlock(path: str) -> None:
+    """Release one `lock` of `path`; the last removes the lock file, and the folders `lock`
+    created where nothing else was written."""
+    key = os.path.realpath(path)
+    held = _HELD.get(key)
+    if held is None:
+        return
+    held.count -= 1
+    if held.count:
+        return
+    del _HELD[key]
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(held.path)  # while still locked: a process waiting on it then retries
+    os.close(held.fd)
+    _remove_empty(held.created)
+
+
+def _remove_empty(folders: list[str]) -> None:
+    """Remove `folders` (deepest first) while they are empty: a run's files stay."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            break
+
+
+@contextlib.contextmanager
+def locked(path: str, stage: str) -> Iterator[None]:
+    """`lock` for the body of a with statement, taken by process 0 (the others write nothing);
+    with several processes every one learns whether it got it, and all stop together if not."""
+    writer = distributed.is_writer()
+    refusal = None
+    if writer:
+        try:
+            lock(path, stage)
+        except UsageError as e:
+            refusal = str(e)
+        except OSError as e:
+            if not distributed.multi_process():
+                raise
+            refusal = f"cannot lock --workdir={path}: {e}"
+    if distributed.multi_process():
+        refusal = distributed.broadcast_json(refusal)
+    if refusal:
+        raise UsageError(refusal)
+    try:
+        yield
+    finally:
+        if writer:
+            unlock(path)
+
+
+def _holder(lock_path: str) -> str:
+    """Who holds a lock, as its file says: 'pid 123 on host (tune since ...)'."""
+    try:
+        with open(lock_path) as f:
+            holder = json.loads(f.read())
+        who = f"pid {holder['pid']} on {holder['host']}"
+    except (OSError, ValueError, KeyError, TypeError):  # written a moment from now
+        return "another process"
+    what = " since ".join(str(holder[k]) for k in ("stage", "since") if holder.get(k))
+    return f"{who} ({what})" if what else who

@@ -8,9 +8,15 @@
 start simple → debug (stops there, fixes named, when an error stands) → evaluate → then rounds of
 tune → evaluate → improve → evaluate until the goal is met, nothing changes, or
 `config.budget` is spent. One sub-directory per step; a killed run resumes from the steps it
-finished (each stage also resumes its own work). At the top, summary.json holds the final
-model's metrics and, as findings, each decision and its evidence; report.md and a
-self-contained report.html tell the whole story.
+finished (each stage also resumes its own work), each step on the config it started on. At the
+top, summary.json holds the final model's metrics and, as findings, each decision and its
+evidence; report.md and a self-contained report.html tell the whole story.
+
+The run directory is data: workflow.json records each step's config as JSON values over the
+command line's config, and a tune or improve step's choice is read from its best_config.json,
+never from its best_config.py. Rerun on the same --workdir, the command line's config must be
+the one recorded (but `budget` and `progress`), and each finished step's directory must still
+hold the run recorded for it.
 
 It runs as one process: as a multi-process job (workflow/engine/distributed.py) it refuses at once
 (exit 2); its stages run multi-process one by one.
@@ -18,11 +24,13 @@ It runs as one process: as a multi-process job (workflow/engine/distributed.py) 
 
 import dataclasses
 import os
+import re
 
 import ml_collections
 
 from workflow import config_lib, debug, engine, evaluate, experiment, improve, tune
 from workflow.diagnostics.findings import VERDICT, Finding, declared_ids
+from workflow.errors import UsageError
 from workflow.reporting import rundir
 from workflow.reporting.summary import Summary
 from workflow.run import report
@@ -30,13 +38,22 @@ from workflow.run import report
 
 @dataclasses.dataclass
 class Step:
-    """One finished step of the workflow: which stage, where, on which config, its summary."""
+    """One finished step of the workflow: which stage, where, on which config, its summary.
+
+    It ran on the command line's config with `values` (flattened config keys) applied, which
+    its stage resolved into `config` (its directory's config.json); `chosen` holds what a tune or
+    improve step chose, for the steps after it. All are JSON: workflow.run never executes a file
+    its run directory names (`config_source` is shown, never loaded).
+    """
 
     name: str
     stage: str
     workdir: str
     config_source: str
     summary: Summary
+    values: dict = dataclasses.field(default_factory=dict)
+    config: dict = dataclasses.field(default_factory=dict)
+    chosen: dict | None = None
 
     def to_json(self) -> dict:
         """The workflow.json form."""
@@ -45,6 +62,9 @@ class Step:
             "stage": self.stage,
             "workdir": self.workdir,
             "config_source": self.config_source,
+            "values": self.values,
+            "config": self.config,
+            "chosen": self.chosen,
             "summary": self.summary.to_json(),
         }
 
@@ -54,8 +74,26 @@ class Step:
         return cls(**{**data, "summary": Summary.from_json(data["summary"])})
 
 
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """A config a step runs on: the command line's with `values`, shown as `source` (the
+    --config, or the best_config.py a tune or improve step wrote)."""
+
+    source: str
+    values: dict
+
+
+# A step's name, which is also its sub-directory: "4_tune".
+STEP_NAME = re.compile(r"\d+_(start_simple|debug|evaluate|tune|improve)")
+
+# Keys of the command line's config that every step takes from it (what is shown and how long
+# the workflow may take), whatever a step recorded.
+COMMAND_LINE_KEYS = ("progress", "budget")
+
+
 class Workflow:
-    """The steps of one workflow run, each recorded in workflow.json as it finishes."""
+    """The steps of one workflow run, each recorded in workflow.json as it starts (its config)
+    and as it finishes (its summary)."""
 
     def __init__(self, workdir: str, config: ml_collections.ConfigDict, source: str):
         self.workdir = workdir
@@ -63,12 +101,40 @@ class Workflow:
         self.config = config
         self.source = source  # the --config file[:arg] (its overrides are in `config`)
         self.steps: list[Step] = []
+        self.started: dict[str, dict] = {}  # step name -> the config values it started on
         self.t_start = engine.now()
         self.seconds_before = 0.0  # spent by earlier, interrupted invocations
         if os.path.exists(self.run.file(rundir.WORKFLOW)):
+            self._load()
+
+    def _load(self) -> None:
+        """workflow.json as data: every config it records checked before any is used."""
+        where = self.run.file(rundir.WORKFLOW)
+        try:
             state = self.run.read_json(rundir.WORKFLOW)
-            self.steps = [Step.from_json(s) for s in state["steps"]]
-            self.seconds_before = state.get("seconds", 0.0)
+            steps = [Step.from_json(s) for s in state["steps"]]
+            started = dict(state.get("started", {}))
+            seconds = float(state.get("seconds", 0.0))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UsageError(
+                f"{where} does not read back as this version's workflow record "
+                f"({type(e).__name__}: {str(e)[:200]}); use a new --workdir"
+            ) from None
+        for step in steps:
+            if not STEP_NAME.fullmatch(step.name) or step.stage not in rundir.KINDS:
+                raise UsageError(
+                    f"{where} records a step {step.name!r} of stage {step.stage!r}, which this "
+                    "workflow never runs; use a new --workdir"
+                )
+            # Its own sub-directory, wherever the recorded path points (moved, copied, or not
+            # ours): a step's files are always inside the workflow's directory.
+            step.workdir = os.path.join(self.workdir, step.name)
+            self.config_from(step.values)
+            if step.chosen is not None:
+                self.config_from(step.chosen)
+        for values in started.values():
+            self.config_from(values)
+        self.steps, self.started, self.seconds_before = steps, started, seconds
 
     @property
     def seconds(self) -> float:
@@ -84,38 +150,99 @@ class Workflow:
         """The finished step `name`, when an earlier invocation ran it."""
         return next((s for s in self.steps if s.name == name), None)
 
+    def _save(self) -> None:
+        """The workflow's config.json (identity) and workflow.json, atomically."""
+        self.run.create(self.config)
+        self.run.write_json(
+            rundir.WORKFLOW,
+            {
+                "steps": [s.to_json() for s in self.steps],
+                "started": self.started,
+                "seconds": self.seconds,
+            },
+        )
+
     def record(self, step: Step) -> Step:
         """Add a finished step and save the workflow state atomically."""
         self.steps.append(step)
-        self.run.write_json(
-            rundir.WORKFLOW, {"steps": [s.to_json() for s in self.steps], "seconds": self.seconds}
-        )
+        self._save()
         return step
 
-    def config_of(self, source: str) -> ml_collections.ConfigDict:
-        """The config a step runs on: the flags' for the first steps, later a written file."""
-        if source == self.source:  # the command line's config, overrides included
-            return self.config.copy_and_resolve_references()
-        path, _, arg = source.partition(":")
-        config = config_lib.load_config_file(path, arg or None)
-        config.progress = self.config.progress
-        config.budget = self.config.budget
-        return config
+    def config_from(self, values: dict) -> ml_collections.ConfigDict:
+        """The command line's config with `values` (from workflow.json or a stage's
+        best_config.json: data, so no value may name code to import)."""
+        where = self.run.file(rundir.WORKFLOW)
+        return config_lib.apply_saved_values(self.config, values, where)
 
-    def step(self, name: str, stage: str, source: str, action, adjust=None) -> Step:
-        """Run `action(setup, workdir)` as step `name` unless it finished before; `adjust` may
-        change the step's config (the search sized to the budget)."""
+    def values_of(self, config: dict) -> dict:
+        """The flattened values in which `config` (plain JSON data) differs from the command
+        line's config."""
+        changed = config_lib.changed_values(self.config, config)
+        return {
+            key: value
+            for key, value in changed.items()
+            if not any(key == k or key.startswith(f"{k}.") for k in COMMAND_LINE_KEYS)
+        }
+
+    def step(self, name: str, stage: str, point: Point, action, adjust=None) -> Step:
+        """Run `action(setup, workdir)` as step `name` on the config `point` names unless it
+        finished before; `adjust` may change the step's config (the search sized to the
+        budget). A step started before keeps the config it started on."""
         finished = self.done(name)
         if finished is not None:
+            self.check_finished(finished)
             return finished
         workdir = os.path.join(self.workdir, name)
-        config = self.config_of(source)
-        if adjust is not None:
-            config = adjust(config)
-        setup = experiment.prepare(config)
+        if name not in self.started:
+            config = self.config_from(point.values)
+            config = adjust(config) if adjust else config
+            self.started[name] = self.values_of(rundir.config_to_dict(config))
+            self._save()
+        setup = experiment.prepare(self.config_from(self.started[name]))
+        resolved = rundir.config_to_dict(setup.config)  # as the stage writes its config.json
         print_step(name, stage)
         summary = action(setup, workdir)
-        return self.record(Step(name, stage, workdir, source, summary))
+        step = Step(
+            name,
+            stage,
+            workdir,
+            point.source,
+            summary,
+            values=self.started[name],
+            config=resolved,
+            chosen=self.chosen_by(workdir, summary),
+        )
+        return self.record(step)
+
+    def chosen_by(self, workdir: str, summary: Summary) -> dict | None:
+        """What a tune or improve step chose (its best_config.json), as values; None when it
+        chose nothing."""
+        if not summary.best_config:
+            return None
+        values = self.values_of(rundir.RunDir(workdir).read_json(rundir.BEST_CONFIG_JSON))
+        self.config_from(values)  # data: checked like workflow.json's values
+        return values
+
+    def check_finished(self, step: Step) -> None:
+        """A finished step's directory still holds the run workflow.json records for it."""
+        run = rundir.RunDir(step.workdir)
+        kind = rundir.KINDS[step.stage]
+        problem = None
+        if run.kind != kind:
+            problem = f"no {kind} run (its identity.json is missing, damaged or another kind's)"
+        else:
+            try:
+                stored = run.read_json(rundir.CONFIG)
+            except (OSError, ValueError) as e:
+                stored, problem = None, f"no readable config.json ({type(e).__name__})"
+            if stored is not None:
+                refusal = rundir.config_refusal(kind, stored, step.config)
+                problem = refusal and f"a run {refusal}"
+        if problem:
+            raise UsageError(
+                f"workflow.json records step {step.name} as finished in {step.workdir}, which "
+                f"holds {problem}; restore it or use a new --workdir"
+            )
 
 
 def evaluate_copy(trained_dir: str) -> callable:
@@ -141,16 +268,18 @@ def improve_from(evaluated_dir: str, source: str) -> callable:
 def run_workflow(workflow: Workflow) -> Summary:
     """Every step in order; returns the top-level summary."""
     flags_source = workflow.source
+    command_line = Point(flags_source, {})
     start = workflow.step(
         "1_start_simple",
         "start_simple",
-        flags_source,
+        command_line,
         lambda s, d: experiment.train_and_report(s, d, "start_simple", None),
     )
-    checked = workflow.step("2_debug", "debug", flags_source, debug.run_debug)
+    checked = workflow.step("2_debug", "debug", command_line, debug.run_debug)
     if checked.summary.status != "ok":
         return finish(workflow, stopped="debug found an error: fix it first (see 2_debug)")
-    current = workflow.step("3_evaluate", "evaluate", flags_source, evaluate_copy(start.workdir))
+    current = workflow.step("3_evaluate", "evaluate", command_line, evaluate_copy(start.workdir))
+    point = command_line
     number = 4
     # One trial's training speed and the training-set size, to size each search to the budget.
     speed = start.summary.metrics.get("steps_per_s") or 0.0
@@ -160,21 +289,22 @@ def run_workflow(workflow: Workflow) -> Summary:
             break
         if workflow.budget_left() <= 0:
             return finish(workflow, stopped="the time budget (config.budget.minutes) is spent")
-        source = current.config_source
+        # best_config.py files all start from the command line's config file: a stage that
+        # writes one loads its base, which must never be a file a run directory holds.
         tuned = workflow.step(
             f"{number}_tune",
             "tune",
-            source,
-            lambda s, d, src=source: tune.run_tune(s, d, src),
+            point,
+            lambda s, d: tune.run_tune(s, d, flags_source),
             adjust=lambda c: size_search(c, 0.35 * workflow.budget_left(), speed, num_train),
         )
         number += 1
-        if tuned.summary.best_config:
-            source = tuned.summary.best_config
+        if tuned.chosen is not None:
+            point = Point(tuned.summary.best_config, tuned.chosen)
             current = workflow.step(
                 f"{number}_evaluate",
                 "evaluate",
-                source,
+                point,
                 evaluate_copy(os.path.join(tuned.workdir, rundir.BEST)),
             )
             number += 1
@@ -184,18 +314,18 @@ def run_workflow(workflow: Workflow) -> Summary:
         improved = workflow.step(
             f"{number}_improve",
             "improve",
-            source,
-            improve_from(current.workdir, source),
+            point,
+            improve_from(current.workdir, flags_source),
             adjust=lambda c, t=run_seconds: size_improve(c, 0.6 * workflow.budget_left(), t),
         )
         number += 1
-        if not improved.summary.best_config:
+        if improved.chosen is None:
             break  # no remedy beat the tuned setup: tuning it again would repeat this round
-        source = improved.summary.best_config
+        point = Point(improved.summary.best_config, improved.chosen)
         current = workflow.step(
             f"{number}_evaluate",
             "evaluate",
-            source,
+            point,
             lambda s, d: evaluate.run_evaluate(s, d),
         )
         number += 1

@@ -1,13 +1,12 @@
 """python -m workflow.run: flags, the whole workflow, its story on the console."""
 
-import os
-
 import jax
 from absl import flags
 
-from workflow import cli
+from workflow import cli, experiment
 from workflow.engine import distributed
 from workflow.errors import UsageError
+from workflow.reporting import rundir
 from workflow.run import Workflow, report, run_workflow
 
 FLAGS = flags.FLAGS
@@ -25,12 +24,17 @@ def main(argv: list[str]) -> int:
             "run it as one process, or run its stages one by one on every host "
             "(start_simple, evaluate, tune and improve each run multi-process)"
         )
-    os.makedirs(FLAGS.workdir, exist_ok=True)
     from ml_collections import config_flags
 
+    # Every check of the command line's setup before the run directory is touched.
+    setup = experiment.prepare(config.copy_and_resolve_references())
+    experiment.check_loss(setup)
     source = config_flags.get_config_filename(FLAGS["config"])
     workflow = Workflow(FLAGS.workdir, config, source)
-    summary = run_workflow(workflow)
+    kind = rundir.KINDS["run"]
+    with workflow.run.claimed(kind, "run", config, setup.dataset.fingerprint()):
+        del setup  # each step prepares its own
+        summary = run_workflow(workflow)
     report.print_summary(summary)
     return cli.EXIT_OK if summary.status == "ok" else cli.EXIT_FINDINGS
 

@@ -103,28 +103,33 @@ def run_tune(setup: experiment.Setup, workdir: str, config_source: str) -> Summa
     """Every tuning step on `setup` in `workdir` (resumed when it holds the same search)."""
     config = setup.config
     random_search.validate_search_config(config.search)
+    experiment.check_loss(setup)
     if config.search.storage and distributed.is_writer():
         # An unreachable database is bad input: fail before writing.
         random_search.open_storage(config.search.storage, config.search.heartbeat_seconds)
+    data = setup.dataset.fingerprint()
     if not distributed.is_writer():
         # Another process of a multi-process job: the same steps in a scratch directory of
         # its own; the run directory (and the retrained best's checkpoints) stay the job's.
-        shared = rundir.RunDir(workdir)
-        if shared.exists:
-            shared.check_resumable(config)
+        rundir.RunDir(workdir).check_identity(rundir.KINDS["tune"], "tune", config, data)
         scratch = tempfile.mkdtemp(prefix=f"tune-process{jax.process_index()}-")
         try:
-            run, _ = report.open_run(scratch, config)
-            return tune(setup, run, config_source, workdir)
+            run, _ = report.open_run(scratch, config, data)
+            try:
+                return tune(setup, run, config_source, workdir)
+            finally:
+                run.release()
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-    run, created = report.open_run(workdir, config)
+    run, new = report.open_run(workdir, config, data)
     try:
         return tune(setup, run, config_source, workdir)
     except BaseException:
-        if created and not os.path.exists(run.file(rundir.STUDY)):
+        if new and not os.path.exists(run.file(rundir.STUDY)):
             run.remove()  # nothing of value was written yet
         raise
+    finally:
+        run.release()
 
 
 def tune(

@@ -16,16 +16,21 @@ from workflow.search import random_search, range_test
 ROUND_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 
 
-def open_run(workdir: str, config: ml_collections.ConfigDict) -> tuple[rundir.RunDir, bool]:
-    """The tune directory: a new one, or the same search resumed (a different config is refused).
+def open_run(
+    workdir: str, config: ml_collections.ConfigDict, data: str
+) -> tuple[rundir.RunDir, bool]:
+    """The tune directory, claimed (locked; `release` it when done): a new one, or the same
+    search resumed (another kind of run, another config or other data is refused).
 
-    Returns the directory and whether this call created it."""
+    Returns the directory and whether it is new."""
     run = rundir.RunDir(workdir)
-    created = not run.exists
-    if not created:
-        run.check_resumable(config)
-    run.create(config)
-    return run, created
+    new = run.claim(rundir.KINDS["tune"], "tune", config, data)
+    try:
+        run.create(config)
+    except BaseException:
+        run.release()
+        raise
+    return run, new
 
 
 def trial_line(record: dict, metric: str, total_epochs: float) -> str:
@@ -126,7 +131,7 @@ def write_best_config(
     tuned = best_values(config, best)
     out = run.file(rundir.BEST_CONFIG)
     about = (
-        f"Best hyperparameters found by workflow.tune in {os.path.abspath(run.path)}.\n\n"
+        "Best hyperparameters found by workflow.tune (in the run directory of this file).\n\n"
         f"Round {best['round'] + 1}, trial #{best['number']}: val_accuracy "
         f"{best['val_accuracy']:.4f} after {best['epochs']:g} epochs; learning rate "
         f"{best['learning_rate']:.4g}, L2 weight {best['l2']:.4g}.\n"
@@ -135,6 +140,7 @@ def write_best_config(
     run.write_text(
         rundir.BEST_CONFIG, config_lib.config_file_text(out, config_source, tuned, about)
     )
+    run.write_json(rundir.BEST_CONFIG_JSON, rundir.config_to_dict(tuned))
     return out, tuned
 
 
