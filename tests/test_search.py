@@ -369,3 +369,11 @@ def test_slot_points_depend_only_on_the_slot(name):
     # Quasi-random points cover the range evenly: each decade gets its share.
     decades = np.histogram(np.log10(lrs), bins=4, range=(-6, -2))[0]
     assert decades.min() >= (6 if name != "random" else 3)
+
+
+def test_kill_point_names_are_checked():
+    assert killpoints.parse("search.told:3") == ("search.told", 3)
+    assert killpoints.parse("search.created") == ("search.created", 1)
+    for bad in ("search.tell", "search.told:0"):
+        with pytest.raises(ValueError, match=killpoints.ENV):
+            killpoints.parse(bad)
