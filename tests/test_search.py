@@ -4,6 +4,7 @@ import json
 import math
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 
@@ -377,3 +378,20 @@ def test_kill_point_names_are_checked():
     for bad in ("search.tell", "search.told:0"):
         with pytest.raises(ValueError, match=killpoints.ENV):
             killpoints.parse(bad)
+
+
+def test_a_full_disk_under_the_study_is_a_storage_error_naming_its_file(tmp_path):
+    import errno
+
+    import sqlalchemy.exc
+
+    url = f"sqlite:///{tmp_path}/study.db"
+    full = sqlite3.OperationalError("database or disk is full")
+    with pytest.raises(OSError) as raised:
+        with random_search.full_disk_as_oserror(url):
+            raise sqlalchemy.exc.OperationalError("INSERT INTO trials ...", {}, full)
+    assert raised.value.errno == errno.ENOSPC
+    assert raised.value.filename == f"{tmp_path}/study.db"
+    with pytest.raises(ValueError, match="other"):  # any other error passes unchanged
+        with random_search.full_disk_as_oserror(url):
+            raise ValueError("other")

@@ -19,6 +19,7 @@ of them only); a slot given two trials by a race is owned by the older one.
 import contextlib
 import dataclasses
 import datetime
+import errno
 import fcntl
 import math
 import os
@@ -185,8 +186,38 @@ def next_round(
     )
 
 
+def _sqlite_file(url: str) -> str | None:
+    """The database file of a SQLite URL (None for other databases and in-memory ones)."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database if url.startswith("sqlite") else None
+    return os.path.abspath(database) if database not in (None, "", ":memory:") else None
+
+
+@contextlib.contextmanager
+def full_disk_as_oserror(url: str) -> Iterator[None]:
+    """Turn SQLite's "database or disk is full" (raised by SQLAlchemy or Optuna, inside any
+    write of the study) into OSError(ENOSPC) naming the file: a full disk, which the stages
+    report in one line like any other, not a broken storage URL."""
+    try:
+        yield
+    except Exception as e:
+        chain, error = [], e
+        while error is not None and len(chain) < 8:
+            chain.append(error)
+            error = error.__cause__ or error.__context__
+        if any("database or disk is full" in str(x) for x in chain):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), _sqlite_file(url)) from None
+        raise
+
+
 def open_storage(url: str, heartbeat_seconds: int):
     """The Optuna RDB storage at `url`; an unreachable or invalid URL is bad input."""
+    with full_disk_as_oserror(url):
+        return _open_storage(url, heartbeat_seconds)
+
+
+def _open_storage(url: str, heartbeat_seconds: int):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -206,6 +237,8 @@ def open_storage(url: str, heartbeat_seconds: int):
                     grace_period=3 * heartbeat_seconds,
                 )
         except Exception as e:  # noqa: BLE001 - any failure to reach the database is bad input
+            if "database or disk is full" in str(e):
+                raise  # not the URL's fault: see full_disk_as_oserror
             # Two workers creating a new database server's schema at once race on it: again.
             text = f"{type(e).__name__} {e}"
             if any(word in text for word in ("IntegrityError", "locked", "already exists")):
@@ -227,14 +260,8 @@ def _sqlite_lock(url: str) -> Iterator[None]:
     once would otherwise both create its tables (one fails: "table trials already exists"), and
     two filling one round would give its slots two trials each. Other databases serialize the
     former themselves (open_storage retries the loser); a slot given two trials keeps the older."""
-    from sqlalchemy.engine import make_url
-
-    database = make_url(url).database if url.startswith("sqlite") else None
-    folder = (
-        os.path.dirname(os.path.abspath(database))
-        if database not in (None, "", ":memory:")
-        else None
-    )
+    database = _sqlite_file(url)
+    folder = os.path.dirname(database) if database is not None else None
     if folder is None or not os.path.isdir(folder):
         yield  # nothing to share, or SQLite will say the folder is missing
         return
@@ -590,6 +617,10 @@ class Search:
     def run(self, first: Round, on_batch: Callable[[list[dict]], None] = lambda r: None):
         """Every round, each refined around the best of the one before; returns
         (rounds, records of all finished trials)."""
+        with full_disk_as_oserror(self.storage_url):
+            return self._run(first, on_batch)
+
+    def _run(self, first: Round, on_batch: Callable[[list[dict]], None]):
         rounds, records, round_, round_records = [], [], first, []
         num_train = len(self.dataset.x_train)
         for index in range(self.search.rounds):
