@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import dataclasses
 import fnmatch
+import itertools
 import json
 import os
 import random
@@ -178,7 +179,7 @@ class Ended:
         return [line for line in self.stderr.splitlines() if line.strip()]
 
     def describe(self) -> str:
-        """`exit 2: <first stderr line>` or the like, for a report."""
+        """`exit 2, 1 stderr line(s): <the line>` or the like, for a report."""
         if self.rc is None:
             return f"no exit after {self.seconds:.0f} s (hung; killed)"
         lines = self.stderr_lines
@@ -189,6 +190,9 @@ class Ended:
         elif lines:
             text += f", {len(lines)} stderr line(s): {lines[0][:200]}"
         return text
+
+
+_PROCESS_NUMBERS = itertools.count()  # names the log files of each process
 
 
 class Stage:
@@ -205,8 +209,7 @@ class Stage:
         cwd: str = ROOT,
     ):
         os.makedirs(log_dir, exist_ok=True)
-        fd, prefix = tempfile.mkstemp(prefix=f"{stage}-", dir=log_dir)
-        os.close(fd)
+        prefix = os.path.join(log_dir, f"{next(_PROCESS_NUMBERS):03d}-{stage}")
         self.out_path, self.err_path = prefix + ".out", prefix + ".err"
         argv = [sys.executable, "-m", f"workflow.{stage}", *args]
         if workdir is not None:
@@ -289,26 +292,29 @@ def start_outcome(workdir: str) -> dict:
     return untimed({"status": s["status"], "metrics": s["metrics"], "rows": metrics_rows(workdir)})
 
 
-def tune_outcome(workdir: str) -> dict:
-    """What tune ends with: the trial table, rounds, range test, best trial, best_config.py's
-    values and the retrained best's metrics."""
-    from workflow import config_lib
+def best_config_text(s: dict) -> str | None:
+    """The text of the best_config.py a summary names (read, never run), or None."""
+    if not s.get("best_config"):
+        return None
+    with open(s["best_config"]) as f:
+        return f.read()
 
+
+def tune_outcome(workdir: str) -> dict:
+    """What tune ends with: the trial table, rounds, range test, best trial, best_config.py
+    and the retrained best's metrics."""
     s = summary(workdir)
-    best_config = config_lib.load_config_file(s["best_config"]).to_dict()
     keys = ("trials", "rounds", "best", "range_test", "improved_band", "metrics")
-    return located(untimed({**{k: s[k] for k in keys}, "best_config": best_config}), workdir)
+    outcome = {**{k: s[k] for k in keys}, "best_config": best_config_text(s)}
+    return located(untimed(outcome), workdir)
 
 
 def improve_outcome(workdir: str) -> dict:
     """What improve ends with: its candidates, decision, metrics and best config."""
     s = summary(workdir)
-    best = None
-    if s.get("best_config"):
-        with open(s["best_config"]) as f:
-            best = f.read()
     keys = ("status", "metrics", "verdicts", "candidates", "decision")
-    return located(untimed({**{k: s.get(k) for k in keys}, "best_config": best}), workdir)
+    outcome = {**{k: s.get(k) for k in keys}, "best_config": best_config_text(s)}
+    return located(untimed(outcome), workdir)
 
 
 def run_outcome(workdir: str) -> dict:
@@ -354,11 +360,6 @@ def checkpoint_steps(workdir: str) -> list[str]:
     """The entries of checkpoints/, sorted."""
     folder = os.path.join(workdir, "checkpoints")
     return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
-
-
-def set_aside(workdir: str) -> list[str]:
-    """Checkpoints set aside as corrupt."""
-    return [name for name in checkpoint_steps(workdir) if name.startswith("corrupt")]
 
 
 def findings(workdir: str) -> list[str]:
@@ -448,7 +449,7 @@ class Campaign:
                 ended = Stage(stage, args, workdir, workdir + "-logs", env=self.env).wait()
                 self._references[name] = (
                     workdir
-                    if ended.rc in (0, 1)
+                    if ended.rc == 0
                     else RuntimeError(f"the reference {stage} run failed: {ended.describe()}")
                 )
             found = self._references[name]
