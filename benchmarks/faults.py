@@ -78,6 +78,9 @@ SLOW = [
     "--config.optimizer.learning_rate=3e-3",
     "--config.progress=False",
 ]
+# SLOW for 1,000 steps (10 s of pauses): a second process starts while the first trains.
+CONCURRENT = [*SLOW, "--config.num_steps=1000", "--config.checkpoint_every=250"]
+CONCURRENT += ["--config.eval_every=250"]
 # A row per step (log_every=1) and three checkpoints: what a full disk meets first varies.
 DISK = [*SMALL, "--config.num_steps=120", "--config.log_every=1", "--config.eval_every=40"]
 DISK += ["--config.checkpoint_every=40"]
@@ -150,6 +153,7 @@ LONG += ["--config.checkpoint_every=500"]
 REFERENCES = {
     "small": ("start_simple", SMALL),
     "slow": ("start_simple", SLOW),
+    "concurrent": ("start_simple", CONCURRENT),
     "disk": ("start_simple", DISK),
     "cosine": ("start_simple", COSINE),
     "long": ("start_simple", LONG),
@@ -548,18 +552,20 @@ ONE_LINE = "exit 2, one line on stderr naming the problem, no traceback"
 NOTHING_WRITTEN = f"{ONE_LINE}, no run directory written"
 
 
-def same_as_reference(ended: Ended, workdir: str, reference: str, stage: str) -> Result:
-    """The rerun ended with exit 0 and the reference run's outcome."""
+def same_as_reference(
+    ended: Ended, workdir: str, reference: str, stage: str, what: str = "the rerun"
+) -> Result:
+    """`what` (the process `ended`) exited 0 and left the reference run's outcome."""
     if ended.rc != 0:
-        return Result(f"the rerun: {ended.describe()}", False)
+        return Result(f"{what}: {ended.describe()}", False)
     try:
         mine, theirs = OUTCOMES[stage](workdir), OUTCOMES[stage](reference)
     except (OSError, ValueError, KeyError) as e:
-        return Result(f"the rerun exited 0 but its outcome is unreadable: {e!r}"[:300], False)
+        return Result(f"{what} exited 0 but its outcome is unreadable: {e!r}"[:300], False)
     difference = first_difference(mine, theirs)
     if difference:
-        return Result(f"the rerun exited 0 but differs: {difference}", False)
-    return Result("the rerun exited 0 with the uninterrupted outcome", True)
+        return Result(f"{what} exited 0 but differs: {difference}", False)
+    return Result(f"{what} exited 0 with the uninterrupted outcome", True)
 
 
 def one_line(ended: Ended, *words: str) -> tuple[bool, str]:
@@ -981,7 +987,7 @@ def two_processes(
     winners = [e for e in ends if e.rc == 0]
     if wrong or not winners:
         return Result(seen, False)
-    result = same_as_reference(winners[0], workdir, ref, stage)
+    result = same_as_reference(winners[0], workdir, ref, stage, "the run")
     return Result(f"{seen}; {result.observed}", result.survived)
 
 
@@ -990,15 +996,19 @@ case(
     "two start_simple processes started together on one workdir",
     "one trains, the other is refused in one line (exit 2) or waits; the run ends with the "
     "uninterrupted outcome (no interleaved metrics rows)",
-)(lambda c: two_processes(c, "start_simple", SLOW, "slow"))
+)(lambda c: two_processes(c, "start_simple", CONCURRENT, "concurrent"))
 case(
     "two_start_simple_staggered",
-    "a second start_simple process started on the workdir of one that has set it up",
+    "a second start_simple process started on the workdir of one that has written 3 rows",
     "one trains, the other is refused in one line (exit 2) or waits; the run ends with the "
     "uninterrupted outcome (no interleaved metrics rows)",
 )(
     lambda c: two_processes(
-        c, "start_simple", SLOW, "slow", second_when=exists(c.path("run", "config.json"))
+        c,
+        "start_simple",
+        CONCURRENT,
+        "concurrent",
+        second_when=lines_of(c.path("run", "metrics.jsonl"), 3),
     )
 )
 case(

@@ -528,7 +528,8 @@ class Search:
 
     def _claim_batch(self, owners: dict[int, Any], width: int) -> list:
         """Claim the waiting trials of the first batch that has any (in slot order); [] when
-        no trial waits."""
+        no trial waits. A batch whose first trial another worker has just claimed is left to
+        that worker (both would otherwise train a program of its width for a few trials)."""
         import optuna
 
         waiting = sorted(
@@ -540,6 +541,8 @@ class Search:
                 if self._claim(owners[slot]._trial_id):
                     claimed.append(owners[slot])
                     killpoints.reach("search.popped")
+                elif not claimed:
+                    break  # another worker is claiming this batch
             if claimed:
                 for trial in claimed:
                     # A worker killed before this line leaves a trial that only its age can
