@@ -30,13 +30,15 @@ def run_stage(stage: str, *args: str, timeout: int = 300) -> subprocess.Complete
     )
 
 
-def start_stage(stage: str, *args: str, **popen_options) -> subprocess.Popen:
+def start_stage(
+    stage: str, *args: str, env: dict[str, str] | None = None, **popen_options
+) -> subprocess.Popen:
     """Start `python -m workflow.<stage> args...` from the repo root without waiting (to kill
-    it midway, or to run processes side by side)."""
+    it midway, or to run processes side by side); `env` adds environment variables."""
     return subprocess.Popen(
         [sys.executable, "-m", f"workflow.{stage}", *args],
         cwd=ROOT,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        env=dict(os.environ, JAX_PLATFORMS="cpu", **(env or {})),
         **popen_options,
     )
 

@@ -1,6 +1,8 @@
-"""One search worker on a shared study, as a separate process: `python search_worker.py URL NAME`.
+"""One search worker on a shared study, as a separate process:
+`python search_worker.py URL NAME [HEARTBEAT_SECONDS]`.
 
-Prints one JSON line: how many trials this process trained and the records it saw finished.
+Prints one JSON line: how many trials this process trained, how many records it saw finished,
+and the rounds and records themselves (the whole trial table).
 """
 
 import json
@@ -25,21 +27,24 @@ def search_config():
     return config
 
 
-def main(url: str, study_name: str) -> None:
+def main(url: str, study_name: str, heartbeat_seconds: int | None = None) -> None:
     """Join the study at `url` and work until every round is finished."""
     from workflow import experiment
     from workflow.engine import trials
     from workflow.search import random_search
 
     config = search_config()
+    if heartbeat_seconds is not None:
+        config.search.heartbeat_seconds = heartbeat_seconds
     setup = experiment.prepare(config)
     dataset = setup.dataset
     runner = trials.TrialRunner(config, dataset.input_shape, dataset.num_classes)
     worker = random_search.Search(runner, dataset, config, url, study_name, progress=False)
     first = random_search.first_round(config.search, len(dataset.x_train), config.batch_size)
     rounds, records = worker.run(first)
-    print(json.dumps({"trained_here": worker.trained_here, "records": len(records)}))
+    table = {"rounds": [r.to_json() for r in rounds], "records": records}
+    print(json.dumps({"trained_here": worker.trained_here, "trials": len(records), **table}))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], *(int(v) for v in sys.argv[3:4]))

@@ -157,3 +157,35 @@ def test_compile_cache_second_run_reaches_its_first_step_sooner(tmp_path):
     results = json.loads(out.read_text())
     assert results["first_run"]["first_loss"] == results["second_run"]["first_loss"]
     assert results["ratio_first_over_second"]["first_step_seconds"] > 1.0
+
+
+@pytest.mark.slow
+def test_fault_campaign_subset_writes_its_json(tmp_path):
+    from benchmarks import faults
+
+    out = tmp_path / "faults.json"
+    only = "unknown_model,checkpoint_swapped,kill_tune_at_point_1,full_disk_8k"
+    code = faults.main([f"--only={only}", f"--out={out}", f"--scratch={tmp_path / 'scratch'}"])
+    results = json.loads(out.read_text())
+    assert set(results) == {"tried", "survived", "cases"}
+    cases = results["cases"]
+    order = [fault.name for fault in faults.CASES]  # the campaign's order, not --only's
+    assert [c["name"] for c in cases] == sorted(only.split(","), key=order.index)
+    for record in cases:
+        assert set(record) == {
+            "name",
+            "done",
+            "expected",
+            "observed",
+            "survived",
+            "skipped",
+            "seconds",
+        }
+        assert record["done"] and record["expected"] and record["observed"]
+    tried = [c for c in cases if not c["skipped"]]
+    assert results["tried"] == len(tried) >= 3  # the full disk needs root, the rest run anywhere
+    assert results["survived"] == sum(c["survived"] for c in tried)
+    # These promises hold on this branch: a bad model name, a changed checkpoint, a killed search.
+    assert all(c["survived"] for c in cases if c["name"] != "full_disk_8k"), cases
+    assert code == (0 if results["survived"] == results["tried"] else 1)
+    assert not (tmp_path / "scratch").exists()  # removed unless --keep

@@ -3,6 +3,8 @@
 import json
 import math
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
 
@@ -13,7 +15,7 @@ from flax import nnx
 
 from tests.conftest import ROOT
 from tests.search_worker import search_config
-from workflow import engine, experiment
+from workflow import engine, experiment, killpoints
 from workflow.engine import trials
 from workflow.errors import UsageError
 from workflow.search import random_search
@@ -176,7 +178,20 @@ def _study_trials(url: str, name: str):
     return optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
 
 
-def test_search_resumes_trials_of_a_dead_worker(setup, runner, tmp_path):
+def _search(setup, runner, url: str, name: str) -> random_search.Search:
+    return random_search.Search(runner, setup.dataset, setup.config, url, name, progress=False)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(setup, runner, tmp_path_factory):
+    """The search_config() search run once without interruption: (rounds, records)."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('whole')}/study.db"
+    config = setup.config
+    first = random_search.first_round(config.search, len(setup.dataset.x_train), config.batch_size)
+    return _search(setup, runner, url, "t").run(first)
+
+
+def test_search_resumes_trials_of_a_dead_worker(setup, runner, uninterrupted, tmp_path):
     import optuna
 
     url = f"sqlite:///{tmp_path}/study.db"
@@ -185,15 +200,18 @@ def test_search_resumes_trials_of_a_dead_worker(setup, runner, tmp_path):
     # A worker that died with two trials running: a process id that no longer exists.
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    worker = random_search.Search(runner, setup.dataset, config, url, "t", progress=False)
+    worker = _search(setup, runner, url, "t")
     study, round_ = worker.study(first)
+    points = random_search.unit_points(config.search.sampler, config.seed, 0, round_.num_trials)
+    owners = worker._fill_slots(study, round_, points)
     interrupted = []
-    for _ in range(2):
-        trial = study.ask()
-        trial.suggest_float("learning_rate", *round_.lr_range, log=True)
-        trial.suggest_float("l2", *round_.reg_range, log=True)
-        trial.set_user_attr("worker", {"host": worker.worker.host, "pid": dead.pid})
-        interrupted.append(dict(trial.params))
+    for slot in (0, 1):
+        trial_id = owners[slot]._trial_id
+        assert worker._claim(trial_id)
+        worker.storage.set_trial_user_attr(
+            trial_id, "worker", {"host": worker.worker.host, "pid": dead.pid}
+        )
+        interrupted.append(dict(owners[slot].params))
     rounds, records = worker.run(first)
     assert [r.num_trials for r in rounds] == [8, 4]
     round0 = _study_trials(url, "t/round-0")
@@ -205,26 +223,60 @@ def test_search_resumes_trials_of_a_dead_worker(setup, runner, tmp_path):
         assert completed.count(params) == 1
     assert len({tuple(sorted(p.items())) for p in completed}) == 8
     assert worker.trained_here == 12
+    # The whole trial table, seeds and numbers included, is the uninterrupted search's.
+    assert rounds == uninterrupted[0]
+    assert records == uninterrupted[1]
 
-    again = random_search.Search(runner, setup.dataset, config, url, "t", progress=False)
+    again = _search(setup, runner, url, "t")
     _, records_again = again.run(first)
     assert again.trained_here == 0  # nothing finished is run twice
-    assert [r["val_accuracy"] for r in records_again] == [r["val_accuracy"] for r in records]
+    assert records_again == records
 
 
-def test_two_workers_share_one_sqlite_study(tmp_path):
+def test_a_slot_has_the_same_point_and_seed_whatever_the_trial_numbers(setup, runner, tmp_path):
+    # Spare trials (a race between workers) shift Optuna's numbers; slots keep their values.
+    import optuna
+
     url = f"sqlite:///{tmp_path}/study.db"
-    script = os.path.join(HERE, "search_worker.py")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, script, url, "shared"],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
+    config = setup.config
+    first = random_search.first_round(config.search, len(setup.dataset.x_train), config.batch_size)
+    worker = _search(setup, runner, url, "t")
+    study, round_ = worker.study(first)
+    points = random_search.unit_points(config.search.sampler, config.seed, 0, round_.num_trials)
+    for slot in (5, 2, 5, 0):  # out of order, slot 5 twice
+        seed = random_search.trial_seed(config.seed, 0, slot)
+        study.add_trial(random_search.slot_trial(round_, slot, points[slot], seed))
+    owners = worker._fill_slots(study, round_, points)
+    assert sorted(owners) == list(range(8))
+    trials_ = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials_].count(optuna.trial.TrialState.FAIL) == 1  # the spare
+    for slot, trial in owners.items():
+        assert trial.user_attrs["seed"] == config.seed + slot
+        assert trial.params == random_search.slot_params(round_, points[slot])
+
+
+def _worker(url: str, name: str, *args: str, kill_at: str | None = None) -> subprocess.Popen:
+    """tests/search_worker.py on the study `name` at `url`, killing itself at `kill_at`."""
+    env = {k: v for k, v in os.environ.items() if k != killpoints.ENV}
+    if kill_at:
+        env[killpoints.ENV] = kill_at
+    return subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "search_worker.py"), url, name, *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _as_json(value):
+    return json.loads(json.dumps(value))
+
+
+def test_two_workers_share_one_sqlite_study(uninterrupted, tmp_path):
+    url = f"sqlite:///{tmp_path}/study.db"
+    procs = [_worker(url, "shared") for _ in range(2)]
     outputs = []
     for proc in procs:
         out, err = proc.communicate(timeout=300)
@@ -237,7 +289,38 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
         assert len(done) == size
         assert len({tuple(sorted(t.params.items())) for t in done}) == size
     assert sum(o["trained_here"] for o in outputs) == 12  # every trial trained exactly once
-    assert all(o["records"] == 12 for o in outputs)
+    assert all(o["trials"] == 12 for o in outputs)
+    # Whoever trained which trial, the table is the one worker's search.
+    rounds, records = uninterrupted
+    for output in outputs:
+        assert output["rounds"] == _as_json([r.to_json() for r in rounds])
+        assert output["records"] == _as_json(records)
+
+
+# Where each process of a chain kills itself; the chain's last process runs to the end
+# (tests/test_tune.py kills the tune stage at the other points).
+KILL_CHAIN = (
+    "search.popped:2",  # half a batch claimed, its trials not yet named: reclaimed by age
+    "search.told:2",  # a batch half recorded: its other trials rerun in a program of its width
+)
+
+
+def test_a_search_killed_anywhere_resumes_to_the_uninterrupted_search(uninterrupted, tmp_path):
+    url = f"sqlite:///{tmp_path}/study.db"
+    for point in KILL_CHAIN:
+        proc = _worker(url, "k", "1", kill_at=point)  # heartbeat 1 s: orphans wait 3 s
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == -signal.SIGKILL, f"{point}: {err[-2000:]}"
+    proc = _worker(url, "k", "1")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    resumed = json.loads(out.strip().splitlines()[-1])
+    rounds, records = uninterrupted
+    assert resumed["rounds"] == _as_json([r.to_json() for r in rounds])
+    assert resumed["records"] == _as_json(records)  # every trial's values, seed and numbers
+    assert random_search.best_record(resumed["records"], "val_accuracy") == _as_json(
+        random_search.best_record(records, "val_accuracy")
+    )
 
 
 def _open_fresh_study(url: str, barrier, results) -> None:
@@ -274,23 +357,41 @@ def test_workers_creating_one_fresh_sqlite_study_at_once_all_succeed(tmp_path):
 
 
 @pytest.mark.parametrize("name", random_search.SAMPLERS)
-def test_sampler_points_depend_only_on_the_trial_number(name):
-    from optuna.distributions import FloatDistribution
-
-    class Trial:
-        def __init__(self, number):
-            self.number = number
-
-    dist = FloatDistribution(1e-6, 1e-2, log=True)
-    draws = []
-    for sampler in (random_search.make_sampler(name, 0, 0), random_search.make_sampler(name, 0, 0)):
-        draws.append(
-            [sampler.sample_independent(None, Trial(n), "learning_rate", dist) for n in range(40)]
-        )
-    assert draws[0] == draws[1]  # every worker, and a restarted one, draws the same points
-    assert len(set(draws[0])) == 40 and all(1e-6 <= v <= 1e-2 for v in draws[0])
-    other_round = random_search.make_sampler(name, 0, 1)
-    assert other_round.sample_independent(None, Trial(0), "learning_rate", dist) != draws[0][0]
+def test_slot_points_depend_only_on_the_slot(name):
+    points = random_search.unit_points(name, 0, 0, 40)
+    # Every worker, and a restarted one, gets the same points; a smaller round their first ones.
+    np.testing.assert_array_equal(points, random_search.unit_points(name, 0, 0, 40))
+    np.testing.assert_array_equal(points[:10], random_search.unit_points(name, 0, 0, 10))
+    round_ = random_search.Round(0, (1e-6, 1e-2), (1e-5, 1e5), 40, 1.0, 10)
+    lrs = [random_search.slot_params(round_, p)["learning_rate"] for p in points]
+    assert len(set(lrs)) == 40 and all(1e-6 <= v <= 1e-2 for v in lrs)
+    other_round = random_search.unit_points(name, 0, 1, 1)
+    assert not np.array_equal(other_round[0], points[0])
     # Quasi-random points cover the range evenly: each decade gets its share.
-    decades = np.histogram(np.log10(draws[0]), bins=4, range=(-6, -2))[0]
+    decades = np.histogram(np.log10(lrs), bins=4, range=(-6, -2))[0]
     assert decades.min() >= (6 if name != "random" else 3)
+
+
+def test_kill_point_names_are_checked():
+    assert killpoints.parse("search.told:3") == ("search.told", 3)
+    assert killpoints.parse("search.created") == ("search.created", 1)
+    for bad in ("search.tell", "search.told:0"):
+        with pytest.raises(ValueError, match=killpoints.ENV):
+            killpoints.parse(bad)
+
+
+def test_a_full_disk_under_the_study_is_a_storage_error_naming_its_file(tmp_path):
+    import errno
+
+    import sqlalchemy.exc
+
+    url = f"sqlite:///{tmp_path}/study.db"
+    full = sqlite3.OperationalError("database or disk is full")
+    with pytest.raises(OSError) as raised:
+        with random_search.full_disk_as_oserror(url):
+            raise sqlalchemy.exc.OperationalError("INSERT INTO trials ...", {}, full)
+    assert raised.value.errno == errno.ENOSPC
+    assert raised.value.filename == f"{tmp_path}/study.db"
+    with pytest.raises(ValueError, match="other"):  # any other error passes unchanged
+        with random_search.full_disk_as_oserror(url):
+            raise ValueError("other")

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.conftest import read_summary, run_stage, start_stage
-from workflow import config_lib
+from workflow import config_lib, killpoints
 from workflow.search import random_search
 from workflow.tune import report as tune_report
 
@@ -117,6 +117,66 @@ def test_tune_writes_table_plots_best_config_and_retrained_metrics(tuned):
     for loop in loops.values():
         assert loop["form"] in ("scan", "step") and loop["step_seconds_per_step"] > 0
     assert "## Training loops" in report and "| search trials |" in report
+
+
+def _search_outcome(workdir: str) -> dict:
+    """What a tune run decided: the whole trial table, the rounds, the best trial, the values
+    of best_config.py and the retrained best's numbers (timings aside)."""
+    summary = read_summary(workdir)
+    best_config = config_lib.load_config_file(summary["best_config"]).to_dict()
+
+    def untimed(values: dict) -> dict:
+        return {k: v for k, v in values.items() if "seconds" not in k and "per_s" not in k}
+
+    keys = ("trials", "rounds", "best", "improved_band")
+    return {
+        **{k: summary[k] for k in keys},
+        "range_test": untimed(summary["range_test"]),
+        "best_config": best_config,
+        "metrics": untimed(summary["metrics"]),
+    }
+
+
+def _tune_killed(workdir: str, *, kill_at: str = "", after_trials: int = 0) -> None:
+    """The tune command on `workdir`, killed at the point `kill_at` (WORKFLOW_KILL_AT) or by
+    SIGKILL from here once `after_trials` trials have finished in its study."""
+    proc = start_stage(
+        "tune",
+        *TINY,
+        f"--workdir={workdir}",
+        env={killpoints.ENV: kill_at},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    if after_trials:
+        db, deadline = os.path.join(workdir, "study.db"), time.monotonic() + 240
+        while len(_complete_trials(db)) < after_trials and time.monotonic() < deadline:
+            assert proc.poll() is None, "the tune run ended before it could be killed"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, f"{kill_at or after_trials}: {err[-2000:]}"
+
+
+@pytest.mark.slow
+def test_tune_killed_at_every_kind_of_point_resumes_to_the_uninterrupted_search(tmp_path):
+    whole = str(tmp_path / "whole")
+    result = run_stage("tune", *TINY, f"--workdir={whole}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    killed = str(tmp_path / "killed")
+    # One process after another on one workdir, each killed somewhere else; traced on this
+    # config (8 + 4 trials, 4 per program), each point is reached whatever the timing.
+    _tune_killed(killed, kill_at="search.claimed:1")  # a batch claimed, never trained
+    _tune_killed(killed, kill_at="search.popped:3")  # between claiming and naming trials
+    _tune_killed(killed, kill_at="search.told:1")  # a batch partly recorded
+    _tune_killed(killed, kill_at="search.trained:1")  # a batch trained, nothing recorded
+    _tune_killed(killed, kill_at="search.created:1")  # slots filled again, none claimed
+    # From outside once one more trial has finished: a batch, a round and the retrain remain.
+    done = len(_complete_trials(os.path.join(killed, "study.db")))
+    _tune_killed(killed, after_trials=done + 1)
+    result = run_stage("tune", *TINY, f"--workdir={killed}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _search_outcome(killed) == _search_outcome(whole)
 
 
 @pytest.mark.parametrize(

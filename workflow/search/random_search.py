@@ -1,32 +1,38 @@
 """Coarse-to-fine random search over the learning rate and the L2 weight, recorded by Optuna.
 
 Each round is one Optuna study (`<name>/round-<r>`) in one storage (SQLite in the run directory
-by default, any SQLAlchemy URL for workers on several machines), because a quasi-random sampler
-keeps the search space of its first trial: a refined round needs a study of its own. Trials are
-asked in batches, trained together as one program (workflow/engine/trials.py) and told together.
+by default, any SQLAlchemy URL for workers on several machines). A round has `num_trials` slots;
+slot s of round r has a fixed point (point s of the round's quasi-random sequence, mapped onto
+its ranges) and a fixed seed (`trial_seed`), and its trial is created with both in one write,
+so no trial ever mixes two points. Slots are trained in fixed batches (slots [kP, (k+1)P) for P
+trials per program), each slot at its own lane of a program of the batch's width, so the numbers
+do not depend on which worker trained what, or how often a batch was interrupted.
 
-Resuming: a trial that was running when its worker died is failed and re-enqueued with the same
-hyperparameters (Optuna's RetryFailedTrialCallback), so a search killed at any point and started
-again keeps every finished trial and runs none twice. A dead worker on this host is recognised at
-once by its process id; one on another host by its heartbeat going stale.
+Resuming: a trial that was running when its worker died is failed, and its slot gets a new trial
+with the same point and seed; a search killed at any point and started again therefore ends with
+the trial table of the uninterrupted search, and runs no finished trial twice. A dead worker on
+this host is recognised at once by its process id; one on another host by its heartbeat going
+stale. Workers sharing a study claim trials atomically (a waiting trial becomes running for one
+of them only); a slot given two trials by a race is owned by the older one.
 """
 
 import contextlib
 import dataclasses
 import datetime
+import errno
 import fcntl
 import math
 import os
 import socket
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import ml_collections
 import numpy as np
 
-from workflow import files
+from workflow import files, killpoints
 from workflow.engine import trials as trials_lib
 from workflow.errors import UsageError
 
@@ -180,26 +186,59 @@ def next_round(
     )
 
 
+def _sqlite_file(url: str) -> str | None:
+    """The database file of a SQLite URL (None for other databases and in-memory ones)."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database if url.startswith("sqlite") else None
+    return os.path.abspath(database) if database not in (None, "", ":memory:") else None
+
+
+@contextlib.contextmanager
+def full_disk_as_oserror(url: str) -> Iterator[None]:
+    """Turn SQLite's "database or disk is full" (raised by SQLAlchemy or Optuna, inside any
+    write of the study) into OSError(ENOSPC) naming the file: a full disk, which the stages
+    report in one line like any other, not a broken storage URL."""
+    try:
+        yield
+    except Exception as e:
+        chain, error = [], e
+        while error is not None and len(chain) < 8:
+            chain.append(error)
+            error = error.__cause__ or error.__context__
+        if any("database or disk is full" in str(x) for x in chain):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), _sqlite_file(url)) from None
+        raise
+
+
 def open_storage(url: str, heartbeat_seconds: int):
     """The Optuna RDB storage at `url`; an unreachable or invalid URL is bad input."""
+    with full_disk_as_oserror(url):
+        return _open_storage(url, heartbeat_seconds)
+
+
+def _open_storage(url: str, heartbeat_seconds: int):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # Heartbeats, QMC and stale-trial handling are "experimental" in Optuna; we rely on them.
+    # Heartbeats and stale-trial handling are "experimental" in Optuna; we rely on them.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     for attempt in range(5):
         try:
-            with _schema_lock(url):
+            with _sqlite_lock(url):
+                # No stale-trial callback: a failed trial's slot gets its new trial from
+                # Search._fill_slots, with the slot's own point and seed.
                 return optuna.storages.RDBStorage(
                     url,
                     engine_kwargs=engine_kwargs,
                     heartbeat_interval=heartbeat_seconds,
                     grace_period=3 * heartbeat_seconds,
-                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
                 )
         except Exception as e:  # noqa: BLE001 - any failure to reach the database is bad input
+            if "database or disk is full" in str(e):
+                raise  # not the URL's fault: see full_disk_as_oserror
             # Two workers creating a new database server's schema at once race on it: again.
             text = f"{type(e).__name__} {e}"
             if any(word in text for word in ("IntegrityError", "locked", "already exists")):
@@ -215,19 +254,14 @@ def open_storage(url: str, heartbeat_seconds: int):
 
 
 @contextlib.contextmanager
-def _schema_lock(url: str) -> Iterator[None]:
+def _sqlite_lock(url: str) -> Iterator[None]:
     """Hold an exclusive lock on a SQLite study's folder while its tables are created and
-    checked: two workers opening one fresh database at once would otherwise both create its
-    tables, and one fails ("table trials already exists"). Other databases serialize this
-    themselves (open_storage retries the loser)."""
-    from sqlalchemy.engine import make_url
-
-    database = make_url(url).database if url.startswith("sqlite") else None
-    folder = (
-        os.path.dirname(os.path.abspath(database))
-        if database not in (None, "", ":memory:")
-        else None
-    )
+    checked, or a round's missing trials created: two workers opening one fresh database at
+    once would otherwise both create its tables (one fails: "table trials already exists"), and
+    two filling one round would give its slots two trials each. Other databases serialize the
+    former themselves (open_storage retries the loser); a slot given two trials keeps the older."""
+    database = _sqlite_file(url)
+    folder = os.path.dirname(database) if database is not None else None
     if folder is None or not os.path.isdir(folder):
         yield  # nothing to share, or SQLite will say the folder is missing
         return
@@ -239,48 +273,75 @@ def _schema_lock(url: str) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
-def make_sampler(name: str, seed: int, round_index: int):
-    """An Optuna sampler whose point for a trial depends only on the trial's number."""
+def unit_points(sampler: str, seed: int, round_index: int, count: int) -> np.ndarray:
+    """The unit-square points of a round's `count` slots, shape (count, len(PARAMS)): row s is
+    slot s's, the same in every worker and after any restart. Halton and Sobol: the first points
+    of the scrambled sequence seeded by (seed, round); random: a generator seeded by
+    (seed, round, slot)."""
+    if sampler == "random":
+        rows = [
+            np.random.default_rng([seed, round_index, s]).random(len(PARAMS)) for s in range(count)
+        ]
+        return np.reshape(rows, (count, len(PARAMS)))
+    from scipy.stats import qmc
+
+    engine = (qmc.Halton if sampler == "halton" else qmc.Sobol)(
+        len(PARAMS), scramble=True, seed=seed * 1000 + round_index
+    )
+    # Sobol is balanced at powers of two: draw one and keep the first `count` points.
+    return engine.random(max(64, 2 ** math.ceil(math.log2(max(count, 1)))))[:count]
+
+
+def log_uniform(u: float, value_range: tuple[float, float]) -> float:
+    """The value at fraction `u` of a range in log space (u in [0, 1))."""
+    low, high = value_range
+    value = math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
+    return float(min(high, max(low, value)))
+
+
+def slot_params(round_: Round, point: Sequence[float]) -> dict[str, float]:
+    """A slot's hyperparameters: its unit point mapped onto the round's ranges."""
+    ranges = {"learning_rate": round_.lr_range, "l2": round_.reg_range}
+    return {name: log_uniform(point[i], ranges[name]) for i, name in enumerate(PARAMS)}
+
+
+def trial_seed(seed: int, round_index: int, slot: int) -> int:
+    """The initialization seed of slot `slot` of round `round_index` (config.seed's search)."""
+    return seed + 7919 * round_index + slot
+
+
+def slot_trial(round_: Round, slot: int, point: Sequence[float], seed: int):
+    """The waiting Optuna trial of one slot, its point, seed and slot in one record (written in
+    one transaction: no trial ever holds the learning rate of one point and the L2 of another)."""
     import optuna
     from optuna.distributions import FloatDistribution
 
-    class NumberedSampler(optuna.samplers.BaseSampler):
-        """Trial n takes point n of a scrambled Halton or Sobol sequence, or a random point seeded
-        by n. Trial numbers are unique within a study, so workers asking at the same moment
-        never draw the same point (Optuna's QMCSampler counts draws in the study and samples its
-        first trial at random, so two workers starting a round together duplicate it), and the
-        sequence is the same in every worker and after a restart."""
+    ranges = {"learning_rate": round_.lr_range, "l2": round_.reg_range}
+    return optuna.trial.create_trial(
+        state=optuna.trial.TrialState.WAITING,
+        params=slot_params(round_, point),
+        distributions={name: FloatDistribution(*ranges[name], log=True) for name in PARAMS},
+        user_attrs={"slot": slot, "seed": seed},
+    )
 
-        def __init__(self):
-            self._points = np.zeros((0, len(PARAMS)))
 
-        def infer_relative_search_space(self, study, trial):
-            return {}
+def slot_owners(trials: Sequence) -> dict[int, Any]:
+    """Each slot's trial: the oldest (lowest number) of its trials that has not failed. A newer
+    trial never becomes older, so every worker agrees on it until it fails."""
+    import optuna
 
-        def sample_relative(self, study, trial, search_space):
-            return {}
+    owners = {}
+    for trial in sorted(trials, key=lambda t: t.number):
+        slot = trial.user_attrs.get("slot")
+        if slot is not None and trial.state != optuna.trial.TrialState.FAIL:
+            owners.setdefault(slot, trial)
+    return owners
 
-        def _point(self, number: int) -> np.ndarray:
-            if name == "random":
-                return np.random.default_rng([seed, round_index, number]).random(len(PARAMS))
-            if number >= len(self._points):
-                from scipy.stats import qmc
 
-                engine = (qmc.Halton if name == "halton" else qmc.Sobol)(
-                    len(PARAMS), scramble=True, seed=seed * 1000 + round_index
-                )
-                count = 2 ** math.ceil(math.log2(number + 1))  # Sobol is balanced at 2^k
-                self._points = engine.random(max(count, 64))
-            return self._points[number]
-
-        def sample_independent(self, study, trial, param_name, param_distribution):
-            if not isinstance(param_distribution, FloatDistribution) or not param_distribution.log:
-                raise ValueError(f"{param_name}: only log-uniform floats are searched")
-            u = self._point(trial.number)[PARAMS.index(param_name)]
-            low, high = math.log(param_distribution.low), math.log(param_distribution.high)
-            return float(min(param_distribution.high, math.exp(low + u * (high - low))))
-
-    return NumberedSampler()
+def batch_slots(slot: int, width: int, num_trials: int) -> range:
+    """The slots trained together with `slot`: [kP, (k+1)P) of the round, P = `width`."""
+    first = slot - slot % width
+    return range(first, min(first + width, num_trials))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,7 +370,8 @@ class Worker:
 
 
 def reclaim_interrupted(study, storage) -> int:
-    """Fail (and so re-enqueue) trials whose worker died; returns how many."""
+    """Fail the running trials whose worker died (their slots then get new trials); returns
+    how many."""
     import optuna
 
     optuna.storages.fail_stale_trials(study)  # other hosts: heartbeat older than the grace
@@ -318,25 +380,22 @@ def reclaim_interrupted(study, storage) -> int:
     now = datetime.datetime.now()
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker")
-        # No worker recorded: its worker died right after asking; reclaim it once it is old.
+        # No worker recorded: its worker died right after claiming it; reclaim it once it is old.
         orphan = worker is None and (now - trial.datetime_start).total_seconds() > grace
         if orphan or (worker and Worker(worker["host"], worker["pid"]).is_dead()):
             try:
                 storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # another worker reclaimed it first
-            optuna.storages.RetryHeartbeatStaleTrialCallback()(
-                study, storage.get_trial(trial._trial_id)
-            )
             reclaimed += 1
     return reclaimed
 
 
-def trial_record(number: int, params: dict, attrs: dict, round_: Round) -> dict:
+def trial_record(slot: int, params: dict, attrs: dict, round_: Round) -> dict:
     """A finished trial as the plain record the reports use."""
     return {
         "round": round_.index,
-        "number": number,
+        "slot": slot,
         "learning_rate": params["learning_rate"],
         "l2": params["l2"],
         "seed": attrs["seed"],
@@ -383,6 +442,7 @@ class Search:
     ):
         self.runner, self.dataset, self.config = runner, dataset, config
         self.search = config.search
+        self.storage_url = storage_url
         self.storage = open_storage(storage_url, self.search.heartbeat_seconds)
         self.study_name = study_name
         self.worker = Worker.this_process()
@@ -397,7 +457,6 @@ class Search:
             storage=self.storage,
             study_name=f"{self.study_name}/round-{round_.index}",
             direction=METRICS[self.search.metric],
-            sampler=make_sampler(self.search.sampler, self.config.seed, round_.index),
             load_if_exists=True,
         )
         # The first worker's ranges are authoritative; the others read them back.
@@ -406,95 +465,153 @@ class Search:
         return study, Round.from_json(study.user_attrs["round"])
 
     def run_round(self, study, round_: Round, on_batch: Callable[[list[dict]], None]) -> list[dict]:
-        """Ask, train and tell batches until the round has all its trials finished."""
+        """Claim, train and record batches of slots until every slot of the round has finished;
+        returns the records in slot order."""
+        import optuna
+
+        complete = optuna.trial.TrialState.COMPLETE
+        points = unit_points(self.search.sampler, self.config.seed, round_.index, round_.num_trials)
+        width = trials_lib.trials_per_program(self.config)
+        while True:
+            reclaim_interrupted(study, self.storage)
+            owners = self._fill_slots(study, round_, points)
+            if all(owners[slot].state == complete for slot in range(round_.num_trials)):
+                break
+            claimed = self._claim_batch(owners, width)
+            if claimed:
+                on_batch(self._train_and_tell(round_, claimed, width))
+            else:
+                time.sleep(self.search.poll_seconds)  # the rest are training in other workers
+        return [
+            trial_record(slot, owners[slot].params, owners[slot].user_attrs["result"], round_)
+            for slot in range(round_.num_trials)
+        ]
+
+    def _fill_slots(self, study, round_: Round, points: np.ndarray) -> dict[int, Any]:
+        """Every slot's trial, after creating the missing ones (a new round, or the slot of a
+        trial that failed) and failing the spare ones a race between workers created."""
+        with _sqlite_lock(self.storage_url):
+            owners = slot_owners(study.get_trials(deepcopy=False))
+            missing = [slot for slot in range(round_.num_trials) if slot not in owners]
+            for slot in missing:
+                seed = trial_seed(self.config.seed, round_.index, slot)
+                study.add_trial(slot_trial(round_, slot, points[slot], seed))
+            if missing:
+                killpoints.reach("search.created")
+                owners = slot_owners(study.get_trials(deepcopy=False))
+        self._fail_spares(study, owners)
+        return owners
+
+    def _fail_spares(self, study, owners: dict[int, Any]) -> None:
+        """Fail the waiting trials of a slot that has an older one (never trained)."""
         import optuna
 
         states = optuna.trial.TrialState
-        while True:
-            reclaim_interrupted(study, self.storage)
-            current = study.get_trials(deepcopy=False)
-            counts = {s: sum(t.state == s for t in current) for s in states}
-            queued = counts[states.COMPLETE] + counts[states.RUNNING] + counts[states.WAITING]
-            to_ask = min(
-                trials_lib.trials_per_program(self.config),
-                counts[states.WAITING] + max(0, round_.num_trials - queued),
-            )
-            if to_ask == 0:
-                if counts[states.RUNNING] == 0:
-                    break
-                time.sleep(self.search.poll_seconds)  # other workers finish their trials
-                continue
-            asked = self._ask(study, round_, to_ask)
-            if asked:
-                on_batch(self._train_and_tell(study, round_, asked))
-        finished = study.get_trials(deepcopy=False, states=(states.COMPLETE,))
-        return [
-            trial_record(t.number, t.params, t.user_attrs["result"], round_)
-            for t in sorted(finished, key=lambda t: t.number)
-        ]
+        owner_ids = {trial._trial_id for trial in owners.values()}
+        for trial in study.get_trials(deepcopy=False, states=(states.WAITING,)):
+            if "slot" in trial.user_attrs and trial._trial_id not in owner_ids:
+                if self._claim(trial._trial_id):
+                    self.storage.set_trial_user_attr(trial._trial_id, "spare", True)
+                    self.storage.set_trial_state_values(trial._trial_id, state=states.FAIL)
 
-    def _ask(self, study, round_: Round, count: int) -> list:
-        """Ask `count` trials; those beyond the round's size (a race with another worker) are
-        failed at once, untrained, by the same rule in every worker: trial number order."""
+    def _claim(self, trial_id: int) -> bool:
+        """Make a waiting trial this worker's; False when another worker got it first."""
         import optuna
 
-        asked = []
-        for _ in range(count):
-            trial = study.ask()
-            # Claim it first: a worker killed before this line leaves a trial that only its age
-            # can reclaim (see reclaim_interrupted).
-            trial.set_user_attr("worker", dataclasses.asdict(self.worker))
-            self.storage.record_heartbeat(trial._trial_id)
-            trial.suggest_float("learning_rate", *round_.lr_range, log=True)
-            trial.suggest_float("l2", *round_.reg_range, log=True)
-            asked.append(trial)
-        alive = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
-        numbers = sorted(t.number for t in study.get_trials(deepcopy=False, states=alive))
-        keep = set(numbers[: round_.num_trials])
-        for trial in [t for t in asked if t.number not in keep]:
-            trial.set_user_attr("surplus", True)
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        return [t for t in asked if t.number in keep]
+        try:
+            # Atomic in the storage: a waiting trial becomes running for one caller only.
+            return self.storage.set_trial_state_values(
+                trial_id, state=optuna.trial.TrialState.RUNNING
+            )
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
 
-    def _train_and_tell(self, study, round_: Round, asked: list) -> list[dict]:
-        """Train the asked trials as one program and record each result in the study."""
+    def _claim_batch(self, owners: dict[int, Any], width: int) -> list:
+        """Claim the waiting trials of the first batch that has any (in slot order); [] when
+        no trial waits. A batch whose first trial another worker has just claimed is left to
+        that worker (both would otherwise train a program of its width for a few trials)."""
+        import optuna
+
+        waiting = sorted(
+            slot for slot, t in owners.items() if t.state == optuna.trial.TrialState.WAITING
+        )
+        for batch in sorted({slot // width for slot in waiting}):
+            claimed = []
+            for slot in (s for s in waiting if s // width == batch):
+                if self._claim(owners[slot]._trial_id):
+                    claimed.append(owners[slot])
+                    killpoints.reach("search.popped")
+                elif not claimed:
+                    break  # another worker is claiming this batch
+            if claimed:
+                for trial in claimed:
+                    # A worker killed before this line leaves a trial that only its age can
+                    # reclaim (see reclaim_interrupted).
+                    worker = dataclasses.asdict(self.worker)
+                    self.storage.set_trial_user_attr(trial._trial_id, "worker", worker)
+                    self.storage.record_heartbeat(trial._trial_id)
+                killpoints.reach("search.claimed")
+                return claimed
+        return []
+
+    def _train_and_tell(self, round_: Round, claimed: list, width: int) -> list[dict]:
+        """Train a batch's claimed trials as one program and record each result in the study.
+
+        The program always has the whole batch's width, each slot at its own lane (the lanes of
+        slots claimed elsewhere train a copy of a claimed trial, then are dropped): a trial's
+        numbers are those of the uninterrupted search, whatever was claimed with it."""
+        import optuna
         from tqdm.auto import tqdm
 
+        slots = [t.user_attrs["slot"] for t in claimed]
+        lanes = batch_slots(slots[0], width, round_.num_trials)
+        by_slot = dict(zip(slots, claimed, strict=True))
+        lane_trials = [by_slot.get(slot, claimed[0]) for slot in lanes]
         hparams = trials_lib.TrialHparams(
-            learning_rate=[t.params["learning_rate"] for t in asked],
-            l2=[t.params["l2"] for t in asked],
-            seed=[self.config.seed + 7919 * round_.index + t.number for t in asked],
+            learning_rate=[t.params["learning_rate"] for t in lane_trials],
+            l2=[t.params["l2"] for t in lane_trials],
+            seed=[t.user_attrs["seed"] for t in lane_trials],
         )
         bar = tqdm(
             total=round_.steps,
             disable=not self.progress,
             unit="step",
-            desc=f"round {round_.index + 1}: {len(asked)} trials",
+            desc=f"round {round_.index + 1}: {len(claimed)} trials",
             leave=False,
         )
         _, result = self.runner.run(
-            hparams, self.dataset, round_.steps, progress=self._beating(asked, bar.update)
+            hparams, self.dataset, round_.steps, progress=self._beating(claimed, bar.update)
         )
         bar.close()
-        self.trained_here += len(asked)
+        killpoints.reach("search.trained")
         records = []
-        for i, trial in enumerate(asked):
-            attrs = trial_attrs(result, i, hparams.seed[i], round_)
-            trial.set_user_attr("result", attrs)  # one write: SQLite commits are slow
+        for slot, trial in sorted(by_slot.items()):
+            lane = lanes.index(slot)
+            attrs = trial_attrs(result, lane, hparams.seed[lane], round_)
             metric = attrs[self.search.metric]
-            study.tell(trial, metric if metric is not None else math.inf)
-            records.append(trial_record(trial.number, trial.params, attrs, round_))
+            try:
+                self.storage.set_trial_user_attr(trial._trial_id, "result", attrs)
+                self.storage.set_trial_state_values(
+                    trial._trial_id,
+                    state=optuna.trial.TrialState.COMPLETE,
+                    values=[metric if metric is not None else math.inf],
+                )
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # reclaimed as stale meanwhile: its slot's new trial gives these numbers
+            killpoints.reach("search.told")
+            self.trained_here += 1
+            records.append(trial_record(slot, trial.params, attrs, round_))
         return records
 
-    def _beating(self, asked: list, on_steps: Callable[[int], None]) -> Callable[[int], None]:
-        """`on_steps`, recording the asked trials' heartbeats at least twice per heartbeat
+    def _beating(self, claimed: list, on_steps: Callable[[int], None]) -> Callable[[int], None]:
+        """`on_steps`, recording the claimed trials' heartbeats at least twice per heartbeat
         period, so that no other worker reclaims them as orphaned while they train."""
         last_beat = [time.monotonic()]
 
         def beating(k: int) -> None:
             on_steps(k)
             if time.monotonic() - last_beat[0] > self.search.heartbeat_seconds / 2:
-                for trial in asked:
+                for trial in claimed:
                     self.storage.record_heartbeat(trial._trial_id)
                 last_beat[0] = time.monotonic()
 
@@ -503,6 +620,10 @@ class Search:
     def run(self, first: Round, on_batch: Callable[[list[dict]], None] = lambda r: None):
         """Every round, each refined around the best of the one before; returns
         (rounds, records of all finished trials)."""
+        with full_disk_as_oserror(self.storage_url):
+            return self._run(first, on_batch)
+
+    def _run(self, first: Round, on_batch: Callable[[list[dict]], None]):
         rounds, records, round_, round_records = [], [], first, []
         num_train = len(self.dataset.x_train)
         for index in range(self.search.rounds):

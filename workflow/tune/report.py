@@ -50,9 +50,9 @@ def print_trials(records: list[dict], total_epochs: float, metric: str = "val_ac
     """Print a finished batch of trials as the workflow's table rows."""
     from tqdm.auto import tqdm
 
-    for record in sorted(records, key=lambda r: r["number"]):
+    for record in sorted(records, key=lambda r: r["slot"]):
         tqdm.write(
-            f"round {record['round'] + 1} #{record['number']:<3d} "
+            f"round {record['round'] + 1} #{record['slot']:<3d} "
             + trial_line(record, metric, total_epochs)
         )
 
@@ -132,7 +132,7 @@ def write_best_config(
     out = run.file(rundir.BEST_CONFIG)
     about = (
         "Best hyperparameters found by workflow.tune (in the run directory of this file).\n\n"
-        f"Round {best['round'] + 1}, trial #{best['number']}: val_accuracy "
+        f"Round {best['round'] + 1}, trial #{best['slot']}: val_accuracy "
         f"{best['val_accuracy']:.4f} after {best['epochs']:g} epochs; learning rate "
         f"{best['learning_rate']:.4g}, L2 weight {best['l2']:.4g}.\n"
         f"The same run at full length is in {rundir.BEST}/ beside this file."
@@ -359,7 +359,7 @@ def report_sections(summary: Summary, plots: dict[str, str]) -> list[tuple[str, 
             ]
         )
     table = "\n".join(
-        f"    round {t['round'] + 1} #{t['number']:<3d} {trial_line(t, metric, total_epochs)}"
+        f"    round {t['round'] + 1} #{t['slot']:<3d} {trial_line(t, metric, total_epochs)}"
         for t in sorted(summary.trials, key=lambda t: (t["round"], -_sort_value(t, metric)))
     )
     sections += [
