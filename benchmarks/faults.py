@@ -163,7 +163,9 @@ REFERENCES = {
 }
 
 STAGE_TIMEOUT = 420  # seconds a stage may run before the campaign calls it hung
-TIMING = ("seconds", "per_s", "elapsed")  # keys that differ between any two runs
+# Keys that differ between any two runs: times, and the loop form (config.loop=auto), chosen by
+# timing both forms, whose results agree to float rounding (workflow/engine/loop_form.py).
+TIMING = ("seconds", "per_s", "elapsed", "loop")
 
 # ---------------------------------------------------------------------------------- processes
 
