@@ -161,6 +161,33 @@ def test_a_torn_last_metrics_line_is_reported_and_the_run_resumes(reference_run,
     assert "metrics.jsonl" in capsys.readouterr().err
 
 
+def test_a_finished_runs_torn_last_record_is_trained_again_to_the_same_records(
+    reference_run, tmp_path
+):
+    ref_dir, ref_summary = reference_run
+    workdir = copy_of(ref_dir, tmp_path)
+    path = workdir / "metrics.jsonl"
+    text = path.read_text()
+    last = text.rstrip("\n").rsplit("\n", 1)[1]
+    assert json.loads(last)["step"] == 60  # the final record, written after the last checkpoint
+    path.write_text(text[: len(text) - len(last) // 2 - 1])  # killed while writing it
+    summary = train_run(small_config(), workdir)
+    same_numbers(summary.metrics, ref_summary.metrics)
+    assert records(workdir) == records(ref_dir)  # step 60's records are all there again
+
+
+def test_a_whole_metrics_file_discards_no_checkpoint(reference_run, tmp_path):
+    ref_dir, _ = reference_run
+    workdir = copy_of(ref_dir, tmp_path)
+    run = rundir.RunDir(str(workdir))
+    run.read_metrics()
+    assert run.first_unrecorded_step() is None
+    with open(workdir / "metrics.jsonl", "a") as f:
+        f.write('{"train_lo')  # torn before its step reached the disk
+    run.read_metrics()
+    assert run.first_unrecorded_step() == 60  # the last whole record's step
+
+
 # ----------------------------------------------------------------------------- a full disk
 
 
@@ -522,6 +549,23 @@ def test_unreadable_checksums_are_a_warning_not_silence(reference_run, tmp_path)
     [finding] = [f for f in summary.findings if f.id == "corrupt_checkpoint"]
     assert finding.severity == "warning" and "checksums.json" in finding.message
     assert "not verified" in finding.message
+
+
+def test_a_checkpoint_folder_replaced_by_another_steps_is_set_aside_without_checksums(
+    reference_run, tmp_path
+):
+    ref_dir, ref_summary = reference_run
+    workdir = copy_of(ref_dir, tmp_path)
+    checkpoints = workdir / "checkpoints"
+    shutil.rmtree(checkpoints / "60")
+    shutil.copytree(checkpoints / "20", checkpoints / "60")  # readable, but step 20's state
+    (checkpoints / "checksums.json").write_text("{garbled")  # nothing to check it against
+    summary = train_run(small_config(), workdir)
+    same_numbers(summary.metrics, ref_summary.metrics)
+    [finding] = [f for f in summary.findings if f.id == "corrupt_checkpoint"]
+    assert finding.evidence["resumed_from"] == 40
+    assert "holds the state of step 20" in finding.evidence["checkpoints"][0]["error"]
+    assert records(workdir) == records(ref_dir)
 
 
 def test_a_checkpoint_without_a_checksum_gives_way_to_the_verified_one_before(

@@ -186,7 +186,16 @@ class Checkpointer:
                 f"checkpoint at step {step} does not match the checksum recorded when it was "
                 "written: its files were changed or damaged since"
             )
-        return from_flat(flat, template)
+        state = from_flat(flat, template)
+        # The state's own step counter holds even where no checksum can be read: a checkpoint
+        # folder replaced by another step's is never resumed from.
+        saved = getattr(state, "step", None)
+        if saved is not None and int(jax.device_get(saved)) != step:
+            raise CorruptCheckpoint(
+                f"checkpoint at step {step} holds the state of step {int(jax.device_get(saved))}:"
+                " its folder was replaced by another"
+            )
+        return state
 
     def restore_latest(self, template) -> tuple[object, int | None, list[dict]]:
         """The newest verified checkpoint as (state, step, skipped); step None: none readable.
@@ -217,6 +226,21 @@ class Checkpointer:
             if state is not None:
                 return state, step, skipped
         return template, None, skipped
+
+    def discard_from(self, step: int) -> list[int]:
+        """Delete the checkpoints at `step` and after, returning their steps: a resumed run
+        trains them again (to the same numbers) where their steps' metrics records were lost.
+        Every process must call it with the same step."""
+        steps = [s for s in distributed.broadcast_ints(self._manager.all_steps()) if s >= step]
+        if steps:
+            distributed.barrier(f"checkpoints:discard_from:{step}:read")
+            if distributed.is_writer():
+                for s in steps:
+                    shutil.rmtree(os.path.join(self._directory, str(s)))
+            distributed.barrier(f"checkpoints:discard_from:{step}:deleted")
+            self._manager.close()
+            self._manager = ocp.CheckpointManager(self._directory, options=self._options)
+        return steps
 
     def _restore_or_set_aside(self, step: int, template, skipped: list[dict]):
         """The state at `step` where every process reads it; else None, the checkpoint set

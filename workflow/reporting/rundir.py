@@ -23,6 +23,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import struct
@@ -128,6 +129,16 @@ SCHEDULES_OVER_NUM_STEPS = ("cosine",)
 _WORK_OF_A_RUN = (CHECKPOINTS, STUDY, METRICS, SUMMARY, WORKFLOW)
 
 
+def _torn_record_step(fragment: bytes, records: list[dict]) -> int:
+    """The step of a torn metrics record: read from its text when its step made it to disk,
+    else the last whole record's (whose step may have more records, the torn one among them).
+    """
+    match = re.search(rb'"step": *(\d+)', fragment)
+    if match:
+        return int(match.group(1))
+    return int(records[-1]["step"]) if records else 0
+
+
 def config_to_dict(config: ml_collections.ConfigDict) -> dict:
     """The resolved config as plain JSON data."""
     return json.loads(config.to_json_best_effort())
@@ -198,6 +209,7 @@ class RunDir:
         self._identity: dict | None = None  # set by claim() for a new directory
         self._claims = 0
         self._torn_reported = False
+        self._first_unrecorded: int | None = None  # see first_unrecorded_step
 
     def file(self, name: str) -> str:
         """Path of a file (or folder) of `FILES` inside the run directory."""
@@ -238,12 +250,18 @@ class RunDir:
             except ValueError:
                 if number == len(lines):  # no newline after it: the write never finished
                     self._report_torn_line(path, len(line))
+                    self._first_unrecorded = _torn_record_step(line, records)
                     break
                 raise UsageError(
                     f"{path} line {number} is not a JSON record: the file was damaged; move it "
                     "away (the run then resumes without its records) or use a new --workdir"
                 ) from None
         return records
+
+    def first_unrecorded_step(self) -> int | None:
+        """After `read_metrics`: the first step whose records may be missing because the last
+        line was torn (a resumed run trains it again); None when the file ended whole."""
+        return self._first_unrecorded
 
     def _report_torn_line(self, path: str, size: int) -> None:
         if self._torn_reported or not distributed.is_writer():
