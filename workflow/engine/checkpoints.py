@@ -1,4 +1,11 @@
-"""Orbax checkpoints of the train state, stored as a flat {path: array} mapping.
+"""Orbax checkpoints of the train state, stored as nested dictionaries of arrays.
+
+A checkpoint is the TrainState as plain nested dicts: {"step", "params", "model_state",
+"opt_state"}, where "params" is exactly `nnx.state(model, nnx.Param).to_pure_dict()` of the
+model (string keys; typed PRNG keys as their raw key data). Orbax's standard API reads it back
+outside the workflow, and `nnx.replace_by_pure_dict` puts it into a model built from the run's
+config (docs/run-directory.md shows how). Checkpoints of the older flat layout (one
+{".params['l1']['kernel'].value": array} mapping) still restore.
 
 Each save first records a SHA-256 digest of the arrays in checkpoints/checksums.json, so a
 checkpoint whose files were damaged after it was written (truncated, partly deleted, bits
@@ -21,6 +28,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
+from typing import Any
 
 import jax
 import numpy as np
@@ -59,7 +67,7 @@ def _is_key(x) -> bool:
 
 
 def to_flat(state) -> dict[str, np.ndarray]:
-    """A checkpointable dict: typed PRNG keys become their raw key data."""
+    """The older flat layout: {keystr(path): array}, typed PRNG keys as raw key data."""
     leaves = jax.tree_util.tree_flatten_with_path(state)[0]
     return {
         jax.tree_util.keystr(path): jax.random.key_data(x) if _is_key(x) else x
@@ -67,22 +75,83 @@ def to_flat(state) -> dict[str, np.ndarray]:
     }
 
 
+def _key_name(entry) -> str:
+    """One step of a pytree path as a dictionary key: an attribute's name, a key, an index."""
+    for field in ("name", "key", "idx"):
+        if hasattr(entry, field):
+            return str(getattr(entry, field))
+    raise TypeError(f"unexpected pytree path entry {entry!r}")
+
+
+def _tree_path(path) -> tuple[str, ...]:
+    """A leaf's path as dictionary keys; an NNX Variable's `.value` is dropped (the variable
+    is the leaf in `nnx.State.to_pure_dict()`)."""
+    names = tuple(_key_name(entry) for entry in path)
+    if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and names[-1] == "value":
+        names = names[:-1]
+    return names
+
+
+def to_nested(state) -> dict:
+    """The checkpoint of `state`: nested dicts of arrays, typed PRNG keys as raw key data."""
+    nested: dict = {}
+    for path, x in jax.tree_util.tree_flatten_with_path(state)[0]:
+        *parents, leaf = _tree_path(path)
+        node = nested
+        for name in parents:
+            node = node.setdefault(name, {})
+        if leaf in node:
+            raise ValueError(f"two leaves of the state share the path {'/'.join(_tree_path(path))}")
+        node[leaf] = jax.random.key_data(x) if _is_key(x) else x
+    return nested
+
+
+def named_leaves(nested: dict, prefix: str = "") -> dict[str, Any]:
+    """{"params/out/kernel": array} from nested dicts: the names the checksums use."""
+    out: dict[str, Any] = {}
+    for name, value in nested.items():
+        if isinstance(value, dict):
+            out.update(named_leaves(value, f"{prefix}{name}/"))
+        else:
+            out[f"{prefix}{name}"] = value
+    return out
+
+
+def from_nested(nested: dict, template):
+    """Rebuild a state shaped like `template` from `to_nested` output."""
+    paths, treedef = jax.tree_util.tree_flatten_with_path(template)
+    leaves = []
+    for path, like in paths:
+        value: Any = nested
+        for name in _tree_path(path):
+            if not isinstance(value, dict) or name not in value:
+                where = "/".join(_tree_path(path))
+                raise UsageError(f"checkpoint lacks {where}: it was written for a different model")
+            value = value[name]
+        leaves.append(_leaf_like(value, like, "/".join(_tree_path(path))))
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _leaf_like(value, like, name: str):
+    """A restored leaf as the template's: raw key data wrapped as a typed key, shapes equal."""
+    if _is_key(like):
+        return jax.random.wrap_key_data(value, impl=jax.random.key_impl(like))
+    if np.shape(value) != np.shape(like):
+        raise UsageError(
+            f"checkpoint {name} has shape {np.shape(value)}, the model {np.shape(like)}"
+        )
+    return value
+
+
 def from_flat(flat: dict, template):
-    """Rebuild a state shaped like `template` from `to_flat` output."""
+    """Rebuild a state shaped like `template` from the older flat layout (`to_flat`)."""
     paths, treedef = jax.tree_util.tree_flatten_with_path(template)
     leaves = []
     for path, like in paths:
         name = jax.tree_util.keystr(path)
         if name not in flat:
             raise UsageError(f"checkpoint lacks {name}: it was written for a different model")
-        value = flat[name]
-        if _is_key(like):
-            value = jax.random.wrap_key_data(value, impl=jax.random.key_impl(like))
-        elif np.shape(value) != np.shape(like):
-            raise UsageError(
-                f"checkpoint {name} has shape {np.shape(value)}, the model {np.shape(like)}"
-            )
-        leaves.append(value)
+        leaves.append(_leaf_like(flat[name], like, name))
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
@@ -101,8 +170,14 @@ class Checkpointer:
         self._options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
         )
-        self._manager = ocp.CheckpointManager(self._directory, options=self._options)
+        self._manager = self._new_manager()
         self._failed = False  # a save failed on storage: closing may fail the same way
+
+    def _new_manager(self) -> ocp.CheckpointManager:
+        # The standard handler named, so the metadata of a checkpoint (its layout) reads back.
+        return ocp.CheckpointManager(
+            self._directory, options=self._options, item_handlers=ocp.StandardCheckpointHandler()
+        )
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or None."""
@@ -111,13 +186,14 @@ class Checkpointer:
     def save(self, step: int, state) -> None:
         """Write the state at `step`: its checksum first, then the arrays (atomically: Orbax
         finalizes a temporary directory), so every finished checkpoint has its checksum."""
-        flat = to_flat(state)
+        nested = to_nested(state)
+        flat = named_leaves(nested)
         self._check_space(flat)
         if distributed.is_writer():  # every process writes its shards (Orbax); process 0 sums
             self._record_checksum(step, flat)
         try:
             with _orbax_quiet():
-                self._manager.save(step, args=ocp.args.StandardSave(flat), force=True)
+                self._manager.save(step, args=ocp.args.StandardSave(nested), force=True)
                 self._manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001 - tensorstore raises plain Exceptions
             code = _os_error(e)
@@ -162,6 +238,12 @@ class Checkpointer:
             return None, f"{CHECKSUMS} is not a JSON object"
         return sums, None
 
+    def _flat_layout(self, step: int) -> bool:
+        """Whether the checkpoint at `step` has the older flat layout (keys like ".params[...]")."""
+        metadata = self._manager.item_metadata(step)
+        keys = list(metadata.keys()) if hasattr(metadata, "keys") else []
+        return bool(keys) and all(str(key).startswith(".") for key in keys)
+
     def unverified_reason(self, step: int) -> str | None:
         """Why the checkpoint at `step` cannot be checked against its checksum; None when it
         can (or when it is checked by Orbax alone by design: parameters split over hosts)."""
@@ -174,19 +256,22 @@ class Checkpointer:
 
     def restore(self, step: int, template):
         """The state saved at `step`, in the structure of `template`."""
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, to_flat(template))
         try:
-            flat = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+            flat_layout = self._flat_layout(step)
+            saved = to_flat(template) if flat_layout else to_nested(template)
+            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, saved)
+            restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
         except Exception as e:  # noqa: BLE001 - tensorstore raises plain Exceptions
             message = str(e).splitlines()[0][:300]
             raise CorruptCheckpoint(f"cannot read checkpoint at step {step}: {message}") from None
+        named = restored if flat_layout else named_leaves(restored)
         expected = (self._checksums()[0] or {}).get(str(step))
-        if expected is not None and digest(jax.device_get(flat)) != expected:
+        if expected is not None and digest(jax.device_get(named)) != expected:
             raise CorruptCheckpoint(
                 f"checkpoint at step {step} does not match the checksum recorded when it was "
                 "written: its files were changed or damaged since"
             )
-        state = from_flat(flat, template)
+        state = from_flat(restored, template) if flat_layout else from_nested(restored, template)
         # The state's own step counter holds even where no checksum can be read: a checkpoint
         # folder replaced by another step's is never resumed from.
         saved = getattr(state, "step", None)
@@ -239,7 +324,7 @@ class Checkpointer:
                     shutil.rmtree(os.path.join(self._directory, str(s)))
             distributed.barrier(f"checkpoints:discard_from:{step}:deleted")
             self._manager.close()
-            self._manager = ocp.CheckpointManager(self._directory, options=self._options)
+            self._manager = self._new_manager()
         return steps
 
     def _restore_or_set_aside(self, step: int, template, skipped: list[dict]):
@@ -267,7 +352,7 @@ class Checkpointer:
         distributed.barrier(f"checkpoints:set_aside:{step}:moved")
         # A fresh manager: a failed restore can leave the old one expecting another layout.
         self._manager.close()
-        self._manager = ocp.CheckpointManager(self._directory, options=self._options)
+        self._manager = self._new_manager()
         return target
 
     def close(self) -> None:
