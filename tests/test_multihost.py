@@ -270,7 +270,7 @@ def test_tune_as_two_processes_searches_like_one_and_process_0_writes_the_study(
     single = summary_of(base / "one")
     assert single["range_test"]["suggested_lr"] == summary["range_test"]["suggested_lr"]
     assert [r["val_loss"] for r in single["trials"]] == [r["val_loss"] for r in summary["trials"]]
-    for key in ("learning_rate", "l2", "round", "number"):
+    for key in ("learning_rate", "l2", "round", "slot"):
         assert single["best"][key] == summary["best"][key], key
 
 
