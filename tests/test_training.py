@@ -8,12 +8,14 @@ import sys
 import jax
 import ml_collections
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
-from tests.conftest import small_config
-from workflow import engine, experiment
+from tests.conftest import small_config, train_run
+from workflow import config_lib, engine, experiment
 from workflow.engine import checkpoints, loop
+from workflow.errors import UsageError
 
 
 def run(config, workdir):
@@ -274,3 +276,84 @@ def test_logging_metrics_does_not_import_torch(tmp_path):
     )
     assert out.stdout.strip() == "False"
     assert os.listdir(tmp_path / "tensorboard"), "the event file is still written"
+
+
+def _sgd(**options) -> ml_collections.ConfigDict:
+    """SGD at learning rate 1 with the given optimizer options."""
+    opt = ml_collections.ConfigDict(
+        {"name": "sgd", "learning_rate": 1.0, "momentum": 0.9, "weight_decay": 0.0}
+    )
+    opt.update(options)
+    return opt
+
+
+GRADS = {"a": np.full(3, 10.0, np.float32), "b": np.full(4, -10.0, np.float32)}
+
+
+def test_clip_norm_scales_the_gradient_down_to_its_global_norm():
+    tx = engine.build_optimizer(_sgd(clip_norm=1.0))
+    params = jax.tree.map(np.zeros_like, GRADS)
+    updates, _ = tx.update(GRADS, tx.init(params), params)
+    assert float(optax.global_norm(updates)) == pytest.approx(1.0, rel=1e-6)
+    norm = float(optax.global_norm(GRADS))
+    for name in GRADS:  # the direction is kept
+        np.testing.assert_allclose(updates[name], -GRADS[name] / norm, rtol=1e-6)
+
+
+def test_without_clip_norm_the_gradient_passes_unchanged():
+    for options in ({}, {"clip_norm": 0.0}, {"clip_norm": 1e6}):
+        tx = engine.build_optimizer(_sgd(**options))
+        params = jax.tree.map(np.zeros_like, GRADS)
+        updates, _ = tx.update(GRADS, tx.init(params), params)
+        for name in GRADS:
+            np.testing.assert_allclose(updates[name], -GRADS[name], rtol=1e-6)
+
+
+def test_accumulate_steps_updates_once_per_k_batches_with_their_mean_gradient():
+    tx = engine.build_optimizer(_sgd(accumulate_steps=3))
+    params = {"w": np.zeros(2, np.float32)}
+    state = tx.init(params)
+    assert float(state.hyperparams["learning_rate"]) == 1.0  # trials still set it per trial
+    grads = [np.array([1.0, 2.0]), np.array([3.0, -2.0]), np.array([5.0, 6.0])] * 2
+    out = []
+    for g in grads:
+        updates, state = tx.update({"w": g.astype(np.float32)}, state, params)
+        out.append(np.asarray(updates["w"]))
+    for i in (0, 1, 3, 4):
+        np.testing.assert_array_equal(out[i], 0.0)  # accumulating: the parameters stay
+    np.testing.assert_allclose(out[2], -np.mean(grads[:3], axis=0), rtol=1e-6)
+    np.testing.assert_allclose(out[5], -np.mean(grads[3:], axis=0), rtol=1e-6)
+
+
+def test_an_accumulated_schedule_counts_batches():
+    opt = _sgd(accumulate_steps=2)
+    opt.schedule = ml_collections.ConfigDict(
+        {"name": "piecewise", "boundaries": (4,), "scale": 0.1}
+    )
+    tx = engine.build_optimizer(opt, num_steps=8)
+    params = {"w": np.zeros((), np.float32)}
+    state, out = tx.init(params), []
+    for _ in range(8):
+        updates, state = tx.update({"w": np.ones((), np.float32)}, state, params)
+        out.append(float(updates["w"]))
+    # Updates after batches 2 and 4 run before the boundary, after 6 and 8 past it.
+    np.testing.assert_allclose(out, [0, -1, 0, -1, 0, -0.1, 0, -0.1], rtol=1e-6, atol=1e-7)
+
+
+def test_training_with_clipping_and_accumulation_learns(tmp_path):
+    config = small_config(**{"optimizer.clip_norm": 1.0, "optimizer.accumulate_steps": 2})
+    config.num_steps = 120
+    summary = train_run(config, tmp_path / "run")
+    assert summary.status == "ok"
+    assert summary.metrics["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("clip_norm", -1.0), ("clip_norm", float("inf")), ("accumulate_steps", 0)],
+)
+def test_bad_clip_norm_or_accumulate_steps_is_refused_naming_the_key(key, value):
+    config = small_config()
+    config.optimizer[key] = value
+    with pytest.raises(UsageError, match=f"optimizer.{key}"):
+        config_lib.validate_config(config)

@@ -70,6 +70,10 @@ def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collection
     config.optimizer = ml_collections.ConfigDict(
         {"name": "adam", "learning_rate": 3e-4, "momentum": 0.9, "weight_decay": 0.0}
     )
+    # Gradient clipping to this global norm (0: off) and gradient accumulation over this many
+    # batches per update (1: off), engine.build_optimizer.
+    config.optimizer.clip_norm = 0.0
+    config.optimizer.accumulate_steps = 1
     # A factor on the learning rate over training (engine.lr_multiplier): "constant";
     # "piecewise" multiplies by `scale` at each of `boundaries` (steps); "cosine" decays to 0
     # at num_steps after `warmup_steps` of linear warm-up.
@@ -228,6 +232,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "must be a finite number > 0",
     )
     _require(opt.weight_decay >= 0, "optimizer.weight_decay", opt.weight_decay, "must be >= 0")
+    clip = opt.get("clip_norm", 0.0)
+    _require(
+        isinstance(clip, int | float) and math.isfinite(clip) and clip >= 0,
+        "optimizer.clip_norm",
+        clip,
+        "must be a finite number >= 0 (0: no clipping)",
+    )
+    every = opt.get("accumulate_steps", 1)
+    _require(
+        isinstance(every, int) and not isinstance(every, bool) and every >= 1,
+        "optimizer.accumulate_steps",
+        every,
+        "must be an integer >= 1 (1: no accumulation)",
+    )
     if "schedule" in opt:
         _validate_schedule(opt.schedule)
     _require(math.isfinite(config.l2) and config.l2 >= 0, "l2", config.l2, "must be a number >= 0")

@@ -258,11 +258,25 @@ def decomposition_line(d: Decomposition) -> str:
         head = f"irreducible {pct(d.irreducible)}"
     else:
         head = f"goal {pct(d.goal)}"
-    terms = " + ".join(
-        f"{name} {pct(g.value)}"
-        for name, g in zip(("bias", "variance", "val overfit"), d.gaps, strict=True)
-    )
-    return f"Test error {pct(d.errors.test)} = {head} + {terms}"
+    names = ("bias", "variance", "val overfit")
+    terms = " + ".join(f"{name} {pct(g.value)}" for name, g in zip(names, d.gaps, strict=True))
+    line = f"Test error {pct(d.errors.test)} = {head} + {terms}"
+    # A negative term is an error below the one it is measured from; say so in words.
+    notes = [
+        f"{name} {pct(g.value)}: {NEGATIVE_GAP[name]}"
+        for name, g in zip(names, d.gaps, strict=True)
+        if g.value < 0
+    ]
+    return line + (f" ({'; '.join(notes)})" if notes else "")
+
+
+# What a negative term of the decomposition means, for a reader.
+NEGATIVE_GAP = {
+    "bias": "train error below the goal, so no bias is left to remove",
+    "variance": "val error below train error (regularization or augmentation acts in training "
+    "only, or val is easier)",
+    "val overfit": "test error below val error (the val set is no easier than test)",
+}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -731,7 +731,8 @@ def _lr_too_high(
         },
         suggestions=[
             _lower_lr(learning_rate),
-            "or keep it and add warmup or gradient clipping (optax.clip_by_global_norm)",
+            "or keep it and add warmup (--config.optimizer.schedule.warmup_steps) or gradient "
+            "clipping (--config.optimizer.clip_norm=1.0)",
         ],
     )
 

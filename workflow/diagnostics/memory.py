@@ -387,6 +387,10 @@ def _suggestions(
         )
     elif batch > batch_multiple(config):
         first = f"batch size: halve it, --config.batch_size={_halved(batch, config)}"
+        first += (
+            " (with --config.optimizer.accumulate_steps=2 the update still averages the "
+            f"gradients of {2 * _halved(batch, config)} examples)"
+        )
         if act is not None:
             first += f" (activations {_mib(act)} at {batch}, ~{_mib(per_example)} per example)"
         if not retry.get("enabled"):

@@ -1,4 +1,5 @@
-"""The configured optax optimizer: base rule, L2 as a gradient term, lr schedule."""
+"""The configured optax optimizer: L2 as a gradient term, clipping, base rule, lr schedule,
+and gradient accumulation."""
 
 import ml_collections
 import optax
@@ -12,6 +13,11 @@ def build_optimizer(
     The learning rate and the L2 weight live in the optimizer state (`inject_hyperparams`), so
     trials batched under `vmap` each carry their own. `l2 * sum(w**2)` added to the loss has the
     gradient `2 * l2 * w`, which `add_decayed_weights` adds before the optimizer sees it.
+    `opt.clip_norm` > 0 scales that whole gradient down to at most this global norm
+    (`optax.clip_by_global_norm`). `opt.accumulate_steps` = k > 1 averages the gradients of k
+    consecutive batches and updates the parameters once per k steps (`optax.MultiSteps`, inside
+    the injected hyperparameters so they stay at the top of the state); the schedule still
+    counts steps (batches).
     """
     base = {
         "adam": lambda lr: optax.adam(lr),
@@ -21,11 +27,21 @@ def build_optimizer(
     }[opt.name]
 
     multiplier = lr_multiplier(opt, num_steps)
+    clip_norm = float(opt.get("clip_norm", 0.0))
+    every = int(opt.get("accumulate_steps", 1))
+    if multiplier is not None and every > 1:  # the inner count counts updates, not batches
+        per_batch = multiplier
+        multiplier = lambda update: per_batch(update * every)  # noqa: E731
 
     def make(learning_rate, l2):
-        parts = [optax.add_decayed_weights(2.0 * l2), base(learning_rate)]
+        parts = [optax.add_decayed_weights(2.0 * l2)]
+        if clip_norm > 0:
+            parts.append(optax.clip_by_global_norm(clip_norm))
+        parts.append(base(learning_rate))
         if multiplier is not None:  # constant schedules keep the state (and checkpoints) lean
             parts.append(optax.scale_by_schedule(multiplier))
+        if every > 1:
+            return optax.MultiSteps(optax.chain(*parts), every).gradient_transformation()
         return optax.chain(*parts)
 
     return optax.inject_hyperparams(make)(learning_rate=opt.learning_rate, l2=l2)

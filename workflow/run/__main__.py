@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
     with workflow.run.claimed(kind, "run", config, setup.dataset.fingerprint()):
         del setup  # each step prepares its own
         summary = run_workflow(workflow)
-    report.print_summary(summary)
+    report.print_summary(summary, FLAGS.workdir)
     return cli.EXIT_OK if summary.status == "ok" else cli.EXIT_FINDINGS
 
 

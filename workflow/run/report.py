@@ -11,15 +11,16 @@ from workflow.diagnostics import error_analysis
 from workflow.reporting import model_summary, rundir
 from workflow.reporting.summary import Summary
 
-# Blocks: ("text", str) | ("table", headers, rows) | ("image", path, caption) | ("code", str).
+# Blocks: ("text", str) | ("table", headers, rows) | ("pairs", rows): a key-value table without
+# a header row | ("image", path, caption) | ("code", str).
 
 
 def _pct(value) -> str:
     return f"{value:.2%}" if isinstance(value, float) else "-"
 
 
-def step_blocks(step) -> list[tuple]:
-    """What one step shows: its key table, decision and plots."""
+def step_blocks(step, shown_elsewhere: tuple[str, ...] = ()) -> list[tuple]:
+    """What one step shows: its key table, decision and plots (but `shown_elsewhere`)."""
     s, stage = step.summary, step.stage
     blocks = [("text", f"`{step.workdir}` — config `{step.config_source}`, status {s.status}.")]
     m = s.metrics
@@ -48,7 +49,7 @@ def step_blocks(step) -> list[tuple]:
                 f"{_pct(m.get('val_accuracy'))} / {_pct(m.get('test_accuracy'))}",
             ],
         ]
-        blocks.append(("table", ["", ""], rows))
+        blocks.append(("pairs", rows))
     if stage == "improve" and s.candidates:
         rows = [
             [
@@ -65,18 +66,38 @@ def step_blocks(step) -> list[tuple]:
             ("table", ["candidate", "change", "val error", "test error", "params", "time"], rows)
         )
         blocks.append(("text", f"Decision: **{s.decision['chosen']}** — {s.decision['why']}"))
-    for path in sorted(glob.glob(os.path.join(step.workdir, rundir.PLOTS, "*.png"))):
-        blocks.append(
-            ("image", path, os.path.splitext(os.path.basename(path))[0].replace("_", " "))
-        )
+    plots = sorted(glob.glob(os.path.join(step.workdir, rundir.PLOTS, "*.png")))
+    hidden = {os.path.join(step.workdir, name) for name in shown_elsewhere}
+    if os.path.join(step.workdir, rundir.PLOT_ERROR_CURVES) in plots:
+        # The error curves are the learning curves with the goal marked: show them once.
+        hidden.add(os.path.join(step.workdir, rundir.PLOT_LEARNING_CURVES))
+    for path in plots:
+        if path not in hidden:
+            caption = os.path.splitext(os.path.basename(path))[0].replace("_", " ")
+            blocks.append(("image", path, caption))
     return blocks
+
+
+# The evaluate step's plots that its error analysis section shows (error_blocks).
+SHOWN_WITH_ERROR_ANALYSIS = (rundir.PLOT_CONFUSION_MATRIX, rundir.PLOT_WORST_EXAMPLES)
+
+
+def headline(summary: Summary) -> str:
+    """Whether the goal was met, with the numbers: the first thing the report says."""
+    accuracy = summary.metrics.get("test_accuracy")
+    test_error = 1.0 - accuracy if isinstance(accuracy, float) else None
+    goal = (summary.config.get("goal") or {}).get("test_error")
+    numbers = f"test error {_pct(test_error)}, goal {_pct(goal)}"
+    if summary.has_finding("goal_met"):
+        return f"**Goal met**: {numbers}."
+    return f"**Goal not met**: {numbers} ({summary.stopped or 'the workflow ended without it'})."
 
 
 def error_blocks(step) -> list[tuple]:
     """The evaluate step's error analysis: per-class table, confusions, its plots."""
     s = step.summary
     blocks = error_analysis.report_blocks(s.error_analysis, s.dataset["kind"])
-    for name in (rundir.PLOT_CONFUSION_MATRIX, rundir.PLOT_WORST_EXAMPLES):
+    for name in SHOWN_WITH_ERROR_ANALYSIS:
         path = os.path.join(step.workdir, name)
         if os.path.exists(path):
             caption = os.path.splitext(os.path.basename(name))[0].replace("_", " ")
@@ -89,9 +110,9 @@ def sections(summary: Summary, steps: list) -> list[tuple[str, list[tuple]]]:
     m = summary.metrics
     final_step = next((s for s in steps if s.name == summary.final["step"]), None)
     result = [
+        ("text", headline(summary)),
         (
-            "table",
-            ["", ""],
+            "pairs",
             [
                 ["final model", f"`{summary.final['config']}`"],
                 ["test accuracy", _pct(m.get("test_accuracy"))],
@@ -99,7 +120,7 @@ def sections(summary: Summary, steps: list) -> list[tuple[str, list[tuple]]]:
                 ["train accuracy", _pct(m.get("train_accuracy"))],
                 ["wall time", f"{m['workflow_seconds']:.0f} s over {m['steps_run']} steps"],
             ],
-        )
+        ),
     ]
     if summary.stopped:
         result.append(("text", f"Stopped: {summary.stopped}."))
@@ -123,7 +144,9 @@ def sections(summary: Summary, steps: list) -> list[tuple[str, list[tuple]]]:
         out.append(("Error analysis of the final model", error_blocks(final_step)))
     out.append(("How it got there", story))
     for step in steps:
-        out.append((f"{step.name} ({step.stage})", step_blocks(step)))
+        analysed = step is final_step and bool(step.summary.error_analysis)
+        shown = SHOWN_WITH_ERROR_ANALYSIS if analysed else ()
+        out.append((f"{step.name} ({step.stage})", step_blocks(step, shown)))
     out.append(("Reproduce the final model", [("code", cmd) for cmd in summary.reproduce]))
     return out
 
@@ -139,6 +162,8 @@ def blocks_markdown(blocks: list[tuple], root: str) -> str:
             parts.append(
                 reporting.markdown_table(block[1], [[str(c) for c in r] for r in block[2]])
             )
+        elif kind == "pairs":
+            parts.append("\n".join(f"- **{key}**: {value}" for key, value in block[1]))
         elif kind == "image":
             parts.append(f"![{block[2]}]({os.path.relpath(block[1], root)})")
         elif kind == "code":
@@ -166,9 +191,9 @@ def _inline(text: str) -> str:
 
 def to_html(title: str, secs: list) -> str:
     """The blocks as one self-contained HTML page (PNG plots embedded as data URIs)."""
-    body = [f"<h1>{html.escape(title)}</h1>"]
-    for heading, blocks in secs:
-        body.append(f"<h2>{html.escape(heading)}</h2>")
+    body = [f"<h1>{html.escape(title)}</h1>", table_of_contents(secs)]
+    for number, (heading, blocks) in enumerate(secs):
+        body.append(f'<h2 id="s{number}">{html.escape(heading)}</h2>')
         for block in blocks:
             kind = block[0]
             if kind == "text":
@@ -180,6 +205,12 @@ def to_html(title: str, secs: list) -> str:
                     for row in block[2]
                 )
                 body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+            elif kind == "pairs":
+                rows = "".join(
+                    f"<tr><th>{_inline(str(key))}</th><td>{_inline(str(value))}</td></tr>"
+                    for key, value in block[1]
+                )
+                body.append(f"<table><tbody>{rows}</tbody></table>")
             elif kind == "image":
                 with open(block[1], "rb") as f:
                     data = base64.b64encode(f.read()).decode("ascii")
@@ -202,10 +233,21 @@ def to_html(title: str, secs: list) -> str:
     )
 
 
+def table_of_contents(secs: list) -> str:
+    """The page's sections as links."""
+    items = "".join(
+        f'<li><a href="#s{number}">{html.escape(heading)}</a></li>'
+        for number, (heading, _) in enumerate(secs)
+    )
+    return f"<nav><h2>Contents</h2><ol>{items}</ol></nav>"
+
+
 def write_reports(run: rundir.RunDir, summary: Summary, steps: list) -> None:
     """report.md and report.html at the top of the workflow's directory."""
     c = summary.config
-    title = f"workflow: {c['model']['name']} on {c['dataset']['name']} ({summary.status})"
+    met = "goal met" if summary.has_finding("goal_met") else "goal not met"
+    status = "" if summary.status == "ok" else f", {summary.status}"
+    title = f"workflow: {c['model']['name']} on {c['dataset']['name']} ({met}{status})"
     secs = sections(summary, steps)
     run.write_report(
         title, [(heading, blocks_markdown(blocks, run.path)) for heading, blocks in secs]
@@ -213,7 +255,7 @@ def write_reports(run: rundir.RunDir, summary: Summary, steps: list) -> None:
     run.write_text(rundir.REPORT_HTML, to_html(title, secs))
 
 
-def print_summary(summary: Summary) -> None:
+def print_summary(summary: Summary, workdir: str) -> None:
     """The story and the final numbers on the console."""
     from rich.console import Console
 
@@ -224,7 +266,7 @@ def print_summary(summary: Summary) -> None:
     m = summary.metrics
     console.print(
         f"[bold]final test accuracy {_pct(m.get('test_accuracy'))}[/bold] in "
-        f"{m['workflow_seconds']:.0f} s; report: {summary.final['workdir']}/../report.html",
+        f"{m['workflow_seconds']:.0f} s; report: {os.path.join(workdir, rundir.REPORT_HTML)}",
         soft_wrap=True,
     )
     if summary.stopped:

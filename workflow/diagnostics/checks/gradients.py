@@ -132,7 +132,8 @@ def _exploding_finding(stats: _Gradients) -> Finding | None:
             "weights initialized too large: use the default (LeCun/He) init",
             "normalize the inputs (raw 0..255 pixels scale every gradient)",
             "check every exp, log and division (run locate_nonfinite / debug_nans)",
-            "clip gradients (optax.clip_by_global_norm) or lower the learning rate",
+            "clip gradients, --config.optimizer.clip_norm=1.0 (optax.clip_by_global_norm), or "
+            "lower the learning rate",
         ],
     )
 
