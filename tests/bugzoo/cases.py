@@ -86,11 +86,32 @@ def _real(path: str, model: str) -> Callable[[], ml_collections.ConfigDict]:
     return build
 
 
+def _user_model(path: str, arg: str, model_name: str) -> Callable[[], ml_collections.ConfigDict]:
+    """A builder of a real config with a user's model plugged in by import path."""
+
+    def build() -> ml_collections.ConfigDict:
+        config = _real(path, arg)()
+        config.model = ml_collections.ConfigDict({"name": model_name})
+        return config
+
+    return build
+
+
 BROKEN: list[Case] = [
     Case(
         "softmax_output",
         "softmax_before_loss",
         synthetic(model_name="tests.check_bugs:SoftmaxMLP"),
+    ),
+    Case(
+        "sigmoid_head_into_logits_loss",
+        "softmax_before_loss",
+        synthetic(model_name="tests.bugzoo.models:SigmoidHeadMLP"),
+    ),
+    Case(
+        "tanh_head_into_logits_loss",
+        "softmax_before_loss",
+        synthetic(model_name="tests.bugzoo.models:TanhHeadMLP"),
     ),
     Case(
         "flipped_loss_sign",
@@ -180,6 +201,15 @@ CLEAN: list[Case] = [
     Case("clean_mnist1d_lstm", None, _real("configs/mnist1d.py", "lstm"), fast=False),
     Case("clean_digits_lenet", None, _real("configs/digits.py", "lenet"), fast=False),
     Case("clean_digits_mlp", None, _real("configs/digits.py", "mlp"), fast=False),
+    # The two setups an lr_too_low false alarm was reported on (issue 16): a user's 1-D conv on
+    # MNIST-1D, and the synthetic sequence config (its LSTM memorizes a batch only at 10x 3e-4).
+    Case(
+        "clean_mnist1d_user_conv1d",
+        None,
+        _user_model("configs/mnist1d.py", "mlp", "tests.bugzoo.models:Conv1DClassifier"),
+        fast=False,
+    ),
+    Case("clean_synthetic_sequence", None, _real("configs/synthetic.py", "sequence"), fast=False),
 ]
 
 CASES: list[Case] = BROKEN + CLEAN

@@ -165,8 +165,8 @@ KINDS = (
     FindingKind(
         "softmax_before_loss",
         "error",
-        "outputs are already (log-)probabilities but the loss expects logits (a warning for "
-        "log-probabilities, or probabilities into a loss of your own)",
+        "outputs are already (log-)probabilities, or squashed by a sigmoid or tanh head, but the "
+        "loss expects logits (a warning for log-probabilities, or into a loss of your own)",
         "debug, tune",
         explains=("loss_plateau", "cannot_overfit_batch"),
         checklist=LOGITS_ROW,
@@ -261,7 +261,8 @@ KINDS = (
         "lr_too_high",
         "warning",
         "the learning rate is too high: the curve goes wrong from its first steps, or the "
-        "configured lr lies above the range test's band",
+        "configured lr lies above the range test's band (in debug: info unless lowering it "
+        "measurably helps in counterfactual trials)",
         "curve diagnosis, tune",
         explains=("loss_exploding", "loss_increasing", "loss_oscillating", "cannot_overfit_batch"),
         checklist=CURVE_ROW,
@@ -271,7 +272,8 @@ KINDS = (
         "warning",
         "the learning rate is too low: the curve falls steadily but slowly, one batch is "
         "memorized only at 10x the lr, or the configured lr lies below the range test's band "
-        "(info when only a little below)",
+        "(info when only a little below; in debug: info unless raising it measurably helps in "
+        "counterfactual trials, or when the batch still learns at the configured lr)",
         "curve diagnosis, debug, tune",
         explains=("loss_plateau", "cannot_overfit_batch"),
         checklist=CURVE_ROW,
