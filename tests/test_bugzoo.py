@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from tests.bugzoo.cases import CASES, Case, with_budget
+from tests.bugzoo.cases import CASES, CATEGORIES, CATEGORY_OF, Case, with_budget
 from workflow import debug, experiment
 
 OVERFIT_STEPS = 400
@@ -43,11 +43,15 @@ def test_bugzoo_case(case: Case, tmp_path) -> None:
 
 
 def test_zoo_has_the_required_cases() -> None:
-    """At least 14 broken setups and 6 clean ones, with unique names."""
+    """At least 28 broken setups and 12 clean ones, with unique names, each broken one in a
+    fault category."""
     names = [case.name for case in CASES]
     assert len(set(names)) == len(names)
-    assert sum(case.expected_id is not None for case in CASES) >= 14
-    assert sum(case.expected_id is None for case in CASES) >= 6
+    assert sum(case.expected_id is not None for case in CASES) >= 28
+    assert sum(case.expected_id is None for case in CASES) >= 12
+    broken = {case.name for case in CASES if case.expected_id is not None}
+    assert set(CATEGORY_OF) == broken
+    assert set(CATEGORY_OF.values()) == set(CATEGORIES)
 
 
 def test_benchmark_writes_totals(tmp_path) -> None:
@@ -56,11 +60,34 @@ def test_benchmark_writes_totals(tmp_path) -> None:
 
     out = tmp_path / "bugzoo.json"
     assert bugzoo.main(["--only=shuffled_labels", f"--out={out}"]) == 0
-    assert json.loads(out.read_text()) == {
+    written = json.loads(out.read_text())
+    seconds = written["cases_detail"][0]["seconds"]
+    assert written == {
         "cases": 1,
         "correct_top1": 1,
         "detected": 1,
         "clean_runs": 0,
         "false_alarms": 0,
         "time_to_verdict": {},  # shuffled_labels is not one of the timed cases
+        "per_category": {
+            "data": {
+                "cases": 1,
+                "seconds_median": round(seconds, 2),
+                "seconds_max": round(seconds, 2),
+                "correct_top1": 1,
+                "top1_accuracy": 1.0,
+                "detection_rate": 1.0,
+                "repair_rate": None,
+            }
+        },
+        "cases_detail": [
+            {
+                "name": "shuffled_labels",
+                "category": "data",
+                "expected": "labels_corrupted",
+                "top": "labels_corrupted",
+                "correct": True,
+                "seconds": seconds,
+            }
+        ],
     }

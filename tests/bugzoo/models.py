@@ -83,3 +83,53 @@ class TanhHeadMLP(UserMLP):
 
     def head(self, logits: jax.Array) -> jax.Array:
         return nnx.tanh(logits)
+
+
+class DeepLinearMLP(UserMLP):
+    """Bug: the activations were forgotten, so three Linear layers collapse into one linear map."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.reshape(x.shape[0], -1)
+        return self.linear3(self.linear2(self.linear1(x)))
+
+
+class ReluLogitsMLP(UserMLP):
+    """Bug: a relu after the output layer, so negative logits are clipped to 0 (no gradient)."""
+
+    def head(self, logits: jax.Array) -> jax.Array:
+        return nnx.relu(logits)
+
+
+class DropoutBatchNormCNN(nnx.Module):
+    """A small CNN with BatchNorm and Dropout used as the Flax docs use them (the train/eval mode
+    set by the workflow): conv, BatchNorm, relu, pool; Dropout before the output layer."""
+
+    def __init__(self, input_shape: Sequence[int], num_outputs: int, *, rngs: nnx.Rngs):
+        height, width, channels = input_shape
+        self.conv = nnx.Conv(channels, 16, kernel_size=(3, 3), rngs=rngs)
+        self.bn = nnx.BatchNorm(16, rngs=rngs)
+        self.dropout = nnx.Dropout(0.2, rngs=rngs)
+        self.linear = nnx.Linear((height // 2) * (width // 2) * 16, num_outputs, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nnx.avg_pool(nnx.relu(self.bn(self.conv(x))), window_shape=(2, 2), strides=(2, 2))
+        return self.linear(self.dropout(x.reshape(x.shape[0], -1)))
+
+
+class FlaxMnistCNN(nnx.Module):
+    """The Flax MNIST example's CNN exactly as the docs write it: its first Linear layer takes
+    7 * 7 * 64 = 3136 features, so it accepts 28x28 images only."""
+
+    def __init__(self, input_shape: Sequence[int], num_outputs: int, *, rngs: nnx.Rngs):
+        self.conv1 = nnx.Conv(1, 32, kernel_size=(3, 3), rngs=rngs)
+        self.conv2 = nnx.Conv(32, 64, kernel_size=(3, 3), rngs=rngs)
+        self.avg_pool = partial(nnx.avg_pool, window_shape=(2, 2), strides=(2, 2))
+        self.linear1 = nnx.Linear(3136, 256, rngs=rngs)
+        self.linear2 = nnx.Linear(256, num_outputs, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = self.avg_pool(nnx.relu(self.conv1(x)))
+        x = self.avg_pool(nnx.relu(self.conv2(x)))
+        x = x.reshape(x.shape[0], -1)  # flatten
+        x = nnx.relu(self.linear1(x))
+        return self.linear2(x)

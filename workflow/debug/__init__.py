@@ -83,6 +83,28 @@ def check_and_overfit(
     return findings, overfit, overfit_lr
 
 
+def held_out_findings(setup: experiment.Setup, state: engine.TrainState) -> list[Finding]:
+    """`train_labels_noisy` and `test_split_differs` from the short run's model: its agreement
+    with (a sample of) the training labels, the val labels and the test labels."""
+    dataset = setup.dataset
+    if not len(dataset.y_test):
+        return []
+    evaluate = engine.Evaluator(setup.task, setup.config.eval_batch_size)
+    sample = checks.training_label_sample(dataset.y_train, setup.config.seed)
+    train = evaluate(state, dataset.x_train[sample], dataset.y_train[sample])
+    test = evaluate(state, dataset.x_test, dataset.y_test)
+    n_test = len(dataset.y_test)
+    findings = checks.train_labels_noise_finding(
+        train["accuracy"], len(sample), test["accuracy"], n_test, dataset.num_classes
+    )
+    if len(dataset.y_val):
+        val = evaluate(state, dataset.x_val, dataset.y_val)
+        findings += checks.test_split_finding(
+            val["accuracy"], len(dataset.y_val), test["accuracy"], n_test
+        )
+    return findings
+
+
 def run_debug(setup: experiment.Setup, workdir: str, started: float | None = None) -> Summary:
     """Every debug step on `setup`; writes the run directory and returns the summary.
 
@@ -124,6 +146,7 @@ def debug(setup: experiment.Setup, run: rundir.RunDir, started: float | None) ->
         findings += checks.labels_signal_finding(
             overfit.final_accuracy, val_accuracy, dataset.num_classes
         )
+    findings += held_out_findings(setup, fit.state)
     # A finding that blames the learning rate stands only when changing the rate as it
     # suggests measurably helps on the real data.
     findings = confirm_lr_findings(setup, findings, config.debug.train_steps)

@@ -27,6 +27,9 @@ from workflow.engine import Task, TrainState, losses
 # probabilities: every output <= 0 and rows with logsumexp 0. float32 softmax rows sum to 1
 # within ~1e-6 * C; random logits never come within 1e-3 of either on 64 rows.
 PROB_TOL = 1e-3
+# A relu on the logits: no output below 0 and 10-90% exactly 0 (about half at init); logits of
+# a Dense layer are never exactly 0, and all-zero outputs are a dead network (dead_units).
+RELU_ZERO_SHARE = 0.1
 # Initial loss: a near-uniform prediction gives ln C (the workflow's "check initial loss"); a
 # prior-matching bias gives the entropy H of the batch's labels (<= ln C). Accept
 # [H - tol, ln C + tol] with tol = max(0.5, 0.25 ln C): the built-in models start within
@@ -54,9 +57,13 @@ LOSS_SEPARABLE_RTOL = 1e-4
 
 
 def _output_kind(outputs: np.ndarray) -> str | None:
-    """'probabilities', 'log-probabilities' or None for outputs that look like logits."""
+    """'probabilities', 'log-probabilities', 'relu-clipped' or None for outputs that look like
+    logits."""
     if not np.all(np.isfinite(outputs)) or outputs.shape[-1] < 2:
         return None
+    zeros = np.mean(outputs == 0.0)
+    if outputs.min() == 0.0 and RELU_ZERO_SHARE <= zeros <= 1 - RELU_ZERO_SHARE:
+        return "relu-clipped"
     if outputs.min() >= -PROB_TOL and outputs.max() <= 1 + PROB_TOL:
         if np.all(np.abs(outputs.sum(-1) - 1.0) <= PROB_TOL):
             return "probabilities"
@@ -254,7 +261,13 @@ def _softmax_before_loss_finding(
     kind = _output_kind(out)
     if not kind:
         return None
-    if kind == "probabilities":
+    if kind == "relu-clipped":
+        severity = "error" if builtin_ce else "warning"
+        why = (
+            "a relu on the outputs clips every negative logit to 0 with zero gradient, so the "
+            "classes a prediction should rank low cannot go below 0"
+        )
+    elif kind == "probabilities":
         severity = "error" if builtin_ce else "warning"
         why = (
             "softmax cross-entropy applies a second softmax: outputs in [0, 1] give nearly "
@@ -279,7 +292,7 @@ def _softmax_before_loss_finding(
             "row_sum_range": [float(out.sum(-1).min()), float(out.sum(-1).max())],
         },
         suggestions=[
-            "remove the final softmax / log_softmax from the model: return raw logits",
+            "remove the final softmax / log_softmax / relu from the model: return raw logits",
             "apply softmax only where probabilities are needed (prediction, calibration)",
         ],
     )
