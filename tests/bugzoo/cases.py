@@ -75,7 +75,7 @@ def synthetic(
     return build
 
 
-def _real(path: str, model: str) -> Callable[[], ml_collections.ConfigDict]:
+def _real(path: str, model: str | None) -> Callable[[], ml_collections.ConfigDict]:
     """A builder of a real config (configs/<path>:<model>) with the progress bar off."""
 
     def build() -> ml_collections.ConfigDict:
@@ -86,7 +86,9 @@ def _real(path: str, model: str) -> Callable[[], ml_collections.ConfigDict]:
     return build
 
 
-def _user_model(path: str, arg: str, model_name: str) -> Callable[[], ml_collections.ConfigDict]:
+def _user_model(
+    path: str, arg: str | None, model_name: str
+) -> Callable[[], ml_collections.ConfigDict]:
     """A builder of a real config with a user's model plugged in by import path."""
 
     def build() -> ml_collections.ConfigDict:
@@ -95,6 +97,14 @@ def _user_model(path: str, arg: str, model_name: str) -> Callable[[], ml_collect
         return config
 
     return build
+
+
+def _flax_mnist_cnn_28x28() -> ml_collections.ConfigDict:
+    """The Flax MNIST example's CNN, unchanged, on digits upscaled to MNIST's 28x28."""
+    config = _user_model("configs/digits.py", None, "tests.bugzoo.models:FlaxMnistCNN")()
+    config.dataset.name = "tests.bugzoo.pieces:digits_28x28"
+    config.dataset.kwargs = ml_collections.ConfigDict()
+    return config
 
 
 BROKEN: list[Case] = [
@@ -267,6 +277,7 @@ CLEAN: list[Case] = [
         synthetic("image", model_name="tests.bugzoo.models:DropoutBatchNormCNN"),
         fast=False,
     ),
+    Case("clean_flax_mnist_cnn_28x28", None, _flax_mnist_cnn_28x28, fast=False),
     Case("clean_mnist1d_mlp", None, _real("configs/mnist1d.py", "mlp"), fast=False),
     Case("clean_mnist1d_tcn", None, _real("configs/mnist1d.py", "tcn"), fast=False),
     Case("clean_mnist1d_lstm", None, _real("configs/mnist1d.py", "lstm"), fast=False),
