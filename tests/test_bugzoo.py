@@ -1,19 +1,20 @@
 """The bug zoo: each broken setup gets its expected finding on top; clean setups stay quiet.
 
-The fast cases (small synthetic data) run by default with small debug budgets; the rest are
-marked slow and run with the stage's default budgets, as python -m benchmarks.bugzoo does: the
-real-config clean runs, the cases whose verdict needs the full budget (lr 10: at 200 steps the
-run is still called loss_exploding; x100 init: 400 steps cannot overfit the batch) and the
-known detector issues (strict xfail, so a fix shows up), and three
-slower cases (stop_gradient, eval-mode dropout, sqrt of 0) to keep the default run under a minute;
-shuffled labels run by default through the benchmark's smoke test.
+The fast cases (small synthetic data) run by default with small debug budgets, a representative
+subset: at least one case of every detector family. The rest are marked slow and run with the
+stage's default budgets, as python -m benchmarks.bugzoo does: the real-config clean runs, the
+user-model clean runs on images, the cases whose verdict needs the full budget (lr 10: at 200
+steps the run is still called loss_exploding; x100 init: 400 steps cannot overfit the batch), the
+known detector issues (strict xfail, so a fix shows up) and the slower variants of a family
+already covered by default (tanh beside sigmoid heads, 10% beside 30% label noise, ...), to keep
+the default run short; shuffled labels run by default through the benchmark's smoke test.
 """
 
 import json
 
 import pytest
 
-from tests.bugzoo.cases import CASES, Case, with_budget
+from tests.bugzoo.cases import CASES, CATEGORIES, CATEGORY_OF, Case, with_budget
 from workflow import debug, experiment
 
 OVERFIT_STEPS = 400
@@ -43,11 +44,15 @@ def test_bugzoo_case(case: Case, tmp_path) -> None:
 
 
 def test_zoo_has_the_required_cases() -> None:
-    """At least 14 broken setups and 6 clean ones, with unique names."""
+    """At least 28 broken setups and 12 clean ones, with unique names, each broken one in a
+    fault category."""
     names = [case.name for case in CASES]
     assert len(set(names)) == len(names)
-    assert sum(case.expected_id is not None for case in CASES) >= 14
-    assert sum(case.expected_id is None for case in CASES) >= 6
+    assert sum(case.expected_id is not None for case in CASES) >= 28
+    assert sum(case.expected_id is None for case in CASES) >= 12
+    broken = {case.name for case in CASES if case.expected_id is not None}
+    assert set(CATEGORY_OF) == broken
+    assert set(CATEGORY_OF.values()) == set(CATEGORIES)
 
 
 def test_benchmark_writes_totals(tmp_path) -> None:
@@ -56,11 +61,34 @@ def test_benchmark_writes_totals(tmp_path) -> None:
 
     out = tmp_path / "bugzoo.json"
     assert bugzoo.main(["--only=shuffled_labels", f"--out={out}"]) == 0
-    assert json.loads(out.read_text()) == {
+    written = json.loads(out.read_text())
+    seconds = written["cases_detail"][0]["seconds"]
+    assert written == {
         "cases": 1,
         "correct_top1": 1,
         "detected": 1,
         "clean_runs": 0,
         "false_alarms": 0,
         "time_to_verdict": {},  # shuffled_labels is not one of the timed cases
+        "per_category": {
+            "data": {
+                "cases": 1,
+                "seconds_median": round(seconds, 2),
+                "seconds_max": round(seconds, 2),
+                "correct_top1": 1,
+                "top1_accuracy": 1.0,
+                "detection_rate": 1.0,
+                "repair_rate": None,
+            }
+        },
+        "cases_detail": [
+            {
+                "name": "shuffled_labels",
+                "category": "data",
+                "expected": "labels_corrupted",
+                "top": "labels_corrupted",
+                "correct": True,
+                "seconds": seconds,
+            }
+        ],
     }

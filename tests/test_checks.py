@@ -486,10 +486,12 @@ def test_checks_run_in_their_declared_order():
     assert names == [
         "inputs",
         "dtypes",
+        "splits",
         "labels",
         "outputs",
         "nonfinite",
         "batch_dependence",
+        "linearity",
         "train_eval_mode",
         "gradients",
     ]

@@ -641,6 +641,35 @@ def baselines_speed_table() -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def bugzoo_category_table() -> tuple[list[str], list[list[str]]]:
+    """The bug zoo per fault category: top-1, detection, false alarms, time to verdict."""
+    r = result("cpu_bugzoo.json")["per_category"]
+    header = [
+        "category",
+        "cases",
+        "right at top-1",
+        "detected",
+        "false alarms",
+        "repair rate",
+        "verdict median / max (s)",
+    ]
+    rows = []
+    for name, c in r.items():
+        clean = name == "clean"
+        rows.append(
+            [
+                name,
+                str(c["cases"]),
+                "-" if clean else f"{c['correct_top1']}/{c['cases']}",
+                "-" if clean else f"{c['detection_rate']:.0%}",
+                str(c["false_alarms"]) if clean else "-",
+                "-" if clean else "not measured",
+                f"{c['seconds_median']:.1f} / {c['seconds_max']:.1f}",
+            ]
+        )
+    return header, rows
+
+
 RESULT_TABLES: tuple[tuple[str, Callable[[], tuple[list[str], list[list[str]]]]], ...] = (
     ("docs/benchmarks.md", cpu_throughput_table),
     ("docs/benchmarks.md", setup_compile_table),
@@ -649,6 +678,7 @@ RESULT_TABLES: tuple[tuple[str, Callable[[], tuple[list[str], list[list[str]]]]]
     ("docs/benchmarks.md", h100_search_table),
     ("docs/benchmarks.md", h100_mnist1d_table),
     ("docs/benchmarks.md", oom_table),
+    ("docs/benchmarks.md", bugzoo_category_table),
     ("docs/baselines.md", baselines_speed_table),
 )
 

@@ -68,7 +68,10 @@ def prepare(config: ml_collections.ConfigDict) -> Setup:
                 "words; use 0 (time shifts only)"
             )
     model = engine.build_model(config, dataset.input_shape, dataset.num_classes)
-    with user_code(f"model {config.model.name!r}", type(model)):
+    # The shape is named: a model written for other inputs (a Flax example's CNN sized for
+    # 28x28 images) fails here with a layer's shape error that does not say what it was given.
+    shape = tuple(dataset.input_shape)
+    with user_code(f"model {config.model.name!r} on inputs of shape {shape}", type(model)):
         engine.check_output_shape(model, dataset.input_shape, dataset.num_classes)
     task, state = engine.create_train_state(model, config)
     return Setup(config, dataset, model, task, state)

@@ -2,6 +2,9 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from workflow.data.synthetic import make_synthetic, synthetic_options
 
 
 def expected_class_regression(outputs: jax.Array, labels: jax.Array) -> jax.Array:
@@ -14,3 +17,104 @@ def expected_class_regression(outputs: jax.Array, labels: jax.Array) -> jax.Arra
     prediction = jax.nn.softmax(outputs) @ classes  # (N,)
     target = labels.astype(outputs.dtype).reshape(-1, 1)  # (N, 1): the bug
     return jnp.mean((prediction - target) ** 2, axis=-1)
+
+
+def _training_labels_replaced(share: float, seed: int = 0) -> dict:
+    """Synthetic tabular data (small_config's sizes) with `share` of the training labels
+    replaced by uniformly random classes, as a buggy preprocessing step does; test untouched."""
+    options = {**synthetic_options("tabular"), "num_train": 600, "num_test": 200}
+    raw = make_synthetic(options, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    y = raw["y_train"].copy()
+    hit = rng.random(len(y)) < share
+    y[hit] = rng.integers(0, raw["num_classes"], int(hit.sum()))
+    raw["y_train"] = y.astype(np.int32)
+    raw.pop("irreducible_error", None)  # no longer the generator's: the training labels differ
+    raw["info"] = {"source": f"synthetic tabular, {share:.0%} of training labels randomized"}
+    return raw
+
+
+def noisy_labels_10() -> dict:
+    """10% of the training labels replaced by random classes."""
+    return _training_labels_replaced(0.1)
+
+
+def noisy_labels_30() -> dict:
+    """30% of the training labels replaced by random classes."""
+    return _training_labels_replaced(0.3)
+
+
+def _tabular(seed: int = 0) -> dict:
+    """small_config's synthetic tabular data, as a loader returns it."""
+    options = {**synthetic_options("tabular"), "num_train": 600, "num_test": 200}
+    return make_synthetic(options, seed=seed)
+
+
+def leaked_test_split() -> dict:
+    """Bug: the test examples were concatenated into the training split (a leak)."""
+    raw = _tabular()
+    raw["x_train"] = np.concatenate([raw["x_train"], raw["x_test"]])
+    raw["y_train"] = np.concatenate([raw["y_train"], raw["y_test"]])
+    raw.pop("irreducible_error", None)
+    return raw
+
+
+def duplicated_train() -> dict:
+    """Bug: the training split appended to itself twice (every example three times)."""
+    raw = _tabular()
+    raw["x_train"] = np.concatenate([raw["x_train"]] * 3)
+    raw["y_train"] = np.concatenate([raw["y_train"]] * 3)
+    return raw
+
+
+def imbalanced_1_to_50() -> dict:
+    """Class 0 kept whole, every other class cut to 1/50 of it in train (test untouched)."""
+    raw = _tabular()
+    y = raw["y_train"]
+    rng = np.random.default_rng(1)
+    keep = (y == 0) | (rng.random(len(y)) < 0.02)
+    raw["x_train"], raw["y_train"] = raw["x_train"][keep], y[keep]
+    raw.pop("irreducible_error", None)
+    return raw
+
+
+def log_of_softmax(outputs: jax.Array, labels: jax.Array) -> jax.Array:
+    """Bug: cross-entropy written as log(softmax(x)): a probability that underflows to 0 gives
+    log(0) = -inf where log_softmax stays finite."""
+    probs = jax.nn.softmax(outputs)
+    picked = jnp.take_along_axis(probs, labels[:, None], axis=-1)[:, 0]
+    return -jnp.log(picked)
+
+
+def one_based_labels() -> dict:
+    """Bug: labels 1..C from a source that counts from 1, with num_classes C: class C indexes
+    past the logits, which a JAX gather clamps silently instead of raising."""
+    raw = _tabular()
+    for split in ("y_train", "y_test"):
+        raw[split] = (raw[split] + 1).astype(np.int32)
+    raw.pop("irreducible_error", None)
+    return raw
+
+
+def transposed_test_images() -> dict:
+    """Bug: the test images transposed (W, H) where the training images are (H, W)."""
+    options = {**synthetic_options("image"), "num_train": 600, "num_test": 200}
+    raw = make_synthetic(options, seed=0)
+    raw["x_test"] = np.swapaxes(raw["x_test"], 1, 2).copy()
+    raw.pop("irreducible_error", None)
+    return raw
+
+
+def digits_28x28() -> dict:
+    """scikit-learn's 8x8 digits upscaled to MNIST's 28x28 (each pixel 3x3, 2 pixels of
+    border), the input the Flax MNIST example's CNN is written for."""
+    from workflow.data.sources import digits_arrays
+
+    raw = digits_arrays()
+    for split in ("x_train", "x_test"):
+        x = np.asarray(raw[split])
+        big = np.repeat(np.repeat(x, 3, axis=1), 3, axis=2)
+        pad = [(0, 0), (2, 2), (2, 2)] + [(0, 0)] * (x.ndim - 3)
+        raw[split] = np.pad(big, pad).astype(np.float32)
+    raw.pop("irreducible_error", None)
+    return raw

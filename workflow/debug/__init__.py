@@ -12,6 +12,8 @@ import dataclasses
 from workflow import engine, experiment, reporting
 from workflow.debug.report import plot_overfit, report_sections
 from workflow.diagnostics import checks
+from workflow.diagnostics.checks.outputs import bounded_outputs_finding
+from workflow.diagnostics.counterfactual import confirm_lr_findings
 from workflow.diagnostics.curves import curve_findings
 from workflow.diagnostics.findings import Finding, has_error, rank_findings
 from workflow.diagnostics.overfit import (
@@ -21,7 +23,7 @@ from workflow.diagnostics.overfit import (
     slow_overfit_finding,
     with_learning_rate,
 )
-from workflow.engine import copy_state
+from workflow.engine import copy_state, losses
 from workflow.reporting import rundir
 from workflow.reporting.summary import Summary
 
@@ -54,6 +56,15 @@ def check_and_overfit(
         loop=config.get("loop", "auto"),
     )
     overfit_lr = config.optimizer.learning_rate
+    bounded = bounded_outputs_finding(
+        overfit.outputs,
+        overfit.final_loss,
+        setup.dataset.num_classes,
+        getattr(setup.task.loss_fn, "__name__", repr(setup.task.loss_fn)),
+        setup.task.loss_fn is losses.softmax_cross_entropy,
+    )
+    if bounded is not None:
+        findings.append(bounded)
     if not overfit.passed and overfit.final_loss < 0.5 * overfit.initial_loss:
         # Learning, but too slowly to finish: try once at 10x the learning rate. Memorizing
         # there means the setup works and the learning rate is what holds it back.
@@ -70,6 +81,28 @@ def check_and_overfit(
             findings.append(slow_overfit_finding(overfit, faster, overfit_lr, config))
             overfit, overfit_lr = faster, 10 * overfit_lr
     return findings, overfit, overfit_lr
+
+
+def held_out_findings(setup: experiment.Setup, state: engine.TrainState) -> list[Finding]:
+    """`train_labels_noisy` and `test_split_differs` from the short run's model: its agreement
+    with (a sample of) the training labels, the val labels and the test labels."""
+    dataset = setup.dataset
+    if not len(dataset.y_test):
+        return []
+    evaluate = engine.Evaluator(setup.task, setup.config.eval_batch_size)
+    sample = checks.training_label_sample(dataset.y_train, setup.config.seed)
+    train = evaluate(state, dataset.x_train[sample], dataset.y_train[sample])
+    test = evaluate(state, dataset.x_test, dataset.y_test)
+    n_test = len(dataset.y_test)
+    findings = checks.train_labels_noise_finding(
+        train["accuracy"], len(sample), test["accuracy"], n_test, dataset.num_classes
+    )
+    if len(dataset.y_val):
+        val = evaluate(state, dataset.x_val, dataset.y_val)
+        findings += checks.test_split_finding(
+            val["accuracy"], len(dataset.y_val), test["accuracy"], n_test
+        )
+    return findings
 
 
 def run_debug(setup: experiment.Setup, workdir: str, started: float | None = None) -> Summary:
@@ -113,6 +146,10 @@ def debug(setup: experiment.Setup, run: rundir.RunDir, started: float | None) ->
         findings += checks.labels_signal_finding(
             overfit.final_accuracy, val_accuracy, dataset.num_classes
         )
+    findings += held_out_findings(setup, fit.state)
+    # A finding that blames the learning rate stands only when changing the rate as it
+    # suggests measurably helps on the real data.
+    findings = confirm_lr_findings(setup, findings, config.debug.train_steps)
     if not overfit.passed:
         ranked = rank_findings(findings)
         findings.append(cannot_overfit_finding(overfit, ranked, config))

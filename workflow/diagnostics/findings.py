@@ -21,11 +21,13 @@ SEVERITIES = ("error", "warning", "info")
 INPUTS_ROW = "inputs are normalized"
 DTYPES_ROW = "dtypes as expected"
 LABELS_ROW = "labels in range and informative"
+EXAMPLES_ROW = "splits consistent (no test leak, no copies, same processing)"
 LOGITS_ROW = "outputs are logits, not probabilities"
 SHAPES_ROW = "shapes match in the loss (no silent broadcasting)"
 INITIAL_LOSS_ROW = "initial loss near ln C"
 BATCH_ROW = "examples independent of their batch (eval)"
 MODE_ROW = "dropout / BatchNorm follow train and eval mode"
+LINEAR_ROW = "the model is nonlinear (activations between layers)"
 GRADIENTS_ROW = "gradients reach every parameter"
 NONFINITE_ROW = "no NaN/inf"
 OVERFIT_ROW = "overfits one batch"
@@ -33,12 +35,14 @@ CURVE_ROW = "loss curve of a short run"
 CHECKLIST_ROWS = (
     INPUTS_ROW,
     DTYPES_ROW,
+    EXAMPLES_ROW,
     LABELS_ROW,
     LOGITS_ROW,
     SHAPES_ROW,
     INITIAL_LOSS_ROW,
     BATCH_ROW,
     MODE_ROW,
+    LINEAR_ROW,
     GRADIENTS_ROW,
     NONFINITE_ROW,
     OVERFIT_ROW,
@@ -165,8 +169,9 @@ KINDS = (
     FindingKind(
         "softmax_before_loss",
         "error",
-        "outputs are already (log-)probabilities but the loss expects logits (a warning for "
-        "log-probabilities, or probabilities into a loss of your own)",
+        "outputs are already (log-)probabilities, or pass through a sigmoid, tanh or relu head, "
+        "but the loss expects logits (a warning for log-probabilities, or into a loss of your "
+        "own)",
         "debug, tune",
         explains=("loss_plateau", "cannot_overfit_batch"),
         checklist=LOGITS_ROW,
@@ -216,7 +221,54 @@ KINDS = (
         explains=("loss_oscillating", "loss_plateau", "cannot_overfit_batch"),
         checklist=LABELS_ROW,
     ),
+    FindingKind(
+        "train_labels_noisy",
+        "warning",
+        "the short run's model agrees with the training labels clearly less than with the test "
+        "labels it never saw: a share of the training labels looks wrong (randomized, shifted, "
+        "misaligned), with its estimate",
+        "debug",
+        explains=("cannot_overfit_batch",),
+        checklist=LABELS_ROW,
+    ),
+    FindingKind(
+        "test_leaked_into_train",
+        "error",
+        "test examples that are exact copies of training (or val) examples: the test error "
+        "reads too low",
+        "debug",
+        explains=("cannot_overfit_batch",),
+        checklist=EXAMPLES_ROW,
+    ),
+    FindingKind(
+        "duplicate_examples",
+        "warning",
+        "a tenth or more of the training rows are exact copies of another (a split or "
+        "concatenation applied twice)",
+        "debug",
+        explains=("cannot_overfit_batch",),
+        checklist=EXAMPLES_ROW,
+    ),
     # Unscaled inputs are what make the gradients explode or vanish downstream.
+    FindingKind(
+        "test_split_differs",
+        "warning",
+        "the short run's model scores clearly worse on the test split than on the val split it "
+        "never saw either: the test inputs or labels are processed differently (transposed, "
+        "normalized otherwise, another label map)",
+        "debug",
+        explains=("cannot_overfit_batch",),
+        checklist=EXAMPLES_ROW,
+    ),
+    FindingKind(
+        "model_is_linear",
+        "warning",
+        "a model of several weight layers is affine in its input: the activations between its "
+        "layers are missing, so it is one linear layer however deep",
+        "debug",
+        explains=("cannot_overfit_batch",),
+        checklist=LINEAR_ROW,
+    ),
     FindingKind(
         "inputs_not_normalized",
         "warning",
@@ -261,7 +313,8 @@ KINDS = (
         "lr_too_high",
         "warning",
         "the learning rate is too high: the curve goes wrong from its first steps, or the "
-        "configured lr lies above the range test's band",
+        "configured lr lies above the range test's band (in debug: info unless lowering it "
+        "measurably helps in counterfactual trials)",
         "curve diagnosis, tune",
         explains=("loss_exploding", "loss_increasing", "loss_oscillating", "cannot_overfit_batch"),
         checklist=CURVE_ROW,
@@ -271,7 +324,8 @@ KINDS = (
         "warning",
         "the learning rate is too low: the curve falls steadily but slowly, one batch is "
         "memorized only at 10x the lr, or the configured lr lies below the range test's band "
-        "(info when only a little below)",
+        "(info when only a little below; in debug: info unless raising it measurably helps in "
+        "counterfactual trials, or when the batch still learns at the configured lr)",
         "curve diagnosis, debug, tune",
         explains=("loss_plateau", "cannot_overfit_batch"),
         checklist=CURVE_ROW,

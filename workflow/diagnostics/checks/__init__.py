@@ -21,7 +21,14 @@ from workflow.diagnostics.checks import plugins
 from workflow.diagnostics.checks.dtypes import check_dtypes
 from workflow.diagnostics.checks.gradients import check_gradients
 from workflow.diagnostics.checks.inputs import check_inputs
-from workflow.diagnostics.checks.labels import check_labels, label_summary, labels_signal_finding
+from workflow.diagnostics.checks.labels import (
+    check_labels,
+    label_summary,
+    labels_signal_finding,
+    test_split_finding,
+    train_labels_noise_finding,
+    training_label_sample,
+)
 from workflow.diagnostics.checks.modes import check_batch_dependence, check_train_eval_mode
 from workflow.diagnostics.checks.numerics import locate_nonfinite
 from workflow.diagnostics.checks.outputs import check_output_and_loss
@@ -37,6 +44,9 @@ __all__ = [
     "check_labels",
     "check_output_and_loss",
     "check_train_eval_mode",
+    "test_split_finding",
+    "train_labels_noise_finding",
+    "training_label_sample",
     "declared_checks",
     "label_summary",
     "labels_signal_finding",

@@ -163,4 +163,111 @@ def labels_signal_finding(
     ]
 
 
+# Training labels noisier than the test labels: a model fit on the training split agrees with
+# its labels at least as well as with unseen test labels from the same distribution (it was fit to
+# them), so test accuracy above train accuracy (both in eval mode, after the short run) by at
+# least NOISY_MIN_GAP and NOISY_Z standard errors of the difference means the training labels
+# disagree with what the inputs predict more often than the test labels do. The training
+# accuracy is read on a seeded sample of at most NOISY_TRAIN_SAMPLE examples.
+NOISY_MIN_GAP = 0.03
+NOISY_Z = 3.0
+NOISY_TRAIN_SAMPLE = 2000
+# The test split differs: val and test are both unseen, so their accuracies agree up to sampling
+# noise unless the test split was made or processed differently; a gap of 5 points and NOISY_Z
+# standard errors is called.
+SPLIT_MIN_GAP = 0.05
+
+
+def training_label_sample(y_train: np.ndarray, seed: int) -> np.ndarray:
+    """Indices of the training examples whose labels the noise check reads (sorted)."""
+    n = len(y_train)
+    if n <= NOISY_TRAIN_SAMPLE:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, NOISY_TRAIN_SAMPLE, replace=False))
+
+
+def train_labels_noise_finding(
+    train_accuracy: float, n_train: int, test_accuracy: float, n_test: int, num_classes: int
+) -> list[Finding]:
+    """`train_labels_noisy` when the model agrees with unseen test labels clearly more often
+    than with the training labels; the share of wrong training labels estimated."""
+    gap = test_accuracy - train_accuracy
+    se = math.sqrt(
+        train_accuracy * (1 - train_accuracy) / max(n_train, 1)
+        + test_accuracy * (1 - test_accuracy) / max(n_test, 1)
+    )
+    if gap < NOISY_MIN_GAP or gap < NOISY_Z * max(se, 1e-12):
+        return []
+    # A wrong label agrees with the prediction only by chance, 1/(C-1) of the model's errors:
+    # train = test * (1 - w) + (1 - test) * w / (C - 1), solved for the wrong share w.
+    denominator = test_accuracy - (1 - test_accuracy) / max(num_classes - 1, 1)
+    wrong = gap / denominator if denominator > 0 else None
+    estimate = f"about {wrong:.0%} of them look wrong" if wrong is not None else "many look wrong"
+    return [
+        Finding(
+            id="train_labels_noisy",
+            severity="warning",
+            message=(
+                f"after the short run the model agrees with {test_accuracy:.1%} of the test labels "
+                f"it never saw but only {train_accuracy:.1%} of the training labels it was fit to: "
+                f"the training labels disagree with their inputs more often; {estimate}"
+            ),
+            evidence={
+                "train_accuracy": train_accuracy,
+                "train_examples": n_train,
+                "test_accuracy": test_accuracy,
+                "test_examples": n_test,
+                "gap": gap,
+                "z": gap / se if se > 0 else None,
+                "estimated_wrong_share": wrong,
+            },
+            suggestions=[
+                "check the preprocessing of the training labels: a random or shifted label map, "
+                "labels reordered apart from their inputs, augmentation that changes the class",
+                "look at the training examples the model confidently disagrees with",
+                "if the noise is real, consider a noise-robust loss or relabeling",
+            ],
+        )
+    ]
+
+
+def test_split_finding(
+    val_accuracy: float, n_val: int, test_accuracy: float, n_test: int
+) -> list[Finding]:
+    """`test_split_differs` when the model scores clearly worse on test than on val: both are
+    unseen, so only a difference in how the test split was made or processed explains it."""
+    gap = val_accuracy - test_accuracy
+    se = math.sqrt(
+        val_accuracy * (1 - val_accuracy) / max(n_val, 1)
+        + test_accuracy * (1 - test_accuracy) / max(n_test, 1)
+    )
+    if gap < SPLIT_MIN_GAP or gap < NOISY_Z * max(se, 1e-12):
+        return []
+    return [
+        Finding(
+            id="test_split_differs",
+            severity="warning",
+            message=(
+                f"after the short run the model scores {val_accuracy:.1%} on val but "
+                f"{test_accuracy:.1%} on test, though it saw neither: the test split differs "
+                "from the training data in how it was made or processed"
+            ),
+            evidence={
+                "val_accuracy": val_accuracy,
+                "val_examples": n_val,
+                "test_accuracy": test_accuracy,
+                "test_examples": n_test,
+                "gap": gap,
+                "z": gap / se if se > 0 else None,
+            },
+            suggestions=[
+                "apply the same preprocessing to every split: axis order (H, W vs W, H), "
+                "normalization statistics (the training split's), resizing, dtype",
+                "check the test labels use the training labels' class map",
+            ],
+        )
+    ]
+
+
 CHECKS = (Check("labels", order=30, run=lambda setup, batch: check_labels(setup.dataset)),)

@@ -27,6 +27,9 @@ from workflow.engine import Task, TrainState, losses
 # probabilities: every output <= 0 and rows with logsumexp 0. float32 softmax rows sum to 1
 # within ~1e-6 * C; random logits never come within 1e-3 of either on 64 rows.
 PROB_TOL = 1e-3
+# A relu on the logits: no output below 0 and 10-90% exactly 0 (about half at init); logits of
+# a Dense layer are never exactly 0, and all-zero outputs are a dead network (dead_units).
+RELU_ZERO_SHARE = 0.1
 # Initial loss: a near-uniform prediction gives ln C (the workflow's "check initial loss"); a
 # prior-matching bias gives the entropy H of the batch's labels (<= ln C). Accept
 # [H - tol, ln C + tol] with tol = max(0.5, 0.25 ln C): the built-in models start within
@@ -34,6 +37,17 @@ PROB_TOL = 1e-3
 # by more than ln C itself.
 INITIAL_LOSS_ABS_TOL = 0.5
 INITIAL_LOSS_REL_TOL = 0.25
+# Bounded outputs (a sigmoid or tanh head): after memorizing one batch, every output lies within
+# [0, 1] or [-1, 1] (up to BOUND_TOL), at least half of them within SATURATED_DISTANCE of a bound
+# (the loss pushes them there and they cannot go further), and the batch loss stalled within
+# FLOOR_FACTOR of the lowest softmax cross-entropy such outputs allow (1.46 for 10 classes in
+# [0, 1]; 0.80 in [-1, 1]). A model too slow to move (a tiny learning rate) stays unsaturated and
+# far above the floor; unbounded logits leave the bounds within a few steps of memorizing.
+OUTPUT_BOUNDS = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0)}
+BOUND_TOL = 1e-3
+SATURATED_DISTANCE = 0.1
+SATURATED_SHARE = 0.5
+FLOOR_FACTOR = 1.5
 # The loss must be computed per example: the loss of the first half of a batch computed alone
 # must match the first half of the whole batch's loss within float32 noise.
 LOSS_SEPARABLE_RTOL = 1e-4
@@ -43,9 +57,13 @@ LOSS_SEPARABLE_RTOL = 1e-4
 
 
 def _output_kind(outputs: np.ndarray) -> str | None:
-    """'probabilities', 'log-probabilities' or None for outputs that look like logits."""
+    """'probabilities', 'log-probabilities', 'relu-clipped' or None for outputs that look like
+    logits."""
     if not np.all(np.isfinite(outputs)) or outputs.shape[-1] < 2:
         return None
+    zeros = np.mean(outputs == 0.0)
+    if outputs.min() == 0.0 and RELU_ZERO_SHARE <= zeros <= 1 - RELU_ZERO_SHARE:
+        return "relu-clipped"
     if outputs.min() >= -PROB_TOL and outputs.max() <= 1 + PROB_TOL:
         if np.all(np.abs(outputs.sum(-1) - 1.0) <= PROB_TOL):
             return "probabilities"
@@ -243,7 +261,13 @@ def _softmax_before_loss_finding(
     kind = _output_kind(out)
     if not kind:
         return None
-    if kind == "probabilities":
+    if kind == "relu-clipped":
+        severity = "error" if builtin_ce else "warning"
+        why = (
+            "a relu on the outputs clips every negative logit to 0 with zero gradient, so the "
+            "classes a prediction should rank low cannot go below 0"
+        )
+    elif kind == "probabilities":
         severity = "error" if builtin_ce else "warning"
         why = (
             "softmax cross-entropy applies a second softmax: outputs in [0, 1] give nearly "
@@ -268,10 +292,61 @@ def _softmax_before_loss_finding(
             "row_sum_range": [float(out.sum(-1).min()), float(out.sum(-1).max())],
         },
         suggestions=[
-            "remove the final softmax / log_softmax from the model: return raw logits",
+            "remove the final softmax / log_softmax / relu from the model: return raw logits",
             "apply softmax only where probabilities are needed (prediction, calibration)",
         ],
     )
+
+
+def bounded_loss_floor(low: float, high: float, num_classes: int) -> float:
+    """The lowest softmax cross-entropy outputs in [low, high] allow: the true class at `high`,
+    every other at `low`."""
+    return math.log(math.exp(high) + (num_classes - 1) * math.exp(low)) - high
+
+
+def bounded_outputs_finding(
+    outputs: np.ndarray | None,
+    final_loss: float,
+    num_classes: int,
+    loss_name: str,
+    builtin_ce: bool,
+) -> Finding | None:
+    """`softmax_before_loss` for a sigmoid or tanh head, read from the outputs after memorizing
+    one batch: bounded, saturated, and the loss stalled at the floor the bounds allow."""
+    if outputs is None or not np.all(np.isfinite(outputs)) or outputs.shape[-1] < 2:
+        return None
+    for head, (low, high) in OUTPUT_BOUNDS.items():
+        if outputs.min() < low - BOUND_TOL or outputs.max() > high + BOUND_TOL:
+            continue
+        near_bound = np.minimum(outputs - low, high - outputs) <= SATURATED_DISTANCE
+        floor = bounded_loss_floor(low, high, num_classes)
+        if near_bound.mean() < SATURATED_SHARE or not final_loss <= FLOOR_FACTOR * floor:
+            return None
+        return Finding(
+            id="softmax_before_loss",
+            severity="error" if builtin_ce else "warning",
+            message=(
+                f"the model's outputs are squashed into [{low:g}, {high:g}] (a {head} head) but "
+                f"the loss {loss_name} expects logits: memorizing one batch pushed "
+                f"{near_bound.mean():.0%} of them to the bounds and the loss stalled at "
+                f"{final_loss:.3g}, near the {floor:.3g} that outputs in [{low:g}, {high:g}] allow "
+                f"for {num_classes} classes"
+            ),
+            evidence={
+                "outputs": f"bounded ({head})",
+                "loss": loss_name,
+                "min": float(outputs.min()),
+                "max": float(outputs.max()),
+                "saturated_share": float(near_bound.mean()),
+                "final_batch_loss": float(final_loss),
+                "loss_floor": floor,
+            },
+            suggestions=[
+                f"remove the final {head} from the model: return raw logits",
+                "for multi-label targets use sigmoid cross-entropy on the raw logits instead",
+            ],
+        )
+    return None
 
 
 def _initial_loss_finding(
