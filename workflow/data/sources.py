@@ -456,4 +456,7 @@ def custom_arrays(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
-VALID_NAMES = "mnist1d, digits, synthetic, tfds:<name>, module:function"
+VALID_NAMES = (
+    "mnist1d, digits, synthetic, tfds:<name>, module:function, or a data file or folder "
+    "(.npz, .npy, .csv, .parquet, a folder of images <class>/*.png)"
+)
