@@ -1,5 +1,10 @@
 """Model zoo: NNX modules built as `Class(input_shape, num_outputs, *, rngs, **kwargs)`.
 
+`build_model` builds these and any user class: one whose constructor starts with
+`input_shape, num_outputs` gets them with its options; any other (the Flax docs'
+`Model(din, dmid, dout, *, rngs)`) is called with its options and `rngs` only
+(`takes_input_shape`), and options that do not fit are one line naming its parameters.
+
 Every model maps float32 input (batch, *input_shape) to logits (batch, num_outputs); input_shape
 excludes the batch dim: images (H, W, C), sequences (T, F), tabular (D,). A bad model name,
 option or input shape raises ModelOptionError (a ValueError), one line naming the value and what

@@ -274,9 +274,11 @@ def config_keys() -> set[str]:
 
 
 def is_config_key(key: str, keys: set[str]) -> bool:
-    """A key of the config, or an option of the user's own model (`model.kwargs.<name>`, an
-    open block: config_lib.apply_overrides)."""
-    return key in keys or re.fullmatch(r"model\.kwargs\.[a-z_]\w*", key) is not None
+    """A key of the config, a block of them (`--config.model.<name>`), or the user's own
+    model's options (`model.kwargs` and `model.kwargs.<name>`, an open block:
+    config_lib.apply_overrides)."""
+    block = any(k.startswith(f"{key}.") for k in keys)
+    return key in keys or block or re.fullmatch(r"model\.kwargs(\.[a-z_]\w*)?", key) is not None
 
 
 def test_config_overrides_name_existing_keys():
