@@ -32,6 +32,7 @@ def define_flags(stage: str) -> None:
     _stage = stage
     # --help prints the stage's own description (its package's docstring) above the flags.
     sys.modules["__main__"].__doc__ = importlib.import_module(f"workflow.{stage}").__doc__
+    sys.argv[1:] = resolve_config_arg(sys.argv[1:])
     check_config_path(sys.argv[1:])
     try:
         # config_flags applies --config.* overrides from sys.argv already here, at definition;
@@ -83,6 +84,18 @@ def enable_compilation_cache(path: str | None) -> None:
     # which most of ours do not.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def resolve_config_arg(argv: list[str]) -> list[str]:
+    """argv with a --config=configs/x.py that is not in the current directory pointed at the
+    workflow's own configs/x.py (config_lib.resolve_config_path): it works from any directory."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--config="):
+            path, sep, rest = arg.split("=", 1)[1].partition(":")
+            arg = f"--config={config_lib.resolve_config_path(path)}{sep}{rest}"
+        out.append(arg)
+    return out
 
 
 def check_config_path(argv: list[str]) -> None:
@@ -244,7 +257,7 @@ def unknown_key_line(key: str, given: str | None, argv: list[str]) -> str:
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing, with bad flags and bad configs turned into exit code 2."""
-    argv, open_values = split_open_overrides(argv)
+    argv, open_values = split_open_overrides(resolve_config_arg(argv))
     try:
         rest = flags.FLAGS(argv)
         if isinstance(flags.FLAGS.config, ml_collections.ConfigDict):

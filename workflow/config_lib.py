@@ -537,6 +537,15 @@ def _validate_early_stopping(es: ml_collections.ConfigDict) -> None:
     )
 
 
+def resolve_config_path(path: str) -> str:
+    """A config file's path as given when it exists there, else the workflow's own file of that
+    name (`configs/mnist1d.py` from any directory, or from an installed package)."""
+    if os.path.isfile(path) or os.path.isabs(path):
+        return path
+    own = project_file(path)
+    return own if os.path.isfile(own) else path
+
+
 def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
     """`get_config(arg)` of a config file, as `--config=path:arg` loads it.
 

@@ -20,6 +20,7 @@ from workflow.data.normalization import (
 )
 from workflow.data.shards import Shard, SplitPlan, process_shard, shard_info
 from workflow.data.sources import (
+    IN_MEMORY,
     VALID_NAMES,
     custom_arrays,
     digits_arrays,
@@ -349,6 +350,8 @@ def _load_raw(
     plan: SplitPlan,
     test_fraction: float = readers.DEFAULT_TEST_FRACTION,
 ) -> dict:
+    if name in IN_MEMORY:
+        return IN_MEMORY[name](kwargs, test_fraction)
     if name == "mnist1d":
         return mnist1d_arrays(kwargs)
     if name == "digits":

@@ -85,20 +85,42 @@ def read_npz(path: pathlib.Path, kwargs: dict[str, Any], test_fraction: float) -
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input
-        raise UsageError(f"data file '{path}' cannot be read as .npz ({_one_line(e)})") from None
+        raise UsageError(f"{_name(path)} cannot be read as .npz ({_one_line(e)})") from None
     if "x_train" in arrays and "y_train" in arrays:
         for split in ("val", "test"):
             if (f"x_{split}" in arrays) != (f"y_{split}" in arrays):
-                raise UsageError(f"data file '{path}' has only one of x_{split}, y_{split}")
+                raise UsageError(f"{_name(path)} has only one of x_{split}, y_{split}")
         splits = {s: (arrays[f"x_{s}"], arrays[f"y_{s}"]) for s in SPLITS if f"x_{s}" in arrays}
     elif "x" in arrays and "y" in arrays:
         splits = {"train": (arrays["x"], arrays["y"])}
     else:
         raise UsageError(
-            f"data file '{path}' holds {', '.join(sorted(arrays)) or 'no arrays'}; expected "
+            f"{_name(path)} holds {', '.join(sorted(arrays)) or 'no arrays'}; expected "
             "x_train, y_train (optional x_val, y_val, x_test, y_test) or x, y"
         )
     return _arrays_dataset(path, splits, kwargs, test_fraction)
+
+
+def arrays_dataset(
+    arrays: dict[str, Any], where: str, kwargs: dict[str, Any], test_fraction: float
+) -> dict[str, Any]:
+    """The raw dict of in-memory arrays as an .npz holds them (x_train, y_train, optional
+    x_val, y_val, x_test, y_test; or x, y): kind and classes inferred, test carved if none;
+    `where` names them in errors."""
+    keys = {k for k, v in arrays.items() if v is not None}
+    if {"x_train", "y_train"} <= keys:
+        for split in ("val", "test"):
+            if (f"x_{split}" in keys) != (f"y_{split}" in keys):
+                raise UsageError(f"data {where} has only one of x_{split}, y_{split}")
+        splits = {s: (arrays[f"x_{s}"], arrays[f"y_{s}"]) for s in SPLITS if f"x_{s}" in keys}
+    elif {"x", "y"} <= keys:
+        splits = {"train": (arrays["x"], arrays["y"])}
+    else:
+        raise UsageError(
+            f"data {where} holds {', '.join(sorted(keys)) or 'nothing'}; expected x_train, "
+            "y_train (optional x_val, y_val, x_test, y_test) or x, y"
+        )
+    return _arrays_dataset(f"data {where}", splits, kwargs, test_fraction)
 
 
 def read_npy(path: pathlib.Path, kwargs: dict[str, Any], test_fraction: float) -> dict[str, Any]:
@@ -109,7 +131,7 @@ def read_npy(path: pathlib.Path, kwargs: dict[str, Any], test_fraction: float) -
     if labels is None:
         if not stem.startswith("x"):
             raise UsageError(
-                f"data file '{path}': name its labels file with dataset.kwargs.labels=PATH "
+                f"{_name(path)}: name its labels file with dataset.kwargs.labels=PATH "
                 "(or name the files x*.npy and y*.npy)"
             )
         labels = path.with_name("y" + stem[1:] + path.suffix)
@@ -125,11 +147,11 @@ def read_npy(path: pathlib.Path, kwargs: dict[str, Any], test_fraction: float) -
 
 def _load_npy(path: pathlib.Path) -> np.ndarray:
     if not path.exists():
-        raise UsageError(f"data file '{path}' does not exist")
+        raise UsageError(f"{_name(path)} does not exist")
     try:
         return np.load(path, allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input
-        raise UsageError(f"data file '{path}' cannot be read as .npy ({_one_line(e)})") from None
+        raise UsageError(f"{_name(path)} cannot be read as .npy ({_one_line(e)})") from None
 
 
 def _arrays_dataset(
@@ -141,7 +163,7 @@ def _arrays_dataset(
     kind = kwargs.get("kind") or _KIND_BY_NDIM.get(x_train.ndim)
     if kind not in KINDS:
         raise UsageError(
-            f"data file '{path}': x has shape {x_train.shape}; expected (N, D) tables, "
+            f"{_name(path)}: x has shape {x_train.shape}; expected (N, D) tables, "
             "(N, T, F) sequences or (N, H, W, C) images, or set dataset.kwargs.kind to one of "
             f"{', '.join(KINDS)}"
         )
@@ -150,7 +172,7 @@ def _arrays_dataset(
     for split, (x, y) in splits.items():
         if len(x) != len(y):
             raise UsageError(
-                f"data file '{path}': x_{split} has {len(x)} examples but y_{split} {len(y)}"
+                f"{_name(path)}: x_{split} has {len(x)} examples but y_{split} {len(y)}"
             )
     return _finish(path, splits, kind, kwargs, test_fraction, {})
 
@@ -162,16 +184,16 @@ def read_table(path: pathlib.Path, kwargs: dict[str, Any], test_fraction: float)
     """A CSV or Parquet table: one example a row, the label column and numeric features."""
     columns = _read_csv(path) if path.suffix.lower() == ".csv" else _read_parquet(path)
     if not columns:
-        raise UsageError(f"data file '{path}' has no columns")
+        raise UsageError(f"{_name(path)} has no columns")
     label = kwargs.get("label_column") or list(columns)[-1]
     if label not in columns:
         raise UsageError(
-            f"data file '{path}' has no column {label!r} (dataset.kwargs.label_column); "
+            f"{_name(path)} has no column {label!r} (dataset.kwargs.label_column); "
             f"columns: {', '.join(columns)}"
         )
     y = columns.pop(label)
     if not columns:
-        raise UsageError(f"data file '{path}' has only the label column {label!r}")
+        raise UsageError(f"{_name(path)} has only the label column {label!r}")
     x, feature_names = _features(path, columns, bool(kwargs.get("one_hot", False)))
     info = {"label_column": label, "feature_names": feature_names}
     return _finish(path, {"train": (x, y)}, "tabular", kwargs, test_fraction, info)
@@ -183,19 +205,18 @@ def _read_csv(path: pathlib.Path) -> dict[str, np.ndarray]:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise UsageError(f"data file '{path}' cannot be read as CSV ({_one_line(e)})") from None
+        raise UsageError(f"{_name(path)} cannot be read as CSV ({_one_line(e)})") from None
     if len(rows) < 2:
-        raise UsageError(f"data file '{path}' needs a header row and at least one example row")
+        raise UsageError(f"{_name(path)} needs a header row and at least one example row")
     header, body = [h.strip() for h in rows[0]], [r for r in rows[1:] if r]
     for number, row in enumerate(body, start=2):
         if len(row) != len(header):
             raise UsageError(
-                f"data file '{path}' line {number} has {len(row)} fields; the header has "
-                f"{len(header)}"
+                f"{_name(path)} line {number} has {len(row)} fields; the header has {len(header)}"
             )
     duplicated = sorted({h for h in header if header.count(h) > 1})
     if duplicated:
-        raise UsageError(f"data file '{path}' repeats column(s) {', '.join(duplicated)}")
+        raise UsageError(f"{_name(path)} repeats column(s) {', '.join(duplicated)}")
     cells = np.array(body, dtype=object).reshape(len(body), len(header))
     return {name: _as_column(cells[:, i]) for i, name in enumerate(header)}
 
@@ -213,11 +234,11 @@ def _read_parquet(path: pathlib.Path) -> dict[str, np.ndarray]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise UsageError(f"data file '{path}': reading Parquet needs pyarrow") from None
+        raise UsageError(f"{_name(path)}: reading Parquet needs pyarrow") from None
     try:
         table = pq.read_table(path)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input
-        raise UsageError(f"data file '{path}' cannot be read as Parquet ({_one_line(e)})") from None
+        raise UsageError(f"{_name(path)} cannot be read as Parquet ({_one_line(e)})") from None
     columns = {}
     for name in table.column_names:
         values = table.column(name).to_numpy(zero_copy_only=False)
@@ -237,13 +258,13 @@ def _features(
     text = [name for name, values in columns.items() if values.dtype.kind not in "biuf"]
     if text and not one_hot:
         raise UsageError(
-            f"data file '{path}': feature column(s) {', '.join(text)} are not numeric; encode "
+            f"{_name(path)}: feature column(s) {', '.join(text)} are not numeric; encode "
             "them, drop them, or set dataset.kwargs.one_hot=True to one-hot encode them"
         )
     missing = [n for n, v in columns.items() if v.dtype.kind == "f" and np.isnan(v).any()]
     if missing:
         raise UsageError(
-            f"data file '{path}': column(s) {', '.join(missing)} have missing values; fill or "
+            f"{_name(path)}: column(s) {', '.join(missing)} have missing values; fill or "
             "drop them first"
         )
     blocks, names = [], []
@@ -407,18 +428,18 @@ def class_indices(
     for split, y in arrays.items():
         if y.ndim != 1:
             raise UsageError(
-                f"data file '{path}': y_{split} has shape {y.shape}; labels must be one class "
+                f"{_name(path)}: y_{split} has shape {y.shape}; labels must be one class "
                 "per example, shaped (N,) (multi-label targets are not supported yet)"
             )
     joined = np.concatenate(list(arrays.values()))
     if joined.dtype.kind in "f":
         fractional = joined[np.isfinite(joined) & (np.floor(joined) != joined)]
         if (~np.isfinite(joined)).any():
-            raise UsageError(f"data file '{path}': the labels have missing or non-finite values")
+            raise UsageError(f"{_name(path)}: the labels have missing or non-finite values")
         if fractional.size:
             shown = ", ".join(f"{v:g}" for v in np.unique(fractional)[:3])
             raise UsageError(
-                f"data file '{path}': the labels are not classes (non-integer values such as "
+                f"{_name(path)}: the labels are not classes (non-integer values such as "
                 f"{shown}); regression is not supported yet: the label must name a class"
             )
     if joined.dtype.kind in "biuf" and (joined.size == 0 or joined.min() >= 0):
@@ -442,7 +463,7 @@ def carve_test(
     n_test = int(round(test_fraction * len(y)))
     if not 1 <= n_test < len(y):
         raise UsageError(
-            f"data file '{path}': dataset.test_fraction={test_fraction} leaves {n_test} test "
+            f"{_name(path)}: dataset.test_fraction={test_fraction} leaves {n_test} test "
             f"and {len(y) - n_test} training examples of {len(y)}; pick a fraction that keeps "
             "both >= 1, or give a test split"
         )
@@ -450,6 +471,11 @@ def carve_test(
     test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
     x, y = np.asarray(x), np.asarray(y)
     return (x[train], y[train]), (x[test], y[test])
+
+
+def _name(where: pathlib.Path | str) -> str:
+    """How an error names the data: a file by its path, in-memory arrays by their label."""
+    return where if isinstance(where, str) else f"data file '{where}'"
 
 
 def _one_line(error: BaseException) -> str:
