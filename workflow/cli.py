@@ -6,6 +6,7 @@ import errno
 import importlib
 import os
 import re
+import runpy
 import signal
 import sys
 import traceback
@@ -378,3 +379,22 @@ def run(main: Callable[[list[str]], int]) -> None:
             fail(line)
 
     app.run(guarded, flags_parser=parse_flags)
+
+
+# The stages the console command runs, as `dnn-troubleshoot <stage> --config=... --workdir=...`.
+STAGES = ("start_simple", "debug", "evaluate", "tune", "improve", "run")
+
+
+def console_main() -> None:
+    """The `dnn-troubleshoot` console command: `dnn-troubleshoot <stage> [flags]` runs
+    `python -m workflow.<stage> [flags]` (start_simple also spelled start-simple)."""
+    args = sys.argv[1:]
+    stage = args[0].replace("-", "_") if args else ""
+    if stage not in STAGES:
+        given = f"unknown stage {args[0]!r}" if args else "no stage given"
+        fail(
+            f"{given}; usage: dnn-troubleshoot <stage> --config=<file> --workdir=<dir>, the "
+            f"stage one of {', '.join(STAGES)}"
+        )
+    sys.argv = [f"dnn-troubleshoot {stage}", *args[1:]]
+    runpy.run_module(f"workflow.{stage}", run_name="__main__", alter_sys=True)

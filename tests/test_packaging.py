@@ -1,0 +1,68 @@
+"""Configs from any directory and the console command (`dnn-troubleshoot <stage>`)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tomllib
+
+from workflow import cli, config_lib
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def console(cwd, *args: str) -> subprocess.CompletedProcess:
+    """`dnn-troubleshoot args...` as the installed script runs it, from `cwd`."""
+    code = "import sys; from workflow import cli; sys.argv = sys.argv[1:]; cli.console_main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, "dnn-troubleshoot", *args],
+        cwd=cwd,
+        env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_the_console_command_runs_a_stage_from_any_directory(tmp_path):
+    result = console(
+        tmp_path,
+        "debug",
+        "--config=configs/digits.py:mlp",
+        "--config.debug.overfit_steps=100",
+        "--config.debug.train_steps=50",
+        "--workdir=run",
+    )
+    assert result.returncode in (0, 1), result.stderr[-2000:]
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["dataset"]["name"] == "digits" and saved["model"]["name"] == "mlp"
+
+
+def test_an_unknown_stage_is_one_line_and_exit_2(tmp_path):
+    result = console(tmp_path, "fly")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: unknown stage 'fly'; usage: dnn-troubleshoot <stage> --config=<file> "
+        "--workdir=<dir>, the stage one of start_simple, debug, evaluate, tune, improve, run"
+    )
+
+
+def test_a_config_path_is_the_workflow_s_own_unless_the_directory_has_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    own = config_lib.resolve_config_path("configs/digits.py")
+    assert pathlib.Path(own) == ROOT / "configs" / "digits.py"
+    assert cli.resolve_config_arg(["--config=configs/digits.py:mlp", "--x"]) == [
+        f"--config={own}:mlp",
+        "--x",
+    ]
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "digits.py").write_text("")
+    assert config_lib.resolve_config_path("configs/digits.py") == "configs/digits.py"
+    assert config_lib.resolve_config_path("configs/none.py") == "configs/none.py"
+
+
+def test_the_console_script_is_declared():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["scripts"] == {"dnn-troubleshoot": "workflow.cli:console_main"}
+    assert callable(cli.console_main)
