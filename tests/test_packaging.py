@@ -66,3 +66,34 @@ def test_the_console_script_is_declared():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["scripts"] == {"dnn-troubleshoot": "workflow.cli:console_main"}
     assert callable(cli.console_main)
+
+
+def test_a_models_package_shadowing_the_zoo_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "__init__.py").write_text("MY_MODELS = ()\n")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, "-m", "workflow.debug", "--workdir=run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: the package 'models' resolves to {tmp_path / 'models'}, not the workflow's model "
+        f"zoo ({ROOT / 'models'}): a package of that name in the current directory or on "
+        "PYTHONPATH shadows it; run from another directory or rename yours"
+    ]
+    assert not (tmp_path / "run").exists()
+    # Imported from Python (a notebook there), the same line as an ImportError.
+    imported = subprocess.run(
+        [sys.executable, "-c", "import workflow"],
+        cwd=tmp_path,
+        env=dict(env, PYTHONPATH=os.pathsep.join(["", str(ROOT)])),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "ImportError: the package 'models' resolves to" in imported.stderr
