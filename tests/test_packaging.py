@@ -97,3 +97,21 @@ def test_a_models_package_shadowing_the_zoo_is_one_line_and_exit_2(tmp_path):
         timeout=120,
     )
     assert "ImportError: the package 'models' resolves to" in imported.stderr
+
+
+def test_an_installed_package_finds_its_configs_in_the_data_files(tmp_path, monkeypatch):
+    """pip installs configs/*.py under <prefix>/share/dnn-troubleshooting (pyproject's
+    data-files); without a checkout beside the package, that is where they are found."""
+    data_files = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "data-files"
+    ]
+    assert data_files == {"share/dnn-troubleshooting/configs": ["configs/*.py"]}
+    installed = tmp_path / "share" / "dnn-troubleshooting"
+    (installed / "configs").mkdir(parents=True)
+    (installed / "configs" / "digits.py").write_text("")
+    monkeypatch.setattr(config_lib, "PROJECT_ROOT", str(tmp_path / "site-packages"))
+    monkeypatch.setattr(config_lib, "INSTALLED_DATA", str(installed))
+    monkeypatch.chdir(tmp_path)
+    assert config_lib.resolve_config_path("configs/digits.py") == str(
+        installed / "configs" / "digits.py"
+    )

@@ -19,7 +19,7 @@ from ml_collections import config_flags
 from workflow import config_lib
 from workflow.errors import UsageError, UserCodeError
 
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIGS_DIR = config_lib.project_file("configs")  # the checkout's, or the installed package's
 
 EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_INTERRUPTED = 128 + 2  # SIGINT, as a shell reports a process it stopped

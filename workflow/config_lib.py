@@ -4,6 +4,7 @@ import inspect
 import json
 import math
 import os
+import sys
 
 import ml_collections
 from ml_collections import config_dict
@@ -26,6 +27,9 @@ MAX_BATCH = 2**20
 # directory is data): see apply_saved_values.
 IMPORT_PATH_KEYS = ("model.name", "loss", "dataset.name")
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Where a non-editable install keeps configs/: pip installs them as data files under the
+# environment's prefix (pyproject.toml's [tool.setuptools.data-files]).
+INSTALLED_DATA = os.path.join(sys.prefix, "share", "dnn-troubleshooting")
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "momentum")
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -650,9 +654,17 @@ def _from_json(value):
     return tuple(_from_json(v) for v in value) if isinstance(value, list) else value
 
 
+def project_root() -> str:
+    """The folder that holds the workflow's configs/: the checkout, or an installed package's
+    data files."""
+    if os.path.isdir(os.path.join(PROJECT_ROOT, "configs")):
+        return PROJECT_ROOT
+    return INSTALLED_DATA
+
+
 def project_file(relative: str) -> str:
     """A file of the workflow's own folder (configs/...), wherever it is installed."""
-    return os.path.join(PROJECT_ROOT, relative)
+    return os.path.join(project_root(), relative)
 
 
 def _base_reference(base_path: str, path: str) -> str:
@@ -660,9 +672,9 @@ def _base_reference(base_path: str, path: str) -> str:
     workflow's configs/ through project_file, any other relative to the written file, so the
     file holds no absolute path of the machine that wrote it."""
     base = os.path.realpath(base_path)
-    configs = os.path.join(os.path.realpath(PROJECT_ROOT), "configs") + os.sep
-    if base.startswith(configs):
-        return f"config_lib.project_file({os.path.relpath(base, PROJECT_ROOT)!r})"
+    root = os.path.realpath(project_root())
+    if base.startswith(os.path.join(root, "configs") + os.sep):
+        return f"config_lib.project_file({os.path.relpath(base, root)!r})"
     here = os.path.dirname(os.path.realpath(path))
     return f"os.path.join(os.path.dirname(__file__), {os.path.relpath(base, here)!r})"
 
