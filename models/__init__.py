@@ -56,6 +56,7 @@ from models.validate import ModelOptionError
 from models.wavenet import WaveNet
 
 __all__ = [
+    "LOCAL_MODELS",
     "MODELS",
     "LSTM",
     "MLP",
@@ -80,6 +81,9 @@ __all__ = [
 ]
 
 MODELS: dict[str, type] = {}
+# Models handed over in Python (workflow.api: a notebook's class, an instance, a factory), by
+# the name a config records; this process's only, and not part of the zoo.
+LOCAL_MODELS: dict[str, type] = {}
 
 DEFAULT_MODEL_FOR_KIND: dict[str, str] = {"image": "lenet", "sequence": "lstm", "tabular": "mlp"}
 
@@ -135,6 +139,8 @@ def get_model_class(name: str) -> type:
         raise ModelOptionError(f"model={name!r} is invalid; expected {_valid_names()}")
     if name in MODELS:
         return MODELS[name]
+    if name in LOCAL_MODELS:
+        return LOCAL_MODELS[name]
     if name.strip().lower() in MODELS:
         return MODELS[name.strip().lower()]
     module_path, sep, attr = name.partition(":")

@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 from sklearn import datasets
 
+import models
 from tests.user_setups import Model, wine_csv
 from workflow import api
 from workflow.diagnostics.findings import Finding
@@ -37,6 +38,7 @@ def test_debug_takes_a_module_instance_and_arrays_and_returns_a_result(wine, tmp
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert saved == result.summary and saved["status"] == result.status
     assert saved["config"]["model"] == {"name": "Model@python"}
+    assert "Model@python" in models.LOCAL_MODELS and "Model@python" not in models.MODELS
     assert saved["dataset"]["num_classes"] == 3 and saved["dataset"]["splits"]["test"]["size"] == 36
     # Nothing global changed: the backend, the command line; the next step is a call.
     assert matplotlib.get_backend() == before and sys.argv == argv

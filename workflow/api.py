@@ -335,7 +335,7 @@ def _label(obj: Any) -> str:
 def _register(label: str, cls: type) -> str:
     """Register `cls` as a model of this process under `<label>@python`; returns the name."""
     name = f"{label}@python"
-    models.MODELS[name] = cls  # a rerun notebook cell replaces its own earlier class
+    models.LOCAL_MODELS[name] = cls  # a rerun notebook cell replaces its own earlier class
     return name
 
 
