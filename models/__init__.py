@@ -1,5 +1,10 @@
 """Model zoo: NNX modules built as `Class(input_shape, num_outputs, *, rngs, **kwargs)`.
 
+`build_model` builds these and any user class: one whose constructor starts with
+`input_shape, num_outputs` gets them with its options; any other (the Flax docs'
+`Model(din, dmid, dout, *, rngs)`) is called with its options and `rngs` only
+(`takes_input_shape`), and options that do not fit are one line naming its parameters.
+
 Every model maps float32 input (batch, *input_shape) to logits (batch, num_outputs); input_shape
 excludes the batch dim: images (H, W, C), sequences (T, F), tabular (D,). A bad model name,
 option or input shape raises ModelOptionError (a ValueError), one line naming the value and what
@@ -51,6 +56,7 @@ from models.validate import ModelOptionError
 from models.wavenet import WaveNet
 
 __all__ = [
+    "LOCAL_MODELS",
     "MODELS",
     "LSTM",
     "MLP",
@@ -70,10 +76,14 @@ __all__ = [
     "get_model_class",
     "growth",
     "register_model",
+    "takes_input_shape",
     "validate",
 ]
 
 MODELS: dict[str, type] = {}
+# Models handed over in Python (workflow.api: a notebook's class, an instance, a factory), by
+# the name a config records; this process's only, and not part of the zoo.
+LOCAL_MODELS: dict[str, type] = {}
 
 DEFAULT_MODEL_FOR_KIND: dict[str, str] = {"image": "lenet", "sequence": "lstm", "tabular": "mlp"}
 
@@ -129,6 +139,8 @@ def get_model_class(name: str) -> type:
         raise ModelOptionError(f"model={name!r} is invalid; expected {_valid_names()}")
     if name in MODELS:
         return MODELS[name]
+    if name in LOCAL_MODELS:
+        return LOCAL_MODELS[name]
     if name.strip().lower() in MODELS:
         return MODELS[name.strip().lower()]
     module_path, sep, attr = name.partition(":")
@@ -160,6 +172,33 @@ def _accepted_kwargs(cls: type) -> tuple[list[str], bool]:
     return names, any(p.kind is p.VAR_KEYWORD for p in params)
 
 
+def takes_input_shape(cls: type) -> bool:
+    """Whether cls follows the zoo's contract `Class(input_shape, num_outputs, *, rngs, ...)`:
+    its first two positional parameters are named so (or it takes *args). Any other
+    constructor (the Flax docs' `Model(din, dmid, dout, *, rngs)`) is called with the user's
+    options and rngs only."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]  # self
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return True
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return positional[:2] == ["input_shape", "num_outputs"]
+
+
+def constructor_text(cls: type) -> str:
+    """The constructor's parameters as a user reads them: `(din, dmid, dout, *, rngs)`."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]  # self
+    parts, star = [], False
+    for p in params:
+        if p.kind is p.KEYWORD_ONLY and not star:
+            parts.append("*")
+            star = True
+        prefix = {p.VAR_POSITIONAL: "*", p.VAR_KEYWORD: "**"}.get(p.kind, "")
+        star = star or p.kind is p.VAR_POSITIONAL
+        default = "" if p.default is p.empty else f"={p.default!r}"
+        parts.append(f"{prefix}{p.name}{default}")
+    return f"({', '.join(parts)})"
+
+
 def build_model(
     name: str | type,
     input_shape: Sequence[int],
@@ -168,9 +207,15 @@ def build_model(
     rngs: nnx.Rngs,
     **kwargs: Any,
 ) -> nnx.Module:
-    """Build model `name` (short name, import path or class); bad options: ModelOptionError."""
+    """Build model `name` (short name, import path or class); bad options: ModelOptionError.
+
+    A class with the zoo's contract (`takes_input_shape`) is built as
+    `Class(input_shape, num_outputs, *, rngs, **kwargs)`; any other as `Class(**kwargs, rngs)`,
+    its sizes all given by the user (the output check then compares with num_outputs)."""
     cls = name if isinstance(name, type) else get_model_class(name)
     label = name if isinstance(name, str) else cls.__name__
+    if not takes_input_shape(cls):
+        return _build_free(cls, label, kwargs, rngs)
     accepted, takes_any = _accepted_kwargs(cls)
     unknown = sorted(k for k in kwargs if k not in accepted)
     if unknown and not takes_any:
@@ -190,6 +235,25 @@ def build_model(
         raise ModelOptionError(
             f"cannot build model {label!r} for input_shape={shape} with {options} ({_one_line(e)})"
         ) from e
+
+
+def _build_free(cls: type, label: str, kwargs: dict[str, Any], rngs: nnx.Rngs) -> nnx.Module:
+    """`cls(**kwargs, rngs=rngs)` (rngs only where the constructor takes it); options that do
+    not fit the constructor: ModelOptionError naming its parameters."""
+    signature = inspect.signature(cls.__init__)
+    params = signature.parameters
+    takes_rngs = "rngs" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    call = {**kwargs, "rngs": rngs} if takes_rngs else dict(kwargs)
+    try:
+        signature.bind(None, **call)
+    except TypeError as e:
+        given = ", ".join(sorted(kwargs)) or "none"
+        raise ModelOptionError(
+            f"model {label!r} takes {constructor_text(cls)}, which the options given "
+            f"({given}) do not fit ({e}); give each of its parameters as "
+            "--config.model.kwargs.<name>=value (in Python: the model's own constructor)"
+        ) from None
+    return cls(**call)
 
 
 def default_model_for_kind(kind: str) -> str:

@@ -1,10 +1,12 @@
 """What every stage script shares: the --config/--workdir flags and the exit-code contract."""
 
+import ast
 import contextlib
 import errno
 import importlib
 import os
 import re
+import runpy
 import signal
 import sys
 import traceback
@@ -14,9 +16,10 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from workflow import config_lib
 from workflow.errors import UsageError, UserCodeError
 
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIGS_DIR = config_lib.project_file("configs")  # the checkout's, or the installed package's
 
 EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_INTERRUPTED = 128 + 2  # SIGINT, as a shell reports a process it stopped
@@ -30,23 +33,24 @@ def define_flags(stage: str) -> None:
     _stage = stage
     # --help prints the stage's own description (its package's docstring) above the flags.
     sys.modules["__main__"].__doc__ = importlib.import_module(f"workflow.{stage}").__doc__
+    sys.argv[1:] = resolve_config_arg(sys.argv[1:])
     check_config_path(sys.argv[1:])
     try:
-        # config_flags applies --config.* overrides from sys.argv already here, at definition.
+        # config_flags applies --config.* overrides from sys.argv already here, at definition;
+        # the open ones (model and dataset names, their options) are applied by parse_flags.
         config_flags.DEFINE_config_file(
             "config",
             os.path.join(CONFIGS_DIR, "mnist1d.py"),
             "Problem config: configs/<problem>.py[:arg], a Python file (loading it runs it); "
-            "override keys as --config.a.b=value.",
+            "override keys as --config.a.b=value; your model's and loader's own options as "
+            "--config.model.kwargs.<name>=value and --config.dataset.kwargs.<name>=value.",
             lock_config=True,
+            sys_argv=split_open_overrides(sys.argv)[0],
         )
     except (KeyError, AttributeError) as e:
         key = str(e).strip("\"'")
         given = [a for a in sys.argv[1:] if a.startswith("--config.") and key in a]
-        fail(
-            f"unknown config key {key!r} in {given[0] if given else 'an override'}; "
-            "valid keys are those of the config (see config.json of any run)"
-        )
+        fail(unknown_key_line(key, given[0] if given else None, sys.argv[1:]))
     except Exception as e:  # noqa: BLE001 - any failure to build the config is bad input
         fail(flag_error_line(f"{type(e).__name__}: {e}"))
     flags.DEFINE_string("workdir", os.path.join("runs", stage), "Run directory to write.")
@@ -81,6 +85,18 @@ def enable_compilation_cache(path: str | None) -> None:
     # which most of ours do not.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def resolve_config_arg(argv: list[str]) -> list[str]:
+    """argv with a --config=configs/x.py that is not in the current directory pointed at the
+    workflow's own configs/x.py (config_lib.resolve_config_path): it works from any directory."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--config="):
+            path, sep, rest = arg.split("=", 1)[1].partition(":")
+            arg = f"--config={config_lib.resolve_config_path(path)}{sep}{rest}"
+        out.append(arg)
+    return out
 
 
 def check_config_path(argv: list[str]) -> None:
@@ -170,14 +186,94 @@ def flag_error_line(message: str) -> str:
     return re.sub(r"^[\w.]*UsageError: ", "", last)
 
 
+def split_open_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(argv without them, {key: value as typed}): the --config.* overrides that
+    config_lib.apply_overrides applies rather than config_flags (config_lib.open_override):
+    a model or dataset name, which replaces its block's options, and the options of a user's
+    model or loader, which a locked config does not list."""
+    keys = [_override_key(a) for a in argv]
+    model_name_given = "model.name" in keys
+    rest, open_values = [], {}
+    i = 0
+    while i < len(argv):
+        arg, key = argv[i], keys[i]
+        if key is None or not config_lib.open_override(key, model_name_given):
+            rest.append(arg)
+        elif "=" in arg:
+            open_values[key] = arg.split("=", 1)[1]
+        elif i + 1 < len(argv):  # --config.key value
+            open_values[key] = argv[i + 1]
+            i += 1
+        else:
+            fail(f"--config.{key} has no value; write --config.{key}=value")
+        i += 1
+    return rest, open_values
+
+
+def _override_key(arg: str) -> str | None:
+    match = re.match(r"^--?config\.([^=]+)", arg)
+    return match.group(1) if match else None
+
+
+def parse_value(text: str):
+    """A command line's value as config_flags reads a new key's: a Python literal, else the
+    string itself (`64` an int, `(64, 32)` a tuple, `target` a string)."""
+    if text in ("true", "false"):
+        text = text.capitalize()
+    try:
+        return ast.literal_eval(text)
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+        return text
+
+
+def apply_open_overrides(config, values: dict[str, str]) -> None:
+    """The open overrides (split_open_overrides) applied to the parsed config; names as typed,
+    options read as literals."""
+    parsed = {k: v if k.endswith(".name") else parse_value(v) for k, v in values.items()}
+    config_lib.apply_overrides(config, parsed)
+
+
+def unknown_key_line(key: str, given: str | None, argv: list[str]) -> str:
+    """The line for an override of a key the config does not have: the keys its block has."""
+    where = given or "an override"
+    path = _override_key(given or "") or key
+    parent = path.rpartition(".")[0]
+    try:
+        config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+        file, _, arg = (config_arg or os.path.join(CONFIGS_DIR, "mnist1d.py")).partition(":")
+        node = config_lib.load_config_file(file, arg or None)
+        for part in parent.split(".") if parent else []:
+            node = node[part]
+        keys = ", ".join(sorted(node.keys()))
+    except Exception:  # noqa: BLE001 - the list is a courtesy; the line stands without it
+        keys = None
+    has = f"; {parent or 'config'} has: {keys}" if keys else ""
+    hint = ""
+    if parent == "model":
+        hint = " (your own model's options: --config.model.kwargs.<name>=value)"
+    elif parent.startswith("dataset"):
+        hint = " (your loader's options: --config.dataset.kwargs.<name>=value)"
+    return f"unknown config key {key!r} in {where}{has}{hint}"
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing, with bad flags and bad configs turned into exit code 2."""
+    argv, open_values = split_open_overrides(resolve_config_arg(argv))
     try:
-        return flags.FLAGS(argv)
+        rest = flags.FLAGS(argv)
+        if isinstance(flags.FLAGS.config, ml_collections.ConfigDict):
+            apply_open_overrides(flags.FLAGS.config, open_values)
+        return rest
     except UsageError as e:
         fail(str(e))
     except flags.Error as e:
         fail(flag_error_line(str(e)))
+    except (KeyError, AttributeError) as e:
+        key = str(e).strip("\"'")
+        given = [a for a in argv[1:] if _override_key(a) and key in _override_key(a).split(".")]
+        if not given:
+            fail(f"cannot load the config: {type(e).__name__}: {' '.join(str(e).split())}")
+        fail(unknown_key_line(key, given[0], argv[1:]))
     except Exception as e:  # noqa: BLE001 - a config file that fails to load is bad input too
         fail(f"cannot load the config: {type(e).__name__}: {' '.join(str(e).split())}")
 
@@ -283,3 +379,22 @@ def run(main: Callable[[list[str]], int]) -> None:
             fail(line)
 
     app.run(guarded, flags_parser=parse_flags)
+
+
+# The stages the console command runs, as `dnn-troubleshoot <stage> --config=... --workdir=...`.
+STAGES = ("start_simple", "debug", "evaluate", "tune", "improve", "run")
+
+
+def console_main() -> None:
+    """The `dnn-troubleshoot` console command: `dnn-troubleshoot <stage> [flags]` runs
+    `python -m workflow.<stage> [flags]` (start_simple also spelled start-simple)."""
+    args = sys.argv[1:]
+    stage = args[0].replace("-", "_") if args else ""
+    if stage not in STAGES:
+        given = f"unknown stage {args[0]!r}" if args else "no stage given"
+        fail(
+            f"{given}; usage: dnn-troubleshoot <stage> --config=<file> --workdir=<dir>, the "
+            f"stage one of {', '.join(STAGES)}"
+        )
+    sys.argv = [f"dnn-troubleshoot {stage}", *args[1:]]
+    runpy.run_module(f"workflow.{stage}", run_name="__main__", alter_sys=True)

@@ -4,11 +4,13 @@ import inspect
 import json
 import math
 import os
+import sys
 
 import ml_collections
 from ml_collections import config_dict
 
 import models
+from workflow.data import readers
 from workflow.engine import augment, loop_form
 from workflow.engine.distributed import DATA_LAYOUTS
 from workflow.errors import UsageError, as_usage_error, user_code
@@ -25,6 +27,9 @@ MAX_BATCH = 2**20
 # directory is data): see apply_saved_values.
 IMPORT_PATH_KEYS = ("model.name", "loss", "dataset.name")
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Where a non-editable install keeps configs/: pip installs them as data files under the
+# environment's prefix (pyproject.toml's [tool.setuptools.data-files]).
+INSTALLED_DATA = os.path.join(sys.prefix, "share", "dnn-troubleshooting")
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "momentum")
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -34,14 +39,21 @@ EARLY_STOPPING_METRICS = ("val_accuracy", "val_loss")
 
 
 def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
-    """Config for a registered model: its name and every keyword default, so each is overridable."""
+    """Config for a model: its name and every keyword default, so each is overridable.
+
+    A class with the zoo's contract (`models.takes_input_shape`) lists its keyword-only
+    options; any other constructor every parameter with a default but rngs.
+    """
     with as_usage_error(models.ModelOptionError):
         cls = models.get_model_class(name)
+    contract = models.takes_input_shape(cls)
     kwargs = {}
     for param in inspect.signature(cls.__init__).parameters.values():
-        if param.kind is param.KEYWORD_ONLY and param.name != "rngs":
-            if param.default is not param.empty:
-                kwargs[param.name] = param.default
+        keyword = param.kind is param.KEYWORD_ONLY or (
+            not contract and param.kind is param.POSITIONAL_OR_KEYWORD
+        )
+        if keyword and param.name not in ("self", "rngs") and param.default is not param.empty:
+            kwargs[param.name] = param.default
     unknown = sorted(set(overrides) - set(kwargs))
     if unknown:
         raise UsageError(
@@ -49,6 +61,94 @@ def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
         )
     kwargs.update(overrides)
     return ml_collections.ConfigDict({"name": name, **kwargs})
+
+
+# The model's own options, from the command line or the Python API: `model.kwargs.<name>` is
+# the spelling for an option the config does not list yet (a user's model), and it lands as
+# `model.<name>` beside the others, the one home of a model's options.
+MODEL_OPTIONS_PREFIX = "model.kwargs."
+DATASET_KWARGS_PREFIX = "dataset.kwargs."
+
+
+def apply_overrides(config: ml_collections.ConfigDict, values: dict) -> ml_collections.ConfigDict:
+    """Apply dotted `key: value` overrides as a user means them, in place; return `config`.
+
+    `model.name` swaps the model: the block becomes the new model's defaults (model_config),
+    so the previous model's options are never passed to it. `model.<option>` and
+    `model.kwargs.<option>` set one of its options, new ones included. `dataset.name`
+    naming another dataset empties `dataset.kwargs` (the previous loader's options);
+    `dataset.kwargs.<key>` sets any loader option. Any other key must exist: an unknown one
+    is a UsageError listing the keys its block has.
+    """
+    values = dict(values)
+    with config.unlocked():
+        if "model.name" in values:
+            _swap_model(config, values.pop("model.name"))
+        if "dataset.name" in values:
+            name = values.pop("dataset.name")
+            if name != config.dataset.name:
+                config.dataset.kwargs = ml_collections.ConfigDict()
+            config.dataset.name = name
+        for key, value in values.items():
+            if key.startswith(MODEL_OPTIONS_PREFIX) or key.startswith("model."):
+                option = key.removeprefix(MODEL_OPTIONS_PREFIX).removeprefix("model.")
+                _set_value(config.model, option, value, f"model.{option}")
+            elif key.startswith(DATASET_KWARGS_PREFIX):
+                option = key.removeprefix(DATASET_KWARGS_PREFIX)
+                _set_value(config.dataset.kwargs, option, value, key)
+            else:
+                *parents, leaf = key.split(".")
+                node = config
+                for depth, parent in enumerate(parents):
+                    if not isinstance(node, ml_collections.ConfigDict) or parent not in node:
+                        _unknown_key(node, ".".join(parents[: depth + 1]))
+                    node = node[parent]
+                if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+                    _unknown_key(node, key)
+                _set_value(node, leaf, value, key)
+    return config
+
+
+def _swap_model(config: ml_collections.ConfigDict, name: str) -> None:
+    """config.model as model `name` at its defaults, unless it names the model already."""
+    if name == config.model.get("name"):
+        return
+    config.model = (
+        ml_collections.ConfigDict({"name": name}) if name == "auto" else model_config(name)
+    )
+
+
+def _set_value(node: ml_collections.ConfigDict, key: str, value, where: str) -> None:
+    """node[key] = value, a scalar given for a tuple option as a 1-tuple, lists as tuples."""
+    if "." in key or not key:
+        raise UsageError(f"invalid key {where!r}: a model option or loader option is one name")
+    value = _from_json(value)
+    if isinstance(node.get(key), tuple) and not isinstance(value, tuple):
+        value = (value,)
+    try:
+        node[key] = value
+    except (TypeError, ValueError) as e:
+        raise UsageError(
+            f"invalid value {where}={value!r}: it must have the type of {node.get(key)!r} "
+            f"({' '.join(str(e).split())[:200]})"
+        ) from None
+
+
+def _unknown_key(node, key: str) -> None:
+    parent = key.rpartition(".")[0] or "config"
+    keys = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else ""
+    raise UsageError(f"unknown config key {key!r}; {parent} has: {keys or '(no keys)'}")
+
+
+def open_override(key: str, model_name_given: bool) -> bool:
+    """Whether a command line's `--config.<key>` is applied by apply_overrides (names that swap
+    a block, options a locked config does not list yet) rather than by config_flags."""
+    return (
+        key in ("model.name", "dataset.name")
+        or key.startswith(MODEL_OPTIONS_PREFIX)
+        or key.startswith(DATASET_KWARGS_PREFIX)
+        or (model_name_given and key.startswith("model."))
+    )
 
 
 def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -60,6 +160,8 @@ def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collection
             "name": dataset,
             "train_size": config_dict.placeholder(int),
             "val_fraction": 0.1,
+            # A data file without a test split: this share of its examples is carved as one.
+            "test_fraction": readers.DEFAULT_TEST_FRACTION,
             "normalize": True,
             "data_dir": config_dict.placeholder(str),
             "kwargs": ml_collections.ConfigDict(),
@@ -251,6 +353,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(math.isfinite(config.l2) and config.l2 >= 0, "l2", config.l2, "must be a number >= 0")
     vf = config.dataset.val_fraction
     _require(0 < vf < 1, "dataset.val_fraction", vf, "must lie strictly between 0 and 1")
+    tf = config.dataset.get("test_fraction", readers.DEFAULT_TEST_FRACTION)
+    _require(_is_number(tf) and 0 < tf < 1, "dataset.test_fraction", tf, "must lie in (0, 1)")
     ts = config.dataset.train_size
     _require(ts is None or ts > 0, "dataset.train_size", ts, "must be a positive integer or None")
     if "augment" in config:
@@ -455,6 +559,15 @@ def _validate_early_stopping(es: ml_collections.ConfigDict) -> None:
     )
 
 
+def resolve_config_path(path: str) -> str:
+    """A config file's path as given when it exists there, else the workflow's own file of that
+    name (`configs/mnist1d.py` from any directory, or from an installed package)."""
+    if os.path.isfile(path) or os.path.isabs(path):
+        return path
+    own = project_file(path)
+    return own if os.path.isfile(own) else path
+
+
 def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
     """`get_config(arg)` of a config file, as `--config=path:arg` loads it.
 
@@ -559,9 +672,17 @@ def _from_json(value):
     return tuple(_from_json(v) for v in value) if isinstance(value, list) else value
 
 
+def project_root() -> str:
+    """The folder that holds the workflow's configs/: the checkout, or an installed package's
+    data files."""
+    if os.path.isdir(os.path.join(PROJECT_ROOT, "configs")):
+        return PROJECT_ROOT
+    return INSTALLED_DATA
+
+
 def project_file(relative: str) -> str:
     """A file of the workflow's own folder (configs/...), wherever it is installed."""
-    return os.path.join(PROJECT_ROOT, relative)
+    return os.path.join(project_root(), relative)
 
 
 def _base_reference(base_path: str, path: str) -> str:
@@ -569,9 +690,9 @@ def _base_reference(base_path: str, path: str) -> str:
     workflow's configs/ through project_file, any other relative to the written file, so the
     file holds no absolute path of the machine that wrote it."""
     base = os.path.realpath(base_path)
-    configs = os.path.join(os.path.realpath(PROJECT_ROOT), "configs") + os.sep
-    if base.startswith(configs):
-        return f"config_lib.project_file({os.path.relpath(base, PROJECT_ROOT)!r})"
+    root = os.path.realpath(project_root())
+    if base.startswith(os.path.join(root, "configs") + os.sep):
+        return f"config_lib.project_file({os.path.relpath(base, root)!r})"
     here = os.path.dirname(os.path.realpath(path))
     return f"os.path.join(os.path.dirname(__file__), {os.path.relpath(base, here)!r})"
 

@@ -178,8 +178,16 @@ def corrupt_checkpoint_finding(
     )
 
 
+# Set while a stage runs inside Python (workflow.api): the next steps are then calls of its
+# functions, and the interpreter's own command line (a Jupyter kernel's) is never read.
+IN_PYTHON = {"active": False}
+
+
 def stage_command(stage: str, workdir: str) -> str:
-    """The command line of `stage` with this invocation's flags and another --workdir."""
+    """The command line of `stage` with this invocation's flags and another --workdir (inside
+    Python: the workflow.api call)."""
+    if IN_PYTHON["active"]:
+        return f"workflow.api.{stage}(model, data, ..., workdir={workdir!r})"
     args = [a for a in sys.argv[1:] if not a.startswith("--workdir")]
     return shlex.join(["python", "-m", f"workflow.{stage}", *args, f"--workdir={workdir}"])
 

@@ -1,7 +1,8 @@
 """Datasets for the workflow: loading, validation, splits, normalization and batch order.
 
 Modules: `dataset` (the Dataset and the loading pipeline), `sources` (MNIST-1D, digits, TFDS, user
-loaders), `text` (tokens and vocabulary), `validation`, `normalization`, `batching` (example
+loaders, data handed over in Python), `readers` (a user's files: .npz, .npy, CSV, Parquet, image
+folders), `text` (tokens and vocabulary), `validation`, `normalization`, `batching` (example
 order), `shards` (per-host data), `synthetic` (generators with a known irreducible error).
 
 Input conventions: images (N, H, W, C), sequences (N, T, F), tabular (N, D); x is float32 and y

@@ -11,6 +11,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from workflow.data import readers
 from workflow.data.batching import stratified_order
 from workflow.data.normalization import (
     apply_normalization,
@@ -19,6 +20,7 @@ from workflow.data.normalization import (
 )
 from workflow.data.shards import Shard, SplitPlan, process_shard, shard_info
 from workflow.data.sources import (
+    IN_MEMORY,
     VALID_NAMES,
     custom_arrays,
     digits_arrays,
@@ -118,6 +120,7 @@ def default_config() -> ml_collections.ConfigDict:
     cfg.name = "mnist1d"
     cfg.train_size = ml_collections.config_dict.placeholder(int)
     cfg.val_fraction = 0.1
+    cfg.test_fraction = readers.DEFAULT_TEST_FRACTION
     cfg.normalize = True
     cfg.kwargs = ml_collections.ConfigDict()
     cfg.data_dir = ml_collections.config_dict.placeholder(str)
@@ -139,7 +142,14 @@ def load_dataset(
         shard = process_shard()
     split_plan = SplitPlan(seed, val_fraction, train_size, shard)
 
-    raw = _load_raw(name, kwargs, seed=seed, data_dir=_get(cfg, "data_dir", None), plan=split_plan)
+    raw = _load_raw(
+        name,
+        kwargs,
+        seed=seed,
+        data_dir=_get(cfg, "data_dir", None),
+        plan=split_plan,
+        test_fraction=_test_fraction(cfg),
+    )
     # Recorded before validate_raw casts to float32/int32, which would hide them from the checks.
     source_dtypes = _source_dtypes(raw)
     raw = validate_raw(raw, name)
@@ -206,6 +216,14 @@ def _checked_options(cfg: Any) -> tuple[str, float, int | None]:
     ):
         raise UsageError(f"train_size={train_size!r} must be a positive integer or None")
     return name, val_fraction, train_size
+
+
+def _test_fraction(cfg: Any) -> float:
+    """dataset.test_fraction: the share of a data file's examples carved as its test split."""
+    value = _get(cfg, "test_fraction", readers.DEFAULT_TEST_FRACTION)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < value < 1.0:
+        raise UsageError(f"dataset.test_fraction={value!r} must be a number in (0, 1)")
+    return float(value)
 
 
 def _source_info(raw: dict, name: str, source_dtypes: dict[str, str]) -> dict:
@@ -324,8 +342,16 @@ def _to_dict(value: Any) -> dict[str, Any]:
 
 
 def _load_raw(
-    name: str, kwargs: dict[str, Any], *, seed: int, data_dir: str | None, plan: SplitPlan
+    name: str,
+    kwargs: dict[str, Any],
+    *,
+    seed: int,
+    data_dir: str | None,
+    plan: SplitPlan,
+    test_fraction: float = readers.DEFAULT_TEST_FRACTION,
 ) -> dict:
+    if name in IN_MEMORY:
+        return IN_MEMORY[name](kwargs, test_fraction)
     if name == "mnist1d":
         return mnist1d_arrays(kwargs)
     if name == "digits":
@@ -335,6 +361,8 @@ def _load_raw(
         return make_synthetic(kwargs, seed=seed)
     if name.startswith("tfds:"):
         return tfds_arrays(name[len("tfds:") :], kwargs, data_dir, plan)
+    if readers.is_path(name):
+        return readers.read_path(name, kwargs, test_fraction)
     if ":" in name:
         return custom_arrays(name, kwargs)
     raise UsageError(f"dataset name={name!r} is unknown; valid: {VALID_NAMES}")

@@ -436,6 +436,12 @@ def custom_arrays(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         raise UsageError(
             f"dataset loader {name!r}: module {module_name!r} has no function {func_name!r}"
         )
+    return call_loader(name, func, kwargs)
+
+
+def call_loader(name: str, func: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The raw dict the user's loader `func(**kwargs)` returns, checked to be a mapping; its
+    raising is one line naming it (a UserCodeError)."""
     try:
         inspect.signature(func).bind(**kwargs)
     except TypeError as e:
@@ -456,4 +462,18 @@ def custom_arrays(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
-VALID_NAMES = "mnist1d, digits, synthetic, tfds:<name>, module:function"
+# Data handed over in Python (workflow.api): dataset name -> fn(kwargs, test_fraction) -> raw.
+# Process-local: a run directory names them, but only this process can load them again.
+IN_MEMORY: dict[str, Any] = {}
+
+
+def register_in_memory(name: str, load: Any) -> str:
+    """Make dataset name `name` load through `load(kwargs, test_fraction)`; returns the name."""
+    IN_MEMORY[name] = load
+    return name
+
+
+VALID_NAMES = (
+    "mnist1d, digits, synthetic, tfds:<name>, module:function, or a data file or folder "
+    "(.npz, .npy, .csv, .parquet, a folder of images <class>/*.png)"
+)

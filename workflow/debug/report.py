@@ -13,7 +13,7 @@ from workflow.reporting.summary import Summary
 
 def plot_overfit(result: OverfitResult):
     """The overfit-one-batch loss and accuracy against step."""
-    import matplotlib.pyplot as plt
+    from workflow.reporting.plots import plt
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.5))
     steps = np.arange(1, len(result.losses) + 1)

@@ -665,10 +665,7 @@ def raw_inputs(x: np.ndarray, normalization: dict | None) -> np.ndarray:
 
 def plot_confusion(analysis: dict, title: str = ""):
     """Row-normalized confusion matrices, train | val, counts written in small matrices."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from workflow.reporting.plots import plt
 
     splits = [(s, analysis["splits"][s]) for s in SPLITS if s in analysis["splits"]]
     fig, axes = plt.subplots(1, len(splits), figsize=(5.2 * len(splits), 4.6), squeeze=False)
@@ -736,10 +733,7 @@ def plot_worst_examples(
     data gets a table in the report instead).
 
     `worst_inputs` maps split -> the inputs of its worst_examples, in their order."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from workflow.reporting.plots import plt
 
     cols = 4
     splits = [s for s in SPLITS if s in analysis["splits"]]

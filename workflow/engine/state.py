@@ -80,14 +80,28 @@ def forward(
 
 
 def model_kwargs(config: ml_collections.ConfigDict) -> dict:
-    """The model's keyword options from config.model (JSON lists back to tuples)."""
-    kwargs = {k: v for k, v in config.model.items() if k != "name"}
+    """The model's keyword options from config.model (JSON lists back to tuples): every key but
+    `name`; a `kwargs` block a config file writes (`config.model.kwargs = {...}`) is merged in."""
+    kwargs = {k: v for k, v in config.model.items() if k not in ("name", "kwargs")}
+    extra = config.model.get("kwargs")
+    if isinstance(extra, dict | ml_collections.ConfigDict):
+        extra = dict(extra)
+        both = sorted(set(extra) & set(kwargs))
+        if both:
+            raise UsageError(
+                f"model option {both[0]!r} is set twice, as model.{both[0]} and "
+                f"model.kwargs.{both[0]}; keep one"
+            )
+        kwargs.update(extra)
+    elif extra is not None:
+        kwargs["kwargs"] = extra
     return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
 
 
 def build_model(config: ml_collections.ConfigDict, input_shape, num_classes: int) -> nnx.Module:
-    """The configured model, built as `Class(input_shape, num_outputs, *, rngs, **kwargs)`;
-    a bad model name, option or input shape is a UsageError."""
+    """The configured model, built as `Class(input_shape, num_outputs, *, rngs, **kwargs)` or,
+    for any other constructor, `Class(**kwargs, rngs)` (models.build_model); a bad model name,
+    option or input shape is a UsageError."""
     kwargs = model_kwargs(config)
     name = config.model.name
     with as_usage_error(models.ModelOptionError):

@@ -68,7 +68,7 @@ def numeric_series(records: list[dict], key: str) -> tuple[list[int], list[float
 
 def plot_error_curves(records: list[dict], goal: float, irreducible: float | None, title: str):
     """Train/val loss and error against step, with the goal (and irreducible error) marked."""
-    import matplotlib.pyplot as plt
+    from workflow.reporting.plots import plt
 
     fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 3.8))
     for split, style in (("train", "-"), ("val", "o-")):
@@ -98,7 +98,7 @@ def plot_error_curves(records: list[dict], goal: float, irreducible: float | Non
 
 def plot_train_size(points: list[bias_variance.SizePoint], goal: float, title: str):
     """Train and val error against training-set size (log scale), with the goal marked."""
-    import matplotlib.pyplot as plt
+    from workflow.reporting.plots import plt
 
     fig, ax = plt.subplots(figsize=(6, 3.8))
     sizes = [p.train_size for p in points]

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import matplotlib.pyplot as plt
-
 from workflow import reporting
+from workflow.reporting.plots import plt
 from workflow.reporting.summary import Summary
 
 if TYPE_CHECKING:

@@ -1,14 +1,33 @@
 """Plots a person reads: figures drawn here and by each stage, saved by RunDir.save_figure."""
 
-import matplotlib
+import sys
 
-matplotlib.use("Agg")  # headless: plots are files, never windows
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-from workflow.files import write_atomically  # noqa: E402
+from workflow.files import write_atomically
 
 
-def plot_learning_curves(records: list[dict], title: str = "") -> plt.Figure:
+class FigureFactory:
+    """pyplot's `subplots` and `Rectangle` without pyplot: each figure is a Figure of its own,
+    never registered with pyplot, so no backend is chosen or switched and no window opens (a
+    stage runs inside a user's notebook through workflow.api)."""
+
+    Figure = Figure
+    Rectangle = Rectangle
+
+    @staticmethod
+    def subplots(*args, figsize=None, **kwargs):
+        """(figure, axes) as `pyplot.subplots` returns them."""
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots(*args, **kwargs)
+
+
+# What the stages draw with, in pyplot's spelling.
+plt = FigureFactory()
+
+
+def plot_learning_curves(records: list[dict], title: str = "") -> Figure:
     """Train/val loss and accuracy against step."""
     train = [r for r in records if "train_loss" in r]
     val = [r for r in records if "val_loss" in r]
@@ -28,13 +47,14 @@ def plot_learning_curves(records: list[dict], title: str = "") -> plt.Figure:
     return fig
 
 
-def save_figure(fig: plt.Figure, path: str) -> None:
+def save_figure(fig: Figure, path: str) -> None:
     """Lay out a figure and save it as a PNG, written atomically; the figure is closed."""
     try:
         fig.tight_layout()
         write_atomically(path, "wb", lambda f: fig.savefig(f, dpi=100, format="png"))
     finally:
-        plt.close(fig)
+        if "matplotlib.pyplot" in sys.modules:  # a figure a caller made with pyplot
+            sys.modules["matplotlib.pyplot"].close(fig)
 
 
 def set_log_scale_if_positive(ax, values) -> None:

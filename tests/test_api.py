@@ -1,0 +1,111 @@
+"""workflow.api: the stages from Python, with a model object, data in memory or in files, a
+Result that renders in Jupyter, no global side effects, and the command line's one-line errors."""
+
+import json
+import sys
+
+import matplotlib
+import numpy as np
+import pytest
+from flax import nnx
+from sklearn import datasets
+
+import models
+from tests.user_setups import Model, wine_csv
+from workflow import api
+from workflow.diagnostics.findings import Finding
+from workflow.errors import UsageError
+
+FAST = {"debug.overfit_steps": 150, "debug.train_steps": 60, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def wine():
+    x, y = datasets.load_wine(return_X_y=True)
+    return {"x": x.astype(np.float32), "y": y}
+
+
+def test_debug_takes_a_module_instance_and_arrays_and_returns_a_result(wine, tmp_path):
+    before = matplotlib.get_backend()
+    argv = list(sys.argv)
+    result = api.debug(
+        Model(13, 32, 3, rngs=nnx.Rngs(0)), wine, workdir=str(tmp_path / "run"), **FAST
+    )
+    assert result.stage == "debug" and result.status in ("ok", "failed")
+    assert all(isinstance(f, Finding) for f in result.findings)
+    assert result.metrics["short_run_steps"] == 60
+    assert result.metrics["short_run_val_accuracy"] > 0.5
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert saved == result.summary and saved["status"] == result.status
+    assert saved["config"]["model"] == {"name": "Model@python"}
+    assert "Model@python" in models.LOCAL_MODELS and "Model@python" not in models.MODELS
+    assert saved["dataset"]["num_classes"] == 3 and saved["dataset"]["splits"]["test"]["size"] == 36
+    # Nothing global changed: the backend, the command line; the next step is a call.
+    assert matplotlib.get_backend() == before and sys.argv == argv
+    if result.ok:
+        assert result.summary["next"][0].startswith("workflow.api.evaluate(")
+    page = result._repr_html_()
+    assert "debug: <span style='color:" in page and "<img src='data:image/png;base64," in page
+
+
+def test_a_free_class_gets_its_options_from_dotted_overrides(tmp_path):
+    path = wine_csv(tmp_path)
+    options = {"model.kwargs.din": 13, "model.kwargs.dmid": 16, "model.kwargs.dout": 3}
+    result = api.debug(Model, path, workdir=str(tmp_path / "run"), **options, **FAST)
+    assert result.summary["config"]["model"] == {
+        "name": "tests.user_setups:Model",
+        "din": 13,
+        "dmid": 16,
+        "dout": 3,
+    }
+    assert result.summary["config"]["dataset"]["name"] == str(path)
+
+
+def test_a_factory_gets_the_input_shape_and_the_class_count(wine, tmp_path):
+    seen = {}
+
+    def factory(input_shape, num_outputs, *, rngs):
+        seen["args"] = (input_shape, num_outputs)
+        return Model(input_shape[0], 8, num_outputs, rngs=rngs)
+
+    api.start_simple(factory, wine, workdir=str(tmp_path / "run"), num_steps=40, progress=False)
+    assert seen["args"] == ((13,), 3)
+
+
+def test_bad_input_raises_usage_error_with_the_command_line_s_line(wine, tmp_path):
+    with pytest.raises(UsageError) as e:
+        api.debug(Model, wine, workdir=str(tmp_path / "a"))
+    assert str(e.value).startswith("model 'tests.user_setups:Model' takes (din, dmid, dout, *")
+    with pytest.raises(UsageError, match=r"data file 'nothing.csv' does not exist"):
+        api.debug(None, "nothing.csv", workdir=str(tmp_path / "b"))
+    with pytest.raises(UsageError, match=r"unknown config key 'optimizer.lr'; optimizer has"):
+        api.debug(None, wine, workdir=str(tmp_path / "c"), **{"optimizer.lr": 1.0})
+    with pytest.raises(UsageError, match=r"data \(the arrays given\) holds inputs; expected"):
+        api.debug(None, {"inputs": wine["x"]}, workdir=str(tmp_path / "d"))
+    with pytest.raises(UsageError, match="give the data"):
+        api.debug(Model)
+
+
+def test_evaluate_and_tune_on_a_config_file(tmp_path):
+    evaluated = api.evaluate(
+        config="configs/synthetic.py:tabular",
+        workdir=str(tmp_path / "evaluate"),
+        **{"dataset.kwargs.num_train": 400, "num_steps": 60, "eval_every": 20, "progress": False},
+    )
+    assert evaluated.summary["bias_variance"]["rows"]
+    assert evaluated.metrics["test_accuracy"] > 0.5
+    tuned = api.tune(
+        config="configs/synthetic.py:tabular",
+        workdir=str(tmp_path / "tune"),
+        **{
+            "dataset.kwargs.num_train": 400,
+            "num_steps": 60,
+            "eval_every": 20,
+            "progress": False,
+            "search.num_trials": 4,
+            "search.rounds": 1,
+            "search.range_test.enabled": False,
+            "search.retrain_best": False,
+        },
+    )
+    assert tuned.stage == "tune" and len(tuned.summary["trials"]) == 4

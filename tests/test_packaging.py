@@ -1,0 +1,117 @@
+"""Configs from any directory and the console command (`dnn-troubleshoot <stage>`)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tomllib
+
+from workflow import cli, config_lib
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def console(cwd, *args: str) -> subprocess.CompletedProcess:
+    """`dnn-troubleshoot args...` as the installed script runs it, from `cwd`."""
+    code = "import sys; from workflow import cli; sys.argv = sys.argv[1:]; cli.console_main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, "dnn-troubleshoot", *args],
+        cwd=cwd,
+        env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_the_console_command_runs_a_stage_from_any_directory(tmp_path):
+    result = console(
+        tmp_path,
+        "debug",
+        "--config=configs/digits.py:mlp",
+        "--config.debug.overfit_steps=100",
+        "--config.debug.train_steps=50",
+        "--workdir=run",
+    )
+    assert result.returncode in (0, 1), result.stderr[-2000:]
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["dataset"]["name"] == "digits" and saved["model"]["name"] == "mlp"
+
+
+def test_an_unknown_stage_is_one_line_and_exit_2(tmp_path):
+    result = console(tmp_path, "fly")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: unknown stage 'fly'; usage: dnn-troubleshoot <stage> --config=<file> "
+        "--workdir=<dir>, the stage one of start_simple, debug, evaluate, tune, improve, run"
+    )
+
+
+def test_a_config_path_is_the_workflow_s_own_unless_the_directory_has_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    own = config_lib.resolve_config_path("configs/digits.py")
+    assert pathlib.Path(own) == ROOT / "configs" / "digits.py"
+    assert cli.resolve_config_arg(["--config=configs/digits.py:mlp", "--x"]) == [
+        f"--config={own}:mlp",
+        "--x",
+    ]
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "digits.py").write_text("")
+    assert config_lib.resolve_config_path("configs/digits.py") == "configs/digits.py"
+    assert config_lib.resolve_config_path("configs/none.py") == "configs/none.py"
+
+
+def test_the_console_script_is_declared():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["scripts"] == {"dnn-troubleshoot": "workflow.cli:console_main"}
+    assert callable(cli.console_main)
+
+
+def test_a_models_package_shadowing_the_zoo_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "__init__.py").write_text("MY_MODELS = ()\n")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, "-m", "workflow.debug", "--workdir=run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: the package 'models' resolves to {tmp_path / 'models'}, not the workflow's model "
+        f"zoo ({ROOT / 'models'}): a package of that name in the current directory or on "
+        "PYTHONPATH shadows it; run from another directory or rename yours"
+    ]
+    assert not (tmp_path / "run").exists()
+    # Imported from Python (a notebook there), the same line as an ImportError.
+    imported = subprocess.run(
+        [sys.executable, "-c", "import workflow"],
+        cwd=tmp_path,
+        env=dict(env, PYTHONPATH=os.pathsep.join(["", str(ROOT)])),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "ImportError: the package 'models' resolves to" in imported.stderr
+
+
+def test_an_installed_package_finds_its_configs_in_the_data_files(tmp_path, monkeypatch):
+    """pip installs configs/*.py under <prefix>/share/dnn-troubleshooting (pyproject's
+    data-files); without a checkout beside the package, that is where they are found."""
+    data_files = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "data-files"
+    ]
+    assert data_files == {"share/dnn-troubleshooting/configs": ["configs/*.py"]}
+    installed = tmp_path / "share" / "dnn-troubleshooting"
+    (installed / "configs").mkdir(parents=True)
+    (installed / "configs" / "digits.py").write_text("")
+    monkeypatch.setattr(config_lib, "PROJECT_ROOT", str(tmp_path / "site-packages"))
+    monkeypatch.setattr(config_lib, "INSTALLED_DATA", str(installed))
+    monkeypatch.chdir(tmp_path)
+    assert config_lib.resolve_config_path("configs/digits.py") == str(
+        installed / "configs" / "digits.py"
+    )
