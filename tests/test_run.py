@@ -207,3 +207,36 @@ def test_run_fixes_an_overfit_model_with_data_or_regularization(tmp_path):
     report = open(os.path.join(workdir, "report.md")).read()
     assert "more data" in report and "train_size 50 → 100" in report
     _check_reports(workdir, summary)
+
+
+def test_a_search_that_stops_at_the_goal_keeps_its_full_length_round_when_sized():
+    from workflow import config_lib
+    from workflow import run as run_lib
+
+    config = config_lib.load_config_file("configs/mnist1d.py")
+    # The default search on MNIST-1D in 120 s at 250 steps/s: far more than fits.
+    fixed = config.copy_and_resolve_references()
+    fixed.search.stop_at_goal = False
+    sized_fixed = run_lib.size_search(fixed, 120.0, 250.0, 3600)
+    assert sized_fixed.search.last_round_full_length is False  # shortened first
+    sized = run_lib.size_search(config, 120.0, 250.0, 3600)
+    s = sized.search
+    # Only a full-length trial can show the goal met: straight from the coarse round to a
+    # full-length one, fewer trials.
+    assert s.last_round_full_length is True and s.rounds == 2
+    assert sized_fixed.search.rounds == 3
+    assert s.num_trials < 64 and s.refine_trials < 32
+    s0 = 108  # 3 epochs of 3,600 examples at batch 100
+    affordable = 120.0 * 250.0 - config.num_steps
+    assert run_lib.search_cost(s, s0, config.num_steps) <= affordable  # still an upper bound
+    # No budget: the configured search, whichever way it stops.
+    assert run_lib.size_search(config, float("inf"), 250.0, 3600) is config
+
+
+def test_the_run_says_what_meeting_the_goal_skipped():
+    from workflow import run as run_lib
+
+    step = run_lib.Step("5_evaluate", "evaluate", "w", "c", summary=None)
+    text = run_lib.goal_skipped(step, 0, "improve")
+    assert text.startswith("the goal is met at 5_evaluate: skipped improve, evaluate of round 1")
+    assert "tune, evaluate, improve" in run_lib.goal_skipped(step, 1, "tune")

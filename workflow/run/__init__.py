@@ -361,9 +361,11 @@ def size_search(
     config: ml_collections.ConfigDict, seconds: float, steps_per_s: float, num_train: int
 ) -> ml_collections.ConfigDict:
     """The search shrunk to fit `seconds` at the measured training speed (one trial's steps/s):
-    the last round loses its full length, every round loses trials, then a round goes. A search
-    that stops at the goal keeps its full-length last round longest: only a trial trained as
-    long as the real run can show the goal met (short runs stop short of it)."""
+    the last round loses its full length, every round loses trials, then a round goes.
+
+    A search that stops at the goal goes from its coarse round straight to a full-length one
+    (two rounds) and keeps that round's full length longest: only a trial trained as long as
+    the real run can show the goal met, so the sooner such trials run the sooner it can stop."""
     if not (seconds < float("inf") and steps_per_s > 0):
         return config
     from workflow.search import random_search as search_lib
@@ -376,6 +378,8 @@ def size_search(
     def too_costly() -> bool:
         return search_cost(s, s0, sized.num_steps) > affordable
 
+    if s.get("stop_at_goal", False) and s.last_round_full_length:
+        s.rounds = min(s.rounds, 2)
     if too_costly() and not s.get("stop_at_goal", False):
         s.last_round_full_length = False
     if too_costly():
