@@ -50,9 +50,10 @@ def run_workflow(config: str, workdir: str, *overrides: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
-    if result.returncode not in (0, 1):
+    if result.returncode not in (0, 1) or not os.path.exists(os.path.join(workdir, "summary.json")):
         raise RuntimeError(
-            f"{' '.join(command)} exited {result.returncode}: {result.stderr[-2000:]}"
+            f"{' '.join(command)} exited {result.returncode} without a summary:\n"
+            f"{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
         )
     with open(os.path.join(workdir, "summary.json")) as f:
         summary = json.load(f)

@@ -198,9 +198,8 @@ def test_tune_stops_at_the_goal_and_reports_what_it_skipped(tmp_path):
     m = summary["metrics"]
     assert m["search_stopped_at_goal"] is True and m["skipped_trials"] == 8
     assert m["num_trials"] == 4 and m["retrain_steps"] == 60  # the best is still retrained
-    assert (
-        "stopped at the goal: round 1 trial #0" in open(os.path.join(workdir, "report.md")).read()
-    )
+    report = open(os.path.join(workdir, "report.md")).read()
+    assert f"stopped at the goal: round 1 trial #{stop['slot']}" in report
     assert "stopped at the goal" in result.stdout
 
 

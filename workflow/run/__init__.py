@@ -361,11 +361,8 @@ def size_search(
     config: ml_collections.ConfigDict, seconds: float, steps_per_s: float, num_train: int
 ) -> ml_collections.ConfigDict:
     """The search shrunk to fit `seconds` at the measured training speed (one trial's steps/s):
-    the last round loses its full length, every round loses trials, then a round goes.
-
-    A search that stops at the goal goes from its coarse round straight to a full-length one
-    (two rounds) and keeps that round's full length longest: only a trial trained as long as
-    the real run can show the goal met, so the sooner such trials run the sooner it can stop."""
+    first the last round loses its full length, then every round loses trials, then a round.
+    It is an upper bound: a search that stops at the goal (search.stop_at_goal) ends sooner."""
     if not (seconds < float("inf") and steps_per_s > 0):
         return config
     from workflow.search import random_search as search_lib
@@ -374,22 +371,15 @@ def size_search(
     s = sized.search
     s0 = search_lib.steps_for(s.epochs, num_train, sized.batch_size)
     affordable = seconds * steps_per_s - (sized.num_steps if s.retrain_best else 0)
-
-    def too_costly() -> bool:
-        return search_cost(s, s0, sized.num_steps) > affordable
-
-    if s.get("stop_at_goal", False) and s.last_round_full_length:
-        s.rounds = min(s.rounds, 2)
-    if too_costly() and not s.get("stop_at_goal", False):
+    if search_cost(s, s0, sized.num_steps) > affordable:
         s.last_round_full_length = False
-    if too_costly():
-        scale = max(affordable, 0) / search_cost(s, s0, sized.num_steps)
+    cost = search_cost(s, s0, sized.num_steps)
+    if cost > affordable:
+        scale = max(affordable, 0) / cost
         s.num_trials = max(8, int(s.num_trials * scale))
         s.refine_trials = max(4, int(s.refine_trials * scale))
-    if too_costly() and s.rounds > 2:
+    if search_cost(s, s0, sized.num_steps) > affordable and s.rounds > 2:
         s.rounds = 2
-    if too_costly():
-        s.last_round_full_length = False
     return sized
 
 
