@@ -207,3 +207,26 @@ def test_fault_campaign_subset_writes_its_json(tmp_path):
     assert all(c["survived"] for c in cases if c["name"] != "full_disk_8k"), cases
     assert code == (0 if results["survived"] == results["tried"] else 1)
     assert not (tmp_path / "scratch").exists()  # removed unless --keep
+
+
+def test_time_to_goal_writes_the_issues_json_and_table(tmp_path, monkeypatch):
+    from benchmarks import time_to_goal
+
+    def fake_run(config, workdir, *overrides):  # a workflow.run without training
+        fixed = "--config.search.stop_at_goal=False" in overrides
+        return {
+            "workflow_seconds": 200.0 if fixed else 80.0,
+            "test_accuracy": 0.96 if fixed else 0.97,
+            "goal_met": True,
+            "searches": [{"trials": 40 if fixed else 12, "search_stop": None if fixed else {}}],
+        }
+
+    monkeypatch.setattr(time_to_goal, "run_workflow", fake_run)
+    out = tmp_path / "ttg.json"
+    assert time_to_goal.main(["--problems=mnist1d", f"--out={out}"]) == 0
+    result = json.loads(out.read_text())["mnist1d"]
+    assert result["seconds_to_goal"] == 80.0 and result["test_accuracy"] == 0.97
+    assert result["baseline_seconds"] == 200.0 and result["baseline_test_accuracy"] == 0.96
+    assert "2.50x" in time_to_goal.table({"mnist1d": result})
+    with pytest.raises(SystemExit):
+        time_to_goal.main(["--problems=imagenet"])
