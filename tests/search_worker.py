@@ -1,5 +1,5 @@
 """One search worker on a shared study, as a separate process:
-`python search_worker.py URL NAME [HEARTBEAT_SECONDS]`.
+`python search_worker.py URL NAME [HEARTBEAT_SECONDS [GOAL_VAL_ERROR]]`.
 
 Prints one JSON line: how many trials this process trained, how many records it saw finished,
 and the rounds and records themselves (the whole trial table).
@@ -27,8 +27,11 @@ def search_config():
     return config
 
 
-def main(url: str, study_name: str, heartbeat_seconds: int | None = None) -> None:
-    """Join the study at `url` and work until every round is finished."""
+def main(
+    url: str, study_name: str, heartbeat_seconds: int | None = None, goal: float | None = None
+) -> None:
+    """Join the study at `url` and work until every round is finished (or a trial reaches the
+    val error `goal`)."""
     from workflow import experiment
     from workflow.engine import trials
     from workflow.search import random_search
@@ -39,12 +42,20 @@ def main(url: str, study_name: str, heartbeat_seconds: int | None = None) -> Non
     setup = experiment.prepare(config)
     dataset = setup.dataset
     runner = trials.TrialRunner(config, dataset.input_shape, dataset.num_classes)
-    worker = random_search.Search(runner, dataset, config, url, study_name, progress=False)
+    worker = random_search.Search(
+        runner, dataset, config, url, study_name, progress=False, goal_val_error=goal
+    )
     first = random_search.first_round(config.search, len(dataset.x_train), config.batch_size)
     rounds, records = worker.run(first)
     table = {"rounds": [r.to_json() for r in rounds], "records": records}
-    print(json.dumps({"trained_here": worker.trained_here, "trials": len(records), **table}))
+    counts = {"trained_here": worker.trained_here, "trials": len(records)}
+    print(json.dumps({**counts, **table, "stopped": worker.stopped}))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], *(int(v) for v in sys.argv[3:4]))
+    main(
+        sys.argv[1],
+        sys.argv[2],
+        *(int(v) for v in sys.argv[3:4]),
+        *(float(v) for v in sys.argv[4:5]),
+    )

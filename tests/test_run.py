@@ -207,3 +207,35 @@ def test_run_fixes_an_overfit_model_with_data_or_regularization(tmp_path):
     report = open(os.path.join(workdir, "report.md")).read()
     assert "more data" in report and "train_size 50 → 100" in report
     _check_reports(workdir, summary)
+
+
+def test_the_search_is_sized_the_same_whether_or_not_it_stops_at_the_goal():
+    from workflow import config_lib
+    from workflow import run as run_lib
+
+    config = config_lib.load_config_file("configs/mnist1d.py")
+    # The default search on MNIST-1D in 120 s at 250 steps/s: far more than fits.
+    fixed = config.copy_and_resolve_references()
+    fixed.search.stop_at_goal = False
+    sized = run_lib.size_search(config, 120.0, 250.0, 3600)
+    s = sized.search
+    assert s.last_round_full_length is False and s.num_trials < 64 and s.refine_trials < 32
+    s0 = 108  # 3 epochs of 3,600 examples at batch 100
+    affordable = 120.0 * 250.0 - config.num_steps
+    assert run_lib.search_cost(s, s0, config.num_steps) <= affordable  # the budget bounds it
+    # The budget is an upper bound: stopping at the goal only ends the search sooner.
+    sized_fixed = run_lib.size_search(fixed, 120.0, 250.0, 3600).search
+    assert {k: v for k, v in sized_fixed.items() if k != "stop_at_goal"} == {
+        k: v for k, v in s.items() if k != "stop_at_goal"
+    }
+    # No budget: the configured search, whichever way it stops.
+    assert run_lib.size_search(config, float("inf"), 250.0, 3600) is config
+
+
+def test_the_run_says_what_meeting_the_goal_skipped():
+    from workflow import run as run_lib
+
+    step = run_lib.Step("5_evaluate", "evaluate", "w", "c", summary=None)
+    text = run_lib.goal_skipped(step, 0, "improve")
+    assert text.startswith("the goal is met at 5_evaluate: skipped improve, evaluate of round 1")
+    assert "tune, evaluate, improve" in run_lib.goal_skipped(step, 1, "tune")

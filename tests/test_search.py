@@ -323,6 +323,79 @@ def test_a_search_killed_anywhere_resumes_to_the_uninterrupted_search(uninterrup
     )
 
 
+def _goal_in_first_batch(records: list[dict]) -> tuple[float, list[dict], int]:
+    """A val error the first batch of round 0 (slots 0-3) reaches and no earlier slot does:
+    (that goal, the batch's records, the first slot at or below it)."""
+    batch = [r for r in records if r["round"] == 0 and r["slot"] < 4]
+    goal = min(1 - r["val_accuracy"] for r in batch)
+    slot = min(r["slot"] for r in batch if 1 - r["val_accuracy"] <= goal)
+    return goal, batch, slot
+
+
+def test_search_stops_at_the_first_trial_that_meets_the_goal(
+    setup, runner, uninterrupted, tmp_path
+):
+    url = f"sqlite:///{tmp_path}/study.db"
+    config = setup.config
+    first = random_search.first_round(config.search, len(setup.dataset.x_train), config.batch_size)
+    goal, batch, slot = _goal_in_first_batch(uninterrupted[1])
+    search = random_search.Search(
+        runner, setup.dataset, config, url, "g", progress=False, goal_val_error=goal
+    )
+    rounds, records = search.run(first)
+    assert [r.index for r in rounds] == [0] and records == batch
+    assert search.trained_here == 4  # one batch of four, then nothing
+    assert search.stopped == {
+        "reason": "goal",
+        "round": 0,
+        "slot": slot,
+        "val_error": 1 - batch[slot]["val_accuracy"],
+        "goal_val_error": goal,
+        "skipped_trials": 4 + 4,  # the round's second batch and the refined round
+        "skipped_rounds": 1,
+    }
+    # Run again on the same study: the same decision from the finished slots, nothing trained.
+    again = random_search.Search(
+        runner, setup.dataset, config, url, "g", progress=False, goal_val_error=goal
+    )
+    assert again.run(first) == (rounds, records) and again.trained_here == 0
+    assert again.stopped == search.stopped
+    # A goal no trial reaches: the whole search, as without one.
+    never = random_search.Search(
+        runner, setup.dataset, config, url, "n", progress=False, goal_val_error=-1.0
+    )
+    assert never.run(first) == uninterrupted and never.stopped is None
+
+
+def test_a_search_killed_before_the_goal_resumes_to_the_same_stop(uninterrupted, tmp_path):
+    url = f"sqlite:///{tmp_path}/study.db"
+    goal, batch, slot = _goal_in_first_batch(uninterrupted[1])
+    # Killed with half of the goal's batch recorded; the next worker trains the rest, then stops.
+    proc = _worker(url, "k", "1", repr(goal), kill_at="search.told:2")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, err[-2000:]
+    proc = _worker(url, "k", "1", repr(goal))
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    resumed = json.loads(out.strip().splitlines()[-1])
+    assert resumed["records"] == _as_json(batch) and resumed["trained_here"] == 2
+    assert resumed["stopped"]["slot"] == slot and resumed["stopped"]["skipped_trials"] == 8
+
+
+def test_goal_val_error_is_the_goal_less_the_val_sets_noise():
+    # 4% on 400 examples: one standard error is 0.98 points.
+    assert random_search.goal_val_error(0.04, 400, 1.0) == pytest.approx(0.0302, abs=1e-5)
+    assert random_search.goal_val_error(0.04, 400, 0.0) == 0.04
+    records = [
+        {"round": 0, "slot": 1, "val_accuracy": 0.97},
+        {"round": 0, "slot": 0, "val_accuracy": 0.95},
+        {"round": 0, "slot": 2, "val_accuracy": 0.99},
+    ]
+    assert random_search.goal_trial(records, 0.0302)["slot"] == 1  # the lowest slot reaching it
+    assert random_search.goal_trial(records, 0.005) is None
+    assert random_search.goal_trial(records, None) is None
+
+
 def _open_fresh_study(url: str, barrier, results) -> None:
     """One worker: open the storage and create-or-load the study, all workers at once."""
     import optuna

@@ -179,12 +179,37 @@ def test_tune_killed_at_every_kind_of_point_resumes_to_the_uninterrupted_search(
     assert _search_outcome(killed) == _search_outcome(whole)
 
 
+def test_tune_stops_at_the_goal_and_reports_what_it_skipped(tmp_path):
+    # A goal any trial meets (0.9 test error): the first batch of four ends the search.
+    workdir = str(tmp_path / "tune")
+    result = run_stage("tune", *TINY, "--config.goal.test_error=0.9", f"--workdir={workdir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = read_summary(workdir)
+    stop = summary["search_stop"]
+    assert stop["reason"] == "goal" and stop["round"] == 0
+    assert stop["val_error"] <= stop["goal_val_error"] < 0.9
+    assert stop["skipped_trials"] == 4 + 4 and stop["skipped_rounds"] == 1
+    assert [t["slot"] for t in summary["trials"]] == [0, 1, 2, 3]
+    # The lowest slot at or below the line, whichever finished first.
+    reached = [
+        t["slot"] for t in summary["trials"] if 1 - t["val_accuracy"] <= stop["goal_val_error"]
+    ]
+    assert stop["slot"] == reached[0]
+    m = summary["metrics"]
+    assert m["search_stopped_at_goal"] is True and m["skipped_trials"] == 8
+    assert m["num_trials"] == 4 and m["retrain_steps"] == 60  # the best is still retrained
+    report = open(os.path.join(workdir, "report.md")).read()
+    assert f"stopped at the goal: round 1 trial #{stop['slot']}" in report
+    assert "stopped at the goal" in result.stdout
+
+
 @pytest.mark.parametrize(
     "flag, words",
     [
         ('--config.search.lr_range="(1e-3, 1e-6)"', "search.lr_range"),
         ("--config.search.sampler=grid", "halton, sobol, random"),
         ("--config.search.storage=postgresql://nobody@127.0.0.1:9/db", "cannot open the study"),
+        ("--config.search.goal_noise_z=-1", "search.goal_noise_z"),
     ],
 )
 def test_bad_search_input_exits_2_and_writes_nothing(tmp_path, flag, words):

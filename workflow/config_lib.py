@@ -285,6 +285,10 @@ def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collection
                 }
             ),
             "retrain_best": True,  # train the best trial at the config's full num_steps
+            # Stop the search at the first trial whose val error beats goal.test_error by
+            # goal_noise_z standard errors of the val set (False: every round runs to its end).
+            "stop_at_goal": True,
+            "goal_noise_z": 1.0,
         }
     )
     # The improve stage: the remedies the verdict calls for, each a run of this many steps.

@@ -48,6 +48,7 @@ class Summary:
     improved_band: list[float] | None = None  # lowest, highest lr of the trials that improved
     rounds: list[dict] | None = None  # each round's ranges, length and trial count
     trials: list[dict] | None = None  # every trial's record, all rounds
+    search_stop: dict[str, Any] | None = None  # the trial that met the goal, what was skipped
     # improve (with best_config, and the starting point's bias_variance)
     verdicts: list[str] | None = None  # the starting point's verdicts the remedies answer
     candidates: list[dict] | None = None  # each remedy's run: errors, size, time, why tried

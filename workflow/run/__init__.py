@@ -34,6 +34,7 @@ from workflow.errors import UsageError
 from workflow.reporting import rundir
 from workflow.reporting.summary import Summary
 from workflow.run import report
+from workflow.tune import report as tune_report
 
 
 @dataclasses.dataclass
@@ -284,9 +285,9 @@ def run_workflow(workflow: Workflow) -> Summary:
     # One trial's training speed and the training-set size, to size each search to the budget.
     speed = start.summary.metrics.get("steps_per_s") or 0.0
     num_train = start.summary.dataset["splits"]["train"]["size"]
-    for _ in range(workflow.config.budget.max_rounds):
+    for round_index in range(workflow.config.budget.max_rounds):
         if current.summary.has_finding("goal_met"):
-            break
+            return finish(workflow, stopped=goal_skipped(current, round_index, "tune"))
         if workflow.budget_left() <= 0:
             return finish(workflow, stopped="the time budget (config.budget.minutes) is spent")
         # best_config.py files all start from the command line's config file: a stage that
@@ -308,7 +309,9 @@ def run_workflow(workflow: Workflow) -> Summary:
                 evaluate_copy(os.path.join(tuned.workdir, rundir.BEST)),
             )
             number += 1
-        if current.summary.has_finding("goal_met") or workflow.budget_left() <= 0:
+        if current.summary.has_finding("goal_met"):
+            return finish(workflow, stopped=goal_skipped(current, round_index, "improve"))
+        if workflow.budget_left() <= 0:
             break
         run_seconds = current.summary.metrics.get("wall_seconds") or 0.0
         improved = workflow.step(
@@ -332,6 +335,16 @@ def run_workflow(workflow: Workflow) -> Summary:
     return finish(workflow)
 
 
+def goal_skipped(met: Step, round_index: int, next_stage: str) -> str:
+    """Why the workflow ended at step `met` (its evaluation met the goal) and what it skipped:
+    the rest of this round from `next_stage` on, and the later rounds budget.max_rounds allows."""
+    rest = "tune, evaluate, improve, evaluate" if next_stage == "tune" else "improve, evaluate"
+    return (
+        f"the goal is met at {met.name}: skipped {rest} of round {round_index + 1} and any later "
+        "round (config.budget.max_rounds)"
+    )
+
+
 def search_cost(search, s0: int, full_steps: int) -> int:
     """Training steps (summed over trials) of a search sized by `search`."""
     cost, steps = search.num_trials * s0, s0
@@ -348,7 +361,8 @@ def size_search(
     config: ml_collections.ConfigDict, seconds: float, steps_per_s: float, num_train: int
 ) -> ml_collections.ConfigDict:
     """The search shrunk to fit `seconds` at the measured training speed (one trial's steps/s):
-    first the last round loses its full length, then every round loses trials, then a round."""
+    first the last round loses its full length, then every round loses trials, then a round.
+    It is an upper bound: a search that stops at the goal (search.stop_at_goal) ends sooner."""
     if not (seconds < float("inf") and steps_per_s > 0):
         return config
     from workflow.search import random_search as search_lib
@@ -401,6 +415,9 @@ def decisions(workflow: Workflow) -> list[Finding]:
                 f"{m.get('best_learning_rate', float('nan')):.3g}, L2 "
                 f"{m.get('best_l2', float('nan')):.3g}"
             )
+            if s.search_stop:
+                message += f"; {tune_report.stop_text(s.search_stop)}"
+                extra = {"search_stop": s.search_stop}
         elif step.stage == "improve":
             # No decision when the starting point diverged (the summary is its evaluation).
             decision = s.decision or {"chosen": None, "why": f"status {s.status}"}

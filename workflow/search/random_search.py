@@ -8,6 +8,13 @@ so no trial ever mixes two points. Slots are trained in fixed batches (slots [kP
 trials per program), each slot at its own lane of a program of the batch's width, so the numbers
 do not depend on which worker trained what, or how often a batch was interrupted.
 
+Stopping at the goal: with a `goal_val_error` (tune sets it from config.goal when
+config.search.stop_at_goal is on), the search ends as soon as a finished trial's val error is at
+or below it, skipping the round's other slots and the later rounds (`Search.stopped` says which
+trial and what was skipped). The decision is a function of the finished slots alone: the
+lowest such slot, checked before any batch is claimed, so a resumed search stops where the
+uninterrupted one did.
+
 Resuming: a trial that was running when its worker died is failed, and its slot gets a new trial
 with the same point and seed; a search killed at any point and started again therefore ends with
 the trial table of the uninterrupted search, and runs no finished trial twice. A dead worker on
@@ -108,6 +115,27 @@ def validate_search_config(search: ml_collections.ConfigDict) -> None:
         raise UsageError(
             f"invalid value search.top_fraction={search.top_fraction!r}: must lie in (0, 1]"
         )
+    z = search.get("goal_noise_z", 1.0)
+    if not (isinstance(z, int | float) and math.isfinite(z) and z >= 0):
+        raise UsageError(f"invalid value search.goal_noise_z={z!r}: a finite number >= 0")
+
+
+def goal_val_error(goal_error: float, num_val: int, noise_z: float) -> float:
+    """The val error a trial must reach for the search to stop at the goal: the goal less
+    `noise_z` standard errors of an error rate at the goal measured on `num_val` examples."""
+    noise = math.sqrt(goal_error * (1 - goal_error) / max(num_val, 1))
+    return goal_error - noise_z * noise
+
+
+def goal_trial(records: Sequence[dict], goal_error: float | None) -> dict | None:
+    """The finished trial (lowest slot) whose val error is at or below `goal_error`; None when
+    none is, or without a goal."""
+    if goal_error is None:
+        return None
+    for record in sorted(records, key=lambda r: (r["round"], r["slot"])):
+        if 1 - record["val_accuracy"] <= goal_error:
+            return record
+    return None
 
 
 def steps_for(epochs: float, num_train: int, batch_size: int) -> int:
@@ -427,6 +455,18 @@ def trial_attrs(result: trials_lib.TrialsResult, i: int, seed: int, round_: Roun
     }
 
 
+def finished_records(owners: dict[int, Any], round_: Round) -> list[dict]:
+    """The records of the round's finished slots, in slot order."""
+    import optuna
+
+    complete = optuna.trial.TrialState.COMPLETE
+    return [
+        trial_record(slot, trial.params, trial.user_attrs["result"], round_)
+        for slot, trial in sorted(owners.items())
+        if trial.state == complete
+    ]
+
+
 class Search:
     """A coarse-to-fine search of one config in one storage, resumable and shareable."""
 
@@ -439,8 +479,10 @@ class Search:
         study_name: str,
         *,
         progress: bool = True,
+        goal_val_error: float | None = None,
     ):
         self.runner, self.dataset, self.config = runner, dataset, config
+        self.goal_val_error = goal_val_error  # stop at the first trial at or below it
         self.search = config.search
         self.storage_url = storage_url
         self.storage = open_storage(storage_url, self.search.heartbeat_seconds)
@@ -448,6 +490,7 @@ class Search:
         self.worker = Worker.this_process()
         self.progress = progress
         self.trained_here = 0  # trials this process trained (the rest came from the study)
+        self.stopped: dict | None = None  # set when the search stopped at the goal
 
     def study(self, round_: Round):
         """The Optuna study of one round (created by whichever worker gets there first)."""
@@ -465,27 +508,33 @@ class Search:
         return study, Round.from_json(study.user_attrs["round"])
 
     def run_round(self, study, round_: Round, on_batch: Callable[[list[dict]], None]) -> list[dict]:
-        """Claim, train and record batches of slots until every slot of the round has finished;
-        returns the records in slot order."""
-        import optuna
-
-        complete = optuna.trial.TrialState.COMPLETE
+        """Claim, train and record batches of slots until every slot of the round has finished,
+        or one meets the goal (then `stopped` says so); returns the finished records in slot
+        order."""
         points = unit_points(self.search.sampler, self.config.seed, round_.index, round_.num_trials)
         width = trials_lib.trials_per_program(self.config)
         while True:
             reclaim_interrupted(study, self.storage)
             owners = self._fill_slots(study, round_, points)
-            if all(owners[slot].state == complete for slot in range(round_.num_trials)):
-                break
+            finished = finished_records(owners, round_)
+            at_goal = goal_trial(finished, self.goal_val_error)
+            if at_goal is not None:
+                self.stopped = {
+                    "reason": "goal",
+                    "round": round_.index,
+                    "slot": at_goal["slot"],
+                    "val_error": 1 - at_goal["val_accuracy"],
+                    "goal_val_error": self.goal_val_error,
+                    "skipped_trials": round_.num_trials - len(finished),
+                }
+                return finished
+            if len(finished) == round_.num_trials:
+                return finished
             claimed = self._claim_batch(owners, width)
             if claimed:
                 on_batch(self._train_and_tell(round_, claimed, width))
             else:
                 time.sleep(self.search.poll_seconds)  # the rest are training in other workers
-        return [
-            trial_record(slot, owners[slot].params, owners[slot].user_attrs["result"], round_)
-            for slot in range(round_.num_trials)
-        ]
 
     def _fill_slots(self, study, round_: Round, points: np.ndarray) -> dict[int, Any]:
         """Every slot's trial, after creating the missing ones (a new round, or the slot of a
@@ -618,8 +667,8 @@ class Search:
         return beating
 
     def run(self, first: Round, on_batch: Callable[[list[dict]], None] = lambda r: None):
-        """Every round, each refined around the best of the one before; returns
-        (rounds, records of all finished trials)."""
+        """Every round, each refined around the best of the one before, until the goal is met;
+        returns (rounds, records of all finished trials)."""
         with full_disk_as_oserror(self.storage_url):
             return self._run(first, on_batch)
 
@@ -640,6 +689,11 @@ class Search:
             round_records = self.run_round(study, round_, on_batch)
             rounds.append(round_)
             records += round_records
+            if self.stopped is not None:
+                later = self.search.rounds - index - 1
+                self.stopped["skipped_rounds"] = later
+                self.stopped["skipped_trials"] += later * self.search.refine_trials
+                break
         return rounds, records
 
 

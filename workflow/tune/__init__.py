@@ -68,28 +68,43 @@ def lr_range_test(setup: experiment.Setup, run: rundir.RunDir) -> range_test.Ran
     return result
 
 
+def search_goal(setup: experiment.Setup) -> float | None:
+    """The val error at which the search stops (config.search.stop_at_goal), or None."""
+    config = setup.config
+    if not config.search.stop_at_goal:
+        return None
+    num_val = len(setup.dataset.y_val)
+    z = config.search.goal_noise_z
+    return random_search.goal_val_error(config.goal.test_error, num_val, z)
+
+
 def search_trials(
     setup: experiment.Setup, run: rundir.RunDir, band
-) -> tuple[list, list, dict | None]:
-    """Steps 3-4: the coarse round and the refined ones, as batches of vmapped trials:
-    (rounds, records, the form the trials' steps ran in)."""
+) -> tuple[list, list, dict | None, dict | None]:
+    """Steps 3-4: the coarse round and the refined ones, as batches of vmapped trials, until
+    a trial meets the goal: (rounds, records, the form the trials' steps ran in, where the
+    search stopped at the goal or None)."""
     config, dataset = setup.config, setup.dataset
+    goal = search_goal(setup)
     # Only process 0 records the search in the configured storage; the others in their scratch
     # directory (`run` is theirs), and all of them then take process 0's trials.
     shared = config.search.storage if distributed.is_writer() else None
     storage = shared or f"sqlite:///{os.path.abspath(run.file(rundir.STUDY))}"
     runner = trials.TrialRunner(config, dataset.input_shape, dataset.num_classes)
-    study = random_search.Search(runner, dataset, config, storage, "tune", progress=config.progress)
+    study = random_search.Search(
+        runner, dataset, config, storage, "tune", progress=config.progress, goal_val_error=goal
+    )
     first = random_search.first_round(config.search, len(dataset.x_train), config.batch_size, band)
     total_epochs = config.num_steps * config.batch_size / len(dataset.x_train)
     rounds, records = study.run(
         first, on_batch=lambda batch: report.print_trials(batch, total_epochs)
     )
+    stopped = study.stopped
     if distributed.multi_process():
-        agreed = distributed.broadcast_json([[r.to_json() for r in rounds], records])
+        agreed = distributed.broadcast_json([[r.to_json() for r in rounds], records, stopped])
         rounds = [random_search.Round.from_json(r) for r in agreed[0]]
-        records = agreed[1]
-    return rounds, records, runner.loop
+        records, stopped = agreed[1], agreed[2]
+    return rounds, records, runner.loop, stopped
 
 
 def retrain_best(setup: experiment.Setup, best_config, workdir: str) -> Summary:
@@ -145,7 +160,7 @@ def tune(
     band = sweep.band if sweep is not None and sweep.found else None
     if sweep is not None:
         findings += range_test.range_test_findings(sweep, config.optimizer.learning_rate)
-    rounds, records, trials_loop = search_trials(whole, run, band)
+    rounds, records, trials_loop, stopped = search_trials(whole, run, band)
     best = random_search.best_record(records, config.search.metric)
     findings += report.search_findings(records, rounds, best)
     best_config_path = None
@@ -165,6 +180,7 @@ def tune(
         best=best,
         retrained=retrained,
         best_config_path=best_config_path,
+        stopped=stopped,
         seconds=engine.now() - t_start,
         loops={
             "range_test": sweep.loop if sweep is not None else None,

@@ -219,6 +219,7 @@ def summarize(
     best_config_path: str | None,
     seconds: float,
     loops: dict[str, dict | None],
+    stopped: dict | None = None,
 ) -> Summary:
     """summary.json and report.md of the tune stage; returns the summary. `loops`: how the
     range test, the trials and the retrained best ran their steps (None: not run)."""
@@ -230,7 +231,7 @@ def summarize(
         stage="tune",
         status="failed" if failed else "ok",
         config=rundir.config_to_dict(config),
-        metrics=search_metrics(initial, sweep, records, best, retrained, band, seconds),
+        metrics=search_metrics(initial, sweep, records, best, retrained, band, seconds, stopped),
         findings=findings,
         next=next_commands(run, best_config_path),
         best=best,
@@ -240,6 +241,7 @@ def summarize(
         improved_band=list(band) if band else None,
         rounds=[r.to_json() for r in rounds],
         trials=records,
+        search_stop=stopped,
         dataset=setup.dataset.summary(),
         loops={name: loop for name, loop in loops.items() if loop is not None},
     )
@@ -257,10 +259,14 @@ def search_metrics(
     retrained: Summary | None,
     band: tuple[float, float] | None,
     seconds: float,
+    stopped: dict | None = None,
 ) -> dict:
     """The initial loss, the range test's suggestion, the best trial's values and the retrained
     best's loss and accuracy on every split."""
     metrics = {**initial, "num_trials": len(records), "search_seconds": seconds}
+    metrics["search_stopped_at_goal"] = stopped is not None
+    if stopped is not None:
+        metrics["skipped_trials"] = stopped["skipped_trials"]
     if sweep is not None and sweep.found:
         metrics["suggested_lr"] = sweep.suggested_lr
         metrics["suggested_lr_in_improved_band"] = bool(
@@ -279,6 +285,18 @@ def search_metrics(
                 metrics[f"{key}_{name}"] = retrained.metrics[f"{key}_{name}"]
         metrics["retrain_steps"] = retrained.metrics["steps"]
     return metrics
+
+
+def stop_text(stopped: dict) -> str:
+    """Where the search stopped at the goal and what it skipped, in one sentence."""
+    rounds = stopped.get("skipped_rounds", 0)
+    later = f" and {rounds} later round{'s' if rounds != 1 else ''}" if rounds else ""
+    return (
+        f"stopped at the goal: round {stopped['round'] + 1} trial #{stopped['slot']} reached val "
+        f"error {stopped['val_error']:.2%}, at or below {stopped['goal_val_error']:.2%} (the goal "
+        f"less the val set's noise); skipped {stopped['skipped_trials']} trials (the rest of its "
+        f"round{later})"
+    )
 
 
 def next_commands(run: rundir.RunDir, best_config_path: str | None) -> list[str]:
@@ -369,6 +387,7 @@ def report_sections(summary: Summary, plots: dict[str, str]) -> list[tuple[str, 
                 ["round", "lr range", "reg range", "trials", "epochs", "✓", f"best {metric}"],
                 round_rows,
             )
+            + (f"\n\nThe search {stop_text(summary.search_stop)}." if summary.search_stop else "")
             + f"\n\n![search]({plots['search']})\n\n![trial curves]({plots['curves']})",
         ),
         ("Trials (best first within each round)", table),
@@ -421,6 +440,8 @@ def print_summary(summary: Summary) -> None:
     table.add_column("value")
     m = summary.metrics
     table.add_row("trials", str(m["num_trials"]))
+    if summary.search_stop:
+        table.add_row("stopped at the goal", f"{summary.search_stop['skipped_trials']} skipped")
     if summary.best:
         table.add_row("best learning rate", f"{m['best_learning_rate']:.4g}")
         table.add_row("best L2 weight", f"{m['best_l2']:.4g}")
