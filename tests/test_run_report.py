@@ -31,7 +31,7 @@ def test_key_value_tables_have_no_header_row_and_the_page_has_contents():
     secs = [("Result", [("pairs", [["test accuracy", "97%"]])]), ("Steps", [("text", "x")])]
     page = report.to_html("t", secs)
     assert "<thead>" not in page and "<th>test accuracy</th><td>97%</td>" in page
-    assert '<a href="#s0">Result</a>' in page and '<h2 id="s1">Steps</h2>' in page
+    assert "<a href='#section-0'>Result</a>" in page and "<h2 id='section-1'>Steps</h2>" in page
     assert report.blocks_markdown(secs[0][1], ".") == "- **test accuracy**: 97%"
 
 

@@ -193,7 +193,7 @@ def to_html(title: str, secs: list) -> str:
     """The blocks as one self-contained HTML page (PNG plots embedded as data URIs)."""
     body = [f"<h1>{html.escape(title)}</h1>", table_of_contents(secs)]
     for number, (heading, blocks) in enumerate(secs):
-        body.append(f'<h2 id="s{number}">{html.escape(heading)}</h2>')
+        body.append(f"<h2 {_anchor(number)}>{html.escape(heading)}</h2>")
         for block in blocks:
             kind = block[0]
             if kind == "text":
@@ -233,10 +233,15 @@ def to_html(title: str, secs: list) -> str:
     )
 
 
+def _anchor(number: int) -> str:
+    """The HTML attribute that names section `number` for the table of contents."""
+    return f"id='section-{number}'"
+
+
 def table_of_contents(secs: list) -> str:
     """The page's sections as links."""
     items = "".join(
-        f'<li><a href="#s{number}">{html.escape(heading)}</a></li>'
+        f"<li><a href='#section-{number}'>{html.escape(heading)}</a></li>"
         for number, (heading, _) in enumerate(secs)
     )
     return f"<nav><h2>Contents</h2><ol>{items}</ol></nav>"
