@@ -42,7 +42,9 @@ def _check_reports(workdir, summary):
     # Every plot is embedded, so the page stands alone.
     assert len(re.findall(r'src="data:image/png;base64,', html)) >= 3
     for heading in ("Result", "Final model", "How it got there", "Reproduce the final model"):
-        assert f"<h2>{heading}</h2>" in html and f"## {heading}" in md
+        assert re.search(f"<h2[^>]*>{heading}</h2>", html) and f"## {heading}" in md
+    assert "<h2>Contents</h2>" in html  # a table of contents
+    assert "<thead><tr><th></th>" not in html  # no empty header rows
     assert "| Error source | Value | Analysis |" in md
     assert summary["reproduce"] and summary["reproduce"][0].startswith("python -m workflow.")
 

@@ -28,6 +28,8 @@ def test_default_run_succeeds_and_writes_the_run_directory(mnist1d_run):
         "learning_rate": 3e-4,
         "momentum": 0.9,
         "weight_decay": 0.0,
+        "clip_norm": 0.0,  # the simple start: no clipping, no accumulation
+        "accumulate_steps": 1,
         "schedule": {"name": "constant", "boundaries": [], "scale": 0.1, "warmup_steps": 0},
     }
     assert summary["dataset"]["splits"]["train"]["size"] == 3600
