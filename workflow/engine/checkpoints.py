@@ -122,13 +122,13 @@ def from_nested(nested: dict, template):
     paths, treedef = jax.tree_util.tree_flatten_with_path(template)
     leaves = []
     for path, like in paths:
-        value: Any = nested
-        for name in _tree_path(path):
+        names, value = _tree_path(path), nested
+        for name in names:
             if not isinstance(value, dict) or name not in value:
-                where = "/".join(_tree_path(path))
+                where = "/".join(names)
                 raise UsageError(f"checkpoint lacks {where}: it was written for a different model")
             value = value[name]
-        leaves.append(_leaf_like(value, like, "/".join(_tree_path(path))))
+        leaves.append(_leaf_like(value, like, "/".join(names)))
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
@@ -275,10 +275,11 @@ class Checkpointer:
         # The state's own step counter holds even where no checksum can be read: a checkpoint
         # folder replaced by another step's is never resumed from.
         saved = getattr(state, "step", None)
-        if saved is not None and int(jax.device_get(saved)) != step:
+        saved = None if saved is None else int(jax.device_get(saved))
+        if saved is not None and saved != step:
             raise CorruptCheckpoint(
-                f"checkpoint at step {step} holds the state of step {int(jax.device_get(saved))}:"
-                " its folder was replaced by another"
+                f"checkpoint at step {step} holds the state of step {saved}: its folder was "
+                "replaced by another"
             )
         return state
 
@@ -318,13 +319,12 @@ class Checkpointer:
         Every process must call it with the same step."""
         steps = [s for s in distributed.broadcast_ints(self._manager.all_steps()) if s >= step]
         if steps:
-            distributed.barrier(f"checkpoints:discard_from:{step}:read")
-            if distributed.is_writer():
+
+            def delete() -> None:
                 for s in steps:
                     shutil.rmtree(os.path.join(self._directory, str(s)))
-            distributed.barrier(f"checkpoints:discard_from:{step}:deleted")
-            self._manager.close()
-            self._manager = self._new_manager()
+
+            self._change_folders(f"discard_from:{step}", delete)
         return steps
 
     def _restore_or_set_aside(self, step: int, template, skipped: list[dict]):
@@ -345,15 +345,24 @@ class Checkpointer:
     def _set_aside(self, step: int, why: str = "corrupt") -> str:
         source = os.path.join(self._directory, str(step))
         target = os.path.join(self._directory, f"{why}-{step}")
-        distributed.barrier(f"checkpoints:set_aside:{step}:read")  # every process is done with it
-        if distributed.is_writer():
+
+        def move() -> None:
             shutil.rmtree(target, ignore_errors=True)
             os.replace(source, target)
-        distributed.barrier(f"checkpoints:set_aside:{step}:moved")
-        # A fresh manager: a failed restore can leave the old one expecting another layout.
+
+        self._change_folders(f"set_aside:{step}", move)
+        return target
+
+    def _change_folders(self, label: str, change) -> None:
+        """`change` the checkpoint folders on process 0 once every process is done reading
+        them, and wait for it everywhere; then a fresh manager (a failed restore can leave the
+        old one expecting another layout, and it lists the steps it saw)."""
+        distributed.barrier(f"checkpoints:{label}:read")
+        if distributed.is_writer():
+            change()
+        distributed.barrier(f"checkpoints:{label}:changed")
         self._manager.close()
         self._manager = self._new_manager()
-        return target
 
     def close(self) -> None:
         """Release the manager's resources (quietly after a save the disk refused: the error
