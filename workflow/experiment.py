@@ -238,9 +238,9 @@ def train(setup: Setup, run: rundir.RunDir, new: bool) -> Trained:
     ckpt = checkpoints.Checkpointer(run.checkpoints, max_to_keep=engine.checkpoints_to_keep(config))
     state, resume_step, skipped, unverified = setup.state, None, [], None
     try:
-        run.read_metrics()  # notes a torn last record: its step's checkpoints are trained again
-        if run.first_unrecorded_step() is not None:
-            ckpt.discard_from(run.first_unrecorded_step())
+        lost = run.first_unrecorded_step()  # a torn last record: its step is trained again
+        if lost is not None:
+            ckpt.discard_from(lost)
         if ckpt.latest_step() is not None:
             state, resume_step, skipped = ckpt.restore_latest(setup.state)
         for item in skipped:

@@ -209,7 +209,7 @@ class RunDir:
         self._identity: dict | None = None  # set by claim() for a new directory
         self._claims = 0
         self._torn_reported = False
-        self._first_unrecorded: int | None = None  # see first_unrecorded_step
+        self._first_unrecorded: int | None = None  # set by read_metrics: a torn last record
 
     def file(self, name: str) -> str:
         """Path of a file (or folder) of `FILES` inside the run directory."""
@@ -236,6 +236,7 @@ class RunDir:
         not read back is damage from outside: a UsageError naming the file and the line.
         """
         path = self.file(METRICS)
+        self._first_unrecorded = None
         try:
             with open(path, "rb") as f:
                 lines = f.read().split(b"\n")
@@ -259,8 +260,9 @@ class RunDir:
         return records
 
     def first_unrecorded_step(self) -> int | None:
-        """After `read_metrics`: the first step whose records may be missing because the last
-        line was torn (a resumed run trains it again); None when the file ended whole."""
+        """The first step whose records may be missing because metrics.jsonl's last line is
+        torn (a resumed run trains it again); None when the file ends whole."""
+        self.read_metrics()
         return self._first_unrecorded
 
     def _report_torn_line(self, path: str, size: int) -> None:
