@@ -99,6 +99,23 @@ def small_config(kind: str = "tabular", model: str = "", **overrides):
     return config
 
 
+# metrics.jsonl fields that differ between any two runs of the same config.
+TIMING_KEYS = {"steps_per_s", "wall_seconds", "compile_seconds", "seconds"}
+
+
+def records(workdir) -> list[dict]:
+    """metrics.jsonl without its timing fields (they differ between any two runs)."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        lines = [json.loads(line) for line in f]
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in lines]
+
+
+def same_numbers(metrics: dict, reference: dict) -> None:
+    """The same final numbers in two summaries' metrics."""
+    for key in ("train_loss", "val_loss", "test_loss", "test_accuracy", "steps"):
+        assert metrics[key] == reference[key], key
+
+
 def train_run(config, workdir) -> dict:
     """prepare + train_and_report, as a stage does; the run's summary."""
     from workflow import experiment

@@ -11,25 +11,10 @@ import time
 
 import pytest
 
-from tests.conftest import run_stage, small_config, start_stage
+from tests.conftest import records, run_stage, same_numbers, small_config, start_stage
 from tests.conftest import train_run as run
 from workflow import cli, experiment
 from workflow.engine import checkpoints
-
-TIMING_KEYS = {"steps_per_s", "wall_seconds", "compile_seconds", "seconds"}
-
-
-def records(workdir) -> list[dict]:
-    """metrics.jsonl without its timing fields (they differ between any two runs)."""
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        lines = [json.loads(line) for line in f]
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in lines]
-
-
-def same_numbers(metrics: dict, reference: dict) -> None:
-    """The same final numbers in two summaries' metrics."""
-    for key in ("train_loss", "val_loss", "test_loss", "test_accuracy", "steps"):
-        assert metrics[key] == reference[key], key
 
 
 def damage(checkpoint_dir) -> None:

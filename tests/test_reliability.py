@@ -22,7 +22,9 @@ from tests.conftest import (
     ROOT,
     SMALL_CONFIG_FLAGS,
     read_summary,
+    records,
     run_stage,
+    same_numbers,
     small_config,
     start_stage,
     train_run,
@@ -30,21 +32,6 @@ from tests.conftest import (
 from workflow import config_lib, experiment
 from workflow.errors import UsageError
 from workflow.reporting import rundir
-
-TIMING_KEYS = {"steps_per_s", "wall_seconds", "compile_seconds", "seconds"}
-
-
-def records(workdir) -> list[dict]:
-    """metrics.jsonl without its timing fields (they differ between any two runs)."""
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        lines = [json.loads(line) for line in f]
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in lines]
-
-
-def same_numbers(metrics: dict, reference: dict) -> None:
-    """The same final numbers in two summaries' metrics."""
-    for key in ("train_loss", "val_loss", "test_loss", "test_accuracy", "steps"):
-        assert metrics[key] == reference[key], key
 
 
 def error_line(result: subprocess.CompletedProcess) -> str:
