@@ -129,3 +129,38 @@ def reference_run(tmp_path_factory):
     read-only by the tests that compare against it: (workdir, summary)."""
     workdir = tmp_path_factory.mktemp("reference")
     return workdir, train_run(small_config(), workdir)
+
+
+# ----------------------------------------------------------------------------- TensorBoard
+
+
+def read_events(folder: str):
+    """TensorBoard's reader over one run's folder, everything kept."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    sizes = {kind: 0 for kind in ("scalars", "histograms", "images", "tensors")}
+    accumulator = event_accumulator.EventAccumulator(folder, size_guidance=sizes)
+    accumulator.Reload()
+    return accumulator
+
+
+def session_hparams(accumulator) -> dict:
+    """The HParams dashboard's values of the run's session (name -> value)."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = accumulator.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    values = {}
+    for name, value in info.hparams.items():
+        kind = value.WhichOneof("kind")
+        values[name] = getattr(value, kind)
+    return values
+
+
+def experiment_metrics(accumulator) -> list[str]:
+    """The metric tags the HParams dashboard shows for the run."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = accumulator.PluginTagToContent("hparams")["_hparams_/experiment"]
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content).experiment
+    return [m.name.tag for m in experiment.metric_infos]

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import read_summary, run_stage, start_stage
+from tests.conftest import read_events, read_summary, run_stage, session_hparams, start_stage
 from workflow import config_lib, killpoints
 from workflow.search import random_search
 from workflow.tune import report as tune_report
@@ -282,3 +282,15 @@ def test_default_tune_on_mnist1d_mlp_reaches_the_papers_mlp_accuracy(tmp_path):
     assert summary["metrics"]["test_accuracy"] >= 0.65
     assert summary["metrics"]["suggested_lr_in_improved_band"]
     assert seconds < 600
+
+
+def test_tensorboard_shows_each_trial_as_a_run_with_its_hparams(tuned):
+    workdir, _, _, _ = tuned
+    trials = read_summary(workdir)["trials"]
+    folder = os.path.join(workdir, "tensorboard", "trials")
+    assert len(os.listdir(folder)) == len(trials) == 12
+    for trial in trials[:2]:
+        events = read_events(os.path.join(folder, f"round{trial['round']}-slot{trial['slot']}"))
+        assert session_hparams(events)["learning_rate"] == pytest.approx(trial["learning_rate"])
+        error = events.Scalars("final/val_error")[-1].value
+        assert error == pytest.approx(1 - trial["val_accuracy"], abs=1e-6)

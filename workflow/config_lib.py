@@ -205,6 +205,9 @@ def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collection
     # Target error on the test set, for the evaluate stage's bias-variance table.
     config.goal = ml_collections.ConfigDict({"test_error": 0.05, "source": "unset"})
     config.progress = True
+    # TensorBoard (workflow/reporting/tensorboard.py): per-layer gradient and activation
+    # histograms of one training batch at each evaluation (one more compiled program).
+    config.tensorboard = ml_collections.ConfigDict({"histograms": True})
     # Compute dtype of the forward and backward pass; parameters, optimizer state and the loss
     # stay float32 (mixed precision). One of COMPUTE_DTYPES.
     config.dtype = "float32"
@@ -249,6 +252,9 @@ def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collection
             "train_sizes": (),
             # Steps of each train-size run (None: num_steps, the main run's budget).
             "train_size_steps": config_dict.placeholder(int),
+            # Metrics beside loss and accuracy on every split (workflow/evaluate/metrics.py):
+            # "top<k>_accuracy", "macro_f1", "auc" (two classes).
+            "metrics": ("macro_f1",),
         }
     )
     # The tune stage: LR range test, then coarse-to-fine random search

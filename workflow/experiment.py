@@ -220,6 +220,7 @@ def report_training(
         model_summary=write_model_summary(setup, run),
         loops={"train": result.loop} if result.loop else None,
     )
+    run.log_hparams(config, result.final_step, summary.metrics)
     curve = run.save_figure(
         rundir.PLOT_LEARNING_CURVES,
         lambda: reporting.plot_learning_curves(
@@ -266,6 +267,7 @@ def train(setup: Setup, run: rundir.RunDir, new: bool) -> Trained:
             checkpointer=ckpt,
             progress=config.progress,
             history=run.read_metrics(),  # the records up to the resume step (early stopping)
+            log_layers=run.log_layers if config.tensorboard.histograms else None,
         )
     finally:
         ckpt.close()

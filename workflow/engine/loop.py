@@ -16,6 +16,8 @@ from jax.sharding import Mesh
 from workflow.engine import distributed
 from workflow.engine.early_stopping import resume_early_stopping
 from workflow.engine.evaluator import Evaluator
+from workflow.engine.layer_statistics import layer_statistics
+from workflow.engine.optimizer import learning_rate_at
 from workflow.engine.sharding import (
     data_layout,
     data_mesh,
@@ -108,6 +110,13 @@ def window_records(step0: int, metrics: dict[str, np.ndarray], log_every: int, r
         record["steps_per_s"] = rate
         records.append(record)
         lo = hi
+    return records
+
+
+def with_learning_rate(records: list[dict], config: ml_collections.ConfigDict) -> list[dict]:
+    """The train records with the learning rate of each one's step (`lr`: the schedule's)."""
+    for record in records:
+        record["lr"] = learning_rate_at(config.optimizer, config.num_steps, record["step"])
     return records
 
 
@@ -297,6 +306,7 @@ def fit(
     checkpointer=None,
     progress: bool = True,
     history: Sequence[dict] = (),
+    log_layers: Callable[[int, dict], None] | None = None,
 ) -> FitResult:
     """Train from `state.step` to `config.num_steps`, logging, evaluating and checkpointing.
 
@@ -306,7 +316,8 @@ def fit(
     from there; `history` (the metrics.jsonl records up to the resume step) replays the
     evaluations the tracker saw. A stopped run that is rerun trains nothing and returns the
     best state again; the latest checkpoint stays the state where training stopped, so a
-    resumed run's numbers are the uninterrupted run's.
+    resumed run's numbers are the uninterrupted run's. `log_layers`, when given, receives the
+    per-layer statistics of a training batch at each evaluation (engine.layer_statistics).
     """
     mesh = data_mesh(config)
     state, shardings = place_state(state, config, mesh)
@@ -340,7 +351,7 @@ def fit(
             metrics = {name: values[:k] for name, values in metrics.items()}
         step_losses.append(np.asarray(metrics["loss"]))
         if k:
-            emit(window_records(step, metrics, config.log_every, rate))
+            emit(with_learning_rate(window_records(step, metrics, config.log_every, rate), config))
         step += k
         bar.update(k)
         if divergence:
@@ -350,6 +361,8 @@ def fit(
         if evaluation_due(step, config):
             record = validation_record(evaluator, state, dataset, step)
             emit([record])
+            if log_layers is not None:
+                log_layers(step, layer_statistics(task, state, dataset.x_train, dataset.y_train))
             if tracker is not None:
                 improved = tracker.update(step, record)
                 if improved:

@@ -67,3 +67,11 @@ def lr_multiplier(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Sched
         warmup_steps=warmup,
         decay_steps=max(num_steps, warmup + 1),
     )
+
+
+def learning_rate_at(opt: ml_collections.ConfigDict, num_steps: int, step: int) -> float:
+    """The learning rate the optimizer applies at `step` (1-based, as metrics.jsonl counts):
+    the configured rate times its schedule's factor."""
+    multiplier = lr_multiplier(opt, num_steps)
+    factor = 1.0 if multiplier is None else float(multiplier(step - 1))
+    return float(opt.learning_rate) * factor

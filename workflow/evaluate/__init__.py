@@ -32,6 +32,7 @@ from workflow.diagnostics.findings import (
 )
 from workflow.engine import checkpoints, distributed
 from workflow.errors import UsageError
+from workflow.evaluate.metrics import check_metrics, split_metrics
 from workflow.evaluate.report import report_sections, save_error_analysis_plots, save_plots
 from workflow.reporting import rundir
 from workflow.reporting.summary import Summary
@@ -46,6 +47,7 @@ def run_evaluate(setup: experiment.Setup, workdir: str) -> Summary:
     """Train or restore the run in `workdir`, decompose its errors against the goal, report;
     the directory is claimed (locked, its identity checked) for all of it."""
     sizes = subset_sizes(setup.config, job_train_examples(setup.dataset))  # bad fractions first
+    check_metrics(tuple(setup.config.evaluate.metrics), setup.dataset.num_classes)
     experiment.check_loss(setup)
     previous, resume_step = previous_run(workdir)
     trainable = dataclasses.replace(setup, config=training_config(setup.config, workdir))
@@ -89,7 +91,9 @@ def evaluate(
     points = train_size_curve(setup, sizes, metrics) if sizes else []
     trend = bias_variance.train_size_trend(points, errors.n_val, tolerances)
     verdicts = bias_variance.verdict_findings(decomposition, facts, trend)
-    analysis, worst_inputs = analyze_errors(setup, run, metrics)
+    state = restore_reported(setup, run, metrics)
+    analysis, worst_inputs = analyze_errors(setup, state)
+    metrics.update(classification_metrics(setup, state))
     findings = rank_findings(
         verdicts + error_findings(setup, analysis) + summary.findings + (carried or [])
     )
@@ -104,9 +108,19 @@ def evaluate(
     plots = save_plots(run, setup, records, points)
     if analysis:
         plots.update(save_error_analysis_plots(run, setup, analysis, worst_inputs))
+    log_evaluation(run, metrics)
     run.write_summary(summary)
     run.write_report(reporting.report_title(summary), report_sections(summary, plots))
     return summary
+
+
+def log_evaluation(run: rundir.RunDir, metrics: dict) -> None:
+    """The evaluation's numbers (`final/<metric>`) and its plots for a person (the worst
+    examples, the confusion matrix) in the stage's TensorBoard run."""
+    step = metrics["steps"]
+    run.log_scalars(step, {f"final/{k}": v for k, v in metrics.items()})
+    for plot in (rundir.PLOT_WORST_EXAMPLES, rundir.PLOT_CONFUSION_MATRIX):
+        run.log_plot(plot, step)
 
 
 def bias_variance_section(
@@ -141,23 +155,48 @@ def error_findings(setup: experiment.Setup, analysis: dict | None) -> list[Findi
     return error_analysis.findings(analysis, counts)
 
 
-def analyze_errors(
+def restore_reported(
     setup: experiment.Setup, run: rundir.RunDir, metrics: dict
-) -> tuple[dict | None, dict]:
-    """Error analysis of the reported model (restored from its checkpoint) on train and val;
-    (None, {}) when that checkpoint cannot be read, e.g. deleted by hand."""
+) -> engine.TrainState | None:
+    """The reported model's state from its checkpoint; None when that checkpoint cannot be
+    read, e.g. deleted by hand."""
     step = metrics.get("best_step") or metrics["steps"]
     if not os.path.isdir(run.checkpoints):
-        return None, {}
+        return None
     ckpt = checkpoints.Checkpointer(run.checkpoints)
     try:
         # setup.state is only the template here: training donated its buffers, not its shapes.
-        state = ckpt.restore(step, setup.state)
+        return ckpt.restore(step, setup.state)
     except UsageError:
-        return None, {}
+        return None
     finally:
         ckpt.close()
+
+
+def analyze_errors(
+    setup: experiment.Setup, state: engine.TrainState | None
+) -> tuple[dict | None, dict]:
+    """Error analysis of the reported model on train and val; (None, {}) without one."""
+    if state is None:
+        return None, {}
     return error_analysis.analyze(setup.task, state, setup.dataset, setup.config.eval_batch_size)
+
+
+def classification_metrics(
+    setup: experiment.Setup, state: engine.TrainState | None
+) -> dict[str, float]:
+    """config.evaluate.metrics on every split, from the reported model's probabilities."""
+    names = tuple(setup.config.evaluate.metrics)
+    if state is None or not names:
+        return {}
+    predict = error_analysis.make_predict(setup.task)
+    batch = setup.config.eval_batch_size
+    splits = {}
+    for split in ("train", "val", "test"):
+        x, y = setup.dataset.split(split)
+        if len(y):
+            splits[split] = (y, error_analysis.predict_probabilities(predict, state, x, batch))
+    return split_metrics(names, splits)
 
 
 def subset_sizes(config: ml_collections.ConfigDict, n_train: int) -> list[tuple[float, int]]:

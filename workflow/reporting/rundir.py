@@ -21,14 +21,11 @@ import contextlib
 import datetime
 import fcntl
 import json
-import math
 import os
 import re
 import shutil
 import socket
-import struct
 import sys
-import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +35,7 @@ from workflow import files
 from workflow.engine import distributed
 from workflow.errors import UsageError
 from workflow.files import read_json, to_jsonable, write_json, write_text
+from workflow.reporting import tensorboard
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -72,7 +70,10 @@ WORKFLOW = _declare(
     "workflow.json", "run: each step's config as JSON values; finished: its summary"
 )
 CHECKPOINTS = _declare("checkpoints", "Orbax checkpoints and their checksums.json")
-TENSORBOARD = _declare("tensorboard", "TensorBoard event files of metrics.jsonl's numbers")
+TENSORBOARD = _declare(
+    "tensorboard", "this stage's TensorBoard events (reporting/tensorboard.py says what they hold)"
+)
+TENSORBOARD_TRIALS = _declare("tensorboard/trials", "tune: one TensorBoard run per search trial")
 BEST = _declare("best", "tune: the best trial retrained at full length (a run directory)")
 BASELINE = _declare("baseline", "improve: the starting point's evaluated run directory")
 PLOTS = _declare("plots", "the PNG plots below")
@@ -108,6 +109,7 @@ REPLACED_ON_RERUN = ("debug",)
 # when the schedule does not depend on it (`num_steps_change`).
 RESUMABLE_KEYS: dict[str, str] = {
     "progress": "the console's progress bar: no file and no number depends on it",
+    "tensorboard": "what the TensorBoard events hold besides metrics.jsonl's numbers",
     "loop": (
         "how a call runs its steps (engine/loop_form.py): the same steps on the same data, "
         "equal to float rounding"
@@ -144,59 +146,6 @@ def config_to_dict(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
-def _tensorboardx() -> Any:
-    """tensorboardX's event protobufs and record checksum, imported without PyTorch.
-
-    tensorboardX imports torch at import time when it is installed, only to accept torch
-    tensors; we log Python floats. Importing torch would add seconds to every stage's start on a
-    machine that has it, so torch is hidden for that one import (unless already imported).
-    """
-    hide = "torch" not in sys.modules
-    if hide:
-        sys.modules["torch"] = None  # makes `import torch` raise ImportError
-    try:
-        from tensorboardX import summary
-        from tensorboardX.proto import event_pb2
-        from tensorboardX.record_writer import masked_crc32c
-    finally:
-        if hide:
-            del sys.modules["torch"]
-    return summary, event_pb2, masked_crc32c
-
-
-class EventFile:
-    """A TensorBoard event file, written on the calling thread with one write per record.
-
-    tensorboardX's SummaryWriter hands events to a thread through a bounded queue: once that
-    thread dies (a full disk), every later event blocks the training loop forever. Here a write
-    that fails raises OSError naming the file, as every other write of the run directory does.
-    """
-
-    def __init__(self, folder: str):
-        self._summary, self._event_pb2, self._crc = _tensorboardx()
-        os.makedirs(folder, exist_ok=True)
-        stamp = f"{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
-        self.path = os.path.join(folder, f"events.out.tfevents.{stamp}")
-        files.append_bytes(self.path, self._record(file_version="brain.Event:2"))
-
-    def _record(self, **event: Any) -> bytes:
-        """One event in TFRecord framing: length, its checksum, the event, its checksum."""
-        data = self._event_pb2.Event(wall_time=time.time(), **event).SerializeToString()
-        header = struct.pack("Q", len(data))
-        return (
-            header + struct.pack("I", self._crc(header)) + data + struct.pack("I", self._crc(data))
-        )
-
-    def write_scalars(self, step: int, values: dict[str, float]) -> None:
-        """One event per value at `step`, appended in one write."""
-        data = b"".join(
-            self._record(step=step, summary=self._summary.scalar(key, value))
-            for key, value in values.items()
-        )
-        if data:
-            files.append_bytes(self.path, data)
-
-
 class RunDir:
     """One stage's run directory; reopening an existing one resumes it.
 
@@ -205,7 +154,7 @@ class RunDir:
     def __init__(self, path: str):
         self.path = path
         self.checkpoints = self.file(CHECKPOINTS)
-        self._events: EventFile | None = None
+        self._events: tensorboard.EventFile | None = None
         self._identity: dict | None = None  # set by claim() for a new directory
         self._claims = 0
         self._torn_reported = False
@@ -420,19 +369,52 @@ class RunDir:
         write_text(path, "".join(json.dumps(to_jsonable(r)) + "\n" for r in kept))
 
     def log(self, record: dict) -> None:
-        """Append one record to metrics.jsonl and to the TensorBoard event file."""
+        """Append one record to metrics.jsonl and its numbers to the TensorBoard events."""
         path = self._writable(METRICS)
         if path is None:
             return
         files.append_bytes(path, (json.dumps(to_jsonable(record)) + "\n").encode())
+        self.events.write_scalars(record["step"], tensorboard.finite_scalars(record))
+
+    @property
+    def events(self) -> tensorboard.EventFile:
+        """This process's TensorBoard event file of the stage (process 0 only)."""
         if self._events is None:
-            self._events = EventFile(self.file(TENSORBOARD))
-        scalars = {
-            key: float(value)
-            for key, value in record.items()
-            if key != "step" and isinstance(value, int | float) and math.isfinite(value)
-        }
-        self._events.write_scalars(record["step"], scalars)
+            self._events = tensorboard.EventFile(self.file(TENSORBOARD))
+        return self._events
+
+    def log_scalars(self, step: int, values: dict) -> None:
+        """The finite numbers of `values` as TensorBoard scalars at `step` (no metrics.jsonl
+        record: numbers that summary.json holds)."""
+        if distributed.is_writer():
+            self.events.write_scalars(step, tensorboard.finite_scalars(values))
+
+    def log_layers(self, step: int, statistics: dict) -> None:
+        """Per-layer histograms and gradient norms (engine.layer_statistics) at `step`."""
+        if distributed.is_writer():
+            self.events.write_histograms(step, statistics["histograms"])
+            self.events.write_scalars(step, statistics["scalars"])
+
+    def log_hparams(self, config: ml_collections.ConfigDict, step: int, metrics: dict) -> None:
+        """The run's config and final metrics for TensorBoard's HParams dashboard."""
+        if distributed.is_writer():
+            values = tensorboard.finite_scalars(metrics)
+            self.events.write_hparams(step, tensorboard.hparams_of(config_to_dict(config)), values)
+
+    def log_plot(self, name: str, step: int) -> None:
+        """A saved plot of `PLOTS` as a TensorBoard image (tagged by its file name)."""
+        path = self.file(name)
+        if distributed.is_writer() and os.path.exists(path):
+            with open(path, "rb") as f:
+                png = f.read()
+            tag = os.path.splitext(os.path.basename(name))[0]
+            self.events.write_png(tag, step, png)
+
+    def log_trials(self, records: list[dict], config: ml_collections.ConfigDict) -> None:
+        """Each search trial as its own TensorBoard run (`TENSORBOARD_TRIALS`, rewritten)."""
+        if distributed.is_writer():
+            fixed = tensorboard.hparams_of(config_to_dict(config))
+            tensorboard.write_trials(self.file(TENSORBOARD_TRIALS), records, fixed)
 
     def write_json(self, name: str, obj: Any) -> None:
         """A JSON file of the run directory."""
@@ -476,12 +458,14 @@ class RunDir:
 
     def copy_from(self, source: str) -> None:
         """This directory as a copy of the finished run directory `source`, made once and
-        atomically (a killed copy is redone, not reused); a lock there is not copied."""
+        atomically (a killed copy is redone, not reused); its lock and TensorBoard events are
+        not copied."""
         if not distributed.is_writer() or os.path.exists(self.path):
             return
         temporary = self.path + ".tmp"
         shutil.rmtree(temporary, ignore_errors=True)
-        shutil.copytree(source, temporary, ignore=shutil.ignore_patterns(LOCK))
+        # The copied run's events stay its own: this stage writes its own (tensorboard.py).
+        shutil.copytree(source, temporary, ignore=shutil.ignore_patterns(LOCK, TENSORBOARD))
         os.replace(temporary, self.path)
 
     def close(self) -> None:

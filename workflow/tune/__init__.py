@@ -161,6 +161,7 @@ def tune(
     if sweep is not None:
         findings += range_test.range_test_findings(sweep, config.optimizer.learning_rate)
     rounds, records, trials_loop, stopped = search_trials(whole, run, band)
+    run.log_trials(records, config)
     best = random_search.best_record(records, config.search.metric)
     findings += report.search_findings(records, rounds, best)
     best_config_path = None
