@@ -54,6 +54,7 @@ def check_and_overfit(
         max_steps=config.debug.overfit_steps,
         loss_fraction=config.debug.overfit_loss_fraction,
         loop=config.get("loop", "auto"),
+        progress=config.progress,
     )
     overfit_lr = config.optimizer.learning_rate
     bounded = bounded_outputs_finding(
@@ -76,6 +77,7 @@ def check_and_overfit(
             max_steps=config.debug.overfit_steps,
             loss_fraction=config.debug.overfit_loss_fraction,
             loop=config.get("loop", "auto"),
+            progress=config.progress,
         )
         if faster.passed:
             findings.append(slow_overfit_finding(overfit, faster, overfit_lr, config))

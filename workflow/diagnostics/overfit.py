@@ -8,6 +8,7 @@ from flax import nnx
 
 from workflow import engine
 from workflow.diagnostics.findings import Finding
+from workflow.engine.progress import Progress
 from workflow.engine.state import copy_state
 
 # A batch whose loss fell below this fraction of its initial value at the configured learning
@@ -48,29 +49,34 @@ def overfit_one_batch(
     loss_fraction: float,
     chunk: int = 50,
     loop: str = "auto",
+    progress: bool = False,
 ) -> OverfitResult:
     """Train on one batch until it is memorized (100% accuracy, loss near zero) or max_steps;
-    `loop`: the form of the training loop (config.loop, engine.loop_form)."""
+    `loop`: the form of the training loop (config.loop, engine.loop_form); `progress`: a bar."""
     multi_step = engine.make_train_loop(task, form=loop)
     xb, yb = jnp.asarray(x), jnp.asarray(y)
     indices = jnp.asarray(np.tile(np.arange(len(x)), (chunk, 1)))
     state = copy_state(state)
     losses, accuracies = [], []
     passed, steps = False, 0
-    while steps < max_steps:
-        state, metrics = multi_step(state, xb, yb, indices)
-        losses.append(np.asarray(metrics["loss"]))
-        accuracies.append(np.asarray(metrics["accuracy"]))
-        all_losses = np.concatenate(losses)
-        target = loss_fraction * all_losses[0]
-        done = np.flatnonzero((np.concatenate(accuracies) >= 1.0) & (all_losses <= target))
-        if done.size:
-            passed, steps = True, int(done[0]) + 1
-            break
-        if not np.all(np.isfinite(losses[-1])):
-            steps = len(all_losses)
-            break
-        steps += chunk
+    with Progress(max_steps, "overfit one batch", "step", enabled=progress) as bar:
+        bar.phase("compiling")
+        while steps < max_steps:
+            state, metrics = multi_step(state, xb, yb, indices, watch=bar.watch)
+            bar.phase()
+            bar.advance_to(min(steps + chunk, max_steps), loss=f"{float(metrics['loss'][-1]):.4f}")
+            losses.append(np.asarray(metrics["loss"]))
+            accuracies.append(np.asarray(metrics["accuracy"]))
+            all_losses = np.concatenate(losses)
+            target = loss_fraction * all_losses[0]
+            done = np.flatnonzero((np.concatenate(accuracies) >= 1.0) & (all_losses <= target))
+            if done.size:
+                passed, steps = True, int(done[0]) + 1
+                break
+            if not np.all(np.isfinite(losses[-1])):
+                steps = len(all_losses)
+                break
+            steps += chunk
     loss, acc = np.concatenate(losses), np.concatenate(accuracies)
     outputs = _eval_outputs(task.eval_graphdef, state.params, state.model_state, xb)
     last = min(steps, len(loss)) - 1

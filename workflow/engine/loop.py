@@ -18,6 +18,7 @@ from workflow.engine.early_stopping import resume_early_stopping
 from workflow.engine.evaluator import Evaluator
 from workflow.engine.layer_statistics import layer_statistics
 from workflow.engine.optimizer import learning_rate_at
+from workflow.engine.progress import Progress
 from workflow.engine.sharding import (
     data_layout,
     data_mesh,
@@ -227,12 +228,15 @@ def train_chunk(
     config: ml_collections.ConfigDict,
     step: int,
     num_steps: int,
+    bar: Progress | None = None,
 ) -> tuple[TrainState, dict[str, np.ndarray], float]:
     """`num_steps` steps from `step` in one call: the new state, each step's metrics on the
     host, and the call's seconds (drawing the batch indices excluded)."""
     indices = training.batch_indices(config, step, num_steps)
     t0 = now()
-    state, metrics = multi_step(state, training.x, training.y, training.on_devices(indices))
+    watch = bar.watch if bar is not None and bar.enabled else None
+    on_devices = training.on_devices(indices)
+    state, metrics = multi_step(state, training.x, training.y, on_devices, watch=watch)
     metrics = jax.device_get(metrics)
     return state, metrics, now() - t0
 
@@ -283,19 +287,6 @@ def checkpoint_due(
 # ----------------------------------------------------------------------------- fit
 
 
-def _progress_bar(config: ml_collections.ConfigDict, start_step: int, progress: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=config.num_steps,
-        initial=start_step,
-        disable=not progress,
-        unit="step",
-        desc="train",
-        leave=False,
-    )
-
-
 def fit(
     task: Task,
     state: TrainState,
@@ -339,41 +330,47 @@ def fit(
             records.append(record)
             log(record)
 
-    bar = _progress_bar(config, start_step, progress)
-    t_start = now()
-    for k in [] if stopped else chunks:
-        state, metrics, seconds = train_chunk(multi_step, state, training, config, step, k)
-        timer.add(k, seconds)
-        rate = format_rate(k, seconds)
-        divergence = chunk_divergence(step, metrics, state)
-        if divergence:  # keep the steps before it
-            k = divergence["step"] - step - 1
-            metrics = {name: values[:k] for name, values in metrics.items()}
-        step_losses.append(np.asarray(metrics["loss"]))
-        if k:
-            emit(with_learning_rate(window_records(step, metrics, config.log_every, rate), config))
-        step += k
-        bar.update(k)
-        if divergence:
-            break
-        bar.set_postfix(loss=f"{float(metrics['loss'][-1]):.4f}", steps_per_s=f"{rate:,.0f}")
-        improved = False
-        if evaluation_due(step, config):
-            record = validation_record(evaluator, state, dataset, step)
-            emit([record])
-            if log_layers is not None:
-                log_layers(step, layer_statistics(task, state, dataset.x_train, dataset.y_train))
-            if tracker is not None:
-                improved = tracker.update(step, record)
-                if improved:
-                    best_state = copy_state(state)
-                stopped = tracker.exhausted and step < config.num_steps
-        if checkpointer and checkpoint_due(step, config, improved=improved, stopped=stopped):
-            checkpointer.save(step, state)
-            last_checkpoint = step
-        if stopped:
-            break
-    bar.close()
+    with Progress(config.num_steps, "train", "step", enabled=progress, initial=start_step) as bar:
+        bar.phase("compiling" if chunks and not stopped else "")
+        t_start = now()
+        for k in [] if stopped else chunks:
+            state, metrics, seconds = train_chunk(multi_step, state, training, config, step, k, bar)
+            bar.phase()
+            timer.add(k, seconds)
+            rate = format_rate(k, seconds)
+            divergence = chunk_divergence(step, metrics, state)
+            if divergence:  # keep the steps before it
+                k = divergence["step"] - step - 1
+                metrics = {name: values[:k] for name, values in metrics.items()}
+            step_losses.append(np.asarray(metrics["loss"]))
+            if k:
+                emit(
+                    with_learning_rate(
+                        window_records(step, metrics, config.log_every, rate), config
+                    )
+                )
+            step += k
+            if divergence:
+                break
+            bar.advance_to(step, loss=f"{float(metrics['loss'][-1]):.4f}")
+            improved = False
+            if evaluation_due(step, config):
+                record = validation_record(evaluator, state, dataset, step)
+                emit([record])
+                if log_layers is not None:
+                    log_layers(
+                        step, layer_statistics(task, state, dataset.x_train, dataset.y_train)
+                    )
+                if tracker is not None:
+                    improved = tracker.update(step, record)
+                    if improved:
+                        best_state = copy_state(state)
+                    stopped = tracker.exhausted and step < config.num_steps
+            if checkpointer and checkpoint_due(step, config, improved=improved, stopped=stopped):
+                checkpointer.save(step, state)
+                last_checkpoint = step
+            if stopped:
+                break
     final_step = int(state.step)  # after a divergence: the end of the chunk, as before
     if best_state is not None and not divergence:
         state = best_state

@@ -15,7 +15,9 @@ loop nests there, jax-ml/jax#12868), and such a model's step runs many times fas
 With form "auto" (config.loop) the loop times both forms at its first call, compilation
 excluded (`decide`), and keeps the faster; the choice is cached with the compiled programs for
 the process (per program: model, dtype, shapes, shardings, backend), so later loops of the same
-program (search rounds, improve's candidates, tests) neither measure nor compile again.
+program (search rounds, improve's candidates, tests) neither measure nor compile again. A step
+that is slow on its own (SLOW_STEP_SECONDS) takes the step form without timing the scan: the
+dispatch the scan saves is negligible beside it, and a progress bar can count each step.
 
 Both forms run the same operations on the same inputs in the same order: the same seeds, batches
 and augmentation keys. Where XLA picks the same kernels for an operation in a loop body and at
@@ -42,8 +44,9 @@ from workflow.engine import distributed
 FORMS = ("scan", "step")
 CHOICES = ("auto", *FORMS)  # config.loop
 # How a choice was made: timed by this loop, by an earlier loop of the same program in this
-# process, set by config.loop, or left to the scan because jit is off (debug.disable_jit).
-SOURCES = ("measured", "cache", "config", "no_jit")
+# process, set by config.loop, left to the scan because jit is off (debug.disable_jit), or the
+# step form without timing the scan because one step is slow (SLOW_STEP_SECONDS).
+SOURCES = ("measured", "cache", "config", "no_jit", "slow_step")
 
 # The step form must beat the scan by this factor to be chosen: a near tie keeps the scan, so
 # the form (and with it XLA's rounding, see above) does not flip with the machine's noise.
@@ -59,6 +62,12 @@ MAX_SCAN_PROBE_SECONDS = 0.1
 # (XLA's CPU convolutions, jax-ml/jax#12868): with them, a short scan is timed before any call
 # risks its K steps under the scan.
 RISKY_OPS = ("stablehlo.convolution",)
+# A step this slow runs in the step form without timing the scan when a call's steps take
+# longer than SLOW_CALL_SECONDS: the per-call dispatch the scan saves is well under 1% of such a
+# step, and in the step form a progress bar counts each step as it finishes (engine.progress)
+# instead of waiting for the whole call.
+SLOW_STEP_SECONDS = 0.05
+SLOW_CALL_SECONDS = 1.0
 # Rounds of timed blocks, the medians compared.
 PROBE_ROUNDS = 3
 # A scan this many times slower per step than the step form decides at once for the step form;
@@ -92,6 +101,11 @@ class LoopChoice:
             return f"{form} (config.loop)"
         if self.source == "no_jit":
             return f"{form} (jit disabled: not measured)"
+        if self.source == "slow_step":
+            return (
+                f"{form} ({_seconds(self.step_seconds_per_step)}/step alone: too slow for the "
+                "scan's saving to matter; progress shows per step)"
+            )
         when = "measured" if self.source == "measured" else "measured earlier in this process"
         return (
             f"{form} ({when}: {_seconds(self.step_seconds_per_step)}/step alone, "
@@ -215,8 +229,11 @@ class StepLoop:
         shapes is decided at its first call."""
         return self._last.choice if self._last else None
 
-    def __call__(self, carry: Any, *args: Any) -> tuple[Any, Any]:
-        """Run the steps of the rows in `args[num_shared:]` from `carry`."""
+    def __call__(
+        self, carry: Any, *args: Any, watch: Callable[[Any], None] | None = None
+    ) -> tuple[Any, Any]:
+        """Run the steps of the rows in `args[num_shared:]` from `carry`; in the step form
+        `watch` receives each step's outputs as it is dispatched (engine.progress)."""
         shared, rows = args[: self._num_shared], args[self._num_shared :]
         signature = _signature(carry, shared, rows)
         programs = self._programs.get(signature)
@@ -226,7 +243,7 @@ class StepLoop:
             if result is not None:  # deciding ran this call's steps
                 return result
         self._last = programs
-        return _run(programs, carry, shared, rows)
+        return _run(programs, carry, shared, rows, watch)
 
     # ------------------------------------------------------------------------- choosing
 
@@ -292,27 +309,40 @@ def _steps(rows: tuple) -> int:
     return int(jax.tree.leaves(rows)[0].shape[0])
 
 
-def _run(programs: _Programs, carry: Any, shared: tuple, rows: tuple) -> tuple[Any, Any]:
+def _run(
+    programs: _Programs,
+    carry: Any,
+    shared: tuple,
+    rows: tuple,
+    watch: Callable[[Any], None] | None = None,
+) -> tuple[Any, Any]:
     """One call's steps in the chosen form: (carry, outputs stacked on a leading step axis)."""
     if programs.choice.form == "scan":
         scan = programs.scan_compiled.get(_steps(rows), programs.scan)
         return scan(carry, *shared, *rows)
     row_list = programs.split_rows(_steps(rows), rows)
     step = programs.step_compiled or programs.step
-    carry, outputs = _dispatch(step, carry, shared, row_list, programs.one_at_a_time)
+    carry, outputs = _dispatch(step, carry, shared, row_list, programs.one_at_a_time, watch)
     return carry, jax.tree.map(lambda *values: np.stack(values), *jax.device_get(outputs))
 
 
 def _dispatch(
-    step: Callable, carry: Any, shared: tuple, row_list: Sequence[tuple], one_at_a_time: bool
+    step: Callable,
+    carry: Any,
+    shared: tuple,
+    row_list: Sequence[tuple],
+    one_at_a_time: bool,
+    watch: Callable[[Any], None] | None = None,
 ):
     """`step` once per row, each call dispatched as the one before runs (or after it, one at a
-    time): (carry, outputs)."""
+    time): (carry, outputs); `watch` gets each step's outputs as it is dispatched."""
     outputs = []
     for row in row_list:
         carry, out = step(carry, *shared, *row)
         if one_at_a_time:
             jax.block_until_ready(out)
+        if watch is not None:
+            watch(out)
         outputs.append(out)
     return carry, outputs
 
@@ -400,7 +430,8 @@ def decide(
         decides (confirmed by a second, warm call on the copy before leaving the scan): no step
         is wasted, nor a compile.
     Every time measured passes through `agree` (process 0's, for a program over several
-    processes), so that every process takes the same path and the same choice.
+    processes), so that every process takes the same path and the same choice. A slow step
+    (SLOW_STEP_SECONDS, in a call longer than SLOW_CALL_SECONDS) takes the step form at once.
     """
     t_start = time.perf_counter()
     programs.step_compiled = lowered.compile()
@@ -439,6 +470,8 @@ def decide(
         count = min(MAX_PROBE_STEPS, max(2 * count, math.ceil(PROBE_SECONDS / step_s)))
         probe, step_s = step_block(probe, count)
 
+    if step_s >= SLOW_STEP_SECONDS and steps * step_s > SLOW_CALL_SECONDS:
+        return slow_step_choice(step_s, time.perf_counter() - t_start), None
     if steps * step_s <= MAX_SCAN_PROBE_SECONDS:  # the call's own scan, on the copy
         scan = programs.scan_compiled[steps] = programs.scan.lower(probe, *shared, *rows).compile()
         probe, _, scan_s = scan_call(probe, scan, rows)  # the first call, as a warm-up
@@ -479,6 +512,13 @@ def decide(
         scan_s = min(scan_s, warm_s)
         probing += time.perf_counter() - t0
     return chosen(step_s, scan_s, probing), (carry, outputs)
+
+
+def slow_step_choice(step_s: float, seconds: float) -> LoopChoice:
+    """The step form for a step of `step_s` seconds (SLOW_STEP_SECONDS), the scan not timed."""
+    return LoopChoice(
+        form="step", source="slow_step", step_seconds_per_step=step_s, measure_seconds=seconds
+    )
 
 
 def short_scan_decides(step_seconds: float, short_scan_seconds: float) -> bool:

@@ -54,6 +54,7 @@ import numpy as np
 
 from workflow import data, engine, files
 from workflow.diagnostics.findings import Finding
+from workflow.engine.progress import Progress
 from workflow.errors import UsageError
 from workflow.reporting import plots
 
@@ -476,13 +477,14 @@ def run_range_test(
     divergence_factor: float = 4.0,
     steps_per_call: int = 50,
     loop: str = "auto",
+    progress: bool = False,
 ) -> RangeTest:
     """Sweep the lr exponentially from min_lr to max_lr on the training split and analyze it.
 
     One step per learning rate, `repeats` sweeps over different data orders averaged, from
     `state` (left untouched); stops after the chunk in which the loss diverged. A batch_size
     above the number of training examples is cut to it. `loop`: the form of the sweep's steps
-    (config.loop; the result's `loop` says which ran).
+    (config.loop; the result's `loop` says which ran). `progress`: a bar of the sweep's steps.
     """
     _check_sweep_options(state, min_lr, max_lr, num_steps, repeats, steps_per_call, batch_size)
     x_train, y_train = dataset.x_train, dataset.y_train
@@ -498,23 +500,28 @@ def run_range_test(
     states = _replicate(state, repeats)
     chunks, compile_seconds, steps_run = [], 0.0, 0
     result = None
-    for c in range(num_chunks):
-        sl = slice(c * chunk, (c + 1) * chunk)
-        t0 = time.perf_counter()
-        states, losses = sweep(states, x, y, jnp.asarray(indices[sl]), jnp.asarray(lrs_padded[sl]))
-        losses = np.asarray(jax.device_get(losses), np.float64).T  # (repeats, steps)
-        if c == 0:
-            compile_seconds = time.perf_counter() - t0  # the first call includes compilation
-        take = min(chunk, num_steps - steps_run)
-        # A NaN in any repeat makes the mean NaN: that learning rate is unstable for some order.
-        with np.errstate(over="ignore", invalid="ignore"):
-            chunks.append(losses[:, :take].mean(axis=0))
-        steps_run += take
-        result = analyze_range_test(
-            lrs[:steps_run], np.concatenate(chunks), divergence_factor=divergence_factor
-        )
-        if result.diverged:
-            break  # everything beyond the blow-up is wasted time
+    with Progress(num_steps, "lr range test", "step", enabled=progress) as bar:
+        bar.phase("compiling")
+        for c in range(num_chunks):
+            sl = slice(c * chunk, (c + 1) * chunk)
+            t0 = time.perf_counter()
+            rows = (jnp.asarray(indices[sl]), jnp.asarray(lrs_padded[sl]))
+            states, losses = sweep(states, x, y, *rows, watch=bar.watch)
+            bar.phase()
+            losses = np.asarray(jax.device_get(losses), np.float64).T  # (repeats, steps)
+            if c == 0:
+                compile_seconds = time.perf_counter() - t0  # the first call includes compilation
+            take = min(chunk, num_steps - steps_run)
+            # A NaN in any repeat makes the mean NaN: that learning rate is unstable for some order.
+            with np.errstate(over="ignore", invalid="ignore"):
+                chunks.append(losses[:, :take].mean(axis=0))
+            steps_run += take
+            bar.advance_to(steps_run)
+            result = analyze_range_test(
+                lrs[:steps_run], np.concatenate(chunks), divergence_factor=divergence_factor
+            )
+            if result.diverged:
+                break  # everything beyond the blow-up is wasted time
     del states
     result.num_steps = num_steps
     result.repeats = repeats

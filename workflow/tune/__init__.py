@@ -55,6 +55,7 @@ def configured_range_test(setup: experiment.Setup) -> range_test.RangeTest:
         repeats=rt.repeats,
         divergence_factor=rt.divergence_factor,
         loop=setup.config.get("loop", "auto"),
+        progress=setup.config.progress,
     )
 
 
