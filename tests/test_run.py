@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 
 import pytest
@@ -49,44 +50,50 @@ def _check_reports(workdir, summary):
     assert summary["reproduce"] and summary["reproduce"][0].startswith("python -m workflow.")
 
 
+# A script added to a copy of the page: after it loads, the page's own numbers a person would
+# notice are written into the DOM, which headless Chromium then prints.
+_LAYOUT_PROBE = (
+    "<script>window.addEventListener('load',()=>{const d=document.documentElement,b=document.body;"
+    "b.dataset.scrollWidth=d.scrollWidth;b.dataset.clientWidth=d.clientWidth;"
+    "b.dataset.brokenImages=[...document.images].filter(i=>!i.naturalWidth).length;"
+    "b.dataset.images=document.images.length;});</script>"
+)
+# Headless Chromium's narrowest window; the page must not scroll sideways there.
+_WIDTHS = (500, 1280)
+
+
 def _render_in_chromium(workdir: str, tmp_path) -> None:
-    """The page as a person sees it: Debian's headless Chromium loads it, and its screenshot holds
-    the tables and plots (an empty or broken page is a few kilobytes of white)."""
+    """The page as a person sees it at a narrow and a wide window: Debian's headless Chromium
+    loads it; its tables and plots are there, every plot decodes, nothing makes the page scroll
+    sideways, and each screenshot holds the page (an empty or broken one is a few KB of white)."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.skip("headless Chromium is not installed (apt-get install chromium)")
-    url = "file://" + os.path.abspath(os.path.join(workdir, "report.html"))
-    dom = subprocess.run(
-        [
-            browser,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--allow-file-access-from-files",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout
-    assert dom.count("<table>") >= 3 and dom.count("<img") >= 3
-    shot = tmp_path / "report.png"
-    subprocess.run(
-        [
-            browser,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            f"--screenshot={shot}",
-            "--window-size=1200,2400",
-            url,
-        ],
-        capture_output=True,
-        timeout=120,
-    )
-    assert shot.stat().st_size > 50_000  # tables and plots, not an empty page
+    page = open(os.path.join(workdir, "report.html")).read()
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.replace("</body>", _LAYOUT_PROBE + "</body>"))
+    headless = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    for width in _WIDTHS:
+        dom = subprocess.run(
+            [*headless, "--virtual-time-budget=5000", f"--window-size={width},900", "--dump-dom"]
+            + [f"file://{probed}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+        assert dom.count("<table>") >= 3 and ("Goal met" in dom or "Goal not met" in dom)
+        numbers = dict(re.findall(r'data-([a-z-]+)="(\d+)"', dom))
+        assert int(numbers["images"]) >= 3 and numbers["broken-images"] == "0"
+        assert int(numbers["scroll-width"]) <= int(numbers["client-width"]), width
+        shot = tmp_path / f"report-{width}.png"
+        subprocess.run(
+            [*headless, f"--screenshot={shot}", f"--window-size={width},2400"]
+            + ["file://" + os.path.abspath(os.path.join(workdir, "report.html"))],
+            capture_output=True,
+            timeout=120,
+        )
+        assert shot.read_bytes()[16:24] == struct.pack(">II", width, 2400)  # PNG's IHDR size
+        assert shot.stat().st_size > 50_000  # tables and plots, not an empty page
 
 
 def test_run_stops_when_the_goal_is_met_and_resumes_without_redoing(tmp_path):

@@ -221,14 +221,19 @@ def to_html(title: str, secs: list) -> str:
                 )
             elif kind == "code":
                 body.append(f"<pre><code>{html.escape(block[1])}</code></pre>")
+    # A wide table scrolls inside its own box, and long words (commands, paths) wrap, so that
+    # the page itself never scrolls sideways on a narrow window.
     style = (
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;"
+        "overflow-wrap:anywhere}table{border-collapse:collapse;margin:1em 0;display:block;"
+        "overflow-x:auto;max-width:100%}td,th{border:1px solid #ccc;padding:4px 8px;"
         "text-align:left}th{background:#f3f3f3}img{max-width:100%}pre{background:#f6f6f6;"
         "padding:8px;overflow-x:auto}figure{margin:1em 0}figcaption{color:#666;font-size:90%}"
     )
     return (
-        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title>"
         f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
 
