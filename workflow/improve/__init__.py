@@ -81,7 +81,9 @@ def signature(config: ml_collections.ConfigDict) -> str:
 def run_batched(group: list[remedies.Remedy], dataset, base_steps: int) -> list[Outcome]:
     """Remedies that differ only in lr / L2, trained together as trials of one program."""
     config = short_config(group[0].config, base_steps)
-    runner = trials.TrialRunner(config, dataset.input_shape, dataset.num_classes)
+    runner = trials.TrialRunner(
+        config, dataset.input_shape, dataset.num_classes, task_kind=dataset.task
+    )
     hparams = trials.TrialHparams(
         learning_rate=[r.config.optimizer.learning_rate for r in group],
         l2=[r.config.l2 for r in group],

@@ -90,7 +90,9 @@ def search_trials(
     # directory (`run` is theirs), and all of them then take process 0's trials.
     shared = config.search.storage if distributed.is_writer() else None
     storage = shared or f"sqlite:///{os.path.abspath(run.file(rundir.STUDY))}"
-    runner = trials.TrialRunner(config, dataset.input_shape, dataset.num_classes)
+    runner = trials.TrialRunner(
+        config, dataset.input_shape, dataset.num_classes, task_kind=dataset.task
+    )
     study = random_search.Search(
         runner, dataset, config, storage, "tune", progress=config.progress, goal_val_error=goal
     )
