@@ -490,14 +490,15 @@ def finish(workflow: Workflow, stopped: str | None = None) -> Summary:
 
 
 def final_step(workflow: Workflow) -> Step:
-    """The evaluated step with the best validation accuracy (never the test accuracy: choosing
-    on it would make the reported test number optimistic); the last step when none was."""
+    """The evaluated step with the lowest validation error (the task's: 1 - accuracy, an RMSE;
+    never the test error: choosing on it would make the reported test number optimistic); the
+    last step when none was."""
     evaluated = [
-        s for s in workflow.steps if s.stage == "evaluate" and "val_accuracy" in s.summary.metrics
+        s for s in workflow.steps if s.stage == "evaluate" and "val_error" in s.summary.metrics
     ]
     if not evaluated:
         return workflow.steps[-1]
-    return max(reversed(evaluated), key=lambda s: s.summary.metrics["val_accuracy"])
+    return min(reversed(evaluated), key=lambda s: s.summary.metrics["val_error"])
 
 
 def reproduce_commands(workflow: Workflow, final: Step) -> list[str]:
