@@ -225,7 +225,10 @@ def read_table(
         )
     targets = [columns.pop(c) for c in labels]
     if not columns:
-        raise UsageError(f"{_name(path)} has only the label column(s) {', '.join(labels)}")
+        shown = ", ".join(repr(c) for c in labels)
+        raise UsageError(
+            f"{_name(path)} has only the label column{'s' * (len(labels) > 1)} {shown}"
+        )
     if task == CLASSIFICATION:
         y = targets[0]
     else:
@@ -494,7 +497,8 @@ def class_indices(
         if y.ndim != 1:
             raise UsageError(
                 f"{_name(path)}: y_{split} has shape {y.shape}; labels must be one class "
-                "per example, shaped (N,) (multi-label targets are not supported yet)"
+                "per example, shaped (N,) (multi-label targets: --config.task=multilabel; several "
+                "float targets: --config.task=regression)"
             )
     joined = np.concatenate(list(arrays.values()))
     if joined.dtype.kind in "f":
@@ -505,7 +509,7 @@ def class_indices(
             shown = ", ".join(f"{v:g}" for v in np.unique(fractional)[:3])
             raise UsageError(
                 f"{_name(path)}: the labels are not classes (non-integer values such as "
-                f"{shown}); regression is not supported yet: the label must name a class"
+                f"{shown}); for float targets use --config.task=regression"
             )
     if joined.dtype.kind in "biuf" and (joined.size == 0 or joined.min() >= 0):
         return {s: y.astype(np.int64) for s, y in arrays.items()}, None
