@@ -186,7 +186,7 @@ def choose(outcomes: list[Outcome], n_val: int, kind: Any = None) -> tuple[Outco
     best = min(ok, key=lambda o: (o.val_error, o.num_params))
     if kind is None or kind.error_is_rate:
         floor = remedies.remedy_gain_noise(baseline.val_error, n_val, z=1.0)
-        fmt = bias_variance.pct
+        fmt = "{:.2%}".format
     else:
         floor = math.sqrt(2 * kind.error_variance(baseline.val_error, max(n_val, 1)))
         fmt = bias_variance.error_format(kind)
