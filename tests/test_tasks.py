@@ -277,6 +277,7 @@ def test_multilabel_debug_evaluate_tune_on_digits(tmp_path):
     assert len(tuned.summary["trials"]) == 4
 
 
+@pytest.mark.slow
 def test_diabetes_regression_end_to_end(tmp_path):
     """scikit-learn's diabetes set: evaluate reports RMSE in the target's units (25..346)."""
     evaluated = api.evaluate(

@@ -406,7 +406,10 @@ TASK_BROKEN: list[Case] = [
 TASK_CLEAN: list[Case] = [
     Case("clean_regression_mlp", None, task_setup("regression")),
     Case(
-        "clean_regression_user_mlp", None, task_setup("regression", "tests.bugzoo.models:UserMLP")
+        "clean_regression_user_mlp",
+        None,
+        task_setup("regression", "tests.bugzoo.models:UserMLP"),
+        fast=False,
     ),
     Case("clean_diabetes_mlp", None, task_setup("diabetes"), fast=False),
     Case("clean_multilabel_mlp", None, task_setup("multilabel")),
