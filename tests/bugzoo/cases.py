@@ -377,6 +377,7 @@ TASK_BROKEN: list[Case] = [
         "regression_tanh_head",
         "softmax_before_loss",
         task_setup("regression", "tests.bugzoo.models:TanhHeadMLP"),
+        fast=False,
     ),
     Case(
         "regression_exploding_init",
