@@ -288,3 +288,24 @@ def test_diabetes_regression_end_to_end(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["dataset"]["task"]["name"] == "regression"
     assert 140 < summary["dataset"]["task"]["target_mean"][0] < 165
+
+
+@pytest.mark.parametrize("setup", ["regression", "multilabel"])
+def test_task_initial_loss_check_fires_on_an_exploding_init_and_stays_quiet(setup):
+    """initial_loss_off in the task's terms: weights x100 put the step-0 loss far above that of
+    predicting the mean / the base rates; the default init stays within the accepted band."""
+    from workflow.diagnostics import checks
+
+    clean = experiment.prepare(small(setup))
+    batch = checks.sample_batch(clean.dataset, 64, 0)
+    quiet = checks.check_output_and_loss(clean.task, clean.state, batch, clean.dataset.num_classes)
+    assert [f.id for f in quiet] == []
+    broken = experiment.prepare(small(setup, **{"model.name": "tests.check_bugs:ScaledInitMLP"}))
+    found = checks.check_output_and_loss(
+        broken.task, broken.state, batch, clean.dataset.num_classes
+    )
+    off = next(f for f in found if f.id == "initial_loss_off")
+    assert off.evidence["initial_loss"] > off.evidence["accepted"][1]
+    assert off.evidence["expected"] == pytest.approx(
+        1.0 if setup == "regression" else off.evidence["expected"], rel=0.2
+    )
