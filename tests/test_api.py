@@ -143,6 +143,7 @@ def test_improve_from_python_on_a_regression(tmp_path):
     assert "| candidate | change | val error |" in (tmp_path / "improve" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_run_from_python_meets_an_easy_goal(tmp_path):
     """api.run: start simple, debug, evaluate; the goal met, the Result is the run's."""
     result = api.run(
