@@ -309,3 +309,20 @@ def test_task_initial_loss_check_fires_on_an_exploding_init_and_stays_quiet(setu
     assert off.evidence["expected"] == pytest.approx(
         1.0 if setup == "regression" else off.evidence["expected"], rel=0.2
     )
+
+
+def test_arrays_in_memory_with_task_regression_through_the_api(tmp_path):
+    """data as a dict of arrays with float targets, task=regression: the in-memory path reads
+    them as targets (a test split carved, not stratified) and debug runs in regression's terms."""
+    from sklearn.datasets import load_diabetes
+
+    x, y = load_diabetes(return_X_y=True)
+    result = api.debug(
+        data={"x": x.astype(np.float32), "y": y},
+        workdir=str(tmp_path),
+        task="regression",
+        **{"debug.overfit_steps": 100, "debug.train_steps": 40, "progress": False},
+    )
+    assert result.summary["dataset"]["task"]["name"] == "regression"
+    assert result.summary["dataset"]["splits"]["test"]["size"] == round(0.2 * len(y))
+    assert result.summary["config"]["loss"] == "auto" and result.metrics["short_run_val_error"] > 0
