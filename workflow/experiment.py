@@ -230,7 +230,9 @@ def report_training(
     curve = run.save_figure(
         rundir.PLOT_LEARNING_CURVES,
         lambda: reporting.plot_learning_curves(
-            run.read_metrics(), title=f"{config.model.name} on {setup.dataset.name}"
+            run.read_metrics(),
+            title=f"{config.model.name} on {setup.dataset.name}",
+            score_label=setup.task.kind.score_label,
         ),
     )
     run.write_summary(summary)

@@ -175,10 +175,14 @@ def debug(setup: experiment.Setup, run: rundir.RunDir, started: float | None) ->
     for record in fit.records:
         run.log(record)
     run.close()
-    overfit_plot = run.save_figure(rundir.PLOT_OVERFIT_BATCH, lambda: plot_overfit(overfit))
+    overfit_plot = run.save_figure(
+        rundir.PLOT_OVERFIT_BATCH, lambda: plot_overfit(overfit, setup.task.kind.score_label)
+    )
     curve_plot = run.save_figure(
         rundir.PLOT_SHORT_RUN,
-        lambda: reporting.plot_learning_curves(fit.records, title="short run"),
+        lambda: reporting.plot_learning_curves(
+            fit.records, title="short run", score_label=setup.task.kind.score_label
+        ),
     )
     failed = has_error(findings)
     summary = Summary(

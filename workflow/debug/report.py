@@ -12,8 +12,8 @@ from workflow.reporting import model_summary
 from workflow.reporting.summary import Summary
 
 
-def plot_overfit(result: OverfitResult):
-    """The overfit-one-batch loss and accuracy against step."""
+def plot_overfit(result: OverfitResult, score_label: str = "accuracy"):
+    """The overfit-one-batch loss and accuracy (the task's score, `score_label`) against step."""
     from workflow.reporting.plots import plt
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.5))
@@ -22,7 +22,7 @@ def plot_overfit(result: OverfitResult):
     reporting.set_log_scale_if_positive(ax_loss, result.losses.tolist())
     ax_loss.set_ylabel("batch loss")
     ax_acc.plot(steps, result.accuracies)
-    ax_acc.set_ylabel("batch accuracy")
+    ax_acc.set_ylabel(f"batch {score_label}")
     for ax in (ax_loss, ax_acc):
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

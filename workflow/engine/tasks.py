@@ -81,6 +81,7 @@ class TaskKind:
     metric_names: ClassVar[tuple[str, ...]]  # per split in a summary, besides loss and error
     error_name: ClassVar[str]  # what the error measure is called in reports
     error_is_rate: ClassVar[bool]  # a rate in [0, 1] (shown as %), or a value in target units
+    score_label: ClassVar[str] = "accuracy"  # what the score (1 - error) is, on plots
     # The debug checklist's rows (findings.CHECKLIST_ROWS) in this task's words, and the rows
     # that do not apply to it with the reason (debug/report.py shows them "not applicable").
     checklist_terms: ClassVar[dict[str, str]] = {}
@@ -185,6 +186,7 @@ class Regression(TaskKind):
     metric_names: ClassVar[tuple[str, ...]] = ("rmse", "mae", "r2")
     error_name: ClassVar[str] = "RMSE"
     error_is_rate: ClassVar[bool] = False
+    score_label: ClassVar[str] = "1 − RMSE (target units)"
     checklist_terms: ClassVar[dict[str, str]] = {
         "outputs are logits, not probabilities": "outputs unbounded (no sigmoid/tanh/relu head)",
         "initial loss near ln C": "initial loss near that of predicting the mean",
@@ -263,6 +265,7 @@ class MultiLabel(TaskKind):
     metric_names: ClassVar[tuple[str, ...]] = ("accuracy", "macro_f1")
     error_name: ClassVar[str] = "per-label error"
     error_is_rate: ClassVar[bool] = True
+    score_label: ClassVar[str] = "per-label accuracy"
     checklist_terms: ClassVar[dict[str, str]] = {
         "outputs are logits, not probabilities": "outputs are logits, not sigmoid probabilities",
         "initial loss near ln C": "initial loss near the per-label base rates' entropy",
