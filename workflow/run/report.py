@@ -22,9 +22,10 @@ def _pct(value) -> str:
 
 def _error(summary: Summary, value) -> str:
     """An error of the run's task as a person reads it (a rate as %, an RMSE in its units)."""
-    if not isinstance(value, float):
-        return "-"
-    return bias_variance.error_format(tasks.kind_of(summary.config)())(value)
+    kind = tasks.kind_of(summary.config)
+    if not isinstance(value, float) or kind.error_is_rate:
+        return _pct(value)
+    return bias_variance.error_format(kind())(value)
 
 
 def step_blocks(step, shown_elsewhere: tuple[str, ...] = ()) -> list[tuple]:
