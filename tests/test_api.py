@@ -109,3 +109,54 @@ def test_evaluate_and_tune_on_a_config_file(tmp_path):
         },
     )
     assert tuned.stage == "tune" and len(tuned.summary["trials"]) == 4
+
+
+# Small budgets for the training stages from Python (a few seconds each).
+SMALL_RUN = {
+    "dataset.kwargs.num_train": 400,
+    "dataset.kwargs.num_test": 200,
+    "num_steps": 100,
+    "batch_size": 32,
+    "eval_every": 50,
+    "checkpoint_every": 50,
+    "progress": False,
+    "evaluate.train_sizes": (),
+}
+
+
+def test_improve_from_python_on_a_regression(tmp_path):
+    """api.improve with task=regression: the baseline and remedies compared in RMSE, a decision
+    and its metrics in the task's terms."""
+    result = api.improve(
+        config="configs/tasks.py:regression",
+        workdir=str(tmp_path / "improve"),
+        **SMALL_RUN,
+        **{"improve.max_candidates": 2, "search.range_test.enabled": False},
+    )
+    assert result.stage == "improve" and result.status == "ok"
+    candidates = result.summary["candidates"]
+    assert candidates[0]["name"] == "baseline" and len(candidates) == 3
+    baseline = json.loads((tmp_path / "improve" / "baseline" / "summary.json").read_text())
+    assert candidates[0]["val_error"] == pytest.approx(baseline["metrics"]["val_rmse"])
+    assert result.summary["decision"]["why"]
+    assert "baseline_val_error" in result.metrics and "baseline_val_accuracy" not in result.metrics
+    assert "| candidate | change | val error |" in (tmp_path / "improve" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_run_from_python_meets_an_easy_goal(tmp_path):
+    """api.run: start simple, debug, evaluate; the goal met, the Result is the run's."""
+    result = api.run(
+        config="configs/synthetic.py:tabular",
+        workdir=str(tmp_path / "run"),
+        **{**SMALL_RUN, "num_steps": 300, "debug.train_steps": 60, "debug.overfit_steps": 200},
+    )
+    assert result.stage == "run" and result.status == "ok"
+    assert [s["name"] for s in result.summary["steps"]] == [
+        "1_start_simple",
+        "2_debug",
+        "3_evaluate",
+    ]
+    assert any(f.id == "goal_met" for f in result.findings)
+    assert result.metrics["test_accuracy"] > 0.9
+    assert (tmp_path / "run" / "report.html").exists()

@@ -3,9 +3,12 @@
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tomllib
+
+import pytest
 
 from workflow import cli, config_lib
 
@@ -115,3 +118,112 @@ def test_an_installed_package_finds_its_configs_in_the_data_files(tmp_path, monk
     assert config_lib.resolve_config_path("configs/digits.py") == str(
         installed / "configs" / "digits.py"
     )
+
+
+def test_the_console_command_prints_its_usage():
+    result = console(ROOT, "--help")
+    assert result.returncode == 0 and result.stdout.startswith(cli.CONSOLE_USAGE + "\n")
+
+
+def script(tmp_path) -> pathlib.Path:
+    """The console script as pip writes it, in a bin/ of its own (its directory leads sys.path,
+    not the current one)."""
+    path = tmp_path / "bin" / "dnn-troubleshoot"
+    path.parent.mkdir()
+    path.write_text("import sys\nfrom workflow.cli import console_main\nsys.exit(console_main())\n")
+    return path
+
+
+def test_a_workflow_package_in_the_current_directory_shadows_python_m_not_the_command(tmp_path):
+    """`python -m workflow.debug` imports a project's own `workflow/` from the current
+    directory before any of ours runs (Python's own error, nothing to intercept); the
+    dnn-troubleshoot command runs the installed workflow there, and the project's modules it
+    names still import."""
+    project = tmp_path / "project"
+    (project / "workflow").mkdir(parents=True)
+    (project / "workflow" / "__init__.py").write_text('PIPELINE = "the user\'s own"\n')
+    (project / "my_data.py").write_text(
+        "from workflow.data.examples import diabetes\n\ndef load():\n    return diabetes()\n"
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    shadowed = subprocess.run(
+        [sys.executable, "-m", "workflow.debug", "--workdir=run"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shadowed.returncode == 1 and "No module named workflow.debug" in shadowed.stderr
+    flags = [
+        "--config=configs/tasks.py:diabetes",
+        "--config.dataset.name=my_data:load",
+        "--config.num_steps=20",
+        "--config.eval_every=10",
+        "--config.progress=False",
+        "--workdir=run",
+    ]
+    result = subprocess.run(
+        [sys.executable, str(script(tmp_path)), "start_simple", *flags],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    saved = json.loads((project / "run" / "summary.json").read_text())
+    assert saved["dataset"]["name"] == "my_data:load" and "test_rmse" in saved["metrics"]
+
+
+@pytest.mark.slow
+def test_a_built_wheel_installs_and_runs_a_config_it_ships(tmp_path):
+    """`pip wheel` of the project, installed (no dependencies: the environment's) into a fresh
+    virtual environment: its console command prints its usage and runs a stage on a config the
+    wheel ships, from a directory without configs/, importing the installed package."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "workflow", "models", "configs"):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
+        copy(ROOT / name, source / name, **({"ignore": IGNORED} if copy is shutil.copytree else {}))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"JAX_PLATFORMS": "cpu"}
+
+    def run(*command, cwd=tmp_path, timeout=600):
+        done = subprocess.run(
+            [str(c) for c in command],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done
+
+    run(sys.executable, "-m", "pip", "wheel", source, "--no-deps", "-w", tmp_path / "wheel")
+    (wheel,) = (tmp_path / "wheel").glob("dnn_troubleshooting-*.whl")
+    venv = tmp_path / "venv"
+    run(sys.executable, "-m", "venv", "--system-site-packages", venv)
+    run(venv / "bin" / "python", "-m", "pip", "install", "--no-deps", "--no-index", wheel)
+    work = tmp_path / "work"
+    work.mkdir()
+    command = venv / "bin" / "dnn-troubleshoot"
+    assert run(command, "--help", cwd=work).stdout.startswith(cli.CONSOLE_USAGE)
+    where = run(
+        venv / "bin" / "python", "-c", "import workflow; print(workflow.__file__)", cwd=work
+    )
+    assert where.stdout.startswith(str(venv))
+    flags = ["--config.num_steps=20", "--config.eval_every=10", "--config.progress=False"]
+    run(
+        command,
+        "start_simple",
+        "--config=configs/tasks.py:diabetes",
+        *flags,
+        "--workdir=run",
+        cwd=work,
+    )
+    saved = json.loads((work / "run" / "summary.json").read_text())
+    assert saved["config"]["task"] == "regression" and saved["status"] == "ok"
+
+
+IGNORED = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")

@@ -224,3 +224,18 @@ def test_workflow_steps_read_back_from_workflow_json():
     again = Step.from_json(json.loads(json.dumps(files.to_jsonable(step.to_json()))))
     assert again.name == step.name and again.summary.findings == step.summary.findings
     assert again.summary.to_json()["metrics"] == {"test_accuracy": 0.5, "val_loss": "nan"}
+
+
+def test_a_run_directory_written_before_keys_were_added_still_resumes():
+    from workflow import config_lib
+
+    new = rundir.config_to_dict(config_lib.load_config_file("configs/mnist1d.py"))
+    old = {k: v for k, v in new.items() if k not in ("task", "tensorboard")}
+    old["optimizer"] = {
+        k: v for k, v in new["optimizer"].items() if k not in ("clip_norm", "accumulate_steps")
+    }
+    old["loss"] = "softmax_cross_entropy"  # before config.loss = "auto" (the task's own loss)
+    assert rundir.config_refusal(rundir.TRAINING, old, new) is None
+    # A key the run did set to something else is still a different run.
+    assert "loss" in rundir.config_refusal(rundir.TRAINING, {**old, "loss": "mse"}, new)
+    assert "task" in rundir.config_refusal(rundir.TRAINING, {**old, "task": "regression"}, new)

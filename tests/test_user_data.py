@@ -106,7 +106,10 @@ def test_table_errors_name_the_file_and_the_problem(tmp_path):
     refused(ragged, r"ragged.csv' line 3 has 2 fields; the header has 3")
     regression = tmp_path / "reg.csv"
     regression.write_text("a,y\n" + "\n".join(f"{i},{i / 7:.3f}" for i in range(30)))
-    refused(regression, r"reg.csv': the labels are not classes.*regression is not supported yet")
+    refused(
+        regression,
+        r"reg.csv': the labels are not classes.*for float targets use --config.task=regression",
+    )
     refused(path, r"takes no dataset.kwargs image_size; valid: label_column", image_size=3)
     only_label = tmp_path / "one.csv"
     only_label.write_text("label\n0\n1\n")

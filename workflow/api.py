@@ -390,15 +390,16 @@ def _data_name(data: Any) -> str | None:
         arrays = {k: np.asarray(v) for k, v in data.items() if v is not None}
         label = "arrays"
 
-        def load(kwargs: dict, test_fraction: float) -> dict:
-            return readers.arrays_dataset(arrays, f"(the {label} given)", kwargs, test_fraction)
+        def load(kwargs: dict, test_fraction: float, task: str) -> dict:
+            where = f"(the {label} given)"
+            return readers.arrays_dataset(arrays, where, kwargs, test_fraction, task)
 
         return sources.register_in_memory(f"{label}-{_digest(arrays)}@python", load)
     if callable(data):
         name = f"{_label(data)}@python"
 
-        def call(kwargs: dict, test_fraction: float) -> dict:
-            del test_fraction
+        def call(kwargs: dict, test_fraction: float, task: str) -> dict:
+            del test_fraction, task
             return sources.call_loader(name, data, kwargs)
 
         return sources.register_in_memory(name, call)

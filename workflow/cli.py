@@ -385,16 +385,32 @@ def run(main: Callable[[list[str]], int]) -> None:
 STAGES = ("start_simple", "debug", "evaluate", "tune", "improve", "run")
 
 
+CONSOLE_USAGE = (
+    "usage: dnn-troubleshoot <stage> --config=<file> --workdir=<dir>, the stage one of "
+    f"{', '.join(STAGES)}"
+)
+
+
 def console_main() -> None:
     """The `dnn-troubleshoot` console command: `dnn-troubleshoot <stage> [flags]` runs
-    `python -m workflow.<stage> [flags]` (start_simple also spelled start-simple)."""
+    `python -m workflow.<stage> [flags]` (start_simple also spelled start-simple).
+
+    Unlike `python -m`, which puts the current directory first on sys.path and so imports a
+    project's own `workflow` package from there before any of this code runs, the command's
+    script directory leads sys.path: the installed workflow is the one imported. The current
+    directory is then appended, so the user's modules a command line names
+    (`--config.model.name=my_model:Model`) import as under `python -m`.
+    """
     args = sys.argv[1:]
+    if args[:1] in (["-h"], ["--help"]):
+        print(CONSOLE_USAGE)
+        print("each stage's own flags: dnn-troubleshoot <stage> --help")
+        sys.exit(0)
     stage = args[0].replace("-", "_") if args else ""
     if stage not in STAGES:
         given = f"unknown stage {args[0]!r}" if args else "no stage given"
-        fail(
-            f"{given}; usage: dnn-troubleshoot <stage> --config=<file> --workdir=<dir>, the "
-            f"stage one of {', '.join(STAGES)}"
-        )
+        fail(f"{given}; {CONSOLE_USAGE}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
     sys.argv = [f"dnn-troubleshoot {stage}", *args[1:]]
     runpy.run_module(f"workflow.{stage}", run_name="__main__", alter_sys=True)

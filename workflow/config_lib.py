@@ -11,7 +11,7 @@ from ml_collections import config_dict
 
 import models
 from workflow.data import readers
-from workflow.engine import augment, loop_form
+from workflow.engine import augment, loop_form, tasks
 from workflow.engine.distributed import DATA_LAYOUTS
 from workflow.errors import UsageError, as_usage_error, user_code
 
@@ -168,7 +168,11 @@ def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collection
         }
     )
     config.model = model
-    config.loss = "softmax_cross_entropy"
+    # What the model predicts (workflow/engine/tasks.py): "classification" (one class per
+    # example), "regression" (float targets) or "multilabel" (multi-hot 0/1 targets).
+    config.task = "classification"
+    # "auto": the task's own loss (softmax_cross_entropy, mse, sigmoid_binary_cross_entropy).
+    config.loss = "auto"
     config.optimizer = ml_collections.ConfigDict(
         {"name": "adam", "learning_rate": 3e-4, "momentum": 0.9, "weight_decay": 0.0}
     )
@@ -378,8 +382,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     frac = dbg.overfit_loss_fraction
     _require(0 < frac < 1, "debug.overfit_loss_fraction", frac, "must lie in (0, 1)")
     validate_debug_and_memory(config)
+    task = config.get("task", tasks.CLASSIFICATION)
+    tasks.check_task_name(task)
     goal = config.goal.test_error
-    _require(0 <= goal < 1, "goal.test_error", goal, "must lie in [0, 1)")
+    if task == tasks.REGRESSION:  # an RMSE in the targets' units
+        _require(_is_number(goal) and goal >= 0, "goal.test_error", goal, "must be an RMSE >= 0")
+    else:
+        _require(0 <= goal < 1, "goal.test_error", goal, "must lie in [0, 1)")
     ev = config.evaluate
     for key in ("underfit_tolerance", "overfit_tolerance", "val_overfit_tolerance", "noise_z"):
         value = ev[key]

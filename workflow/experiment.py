@@ -14,7 +14,7 @@ import models
 from workflow import config_lib, data, engine, reporting
 from workflow.diagnostics.curves import curve_findings
 from workflow.diagnostics.findings import Finding, has_error, rank_findings
-from workflow.engine import augment, checkpoints, losses
+from workflow.engine import augment, checkpoints, losses, tasks
 from workflow.errors import UsageError, user_code
 from workflow.reporting import model_summary, rundir
 from workflow.reporting.summary import Summary
@@ -46,7 +46,9 @@ def prepare(config: ml_collections.ConfigDict) -> Setup:
     anything is written (but a broken loss, which the debug stage diagnoses as a finding and
     the training stages refuse first with `check_loss`)."""
     config_lib.validate_config(config)
-    dataset = data.load_dataset(config.dataset, seed=config.seed, shard=data.process_shard(config))
+    dataset = data.load_dataset(
+        config.dataset, seed=config.seed, shard=data.process_shard(config), task=config.task
+    )
     check_batch_size(config, dataset)
     engine.data_mesh(config)  # a batch the data-parallel devices cannot split is refused here
     if config.model.name == "auto":  # the workflow's default architecture for the data kind
@@ -72,8 +74,8 @@ def prepare(config: ml_collections.ConfigDict) -> Setup:
     # 28x28 images) fails here with a layer's shape error that does not say what it was given.
     shape = tuple(dataset.input_shape)
     with user_code(f"model {config.model.name!r} on inputs of shape {shape}", type(model)):
-        engine.check_output_shape(model, dataset.input_shape, dataset.num_classes)
-    task, state = engine.create_train_state(model, config)
+        engine.check_output_shape(model, dataset.input_shape, dataset.num_classes, config.task)
+    task, state = engine.create_train_state(model, config, task_kind=dataset.task)
     return Setup(config, dataset, model, task, state)
 
 
@@ -93,7 +95,9 @@ def check_loss(setup: Setup) -> None:
     returns one float per example. Every training stage calls it before its first write."""
     config, dataset = setup.config, setup.dataset
     logits = jax.ShapeDtypeStruct((config.batch_size, dataset.num_classes), jnp.float32)
-    labels = jax.ShapeDtypeStruct((config.batch_size,), dataset.y_train.dtype)
+    labels = jax.ShapeDtypeStruct(
+        (config.batch_size, *dataset.y_train.shape[1:]), dataset.y_train.dtype
+    )
     losses.check_loss(setup.task.loss_fn, config.loss, logits, labels)
 
 
@@ -103,12 +107,15 @@ def with_whole_training_split(setup: Setup) -> Setup:
     data left this process only its shard."""
     if data.process_shard(setup.config) is None:
         return setup
-    whole = data.load_dataset(setup.config.dataset, seed=setup.config.seed, shard=None)
+    whole = data.load_dataset(
+        setup.config.dataset, seed=setup.config.seed, shard=None, task=setup.config.task
+    )
     return dataclasses.replace(setup, dataset=whole)
 
 
 def final_metrics(setup: Setup, state: engine.TrainState) -> dict[str, float]:
-    """Loss and accuracy of `state` on every split, in eval mode."""
+    """Loss, error and the task's metrics (tasks.split_metric_names) of `state` on every split,
+    in eval mode."""
     mesh = engine.data_mesh(setup.config)  # evaluate where fit trained (all hosts' devices)
     evaluator = engine.Evaluator(setup.task, setup.config.eval_batch_size, mesh)
     ds = setup.dataset
@@ -119,8 +126,8 @@ def final_metrics(setup: Setup, state: engine.TrainState) -> dict[str, float]:
         ("test", ds.x_test, ds.y_test),
     ):
         result = evaluator(state, x, y)
-        metrics[f"{split}_loss"] = result["loss"]
-        metrics[f"{split}_accuracy"] = result["accuracy"]
+        for name in tasks.split_metric_names(setup.config):
+            metrics[f"{split}_{name}"] = result[name]
     return metrics
 
 
@@ -224,7 +231,9 @@ def report_training(
     curve = run.save_figure(
         rundir.PLOT_LEARNING_CURVES,
         lambda: reporting.plot_learning_curves(
-            run.read_metrics(), title=f"{config.model.name} on {setup.dataset.name}"
+            run.read_metrics(),
+            title=f"{config.model.name} on {setup.dataset.name}",
+            score_label=setup.task.kind.score_label,
         ),
     )
     run.write_summary(summary)
@@ -290,9 +299,22 @@ def run_findings(
         findings.append(corrupt_checkpoint_finding(skipped, resume_step, unverified))
     if result.start_step == 0:  # the curve checks read a whole run from its first step
         findings += curve_findings(
-            result, setup.dataset.num_classes, setup.dataset.y_train, config.optimizer.learning_rate
+            result,
+            setup.dataset.num_classes,
+            setup.dataset.y_train,
+            config.optimizer.learning_rate,
+            initial_expected=initial_loss_reference(setup),
         )
     return rank_findings(findings)
+
+
+def initial_loss_reference(setup: Setup) -> float:
+    """The loss a model knowing only the training targets' distribution has (tasks.py): the
+    level an untrained model's loss starts near, for the curve diagnosis."""
+    ds = setup.dataset
+    return tasks.initial_loss_reference(
+        setup.task.kind, setup.task.loss_fn, ds.y_train, ds.num_classes
+    )
 
 
 def run_metrics(setup: Setup, result: engine.FitResult) -> dict[str, Any]:
@@ -332,8 +354,9 @@ def write_model_summary(setup: Setup, run: rundir.RunDir) -> list[dict]:
 def report_sections(summary: Summary, curve: str) -> list[tuple[str, str]]:
     """report.md: metrics table, run, learning curves, findings, model, data, next commands."""
     m, c = summary.metrics, summary.config
+    columns = ("loss", *tasks.kind_of(c).metric_names)
     rows = [
-        [split, reporting.fmt(m[f"{split}_loss"]), reporting.fmt(m[f"{split}_accuracy"])]
+        [split, *(reporting.fmt(m[f"{split}_{name}"]) for name in columns)]
         for split in ("train", "val", "test")
     ]
     model_kwargs = ", ".join(f"{k}={v}" for k, v in c["model"].items() if k != "name")
@@ -366,17 +389,24 @@ def report_sections(summary: Summary, curve: str) -> list[tuple[str, str]]:
         )
     ds = summary.dataset
     data_rows = [
-        ["dataset", f"{ds['name']} ({ds['kind']}, {ds['num_classes']} classes)"],
+        ["dataset", f"{ds['name']} ({ds['kind']}, {described_targets(c, ds['num_classes'])})"],
         ["input shape", str(tuple(ds["input_shape"]))],
         ["normalized", "per channel, train statistics" if ds["normalized"] else "no"],
         ["irreducible error", reporting.fmt(ds["irreducible_error"])],
     ]
     for split, info in ds["splits"].items():
-        counts = info["class_counts"]
+        counts = info.get("class_counts")
         balance = f"{min(counts):,}–{max(counts):,} per class" if counts else ""
+        if "target_mean" in info:
+            balance = "targets " + ", ".join(
+                f"{mu:.4g} ± {sd:.4g}"
+                for mu, sd in zip(info["target_mean"], info["target_std"], strict=True)
+            )
+        if "label_counts" in info:
+            balance = "label counts " + ", ".join(f"{n:,}" for n in info["label_counts"])
         data_rows.append([f"{split} examples", f"{info['size']:,} ({balance})"])
     return [
-        ("Results", reporting.markdown_table(["split", "loss", "accuracy"], rows)),
+        ("Results", reporting.markdown_table(["split", *columns], rows)),
         ("Run", reporting.markdown_table(["", ""], run_rows)),
         ("Learning curves", f"![learning curves]({curve})"),
         ("Findings", reporting.findings_markdown(summary.findings)),
@@ -386,6 +416,16 @@ def report_sections(summary: Summary, curve: str) -> list[tuple[str, str]]:
     ]
 
 
+def described_targets(config: dict, count: int) -> str:
+    """'10 classes', '1 regression target', '3 labels': what a dataset's targets are."""
+    task = tasks.kind_of(config).name
+    if task == tasks.REGRESSION:
+        return f"{count} regression target{'s' if count != 1 else ''}"
+    if task == tasks.MULTILABEL:
+        return f"{count} labels"
+    return f"{count} classes"
+
+
 def print_summary(summary: Summary) -> None:
     """A console table of the run's results and findings."""
     from rich.console import Console
@@ -393,12 +433,11 @@ def print_summary(summary: Summary) -> None:
 
     m = summary.metrics
     table = Table(title=f"{summary.stage}: {summary.status}")
-    for col in ("split", "loss", "accuracy"):
+    columns = ("loss", *tasks.kind_of(summary.config).metric_names)
+    for col in ("split", *columns):
         table.add_column(col)
     for split in ("train", "val", "test"):
-        table.add_row(
-            split, reporting.fmt(m[f"{split}_loss"]), reporting.fmt(m[f"{split}_accuracy"])
-        )
+        table.add_row(split, *(reporting.fmt(m[f"{split}_{name}"]) for name in columns))
     console = Console()
     console.print(table)
     for f in summary.findings:

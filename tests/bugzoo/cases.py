@@ -335,3 +335,104 @@ CATEGORY_OF = {
 def category(case: Case) -> str:
     """The case's fault category (CATEGORIES), or "clean"."""
     return "clean" if case.expected_id is None else CATEGORY_OF[case.name]
+
+
+# ----------------------------------------------------------------------------- other tasks
+# Regression and multi-label setups (config.task, issue 14), broken and clean, in a block of
+# their own. The broken ones carry the faults a regression or multi-label model really has: a
+# head that squashes what the loss expects unbounded (a sigmoid at step 0, a tanh seen after
+# memorizing a batch), an exploding init, a learning rate far too low.
+
+
+def task_setup(
+    setup: str, model_name: str | None = None, **overrides
+) -> Callable[[], ml_collections.ConfigDict]:
+    """A builder of configs/tasks.py:<setup> at a small size, another model plugged in."""
+
+    def build() -> ml_collections.ConfigDict:
+        config = load_config("configs/tasks.py", setup)
+        if setup == "regression":
+            config.dataset.kwargs.num_train = 600
+            config.dataset.kwargs.num_test = 200
+        config.num_steps = 60
+        config.batch_size = 32
+        config.eval_batch_size = 256
+        config.optimizer.learning_rate = 3e-3
+        config.progress = False
+        if model_name:
+            config.model = ml_collections.ConfigDict({"name": model_name})
+        config.update_from_flattened_dict(overrides) if overrides else None
+        return config
+
+    return build
+
+
+TASK_BROKEN: list[Case] = [
+    Case(
+        "regression_sigmoid_head",
+        "softmax_before_loss",
+        task_setup("regression", "tests.bugzoo.models:SigmoidHeadMLP"),
+    ),
+    Case(
+        "regression_tanh_head",
+        "softmax_before_loss",
+        task_setup("regression", "tests.bugzoo.models:TanhHeadMLP"),
+        fast=False,
+    ),
+    # Weights x100 under mean squared error: unlike a saturating cross-entropy (the
+    # classification case, initial_loss_off), the gradient grows with the outputs, so the
+    # step-0 gradients do explode and exploding_gradients is the first thing to read; the
+    # initial_loss_off beside it points at the initialization.
+    Case(
+        "regression_exploding_init",
+        "exploding_gradients",
+        task_setup("regression", "tests.check_bugs:ScaledInitMLP"),
+        fast=False,
+    ),
+    Case(
+        "regression_lr_1e-8",
+        "lr_too_low",
+        task_setup("regression", **{"optimizer.learning_rate": 1e-8}),
+        fast=False,
+        known_issue=(
+            "a regression's batch MSE is noisy next to its level: the short run's curve cannot "
+            "be called a plateau with the detector's confidence, so only cannot_overfit_batch "
+            "stands and lr_too_low is not named"
+        ),
+    ),
+    Case(
+        "multilabel_sigmoid_head",
+        "softmax_before_loss",
+        task_setup("multilabel", "tests.bugzoo.models:SigmoidHeadMLP"),
+    ),
+    Case(
+        "multilabel_exploding_init",
+        "initial_loss_off",
+        task_setup("multilabel", "tests.check_bugs:ScaledInitMLP"),
+        fast=False,
+    ),
+]
+
+TASK_CLEAN: list[Case] = [
+    Case("clean_regression_mlp", None, task_setup("regression")),
+    Case(
+        "clean_regression_user_mlp",
+        None,
+        task_setup("regression", "tests.bugzoo.models:UserMLP"),
+        fast=False,
+    ),
+    Case("clean_diabetes_mlp", None, task_setup("diabetes"), fast=False),
+    Case("clean_multilabel_mlp", None, task_setup("multilabel")),
+]
+
+CASES += TASK_BROKEN + TASK_CLEAN
+CATEGORY_OF.update(
+    {
+        "regression_sigmoid_head": "model",
+        "regression_tanh_head": "model",
+        "regression_exploding_init": "model",
+        "regression_lr_1e-8": "optimization",
+        "multilabel_sigmoid_head": "model",
+        "multilabel_exploding_init": "model",
+    }
+)

@@ -13,8 +13,11 @@ from workflow.errors import UsageError
 
 
 def stratified_order(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A permutation of indices whose every prefix holds the classes in proportion to y."""
+    """A permutation of indices whose every prefix holds the classes in proportion to y; a
+    plain random permutation for targets that are not class indices (regression, multi-label)."""
     perm = rng.permutation(len(y))
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        return perm
     ys = y[perm]
     order = np.argsort(ys, kind="stable")
     counts = np.bincount(ys)

@@ -30,17 +30,19 @@ from workflow.data.sources import (
 from workflow.data.synthetic import make_synthetic, rng_for
 from workflow.data.text import apply_vocabulary, restrict_vocabulary, vocabulary_info
 from workflow.data.validation import as_inputs, check_train_size, val_count, validate_raw
+from workflow.engine import tasks
 from workflow.errors import UsageError
 from workflow.files import to_jsonable
 
 
 @dataclasses.dataclass(eq=False)
 class Dataset:
-    """A classification dataset split into train/val/test numpy arrays."""
+    """A dataset split into train/val/test numpy arrays: class labels (N,), or regression /
+    multi-label targets (N, K) for the task `task` names (regression's standardized)."""
 
     name: str
     kind: str
-    num_classes: int
+    num_classes: int  # classes; a regression's or multi-label task's targets per example
     x_train: np.ndarray = dataclasses.field(repr=False)
     y_train: np.ndarray = dataclasses.field(repr=False)
     x_val: np.ndarray = dataclasses.field(repr=False)
@@ -50,6 +52,8 @@ class Dataset:
     irreducible_error: float | None = None
     normalization: dict | None = None
     info: dict = dataclasses.field(default_factory=dict)
+    # The task (engine/tasks.py); a regression's carries the targets' training statistics.
+    task: tasks.TaskKind = tasks.Classification()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -72,6 +76,8 @@ class Dataset:
         # Of the shard, what every process knows alike: every process's range, the class counts.
         whole = {k: shard[k] for k in ("hosts", "global_size", "class_counts")} if shard else None
         described = [self.kind, int(self.num_classes), whole, self.normalization]
+        if self.task.name != tasks.CLASSIFICATION:  # classification's fingerprints unchanged
+            described.append(self.task.describe())
         h.update(json.dumps(to_jsonable(described), sort_keys=True).encode())
         splits = ("val", "test") if shard else ("train", "val", "test")
         for split in splits:
@@ -85,12 +91,7 @@ class Dataset:
         splits = {}
         for split in ("train", "val", "test"):
             x, y = self.split(split)
-            counts = np.bincount(y, minlength=self.num_classes) if y.size else []
-            splits[split] = {
-                "size": int(x.shape[0]),
-                "x_shape": list(x.shape),
-                "class_counts": [int(c) for c in counts],
-            }
+            splits[split] = {"size": int(x.shape[0]), "x_shape": list(x.shape), **self._targets(y)}
         out = {
             "name": self.name,
             "kind": self.kind,
@@ -108,10 +109,26 @@ class Dataset:
                 "class_counts": [int(c) for c in shard["class_counts"]],
             }
             out["shard"] = {k: v for k, v in shard.items() if k != "class_counts"}
+        if self.task.name != tasks.CLASSIFICATION:
+            out["task"] = self.task.describe()
         vocab = self.info.get("vocabulary")
         if vocab:  # token-id inputs: the vocabulary's size, file and coverage, not its words
             out["vocabulary"] = {k: v for k, v in vocab.items() if k != "words"}
         return out
+
+    def _targets(self, y: np.ndarray) -> dict[str, list]:
+        """A split's targets in brief: class counts; label counts (multilabel); the targets'
+        mean and standard deviation in their own units (regression)."""
+        if self.task.name == tasks.CLASSIFICATION:
+            counts = np.bincount(y, minlength=self.num_classes) if y.size else []
+            return {"class_counts": [int(c) for c in counts]}
+        if self.task.name == tasks.MULTILABEL:
+            return {"label_counts": [int(c) for c in np.sum(y, 0)]}
+        values = self.task.to_target_units(y) if y.size else np.zeros((0, self.num_classes))
+        return {
+            "target_mean": [float(v) for v in np.mean(values, 0)] if y.size else [],
+            "target_std": [float(v) for v in np.std(values, 0)] if y.size else [],
+        }
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -128,9 +145,15 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def load_dataset(
-    cfg: ml_collections.ConfigDict, *, seed: int, shard: Shard | None | str = "auto"
+    cfg: ml_collections.ConfigDict,
+    *,
+    seed: int,
+    shard: Shard | None | str = "auto",
+    task: str = tasks.CLASSIFICATION,
 ) -> Dataset:
-    """Load, validate, split and normalize the dataset that ``cfg`` names.
+    """Load, validate, split and normalize the dataset that ``cfg`` names, with targets for
+    `task` (config.task); a regression's targets standardized with the training split's
+    statistics (Dataset.task keeps them to report in the targets' units).
 
     `shard`: this process's part of the training split (per-host data), None to load it whole,
     or "auto": ``process_shard()``, i.e. per-host exactly when several processes run.
@@ -149,10 +172,11 @@ def load_dataset(
         data_dir=_get(cfg, "data_dir", None),
         plan=split_plan,
         test_fraction=_test_fraction(cfg),
+        task=tasks.check_task_name(task),
     )
     # Recorded before validate_raw casts to float32/int32, which would hide them from the checks.
     source_dtypes = _source_dtypes(raw)
-    raw = validate_raw(raw, name)
+    raw = validate_raw(raw, name, task)
     info = _source_info(raw, name, source_dtypes)
     read_shard = raw.get("shard")  # set by a loader that read only this process's records
     (x_train, y_train), (x_val, y_val) = _train_and_val(
@@ -166,6 +190,12 @@ def load_dataset(
     if token_ids is not None:
         x_train, x_val, x_test = _as_vocabulary_ids(token_ids, x_train, x_val, x_test, info)
     x_rest = None  # the dropped training examples, which the statistics still count
+    if shard is not None and task != tasks.CLASSIFICATION:
+        # A shard's description counts classes, and regression's statistics need every host's.
+        raise UsageError(
+            f"task={task} with per-host data is not supported; use "
+            "--config.parallel.data=replicated"
+        )
     if shard is not None:
         x_train, y_train, x_rest = _this_process_part(
             shard, read_shard, raw, x_train, y_train, name, info
@@ -181,6 +211,11 @@ def load_dataset(
             apply_normalization(x, normalization) for x in (x_train, x_val, x_test)
         )
     info["sizes"] = {"train": len(y_train), "val": len(y_val), "test": len(raw["y_test"])}
+    y_test = raw["y_test"]
+    task_kind = tasks.KINDS[task]()
+    if task == tasks.REGRESSION:
+        task_kind = target_statistics(y_train, name)
+        y_train, y_val, y_test = (standardized(y, task_kind) for y in (y_train, y_val, y_test))
 
     return Dataset(
         name=name,
@@ -191,11 +226,30 @@ def load_dataset(
         x_val=x_val,
         y_val=y_val,
         x_test=x_test,
-        y_test=raw["y_test"],
+        y_test=y_test,
         irreducible_error=raw.get("irreducible_error"),
         normalization=normalization,
         info=info,
+        task=task_kind,
     )
+
+
+def target_statistics(y_train: np.ndarray, name: str) -> tasks.Regression:
+    """The regression task with the training targets' mean and standard deviation per output;
+    a constant target (nothing to learn, and nothing to divide by) is refused."""
+    mean, std = np.mean(y_train, 0, dtype=np.float64), np.std(y_train, 0, dtype=np.float64)
+    constant = np.flatnonzero(~(std > 0))
+    if constant.size:
+        raise UsageError(
+            f"dataset {name}: regression target {int(constant[0])} has the same value "
+            f"{mean[constant[0]]:g} in every training example; there is nothing to learn"
+        )
+    return tasks.Regression(mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std))
+
+
+def standardized(y: np.ndarray, task: tasks.Regression) -> np.ndarray:
+    """Targets in standardized units (the training split's mean 0, standard deviation 1)."""
+    return ((y - np.asarray(task.mean)) / np.asarray(task.std)).astype(np.float32)
 
 
 def _checked_options(cfg: Any) -> tuple[str, float, int | None]:
@@ -349,20 +403,21 @@ def _load_raw(
     data_dir: str | None,
     plan: SplitPlan,
     test_fraction: float = readers.DEFAULT_TEST_FRACTION,
+    task: str = tasks.CLASSIFICATION,
 ) -> dict:
     if name in IN_MEMORY:
-        return IN_MEMORY[name](kwargs, test_fraction)
+        return IN_MEMORY[name](kwargs, test_fraction, task)
     if name == "mnist1d":
         return mnist1d_arrays(kwargs)
     if name == "digits":
         _reject_kwargs(name, kwargs)
         return digits_arrays()
     if name == "synthetic":
-        return make_synthetic(kwargs, seed=seed)
+        return make_synthetic(kwargs, seed=seed, task=task)
     if name.startswith("tfds:"):
         return tfds_arrays(name[len("tfds:") :], kwargs, data_dir, plan)
     if readers.is_path(name):
-        return readers.read_path(name, kwargs, test_fraction)
+        return readers.read_path(name, kwargs, test_fraction, task)
     if ":" in name:
         return custom_arrays(name, kwargs)
     raise UsageError(f"dataset name={name!r} is unknown; valid: {VALID_NAMES}")

@@ -35,6 +35,7 @@ import numpy as np
 from workflow.data.batching import stratified_order
 from workflow.data.synthetic import rng_for
 from workflow.data.validation import KINDS
+from workflow.engine.tasks import CLASSIFICATION
 from workflow.errors import UsageError
 
 # dataset.test_fraction's default: the share of a file's examples carved as its test split.
@@ -55,8 +56,11 @@ def is_path(name: str) -> bool:
     return suffix in (".npz", ".npy", *TABLE_SUFFIXES) or os.sep in name or os.path.isdir(name)
 
 
-def read_path(name: str, kwargs: dict[str, Any], test_fraction: float) -> dict[str, Any]:
-    """The raw dataset in the file or folder `name`, by its suffix."""
+def read_path(
+    name: str, kwargs: dict[str, Any], test_fraction: float, task: str = CLASSIFICATION
+) -> dict[str, Any]:
+    """The raw dataset in the file or folder `name`, by its suffix, with targets for `task`
+    (config.task: class labels mapped to indices, or float / multi-hot targets as they are)."""
     path = pathlib.Path(name).expanduser()
     if not path.exists():
         raise UsageError(f"data file {name!r} does not exist")
@@ -73,13 +77,20 @@ def read_path(name: str, kwargs: dict[str, Any], test_fraction: float) -> dict[s
             f"data file {name!r} takes no dataset.kwargs {', '.join(unknown)}; "
             f"valid: {', '.join(options)}"
         )
-    return reader(path, kwargs, test_fraction)
+    if kind == "folder" and task != CLASSIFICATION:
+        raise UsageError(
+            f"data folder {name!r}: an image folder's labels are its class folders, which "
+            f"task={task!r} cannot use; use task=classification or a .npz/.csv of targets"
+        )
+    return reader(path, kwargs, test_fraction, task)
 
 
 # ----------------------------------------------------------------------------- NumPy
 
 
-def read_npz(path: pathlib.Path, kwargs: dict[str, Any], test_fraction: float) -> dict[str, Any]:
+def read_npz(
+    path: pathlib.Path, kwargs: dict[str, Any], test_fraction: float, task: str = CLASSIFICATION
+) -> dict[str, Any]:
     """An .npz of x_train/y_train[/x_val/y_val/x_test/y_test] or of x/y (test carved)."""
     try:
         with np.load(path, allow_pickle=False) as npz:
@@ -98,11 +109,15 @@ def read_npz(path: pathlib.Path, kwargs: dict[str, Any], test_fraction: float) -
             f"{_name(path)} holds {', '.join(sorted(arrays)) or 'no arrays'}; expected "
             "x_train, y_train (optional x_val, y_val, x_test, y_test) or x, y"
         )
-    return _arrays_dataset(path, splits, kwargs, test_fraction)
+    return _arrays_dataset(path, splits, kwargs, test_fraction, task)
 
 
 def arrays_dataset(
-    arrays: dict[str, Any], where: str, kwargs: dict[str, Any], test_fraction: float
+    arrays: dict[str, Any],
+    where: str,
+    kwargs: dict[str, Any],
+    test_fraction: float,
+    task: str = CLASSIFICATION,
 ) -> dict[str, Any]:
     """The raw dict of in-memory arrays as an .npz holds them (x_train, y_train, optional
     x_val, y_val, x_test, y_test; or x, y): kind and classes inferred, test carved if none;
@@ -120,10 +135,12 @@ def arrays_dataset(
             f"data {where} holds {', '.join(sorted(keys)) or 'nothing'}; expected x_train, "
             "y_train (optional x_val, y_val, x_test, y_test) or x, y"
         )
-    return _arrays_dataset(f"data {where}", splits, kwargs, test_fraction)
+    return _arrays_dataset(f"data {where}", splits, kwargs, test_fraction, task)
 
 
-def read_npy(path: pathlib.Path, kwargs: dict[str, Any], test_fraction: float) -> dict[str, Any]:
+def read_npy(
+    path: pathlib.Path, kwargs: dict[str, Any], test_fraction: float, task: str = CLASSIFICATION
+) -> dict[str, Any]:
     """x.npy with its labels: kwargs.labels, else the file named with y for x (x_train.npy:
     y_train.npy); x_train.npy brings x_test.npy and x_val.npy with their labels if there."""
     labels = kwargs.get("labels")
@@ -142,7 +159,7 @@ def read_npy(path: pathlib.Path, kwargs: dict[str, Any], test_fraction: float) -
             if x_file.exists():
                 y_file = x_file.with_name("y" + x_file.stem[1:] + path.suffix)
                 splits[split] = (_load_npy(x_file), _load_npy(y_file))
-    return _arrays_dataset(path, splits, kwargs, test_fraction)
+    return _arrays_dataset(path, splits, kwargs, test_fraction, task)
 
 
 def _load_npy(path: pathlib.Path) -> np.ndarray:
@@ -155,7 +172,11 @@ def _load_npy(path: pathlib.Path) -> np.ndarray:
 
 
 def _arrays_dataset(
-    path: pathlib.Path, splits: dict[str, tuple], kwargs: dict[str, Any], test_fraction: float
+    path: pathlib.Path,
+    splits: dict[str, tuple],
+    kwargs: dict[str, Any],
+    test_fraction: float,
+    task: str = CLASSIFICATION,
 ) -> dict[str, Any]:
     """The raw dict of (x, y) splits read from `path`: the kind from x's dims (or kwargs.kind),
     labels as class indices, a test split carved if there is none."""
@@ -174,29 +195,71 @@ def _arrays_dataset(
             raise UsageError(
                 f"{_name(path)}: x_{split} has {len(x)} examples but y_{split} {len(y)}"
             )
-    return _finish(path, splits, kind, kwargs, test_fraction, {})
+    return _finish(path, splits, kind, kwargs, test_fraction, {}, task)
 
 
 # ----------------------------------------------------------------------------- tables
 
 
-def read_table(path: pathlib.Path, kwargs: dict[str, Any], test_fraction: float) -> dict[str, Any]:
-    """A CSV or Parquet table: one example a row, the label column and numeric features."""
+def read_table(
+    path: pathlib.Path, kwargs: dict[str, Any], test_fraction: float, task: str = CLASSIFICATION
+) -> dict[str, Any]:
+    """A CSV or Parquet table: one example a row, the label column(s) and numeric features.
+
+    `label_column` is one column's name or, for regression with several outputs or
+    multi-label targets, a list of names (or one comma-separated string)."""
     columns = _read_csv(path) if path.suffix.lower() == ".csv" else _read_parquet(path)
     if not columns:
         raise UsageError(f"{_name(path)} has no columns")
-    label = kwargs.get("label_column") or list(columns)[-1]
-    if label not in columns:
+    labels = _label_columns(kwargs.get("label_column"), list(columns))
+    if len(labels) > 1 and task == CLASSIFICATION:
         raise UsageError(
-            f"{_name(path)} has no column {label!r} (dataset.kwargs.label_column); "
+            f"{_name(path)}: dataset.kwargs.label_column names {len(labels)} columns, but "
+            "task=classification has one label; use task=multilabel or task=regression"
+        )
+    missing = [c for c in labels if c not in columns]
+    if missing:
+        raise UsageError(
+            f"{_name(path)} has no column {missing[0]!r} (dataset.kwargs.label_column); "
             f"columns: {', '.join(columns)}"
         )
-    y = columns.pop(label)
+    targets = [columns.pop(c) for c in labels]
     if not columns:
-        raise UsageError(f"{_name(path)} has only the label column {label!r}")
+        shown = ", ".join(repr(c) for c in labels)
+        raise UsageError(
+            f"{_name(path)} has only the label column{'s' * (len(labels) > 1)} {shown}"
+        )
+    if task == CLASSIFICATION:
+        y = targets[0]
+    else:
+        y = _numeric_targets(path, dict(zip(labels, targets, strict=True)))
     x, feature_names = _features(path, columns, bool(kwargs.get("one_hot", False)))
+    label = labels[0] if len(labels) == 1 else labels
     info = {"label_column": label, "feature_names": feature_names}
-    return _finish(path, {"train": (x, y)}, "tabular", kwargs, test_fraction, info)
+    return _finish(path, {"train": (x, y)}, "tabular", kwargs, test_fraction, info, task)
+
+
+def _label_columns(value: Any, columns: list[str]) -> list[str]:
+    """dataset.kwargs.label_column as a list of names (default: the last column)."""
+    if not value:
+        return [columns[-1]]
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v) for v in value]
+
+
+def _numeric_targets(path: pathlib.Path, targets: dict[str, np.ndarray]) -> np.ndarray:
+    """(N, K) float targets from K columns; a non-numeric cell is refused naming its column."""
+    out = []
+    for name, values in targets.items():
+        try:
+            out.append(np.asarray(values, np.float64))
+        except (TypeError, ValueError):
+            raise UsageError(
+                f"{_name(path)}: target column {name!r} is not numeric (e.g. "
+                f"{np.asarray(values)[0]!r}); regression and multi-label targets must be numbers"
+            ) from None
+    return np.stack(out, axis=1)
 
 
 def _read_csv(path: pathlib.Path) -> dict[str, np.ndarray]:
@@ -284,7 +347,7 @@ def _features(
 
 
 def read_image_folder(
-    path: pathlib.Path, kwargs: dict[str, Any], test_fraction: float
+    path: pathlib.Path, kwargs: dict[str, Any], test_fraction: float, task: str = CLASSIFICATION
 ) -> dict[str, Any]:
     """Images in path/<class>/ (or path/train/<class>/, path/test/<class>/, path/val/...)."""
     split_dirs = {s: path / s for s in SPLITS if (path / s).is_dir()}
@@ -392,10 +455,12 @@ def _finish(
     kwargs: dict[str, Any],
     test_fraction: float,
     info: dict,
+    task: str = CLASSIFICATION,
     map_labels: bool = True,
 ) -> dict[str, Any]:
-    """The raw dict: labels as class indices over every split, a test split carved if none."""
-    if map_labels:
+    """The raw dict: labels as class indices over every split (classification; other tasks'
+    targets as given, num_classes their count per example), a test split carved if none."""
+    if task == CLASSIFICATION and map_labels:
         labels, class_names = class_indices({s: y for s, (_, y) in splits.items()}, path)
         splits = {s: (x, labels[s]) for s, (x, _) in splits.items()}
         if class_names is not None:
@@ -403,8 +468,11 @@ def _finish(
         num_classes = kwargs.get("num_classes") or int(
             max(int(np.max(y)) for _, y in splits.values() if len(y)) + 1
         )
-    else:
+    elif task == CLASSIFICATION:
         num_classes = None
+    else:
+        y = np.asarray(splits["train"][1])
+        num_classes = 1 if y.ndim == 1 else int(np.prod(y.shape[1:]))
     info["source"] = f"file {path}"
     if "test" not in splits:
         x, y = splits["train"]
@@ -429,7 +497,8 @@ def class_indices(
         if y.ndim != 1:
             raise UsageError(
                 f"{_name(path)}: y_{split} has shape {y.shape}; labels must be one class "
-                "per example, shaped (N,) (multi-label targets are not supported yet)"
+                "per example, shaped (N,) (multi-label targets: --config.task=multilabel; several "
+                "float targets: --config.task=regression)"
             )
     joined = np.concatenate(list(arrays.values()))
     if joined.dtype.kind in "f":
@@ -440,7 +509,7 @@ def class_indices(
             shown = ", ".join(f"{v:g}" for v in np.unique(fractional)[:3])
             raise UsageError(
                 f"{_name(path)}: the labels are not classes (non-integer values such as "
-                f"{shown}); regression is not supported yet: the label must name a class"
+                f"{shown}); for float targets use --config.task=regression"
             )
     if joined.dtype.kind in "biuf" and (joined.size == 0 or joined.min() >= 0):
         return {s: y.astype(np.int64) for s, y in arrays.items()}, None

@@ -22,6 +22,12 @@ Kinds (x conventions as in ``workflow.data``):
   ``noise``. The Bayes classifier is the envelope (Fourier-magnitude) detector, whose pairwise
   error is exactly ``exp(-amplitude**2 * T / (8 * noise**2)) / 2`` (non-coherent orthogonal FSK).
 
+* ``regression`` (N, D), for ``task=regression``: Gaussian inputs (standard normal, ``dims`` of
+  them) and a float target ``y = f(x) + target_noise * e`` with e standard normal and ``f`` a
+  fixed smooth function (a linear part plus ``num_waves`` sinusoids of random projections, from
+  ``task_seed``). The best possible predictor is ``f`` itself, so the irreducible error is the
+  noise's standard deviation: ``irreducible_error = target_noise``, an RMSE in target units.
+
 The class means / templates come from ``task_seed`` (default 0) and the samples from the run seed,
 so different run seeds give fresh samples of the same task.
 """
@@ -36,7 +42,7 @@ import numpy as np
 
 from workflow.errors import UsageError
 
-KINDS = ("image", "sequence", "tabular")
+KINDS = ("image", "sequence", "tabular", "regression")
 
 # Above this the clean overlap would dominate the label-noise term and the recorded Bayes error
 # would be a loose bound rather than a known value.
@@ -56,6 +62,16 @@ _PER_KIND = {
     "image": {"image_size": 12, "channels": 1, "separation": 10.0},
     "sequence": {"length": 64, "amplitude": 2.0},
 }
+# The regression kind shares only the sizes and seeds: it has no classes.
+_REGRESSION = {
+    "kind": "regression",
+    "num_train": 2000,
+    "num_test": 500,
+    "dims": 8,
+    "num_waves": 4,
+    "target_noise": 0.3,
+    "task_seed": 0,
+}
 
 
 def rng_for(*keys: int) -> np.random.Generator:
@@ -65,6 +81,8 @@ def rng_for(*keys: int) -> np.random.Generator:
 
 def synthetic_options(kind: str) -> dict[str, Any]:
     """The default generator options for one synthetic kind."""
+    if kind == "regression":
+        return dict(_REGRESSION)
     if kind not in _PER_KIND:
         raise UsageError(f"synthetic kind={kind!r} is unknown; valid kinds: {', '.join(KINDS)}")
     return {**_COMMON, "kind": kind, **_PER_KIND[kind]}
@@ -167,8 +185,76 @@ def _class_structure(opts: Mapping[str, Any], noise: float) -> tuple[np.ndarray 
     return None, 0.5 * math.exp(-(amp**2) * length / (8.0 * noise**2))
 
 
-def make_synthetic(kwargs: Mapping[str, Any], *, seed: int) -> dict[str, Any]:
-    """Generate a synthetic dataset as a raw loader dict (train/test, kind, irreducible error)."""
+def _resolve_regression(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The regression kind's options, each checked (one line naming it)."""
+    opts = dict(_REGRESSION)
+    unknown = sorted(set(kwargs) - set(opts))
+    if unknown:
+        raise UsageError(
+            f"unknown synthetic option(s) {', '.join(unknown)} for kind='regression'; "
+            f"valid: {', '.join(sorted(opts))}"
+        )
+    opts.update(kwargs)
+    for key in ("num_train", "num_test", "dims", "num_waves", "task_seed"):
+        value = opts[key]
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise UsageError(f"synthetic {key}={value!r} must be an integer")
+        if key != "task_seed" and value < (0 if key == "num_waves" else 1):
+            raise UsageError(f"synthetic {key}={value} must be >= {int(key != 'num_waves')}")
+    noise = opts["target_noise"]
+    if isinstance(noise, bool) or not isinstance(noise, int | float) or noise < 0:
+        raise UsageError(f"synthetic target_noise={noise!r} must be a number >= 0")
+    return opts
+
+
+def make_regression(kwargs: Mapping[str, Any], *, seed: int) -> dict[str, Any]:
+    """Synthetic regression data whose irreducible RMSE is `target_noise` (module docstring)."""
+    opts = _resolve_regression(kwargs)
+    d, waves, noise = opts["dims"], opts["num_waves"], float(opts["target_noise"])
+    task_rng = rng_for(opts["task_seed"], 7)
+    linear = task_rng.standard_normal(d) / math.sqrt(d)
+    projections = task_rng.standard_normal((d, waves)) / math.sqrt(d) * 2.0
+    offsets = task_rng.uniform(0.0, 2.0 * np.pi, waves)
+    weights = task_rng.standard_normal(waves) / math.sqrt(max(waves, 1))
+
+    def draw(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        x = rng.standard_normal((n, d))
+        clean = x @ linear + np.sin(x @ projections + offsets) @ weights
+        y = clean + noise * rng.standard_normal(n)
+        return x.astype(np.float32), y.astype(np.float32)
+
+    x_train, y_train = draw(opts["num_train"], rng_for(seed, 1))
+    x_test, y_test = draw(opts["num_test"], rng_for(seed, 2))
+    return {
+        "x_train": x_train,
+        "y_train": y_train,
+        "x_test": x_test,
+        "y_test": y_test,
+        "kind": "tabular",
+        "irreducible_error": noise,
+        "info": {
+            "source": "synthetic regression (workflow.data.synthetic)",
+            "options": dict(opts),
+            "irreducible_error_formula": "target_noise (the RMSE of the true function)",
+        },
+    }
+
+
+def make_synthetic(
+    kwargs: Mapping[str, Any], *, seed: int, task: str = "classification"
+) -> dict[str, Any]:
+    """Generate a synthetic dataset as a raw loader dict (train/test, kind, irreducible error):
+    classification kinds for task=classification, the regression kind for task=regression."""
+    regression = kwargs.get("kind") == "regression"
+    if regression != (task == "regression"):
+        raise UsageError(
+            f"synthetic kind={kwargs.get('kind', _COMMON['kind'])!r} does not fit "
+            f"task={task!r}: use dataset.kwargs.kind=regression with task=regression, a "
+            f"classification kind ({', '.join(_PER_KIND)}) with task=classification"
+            + ("; synthetic data has no multi-label kind" if task == "multilabel" else "")
+        )
+    if regression:
+        return make_regression(kwargs, seed=seed)
     opts = _resolve(kwargs)
     kind, c, noise = opts["kind"], opts["num_classes"], float(opts["noise"])
     n_train, n_test = opts["num_train"], opts["num_test"]

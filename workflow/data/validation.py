@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -16,9 +17,15 @@ _NDIM = {"image": 4, "sequence": 3, "tabular": 2}
 # ----------------------------------------------------------------------------- validation
 
 
-def validate_raw(raw: dict[str, Any], name: str) -> dict[str, Any]:
-    """Reject raw data that cannot be trained on; return it converted to float32/int32."""
-    required = ("x_train", "y_train", "x_test", "y_test", "kind", "num_classes")
+def validate_raw(raw: dict[str, Any], name: str, task: str = "classification") -> dict[str, Any]:
+    """Reject raw data that cannot be trained on; return it converted to float32/int32.
+
+    `task` (config.task, engine/tasks.py) says what the targets are: class indices
+    (classification), float targets (regression: (N,) or (N, K), kept as (N, K)) or multi-hot
+    0/1 targets (multilabel: (N, L)); num_classes is then the targets' count per example."""
+    required = ("x_train", "y_train", "x_test", "y_test", "kind")
+    if task == "classification":
+        required += ("num_classes",)
     missing = [k for k in required if k not in raw or raw[k] is None]
     if missing:
         raise UsageError(
@@ -30,15 +37,20 @@ def validate_raw(raw: dict[str, Any], name: str) -> dict[str, Any]:
     kind = raw["kind"]
     if kind not in KINDS:
         raise UsageError(f"dataset {name} kind={kind!r} is unknown; valid: {', '.join(KINDS)}")
-    c = raw["num_classes"]
-    if isinstance(c, bool) or not isinstance(c, int | np.integer) or c < 2:
-        raise UsageError(f"dataset {name} num_classes={c!r} must be an integer >= 2")
+    if task == "classification":
+        c = raw.get("num_classes")
+        if isinstance(c, bool) or not isinstance(c, int | np.integer) or c < 2:
+            raise UsageError(f"dataset {name} num_classes={c!r} must be an integer >= 2")
+    else:  # the targets per example
+        c = _num_targets(raw, name, task)
     c = int(c)
     irreducible = raw.get("irreducible_error")
+    # A rate for classification tasks; regression's is an RMSE in the targets' units.
+    high = math.inf if task == "regression" else 1.0
     if irreducible is not None:
-        if not isinstance(irreducible, numbers.Real) or not 0.0 <= irreducible <= 1.0:
+        if not isinstance(irreducible, numbers.Real) or not 0.0 <= irreducible <= high:
             raise UsageError(
-                f"dataset {name} irreducible_error={irreducible!r} must be in [0, 1] or None"
+                f"dataset {name} irreducible_error={irreducible!r} must be in [0, {high:g}] or None"
             )
         irreducible = float(irreducible)
 
@@ -50,7 +62,7 @@ def validate_raw(raw: dict[str, Any], name: str) -> dict[str, Any]:
     tokens = raw.get("token_ids") is not None
     feature_shape = None  # x_train's examples', which the other splits' must match
     for split in splits:
-        x, y = _checked_split(raw, name, split, kind, c, tokens, feature_shape)
+        x, y = _checked_split(raw, name, split, kind, c, tokens, feature_shape, task)
         feature_shape = x.shape[1:]
         out[f"x_{split}"], out[f"y_{split}"] = x, y
     return out
@@ -64,11 +76,15 @@ def _checked_split(
     c: int,
     tokens: bool,
     feature_shape: tuple[int, ...] | None,
+    task: str = "classification",
 ) -> tuple[np.ndarray, np.ndarray]:
     """One split's (x, y) as float32 (int32 token ids) and int32, checked: shapes that match
     the kind, each other and `feature_shape` (x_train's), finite inputs, labels in [0, c)."""
     x = as_inputs(raw[f"x_{split}"], name, split, tokens=tokens)
-    y = _as_labels(raw[f"y_{split}"], name, split)
+    if task == "classification":
+        y = _as_labels(raw[f"y_{split}"], name, split)
+    else:
+        y = _as_targets(raw[f"y_{split}"], name, split, task, c)
     if x.ndim != _NDIM[kind]:
         raise UsageError(
             f"dataset {name} x_{split} has shape {x.shape} but kind={kind!r} needs "
@@ -93,7 +109,7 @@ def _checked_split(
             f"({n_nan} NaN, {int(bad.sum()) - n_nan} inf) in "
             f"{int(bad.reshape(len(x), -1).any(1).sum())} examples; inputs must be finite"
         )
-    outside = (y < 0) | (y >= c)
+    outside = (y < 0) | (y >= c) if task == "classification" else np.zeros(0, bool)
     if outside.any():
         values = np.unique(y[outside])
         shown = ", ".join(str(v) for v in values[:10]) + (" ..." if len(values) > 10 else "")
@@ -149,6 +165,49 @@ def _as_labels(y: Any, name: str, split: str) -> np.ndarray:
 
 
 KINDS = ("image", "sequence", "tabular")
+
+
+def _num_targets(raw: dict[str, Any], name: str, task: str) -> int:
+    """The targets per example of a regression or multi-label dataset (y_train's columns); a
+    loader's num_classes, when it gives one, must agree (a value < 2 is allowed here)."""
+    y = np.asarray(raw["y_train"])
+    count = 1 if y.ndim == 1 else int(np.prod(y.shape[1:]))
+    given = raw.get("num_classes")
+    if given is not None and not isinstance(given, bool) and given != count:
+        raise UsageError(
+            f"dataset {name} num_classes={given!r} but y_train has {count} {task} targets per "
+            "example; leave num_classes unset or make them agree"
+        )
+    return count
+
+
+def _as_targets(y: Any, name: str, split: str, task: str, count: int) -> np.ndarray:
+    """Regression or multi-label targets as float32 (N, K): finite numbers; 0/1 for multilabel."""
+    y = np.asarray(y)
+    if y.dtype == np.bool_:
+        y = y.astype(np.float32)
+    if not np.issubdtype(y.dtype, np.number) or np.issubdtype(y.dtype, np.complexfloating):
+        raise UsageError(
+            f"dataset {name} y_{split} has dtype {y.dtype}; task={task} targets must be numbers"
+        )
+    if y.ndim == 1:
+        y = y[:, None]
+    y = y.reshape(len(y), -1).astype(np.float32)
+    bad = ~np.isfinite(y)
+    if bad.any():
+        raise UsageError(
+            f"dataset {name} y_{split} has {int(bad.sum())} non-finite targets (NaN/inf) in "
+            f"{int(bad.any(1).sum())} examples; task={task} targets must be finite"
+        )
+    if task == "multilabel":
+        off = (y != 0) & (y != 1)
+        if off.any():
+            shown = ", ".join(f"{v:g}" for v in np.unique(y[off])[:5])
+            raise UsageError(
+                f"dataset {name} y_{split} has {int(off.sum())} targets that are not 0 or 1 "
+                f"(e.g. {shown}); task=multilabel targets are multi-hot rows of 0/1"
+            )
+    return y
 
 
 def val_count(val_fraction: float, num_train: int, name: str) -> int:

@@ -9,10 +9,15 @@ its loss curve; exits 1 when an error-severity finding stands, with the fixes na
 import concurrent.futures
 import dataclasses
 
+import numpy as np
+
 from workflow import engine, experiment, reporting
 from workflow.debug.report import plot_overfit, report_sections
 from workflow.diagnostics import checks
-from workflow.diagnostics.checks.outputs import bounded_outputs_finding
+from workflow.diagnostics.checks.outputs import (
+    bounded_outputs_finding,
+    squashed_regression_finding,
+)
 from workflow.diagnostics.counterfactual import confirm_lr_findings
 from workflow.diagnostics.curves import curve_findings
 from workflow.diagnostics.findings import Finding, has_error, rank_findings
@@ -23,7 +28,7 @@ from workflow.diagnostics.overfit import (
     slow_overfit_finding,
     with_learning_rate,
 )
-from workflow.engine import copy_state, losses
+from workflow.engine import copy_state, losses, tasks
 from workflow.reporting import rundir
 from workflow.reporting.summary import Summary
 
@@ -57,13 +62,19 @@ def check_and_overfit(
         progress=config.progress,
     )
     overfit_lr = config.optimizer.learning_rate
-    bounded = bounded_outputs_finding(
-        overfit.outputs,
-        overfit.final_loss,
-        setup.dataset.num_classes,
-        getattr(setup.task.loss_fn, "__name__", repr(setup.task.loss_fn)),
-        setup.task.loss_fn is losses.softmax_cross_entropy,
-    )
+    loss_name = getattr(setup.task.loss_fn, "__name__", repr(setup.task.loss_fn))
+    if setup.task.kind.name == tasks.CLASSIFICATION:
+        bounded = bounded_outputs_finding(
+            overfit.outputs,
+            overfit.final_loss,
+            setup.dataset.num_classes,
+            loss_name,
+            setup.task.loss_fn is losses.softmax_cross_entropy,
+        )
+    elif setup.task.kind.name == tasks.REGRESSION:
+        bounded = squashed_regression_finding(overfit.outputs, np.asarray(y), loss_name)
+    else:
+        bounded = None  # multi-label: sigmoid outputs show at step 0 (check_output_and_loss)
     if bounded is not None:
         findings.append(bounded)
     if not overfit.passed and overfit.final_loss < 0.5 * overfit.initial_loss:
@@ -89,8 +100,8 @@ def held_out_findings(setup: experiment.Setup, state: engine.TrainState) -> list
     """`train_labels_noisy` and `test_split_differs` from the short run's model: its agreement
     with (a sample of) the training labels, the val labels and the test labels."""
     dataset = setup.dataset
-    if not len(dataset.y_test):
-        return []
+    if not len(dataset.y_test) or setup.task.kind.name != tasks.CLASSIFICATION:
+        return []  # both read label agreement against chance: classification's terms
     evaluate = engine.Evaluator(setup.task, setup.config.eval_batch_size)
     sample = checks.training_label_sample(dataset.y_train, setup.config.seed)
     train = evaluate(state, dataset.x_train[sample], dataset.y_train[sample])
@@ -141,10 +152,14 @@ def debug(setup: experiment.Setup, run: rundir.RunDir, started: float | None) ->
         findings, overfit, overfit_lr = check_and_overfit(setup, batch)
         fit = short_run.result()
     findings += curve_findings(
-        fit, dataset.num_classes, dataset.y_train, config.optimizer.learning_rate
+        fit,
+        dataset.num_classes,
+        dataset.y_train,
+        config.optimizer.learning_rate,
+        initial_expected=experiment.initial_loss_reference(setup),
     )
     val_accuracy = next((r["val_accuracy"] for r in reversed(fit.records) if "val_loss" in r), None)
-    if val_accuracy is not None:
+    if val_accuracy is not None and setup.task.kind.name == tasks.CLASSIFICATION:
         findings += checks.labels_signal_finding(
             overfit.final_accuracy, val_accuracy, dataset.num_classes
         )
@@ -162,10 +177,14 @@ def debug(setup: experiment.Setup, run: rundir.RunDir, started: float | None) ->
     for record in fit.records:
         run.log(record)
     run.close()
-    overfit_plot = run.save_figure(rundir.PLOT_OVERFIT_BATCH, lambda: plot_overfit(overfit))
+    overfit_plot = run.save_figure(
+        rundir.PLOT_OVERFIT_BATCH, lambda: plot_overfit(overfit, setup.task.kind.score_label)
+    )
     curve_plot = run.save_figure(
         rundir.PLOT_SHORT_RUN,
-        lambda: reporting.plot_learning_curves(fit.records, title="short run"),
+        lambda: reporting.plot_learning_curves(
+            fit.records, title="short run", score_label=setup.task.kind.score_label
+        ),
     )
     failed = has_error(findings)
     summary = Summary(
@@ -180,6 +199,8 @@ def debug(setup: experiment.Setup, run: rundir.RunDir, started: float | None) ->
             "overfit_final_accuracy": overfit.final_accuracy,
             "short_run_steps": int(fit.state.step),
             "short_run_val_accuracy": val_accuracy,
+            # The task's error (engine/tasks.py): 1 - accuracy, an RMSE, a per-label error.
+            "short_run_val_error": None if val_accuracy is None else 1.0 - val_accuracy,
             "seconds_to_verdict": seconds,
         },
         findings=findings,

@@ -6,13 +6,14 @@ from workflow import reporting
 from workflow.diagnostics import findings
 from workflow.diagnostics.findings import Finding
 from workflow.diagnostics.overfit import OverfitResult
+from workflow.engine import tasks
 from workflow.engine.loop_form import describe_loop
 from workflow.reporting import model_summary
 from workflow.reporting.summary import Summary
 
 
-def plot_overfit(result: OverfitResult):
-    """The overfit-one-batch loss and accuracy against step."""
+def plot_overfit(result: OverfitResult, score_label: str = "accuracy"):
+    """The overfit-one-batch loss and accuracy (the task's score, `score_label`) against step."""
     from workflow.reporting.plots import plt
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.5))
@@ -21,7 +22,7 @@ def plot_overfit(result: OverfitResult):
     reporting.set_log_scale_if_positive(ax_loss, result.losses.tolist())
     ax_loss.set_ylabel("batch loss")
     ax_acc.plot(steps, result.accuracies)
-    ax_acc.set_ylabel("batch accuracy")
+    ax_acc.set_ylabel(f"batch {score_label}")
     for ax in (ax_loss, ax_acc):
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -29,11 +30,18 @@ def plot_overfit(result: OverfitResult):
     return fig
 
 
-def checklist_rows(found: list[Finding]) -> list[list[str]]:
-    """The checklist (findings.checklist()): [check, result, evidence] per row."""
+def checklist_rows(found: list[Finding], task: str = tasks.CLASSIFICATION) -> list[list[str]]:
+    """The checklist (findings.checklist()): [check, result, evidence] per row, each row in the
+    terms of `task` (config.task; tasks.TaskKind.checklist_terms), "not applicable" where a row
+    has none."""
     by_id = {f.id: f for f in found}
+    kind = tasks.KINDS[task]
     rows = []
-    for name, ids in findings.checklist():
+    for row, ids in findings.checklist():
+        if row in kind.not_applicable:
+            rows.append([row, "not applicable", f"task={task}: {kind.not_applicable[row]}"])
+            continue
+        name = kind.checklist_terms.get(row, row)
         hits = [by_id[i] for i in ids if i in by_id]
         status = "passed" if not hits else ", ".join(f"{h.severity}: `{h.id}`" for h in hits)
         evidence = "; ".join(
@@ -46,7 +54,7 @@ def checklist_rows(found: list[Finding]) -> list[list[str]]:
 
 def report_sections(summary: Summary, overfit_plot: str, curve_plot: str) -> list[tuple[str, str]]:
     """report.md: the checklist, findings with fixes, and the two plots."""
-    rows = checklist_rows(summary.findings)
+    rows = checklist_rows(summary.findings, summary.config.get("task", tasks.CLASSIFICATION))
     m = summary.metrics
     return [
         ("Checks", reporting.markdown_table(["check", "result", "evidence"], rows)),
@@ -57,8 +65,7 @@ def report_sections(summary: Summary, overfit_plot: str, curve_plot: str) -> lis
         (
             "Overfit one batch",
             f"{'Passed' if m['overfit_passed'] else 'Failed'} after {m['overfit_steps']} "
-            f"steps (final loss {m['overfit_final_loss']:.3g}, accuracy "
-            f"{m['overfit_final_accuracy']:.0%}).\n\n"
+            f"steps (final loss {m['overfit_final_loss']:.3g}, {overfit_score(summary)}).\n\n"
             f"![overfit one batch]({overfit_plot})",
         ),
         ("Short run", f"![short run]({curve_plot})"),
@@ -66,6 +73,15 @@ def report_sections(summary: Summary, overfit_plot: str, curve_plot: str) -> lis
         ("Time to verdict", f"{m['seconds_to_verdict']:.1f} s"),
         ("Training loops", loops_table(summary.loops or {})),
     ]
+
+
+def overfit_score(summary: Summary) -> str:
+    """'accuracy 100%', 'RMSE 0.0123', 'per-label error 0.00%': the overfit batch's score."""
+    kind = tasks.kind_of(summary.config)()
+    if kind.name == tasks.CLASSIFICATION:
+        return f"accuracy {summary.metrics['overfit_final_accuracy']:.0%}"
+    error = 1.0 - summary.metrics["overfit_final_accuracy"]
+    return f"{kind.error_name} {kind.format_error(error)}"
 
 
 def loops_table(loops: dict[str, dict]) -> str:

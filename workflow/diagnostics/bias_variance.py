@@ -10,6 +10,8 @@ configured tolerance and the sampling noise of the two error rates it compares.
 
 import dataclasses
 import math
+from collections.abc import Callable
+from typing import Any
 
 from workflow.diagnostics.findings import Finding
 
@@ -18,7 +20,8 @@ TREND_FALLING, TREND_FLAT = "falling", "flat"
 
 @dataclasses.dataclass(frozen=True)
 class Errors:
-    """Error rates (1 - accuracy) of one model on each split, and the split sizes."""
+    """Errors of one model on each split, and the split sizes: error rates (1 - accuracy), or
+    the error measure of `kind` (engine/tasks.py TaskKind; an RMSE for regression)."""
 
     train: float
     val: float
@@ -26,6 +29,17 @@ class Errors:
     n_train: int
     n_val: int
     n_test: int
+    kind: Any = dataclasses.field(default=None, compare=False)  # None: a classification's rates
+
+    def fmt(self, value: float) -> str:
+        """An error as a person reads it: a rate as % (pct), an RMSE in the targets' units."""
+        return error_format(self.kind)(value)
+
+    def variance(self, error: float, n: int) -> float:
+        """The sampling variance of an error measured on n examples."""
+        if self.kind is None:
+            return rate_variance(error, n)
+        return self.kind.error_variance(error, n)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,15 +62,25 @@ class Tolerances:
         )
 
 
-def gap_noise(z: float, *rates: tuple[float, int | None]) -> float:
-    """The sampling noise of a gap between error rates: `z` standard errors of their
-    difference, each rate given as `(rate, examples)` on its own set.
+def rate_variance(p: float, n: int) -> float:
+    """The Wald variance p(1-p)/n of an error rate measured on n examples."""
+    return p * (1.0 - p) / n
+
+
+def gap_noise(
+    z: float,
+    *rates: tuple[float, int | None],
+    variance: Callable[[float, int], float] = rate_variance,
+) -> float:
+    """The sampling noise of a gap between errors: `z` standard errors of their difference,
+    each error given as `(error, examples)` on its own set.
 
     An exact reference (the goal, the irreducible error) is given with `examples=None` and adds
-    no variance. The Wald estimate p(1-p)/n treats the sets as independent samples.
+    no variance. The Wald estimate p(1-p)/n (another error measure: its `variance`) treats the
+    sets as independent samples.
     """
-    variance = sum(p * (1.0 - p) / n for p, n in rates if n)
-    return z * math.sqrt(variance)
+    total = sum(variance(p, n) for p, n in rates if n)
+    return z * math.sqrt(max(total, 0.0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +94,7 @@ class Gap:
     value: float
     configured_tolerance: float
     noise_floor: float
+    fmt: Callable[[float], str] = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def tolerance(self) -> float:
@@ -85,7 +110,7 @@ class Gap:
     @property
     def label(self) -> str:
         """'Train − Goal = 19%'."""
-        return f"{self.upper} − {self.lower} = {pct(self.value)}"
+        return f"{self.upper} − {self.lower} = {(self.fmt or pct)(self.value)}"
 
     def evidence(self) -> dict:
         """The gap and the tolerance it was held to, for a finding."""
@@ -108,6 +133,10 @@ class Decomposition:
     variance: Gap
     val_overfit: Gap
     goal_floor: float  # sampling noise of the test error against the reference
+
+    def fmt(self, value: float) -> str:
+        """An error in the decomposition's units (Errors.fmt)."""
+        return self.errors.fmt(value)
 
     @property
     def gaps(self) -> tuple[Gap, Gap, Gap]:
@@ -172,10 +201,21 @@ class Decomposition:
         return evidence
 
 
+def error_format(kind: Any = None) -> Callable[[float], str]:
+    """How errors of a task kind (engine/tasks.py; None: classification) read: `pct` for
+    rates, the number in the targets' units for an RMSE."""
+    if kind is None or kind.error_is_rate:
+        return pct
+    return lambda value: kind.format_error(value).replace("-", "−")
+
+
 def pct(value: float) -> str:
     """An error rate as a person reads it: 0.19 -> '19%', 0.0043 -> '0.43%', -0.02 -> '−2%'."""
     percent = round(100 * value, 2) + 0.0  # + 0.0 turns -0.0 into 0.0
     return f"{percent:.3g}%".replace("-", "−")
+
+
+_gap_noise = gap_noise  # decompose's own gap_noise shadows the name
 
 
 def decompose(
@@ -185,7 +225,11 @@ def decompose(
     reachable = irreducible is None or goal >= irreducible
     reference = goal if reachable else irreducible
     lower = "Goal" if reachable else "Irreducible"
-    z = tol.noise_z
+    z, fmt = tol.noise_z, errors.fmt
+
+    def gap_noise(z, *rates):  # the errors' own sampling variance
+        return _gap_noise(z, *rates, variance=errors.variance)
+
     bias = Gap(
         "underfit",
         "bias",
@@ -194,6 +238,7 @@ def decompose(
         errors.train - reference,
         tol.underfit,
         gap_noise(z, (errors.train, errors.n_train)),
+        fmt,
     )
     variance = Gap(
         "overfit",
@@ -203,6 +248,7 @@ def decompose(
         errors.val - errors.train,
         tol.overfit,
         gap_noise(z, (errors.val, errors.n_val), (errors.train, errors.n_train)),
+        fmt,
     )
     val_overfit = Gap(
         "val_overfit",
@@ -212,6 +258,7 @@ def decompose(
         errors.test - errors.val,
         tol.val_overfit,
         gap_noise(z, (errors.test, errors.n_test), (errors.val, errors.n_val)),
+        fmt,
     )
     goal_floor = gap_noise(z, (errors.test, errors.n_test))
     return Decomposition(errors, goal, irreducible, bias, variance, val_overfit, goal_floor)
@@ -231,13 +278,15 @@ def table_rows(d: Decomposition) -> list[list[str]]:
         rows.append(
             [
                 "Irreducible error",
-                pct(d.irreducible),
-                f"Goal − Irreducible = {pct(margin)}: {status}",
+                d.fmt(d.irreducible),
+                f"Goal − Irreducible = {d.fmt(margin)}: {status}",
             ]
         )
     met = "goal met" if d.goal_met else "goal not met"
     ref = "Goal" if d.goal_reachable else "Irreducible"
-    rows.append(["Goal performance", pct(d.goal), f"Test − {ref} = {pct(d.goal_excess)}: {met}"])
+    rows.append(
+        ["Goal performance", d.fmt(d.goal), f"Test − {ref} = {d.fmt(d.goal_excess)}: {met}"]
+    )
     values = {"underfit": d.errors.train, "overfit": d.errors.val, "val_overfit": d.errors.test}
     for gap in d.gaps:
         if gap.exceeds:
@@ -245,25 +294,27 @@ def table_rows(d: Decomposition) -> list[list[str]]:
         elif gap.verdict in called:
             verdict = f"{GAP_NAMES[gap.verdict]} (largest share of the missed goal)"
         else:
-            verdict = f"ok (tolerance {pct(gap.tolerance)})"
-        rows.append([ROW_OF_GAP[gap.verdict], pct(values[gap.verdict]), f"{gap.label}: {verdict}"])
+            verdict = f"ok (tolerance {d.fmt(gap.tolerance)})"
+        rows.append(
+            [ROW_OF_GAP[gap.verdict], d.fmt(values[gap.verdict]), f"{gap.label}: {verdict}"]
+        )
     return rows
 
 
 def decomposition_line(d: Decomposition) -> str:
     """'Test error 28% = goal 1% + bias 19% + variance 7% + val overfit 1%'."""
     if d.irreducible is not None and d.goal_reachable:
-        head = f"irreducible {pct(d.irreducible)} + goal margin {pct(d.goal - d.irreducible)}"
+        head = f"irreducible {d.fmt(d.irreducible)} + goal margin {d.fmt(d.goal - d.irreducible)}"
     elif d.irreducible is not None:
-        head = f"irreducible {pct(d.irreducible)}"
+        head = f"irreducible {d.fmt(d.irreducible)}"
     else:
-        head = f"goal {pct(d.goal)}"
+        head = f"goal {d.fmt(d.goal)}"
     names = ("bias", "variance", "val overfit")
-    terms = " + ".join(f"{name} {pct(g.value)}" for name, g in zip(names, d.gaps, strict=True))
-    line = f"Test error {pct(d.errors.test)} = {head} + {terms}"
+    terms = " + ".join(f"{name} {d.fmt(g.value)}" for name, g in zip(names, d.gaps, strict=True))
+    line = f"Test error {d.fmt(d.errors.test)} = {head} + {terms}"
     # A negative term is an error below the one it is measured from; say so in words.
     notes = [
-        f"{name} {pct(g.value)}: {NEGATIVE_GAP[name]}"
+        f"{name} {d.fmt(g.value)}: {NEGATIVE_GAP[name]}"
         for name, g in zip(names, d.gaps, strict=True)
         if g.value < 0
     ]
@@ -314,6 +365,7 @@ class SizeTrend:
     drop: float  # val error at the second-largest size minus at the largest
     drop_per_doubling: float
     tolerance: float  # the drop below which the curve counts as flat
+    fmt: Callable[[float], str] = dataclasses.field(default=pct, compare=False, repr=False)
 
     def evidence(self) -> dict:
         """Evidence for a finding: the trend, the drop, and val error by training-set size."""
@@ -329,8 +381,8 @@ class SizeTrend:
         """One sentence for a person: add data, or regularize / a bigger model."""
         a, b = self.points[-2], self.points[-1]
         change = (
-            f"val error {pct(a.val_error)} at {a.train_size:,} examples, "
-            f"{pct(b.val_error)} at {b.train_size:,}"
+            f"val error {self.fmt(a.val_error)} at {a.train_size:,} examples, "
+            f"{self.fmt(b.val_error)} at {b.train_size:,}"
         )
         if self.trend == TREND_FALLING:
             return f"val error still falls as the training set grows ({change}): add data"
@@ -340,8 +392,12 @@ class SizeTrend:
         )
 
 
-def train_size_trend(points: list[SizePoint], n_val: int, tol: Tolerances) -> SizeTrend | None:
-    """Classify the error-vs-size curve; None with fewer than two finished runs."""
+def train_size_trend(
+    points: list[SizePoint], n_val: int, tol: Tolerances, errors: Errors | None = None
+) -> SizeTrend | None:
+    """Classify the error-vs-size curve; None with fewer than two finished runs. `errors`: the
+    run's (their units and sampling variance; error rates without)."""
+    errors = errors or Errors(0.0, 0.0, 0.0, 0, 0, 0)
     finite = sorted(
         (p for p in points if math.isfinite(p.val_error) and math.isfinite(p.train_error)),
         key=lambda p: p.train_size,
@@ -352,7 +408,9 @@ def train_size_trend(points: list[SizePoint], n_val: int, tol: Tolerances) -> Si
     drop = a.val_error - b.val_error
     # The same val set scores both runs, so their errors are positively correlated: the
     # independent-samples floor is conservative and a drop past it is real.
-    floor = gap_noise(tol.noise_z, (a.val_error, n_val), (b.val_error, n_val))
+    floor = gap_noise(
+        tol.noise_z, (a.val_error, n_val), (b.val_error, n_val), variance=errors.variance
+    )
     tolerance = max(tol.overfit, floor)
     doublings = math.log2(b.train_size / a.train_size)
     return SizeTrend(
@@ -361,6 +419,7 @@ def train_size_trend(points: list[SizePoint], n_val: int, tol: Tolerances) -> Si
         drop=drop,
         drop_per_doubling=drop / doublings if doublings > 0 else 0.0,
         tolerance=tolerance,
+        fmt=errors.fmt,
     )
 
 
@@ -422,7 +481,7 @@ def val_overfit_suggestions(d: Decomposition, facts: RunFacts) -> list[str]:
         bigger += f" (--config.dataset.val_fraction, now {facts.val_fraction:g})"
     return [
         f"the val set ({d.errors.n_val:,} examples) may be too small to select on: its error is "
-        f"uncertain by about ±{pct(d.val_overfit.noise_floor)}",
+        f"uncertain by about ±{d.fmt(d.val_overfit.noise_floor)}",
         "it may have been selected on too often (many tuning rounds): keep a fresh one for the end",
         bigger,
     ]
@@ -432,21 +491,23 @@ def gap_message(d: Decomposition, gap: Gap) -> str:
     """'val error 27% is 7% above train error 20%', with why a gap within tolerance was called."""
     e = d.errors
     if gap.verdict == "underfit":
-        against = f"the goal {pct(d.goal)}"
+        against = f"the goal {d.fmt(d.goal)}"
         if not d.goal_reachable:
             against = (
-                f"the irreducible error {pct(d.irreducible)} (the goal {pct(d.goal)} lies below "
-                "it and is unreachable)"
+                f"the irreducible error {d.fmt(d.irreducible)} (the goal {d.fmt(d.goal)} lies "
+                "below it and is unreachable)"
             )
-        message = f"train error {pct(e.train)} is {pct(gap.value)} above {against}"
+        message = f"train error {d.fmt(e.train)} is {d.fmt(gap.value)} above {against}"
     elif gap.verdict == "overfit":
-        message = f"val error {pct(e.val)} is {pct(gap.value)} above train error {pct(e.train)}"
+        message = (
+            f"val error {d.fmt(e.val)} is {d.fmt(gap.value)} above train error {d.fmt(e.train)}"
+        )
     else:
-        message = f"test error {pct(e.test)} is {pct(gap.value)} above val error {pct(e.val)}"
+        message = f"test error {d.fmt(e.test)} is {d.fmt(gap.value)} above val error {d.fmt(e.val)}"
     if not gap.exceeds:
         message += (
-            f"; within its tolerance {pct(gap.tolerance)}, but the largest share of the "
-            f"{pct(d.goal_excess)} by which test error misses the goal"
+            f"; within its tolerance {d.fmt(gap.tolerance)}, but the largest share of the "
+            f"{d.fmt(d.goal_excess)} by which test error misses the goal"
         )
     return message
 
@@ -480,21 +541,21 @@ def verdict_findings(
 def goal_met_finding(d: Decomposition, evidence: dict) -> Finding:
     """The info finding that ends the workflow: nothing left to fix against the goal."""
     evidence = evidence | {"goal_excess": d.goal_excess, "goal_noise_floor": d.goal_floor}
-    test, goal = pct(d.errors.test), pct(d.goal)
+    test, goal = d.fmt(d.errors.test), d.fmt(d.goal)
     if not d.goal_reachable:
         message = (
-            f"test error {test} is at the data's irreducible error {pct(d.irreducible)}; the goal "
-            f"{goal} lies below it and is unreachable: nothing left to fix"
+            f"test error {test} is at the data's irreducible error {d.fmt(d.irreducible)}; the "
+            f"goal {goal} lies below it and is unreachable: nothing left to fix"
         )
         suggestions = [
-            f"set goal.test_error at or above the irreducible error {pct(d.irreducible)}"
+            f"set goal.test_error at or above the irreducible error {d.fmt(d.irreducible)}"
         ]
     elif d.goal_excess <= 0:
         message = f"test error {test} meets the goal {goal}"
         suggestions = []
     else:
         message = (
-            f"test error {test} is within the sampling noise (±{pct(d.goal_floor)} on "
+            f"test error {test} is within the sampling noise (±{d.fmt(d.goal_floor)} on "
             f"{d.errors.n_test:,} test examples) of the goal {goal}"
         )
         suggestions = ["confirm on a larger test set before calling it done"]

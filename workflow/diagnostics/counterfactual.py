@@ -80,7 +80,9 @@ def run_lr_trials(setup, rates: list[float], steps: int) -> tuple[list[LrTrial],
     config.log_every = max(1, steps // CURVE_WINDOWS)
     base_lr = float(config.optimizer.learning_rate)
     all_rates = [base_lr, *rates]
-    runner = TrialRunner(config, setup.dataset.input_shape, setup.dataset.num_classes)
+    runner = TrialRunner(
+        config, setup.dataset.input_shape, setup.dataset.num_classes, task_kind=setup.dataset.task
+    )
     hparams = TrialHparams(
         learning_rate=all_rates,
         l2=[float(config.l2)] * len(all_rates),

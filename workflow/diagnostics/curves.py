@@ -744,12 +744,26 @@ def expected_initial_loss(y: np.ndarray, num_classes: int) -> float:
     return float(-(freq * np.log(freq)).sum()) if len(freq) > 1 else math.log(num_classes)
 
 
-def curve_findings(result: "FitResult", num_classes: int, y, lr: float) -> list[Finding]:
-    """Diagnose a short run's per-step loss (a NaN appended where the run stopped on one)."""
+def curve_findings(
+    result: "FitResult",
+    num_classes: int,
+    y,
+    lr: float,
+    initial_expected: float | None = None,
+) -> list[Finding]:
+    """Diagnose a short run's per-step loss (a NaN appended where the run stopped on one).
+
+    `initial_expected`: the loss an untrained model starts near (tasks.initial_loss_reference);
+    by default the class labels' entropy."""
     losses = result.step_losses
     if result.divergence:
         losses = np.append(losses, np.nan)
     val = [(r["step"], r["val_loss"]) for r in result.records if "val_loss" in r]
     return diagnose_curve(
-        losses, val=val, initial_expected=expected_initial_loss(y, num_classes), learning_rate=lr
+        losses,
+        val=val,
+        initial_expected=(
+            expected_initial_loss(y, num_classes) if initial_expected is None else initial_expected
+        ),
+        learning_rate=lr,
     )

@@ -170,7 +170,9 @@ def _estimate(config: ml_collections.ConfigDict) -> dict[str, Any]:
     out: dict[str, Any] = {"batch_size": batch}
     try:
         # Whole, without per-host loading's collectives: one process may be the only one here.
-        dataset = data.load_dataset(config.dataset, seed=config.seed, shard=None)
+        dataset = data.load_dataset(
+            config.dataset, seed=config.seed, shard=None, task=config.get("task", "classification")
+        )
     except Exception as e:  # noqa: BLE001 - the finding still names the batch size
         out["error"] = f"cannot load the dataset: {_first_line(e)}"
         return out
@@ -187,7 +189,7 @@ def _estimate(config: ml_collections.ConfigDict) -> dict[str, Any]:
         def build():
             model = engine.build_model(config, shape, dataset.num_classes)
             built["layers"] = model_summary.summarize(model, shape, batch, x_dtype)["layers"]
-            task, state = engine.create_train_state(model, config)
+            task, state = engine.create_train_state(model, config, task_kind=dataset.task)
             built["task"] = task
             return state
 

@@ -6,35 +6,33 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import optax
 
+from workflow.engine import tasks
 from workflow.errors import UsageError, UserCodeError, one_line, user_code
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Cross-entropy of integer labels against logits, one value per example."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-
-
-def squared_error(outputs: jax.Array, labels: jax.Array) -> jax.Array:
-    """Squared error against one-hot labels, one value per example."""
-    targets = jax.nn.one_hot(labels, outputs.shape[-1], dtype=outputs.dtype)
-    return jnp.sum((outputs - targets) ** 2, axis=-1)
-
+# The losses live with their task (workflow/engine/tasks.py); these names stay importable here.
+softmax_cross_entropy = tasks.softmax_cross_entropy
+squared_error = tasks.squared_error
 
 LOSSES: dict[str, LossFn] = {
-    "softmax_cross_entropy": softmax_cross_entropy,
-    "squared_error": squared_error,
+    name: fn for kind in tasks.KINDS.values() for name, fn in kind.losses.items()
 }
 
 
-def get_loss(name: str) -> LossFn:
-    """A loss by registered name or import path; UsageError names the valid choices."""
+def get_loss(name: str, task: str = tasks.CLASSIFICATION) -> LossFn:
+    """A loss of `task` by registered name ("auto": the task's default) or import path; a
+    UsageError names the task's valid choices."""
+    kind = tasks.KINDS[task]
+    if name == "auto":
+        name = kind.default_loss
+    if kind.loss(name) is not None:
+        return kind.loss(name)
+    valid = f"{', '.join(['auto', *kind.losses])} or an import path 'module:function'"
     if name in LOSSES:
-        return LOSSES[name]
-    valid = f"{', '.join(LOSSES)} or an import path 'module:function'"
+        raise UsageError(f"loss {name!r} is not a {task} loss; valid for task={task}: {valid}")
     if ":" not in name:
         raise UsageError(f"unknown loss {name!r}; valid: {valid}")
     module_name, _, attr = name.partition(":")

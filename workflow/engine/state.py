@@ -18,7 +18,7 @@ from flax import nnx
 
 import models
 from workflow.engine import augment as augmentation
-from workflow.engine import losses
+from workflow.engine import losses, tasks
 from workflow.engine.optimizer import build_optimizer
 from workflow.engine.programs import initialize, run_setup_program
 from workflow.errors import UsageError, as_usage_error, user_code
@@ -51,6 +51,8 @@ class Task:
     augment_seed: int = 0
     # Forward/backward dtype (config.dtype); parameters and the loss stay float32.
     compute_dtype: str = "float32"
+    # What the outputs mean (config.task): the metrics and error measure (engine/tasks.py).
+    kind: tasks.TaskKind = tasks.Classification()
 
 
 def compute_cast(tree: Any, dtype: str) -> Any:
@@ -119,8 +121,10 @@ def build_model(config: ml_collections.ConfigDict, input_shape, num_classes: int
         )
 
 
-def check_output_shape(model: nnx.Module, input_shape, num_classes: int) -> None:
-    """Catch a model whose outputs are not (batch, classes) before anything trains on them."""
+def check_output_shape(
+    model: nnx.Module, input_shape, num_classes: int, task: str = tasks.CLASSIFICATION
+) -> None:
+    """Catch a model whose outputs are not (batch, outputs) before anything trains on them."""
     x = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
     graphdef, state = nnx.split(model)
     try:
@@ -129,8 +133,17 @@ def check_output_shape(model: nnx.Module, input_shape, num_classes: int) -> None
     except AssertionError as e:
         raise UsageError(
             f"model {type(model).__name__} returns shape {getattr(out, 'shape', None)} for "
-            f"input (2, *{tuple(input_shape)}); expected (2, {num_classes}) logits ({e})"
+            f"input (2, *{tuple(input_shape)}); expected (2, {num_classes}) "
+            f"{OUTPUTS_MEANING[task]} ({e})"
         ) from None
+
+
+# What a model's (batch, outputs) array holds, per task, for messages.
+OUTPUTS_MEANING = {
+    tasks.CLASSIFICATION: "logits",
+    tasks.REGRESSION: "predictions (one per target)",
+    tasks.MULTILABEL: "logits (one per label)",
+}
 
 
 def build_augment(
@@ -150,14 +163,22 @@ def build_augment(
 
 
 def create_train_state(
-    model: nnx.Module, config: ml_collections.ConfigDict, kind: str | None = None
+    model: nnx.Module,
+    config: ml_collections.ConfigDict,
+    kind: str | None = None,
+    task_kind: tasks.TaskKind | None = None,
 ) -> tuple[Task, TrainState]:
     """Split the model once into train/eval graph definitions, parameters and other state.
 
     `kind` (image, sequence, tabular) picks the augmentation block; without it
     config.augment.kind does, which experiment.prepare fills in from the dataset, so callers
-    that only pass the config (trials.TrialRunner) augment like the single run.
+    that only pass the config (trials.TrialRunner) augment like the single run. `task_kind`:
+    the dataset's (Dataset.task, which carries regression's target statistics); by default
+    config.task's with none.
     """
+    task_name = tasks.check_task_name(config.get("task", tasks.CLASSIFICATION))
+    if task_kind is None:
+        task_kind = tasks.KINDS[task_name]()
     model.train()
     train_graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
     model.eval()
@@ -168,10 +189,11 @@ def create_train_state(
         train_graphdef=train_graphdef,
         eval_graphdef=eval_graphdef,
         tx=tx,
-        loss_fn=losses.get_loss(config.loss),
+        loss_fn=losses.get_loss(config.loss, task_kind.name),
         augment=build_augment(config, kind),
         augment_seed=int(config.seed),
         compute_dtype=config.get("dtype", "float32"),
+        kind=task_kind,
     )
     state = TrainState(
         step=jnp.zeros((), jnp.int32),

@@ -48,7 +48,8 @@ def make_train_step(task: Task) -> Callable[[TrainState, Batch], tuple[TrainStat
         params = optax.apply_updates(state.params, updates)
         metrics = {
             "loss": data_loss,
-            "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["y"]),
+            # The task's score, 1 - its error (engine/tasks.py): accuracy for classification.
+            "accuracy": task.kind.batch_score(logits, batch["y"]),
             # One reduction over all gradients: a norm per parameter array adds a reduction per
             # array to every step, which shows in a small model's step on the CPU.
             "grad_norm": jnp.linalg.norm(
@@ -134,12 +135,12 @@ def block_gather(mesh: Mesh) -> Callable:
 
 
 def make_eval_batch(task: Task) -> Callable:
-    """Summed loss and correct count of one padded batch in eval mode (mask marks real rows)."""
+    """Summed loss and the task's metric sums (tasks.TaskKind.batch_sums) of one padded batch in
+    eval mode (mask marks real rows)."""
 
     def eval_batch(params, model_state, x, y, mask):
         logits, _ = forward(task.eval_graphdef, params, model_state, x, task.compute_dtype)
         loss = jnp.sum(task.loss_fn(logits, y) * mask)
-        correct = jnp.sum((jnp.argmax(logits, -1) == y) * mask)
-        return loss, correct
+        return loss, task.kind.batch_sums(logits, y, mask)
 
     return jax.jit(eval_batch)

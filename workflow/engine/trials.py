@@ -26,12 +26,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import models
 from workflow import data
-from workflow.engine.evaluator import padded_batches
+from workflow.engine.evaluator import add_sums, padded_batches
 from workflow.engine.loop import now, schedule_chunks
 from workflow.engine.loop_form import StepLoop
 from workflow.engine.programs import few_runs_options
 from workflow.engine.state import Task, TrainState, build_model, create_train_state, model_kwargs
 from workflow.engine.step import make_train_step
+from workflow.engine.tasks import TaskKind
 
 TRIAL_AXIS = "trials"
 
@@ -116,21 +117,27 @@ def make_trials_multi_step(task: Task, form: str = "auto") -> StepLoop:
 
 
 def make_trials_evaluator(task: Task, batch_size: int) -> Callable:
-    """Loss and accuracy of every trial over a split: (trials,) arrays."""
+    """Loss and score (the task's 1 - error, engine/tasks.py) of every trial over a split:
+    (trials,) arrays."""
 
     def eval_batch(params, model_state, x, y, mask):
         model = nnx.merge(task.eval_graphdef, params, model_state)
         logits = model(x)
-        return jnp.sum(task.loss_fn(logits, y) * mask), jnp.sum((logits.argmax(-1) == y) * mask)
+        return jnp.sum(task.loss_fn(logits, y) * mask), task.kind.batch_sums(logits, y, mask)
 
     batched = jax.jit(jax.vmap(eval_batch, in_axes=(0, 0, None, None, None)))
 
     def evaluate(states, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        total_loss, total_correct = 0.0, 0.0
+        total_loss, totals = 0.0, None
         for xb, yb, mask in padded_batches(x, y, batch_size):
-            loss, correct = batched(states.params, states.model_state, xb, yb, mask)
-            total_loss, total_correct = total_loss + loss, total_correct + correct
-        return np.asarray(total_loss) / len(x), np.asarray(total_correct) / len(x)
+            loss, sums = batched(states.params, states.model_state, xb, yb, mask)
+            total_loss, totals = total_loss + loss, add_sums(totals, sums)
+        totals = jax.device_get(totals)
+        scores = [
+            task.kind.summarize({k: v[i] for k, v in totals.items()}, len(x))["accuracy"]
+            for i in range(len(np.asarray(total_loss)))
+        ]
+        return np.asarray(total_loss) / len(x), np.asarray(scores, np.float64)
 
     return evaluate
 
@@ -144,11 +151,13 @@ class TrialRunner:
         input_shape: Sequence[int],
         num_classes: int,
         mesh: Mesh | None = None,
+        task_kind: TaskKind | None = None,
     ):
         self.config = config
         self.mesh = mesh or trial_mesh()
         model = build_model(config, input_shape, num_classes)
-        self.task, _ = create_train_state(model, config)
+        # task_kind: the dataset's (Dataset.task, regression's target statistics with it).
+        self.task, _ = create_train_state(model, config, task_kind=task_kind)
         self._init = jax.jit(
             jax.vmap(self._init_one_fn(config, tuple(input_shape), num_classes)),
             out_shardings=NamedSharding(self.mesh, PartitionSpec(TRIAL_AXIS)),

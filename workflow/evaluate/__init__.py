@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 
 from workflow import engine, experiment, reporting
-from workflow.diagnostics import bias_variance, error_analysis
+from workflow.diagnostics import bias_variance, error_analysis, task_errors
 from workflow.diagnostics.findings import (
     ERROR_ANALYSIS,
     VERDICT,
@@ -30,7 +30,7 @@ from workflow.diagnostics.findings import (
     has_error,
     rank_findings,
 )
-from workflow.engine import checkpoints, distributed
+from workflow.engine import checkpoints, distributed, tasks
 from workflow.errors import UsageError
 from workflow.evaluate.metrics import check_metrics, split_metrics
 from workflow.evaluate.report import report_sections, save_error_analysis_plots, save_plots
@@ -47,7 +47,8 @@ def run_evaluate(setup: experiment.Setup, workdir: str) -> Summary:
     """Train or restore the run in `workdir`, decompose its errors against the goal, report;
     the directory is claimed (locked, its identity checked) for all of it."""
     sizes = subset_sizes(setup.config, job_train_examples(setup.dataset))  # bad fractions first
-    check_metrics(tuple(setup.config.evaluate.metrics), setup.dataset.num_classes)
+    if setup.task.kind.name == tasks.CLASSIFICATION:
+        check_metrics(tuple(setup.config.evaluate.metrics), setup.dataset.num_classes)
     experiment.check_loss(setup)
     previous, resume_step = previous_run(workdir)
     trainable = dataclasses.replace(setup, config=training_config(setup.config, workdir))
@@ -89,7 +90,7 @@ def evaluate(
     records = run.read_metrics()
     facts = run_facts(setup, metrics, records)
     points = train_size_curve(setup, sizes, metrics) if sizes else []
-    trend = bias_variance.train_size_trend(points, errors.n_val, tolerances)
+    trend = bias_variance.train_size_trend(points, errors.n_val, tolerances, errors)
     verdicts = bias_variance.verdict_findings(decomposition, facts, trend)
     state = restore_reported(setup, run, metrics)
     analysis, worst_inputs = analyze_errors(setup, state)
@@ -148,8 +149,9 @@ def train_size_section(
 
 
 def error_findings(setup: experiment.Setup, analysis: dict | None) -> list[Finding]:
-    """What the error analysis says: classes and inputs the errors concentrate in."""
-    if not analysis:
+    """What the error analysis says: classes and inputs the errors concentrate in (the
+    classification analysis; the other tasks' analyses raise no finding)."""
+    if not analysis or setup.task.kind.name != tasks.CLASSIFICATION:
         return []
     counts = np.bincount(setup.dataset.y_train, minlength=setup.dataset.num_classes)
     return error_analysis.findings(analysis, counts)
@@ -179,15 +181,18 @@ def analyze_errors(
     """Error analysis of the reported model on train and val; (None, {}) without one."""
     if state is None:
         return None, {}
+    if setup.task.kind.name != tasks.CLASSIFICATION:
+        return task_errors.analyze(setup.task, state, setup.dataset, setup.config.eval_batch_size)
     return error_analysis.analyze(setup.task, state, setup.dataset, setup.config.eval_batch_size)
 
 
 def classification_metrics(
     setup: experiment.Setup, state: engine.TrainState | None
 ) -> dict[str, float]:
-    """config.evaluate.metrics on every split, from the reported model's probabilities."""
+    """config.evaluate.metrics on every split, from the reported model's probabilities (single-
+    label classification; the other tasks report their own metrics, engine/tasks.py)."""
     names = tuple(setup.config.evaluate.metrics)
-    if state is None or not names:
+    if state is None or not names or setup.task.kind.name != tasks.CLASSIFICATION:
         return {}
     predict = error_analysis.make_predict(setup.task)
     batch = setup.config.eval_batch_size
@@ -278,14 +283,17 @@ def carried_findings(
 
 
 def split_errors(metrics: dict, dataset) -> bias_variance.Errors:
-    """Error rates (1 - accuracy) of the run on each split, with the split sizes."""
+    """The run's errors on each split (the task's error measure: 1 - accuracy, an RMSE in the
+    targets' units, a per-label error rate), with the split sizes."""
+    kind = dataset.task
     return bias_variance.Errors(
-        train=1.0 - metrics["train_accuracy"],
-        val=1.0 - metrics["val_accuracy"],
-        test=1.0 - metrics["test_accuracy"],
+        train=metrics["train_error"],
+        val=metrics["val_error"],
+        test=metrics["test_error"],
         n_train=job_train_examples(dataset),
         n_val=len(dataset.y_val),
         n_test=len(dataset.y_test),
+        kind=None if kind.name == tasks.CLASSIFICATION else kind,
     )
 
 
@@ -336,7 +344,7 @@ def train_size_curve(
             # The main run is this point: the same data, seed and step budget.
             points.append(
                 bias_variance.SizePoint(
-                    fraction, size, 1.0 - metrics["train_accuracy"], 1.0 - metrics["val_accuracy"]
+                    fraction, size, metrics["train_error"], metrics["val_error"]
                 )
             )
         else:
@@ -360,9 +368,7 @@ def train_size_point(
         return bias_variance.SizePoint(fraction, size, math.nan, math.nan)
     # Evaluated where fit trained: with per-host data each host holds part of the subset.
     metrics = experiment.final_metrics(setup, result.state)
-    return bias_variance.SizePoint(
-        fraction, size, 1.0 - metrics["train_accuracy"], 1.0 - metrics["val_accuracy"]
-    )
+    return bias_variance.SizePoint(fraction, size, metrics["train_error"], metrics["val_error"])
 
 
 def job_train_examples(dataset) -> int:

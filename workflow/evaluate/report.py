@@ -2,11 +2,13 @@
 analysis's plots, report.md."""
 
 import math
+from typing import Any
 
 import numpy as np
 
 from workflow import experiment, reporting
-from workflow.diagnostics import bias_variance, error_analysis
+from workflow.diagnostics import bias_variance, error_analysis, task_errors
+from workflow.engine import tasks
 from workflow.reporting import rundir
 from workflow.reporting.summary import Summary
 
@@ -21,15 +23,16 @@ def save_plots(
     the run directory, as report.md links them."""
     goal, title = setup.config.goal.test_error, f"{setup.config.model.name} on {setup.dataset.name}"
     irreducible = setup.dataset.irreducible_error
+    kind = setup.task.kind
     plots = {
         "error curves": run.save_figure(
             rundir.PLOT_ERROR_CURVES,
-            lambda: plot_error_curves(records, goal, irreducible, title),
+            lambda: plot_error_curves(records, goal, irreducible, title, kind),
         )
     }
     if points:
         plots["train size"] = run.save_figure(
-            rundir.PLOT_TRAIN_SIZE, lambda: plot_train_size(points, goal, title)
+            rundir.PLOT_TRAIN_SIZE, lambda: plot_train_size(points, goal, title, kind)
         )
     return plots
 
@@ -43,6 +46,18 @@ def save_error_analysis_plots(
     """The confusion matrices and (images, sequences) the worst-examples grids; name -> path
     relative to the run directory."""
     kind, title = setup.dataset.kind, f"{setup.config.model.name} on {setup.dataset.name}"
+    if analysis.get("task") == tasks.REGRESSION:
+        return {
+            "residuals": run.save_figure(
+                rundir.PLOT_RESIDUALS, lambda: task_errors.plot_residuals(analysis, title)
+            )
+        }
+    if analysis.get("task") == tasks.MULTILABEL:
+        return {
+            "label errors": run.save_figure(
+                rundir.PLOT_LABEL_ERRORS, lambda: task_errors.plot_label_errors(analysis, title)
+            )
+        }
     plots = {
         "confusion matrix": run.save_figure(
             rundir.PLOT_CONFUSION_MATRIX, lambda: error_analysis.plot_confusion(analysis, title)
@@ -66,9 +81,15 @@ def numeric_series(records: list[dict], key: str) -> tuple[list[int], list[float
     return [s for s, _ in rows], [v for _, v in rows]
 
 
-def plot_error_curves(records: list[dict], goal: float, irreducible: float | None, title: str):
-    """Train/val loss and error against step, with the goal (and irreducible error) marked."""
+def plot_error_curves(
+    records: list[dict], goal: float, irreducible: float | None, title: str, kind: Any = None
+):
+    """Train/val loss and error against step, with the goal (and irreducible error) marked;
+    `kind`: the task (engine/tasks.py), whose error the curves show (records log its score,
+    1 - error, as `accuracy`)."""
     from workflow.reporting.plots import plt
+
+    fmt, label = bias_variance.error_format(kind), error_label(kind)
 
     fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 3.8))
     for split, style in (("train", "-"), ("val", "o-")):
@@ -79,24 +100,23 @@ def plot_error_curves(records: list[dict], goal: float, irreducible: float | Non
         if steps:
             ax_err.plot(steps, [1.0 - a for a in accuracy], style, label=split)
     reporting.set_log_scale_if_positive(ax_loss, numeric_series(records, "train_loss")[1])
-    ax_err.axhline(goal, color="tab:green", linestyle="--", label=f"goal {bias_variance.pct(goal)}")
+    ax_err.axhline(goal, color="tab:green", linestyle="--", label=f"goal {fmt(goal)}")
     if irreducible is not None:
         ax_err.axhline(
-            irreducible,
-            color="tab:gray",
-            linestyle=":",
-            label=f"irreducible {bias_variance.pct(irreducible)}",
+            irreducible, color="tab:gray", linestyle=":", label=f"irreducible {fmt(irreducible)}"
         )
-    for ax, label in ((ax_loss, "loss"), (ax_err, "error (1 - accuracy)")):
+    for ax, name in ((ax_loss, "loss"), (ax_err, label)):
         ax.set_xlabel("step")
-        ax.set_ylabel(label)
+        ax.set_ylabel(name)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
     return fig
 
 
-def plot_train_size(points: list[bias_variance.SizePoint], goal: float, title: str):
+def plot_train_size(
+    points: list[bias_variance.SizePoint], goal: float, title: str, kind: Any = None
+):
     """Train and val error against training-set size (log scale), with the goal marked."""
     from workflow.reporting.plots import plt
 
@@ -104,23 +124,36 @@ def plot_train_size(points: list[bias_variance.SizePoint], goal: float, title: s
     sizes = [p.train_size for p in points]
     ax.plot(sizes, [p.train_error for p in points], "o-", label="train")
     ax.plot(sizes, [p.val_error for p in points], "o-", label="val")
-    ax.axhline(goal, color="tab:green", linestyle="--", label=f"goal {bias_variance.pct(goal)}")
+    ax.axhline(
+        goal,
+        color="tab:green",
+        linestyle="--",
+        label=f"goal {bias_variance.error_format(kind)(goal)}",
+    )
     ax.set_xscale("log")
     ax.set_xticks(sizes, labels=[f"{size:,}" for size in sizes])
     ax.minorticks_off()
     ax.set_ylim(bottom=0)
     ax.set_xlabel("training examples")
-    ax.set_ylabel("error (1 - accuracy)")
+    ax.set_ylabel(error_label(kind))
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(f"error against training-set size: {title}")
     return fig
 
 
+def error_label(kind: Any = None) -> str:
+    """The error axis's label: 'error (1 - accuracy)', 'RMSE', 'per-label error'."""
+    if kind is None or kind.name == tasks.CLASSIFICATION:
+        return "error (1 - accuracy)"
+    return kind.error_name
+
+
 def report_sections(summary: Summary, plots: dict[str, str]) -> list[tuple[str, str]]:
     """report.md: the decomposition table, the verdict, next commands, curves, run and data."""
     bv, m, c = summary.bias_variance, summary.metrics, summary.config
     tol = bv["tolerances"]
+    fmt = bias_variance.error_format(tasks.kind_of(c)())
     table = "\n\n".join(
         [
             f"{bv['decomposition']}.",
@@ -140,10 +173,13 @@ def report_sections(summary: Summary, plots: dict[str, str]) -> list[tuple[str, 
         ("Learning curves", f"![error curves]({plots['error curves']})"),
     ]
     if summary.error_analysis is not None:
-        body = error_analysis.blocks_markdown(
-            error_analysis.report_blocks(summary.error_analysis, summary.dataset["kind"])
-        )
-        for name in ("confusion matrix", "worst examples"):
+        analysis = summary.error_analysis
+        if analysis.get("task", tasks.CLASSIFICATION) != tasks.CLASSIFICATION:
+            blocks = task_errors.report_blocks(analysis)
+        else:
+            blocks = error_analysis.report_blocks(analysis, summary.dataset["kind"])
+        body = error_analysis.blocks_markdown(blocks)
+        for name in ("confusion matrix", "worst examples", "residuals", "label errors"):
             if name in plots:
                 body += f"\n\n![{name}]({plots[name]})"
         sections.append(("Error analysis", body))
@@ -151,7 +187,7 @@ def report_sections(summary: Summary, plots: dict[str, str]) -> list[tuple[str, 
         ts = summary.train_size
         rows = [
             [f"{p['train_size']:,}", f"{p['fraction']:g}"]
-            + [bias_variance.pct(p[k]) for k in ("train_error", "val_error")]
+            + [fmt(p[k]) for k in ("train_error", "val_error")]
             for p in ts["points"]
         ]
         sections.append(
@@ -179,12 +215,17 @@ def report_sections(summary: Summary, plots: dict[str, str]) -> list[tuple[str, 
             split,
             f"{summary.dataset['splits'][split]['size']:,}",
             reporting.fmt(m[f"{split}_loss"]),
-            bias_variance.pct(m[f"{split}_error"]),
+            fmt(m[f"{split}_error"]),
         ]
         for split in ("train", "val", "test")
     ]
     return [
         *sections,
-        ("Results", reporting.markdown_table(["split", "examples", "loss", "error"], split_rows)),
+        (
+            "Results",
+            reporting.markdown_table(
+                ["split", "examples", "loss", error_label(tasks.kind_of(c)())], split_rows
+            ),
+        ),
         ("Run", reporting.markdown_table(["", ""], run_rows)),
     ]

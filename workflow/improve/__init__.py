@@ -13,15 +13,18 @@ round of evaluate / tune / improve.
 import dataclasses
 import functools
 import json
+import math
 import os
+from typing import Any
 
 import jax
 import ml_collections
 
 import models
 from workflow import config_lib, engine, evaluate, experiment, reporting
+from workflow.diagnostics import bias_variance
 from workflow.diagnostics.findings import VERDICT, declared_ids
-from workflow.engine import copy_state, distributed, trials
+from workflow.engine import copy_state, distributed, tasks, trials
 from workflow.improve.report import plot_outcomes, report_sections
 from workflow.reporting import rundir
 from workflow.reporting.summary import Summary
@@ -81,7 +84,9 @@ def signature(config: ml_collections.ConfigDict) -> str:
 def run_batched(group: list[remedies.Remedy], dataset, base_steps: int) -> list[Outcome]:
     """Remedies that differ only in lr / L2, trained together as trials of one program."""
     config = short_config(group[0].config, base_steps)
-    runner = trials.TrialRunner(config, dataset.input_shape, dataset.num_classes)
+    runner = trials.TrialRunner(
+        config, dataset.input_shape, dataset.num_classes, task_kind=dataset.task
+    )
     hparams = trials.TrialHparams(
         learning_rate=[r.config.optimizer.learning_rate for r in group],
         l2=[r.config.l2 for r in group],
@@ -119,9 +124,9 @@ def run_single(remedy: remedies.Remedy, base_steps: int) -> Outcome:
     metrics = experiment.final_metrics(setup, fit.state)
     return Outcome(
         remedy,
-        1 - metrics["train_accuracy"],
-        1 - metrics["val_accuracy"],
-        1 - metrics["test_accuracy"],
+        metrics["train_error"],
+        metrics["val_error"],
+        metrics["test_error"],
         models.count_params(setup.model),
         engine.now() - t0,
         fit.status,
@@ -139,9 +144,9 @@ def evaluated_outcome(remedy: remedies.Remedy, summary: Summary) -> Outcome | No
         return None
     return Outcome(
         remedy,
-        1 - metrics["train_accuracy"],
-        1 - metrics["val_accuracy"],
-        1 - metrics["test_accuracy"],
+        metrics["train_error"],
+        metrics["val_error"],
+        metrics["test_error"],
         metrics["num_params"],
         metrics.get("wall_seconds", 0.0),
         loop=(summary.loops or {}).get("train"),
@@ -170,28 +175,34 @@ def run_remedies(
     return [outcomes[r.name] for r in candidates]
 
 
-def choose(outcomes: list[Outcome], n_val: int) -> tuple[Outcome, str]:
+def choose(outcomes: list[Outcome], n_val: int, kind: Any = None) -> tuple[Outcome, str]:
     """The best by validation error (ties: fewer parameters), kept only when it beats the
     baseline by more than one standard error of the difference of two error rates on the val
     set (the candidates are scored on the same examples, so their errors are correlated and one
-    unpaired standard error is about two paired ones)."""
+    unpaired standard error is about two paired ones). `kind`: the task (engine/tasks.py) when
+    its error is not a rate (a regression's RMSE: its own sampling noise and units)."""
     baseline = outcomes[0]
     ok = [o for o in outcomes if o.status == "ok"] or [baseline]
     best = min(ok, key=lambda o: (o.val_error, o.num_params))
-    floor = remedies.remedy_gain_noise(baseline.val_error, n_val, z=1.0)
+    if kind is None or kind.error_is_rate:
+        floor = remedies.remedy_gain_noise(baseline.val_error, n_val, z=1.0)
+        fmt = "{:.2%}".format
+    else:
+        floor = math.sqrt(2 * kind.error_variance(baseline.val_error, max(n_val, 1)))
+        fmt = bias_variance.error_format(kind)
     gain = baseline.val_error - best.val_error
     if best is baseline:
         return baseline, "no remedy lowered the validation error; the starting point stays"
     if gain < floor:
         return baseline, (
-            f"the best remedy, {best.remedy.name}, lowered the val error by {gain:.2%}, within "
-            f"the noise of {n_val:,} val examples (±{floor:.2%}); the starting point stays"
+            f"the best remedy, {best.remedy.name}, lowered the val error by {fmt(gain)}, within "
+            f"the noise of {n_val:,} val examples (±{fmt(floor)}); the starting point stays"
         )
     return best, (
         f"{best.remedy.name} ({best.remedy.change}) answers the verdict "
-        f"'{best.remedy.verdict}': val error {baseline.val_error:.2%} → {best.val_error:.2%} "
-        f"({gain:.2%} better, above the ±{floor:.2%} noise of {n_val:,} val examples); test "
-        f"error {baseline.test_error:.2%} → {best.test_error:.2%}"
+        f"'{best.remedy.verdict}': val error {fmt(baseline.val_error)} → {fmt(best.val_error)} "
+        f"({fmt(gain)} better, above the ±{fmt(floor)} noise of {n_val:,} val examples); test "
+        f"error {fmt(baseline.test_error)} → {fmt(best.test_error)}"
     )
 
 
@@ -235,7 +246,7 @@ def improve(setup: experiment.Setup, run: rundir.RunDir, config_source: str) -> 
         if len(candidates) > 1
         else []
     )
-    chosen, why = decide(outcomes, verdicts, len(dataset.y_val))
+    chosen, why = decide(outcomes, verdicts, len(dataset.y_val), dataset.task)
     best_config = None
     if chosen is not None and chosen is not outcomes[0]:
         best_config = write_best_config(run, config_source, chosen, why)
@@ -291,10 +302,12 @@ def agreed(outcomes: list[Outcome]) -> list[Outcome]:
     return [dataclasses.replace(o, **n) for o, n in zip(outcomes, numbers, strict=True)]
 
 
-def decide(outcomes: list[Outcome], verdicts: list[str], n_val: int) -> tuple[Outcome | None, str]:
-    """The outcome kept (None: no remedy was run) and why."""
+def decide(
+    outcomes: list[Outcome], verdicts: list[str], n_val: int, kind: Any = None
+) -> tuple[Outcome | None, str]:
+    """The outcome kept (None: no remedy was run) and why; `kind`: the dataset's task."""
     if outcomes:
-        return choose(outcomes, n_val)
+        return choose(outcomes, n_val, None if kind is None or kind.error_is_rate else kind)
     if verdicts:
         return None, "no remedy on the decision list applies to this setup"
     return None, "the goal is met: nothing to improve"
@@ -321,18 +334,24 @@ def outcome_numbers(outcome: Outcome) -> dict:
     return {name: getattr(outcome, name) for name in fields}
 
 
+SPLITS = ("train", "val", "test")
+
+
 def chosen_metrics(baseline: Summary, chosen: Outcome | None, outcomes: list[Outcome]) -> dict:
     """The baseline's full-length metrics, and the chosen remedy's errors from its run."""
-    metrics = {f"baseline_{k}": v for k, v in baseline.metrics.items() if "accuracy" in k}
+    metrics = {
+        f"baseline_{k}": v
+        for k, v in baseline.metrics.items()
+        if "accuracy" in k or k in ("train_error", "val_error", "test_error")
+    }
     if chosen is not None:
-        metrics.update(
-            chosen=chosen.remedy.name,
-            train_accuracy=1 - chosen.train_error,
-            val_accuracy=1 - chosen.val_error,
-            test_accuracy=1 - chosen.test_error,
-            num_params=chosen.num_params,
-            candidates=len(outcomes),
-        )
+        errors = {f"{s}_error": getattr(chosen, f"{s}_error") for s in ("train", "val", "test")}
+        metrics.update(chosen=chosen.remedy.name, **errors)
+        if "val_accuracy" in baseline.metrics:  # a task scored by accuracy (1 - its error)
+            metrics.update(
+                {f"{s}_accuracy": 1 - e for s, e in zip(SPLITS, errors.values(), strict=True)}
+            )
+        metrics.update(num_params=chosen.num_params, candidates=len(outcomes))
     return metrics
 
 
@@ -353,7 +372,9 @@ def print_outcome(outcome: Outcome) -> None:
     """One finished candidate on the console."""
     from tqdm.auto import tqdm
 
+    rate = tasks.kind_of(outcome.remedy.config).error_is_rate
+    fmt = "{:6.2%}" if rate else "{:8.4g}"  # a regression's RMSE in the targets' units
     tqdm.write(
-        f"{outcome.remedy.name:22s} val error {outcome.val_error:6.2%}  test error "
-        f"{outcome.test_error:6.2%}  ({outcome.remedy.change}, {outcome.seconds:.1f} s)"
+        f"{outcome.remedy.name:22s} val error {fmt.format(outcome.val_error)}  test error "
+        f"{fmt.format(outcome.test_error)}  ({outcome.remedy.change}, {outcome.seconds:.1f} s)"
     )

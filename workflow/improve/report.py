@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from workflow import reporting
+from workflow.engine import tasks
 from workflow.reporting.plots import plt
 from workflow.reporting.summary import Summary
 
@@ -36,15 +37,18 @@ def report_sections(summary: Summary, plot: str | None) -> list[tuple[str, str]]
         sections.append(("Starting point", f"{table}\n\n{bv['decomposition']}"))
     rows = []
     base = summary.candidates[0] if summary.candidates else None
+    kind = tasks.kind_of(summary.config)
+    # Errors as the task reads them: rates as %, a regression's RMSE in the targets' units.
+    fmt, signed = ("{:.2%}", "{:+.2%}") if kind.error_is_rate else ("{:.4g}", "{:+.4g}")
     for c in summary.candidates:
         delta = c["val_error"] - base["val_error"]
         rows.append(
             [
                 c["name"],
                 c["change"],
-                f"{c['val_error']:.2%}",
-                f"{delta:+.2%}" if c is not base else "",
-                f"{c['test_error']:.2%}",
+                fmt.format(c["val_error"]),
+                signed.format(delta) if c is not base else "",
+                fmt.format(c["test_error"]),
                 f"{c['num_params']:,}",
                 f"{c['seconds']:.1f} s",
                 (c.get("loop") or {}).get("form", "-"),

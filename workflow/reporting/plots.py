@@ -27,12 +27,15 @@ class FigureFactory:
 plt = FigureFactory()
 
 
-def plot_learning_curves(records: list[dict], title: str = "") -> Figure:
-    """Train/val loss and accuracy against step."""
+def plot_learning_curves(
+    records: list[dict], title: str = "", score_label: str = "accuracy"
+) -> Figure:
+    """Train/val loss and accuracy against step; `score_label` names what the records'
+    `accuracy` is for the task (engine/tasks.py: 1 - its error, e.g. "1 - RMSE")."""
     train = [r for r in records if "train_loss" in r]
     val = [r for r in records if "val_loss" in r]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):
+    for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", score_label)):
         if train:
             ax.plot([r["step"] for r in train], [r[f"train_{key}"] for r in train], label="train")
         if val:

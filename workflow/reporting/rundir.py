@@ -84,6 +84,8 @@ PLOT_ERROR_CURVES = _declare("plots/error_curves.png", "evaluate: loss and error
 PLOT_TRAIN_SIZE = _declare("plots/train_size.png", "evaluate: error against training-set size")
 PLOT_CONFUSION_MATRIX = _declare("plots/confusion_matrix.png", "evaluate: train | val confusions")
 PLOT_WORST_EXAMPLES = _declare("plots/worst_examples.png", "evaluate: most confident mistakes")
+PLOT_RESIDUALS = _declare("plots/residuals.png", "evaluate (regression): residuals vs targets")
+PLOT_LABEL_ERRORS = _declare("plots/label_errors.png", "evaluate (multilabel): error per label")
 PLOT_SEARCH = _declare("plots/search.png", "tune: the metric against each hyperparameter")
 PLOT_TRIAL_CURVES = _declare("plots/trial_curves.png", "tune: every trial's training loss")
 PLOT_LR_RANGE_TEST = _declare("plots/lr_range_test.png", "tune: loss against learning rate")
@@ -527,13 +529,34 @@ def num_steps_change(old: dict, new: dict) -> str | None:
     return None
 
 
+# Keys added to the base config since run directories were first written, with the value that
+# every run before them ran as: a config.json without the key holds a run of that value.
+ADDED_KEYS: dict[str, Any] = {
+    "task": "classification",
+    "optimizer.clip_norm": 0.0,
+    "optimizer.accumulate_steps": 1,
+    "tensorboard.histograms": True,
+}
+
+
+def as_run(flat: dict) -> dict:
+    """A flattened config as the run it describes: keys added since (ADDED_KEYS) at the value
+    runs before them had, and loss "auto" as the task's own loss."""
+    from workflow.engine import tasks
+
+    flat = {**{k: v for k, v in ADDED_KEYS.items() if k not in flat}, **flat}
+    if flat.get("loss") == "auto" and flat.get("task") in tasks.KINDS:
+        flat["loss"] = tasks.KINDS[flat["task"]].default_loss
+    return flat
+
+
 def config_refusal(kind: str, old: dict, new: dict) -> str | None:
     """Why a run directory of `kind` holding config `old` cannot be reopened with `new` (the
     end of a sentence starting "holds a run "); None when it can."""
     from workflow.config_lib import flatten
 
     resumable = {**RESUMABLE_KEYS, **RESUMABLE_KEYS_BY_KIND.get(kind, {})}
-    flat_old, flat_new = flatten(old), flatten(new)
+    flat_old, flat_new = as_run(flatten(old)), as_run(flatten(new))
     missing = object()
 
     def may_differ(key: str) -> bool:

@@ -30,6 +30,7 @@ import ml_collections
 
 from workflow import config_lib, debug, engine, evaluate, experiment, improve, tune
 from workflow.diagnostics.findings import VERDICT, Finding, declared_ids
+from workflow.engine import tasks
 from workflow.errors import UsageError
 from workflow.reporting import rundir
 from workflow.reporting.summary import Summary
@@ -406,7 +407,7 @@ def decisions(workflow: Workflow) -> list[Finding]:
         extra = {}  # an improve step's choice: what changed and against which verdict
         if step.stage == "evaluate":
             verdicts = [f.id for f in s.findings if f.id in verdict_ids]
-            message = f"{step.name}: test accuracy {m.get('test_accuracy', float('nan')):.2%}, " + (
+            message = f"{step.name}: {test_result(s)}, " + (
                 f"verdict {', '.join(verdicts)}" if verdicts else "no verdict"
             )
         elif step.stage == "tune":
@@ -432,7 +433,7 @@ def decisions(workflow: Workflow) -> list[Finding]:
         elif step.stage == "debug":
             message = f"{step.name}: {s.status} ({len(s.findings)} findings)"
         else:
-            message = f"{step.name}: test accuracy {m.get('test_accuracy', float('nan')):.2%}"
+            message = f"{step.name}: {test_result(s)}"
         out.append(
             Finding(
                 id="workflow_step",
@@ -489,15 +490,25 @@ def finish(workflow: Workflow, stopped: str | None = None) -> Summary:
     return summary
 
 
+def test_result(summary: Summary) -> str:
+    """'test accuracy 97.20%', or the task's test error ('test RMSE 54.3') without one."""
+    m = summary.metrics
+    if "test_accuracy" in m or "test_error" not in m:
+        return f"test accuracy {m.get('test_accuracy', float('nan')):.2%}"
+    kind = tasks.kind_of(summary.config)()
+    return f"test {kind.error_name} {kind.format_error(m['test_error'])}"
+
+
 def final_step(workflow: Workflow) -> Step:
-    """The evaluated step with the best validation accuracy (never the test accuracy: choosing
-    on it would make the reported test number optimistic); the last step when none was."""
+    """The evaluated step with the lowest validation error (the task's: 1 - accuracy, an RMSE;
+    never the test error: choosing on it would make the reported test number optimistic); the
+    last step when none was."""
     evaluated = [
-        s for s in workflow.steps if s.stage == "evaluate" and "val_accuracy" in s.summary.metrics
+        s for s in workflow.steps if s.stage == "evaluate" and "val_error" in s.summary.metrics
     ]
     if not evaluated:
         return workflow.steps[-1]
-    return max(reversed(evaluated), key=lambda s: s.summary.metrics["val_accuracy"])
+    return min(reversed(evaluated), key=lambda s: s.summary.metrics["val_error"])
 
 
 def reproduce_commands(workflow: Workflow, final: Step) -> list[str]:

@@ -7,7 +7,8 @@ import html
 import os
 
 from workflow import reporting
-from workflow.diagnostics import error_analysis
+from workflow.diagnostics import bias_variance, error_analysis, task_errors
+from workflow.engine import tasks
 from workflow.reporting import model_summary, rundir
 from workflow.reporting.summary import Summary
 
@@ -17,6 +18,14 @@ from workflow.reporting.summary import Summary
 
 def _pct(value) -> str:
     return f"{value:.2%}" if isinstance(value, float) else "-"
+
+
+def _error(summary: Summary, value) -> str:
+    """An error of the run's task as a person reads it (a rate as %, an RMSE in its units)."""
+    kind = tasks.kind_of(summary.config)
+    if not isinstance(value, float) or kind.error_is_rate:
+        return _pct(value)
+    return bias_variance.error_format(kind())(value)
 
 
 def step_blocks(step, shown_elsewhere: tuple[str, ...] = ()) -> list[tuple]:
@@ -30,6 +39,13 @@ def step_blocks(step, shown_elsewhere: tuple[str, ...] = ()) -> list[tuple]:
             for split in ("train", "val", "test")
         ]
         blocks.append(("table", ["split", "loss", "accuracy"], rows))
+    elif stage in ("start_simple", "evaluate") and "test_error" in m:  # a regression's metrics
+        names = tasks.kind_of(s.config).metric_names
+        rows = [
+            [split, *(reporting.fmt(m.get(f"{split}_{n}")) for n in ("loss", *names))]
+            for split in ("train", "val", "test")
+        ]
+        blocks.append(("table", ["split", "loss", *names], rows))
     if s.bias_variance:
         blocks.append(("table", ["Error source", "Value", "Analysis"], s.bias_variance["rows"]))
         blocks.append(("text", s.bias_variance["decomposition"]))
@@ -79,15 +95,22 @@ def step_blocks(step, shown_elsewhere: tuple[str, ...] = ()) -> list[tuple]:
 
 
 # The evaluate step's plots that its error analysis section shows (error_blocks).
-SHOWN_WITH_ERROR_ANALYSIS = (rundir.PLOT_CONFUSION_MATRIX, rundir.PLOT_WORST_EXAMPLES)
+SHOWN_WITH_ERROR_ANALYSIS = (
+    rundir.PLOT_CONFUSION_MATRIX,
+    rundir.PLOT_WORST_EXAMPLES,
+    rundir.PLOT_RESIDUALS,
+    rundir.PLOT_LABEL_ERRORS,
+)
 
 
 def headline(summary: Summary) -> str:
     """Whether the goal was met, with the numbers: the first thing the report says."""
     accuracy = summary.metrics.get("test_accuracy")
-    test_error = 1.0 - accuracy if isinstance(accuracy, float) else None
+    test_error = summary.metrics.get("test_error")
+    if not isinstance(test_error, float) and isinstance(accuracy, float):
+        test_error = 1.0 - accuracy
     goal = (summary.config.get("goal") or {}).get("test_error")
-    numbers = f"test error {_pct(test_error)}, goal {_pct(goal)}"
+    numbers = f"test error {_error(summary, test_error)}, goal {_error(summary, goal)}"
     if summary.has_finding("goal_met"):
         return f"**Goal met**: {numbers}."
     return f"**Goal not met**: {numbers} ({summary.stopped or 'the workflow ended without it'})."
@@ -96,7 +119,10 @@ def headline(summary: Summary) -> str:
 def error_blocks(step) -> list[tuple]:
     """The evaluate step's error analysis: per-class table, confusions, its plots."""
     s = step.summary
-    blocks = error_analysis.report_blocks(s.error_analysis, s.dataset["kind"])
+    if s.error_analysis.get("task", tasks.CLASSIFICATION) != tasks.CLASSIFICATION:
+        blocks = task_errors.report_blocks(s.error_analysis)
+    else:
+        blocks = error_analysis.report_blocks(s.error_analysis, s.dataset["kind"])
     for name in SHOWN_WITH_ERROR_ANALYSIS:
         path = os.path.join(step.workdir, name)
         if os.path.exists(path):
@@ -115,9 +141,18 @@ def sections(summary: Summary, steps: list) -> list[tuple[str, list[tuple]]]:
             "pairs",
             [
                 ["final model", f"`{summary.final['config']}`"],
-                ["test accuracy", _pct(m.get("test_accuracy"))],
-                ["val accuracy", _pct(m.get("val_accuracy"))],
-                ["train accuracy", _pct(m.get("train_accuracy"))],
+                *(
+                    [
+                        ["test accuracy", _pct(m.get("test_accuracy"))],
+                        ["val accuracy", _pct(m.get("val_accuracy"))],
+                        ["train accuracy", _pct(m.get("train_accuracy"))],
+                    ]
+                    if "test_accuracy" in m or "test_error" not in m
+                    else [
+                        [f"{split} error", _error(summary, m.get(f"{split}_error"))]
+                        for split in ("test", "val", "train")
+                    ]
+                ),
                 ["wall time", f"{m['workflow_seconds']:.0f} s over {m['steps_run']} steps"],
             ],
         ),

@@ -13,6 +13,7 @@ the end), every process takes process 0's trials and best, and the best is retra
 over every host's devices with the configured data layout.
 """
 
+import math
 import os
 import shutil
 import tempfile
@@ -23,7 +24,7 @@ import numpy as np
 from workflow import engine, experiment
 from workflow.diagnostics import checks
 from workflow.diagnostics.curves import expected_initial_loss
-from workflow.engine import distributed, trials
+from workflow.engine import distributed, tasks, trials
 from workflow.reporting import rundir
 from workflow.reporting.summary import Summary
 from workflow.search import random_search, range_test
@@ -36,7 +37,10 @@ def check_initial_loss(setup: experiment.Setup) -> tuple[list, dict]:
     batch = checks.sample_batch(dataset, min(256, len(dataset.x_train)), setup.config.seed)
     findings = checks.check_output_and_loss(setup.task, setup.state, batch, dataset.num_classes)
     measured = engine.Evaluator(setup.task, len(batch["x"]))(setup.state, batch["x"], batch["y"])
-    expected = expected_initial_loss(np.asarray(batch["y"]), dataset.num_classes)
+    if setup.task.kind.name == tasks.CLASSIFICATION:
+        expected = expected_initial_loss(np.asarray(batch["y"]), dataset.num_classes)
+    else:  # predicting the mean, the base rates (engine/tasks.py)
+        expected = experiment_reference(setup, np.asarray(batch["y"]))
     return findings, {"initial_loss": measured["loss"], "expected_initial_loss": expected}
 
 
@@ -76,7 +80,17 @@ def search_goal(setup: experiment.Setup) -> float | None:
         return None
     num_val = len(setup.dataset.y_val)
     z = config.search.goal_noise_z
+    kind = setup.task.kind
+    if kind.name != tasks.CLASSIFICATION:  # the goal in the task's error, with its own noise
+        goal = config.goal.test_error
+        return goal - z * math.sqrt(kind.error_variance(goal, max(num_val, 1)))
     return random_search.goal_val_error(config.goal.test_error, num_val, z)
+
+
+def experiment_reference(setup: experiment.Setup, y: np.ndarray) -> float:
+    """The loss of predicting the targets' distribution on targets `y` (tasks.py)."""
+    kind = setup.task.kind
+    return tasks.initial_loss_reference(kind, setup.task.loss_fn, y, setup.dataset.num_classes)
 
 
 def search_trials(
@@ -91,7 +105,9 @@ def search_trials(
     # directory (`run` is theirs), and all of them then take process 0's trials.
     shared = config.search.storage if distributed.is_writer() else None
     storage = shared or f"sqlite:///{os.path.abspath(run.file(rundir.STUDY))}"
-    runner = trials.TrialRunner(config, dataset.input_shape, dataset.num_classes)
+    runner = trials.TrialRunner(
+        config, dataset.input_shape, dataset.num_classes, task_kind=dataset.task
+    )
     study = random_search.Search(
         runner, dataset, config, storage, "tune", progress=config.progress, goal_val_error=goal
     )

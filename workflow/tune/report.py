@@ -277,12 +277,15 @@ def search_metrics(
             best_learning_rate=best["learning_rate"],
             best_l2=best["l2"],
             best_trial_val_accuracy=best["val_accuracy"],
+            # The task's error: 1 - accuracy, a regression's RMSE (trials score 1 - error).
+            best_trial_val_error=1.0 - best["val_accuracy"],
             best_trial_val_loss=best["val_loss"],
         )
     if retrained is not None:
-        for key in ("train", "val", "test"):
-            for name in ("loss", "accuracy"):
-                metrics[f"{key}_{name}"] = retrained.metrics[f"{key}_{name}"]
+        # Every split metric the task reports (loss, error and its own: engine/tasks.py).
+        for name, value in retrained.metrics.items():
+            if name.startswith(("train_", "val_", "test_")):
+                metrics[name] = value
         metrics["retrain_steps"] = retrained.metrics["steps"]
     return metrics
 
@@ -399,8 +402,10 @@ def report_sections(summary: Summary, plots: dict[str, str]) -> list[tuple[str, 
             ["L2 weight", f"{best['l2']:.4g}"],
         ]
         for key in ("train", "val", "test"):
-            if f"{key}_accuracy" in m:
-                rows.append([f"{key} accuracy (full length)", reporting.fmt(m[f"{key}_accuracy"])])
+            for name in ("accuracy", "rmse", "r2", "macro_f1"):
+                if f"{key}_{name}" in m:
+                    value = reporting.fmt(m[f"{key}_{name}"])
+                    rows.append([f"{key} {name} (full length)", value])
         sections.append(
             (
                 "Best",
@@ -445,7 +450,7 @@ def print_summary(summary: Summary) -> None:
     if summary.best:
         table.add_row("best learning rate", f"{m['best_learning_rate']:.4g}")
         table.add_row("best L2 weight", f"{m['best_l2']:.4g}")
-    for key in ("val_accuracy", "test_accuracy"):
+    for key in ("val_accuracy", "test_accuracy", "val_rmse", "test_rmse", "test_macro_f1"):
         if key in m:
             table.add_row(f"{key} (full length)", reporting.fmt(m[key]))
     console.print(table)

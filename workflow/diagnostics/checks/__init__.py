@@ -60,8 +60,9 @@ def run_checks(setup: Any, batch: Batch | None = None) -> list[Finding]:
     """Every declared check on `setup` and one batch, most likely root cause first."""
     batch = batch if batch is not None else sample_batch(setup.dataset)
     findings: list[Finding] = []
+    task = setup.task.kind.name
     for check in declared_checks():
-        if not check.blocked_by(findings):
+        if check.applies_to(task) and not check.blocked_by(findings):
             findings += check.run(setup, batch)
     return rank_findings(findings)
 

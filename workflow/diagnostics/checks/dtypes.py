@@ -37,9 +37,14 @@ def _data_dtype_problems(dataset: Any) -> dict[str, tuple[str, str]]:
     source = info.get("source_dtypes", {})
     # Token ids (text data with a vocabulary) are integer inputs by design.
     tokens = bool(info.get("vocabulary"))
+    # Regression and multi-label targets are floats by design (engine/tasks.py).
+    class_labels = getattr(getattr(dataset, "task", None), "name", "classification")
+    roles = ("x", "y") if class_labels == "classification" else ("x",)
     for split in ("train", "val", "test"):
         x, y = dataset.split(split)
         for role, array in (("x", x), ("y", y)):
+            if role not in roles:
+                continue
             name = f"{role}_{split}"
             fed = np.dtype(array.dtype)
             loaded = np.dtype(source.get(name) or source.get(f"{role}_train") or fed)

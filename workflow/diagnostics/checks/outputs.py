@@ -21,7 +21,7 @@ from workflow.diagnostics.checks.probes import (
     output_scale,
 )
 from workflow.diagnostics.findings import Finding
-from workflow.engine import Task, TrainState, losses
+from workflow.engine import Task, TrainState, losses, tasks
 
 # --- outputs and loss. Probabilities: every output in [0, 1] and rows summing to 1; log-
 # probabilities: every output <= 0 and rows with logsumexp 0. float32 softmax rows sum to 1
@@ -212,6 +212,15 @@ def check_output_and_loss(
     loss_name = getattr(task.loss_fn, "__name__", repr(task.loss_fn))
     findings = _loss_shape_findings(task.loss_fn, outputs, y, loss_name)
     out = np.asarray(outputs, np.float64)
+    if task.kind.name != tasks.CLASSIFICATION:
+        return findings + [
+            f
+            for f in (
+                _bounded_head_finding(out, task.kind.name, loss_name, task.loss_fn),
+                _task_initial_loss_finding(task, out, np.asarray(y), loss_name),
+            )
+            if f is not None
+        ]
     for finding in (
         _softmax_before_loss_finding(out, loss_name, builtin_ce),
         _initial_loss_finding(out, np.asarray(y), num_classes, loss_name, builtin_ce),
@@ -387,6 +396,138 @@ def _initial_loss_finding(
             "too large: unnormalized inputs scale the logits -- normalize the inputs",
             "too small: labels may leak into the inputs, or the loss is not averaged per example",
             "the model may end in a softmax (see softmax_before_loss)",
+        ],
+    )
+
+
+# --- regression and multi-label heads. A Dense layer's outputs at init take both signs: a batch of
+# them all >= 0 (a sigmoid or relu head) never happens by chance, with 64 or more outputs.
+BUILTIN_TASK_LOSSES = ("mse", "huber", "absolute_error", "sigmoid_binary_cross_entropy")
+# After memorizing one batch, outputs held inside a head's bounds while at least this share of
+# the (standardized) targets lies beyond them by SATURATED_DISTANCE: the head cannot reach them.
+UNREACHABLE_TARGET_SHARE = 0.1
+
+
+def _bounded_head_finding(
+    out: np.ndarray, task: str, loss_name: str, loss_fn: Callable
+) -> Finding | None:
+    """`softmax_before_loss` in a regression's or multi-label task's terms, at step 0: outputs
+    all in [0, 1] (a sigmoid) or relu-clipped, fed to a loss that expects unbounded values."""
+    if not np.all(np.isfinite(out)) or out.size < 2 or out.min() < -BOUND_TOL:
+        return None
+    zeros = float(np.mean(out == 0.0))
+    if out.min() == 0.0 and zeros >= RELU_ZERO_SHARE:
+        head = "relu"
+    elif out.max() <= 1.0 + BOUND_TOL:
+        head = "sigmoid"
+    else:
+        return None
+    builtin = getattr(loss_fn, "__name__", "") in BUILTIN_TASK_LOSSES
+    if task == tasks.MULTILABEL:
+        message = (
+            f"the model's outputs are already in [0, 1] ({head} head) but the loss {loss_name} "
+            "expects logits: sigmoid cross-entropy applies a second sigmoid, so no output can "
+            "say 'no' below 0.5 and the gradients shrink"
+        )
+        fixes = [
+            f"remove the final {head} from the model: return raw logits, one per label",
+            "apply the sigmoid only where probabilities are needed (prediction, thresholds)",
+        ]
+    else:
+        message = (
+            f"the regression head is squashed by a {head}: every output is >= 0"
+            f"{' and <= 1' if head == 'sigmoid' else ''}, but the standardized targets the loss "
+            f"{loss_name} compares them with take both signs"
+        )
+        fixes = [
+            f"remove the final {head}: a regression head is a plain Dense layer",
+            "to bound predictions, clip them after training, not inside the model",
+        ]
+    return Finding(
+        id="softmax_before_loss",
+        severity="error" if builtin else "warning",
+        message=message,
+        evidence={
+            "outputs": f"bounded ({head})",
+            "loss": loss_name,
+            "min": float(out.min()),
+            "max": float(out.max()),
+            "zero_share": zeros,
+        },
+        suggestions=fixes,
+    )
+
+
+def squashed_regression_finding(
+    outputs: np.ndarray | None, targets: np.ndarray, loss_name: str
+) -> Finding | None:
+    """`softmax_before_loss` for a regression head in [0, 1] or [-1, 1] (sigmoid, tanh), read
+    after memorizing one batch: the outputs stay inside the bounds while targets lie beyond."""
+    if outputs is None or not np.all(np.isfinite(outputs)) or outputs.shape != targets.shape:
+        return None
+    for head, (low, high) in OUTPUT_BOUNDS.items():
+        if outputs.min() < low - BOUND_TOL or outputs.max() > high + BOUND_TOL:
+            continue
+        beyond = (targets < low - SATURATED_DISTANCE) | (targets > high + SATURATED_DISTANCE)
+        if beyond.mean() < UNREACHABLE_TARGET_SHARE:
+            return None
+        return Finding(
+            id="softmax_before_loss",
+            severity="error",
+            message=(
+                f"the regression head is squashed into [{low:g}, {high:g}] (a {head}): after "
+                f"memorizing one batch every output is still inside it, while "
+                f"{beyond.mean():.0%} of the batch's standardized targets lie beyond it"
+            ),
+            evidence={
+                "outputs": f"bounded ({head})",
+                "loss": loss_name,
+                "min": float(outputs.min()),
+                "max": float(outputs.max()),
+                "targets_beyond_bounds": float(beyond.mean()),
+            },
+            suggestions=[
+                f"remove the final {head}: a regression head is a plain Dense layer",
+                "to bound predictions, clip them after training, not inside the model",
+            ],
+        )
+    return None
+
+
+def _task_initial_loss_finding(
+    task: Task, out: np.ndarray, y: np.ndarray, loss_name: str
+) -> Finding | None:
+    """`initial_loss_off` in a regression's or multi-label task's terms: the loss at step 0
+    against that of predicting the targets' distribution (the mean; the base rates)."""
+    kind = task.kind
+    reference = tasks.initial_loss_reference(kind, task.loss_fn, y, out.shape[-1])
+    try:
+        loss = float(np.mean(np.asarray(_apply_loss(task.loss_fn, jnp.asarray(out), y))))
+    except Exception:  # the loss itself fails: _loss_shape_findings reports it
+        return None
+    low, high = kind.initial_loss_range(reference)
+    if math.isfinite(loss) and low <= loss <= high:
+        return None
+    what = "predicting the mean" if kind.name == tasks.REGRESSION else "predicting the base rates"
+    builtin = getattr(task.loss_fn, "__name__", "") in BUILTIN_TASK_LOSSES
+    return Finding(
+        id="initial_loss_off",
+        severity="warning" if builtin else "info",
+        message=f"the initial loss {loss:.4g} is far from {reference:.4g}, the loss of {what} "
+        f"(accepted {low:.3g}..{high:.3g})",
+        evidence={
+            "initial_loss": loss,
+            "expected": reference,
+            "accepted": [low, high],
+            "loss": loss_name,
+            "outputs_std": float(np.std(out)) if np.all(np.isfinite(out)) else math.inf,
+            "outputs_max_abs": float(np.nanmax(np.abs(out))),
+        },
+        suggestions=[
+            "too large: the last layer's weights or bias start too big (x100 scale) -- use the "
+            "default (LeCun/He) init and a zero bias",
+            "too large: unnormalized inputs scale the outputs -- normalize the inputs",
+            "too small: the targets may leak into the inputs",
         ],
     )
 

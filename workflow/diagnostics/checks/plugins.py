@@ -43,11 +43,17 @@ class Check:
     order: int  # run_checks runs checks by increasing order: data first, then the model
     run: Callable[[Any, dict], list[Finding]]
     needs: tuple[str, ...] = ()  # GATES that must be open
+    # The tasks (config.task, engine/tasks.py) whose terms it checks in; others skip it.
+    tasks: tuple[str, ...] = ("classification", "regression", "multilabel")
 
     def __post_init__(self):
         unknown = [n for n in self.needs if n not in GATES]
         if unknown:
             raise ValueError(f"check {self.name!r} needs {unknown}; valid: {sorted(GATES)}")
+
+    def applies_to(self, task: str) -> bool:
+        """Whether the check means something for `task` (config.task)."""
+        return task in self.tasks
 
     def blocked_by(self, findings: Iterable[Finding]) -> bool:
         """Whether a finding so far closed a gate this check needs."""
