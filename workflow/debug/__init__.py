@@ -8,10 +8,21 @@ its loss curve; exits 1 when an error-severity finding stands, with the fixes na
 
 import concurrent.futures
 import dataclasses
+import math
+
+import numpy as np
 
 from workflow import engine, experiment, reporting
 from workflow.debug.report import plot_overfit, report_sections
 from workflow.diagnostics import checks
+from workflow.diagnostics.budget import (
+    BudgetCut,
+    StepBudget,
+    budget_cut_finding,
+    overfit_cut,
+    short_run_cut,
+    still_learning,
+)
 from workflow.diagnostics.checks.outputs import bounded_outputs_finding
 from workflow.diagnostics.counterfactual import confirm_lr_findings
 from workflow.diagnostics.curves import curve_findings
@@ -27,14 +38,75 @@ from workflow.engine import copy_state, losses
 from workflow.reporting import rundir
 from workflow.reporting.summary import Summary
 
+# The short run trains in calls of 1/SHORT_RUN_CALLS of its steps: after the first (which
+# compiles and measures the step), the steps that fit in debug.train_seconds are known, and the
+# run is cut at a whole number of calls (one compiled length).
+SHORT_RUN_CALLS = 12
 
-def short_run_config(config, steps: int):
-    """The config of the short real run: same setup, few steps, no checkpoints."""
+
+def short_run_config(config, steps: int, steps_per_call: int | None = None):
+    """The config of the short real run: same setup, few steps, no checkpoints, no early
+    stopping (it is read as a curve of `steps` steps)."""
     short = config.copy_and_resolve_references()
     short.num_steps = steps
     short.eval_every = steps
     short.checkpoint_every = 0
+    if steps_per_call is not None:
+        short.steps_per_call = steps_per_call
+    if "early_stopping" in short:
+        short.early_stopping.enabled = False
     return short
+
+
+def short_run_call_steps(config) -> int:
+    """The steps of each of the short run's calls (the first of them measures the step)."""
+    steps = config.debug.train_steps
+    return max(1, min(steps, config.steps_per_call, math.ceil(steps / SHORT_RUN_CALLS)))
+
+
+def short_run(setup: experiment.Setup) -> tuple[engine.FitResult, BudgetCut | None]:
+    """The short real run of debug.train_steps steps, or of those that fit in
+    debug.train_seconds of measured step time: (its result, the cut, None when not cut).
+
+    A first call of steps compiles and measures the step; the rest run as one more fit from
+    its state, as many whole calls as the budget holds. The result reads as one run's.
+    """
+    config, steps = setup.config, setup.config.debug.train_steps
+    call = short_run_call_steps(config)
+    first = engine.fit(
+        setup.task,
+        copy_state(setup.state),
+        setup.dataset,
+        short_run_config(config, call, call),
+        progress=config.progress,
+    )
+    clock = StepBudget(config.debug.train_seconds)
+    clock.charge(call, first.compile_seconds, first.loop)
+    if first.status != "ok" or call >= steps:
+        return first, None
+    more = steps - call
+    if clock.steps_left() < more:
+        more = (clock.steps_left() // call) * call
+    if more <= 0:
+        return first, short_run_cut(call, config, clock.seconds_per_step)
+    rest = engine.fit(
+        setup.task,
+        first.state,
+        setup.dataset,
+        short_run_config(config, call + more, call),
+        progress=config.progress,
+    )
+    fit = dataclasses.replace(
+        rest,
+        # The first call's evaluation is not the run's: it is read at the end, as one run's.
+        records=[r for r in first.records if "val_loss" not in r] + rest.records,
+        step_losses=np.concatenate([first.step_losses, rest.step_losses]),
+        wall_seconds=first.wall_seconds + rest.wall_seconds,
+        compile_seconds=first.compile_seconds + rest.compile_seconds,
+        start_step=first.start_step,
+        loop=first.loop or rest.loop,
+    )
+    return fit, short_run_cut(call + more, config, clock.seconds_per_step)
 
 
 def check_and_overfit(
@@ -54,6 +126,7 @@ def check_and_overfit(
         max_steps=config.debug.overfit_steps,
         loss_fraction=config.debug.overfit_loss_fraction,
         loop=config.get("loop", "auto"),
+        max_seconds=config.debug.overfit_seconds,
     )
     overfit_lr = config.optimizer.learning_rate
     bounded = bounded_outputs_finding(
@@ -65,9 +138,10 @@ def check_and_overfit(
     )
     if bounded is not None:
         findings.append(bounded)
-    if not overfit.passed and overfit.final_loss < 0.5 * overfit.initial_loss:
+    if not overfit.passed and not overfit.budget_cut and still_learning(overfit):
         # Learning, but too slowly to finish: try once at 10x the learning rate. Memorizing
-        # there means the setup works and the learning rate is what holds it back.
+        # there means the setup works and the learning rate is what holds it back. (Cut by
+        # the time budget, there is no time left to try.)
         faster = overfit_one_batch(
             plain_task,
             with_learning_rate(setup.state, 10 * overfit_lr),
@@ -76,6 +150,7 @@ def check_and_overfit(
             max_steps=config.debug.overfit_steps,
             loss_fraction=config.debug.overfit_loss_fraction,
             loop=config.get("loop", "auto"),
+            max_seconds=config.debug.overfit_seconds,
         )
         if faster.passed:
             findings.append(slow_overfit_finding(overfit, faster, overfit_lr, config))
@@ -122,22 +197,15 @@ def debug(setup: experiment.Setup, run: rundir.RunDir, started: float | None) ->
     config, dataset, workdir = setup.config, setup.dataset, run.path
     t_start = engine.now() if started is None else started
     batch = checks.sample_batch(dataset, config.debug.batch_size, config.seed)
-    short = short_run_config(config, config.debug.train_steps)
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="short-run") as pool:
         # The short run does not depend on the checks or the overfit: it compiles and trains on
         # another core meanwhile, which shortens the time to verdict (benchmarks/bugzoo.py times
         # it). The user's model is traced in two threads at once, as JAX allows, each from its
         # own merged copy.
-        short_run = pool.submit(
-            engine.fit,
-            setup.task,
-            copy_state(setup.state),
-            dataset,
-            short,
-            progress=config.progress,
-        )
+        running = pool.submit(short_run, setup)
         findings, overfit, overfit_lr = check_and_overfit(setup, batch)
-        fit = short_run.result()
+        fit, short_cut = running.result()
+    short_steps = int(fit.state.step)
     findings += curve_findings(
         fit, dataset.num_classes, dataset.y_train, config.optimizer.learning_rate
     )
@@ -149,8 +217,10 @@ def debug(setup: experiment.Setup, run: rundir.RunDir, started: float | None) ->
     findings += held_out_findings(setup, fit.state)
     # A finding that blames the learning rate stands only when changing the rate as it
     # suggests measurably helps on the real data.
-    findings = confirm_lr_findings(setup, findings, config.debug.train_steps)
-    if not overfit.passed:
+    findings = confirm_lr_findings(setup, findings, short_steps)
+    cuts = [cut for cut in (overfit_cut(overfit, config), short_cut) if cut is not None]
+    findings += budget_cut_finding(cuts)
+    if not overfit.passed and not (overfit.budget_cut and still_learning(overfit)):
         ranked = rank_findings(findings)
         findings.append(cannot_overfit_finding(overfit, ranked, config))
     findings = rank_findings(findings)
@@ -176,7 +246,7 @@ def debug(setup: experiment.Setup, run: rundir.RunDir, started: float | None) ->
             "overfit_steps": overfit.steps,
             "overfit_final_loss": overfit.final_loss,
             "overfit_final_accuracy": overfit.final_accuracy,
-            "short_run_steps": int(fit.state.step),
+            "short_run_steps": short_steps,
             "short_run_val_accuracy": val_accuracy,
             "seconds_to_verdict": seconds,
         },

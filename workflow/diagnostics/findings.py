@@ -390,6 +390,14 @@ KINDS = (
         repeats=True,
     ),
     FindingKind(
+        "time_budget_cut",
+        "info",
+        "the debug stage's overfit run or short run stopped at its time budget "
+        "(`debug.overfit_seconds`, `debug.train_seconds`) before its steps, with the measured "
+        "step time and what the shorter run means for the verdict",
+        "debug",
+    ),
+    FindingKind(
         "corrupt_checkpoint",
         "warning",
         "a checkpoint was unreadable, partial or changed since it was written: set aside, the "
