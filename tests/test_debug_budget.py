@@ -56,6 +56,7 @@ def test_a_short_run_within_its_budget_is_not_cut(tmp_path):
     summary = run_debug(debug_config(), tmp_path)
     assert summary.metrics["short_run_steps"] == 120
     assert "time_budget_cut" not in findings_of(summary)
+    assert "120 steps." in (tmp_path / "report.md").read_text()
 
 
 def test_the_short_run_stops_at_its_budget_and_says_so(tmp_path):
@@ -73,6 +74,8 @@ def test_the_short_run_stops_at_its_budget_and_says_so(tmp_path):
     (run,) = cut.evidence["runs"]
     assert run["run"] == "short run" and run["steps"] == call and run["planned_steps"] == 120
     assert "raise debug.train_seconds" in cut.suggestions[0]
+    report = (tmp_path / "report.md").read_text()
+    assert f"{call} of 120 steps: stopped at its time budget (`debug.train_seconds`" in report
     # The curve of the steps it ran is what the report plots and metrics.jsonl holds.
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) >= 2 and '"val_loss"' in lines[-1]
