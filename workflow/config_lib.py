@@ -229,6 +229,9 @@ def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collection
             # finding says so and what it means for the verdict (workflow/diagnostics/budget.py).
             "overfit_seconds": 5.0,
             "train_seconds": 8.0,
+            # Apply the top finding's first config-level suggestion, rerun the checks on it and
+            # report whether it repaired the setup (a `config_fix` finding).
+            "fix": False,
             # Run every stage without jit (jax.disable_jit), op by op: a breakpoint in a model's
             # __call__ then sees concrete values. Far slower; for stepping through a few steps.
             "disable_jit": False,
@@ -374,6 +377,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for key in ("batch_size", "overfit_steps", "train_steps"):
         value = dbg[key]
         _require(isinstance(value, int) and value > 0, f"debug.{key}", value, "must be > 0")
+    _require(isinstance(dbg.fix, bool), "debug.fix", dbg.fix, "must be True/False")
     for key in ("overfit_seconds", "train_seconds"):
         value = dbg[key]
         _require(_is_number(value) and value > 0, f"debug.{key}", value, "must be a number > 0")

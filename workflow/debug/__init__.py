@@ -14,7 +14,7 @@ import numpy as np
 
 from workflow import engine, experiment, reporting
 from workflow.debug.report import plot_overfit, report_sections
-from workflow.diagnostics import checks
+from workflow.diagnostics import checks, fixes
 from workflow.diagnostics.budget import (
     BudgetCut,
     StepBudget,
@@ -192,10 +192,25 @@ def run_debug(setup: experiment.Setup, workdir: str, started: float | None = Non
         return debug(setup, run, started)
 
 
-def debug(setup: experiment.Setup, run: rundir.RunDir, started: float | None) -> Summary:
-    """The debug steps, written into the claimed run directory `run`."""
-    config, dataset, workdir = setup.config, setup.dataset, run.path
-    t_start = engine.now() if started is None else started
+@dataclasses.dataclass
+class Diagnosis:
+    """What the debug steps found on one setup, before anything is written."""
+
+    findings: list[Finding]  # ranked
+    overfit: OverfitResult
+    overfit_lr: float  # the learning rate the overfit result ran at
+    fit: engine.FitResult  # the short run
+    val_accuracy: float | None  # the short run's last validation accuracy
+
+    @property
+    def short_run_steps(self) -> int:
+        """The steps the short run trained."""
+        return int(self.fit.state.step)
+
+
+def diagnose(setup: experiment.Setup) -> Diagnosis:
+    """The checks, the overfit run, the short run and what they say, ranked."""
+    config, dataset = setup.config, setup.dataset
     batch = checks.sample_batch(dataset, config.debug.batch_size, config.seed)
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="short-run") as pool:
         # The short run does not depend on the checks or the overfit: it compiles and trains on
@@ -205,7 +220,6 @@ def debug(setup: experiment.Setup, run: rundir.RunDir, started: float | None) ->
         running = pool.submit(short_run, setup)
         findings, overfit, overfit_lr = check_and_overfit(setup, batch)
         fit, short_cut = running.result()
-    short_steps = int(fit.state.step)
     findings += curve_findings(
         fit, dataset.num_classes, dataset.y_train, config.optimizer.learning_rate
     )
@@ -217,14 +231,41 @@ def debug(setup: experiment.Setup, run: rundir.RunDir, started: float | None) ->
     findings += held_out_findings(setup, fit.state)
     # A finding that blames the learning rate stands only when changing the rate as it
     # suggests measurably helps on the real data.
-    findings = confirm_lr_findings(setup, findings, short_steps)
+    findings = confirm_lr_findings(setup, findings, int(fit.state.step))
     cuts = [cut for cut in (overfit_cut(overfit, config), short_cut) if cut is not None]
     findings += budget_cut_finding(cuts)
     if not overfit.passed and not (overfit.budget_cut and still_learning(overfit)):
         ranked = rank_findings(findings)
         findings.append(cannot_overfit_finding(overfit, ranked, config))
-    findings = rank_findings(findings)
+    return Diagnosis(rank_findings(findings), overfit, overfit_lr, fit, val_accuracy)
+
+
+def fix_findings(setup: experiment.Setup, findings: list[Finding]) -> list[Finding]:
+    """With debug.fix: the top finding's first config-level suggestion applied and the debug
+    steps rerun on it, as a `config_fix` finding ([] when no warning or error stands)."""
+    top = fixes.top_finding(findings)
+    if top is None:
+        return []
+    fix = fixes.config_fix(top, setup.config)
+    if fix is None:
+        return [fixes.unfixable_finding(top)]
+    again = diagnose(experiment.prepare(fixes.fixed_config(setup.config, fix)))
+    rerun = fixes.Rerun(again.findings, again.overfit.passed, again.short_run_steps)
+    return [fixes.verified_finding(fix, rerun)]
+
+
+def debug(setup: experiment.Setup, run: rundir.RunDir, started: float | None) -> Summary:
+    """The debug steps, written into the claimed run directory `run`."""
+    config, dataset, workdir = setup.config, setup.dataset, run.path
+    t_start = engine.now() if started is None else started
+    diagnosis = diagnose(setup)
     seconds = engine.now() - t_start
+    findings, overfit, fit = diagnosis.findings, diagnosis.overfit, diagnosis.fit
+    fix_seconds = None
+    if config.debug.fix:
+        t_fix = engine.now()
+        findings = rank_findings(findings + fix_findings(setup, findings))
+        fix_seconds = engine.now() - t_fix
 
     run.open(config, resume_step=None)
     for record in fit.records:
@@ -242,13 +283,14 @@ def debug(setup: experiment.Setup, run: rundir.RunDir, started: float | None) ->
         config=rundir.config_to_dict(config),
         metrics={
             "overfit_passed": overfit.passed,
-            "overfit_learning_rate": overfit_lr,
+            "overfit_learning_rate": diagnosis.overfit_lr,
             "overfit_steps": overfit.steps,
             "overfit_final_loss": overfit.final_loss,
             "overfit_final_accuracy": overfit.final_accuracy,
-            "short_run_steps": short_steps,
-            "short_run_val_accuracy": val_accuracy,
+            "short_run_steps": diagnosis.short_run_steps,
+            "short_run_val_accuracy": diagnosis.val_accuracy,
             "seconds_to_verdict": seconds,
+            **({"fix_seconds": fix_seconds} if fix_seconds is not None else {}),
         },
         findings=findings,
         next=[] if failed else experiment.next_commands(workdir, "evaluate"),

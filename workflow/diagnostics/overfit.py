@@ -139,7 +139,8 @@ def slow_overfit_finding(
             "learning_at_learning_rate": learning,
         },
         suggestions=[
-            f"raise the learning rate towards {10 * learning_rate:g}, or find it with "
+            f"raise the learning rate towards {10 * learning_rate:g} "
+            f"(--config.optimizer.learning_rate={10 * learning_rate:g}), or find it with "
             "workflow.tune's range test",
             f"or train longer than {config.debug.overfit_steps} steps",
         ],
