@@ -4,7 +4,8 @@ Runs every case of tests/bugzoo/cases.py with the debug stage's default budgets 
 case, the expected id, the top finding, whether it is right, and the time to verdict (the stage's
 seconds_to_verdict: data, model, checks, overfit and short run, compilation included; cases
 after the first reuse compiled programs of earlier ones). The timed cases are also run alone in
-a fresh process without the persistent compilation cache, as a user's first run would (--cold).
+fresh processes (--cold): without the persistent compilation cache, as a user's first run
+would, and with a warm one, as a rerun would.
 Broken cases count as detected when
 any finding of severity warning or error stands, correct when the top finding is the expected
 id; a clean case is a false alarm when any warning or error stands. Every case runs with
@@ -18,6 +19,7 @@ Command:
 """
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -96,14 +98,44 @@ def run_case(case: Case, config=None) -> dict[str, Any]:
     }
 
 
-def cold_process_seconds(name: str) -> float:
-    """Wall time of a fresh process that runs case `name` alone: Python and JAX imports, data,
-    model, every compilation (no persistent compilation cache) and the verdict."""
-    env = {**os.environ, "JAX_ENABLE_COMPILATION_CACHE": "false", "JAX_PLATFORMS": "cpu"}
-    command = [sys.executable, "-m", "benchmarks.bugzoo", f"--only={name}", "--no-cold"]
-    t0 = time.perf_counter()
-    subprocess.run(command, env=env, check=True, capture_output=True)
-    return time.perf_counter() - t0
+def process_seconds(name: str, cache_dir: str | None = None) -> tuple[float, float]:
+    """(wall time, the stage's seconds_to_verdict) of a fresh process that runs case `name`
+    alone: Python and JAX imports, data, model, every compilation and the verdict; without a
+    persistent compilation cache, or with the one in `cache_dir` (every program cached)."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    if cache_dir is None:
+        env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
+    else:
+        env.update(
+            JAX_ENABLE_COMPILATION_CACHE="true",
+            JAX_COMPILATION_CACHE_DIR=cache_dir,
+            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "case.json")
+        command = [sys.executable, "-m", "benchmarks.bugzoo", f"--only={name}", "--no-cold"]
+        t0 = time.perf_counter()
+        subprocess.run([*command, f"--out={out}"], env=env, check=True, capture_output=True)
+        wall = time.perf_counter() - t0
+        with open(out) as f:
+            verdict = json.load(f)["cases_detail"][0]["seconds"]
+    return wall, verdict
+
+
+def fresh_process_times(name: str) -> dict[str, float]:
+    """Case `name` in fresh processes: cold (no compilation cache), then twice with a new
+    persistent cache, the second run warm (its programs read back, as a user's rerun)."""
+    cold_wall, cold_verdict = process_seconds(name)
+    with tempfile.TemporaryDirectory() as cache:
+        process_seconds(name, cache)  # fills the cache
+        warm_wall, warm_verdict = process_seconds(name, cache)
+    return {
+        "cold_process_seconds": cold_wall,
+        "cold_verdict_seconds": cold_verdict,
+        "warm_process_seconds": warm_wall,
+        "warm_verdict_seconds": warm_verdict,
+    }
 
 
 def totals(results: list[dict[str, Any]]) -> dict[str, int]:
@@ -243,20 +275,23 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         if r["name"] in TIMED:
             if args.cold:
-                r["cold_process_seconds"] = cold_process_seconds(r["name"])
+                r.update(fresh_process_times(r["name"]))
             target = TIMED[r["name"]]
             print(
                 f"time to verdict {r['name']}: {r['seconds']:.1f} s in this process "
                 f"({'within' if r['seconds'] < target else 'OVER'} the {target:g} s target)"
                 + (
-                    f", {r['cold_process_seconds']:.1f} s as a fresh process"
+                    f"; fresh process, cold: {r['cold_verdict_seconds']:.1f} s to verdict, "
+                    f"{r['cold_process_seconds']:.1f} s in all; warm compilation cache: "
+                    f"{r['warm_verdict_seconds']:.1f} s, {r['warm_process_seconds']:.1f} s"
                     if "cold_process_seconds" in r
                     else ""
-                )
+                ),
+                flush=True,
             )
     if args.out:
         timed = {
-            r["name"]: {k: r[k] for k in ("seconds", "cold_process_seconds") if k in r}
+            r["name"]: {k: v for k, v in r.items() if k == "seconds" or k.endswith("_seconds")}
             for r in results
             if r["name"] in TIMED
         }
@@ -264,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out,
             {
                 **score,
+                "load_average": [round(x, 2) for x in os.getloadavg()],
                 "time_to_verdict": timed,
                 "per_category": categories,
                 "cases_detail": [
