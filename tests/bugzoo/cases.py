@@ -271,6 +271,18 @@ BROKEN: list[Case] = [
         synthetic(loss="tests.check_bugs:sqrt_norm_loss"),
         fast=False,
     ),
+    Case(
+        "float16_overflow",
+        "nan_or_inf",
+        synthetic(
+            "image",
+            "mlp",
+            model_name="tests.bugzoo.models:Float16MLP",
+            dataset="tests.check_bugs:pixel_images",
+            **{"dataset.normalize": False},
+        ),
+        fast=False,
+    ),
 ]
 
 CLEAN: list[Case] = [
@@ -308,6 +320,20 @@ CLEAN: list[Case] = [
         fast=False,
     ),
     Case("clean_synthetic_sequence", None, _real("configs/synthetic.py", "sequence"), fast=False),
+    # The Flax NNX basics' MLP (Linear, BatchNorm, Dropout, gelu) as the docs write it, and a
+    # user's plain MLP on the digits images.
+    Case(
+        "clean_flax_nnx_mlp",
+        None,
+        synthetic(model_name="benchmarks.user_models:FlaxMLP"),
+        fast=False,
+    ),
+    Case(
+        "clean_digits_user_mlp",
+        None,
+        _user_model("configs/digits.py", None, "tests.bugzoo.models:UserMLP"),
+        fast=False,
+    ),
 ]
 
 CASES: list[Case] = BROKEN + CLEAN
@@ -345,6 +371,7 @@ CATEGORY_OF = {
     "lr_1e-8": "optimization",
     "l2_1e3": "optimization",
     "stop_gradient_layer": "jax",
+    "float16_overflow": "jax",
 }
 
 
