@@ -34,7 +34,7 @@ from workflow.diagnostics.overfit import (
     slow_overfit_finding,
     with_learning_rate,
 )
-from workflow.engine import copy_state, losses
+from workflow.engine import copy_state, distributed, losses
 from workflow.reporting import rundir
 from workflow.reporting.summary import Summary
 
@@ -87,6 +87,8 @@ def short_run(setup: experiment.Setup) -> tuple[engine.FitResult, BudgetCut | No
     more = steps - call
     if clock.steps_left() < more:
         more = (clock.steps_left() // call) * call
+    # Every process runs the short run's collectives: all train process 0's number of steps.
+    more = int(distributed.broadcast_json(int(more)))
     if more <= 0:
         return first, short_run_cut(call, config, clock.seconds_per_step)
     rest = engine.fit(
