@@ -13,6 +13,7 @@ import pytest
 from tests.bugzoo.cases import synthetic
 from workflow import config_lib, debug, experiment
 from workflow.diagnostics import budget
+from workflow.diagnostics.findings import Finding
 from workflow.engine.loop_form import LoopChoice
 from workflow.errors import UsageError
 
@@ -111,3 +112,26 @@ def test_a_budget_must_be_a_positive_number(key, value):
     config.debug[key] = value
     with pytest.raises(UsageError, match=f"debug.{key}"):
         config_lib.validate_config(config)
+
+
+def test_slow_start_warnings_on_a_cut_short_run_are_info():
+    # The clean synthetic sequence config's LSTM, its short run cut by a busy machine, read as
+    # lr_too_low (confirmed: x10 is faster over so few steps) before this rule.
+    cut = budget.BudgetCut("short run", "debug.train_seconds", 8.0, 50, 300, 0.1, "fewer steps")
+    findings = [
+        Finding("lr_too_low", "warning", "the loss falls steadily"),
+        Finding("loss_plateau", "warning", "plateaus since the first 10 steps"),
+        Finding("loss_plateau", "error", "never leaves its initial level"),
+        Finding("nan_or_inf", "error", "NaN at step 3"),
+    ]
+    judged = budget.judged_on_cut_run(findings, cut, learning_rate=3e-4)
+    assert [(f.id, f.severity) for f in judged] == [
+        ("lr_too_low", "info"),
+        ("loss_plateau", "info"),
+        ("loss_plateau", "error"),
+        ("nan_or_inf", "error"),
+    ]
+    assert "judged on 50 of 300 steps (debug.train_seconds cut the run)" in judged[0].message
+    # Not cut: unchanged. A rate below the usual range is too low however long the run.
+    assert budget.judged_on_cut_run(findings, None, 3e-4) == findings
+    assert budget.judged_on_cut_run(findings[:1], cut, 1e-8) == findings[:1]

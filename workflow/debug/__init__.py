@@ -19,6 +19,7 @@ from workflow.diagnostics.budget import (
     BudgetCut,
     StepBudget,
     budget_cut_finding,
+    judged_on_cut_run,
     overfit_cut,
     short_run_cut,
     still_learning,
@@ -234,6 +235,7 @@ def diagnose(setup: experiment.Setup) -> Diagnosis:
     # A finding that blames the learning rate stands only when changing the rate as it
     # suggests measurably helps on the real data.
     findings = confirm_lr_findings(setup, findings, int(fit.state.step))
+    findings = judged_on_cut_run(findings, short_cut, config.optimizer.learning_rate)
     cuts = [cut for cut in (overfit_cut(overfit, config), short_cut) if cut is not None]
     findings += budget_cut_finding(cuts)
     if not overfit.passed and not (overfit.budget_cut and still_learning(overfit)):

@@ -16,7 +16,13 @@ was still falling says nothing about whether the model can memorize the batch.
 import dataclasses
 import math
 
+from workflow.diagnostics.curves import LR_GRID_LOW
 from workflow.diagnostics.findings import Finding
+
+# Warnings that a slow start explains: on a short run the budget cut, a healthy model at a
+# moderate rate (an LSTM at Adam 3e-4) is still early in its descent, and a learning rate ten
+# times higher does win over so few steps; they stand as info, the cut named.
+SLOW_START_WARNINGS = ("lr_too_low", "loss_plateau")
 
 # An overfit run the budget stopped with its batch loss below this fraction of its start was
 # still learning: not memorizing the batch within the budget is then no evidence that the model
@@ -144,6 +150,27 @@ def short_run_cut(steps: int, config, seconds_per_step: float) -> BudgetCut | No
             "judged on a shorter run (the counterfactual trials run as many)"
         ),
     )
+
+
+def judged_on_cut_run(
+    findings: list[Finding], cut: BudgetCut | None, learning_rate: float
+) -> list[Finding]:
+    """`findings` with each slow-start warning (SLOW_START_WARNINGS) lowered to info when the
+    budget cut the short run (`cut`); an `lr_too_low` on a rate below the usual range is not
+    about the run's length and stays. Errors stay."""
+    if cut is None:
+        return findings
+    note = (
+        f"; judged on {cut.steps} of {cut.planned_steps} steps ({cut.config_key} cut the run): "
+        "a slow start over so few steps is no evidence against the setup"
+    )
+    out = []
+    for f in findings:
+        tiny_rate = f.id == "lr_too_low" and learning_rate < LR_GRID_LOW
+        if f.id in SLOW_START_WARNINGS and f.severity == "warning" and not tiny_rate:
+            f = dataclasses.replace(f, severity="info", message=f.message + note)
+        out.append(f)
+    return out
 
 
 def budget_cut_finding(cuts: list[BudgetCut]) -> list[Finding]:
