@@ -146,8 +146,8 @@ def short_run_cut(steps: int, config, seconds_per_step: float) -> BudgetCut | No
         planned_steps=int(config.debug.train_steps),
         seconds_per_step=float(seconds_per_step),
         consequence=(
-            "the loss curve and the held-out checks read these steps only, so a slow start is "
-            "judged on a shorter run (the counterfactual trials run as many)"
+            "the loss curve and the held-out checks read this shorter run, so its slow-start "
+            "warnings stand as info (and the counterfactual trials run as many steps)"
         ),
     )
 
