@@ -653,7 +653,8 @@ def baselines_speed_table() -> tuple[list[str], list[list[str]]]:
 
 
 def bugzoo_category_table() -> tuple[list[str], list[list[str]]]:
-    """The bug zoo per fault category: top-1, detection, false alarms, time to verdict."""
+    """The bug zoo per fault category: top-1, detection, false alarms, the config-fixable cases
+    `debug.fix` repaired, time to verdict."""
     r = result("cpu_bugzoo.json")["per_category"]
     header = [
         "category",
@@ -661,7 +662,7 @@ def bugzoo_category_table() -> tuple[list[str], list[list[str]]]:
         "right at top-1",
         "detected",
         "false alarms",
-        "repair rate",
+        "repaired by `debug.fix`",
         "verdict median / max (s)",
     ]
     rows = []
@@ -674,7 +675,7 @@ def bugzoo_category_table() -> tuple[list[str], list[list[str]]]:
                 "-" if clean else f"{c['correct_top1']}/{c['cases']}",
                 "-" if clean else f"{c['detection_rate']:.0%}",
                 str(c["false_alarms"]) if clean else "-",
-                "-" if clean else "not measured",
+                f"{c['repaired']}/{c['config_fixable']}" if c.get("config_fixable") else "-",
                 f"{c['seconds_median']:.1f} / {c['seconds_max']:.1f}",
             ]
         )

@@ -10,6 +10,7 @@ agree to float rounding; those tests bound the difference.
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -263,6 +264,7 @@ def test_deciding_on_a_short_scan_or_on_the_calls_own_steps_keeps_the_numbers(
     # for the measurement first (as for a model with convolutions whose K steps take long), and
     # then either it settles the choice, or the call's own steps run under the scan, for real.
     monkeypatch.setattr(loop_form, "MAX_SCAN_PROBE_SECONDS", 0.0)
+    monkeypatch.setattr(loop_form, "UNSCANNED_STEP_SECONDS", math.inf)  # the scan is tried
     # None: no risky operation, so no short scan: the call's own steps decide at once.
     monkeypatch.setattr(loop_form, "RISKY_OPS", ("stablehlo",) if short_scan is not None else ())
     asked = []
@@ -281,6 +283,31 @@ def test_deciding_on_a_short_scan_or_on_the_calls_own_steps_keeps_the_numbers(
     np.testing.assert_array_equal(scan.step_losses, auto.step_losses)
     for a, b in zip(state_leaves(scan), state_leaves(auto), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("slow", [True, False])
+def test_a_slow_step_with_convolutions_on_the_cpu_is_not_tried_under_the_scan(monkeypatch, slow):
+    # Every program counts as having convolutions, and every step as slow (or none): a slow one
+    # takes the step form at once, nothing compiled or run under the scan.
+    monkeypatch.setattr(loop_form, "MAX_SCAN_PROBE_SECONDS", 0.0)
+    monkeypatch.setattr(loop_form, "RISKY_OPS", ("stablehlo",))
+    monkeypatch.setattr(loop_form, "UNSCANNED_STEP_SECONDS", 0.0 if slow else math.inf)
+    scans = []
+    monkeypatch.setattr(
+        loop_form, "short_scan_decides", lambda step_s, scan_s: scans.append(scan_s) or True
+    )
+    config = small_config(num_steps=40, eval_every=20, checkpoint_every=0)
+    auto = fit_in("auto", config)
+    assert auto.loop["source"] == "measured" and auto.loop["step_seconds_per_step"] > 0
+    if slow:
+        assert scans == [] and auto.loop["form"] == "step"
+        assert auto.loop["scan_seconds_per_step"] is None
+        assert "the scan not tried" in loop_form.describe_loop(auto.loop)
+        step = fit_in("step", config)
+        assert records_without_rates(step) == records_without_rates(auto)
+        np.testing.assert_array_equal(step.step_losses, auto.step_losses)
+    else:
+        assert len(scans) == 1 and auto.loop["scan_seconds_per_step"] == scans[0]
 
 
 def test_the_choice_is_in_summary_json_and_the_report(monkeypatch, tmp_path):

@@ -231,6 +231,14 @@ def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collection
             # "Near zero": the batch loss must fall below this fraction of its initial value.
             "overfit_loss_fraction": 0.05,
             "train_steps": 300,
+            # Time budgets (seconds of training steps, compilation excluded) of the overfit run
+            # and the short run: a slower model runs fewer steps, and a `time_budget_cut`
+            # finding says so and what it means for the verdict (workflow/diagnostics/budget.py).
+            "overfit_seconds": 5.0,
+            "train_seconds": 8.0,
+            # Apply the top finding's first config-level suggestion, rerun the checks on it and
+            # report whether it repaired the setup (a `config_fix` finding).
+            "fix": False,
             # Run every stage without jit (jax.disable_jit), op by op: a breakpoint in a model's
             # __call__ then sees concrete values. Far slower; for stepping through a few steps.
             "disable_jit": False,
@@ -379,6 +387,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for key in ("batch_size", "overfit_steps", "train_steps"):
         value = dbg[key]
         _require(isinstance(value, int) and value > 0, f"debug.{key}", value, "must be > 0")
+    _require(isinstance(dbg.fix, bool), "debug.fix", dbg.fix, "must be True/False")
+    for key in ("overfit_seconds", "train_seconds"):
+        value = dbg[key]
+        _require(_is_number(value) and value > 0, f"debug.{key}", value, "must be a number > 0")
     frac = dbg.overfit_loss_fraction
     _require(0 < frac < 1, "debug.overfit_loss_fraction", frac, "must lie in (0, 1)")
     validate_debug_and_memory(config)

@@ -39,6 +39,9 @@ class Case:
     # In the default test run, at small budgets (the default run must stay under a minute).
     fast: bool = True
     known_issue: str | None = None  # a detector bug that ranks another finding first
+    # A config change repairs it (a knob, not code): the cases `debug.fix` must repair
+    # (benchmarks/bugzoo.py's repair rate).
+    config_fixable: bool = False
 
 
 def with_budget(
@@ -129,8 +132,19 @@ BROKEN: list[Case] = [
         "loss_increasing",
         synthetic(loss="tests.curve_bugs:negated_cross_entropy"),
     ),
-    Case("lr_10_adam", "lr_too_high", synthetic(**{"optimizer.learning_rate": 10.0}), fast=False),
-    Case("lr_1e-8", "lr_too_low", synthetic(**{"optimizer.learning_rate": 1e-8})),
+    Case(
+        "lr_10_adam",
+        "lr_too_high",
+        synthetic(**{"optimizer.learning_rate": 10.0}),
+        fast=False,
+        config_fixable=True,
+    ),
+    Case(
+        "lr_1e-8",
+        "lr_too_low",
+        synthetic(**{"optimizer.learning_rate": 1e-8}),
+        config_fixable=True,
+    ),
     Case(
         "pixels_x255_unnormalized",
         "inputs_not_normalized",
@@ -138,6 +152,7 @@ BROKEN: list[Case] = [
             "image", "mlp", dataset="tests.check_bugs:pixel_images", **{"dataset.normalize": False}
         ),
         fast=False,
+        config_fixable=True,
     ),
     Case(
         "shuffled_labels",
@@ -180,6 +195,7 @@ BROKEN: list[Case] = [
         "loss_plateau",
         synthetic(l2=1e3),
         fast=False,
+        config_fixable=True,
     ),
     Case(
         "label_noise_10pct",
@@ -255,6 +271,18 @@ BROKEN: list[Case] = [
         synthetic(loss="tests.check_bugs:sqrt_norm_loss"),
         fast=False,
     ),
+    Case(
+        "float16_overflow",
+        "nan_or_inf",
+        synthetic(
+            "image",
+            "mlp",
+            model_name="tests.bugzoo.models:Float16MLP",
+            dataset="tests.check_bugs:pixel_images",
+            **{"dataset.normalize": False},
+        ),
+        fast=False,
+    ),
 ]
 
 CLEAN: list[Case] = [
@@ -292,6 +320,20 @@ CLEAN: list[Case] = [
         fast=False,
     ),
     Case("clean_synthetic_sequence", None, _real("configs/synthetic.py", "sequence"), fast=False),
+    # The Flax NNX basics' MLP (Linear, BatchNorm, Dropout, gelu) as the docs write it, and a
+    # user's plain MLP on the digits images.
+    Case(
+        "clean_flax_nnx_mlp",
+        None,
+        synthetic(model_name="benchmarks.user_models:FlaxMLP"),
+        fast=False,
+    ),
+    Case(
+        "clean_digits_user_mlp",
+        None,
+        _user_model("configs/digits.py", None, "tests.bugzoo.models:UserMLP"),
+        fast=False,
+    ),
 ]
 
 CASES: list[Case] = BROKEN + CLEAN
@@ -329,6 +371,7 @@ CATEGORY_OF = {
     "lr_1e-8": "optimization",
     "l2_1e3": "optimization",
     "stop_gradient_layer": "jax",
+    "float16_overflow": "jax",
 }
 
 

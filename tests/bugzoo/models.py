@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from functools import partial
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 
@@ -133,3 +134,15 @@ class FlaxMnistCNN(nnx.Module):
         x = x.reshape(x.shape[0], -1)  # flatten
         x = nnx.relu(self.linear1(x))
         return self.linear2(x)
+
+
+class Float16MLP(UserMLP):
+    """Bug: the forward pass cast to float16 by hand (a mixed-precision attempt) on inputs in
+    the thousands (raw counts: the pixels times 1000 here): the first layer's activations pass
+    float16's largest value, 65504, and become inf."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.reshape(x.shape[0], -1).astype(jnp.float16) * 1000
+        h = nnx.relu(x @ self.linear1.kernel[...].astype(jnp.float16))
+        h = nnx.relu(h @ self.linear2.kernel[...].astype(jnp.float16))
+        return (h @ self.linear3.kernel[...].astype(jnp.float16)).astype(jnp.float32)

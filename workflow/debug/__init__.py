@@ -8,12 +8,22 @@ its loss curve; exits 1 when an error-severity finding stands, with the fixes na
 
 import concurrent.futures
 import dataclasses
+import math
 
 import numpy as np
 
 from workflow import engine, experiment, reporting
 from workflow.debug.report import plot_overfit, report_sections
-from workflow.diagnostics import checks
+from workflow.diagnostics import checks, fixes
+from workflow.diagnostics.budget import (
+    BudgetCut,
+    StepBudget,
+    budget_cut_finding,
+    judged_on_cut_run,
+    overfit_cut,
+    short_run_cut,
+    still_learning,
+)
 from workflow.diagnostics.checks.outputs import (
     bounded_outputs_finding,
     squashed_regression_finding,
@@ -28,18 +38,81 @@ from workflow.diagnostics.overfit import (
     slow_overfit_finding,
     with_learning_rate,
 )
-from workflow.engine import copy_state, losses, tasks
+from workflow.engine import copy_state, distributed, losses, tasks
 from workflow.reporting import rundir
 from workflow.reporting.summary import Summary
 
+# The short run trains in calls of 1/SHORT_RUN_CALLS of its steps: after the first (which
+# compiles and measures the step), the steps that fit in debug.train_seconds are known, and the
+# run is cut at a whole number of calls (one compiled length).
+SHORT_RUN_CALLS = 12
 
-def short_run_config(config, steps: int):
-    """The config of the short real run: same setup, few steps, no checkpoints."""
+
+def short_run_config(config, steps: int, steps_per_call: int | None = None):
+    """The config of the short real run: same setup, few steps, no checkpoints, no early
+    stopping (it is read as a curve of `steps` steps)."""
     short = config.copy_and_resolve_references()
     short.num_steps = steps
     short.eval_every = steps
     short.checkpoint_every = 0
+    if steps_per_call is not None:
+        short.steps_per_call = steps_per_call
+    if "early_stopping" in short:
+        short.early_stopping.enabled = False
     return short
+
+
+def short_run_call_steps(config) -> int:
+    """The steps of each of the short run's calls (the first of them measures the step)."""
+    steps = config.debug.train_steps
+    return max(1, min(steps, config.steps_per_call, math.ceil(steps / SHORT_RUN_CALLS)))
+
+
+def short_run(setup: experiment.Setup) -> tuple[engine.FitResult, BudgetCut | None]:
+    """The short real run of debug.train_steps steps, or of those that fit in
+    debug.train_seconds of measured step time: (its result, the cut, None when not cut).
+
+    A first call of steps compiles and measures the step; the rest run as one more fit from
+    its state, as many whole calls as the budget holds. The result reads as one run's.
+    """
+    config, steps = setup.config, setup.config.debug.train_steps
+    call = short_run_call_steps(config)
+    first = engine.fit(
+        setup.task,
+        copy_state(setup.state),
+        setup.dataset,
+        short_run_config(config, call, call),
+        progress=config.progress,
+    )
+    clock = StepBudget(config.debug.train_seconds)
+    clock.charge(call, first.compile_seconds, first.loop)
+    if first.status != "ok" or call >= steps:
+        return first, None
+    more = steps - call
+    if clock.steps_left() < more:
+        more = (clock.steps_left() // call) * call
+    # Every process runs the short run's collectives: all train process 0's number of steps.
+    more = int(distributed.broadcast_json(int(more)))
+    if more <= 0:
+        return first, short_run_cut(call, config, clock.seconds_per_step)
+    rest = engine.fit(
+        setup.task,
+        first.state,
+        setup.dataset,
+        short_run_config(config, call + more, call),
+        progress=config.progress,
+    )
+    fit = dataclasses.replace(
+        rest,
+        # The first call's evaluation is not the run's: it is read at the end, as one run's.
+        records=[r for r in first.records if "val_loss" not in r] + rest.records,
+        step_losses=np.concatenate([first.step_losses, rest.step_losses]),
+        wall_seconds=first.wall_seconds + rest.wall_seconds,
+        compile_seconds=first.compile_seconds + rest.compile_seconds,
+        start_step=first.start_step,
+        loop=first.loop or rest.loop,
+    )
+    return fit, short_run_cut(call + more, config, clock.seconds_per_step)
 
 
 def check_and_overfit(
@@ -59,6 +132,7 @@ def check_and_overfit(
         max_steps=config.debug.overfit_steps,
         loss_fraction=config.debug.overfit_loss_fraction,
         loop=config.get("loop", "auto"),
+        max_seconds=config.debug.overfit_seconds,
         progress=config.progress,
     )
     overfit_lr = config.optimizer.learning_rate
@@ -77,9 +151,10 @@ def check_and_overfit(
         bounded = None  # multi-label: sigmoid outputs show at step 0 (check_output_and_loss)
     if bounded is not None:
         findings.append(bounded)
-    if not overfit.passed and overfit.final_loss < 0.5 * overfit.initial_loss:
+    if not overfit.passed and not overfit.budget_cut and still_learning(overfit):
         # Learning, but too slowly to finish: try once at 10x the learning rate. Memorizing
-        # there means the setup works and the learning rate is what holds it back.
+        # there means the setup works and the learning rate is what holds it back. (Cut by
+        # the time budget, there is no time left to try.)
         faster = overfit_one_batch(
             plain_task,
             with_learning_rate(setup.state, 10 * overfit_lr),
@@ -88,6 +163,7 @@ def check_and_overfit(
             max_steps=config.debug.overfit_steps,
             loss_fraction=config.debug.overfit_loss_fraction,
             loop=config.get("loop", "auto"),
+            max_seconds=config.debug.overfit_seconds,
             progress=config.progress,
         )
         if faster.passed:
@@ -130,27 +206,34 @@ def run_debug(setup: experiment.Setup, workdir: str, started: float | None = Non
         return debug(setup, run, started)
 
 
-def debug(setup: experiment.Setup, run: rundir.RunDir, started: float | None) -> Summary:
-    """The debug steps, written into the claimed run directory `run`."""
-    config, dataset, workdir = setup.config, setup.dataset, run.path
-    t_start = engine.now() if started is None else started
+@dataclasses.dataclass
+class Diagnosis:
+    """What the debug steps found on one setup, before anything is written."""
+
+    findings: list[Finding]  # ranked
+    overfit: OverfitResult
+    overfit_lr: float  # the learning rate the overfit result ran at
+    fit: engine.FitResult  # the short run
+    val_accuracy: float | None  # the short run's last validation accuracy
+
+    @property
+    def short_run_steps(self) -> int:
+        """The steps the short run trained."""
+        return int(self.fit.state.step)
+
+
+def diagnose(setup: experiment.Setup) -> Diagnosis:
+    """The checks, the overfit run, the short run and what they say, ranked."""
+    config, dataset = setup.config, setup.dataset
     batch = checks.sample_batch(dataset, config.debug.batch_size, config.seed)
-    short = short_run_config(config, config.debug.train_steps)
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="short-run") as pool:
         # The short run does not depend on the checks or the overfit: it compiles and trains on
         # another core meanwhile, which shortens the time to verdict (benchmarks/bugzoo.py times
         # it). The user's model is traced in two threads at once, as JAX allows, each from its
         # own merged copy.
-        short_run = pool.submit(
-            engine.fit,
-            setup.task,
-            copy_state(setup.state),
-            dataset,
-            short,
-            progress=config.progress,
-        )
+        running = pool.submit(short_run, setup)
         findings, overfit, overfit_lr = check_and_overfit(setup, batch)
-        fit = short_run.result()
+        fit, short_cut = running.result()
     findings += curve_findings(
         fit,
         dataset.num_classes,
@@ -166,12 +249,42 @@ def debug(setup: experiment.Setup, run: rundir.RunDir, started: float | None) ->
     findings += held_out_findings(setup, fit.state)
     # A finding that blames the learning rate stands only when changing the rate as it
     # suggests measurably helps on the real data.
-    findings = confirm_lr_findings(setup, findings, config.debug.train_steps)
-    if not overfit.passed:
+    findings = confirm_lr_findings(setup, findings, int(fit.state.step))
+    findings = judged_on_cut_run(findings, short_cut, config.optimizer.learning_rate)
+    cuts = [cut for cut in (overfit_cut(overfit, config), short_cut) if cut is not None]
+    findings += budget_cut_finding(cuts)
+    if not overfit.passed and not (overfit.budget_cut and still_learning(overfit)):
         ranked = rank_findings(findings)
         findings.append(cannot_overfit_finding(overfit, ranked, config))
-    findings = rank_findings(findings)
+    return Diagnosis(rank_findings(findings), overfit, overfit_lr, fit, val_accuracy)
+
+
+def fix_findings(setup: experiment.Setup, findings: list[Finding]) -> list[Finding]:
+    """With debug.fix: the top finding's first config-level suggestion applied and the debug
+    steps rerun on it, as a `config_fix` finding ([] when no warning or error stands)."""
+    top = fixes.top_finding(findings)
+    if top is None:
+        return []
+    fix = fixes.config_fix(top, setup.config)
+    if fix is None:
+        return [fixes.unfixable_finding(top)]
+    again = diagnose(experiment.prepare(fixes.fixed_config(setup.config, fix)))
+    rerun = fixes.Rerun(again.findings, again.overfit.passed, again.short_run_steps)
+    return [fixes.verified_finding(fix, rerun)]
+
+
+def debug(setup: experiment.Setup, run: rundir.RunDir, started: float | None) -> Summary:
+    """The debug steps, written into the claimed run directory `run`."""
+    config, dataset, workdir = setup.config, setup.dataset, run.path
+    t_start = engine.now() if started is None else started
+    diagnosis = diagnose(setup)
     seconds = engine.now() - t_start
+    findings, overfit, fit = diagnosis.findings, diagnosis.overfit, diagnosis.fit
+    fix_seconds = None
+    if config.debug.fix:
+        t_fix = engine.now()
+        findings = rank_findings(findings + fix_findings(setup, findings))
+        fix_seconds = engine.now() - t_fix
 
     run.open(config, resume_step=None)
     for record in fit.records:
@@ -193,15 +306,18 @@ def debug(setup: experiment.Setup, run: rundir.RunDir, started: float | None) ->
         config=rundir.config_to_dict(config),
         metrics={
             "overfit_passed": overfit.passed,
-            "overfit_learning_rate": overfit_lr,
+            "overfit_learning_rate": diagnosis.overfit_lr,
             "overfit_steps": overfit.steps,
             "overfit_final_loss": overfit.final_loss,
             "overfit_final_accuracy": overfit.final_accuracy,
-            "short_run_steps": int(fit.state.step),
-            "short_run_val_accuracy": val_accuracy,
+            "short_run_steps": diagnosis.short_run_steps,
+            "short_run_val_accuracy": diagnosis.val_accuracy,
             # The task's error (engine/tasks.py): 1 - accuracy, an RMSE, a per-label error.
-            "short_run_val_error": None if val_accuracy is None else 1.0 - val_accuracy,
+            "short_run_val_error": (
+                None if diagnosis.val_accuracy is None else 1.0 - diagnosis.val_accuracy
+            ),
             "seconds_to_verdict": seconds,
+            **({"fix_seconds": fix_seconds} if fix_seconds is not None else {}),
         },
         findings=findings,
         next=[] if failed else experiment.next_commands(workdir, "evaluate"),

@@ -68,7 +68,7 @@ def report_sections(summary: Summary, overfit_plot: str, curve_plot: str) -> lis
             f"steps (final loss {m['overfit_final_loss']:.3g}, {overfit_score(summary)}).\n\n"
             f"![overfit one batch]({overfit_plot})",
         ),
-        ("Short run", f"![short run]({curve_plot})"),
+        ("Short run", f"{short_run_line(summary)}\n\n![short run]({curve_plot})"),
         ("Model", model_summary.markdown(summary.model_summary, summary.config["batch_size"])),
         ("Time to verdict", f"{m['seconds_to_verdict']:.1f} s"),
         ("Training loops", loops_table(summary.loops or {})),
@@ -82,6 +82,19 @@ def overfit_score(summary: Summary) -> str:
         return f"accuracy {summary.metrics['overfit_final_accuracy']:.0%}"
     error = 1.0 - summary.metrics["overfit_final_accuracy"]
     return f"{kind.error_name} {kind.format_error(error)}"
+
+
+def short_run_line(summary: Summary) -> str:
+    """How many steps the short run trained, and why fewer than planned when a budget cut it."""
+    cut = next((f for f in summary.findings if f.id == "time_budget_cut"), None)
+    runs = [r for r in (cut.evidence["runs"] if cut else []) if r["run"] == "short run"]
+    steps = summary.metrics["short_run_steps"]
+    if not runs:
+        return f"{steps} steps."
+    return (
+        f"{steps} of {runs[0]['planned_steps']} steps: stopped at its time budget "
+        f"(`{runs[0]['config_key']}`, see `time_budget_cut`)."
+    )
 
 
 def loops_table(loops: dict[str, dict]) -> str:

@@ -171,8 +171,16 @@ def judged(finding: Finding, trials: list[LrTrial], steps: int) -> Finding:
         },
     }
     if ok:
+        best, _ = best_change(trials, steps)
+        measured = (
+            f"use lr {best.learning_rate:g}, the trials' best "
+            f"(--config.optimizer.learning_rate={best.learning_rate:g})"
+        )
         return dataclasses.replace(
-            finding, message=f"{finding.message}; confirmed: {outcome}", evidence=evidence
+            finding,
+            message=f"{finding.message}; confirmed: {outcome}",
+            evidence=evidence,
+            suggestions=[measured, *finding.suggestions],
         )
     return dataclasses.replace(
         finding,

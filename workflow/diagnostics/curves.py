@@ -222,13 +222,21 @@ def _lr_text(learning_rate: float | None) -> str:
     return f" (now {learning_rate:g})" if learning_rate is not None else ""
 
 
+def _lr_target(learning_rate: float | None, factor: float) -> str:
+    """', e.g. to 0.003 (--config.optimizer.learning_rate=0.003)', or ', e.g. by 10x'."""
+    if not learning_rate:
+        return f", e.g. by {max(factor, 1 / factor):g}x"
+    target = f"{learning_rate * factor:g}"
+    return f", e.g. to {target} (--config.optimizer.learning_rate={target})"
+
+
 def _lower_lr(learning_rate: float | None) -> str:
-    target = f", e.g. to {learning_rate / LR_FACTOR:g}" if learning_rate else ", e.g. by 10x"
+    target = _lr_target(learning_rate, 1 / LR_FACTOR)
     return f"lower the learning rate{_lr_text(learning_rate)}{target}"
 
 
 def _raise_lr(learning_rate: float | None) -> str:
-    target = f", e.g. to {learning_rate * LR_FACTOR:g}" if learning_rate else ", e.g. by 10x"
+    target = _lr_target(learning_rate, LR_FACTOR)
     return (
         f"raise the learning rate{_lr_text(learning_rate)}{target}, or run a learning-rate "
         "range test to pick it"
@@ -252,7 +260,10 @@ _GRADIENTS = (
     "check that gradients reach every layer (no stop_gradient or detached parameters, no dead "
     "ReLUs or saturated tanh/sigmoid)"
 )
-_REGULARIZATION = "reduce the regularization (l2, weight decay, dropout)"
+_REGULARIZATION = (
+    "reduce the regularization (l2, weight decay, dropout; --config.l2=0.0 turns the L2 penalty "
+    "off)"
+)
 _LOGITS = (
     "check the loss gets logits: a softmax before softmax_cross_entropy (probabilities into a "
     "logits loss) flattens the loss"

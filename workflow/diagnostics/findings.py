@@ -68,6 +68,9 @@ class FindingKind:
     checklist: str | None = None  # its row in the debug report's checklist
     group: str | None = None  # VERDICT, ERROR_ANALYSIS: a set some code reads
     repeats: bool = False  # several stand side by side (one per step, per parameter)
+    # Its suggestions name config flags (`--config.key=value`) that may fix it: the debug
+    # stage's `debug.fix` applies the first that changes the config (diagnostics/fixes.py).
+    config_fix: bool = False
 
 
 KINDS = (
@@ -276,6 +279,7 @@ KINDS = (
         "debug",
         explains=("loss_exploding", "cannot_overfit_batch"),
         checklist=INPUTS_ROW,
+        config_fix=True,
     ),
     FindingKind(
         "no_gradient",
@@ -300,6 +304,7 @@ KINDS = (
         "debug",
         explains=("loss_exploding", "cannot_overfit_batch"),
         checklist=GRADIENTS_ROW,
+        config_fix=True,
     ),
     FindingKind(
         "vanishing_gradients",
@@ -318,6 +323,7 @@ KINDS = (
         "curve diagnosis, tune",
         explains=("loss_exploding", "loss_increasing", "loss_oscillating", "cannot_overfit_batch"),
         checklist=CURVE_ROW,
+        config_fix=True,
     ),
     FindingKind(
         "lr_too_low",
@@ -329,6 +335,7 @@ KINDS = (
         "curve diagnosis, debug, tune",
         explains=("loss_plateau", "cannot_overfit_batch"),
         checklist=CURVE_ROW,
+        config_fix=True,
     ),
     FindingKind(
         "initial_loss_off",
@@ -372,6 +379,7 @@ KINDS = (
         "curve diagnosis, tune",
         explains=("cannot_overfit_batch",),
         checklist=CURVE_ROW,
+        config_fix=True,
     ),
     FindingKind(
         "cannot_overfit_batch",
@@ -388,6 +396,23 @@ KINDS = (
         "that way (one per hyperparameter)",
         "tune",
         repeats=True,
+    ),
+    FindingKind(
+        "time_budget_cut",
+        "info",
+        "the debug stage's overfit run or short run stopped at its time budget "
+        "(`debug.overfit_seconds`, `debug.train_seconds`) before its steps, with the measured "
+        "step time and what the shorter run means for the verdict",
+        "debug",
+    ),
+    FindingKind(
+        "config_fix",
+        "info",
+        "with `debug.fix`: the top finding's first config-level suggestion, applied and the debug "
+        "checks rerun: whether the finding is gone and the overfit and short runs now pass (a "
+        "warning when the fix did not repair the setup; info naming the code to change when the "
+        "finding has no config-level fix)",
+        "debug",
     ),
     FindingKind(
         "corrupt_checkpoint",

@@ -7,6 +7,7 @@ import numpy as np
 from flax import nnx
 
 from workflow import engine
+from workflow.diagnostics.budget import StepBudget
 from workflow.diagnostics.findings import Finding
 from workflow.engine.progress import Progress
 from workflow.engine.state import copy_state
@@ -31,6 +32,8 @@ class OverfitResult:
     accuracies: np.ndarray
     loop: dict | None = None  # the form its steps ran in (Summary.loops["overfit"])
     outputs: np.ndarray | None = None  # the model's (eval-mode) outputs on the batch at the end
+    budget_cut: bool = False  # stopped by its time budget before max_steps, not memorized
+    seconds_per_step: float | None = None  # measured, compilation excluded (None: no step ran)
 
 
 @engine.jit_for_few_runs(static_argnums=0)
@@ -49,24 +52,33 @@ def overfit_one_batch(
     loss_fraction: float,
     chunk: int = 50,
     loop: str = "auto",
+    max_seconds: float | None = None,
     progress: bool = False,
 ) -> OverfitResult:
     """Train on one batch until it is memorized (100% accuracy, loss near zero) or max_steps;
-    `loop`: the form of the training loop (config.loop, engine.loop_form); `progress`: a bar."""
+    `loop`: the form of the training loop (config.loop, engine.loop_form). `max_seconds`: the
+    time budget of its steps (compilation excluded, budget.StepBudget): no chunk starts that
+    the measured step time says would end past it. `progress`: a bar."""
     multi_step = engine.make_train_loop(task, form=loop)
     xb, yb = jnp.asarray(x), jnp.asarray(y)
     indices = jnp.asarray(np.tile(np.arange(len(x)), (chunk, 1)))
     state = copy_state(state)
     losses, accuracies = [], []
-    passed, steps = False, 0
+    passed, steps, cut = False, 0, False
+    clock = StepBudget(max_seconds)
     with Progress(max_steps, "overfit one batch", "step", enabled=progress) as bar:
         bar.phase("compiling")
         while steps < max_steps:
+            if not clock.fits(chunk):
+                cut = True
+                break
+            t0 = engine.now()
             state, metrics = multi_step(state, xb, yb, indices, watch=bar.watch)
-            bar.phase()
-            bar.advance_to(min(steps + chunk, max_steps), loss=f"{float(metrics['loss'][-1]):.4f}")
             losses.append(np.asarray(metrics["loss"]))
             accuracies.append(np.asarray(metrics["accuracy"]))
+            clock.charge(chunk, engine.now() - t0, multi_step.choice)
+            bar.phase()
+            bar.advance_to(min(steps + chunk, max_steps), loss=f"{float(losses[-1][-1]):.4f}")
             all_losses = np.concatenate(losses)
             target = loss_fraction * all_losses[0]
             # Memorized: every example right (the task says what that is) and the loss near zero.
@@ -92,6 +104,8 @@ def overfit_one_batch(
         accuracies=acc,
         loop=multi_step.choice.to_json(),
         outputs=np.asarray(outputs, np.float64),
+        budget_cut=cut and not passed,
+        seconds_per_step=clock.seconds_per_step,
     )
 
 
@@ -133,7 +147,8 @@ def slow_overfit_finding(
             "learning_at_learning_rate": learning,
         },
         suggestions=[
-            f"raise the learning rate towards {10 * learning_rate:g}, or find it with "
+            f"raise the learning rate towards {10 * learning_rate:g} "
+            f"(--config.optimizer.learning_rate={10 * learning_rate:g}), or find it with "
             "workflow.tune's range test",
             f"or train longer than {config.debug.overfit_steps} steps",
         ],

@@ -74,6 +74,11 @@ PROBE_ROUNDS = 3
 # a scan call shorter than CLEAR_SECONDS is timed again, warm, first.
 CLEAR_FACTOR = 3.0
 CLEAR_SECONDS = 0.5
+# On the CPU, a step with RISKY_OPS that takes at least this long alone runs in the step form
+# without trying the scan: the scan saves only the per-step dispatch (well under a millisecond,
+# a few percent of such a step, less than STEP_MARGIN), and trying it costs a compile and steps
+# that may run many times slower (the debug stage's budgets would pay for it first).
+UNSCANNED_STEP_SECONDS = 0.01
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +112,12 @@ class LoopChoice:
                 "scan's saving to matter; progress shows per step)"
             )
         when = "measured" if self.source == "measured" else "measured earlier in this process"
+        if self.scan_seconds_per_step is None:
+            return (
+                f"{form} ({when}: {_seconds(self.step_seconds_per_step)}/step alone; the scan "
+                "not tried, as a step this slow with convolutions gains nothing under it on the "
+                "CPU)"
+            )
         return (
             f"{form} ({when}: {_seconds(self.step_seconds_per_step)}/step alone, "
             f"{_seconds(self.scan_seconds_per_step)}/step under lax.scan)"
@@ -347,6 +358,15 @@ def _dispatch(
     return carry, outputs
 
 
+def _on_cpu(tree: Any) -> bool:
+    """Whether the arrays of `tree` live on CPU devices."""
+    return all(
+        next(iter(leaf.sharding.device_set)).platform == "cpu"
+        for leaf in jax.tree.leaves(tree)
+        if isinstance(leaf, jax.Array)
+    )
+
+
 def _over_cpu_devices(tree: Any) -> bool:
     """Whether any array of `tree` spans several CPU devices."""
     return any(
@@ -429,6 +449,8 @@ def decide(
       * else the call's own K steps run under the scan, on `carry` itself, and their time
         decides (confirmed by a second, warm call on the copy before leaving the scan): no step
         is wasted, nor a compile.
+    On the CPU, a `guarded` step slower than UNSCANNED_STEP_SECONDS alone takes the step form
+    without trying the scan (its scan time is then None).
     Every time measured passes through `agree` (process 0's, for a program over several
     processes), so that every process takes the same path and the same choice. A slow step
     (SLOW_STEP_SECONDS, in a call longer than SLOW_CALL_SECONDS) takes the step form at once.
@@ -454,9 +476,9 @@ def decide(
         outputs = jax.device_get(outputs)
         return state, outputs, agree((time.perf_counter() - t0) / _steps(scan_rows))
 
-    def chosen(step_s: float, scan_s: float, seconds: float | None = None) -> LoopChoice:
+    def chosen(step_s: float, scan_s: float | None, seconds: float | None = None) -> LoopChoice:
         return LoopChoice(
-            form=choose(step_s, scan_s),
+            form="step" if scan_s is None else choose(step_s, scan_s),
             source="measured",
             scan_seconds_per_step=scan_s,
             step_seconds_per_step=step_s,
@@ -490,6 +512,8 @@ def decide(
         probe, seconds = step_block(probe, count)
         step_times.append(seconds)
     step_s = float(np.median(step_times))
+    if guarded and step_s >= UNSCANNED_STEP_SECONDS and _on_cpu(carry):
+        return chosen(step_s, None), None
     if guarded:
         length = min(steps, max(MIN_PROBE_STEPS, math.ceil(PROBE_SECONDS / step_s)))
         short_rows = programs.first_rows(length, rows)
