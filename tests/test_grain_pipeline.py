@@ -204,6 +204,21 @@ def test_a_checkpoint_without_a_data_state_resumes_on_the_grain_pipeline(referen
     assert resumed == [r for r in records(ref_dir) if r["step"] > 40]
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux's /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
 @pytest.mark.slow
 def test_kill_9_with_grain_workers_then_the_same_command_ends_with_the_uninterrupted_records(
     tmp_path,
@@ -239,9 +254,15 @@ def test_kill_9_with_grain_workers_then_the_same_command_ends_with_the_uninterru
         assert proc.poll() is None, "the run ended before it could be killed"
         assert time.monotonic() < deadline, "no checkpoint at step 100 in time"
         time.sleep(0.05)
+    workers = children(proc.pid)
+    assert workers, "no grain worker process"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / "summary.json").exists()  # killed mid-run, before the end
+    deadline = time.monotonic() + 30
+    while any(os.path.exists(f"/proc/{pid}") for pid in workers):  # they die with the run
+        assert time.monotonic() < deadline, "grain workers outlived the killed run"
+        time.sleep(0.1)
 
     resumed = run_stage("start_simple", *args, f"--workdir={killed}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -226,9 +226,22 @@ def step_batches(
             grain.MultiprocessingOptions(
                 num_workers=settings.worker_count,
                 per_worker_buffer_size=settings.worker_buffer_size,
-            )
+            ),
+            worker_init_fn=die_with_parent,
         )
     return batches
+
+
+def die_with_parent(worker_index: int, worker_count: int) -> None:
+    """In a grain worker: end with the training process, even when it is killed (kill -9
+    leaves no chance to close the workers, which would otherwise linger); Linux only."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 # ----------------------------------------------------------------------------- feeding

@@ -4,7 +4,10 @@ A checkpoint is the TrainState as plain nested dicts: {"step", "params", "model_
 "opt_state"}, where "params" is exactly `nnx.state(model, nnx.Param).to_pure_dict()` of the
 model (string keys; typed PRNG keys as their raw key data). Orbax's standard API reads it back
 outside the workflow, and `nnx.replace_by_pure_dict` puts it into a model built from the run's
-config (docs/run-directory.md shows how). Checkpoints of the older flat layout (one
+config (docs/run-directory.md shows how). On the grain pipeline (data.pipeline) a checkpoint
+also holds DATA_STATE, the input iterator's JSON state as bytes, so it is written in the same
+atomic step and covered by the same checksum; `data_state(step)` returns what a restore read.
+Checkpoints of the older flat layout (one
 {".params['l1']['kernel'].value": array} mapping) still restore.
 
 Each save first records a SHA-256 digest of the arrays in checkpoints/checksums.json, so a
