@@ -108,11 +108,13 @@ def test_a_chunk_stacks_each_steps_batch_and_a_stream_resumes_from_its_saved_sta
         ({"dataset.grain.worker_count": -1}, "dataset.grain.worker_count=-1: must be an integer"),
         ({"dataset.grain.prefetch_chunks": 0}, "dataset.grain.prefetch_chunks=0: must be"),
         ({"dataset.grain.worker_buffer_size": 0}, "dataset.grain.worker_buffer_size=0"),
+        ({"dataset.grain.augment_on_host": 1}, "augment_on_host=1: must be True or False"),
     ],
 )
 def test_bad_pipeline_settings_are_one_line_naming_the_value(overrides, words):
     config = small_config()
-    config.update_from_flattened_dict(overrides)
+    with config.ignore_type():
+        config.update_from_flattened_dict(overrides)
     with pytest.raises(UsageError, match=words):
         config_lib.validate_config(config)
 
@@ -125,6 +127,28 @@ def test_a_bad_pipeline_on_the_command_line_exits_2_and_writes_nothing(tmp_path)
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
     assert "dataset.pipeline='disk'" in lines[0] and "memory, grain" in lines[0]
     assert not workdir.exists()
+
+
+def fit_records(config) -> list[dict]:
+    """engine.fit's records of `config` from its initial state, timing fields left out."""
+    setup = experiment.prepare(config)
+    result = engine.fit(setup.task, setup.state, setup.dataset, config, progress=False)
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in result.records]
+
+
+def test_augmentation_on_the_host_gives_the_train_steps_augmented_numbers():
+    # Image shifts drawn from step_key(seed, step) on the host's CPU in the grain pipeline,
+    # instead of in the train step: the same augmented batches, so the same records.
+    overrides = {"num_steps": 20, "steps_per_call": 10, "eval_every": 20, "augment.enabled": True}
+    in_step = fit_records(small_config("image", "mlp", **overrides))
+    on_host = fit_records(
+        small_config(
+            "image", "mlp", **overrides, **GRAIN, **{"dataset.grain.augment_on_host": True}
+        )
+    )
+    plain = fit_records(small_config("image", "mlp", **{**overrides, "augment.enabled": False}))
+    assert on_host == in_step
+    assert on_host != plain  # the augmentation changed the numbers: it ran
 
 
 # ----------------------------------------------------------------------------- item 2
@@ -273,3 +297,25 @@ def test_kill_9_with_grain_workers_then_the_same_command_ends_with_the_uninterru
     same_numbers(summary["metrics"], reference["metrics"])
     assert records(killed) == records(tmp_path / "whole")
     assert saved_data_state(killed, 300)["first_step"] == 0  # the iterator was carried over
+
+
+# ----------------------------------------------------------------------------- two processes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["replicated", "per_host"])
+def test_two_processes_on_grain_read_their_parts_to_the_memory_pipelines_numbers(layout, tmp_path):
+    # Each process reads its half of every batch (replicated: from the whole split; per_host:
+    # from its own shard, as its device block would) and the global batch is assembled from
+    # the halves: the memory pipeline's numbers in the same layout.
+    from tests.test_multihost import run_two_processes, summary_of
+
+    flags = [f"--config.parallel.data={layout}"]
+    runs = run_two_processes(tmp_path / "grain", *flags, "--config.dataset.pipeline=grain")
+    for pid in (0, 1):
+        assert runs[pid]["fit"]["data"]["pipeline"] == "grain"
+    run_two_processes(tmp_path / "memory", *flags)
+    grain, memory = summary_of(tmp_path / "grain"), summary_of(tmp_path / "memory")
+    assert grain["metrics"]["steps"] == memory["metrics"]["steps"] == 60
+    for key in ("train_loss", "val_loss", "test_loss", "test_accuracy"):
+        assert grain["metrics"][key] == pytest.approx(memory["metrics"][key], abs=1e-5), key

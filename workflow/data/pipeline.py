@@ -30,6 +30,7 @@ Evaluation (val/test) stays in memory (engine.evaluator).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import queue
 import threading
 from collections.abc import Sequence
@@ -58,6 +59,9 @@ def default_config() -> ml_collections.ConfigDict:
             "read_threads": 2,
             # Chunks (K steps' batches, stacked) the feeder prepares ahead of the devices.
             "prefetch_chunks": 1,
+            # With augment.enabled: augment each batch on the host as it is read (in the
+            # workers), not in the train step; the same function and keys, on the host's CPU.
+            "augment_on_host": False,
         }
     )
 
@@ -81,6 +85,11 @@ def validate_config(dataset: ml_collections.ConfigDict) -> None:
             raise UsageError(
                 f"invalid value dataset.grain.{key}={value!r}: must be an integer >= {low}"
             )
+    on_host = settings.get("augment_on_host", False)
+    if not isinstance(on_host, bool):
+        raise UsageError(
+            f"invalid value dataset.grain.augment_on_host={on_host!r}: must be True or False"
+        )
 
 
 # ----------------------------------------------------------------------------- sources
@@ -196,14 +205,51 @@ def _grain():
 
 
 @dataclasses.dataclass(frozen=True)
+class HostAugment:
+    """engine.augment's augmentation of one step's batch, run on the host's CPU: the function
+    and the key (`step_key(seed, step)`) the train step would use, so the batches are the ones
+    the step would have augmented (picklable: grain's workers run it)."""
+
+    kind: str
+    options: dict
+    seed: int
+
+    def __call__(self, step: int, x: np.ndarray) -> np.ndarray:
+        import jax
+
+        from workflow.engine import augment
+
+        cpu = jax.devices("cpu")[0]
+        with jax.default_device(cpu):
+            key = augment.step_key(self.seed, np.int32(step))
+            out = _cpu_augment(self.kind, tuple(sorted(self.options.items())))(key, x)
+        return np.asarray(out)
+
+
+@functools.lru_cache(maxsize=8)
+def _cpu_augment(kind: str, options: tuple):
+    """The jitted augmentation of `kind` with `options` (compiled once per process)."""
+    import jax
+
+    from workflow.engine import augment
+
+    return jax.jit(augment.make_augment(kind, {kind: dict(options)}))
+
+
+@dataclasses.dataclass(frozen=True)
 class ReadStepBatch:
-    """step -> this process's (x, y) batch of that step (picklable: grain's workers run it)."""
+    """step -> this process's (x, y) batch of that step, augmented when `augment` is given
+    (picklable: grain's workers run it)."""
 
     source: ExampleSource
     plan: BatchPlan
+    augment: HostAugment | None = None
 
     def __call__(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        return read_batch(self.source, self.plan.indices(int(step)))
+        x, y = read_batch(self.source, self.plan.indices(int(step)))
+        if self.augment is not None:
+            x = self.augment(int(step), x)
+        return x, y
 
 
 def step_batches(
@@ -212,10 +258,12 @@ def step_batches(
     first_step: int,
     last_step: int,
     settings: ml_collections.ConfigDict,
+    augment: HostAugment | None = None,
 ):
     """The grain IterDataset of the batches of steps [first_step, last_step), in order."""
     grain = _grain()
-    dataset = grain.MapDataset.range(first_step, last_step).map(ReadStepBatch(source, plan))
+    read = ReadStepBatch(source, plan, augment)
+    dataset = grain.MapDataset.range(first_step, last_step).map(read)
     read = grain.ReadOptions(
         num_threads=settings.read_threads,
         prefetch_buffer_size=max(1, settings.read_threads * settings.worker_buffer_size),
@@ -233,12 +281,18 @@ def step_batches(
 
 
 def die_with_parent(worker_index: int, worker_count: int) -> None:
-    """In a grain worker: end with the training process, even when it is killed (kill -9
-    leaves no chance to close the workers, which would otherwise linger); Linux only."""
+    """In a grain worker: JAX (host augmentation) on the CPU alone, never taking an
+    accelerator's memory; and end with the training process, even when it is killed (kill -9
+    leaves no chance to close the workers, which would otherwise linger; Linux only)."""
     import ctypes
+    import os
     import signal
     import sys
 
+    if "jax" in sys.modules:
+        sys.modules["jax"].config.update("jax_platforms", "cpu")
+    else:
+        os.environ["JAX_PLATFORMS"] = "cpu"
     if sys.platform.startswith("linux"):
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
@@ -333,6 +387,17 @@ class ChunkFeeder:
             close()
 
 
+def host_augment(config: ml_collections.ConfigDict) -> HostAugment | None:
+    """The augmentation the pipeline runs on the host (dataset.grain.augment_on_host with
+    augment.enabled), or None: the train step augments, if anything does."""
+    settings = config.dataset.get("grain", default_config())
+    augment = config.get("augment")
+    if not settings.get("augment_on_host", False) or augment is None or not augment.enabled:
+        return None
+    kind = augment.kind
+    return HostAugment(kind, augment[kind].to_dict(), int(config.seed))
+
+
 def data_state(first_step: int, step: int, iterator_state: dict) -> dict:
     """The checkpoint's record of the pipeline at `step` (JSON)."""
     return {
@@ -368,6 +433,7 @@ class Stream:
         start_step: int,
         chunks: Sequence[int],
         resume: dict | None = None,
+        augment: HostAugment | None = None,
     ):
         settings = config.dataset.get("grain", default_config())
         if resume is not None:
@@ -375,7 +441,7 @@ class Stream:
             self.first_step = int(resume["first_step"])
         else:
             self.first_step = start_step
-        batches = step_batches(source, plan, self.first_step, config.num_steps, settings)
+        batches = step_batches(source, plan, self.first_step, config.num_steps, settings, augment)
         iterator = iter(batches)
         if resume is not None:
             iterator.set_state(resume["iterator"])

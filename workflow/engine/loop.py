@@ -261,19 +261,16 @@ def stream_training_data(
     if held_in_parts:  # every process draws from as many examples as the smallest shard holds
         rows = int(np.min(distributed.allgather(np.asarray([rows]))))
     plan = pipeline.process_part(rows, config.batch_size, config.seed, held_in_parts=held_in_parts)
-    if plan.part > rows:
-        raise pipeline.UsageError(
-            f"batch_size={config.batch_size} asks {plan.part} examples per process of "
-            f"{rows}; use batch_size <= {rows * plan.processes}"
-        )
     source = pipeline.ArraySource(x_host, y_host)
-    stream = pipeline.Stream(source, plan, config, start_step, chunks, resume)
+    augment = pipeline.host_augment(config)
+    stream = pipeline.Stream(source, plan, config, start_step, chunks, resume, augment)
     settings = config.dataset.get("grain", pipeline.default_config())
     info = {
         "layout": "streamed",
         "pipeline": "grain",
         "examples": rows * (plan.processes if held_in_parts else 1),
         "worker_count": settings.worker_count,
+        "augment_on_host": augment is not None,
     }
     return StreamedTrainingData(stream, mesh, config.batch_size, info)
 
@@ -415,6 +412,8 @@ def fit(
         training = stream_training_data(
             dataset, config, mesh, start_step, [] if stopped else chunks, resume
         )
+        if training.info["augment_on_host"]:  # the batches arrive augmented
+            task = dataclasses.replace(task, augment=None)
         multi_step = make_batch_train_loop(task, mesh, shardings, form=form)
     else:
         training = place_training_data(dataset, config, mesh)
