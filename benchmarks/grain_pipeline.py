@@ -10,14 +10,16 @@ Both pipelines train the same config with `engine.fit`, the loop every stage run
   grain_workers  the same with one grain worker process reading the batches.
 
 Cases: the MNIST-1D paper's MLP (40-100-100-10, batch 100) and LeNet on 28x28x1 synthetic
-images (batch 100). The rate is fit's own (`FitResult.steps_per_s`: the calls that compiled
-excluded, a wait for the feeder included, so a starved device shows as a lower rate), times
-the batch size. The pipelines run in rounds, in an order shuffled from round to round; each
+images (batch 100); on an accelerator also `--cases=resnet20_32x32` (ResNet-20 on 32x32x3
+synthetic images, batch 128: whether the host keeps a CIFAR-sized ResNet fed). The rate is
+fit's own (`FitResult.steps_per_s`: the calls that compiled excluded, a wait for the feeder
+included, so a starved device shows as a lower rate), times the batch size. The pipelines run in rounds, in an order shuffled from round to round; each
 ratio is the median over rounds of the per-round ratio to memory (other processes change the
 machine's speed from second to second; blocks of one round see nearly the same machine).
 
 Command:
     python -m benchmarks.grain_pipeline --out=benchmarks/results/cpu_grain_pipeline.json
+    python -m benchmarks.grain_pipeline --cases=resnet20_32x32,mlp_mnist1d   # on a GPU
 """
 
 import argparse
@@ -41,20 +43,23 @@ PIPELINES = {
     "grain": {"dataset.pipeline": "grain", "dataset.grain.worker_count": 0},
     "grain_workers": {"dataset.pipeline": "grain", "dataset.grain.worker_count": 1},
 }
-CASES = ("mlp_mnist1d", "lenet_28x28")
+CASES = ("mlp_mnist1d", "lenet_28x28", "resnet20_32x32")
+DEFAULT_CASES = ("mlp_mnist1d", "lenet_28x28")  # resnet20_32x32: for an accelerator
 
 
 def case_config(name: str, steps: int, steps_per_call: int) -> ml_collections.ConfigDict:
     """The config of benchmark case `name`, training `steps` steps."""
     if name == "mlp_mnist1d":
         config = common.paper_config("mlp", steps=steps)
-    elif name == "lenet_28x28":
+    elif name in ("lenet_28x28", "resnet20_32x32"):
         path = os.path.join(config_lib.project_root(), "configs", "synthetic.py")
-        config = config_lib.load_config_file(path, "image")
-        config.dataset.kwargs.image_size = 28
-        config.dataset.kwargs.num_train = 3000
+        lenet = name == "lenet_28x28"
+        config = config_lib.load_config_file(path, "image" if lenet else "image,resnet20")
+        config.dataset.kwargs.image_size = 28 if lenet else 32
+        config.dataset.kwargs.channels = 1 if lenet else 3
+        config.dataset.kwargs.num_train = 3000 if lenet else 10000
         config.dataset.kwargs.num_test = 500
-        config.batch_size = 100
+        config.batch_size = 100 if lenet else 128
         config.num_steps = steps
         config.log_every = steps
         config.eval_every = steps  # validation only at the end: not part of the benchmark
@@ -121,10 +126,12 @@ def benchmark_case(name: str, steps: int, steps_per_call: int, rounds: int, seed
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
+    parser.add_argument(
+        "--cases", default=",".join(DEFAULT_CASES), help=f"comma-separated: {', '.join(CASES)}"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--mlp_steps", type=int, default=3000)
-    parser.add_argument("--lenet_steps", type=int, default=120)
+    parser.add_argument("--lenet_steps", type=int, default=120, help="and resnet20's")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="results JSON")
     return parser.parse_args(argv)
