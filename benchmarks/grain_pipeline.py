@@ -13,9 +13,10 @@ Cases: the MNIST-1D paper's MLP (40-100-100-10, batch 100) and LeNet on 28x28x1 
 images (batch 100); on an accelerator also `--cases=resnet20_32x32` (ResNet-20 on 32x32x3
 synthetic images, batch 128: whether the host keeps a CIFAR-sized ResNet fed). The rate is
 fit's own (`FitResult.steps_per_s`: the calls that compiled excluded, a wait for the feeder
-included, so a starved device shows as a lower rate), times the batch size. The pipelines run in rounds, in an order shuffled from round to round; each
-ratio is the median over rounds of the per-round ratio to memory (other processes change the
-machine's speed from second to second; blocks of one round see nearly the same machine).
+included, so a starved device shows as a lower rate), times the batch size. The pipelines
+run in rounds, in an order shuffled from round to round; each ratio is the median over rounds
+of the per-round ratio to memory (other processes change the machine's speed from second to
+second; blocks of one round see nearly the same machine).
 
 Command:
     python -m benchmarks.grain_pipeline --out=benchmarks/results/cpu_grain_pipeline.json

@@ -371,6 +371,16 @@ def checkpoint_due(
     return step == config.num_steps or periodic or improved or stopped
 
 
+def save_checkpoint(checkpointer, step: int, state: TrainState, training) -> None:
+    """Checkpoint `state` at `step`, with the input pipeline's state where it has one (the
+    memory pipeline has none, and saves exactly as before it existed)."""
+    data_state = training.state_at(step)
+    if data_state is None:
+        checkpointer.save(step, state)
+    else:
+        checkpointer.save(step, state, data_state=data_state)
+
+
 # ----------------------------------------------------------------------------- fit
 
 
@@ -463,7 +473,7 @@ def fit(
                         best_state = copy_state(state)
                     stopped = tracker.exhausted and step < config.num_steps
             if checkpointer and checkpoint_due(step, config, improved=improved, stopped=stopped):
-                checkpointer.save(step, state, data_state=training.state_at(step))
+                save_checkpoint(checkpointer, step, state, training)
                 last_checkpoint = step
             if stopped:
                 break
