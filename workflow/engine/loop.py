@@ -406,6 +406,11 @@ def fit(
     best state again; the latest checkpoint stays the state where training stopped, so a
     resumed run's numbers are the uninterrupted run's. `log_layers`, when given, receives the
     per-layer statistics of a training batch at each evaluation (engine.layer_statistics).
+
+    config.dataset.pipeline picks where training batches come from: "memory" places the split
+    on the devices (place_training_data); "grain" streams host-read batches
+    (stream_training_data, workflow.data.pipeline), resuming the iterator state the
+    checkpoint at `state.step` holds, and saves that state with every checkpoint.
     """
     mesh = data_mesh(config)
     state, shardings = place_state(state, config, mesh)
