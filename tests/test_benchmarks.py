@@ -230,3 +230,24 @@ def test_time_to_goal_writes_the_issues_json_and_table(tmp_path, monkeypatch):
     assert "2.50x" in time_to_goal.table({"mnist1d": result})
     with pytest.raises(SystemExit):
         time_to_goal.main(["--problems=imagenet"])
+
+
+@pytest.mark.slow
+def test_grain_pipeline_writes_each_pipelines_rate_and_ratio(tmp_path):
+    from benchmarks import grain_pipeline
+
+    out = tmp_path / "grain.json"
+    argv = ["--cases=mlp_mnist1d", "--rounds=1", "--mlp_steps=200", f"--out={out}"]
+    assert grain_pipeline.main(argv) == 0
+    mlp = json.loads(out.read_text())["cases"]["mlp_mnist1d"]
+    for pipeline in ("memory", "grain", "grain_workers"):
+        assert mlp[f"{pipeline}_examples_per_s"] > 0
+    assert mlp["grain_over_memory"] == pytest.approx(
+        mlp["grain_examples_per_s"] / mlp["memory_examples_per_s"]
+    )
+
+
+def test_grain_pipeline_refuses_an_unknown_case():
+    from benchmarks import grain_pipeline
+
+    assert grain_pipeline.main(["--cases=resnet_imagenet"]) == 2

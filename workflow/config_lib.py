@@ -10,7 +10,7 @@ import ml_collections
 from ml_collections import config_dict
 
 import models
-from workflow.data import readers
+from workflow.data import pipeline, readers
 from workflow.engine import augment, loop_form, tasks
 from workflow.engine.distributed import DATA_LAYOUTS
 from workflow.errors import UsageError, as_usage_error, user_code
@@ -165,6 +165,11 @@ def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collection
             "normalize": True,
             "data_dir": config_dict.placeholder(str),
             "kwargs": ml_collections.ConfigDict(),
+            # Where training batches are assembled (workflow/data/pipeline.py): "memory" (the
+            # split on the devices, batches gathered there) or "grain" (read on the host and
+            # streamed, for data larger than device memory or decoded on the host).
+            "pipeline": "memory",
+            "grain": pipeline.default_config(),
         }
     )
     config.model = model
@@ -379,6 +384,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _require(_is_number(tf) and 0 < tf < 1, "dataset.test_fraction", tf, "must lie in (0, 1)")
     ts = config.dataset.train_size
     _require(ts is None or ts > 0, "dataset.train_size", ts, "must be a positive integer or None")
+    pipeline.validate_config(config.dataset)
     if "augment" in config:
         _validate_augment(config.augment)
     if "early_stopping" in config:

@@ -3,7 +3,8 @@
 Modules: `dataset` (the Dataset and the loading pipeline), `sources` (MNIST-1D, digits, TFDS, user
 loaders, data handed over in Python), `readers` (a user's files: .npz, .npy, CSV, Parquet, image
 folders), `text` (tokens and vocabulary), `validation`, `normalization`, `batching` (example
-order), `shards` (per-host data), `synthetic` (generators with a known irreducible error).
+order), `shards` (per-host data), `synthetic` (generators with a known irreducible error),
+`pipeline` (config.dataset.pipeline="grain": training batches read on the host and streamed).
 
 Input conventions: images (N, H, W, C), sequences (N, T, F), tabular (N, D); x is float32 and y
 int32 class indices. ``load_dataset`` runs: raw load -> validate -> carve val -> subset train ->

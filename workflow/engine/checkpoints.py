@@ -4,7 +4,10 @@ A checkpoint is the TrainState as plain nested dicts: {"step", "params", "model_
 "opt_state"}, where "params" is exactly `nnx.state(model, nnx.Param).to_pure_dict()` of the
 model (string keys; typed PRNG keys as their raw key data). Orbax's standard API reads it back
 outside the workflow, and `nnx.replace_by_pure_dict` puts it into a model built from the run's
-config (docs/run-directory.md shows how). Checkpoints of the older flat layout (one
+config (docs/run-directory.md shows how). On the grain pipeline (data.pipeline) a checkpoint
+also holds DATA_STATE, the input iterator's JSON state as bytes, so it is written in the same
+atomic step and covered by the same checksum; `data_state(step)` returns what a restore read.
+Checkpoints of the older flat layout (one
 {".params['l1']['kernel'].value": array} mapping) still restore.
 
 Each save first records a SHA-256 digest of the arrays in checkpoints/checksums.json, so a
@@ -23,6 +26,7 @@ while saving is an OSError naming the checkpoints folder, never Orbax's tracebac
 import contextlib
 import errno
 import hashlib
+import json
 import logging
 import os
 import re
@@ -39,6 +43,9 @@ from workflow.engine import distributed
 from workflow.errors import UsageError
 
 CHECKSUMS = "checksums.json"
+# The input pipeline's state beside the TrainState (config.dataset.pipeline "grain"): its JSON
+# as a uint8 array, so it is written atomically with the arrays and covered by their checksum.
+DATA_STATE = "data_state"
 # The errors of the place checkpoints are written to (the user's to fix: cli words them).
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 # The room a checkpoint of N array bytes needs: N times this plus this many bytes (Orbax's
@@ -155,6 +162,24 @@ def from_flat(flat: dict, template):
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
+def encode_data_state(state: dict) -> np.ndarray:
+    """An input pipeline's JSON state as the uint8 array a checkpoint stores."""
+    return np.frombuffer(json.dumps(state, sort_keys=True).encode(), np.uint8).copy()
+
+
+def decode_data_state(array, step: int) -> dict:
+    """The JSON state `encode_data_state` stored; CorruptCheckpoint where it does not parse."""
+    try:
+        state = json.loads(np.asarray(array, np.uint8).tobytes().decode())
+    except (UnicodeDecodeError, ValueError):
+        raise CorruptCheckpoint(
+            f"checkpoint at step {step} holds an unreadable data state"
+        ) from None
+    if not isinstance(state, dict):
+        raise CorruptCheckpoint(f"checkpoint at step {step} holds a data state that is no object")
+    return state
+
+
 def _whole_on_host(value) -> bool:
     """Whether this process can read all of `value` (one host's, or replicated everywhere)."""
     if not isinstance(value, jax.Array):
@@ -172,6 +197,7 @@ class Checkpointer:
         )
         self._manager = self._new_manager()
         self._failed = False  # a save failed on storage: closing may fail the same way
+        self._data_states: dict[int, dict] = {}  # read with the states restored
 
     def _new_manager(self) -> ocp.CheckpointManager:
         # The standard handler named, so the metadata of a checkpoint (its layout) reads back.
@@ -183,10 +209,13 @@ class Checkpointer:
         """The newest complete checkpoint's step, or None."""
         return self._manager.latest_step()
 
-    def save(self, step: int, state) -> None:
+    def save(self, step: int, state, data_state: dict | None = None) -> None:
         """Write the state at `step`: its checksum first, then the arrays (atomically: Orbax
-        finalizes a temporary directory), so every finished checkpoint has its checksum."""
+        finalizes a temporary directory), so every finished checkpoint has its checksum.
+        `data_state`, the input pipeline's (JSON), is saved beside the state (DATA_STATE)."""
         nested = to_nested(state)
+        if data_state is not None:
+            nested[DATA_STATE] = encode_data_state(data_state)
         flat = named_leaves(nested)
         self._check_space(flat)
         if distributed.is_writer():  # every process writes its shards (Orbax); process 0 sums
@@ -244,6 +273,18 @@ class Checkpointer:
         keys = list(metadata.keys()) if hasattr(metadata, "keys") else []
         return bool(keys) and all(str(key).startswith(".") for key in keys)
 
+    def _data_state_shape(self, step: int) -> tuple[int, ...] | None:
+        """The shape of the data state saved at `step`, or None when it holds none."""
+        metadata = self._manager.item_metadata(step)
+        if not hasattr(metadata, "keys") or DATA_STATE not in metadata.keys():
+            return None
+        return tuple(metadata[DATA_STATE].shape)
+
+    def data_state(self, step: int) -> dict | None:
+        """The input pipeline's state restored with the checkpoint at `step` (restore reads
+        it), or None where that checkpoint holds none (the memory pipeline, older runs)."""
+        return self._data_states.get(step)
+
     def unverified_reason(self, step: int) -> str | None:
         """Why the checkpoint at `step` cannot be checked against its checksum; None when it
         can (or when it is checked by Orbax alone by design: parameters split over hosts)."""
@@ -259,6 +300,9 @@ class Checkpointer:
         try:
             flat_layout = self._flat_layout(step)
             saved = to_flat(template) if flat_layout else to_nested(template)
+            data_shape = None if flat_layout else self._data_state_shape(step)
+            if data_shape is not None:
+                saved[DATA_STATE] = np.zeros(data_shape, np.uint8)
             abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, saved)
             restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
         except Exception as e:  # noqa: BLE001 - tensorstore raises plain Exceptions
@@ -271,6 +315,8 @@ class Checkpointer:
                 f"checkpoint at step {step} does not match the checksum recorded when it was "
                 "written: its files were changed or damaged since"
             )
+        if data_shape is not None:
+            self._data_states[step] = decode_data_state(restored.pop(DATA_STATE), step)
         state = from_flat(restored, template) if flat_layout else from_nested(restored, template)
         # The state's own step counter holds even where no checksum can be read: a checkpoint
         # folder replaced by another step's is never resumed from.

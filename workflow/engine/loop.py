@@ -1,6 +1,7 @@
 """The training loop: train from the state's step to num_steps, logging, evaluating,
 checkpointing, and stopping on a non-finite loss or gradient."""
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -28,7 +29,7 @@ from workflow.engine.sharding import (
     state_shardings,
 )
 from workflow.engine.state import Task, TrainState, copy_state
-from workflow.engine.step import make_train_loop
+from workflow.engine.step import make_batch_train_loop, make_train_loop
 
 
 def first_nonfinite(values: np.ndarray) -> int | None:
@@ -163,6 +164,18 @@ class TrainingData:
             indices = distributed.global_array(indices, index_sharding(self.mesh))
         return jnp.asarray(indices)
 
+    def chunk_rows(self, config: ml_collections.ConfigDict, step: int, num_steps: int) -> tuple:
+        """The train loop's arguments after the state for steps [step, step + num_steps)."""
+        indices = self.batch_indices(config, step, num_steps)
+        return self.x, self.y, self.on_devices(indices)
+
+    def state_at(self, step: int) -> None:
+        """No data state: the batches are a function of (seed, step) alone."""
+        return None
+
+    def close(self) -> None:
+        """Nothing to release (the arrays go with the object)."""
+
 
 def place_training_data(
     dataset, config: ml_collections.ConfigDict, mesh: Mesh | None
@@ -191,6 +204,80 @@ def place_training_data(
     seen = shard.get("global_size", len(y_host)) if held_in_parts else len(y_host)
     info.update(examples=used, blocks=mesh.size, block_size=block_size, dropped=seen - used)
     return TrainingData(x, y, mesh, block_size, per_host=True, info=info)
+
+
+@dataclasses.dataclass
+class StreamedTrainingData:
+    """The grain pipeline's training batches (workflow.data.pipeline): read on the host, a
+    chunk of K steps' batches at a time, placed on the devices as the rows of the train loop."""
+
+    stream: Any  # data.pipeline.Stream
+    mesh: Mesh | None
+    batch_size: int
+    info: dict  # FitResult.data
+    per_host: bool = False  # the step's batches are never per-host blocks (see place_rows)
+
+    def chunk_rows(self, config: ml_collections.ConfigDict, step: int, num_steps: int) -> tuple:
+        """(xs, ys) of steps [step, step + num_steps) on the devices (waits for the feeder)."""
+        chunk = self.stream.next_chunk(num_steps)
+        return self.place_rows(chunk.x), self.place_rows(chunk.y)
+
+    def place_rows(self, local: np.ndarray) -> jax.Array:
+        """(K, part, ...) rows of this process's part of every batch as one global (K, batch,
+        ...) array, the batch axis split over the mesh."""
+        if self.mesh is None:
+            return jnp.asarray(local)
+        sharding = index_sharding(self.mesh)
+        if not distributed.multi_process():
+            return jax.device_put(local, sharding)
+        shape = (local.shape[0], self.batch_size, *local.shape[2:])
+        return jax.make_array_from_process_local_data(sharding, local, shape)
+
+    def state_at(self, step: int) -> dict:
+        """The data state a checkpoint at `step` (a chunk's end) stores."""
+        return self.stream.state_at(step)
+
+    def close(self) -> None:
+        """Stop the feeder and grain's workers."""
+        self.stream.close()
+
+
+def stream_training_data(
+    dataset,
+    config: ml_collections.ConfigDict,
+    mesh: Mesh | None,
+    start_step: int,
+    chunks: Sequence[int],
+    resume: dict | None,
+) -> StreamedTrainingData:
+    """The grain pipeline over the in-memory training split, from `start_step` through
+    `chunks`; `resume`, a checkpoint's data state, continues its iterator."""
+    from workflow.data import pipeline
+
+    x_host, y_host = dataset.x_train, dataset.y_train
+    shard = dataset.info.get("shard") or {}
+    held_in_parts = shard.get("processes", 1) > 1  # each process loaded only its shard
+    rows = len(y_host)
+    if held_in_parts:  # every process draws from as many examples as the smallest shard holds
+        rows = int(np.min(distributed.allgather(np.asarray([rows]))))
+    plan = pipeline.process_part(rows, config.batch_size, config.seed, held_in_parts=held_in_parts)
+    source = pipeline.ArraySource(x_host, y_host)
+    augment = pipeline.host_augment(config)
+    stream = pipeline.Stream(source, plan, config, start_step, chunks, resume, augment)
+    settings = config.dataset.get("grain", pipeline.default_config())
+    info = {
+        "layout": "streamed",
+        "pipeline": "grain",
+        "examples": rows * (plan.processes if held_in_parts else 1),
+        "worker_count": settings.worker_count,
+        "augment_on_host": augment is not None,
+    }
+    return StreamedTrainingData(stream, mesh, config.batch_size, info)
+
+
+def pipeline_of(config: ml_collections.ConfigDict) -> str:
+    """config.dataset.pipeline ("memory" where a config predates it)."""
+    return config.dataset.get("pipeline", "memory")
 
 
 # ----------------------------------------------------------------------------- per chunk
@@ -224,19 +311,19 @@ class ChunkTimer:
 def train_chunk(
     multi_step: Callable,
     state: TrainState,
-    training: TrainingData,
+    training: TrainingData | StreamedTrainingData,
     config: ml_collections.ConfigDict,
     step: int,
     num_steps: int,
     bar: Progress | None = None,
 ) -> tuple[TrainState, dict[str, np.ndarray], float]:
     """`num_steps` steps from `step` in one call: the new state, each step's metrics on the
-    host, and the call's seconds (drawing the batch indices excluded)."""
-    indices = training.batch_indices(config, step, num_steps)
+    host, and the call's seconds (with the wait for a streamed chunk: input that stalls the
+    devices counts against the rate)."""
     t0 = now()
     watch = bar.watch if bar is not None and bar.enabled else None
-    on_devices = training.on_devices(indices)
-    state, metrics = multi_step(state, training.x, training.y, on_devices, watch=watch)
+    rows = training.chunk_rows(config, step, num_steps)
+    state, metrics = multi_step(state, *rows, watch=watch)
     metrics = jax.device_get(metrics)
     return state, metrics, now() - t0
 
@@ -284,6 +371,16 @@ def checkpoint_due(
     return step == config.num_steps or periodic or improved or stopped
 
 
+def save_checkpoint(checkpointer, step: int, state: TrainState, training) -> None:
+    """Checkpoint `state` at `step`, with the input pipeline's state where it has one (the
+    memory pipeline has none, and saves exactly as before it existed)."""
+    data_state = training.state_at(step)
+    if data_state is None:
+        checkpointer.save(step, state)
+    else:
+        checkpointer.save(step, state, data_state=data_state)
+
+
 # ----------------------------------------------------------------------------- fit
 
 
@@ -309,13 +406,14 @@ def fit(
     best state again; the latest checkpoint stays the state where training stopped, so a
     resumed run's numbers are the uninterrupted run's. `log_layers`, when given, receives the
     per-layer statistics of a training batch at each evaluation (engine.layer_statistics).
+
+    config.dataset.pipeline picks where training batches come from: "memory" places the split
+    on the devices (place_training_data); "grain" streams host-read batches
+    (stream_training_data, workflow.data.pipeline), resuming the iterator state the
+    checkpoint at `state.step` holds, and saves that state with every checkpoint.
     """
     mesh = data_mesh(config)
     state, shardings = place_state(state, config, mesh)
-    training = place_training_data(dataset, config, mesh)
-    multi_step = make_train_loop(
-        task, mesh, shardings, per_host=training.per_host, form=config.get("loop", "auto")
-    )
     evaluator = Evaluator(task, config.eval_batch_size, mesh)
     start_step = step = int(state.step)
     last_checkpoint = checkpointer.latest_step() if checkpointer else None
@@ -323,6 +421,18 @@ def fit(
     stopped = tracker is not None and tracker.exhausted and start_step < config.num_steps
     every = (config.eval_every, config.checkpoint_every)  # chunks end on these steps
     chunks = schedule_chunks(start_step, config.num_steps, config.steps_per_call, every)
+    form = config.get("loop", "auto")
+    if pipeline_of(config) == "grain":
+        resume = checkpointer.data_state(start_step) if checkpointer and start_step else None
+        training = stream_training_data(
+            dataset, config, mesh, start_step, [] if stopped else chunks, resume
+        )
+        if training.info["augment_on_host"]:  # the batches arrive augmented
+            task = dataclasses.replace(task, augment=None)
+        multi_step = make_batch_train_loop(task, mesh, shardings, form=form)
+    else:
+        training = place_training_data(dataset, config, mesh)
+        multi_step = make_train_loop(task, mesh, shardings, per_host=training.per_host, form=form)
     records, step_losses, divergence, timer = [], [], None, ChunkTimer()
 
     def emit(new_records: list[dict]) -> None:
@@ -330,7 +440,8 @@ def fit(
             records.append(record)
             log(record)
 
-    with Progress(config.num_steps, "train", "step", enabled=progress, initial=start_step) as bar:
+    bar = Progress(config.num_steps, "train", "step", enabled=progress, initial=start_step)
+    with contextlib.closing(training), bar:
         bar.phase("compiling" if chunks and not stopped else "")
         t_start = now()
         for k in [] if stopped else chunks:
@@ -367,7 +478,7 @@ def fit(
                         best_state = copy_state(state)
                     stopped = tracker.exhausted and step < config.num_steps
             if checkpointer and checkpoint_due(step, config, improved=improved, stopped=stopped):
-                checkpointer.save(step, state)
+                save_checkpoint(checkpointer, step, state, training)
                 last_checkpoint = step
             if stopped:
                 break

@@ -116,6 +116,42 @@ def make_train_loop(
     )
 
 
+def make_batch_step(
+    task: Task, mesh: Mesh | None = None
+) -> Callable[..., tuple[TrainState, Metrics]]:
+    """One training step on a batch the host read, `(state, x, y) -> (state, metrics)` (the
+    grain pipeline, workflow.data.pipeline); with a mesh, the batch split over its devices."""
+    train_step = make_train_step(task)
+
+    def batch_step(state: TrainState, xb: jax.Array, yb: jax.Array):
+        if mesh is not None:
+            xb = jax.lax.with_sharding_constraint(xb, batch_sharding(mesh))
+            yb = jax.lax.with_sharding_constraint(yb, batch_sharding(mesh))
+        return train_step(state, {"x": xb, "y": yb})
+
+    return batch_step
+
+
+def make_batch_train_loop(
+    task: Task, mesh: Mesh | None = None, shardings: Any = None, form: str = "auto"
+) -> StepLoop:
+    """K training steps per call on host-read batches, `(state, xs, ys) -> (state, per-step
+    metrics)`: xs (K, batch, ...) and ys (K, batch), each row one step's batch (with a mesh,
+    every row split over the devices as index rows are); the state is donated."""
+    in_shardings = out_shardings = None
+    if mesh is not None:
+        rows = index_sharding(mesh)  # (K, batch, ...): the batch axis split, as for indices
+        in_shardings = (shardings, rows, rows)
+        out_shardings = (shardings, replicated(mesh))
+    return StepLoop(
+        make_batch_step(task, mesh),
+        num_shared=0,
+        form=form,
+        in_shardings=in_shardings,
+        out_shardings=out_shardings,
+    )
+
+
 def make_multi_step(
     task: Task, mesh: Mesh | None = None, shardings: Any = None, per_host: bool = False
 ) -> StepLoop:

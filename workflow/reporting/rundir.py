@@ -112,6 +112,10 @@ REPLACED_ON_RERUN = ("debug",)
 RESUMABLE_KEYS: dict[str, str] = {
     "progress": "the console's progress bar: no file and no number depends on it",
     "tensorboard": "what the TensorBoard events hold besides metrics.jsonl's numbers",
+    "dataset.grain": (
+        "how the grain pipeline reads (threads, workers, prefetch): the same batches in the same "
+        "order"
+    ),
     "loop": (
         "how a call runs its steps (engine/loop_form.py): the same steps on the same data, "
         "equal to float rounding"
@@ -536,6 +540,7 @@ ADDED_KEYS: dict[str, Any] = {
     "optimizer.clip_norm": 0.0,
     "optimizer.accumulate_steps": 1,
     "tensorboard.histograms": True,
+    "dataset.pipeline": "memory",
 }
 
 
