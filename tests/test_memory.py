@@ -121,9 +121,19 @@ def test_out_of_memory_becomes_a_finding_with_the_sizes_and_what_to_scale_back(t
     kinds = [s.split(":")[0] for s in finding["suggestions"]]
     assert kinds == ["batch size", "model size", "sequence/image size", "precision"]
     assert "--config.batch_size=16" in finding["suggestions"][0]
+    assert "--config.dataset.pipeline=grain" in finding["suggestions"][2]  # data on the device
     # The failed attempt's files are gone, so the same --workdir takes a smaller batch.
     assert sorted(os.listdir(tmp_path)) == ["report.md", "summary.json"]
     assert "## Memory" in (tmp_path / "report.md").read_text()
+
+
+def test_a_streamed_training_set_is_not_blamed_for_device_memory(tmp_path):
+    cfg = config()
+    cfg.dataset.pipeline = "grain"
+    assert memory.run_guarded(FlakyStage(cfg, tmp_path, fits_at=0), cfg, str(tmp_path), "x") == 1
+    [finding] = summary_of(tmp_path)["findings"]
+    assert "pipeline=grain" not in finding["suggestions"][2]
+    assert "kept on the device" not in finding["suggestions"][2]
 
 
 def test_retry_halves_the_batch_until_it_fits_and_records_each_attempt(tmp_path):

@@ -420,9 +420,11 @@ def _suggestions(
     inputs = "sequence/image size: shorter sequences or smaller images"
     if shape:
         inputs += f" (inputs {tuple(shape)}; activations scale with their length/area)"
-    if sizes.get("train_set_bytes") is not None:
+    on_device = config.get("dataset", {}).get("pipeline", "memory") == "memory"
+    if sizes.get("train_set_bytes") is not None and on_device:
         inputs += (
             f"; the training set is kept on the device ({_mib(sizes['train_set_bytes'])}): "
+            "--config.dataset.pipeline=grain streams it batch by batch instead, "
             "--config.dataset.train_size takes a subset"
         )
     if "dtype" not in config:
