@@ -224,7 +224,7 @@ def test_the_search_is_sized_the_same_whether_or_not_it_stops_at_the_goal():
     assert s.last_round_full_length is False and s.num_trials < 64 and s.refine_trials < 32
     s0 = 108  # 3 epochs of 3,600 examples at batch 100
     affordable = 120.0 * 250.0 - config.num_steps
-    assert run_lib.search_cost(s, s0, config.num_steps) <= affordable  # the budget bounds it
+    assert run_lib.search_cost(s, s0, config.num_steps, config.steps_per_call) <= affordable  # the budget bounds it
     # The budget is an upper bound: stopping at the goal only ends the search sooner.
     sized_fixed = run_lib.size_search(fixed, 120.0, 250.0, 3600).search
     assert {k: v for k, v in sized_fixed.items() if k != "stop_at_goal"} == {

@@ -269,6 +269,14 @@ def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collection
             "last_round_full_length": True,  # the last round trains config.num_steps steps
             "top_fraction": 0.25,  # the best trials a refined range is drawn around
             "trials_per_program": 64,  # trials vmapped into one compiled program
+            # Rung pruning (workflow/search/pruning.py): each round's trials are cut at
+            # prune_rungs lengths, each prune_factor times the one before (the last the round's
+            # trial length); at each only the best 1/prune_factor train on, by val loss. 1: off.
+            "prune_rungs": 4,
+            "prune_factor": 3,
+            # Slots one worker claims and one program trains with pruning (None: the round's
+            # all); smaller groups share a round between workers, each cutting in its own group.
+            "group_trials": config_dict.placeholder(int),
             # None: sqlite:///<workdir>/study.db; any SQLAlchemy URL shares a study between
             # workers on several machines (postgresql://user:password@host/database).
             "storage": config_dict.placeholder(str),

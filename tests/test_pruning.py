@@ -1,0 +1,140 @@
+"""Rung pruning: successive halving over batched trials, recorded in Optuna, resumable."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+from tests.search_worker import search_config
+from workflow import experiment, killpoints
+from workflow.engine import trials
+from workflow.search import pruning, random_search
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def test_rungs_are_whole_host_calls_each_factor_times_longer():
+    assert pruning.rung_steps(3000, 4, 3, 100) == (100, 300, 1000, 3000)
+    assert pruning.rung_steps(60, 4, 3, 20) == (20, 60)  # 60/9 and 60/27: shorter than a call
+    assert pruning.rung_steps(38, 4, 3, 20) == (38,)
+    assert pruning.rung_steps(3000, 1, 3, 100) == (3000,)  # pruning off
+    assert pruning.halving_cost(27, (100, 300, 1000), 3) == 27 * 100 + 9 * 200 + 3 * 700
+
+
+def test_survivors_are_the_best_fraction_by_val_loss_never_a_diverged_one():
+    assert pruning.survivors([0.5, 2.0, 0.4, 1.0, 3.0, 0.45], 3) == [2, 5]
+    assert pruning.survivors([1.0, 1.0, 1.0], 3) == [0]  # ties to the lower slot
+    assert pruning.survivors([math.nan, 1.0, 2.0], 3) == [1]
+    assert pruning.survivors([math.inf, math.nan], 2) == []
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return experiment.prepare(search_config())
+
+
+@pytest.fixture(scope="module")
+def runner(setup):
+    ds = setup.dataset
+    return trials.TrialRunner(setup.config, ds.input_shape, ds.num_classes)
+
+
+def test_a_clearly_worse_curve_is_cut_and_the_good_trial_keeps_its_unpruned_numbers(
+    setup, runner
+):
+    # lr 1e-2 learns the tabular problem; lr 1e-7 leaves the loss where it started.
+    hparams = trials.TrialHparams([1e-2, 1e-7], [0.0, 0.0], [0, 1])
+    batches, rungs_seen = [], []
+    runner.run_halving(
+        hparams,
+        setup.dataset,
+        (20, 60),
+        2,
+        keep=lambda losses: pruning.survivors(losses, 2),
+        on_batch=lambda rung, slots, result: batches.append((rung, slots, result)) and False,
+        on_rung=lambda rung, kept, cut: rungs_seen.append((rung, kept, cut)),
+    )
+    assert rungs_seen == [(0, [0], [1])]  # the flat curve is cut at step 20, the good one not
+    (_, first, at_20), (_, last, at_60) = batches
+    assert first == [0, 1] and last == [0]
+    assert at_20.val_loss[0] < 0.5 * at_20.val_loss[1]
+    assert at_60.steps == 60 and at_60.val_accuracy[0] > 0.8
+    # Continued from its own state on its own batches: the numbers of the unpruned trial.
+    _, whole = runner.run(hparams, setup.dataset, 60)
+    np.testing.assert_allclose(at_60.val_loss[0], whole.val_loss[0], rtol=1e-6)
+    np.testing.assert_allclose(at_60.train_loss_curve[0], whole.train_loss_curve[0], rtol=1e-6)
+
+
+def _worker(url: str, name: str, *, kill_at: str | None = None) -> subprocess.Popen:
+    """tests/search_worker.py on `name` at `url` with pruning, killing itself at `kill_at`."""
+    env = {k: v for k, v in os.environ.items() if k != killpoints.ENV}
+    if kill_at:
+        env[killpoints.ENV] = kill_at
+    return subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "search_worker.py"), url, name, "1", "none", "4"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory):
+    """The search_config() search with pruning, run once without interruption: (url, output)."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('pruned')}/study.db"
+    out, err = _worker(url, "p").communicate(timeout=300)
+    assert out, err[-2000:]
+    return url, json.loads(out.strip().splitlines()[-1])
+
+
+def test_the_pruned_search_records_rung_values_and_cuts_in_optuna(pruned):
+    import optuna
+
+    url, output = pruned
+    assert output["rounds"][1]["rungs"] == [20, 60]
+    states = optuna.trial.TrialState
+    study = optuna.load_study(study_name="p/round-1", storage=url)
+    by_state = {
+        state: [t for t in study.trials if t.state == state]
+        for state in (states.COMPLETE, states.PRUNED)
+    }
+    assert len(by_state[states.COMPLETE]) == 1 and len(by_state[states.PRUNED]) == 3  # 4 // 3
+    (best,) = by_state[states.COMPLETE]
+    assert sorted(best.intermediate_values) == [20, 60]
+    for trial in by_state[states.PRUNED]:  # what optuna-dashboard draws: the curve to the cut
+        assert list(trial.intermediate_values) == [20]
+        assert trial.intermediate_values[20] >= best.intermediate_values[20]
+        assert trial.user_attrs["result"]["pruned_at"] == 20
+    records = [r for r in output["records"] if r["round"] == 1]
+    assert sorted(r["pruned_at"] or 60 for r in records) == [20, 20, 20, 60]
+    assert random_search.best_record(output["records"], "val_accuracy")["pruned_at"] is None
+    assert output["trained_here"] == 12
+
+
+# Each process of the chain is killed in the pruned round: after its first rung's program
+# trained (nothing of it recorded; the unpruned round 0 trained two programs before), then,
+# in the next process (round 0 finished), with two of the round's three cuts recorded.
+PRUNED_KILL_CHAIN = ("search.trained:3", "search.told:2")
+
+
+@pytest.mark.slow
+def test_a_pruned_search_killed_midway_resumes_to_the_same_cuts(pruned, tmp_path):
+    _, whole = pruned
+    url = f"sqlite:///{tmp_path}/study.db"
+    for point in PRUNED_KILL_CHAIN:
+        _, err = (proc := _worker(url, "p", kill_at=point)).communicate(timeout=300)
+        assert proc.returncode == -signal.SIGKILL, f"{point}: {err[-2000:]}"
+    out, err = (proc := _worker(url, "p")).communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    resumed = json.loads(out.strip().splitlines()[-1])
+    assert resumed["rounds"] == whole["rounds"]
+    assert resumed["records"] == whole["records"]  # the same cuts, at the same val numbers
+    assert resumed["trained_here"] == 2  # the last cut and the complete trial, recorded once
