@@ -45,9 +45,7 @@ def runner(setup):
     return trials.TrialRunner(setup.config, ds.input_shape, ds.num_classes)
 
 
-def test_a_clearly_worse_curve_is_cut_and_the_good_trial_keeps_its_unpruned_numbers(
-    setup, runner
-):
+def test_a_clearly_worse_curve_is_cut_and_the_good_trial_keeps_its_unpruned_numbers(setup, runner):
     # lr 1e-2 learns the tabular problem; lr 1e-7 leaves the loss where it started.
     hparams = trials.TrialHparams([1e-2, 1e-7], [0.0, 0.0], [0, 1])
     batches, rungs_seen = [], []
