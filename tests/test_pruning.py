@@ -136,3 +136,41 @@ def test_a_pruned_search_killed_midway_resumes_to_the_same_cuts(pruned, tmp_path
     assert resumed["rounds"] == whole["rounds"]
     assert resumed["records"] == whole["records"]  # the same cuts, at the same val numbers
     assert resumed["trained_here"] == 2  # the last cut and the complete trial, recorded once
+
+
+def test_groups_are_halved_each_on_their_own_trials(setup, runner, tmp_path):
+    import optuna
+
+    config = search_config(prune_rungs=3)
+    config.search.group_trials = 2  # round 1's four slots: two groups, one survivor each
+    url = f"sqlite:///{tmp_path}/study.db"
+    first = random_search.first_round(config.search, len(setup.dataset.x_train), config.batch_size)
+    search = random_search.Search(runner, setup.dataset, config, url, "g", progress=False)
+    rounds, records = search.run(first)
+    refined = [r for r in records if r["round"] == 1]
+    survivors = [r["slot"] for r in refined if r["pruned_at"] is None]
+    assert len(survivors) == 2 and {s // 2 for s in survivors} == {0, 1}
+    for slot in survivors:  # the better of its group at the cut
+        other = next(r for r in refined if r["slot"] == slot ^ 1)
+        mine = next(r for r in refined if r["slot"] == slot)
+        assert mine["rungs"][0]["val_loss"] <= other["rungs"][0]["val_loss"]
+    study = optuna.load_study(study_name="g/round-1", storage=url)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.PRUNED) == 2
+
+
+@pytest.mark.parametrize(
+    "key, value, words",
+    [
+        ("prune_rungs", 0, "search.prune_rungs=0"),
+        ("prune_factor", 1, "search.prune_factor=1"),
+        ("group_trials", -2, "search.group_trials=-2"),
+    ],
+)
+def test_bad_pruning_settings_are_one_line_errors(key, value, words):
+    from workflow.errors import UsageError
+
+    config = search_config()
+    config.search[key] = value
+    with pytest.raises(UsageError, match=words):
+        random_search.validate_search_config(config.search)

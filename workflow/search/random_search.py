@@ -626,10 +626,13 @@ class Search:
         import optuna
 
         try:
-            # Atomic in the storage: a waiting trial becomes running for one caller only.
-            return self.storage.set_trial_state_values(
-                trial_id, state=optuna.trial.TrialState.RUNNING
-            )
+            # Atomic in a database with row locks (Optuna reads the trial FOR UPDATE); SQLite
+            # has none, so two workers could both read it waiting and both claim it: there the
+            # claim holds the study folder's lock.
+            with _sqlite_lock(self.storage_url):
+                return self.storage.set_trial_state_values(
+                    trial_id, state=optuna.trial.TrialState.RUNNING
+                )
         except optuna.exceptions.UpdateFinishedTrialError:
             return False
 
