@@ -73,6 +73,10 @@ def run_workflow(config: str, workdir: str, *overrides: str) -> dict[str, Any]:
                 "trials": tuned["metrics"]["num_trials"],
                 "pruned_trials": tuned["metrics"].get("pruned_trials", 0),
                 "search_seconds": tuned["metrics"]["search_seconds"],
+                # Steps trained by all trials, and the form their steps ran in (timed at the
+                # first call: under load the choice between scan and step is noisy).
+                "trial_steps": sum(t["steps"] for t in tuned["trials"]),
+                "trials_loop": (tuned.get("loops") or {}).get("trials", {}).get("form"),
                 "rounds": [(r["num_trials"], r["steps"], r.get("rungs")) for r in tuned["rounds"]],
                 "search_stop": tuned.get("search_stop"),
             }

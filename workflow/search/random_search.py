@@ -8,12 +8,18 @@ so no trial ever mixes two points. Slots are trained in fixed batches (slots [kP
 trials per program), each slot at its own lane of a program of the batch's width, so the numbers
 do not depend on which worker trained what, or how often a batch was interrupted.
 
+Rung pruning (config.search.prune_rungs > 1, workflow/search/pruning.py): a round's slots are
+claimed in fixed groups (search.group_trials, the whole round by default) instead, and each
+group is halved at the round's rungs in programs of P lanes; each trial's val loss at each rung
+is an Optuna intermediate value, a cut trial ends PRUNED. A group interrupted midway is trained
+again whole (its finished trials are not recorded twice), so it reaches the same cuts.
+
 Stopping at the goal: with a `goal_val_error` (tune sets it from config.goal when
-config.search.stop_at_goal is on), the search ends as soon as a finished trial's val error is at
-or below it, skipping the round's other slots and the later rounds (`Search.stopped` says which
-trial and what was skipped). The decision is a function of the finished slots alone: the
-lowest such slot, checked before any batch is claimed, so a resumed search stops where the
-uninterrupted one did.
+config.search.stop_at_goal is on), the search ends as soon as a finished trial (never a cut
+one) has a val error at or below it, skipping the round's other slots and the later rounds
+(`Search.stopped` says which trial and what was skipped). The decision is a function of the
+finished slots alone: the lowest such slot, checked before any batch is claimed, so a resumed
+search stops where the uninterrupted one did.
 
 Resuming: a trial that was running when its worker died is failed, and its slot gets a new trial
 with the same point and seed; a search killed at any point and started again therefore ends with
