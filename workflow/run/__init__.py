@@ -375,7 +375,7 @@ def size_search(
 
     sized = config.copy_and_resolve_references()
     s = sized.search
-    s0 = search_lib.steps_for(s.epochs, num_train, sized.batch_size)
+    s0 = min(search_lib.steps_for(s.epochs, num_train, sized.batch_size), sized.num_steps)
     affordable = seconds * steps_per_s - (sized.num_steps if s.retrain_best else 0)
     if search_cost(s, s0, sized.num_steps, sized.steps_per_call) > affordable:
         s.last_round_full_length = False

@@ -171,18 +171,23 @@ def first_round(
     num_train: int,
     batch_size: int,
     lr_band: tuple[float, float] | None = None,
+    full_steps: int | None = None,
 ) -> Round:
-    """The coarse round: the configured ranges, the lr range widened to the range test's band."""
+    """The coarse round: the configured ranges, the lr range widened to the range test's band;
+    its trials never longer than `full_steps` (the config's run)."""
     lr_low, lr_high = check_range("search.lr_range", search.lr_range)
     if lr_band is not None and all(math.isfinite(v) and v > 0 for v in lr_band):
         lr_low, lr_high = min(lr_low, lr_band[0]), max(lr_high, lr_band[1])
+    epochs, steps = float(search.epochs), steps_for(search.epochs, num_train, batch_size)
+    if full_steps is not None and steps > full_steps:
+        epochs, steps = full_steps * batch_size / num_train, full_steps
     return Round(
         index=0,
         lr_range=(lr_low, lr_high),
         reg_range=check_range("search.reg_range", search.reg_range),
         num_trials=search.num_trials,
-        epochs=float(search.epochs),
-        steps=steps_for(search.epochs, num_train, batch_size),
+        epochs=epochs,
+        steps=steps,
     )
 
 
