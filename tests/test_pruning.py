@@ -174,3 +174,51 @@ def test_bad_pruning_settings_are_one_line_errors(key, value, words):
     config.search[key] = value
     with pytest.raises(UsageError, match=words):
         random_search.validate_search_config(config.search)
+
+
+HALVING_SCRIPT = """
+import json, os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=" + sys.argv[1]
+sys.path.insert(0, sys.argv[2])
+import jax
+from tests.search_worker import search_config
+from workflow import experiment
+from workflow.engine import trials
+from workflow.search import pruning
+config = search_config()
+setup = experiment.prepare(config)
+ds = setup.dataset
+runner = trials.TrialRunner(config, ds.input_shape, ds.num_classes)
+hp = trials.TrialHparams([1e-2, 1e-7, 3e-3, 1e-4, 5e-3], [0.0] * 5, [0, 1, 2, 3, 4])
+seen = []
+runner.run_halving(
+    hp, ds, (20, 60), 3, keep=lambda losses: pruning.survivors(losses, 2),
+    on_batch=lambda rung, slots, res: seen.append([rung, slots, res.val_loss.tolist()]) and False,
+    on_rung=lambda rung, kept, cut: seen.append([rung, kept, cut]),
+)
+print(json.dumps([jax.device_count(), seen]))
+"""
+
+
+@pytest.mark.slow  # two fresh JAX processes
+def test_halving_on_eight_devices_cuts_and_scores_as_on_one():
+    runs = {}
+    for devices in (1, 8):
+        done = subprocess.run(
+            [sys.executable, "-c", HALVING_SCRIPT, str(devices), ROOT],
+            cwd=ROOT,
+            env=dict(os.environ, JAX_PLATFORMS="cpu"),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        count, runs[devices] = json.loads(done.stdout.strip().splitlines()[-1])
+        assert count == devices
+    # Five trials in programs of three lanes (padded to the eight devices' multiple).
+    one, eight = runs[1], runs[8]
+    assert [e[:2] for e in one] == [e[:2] for e in eight]
+    assert one[2] == [0, [0, 4], [1, 2, 3]]  # the best two of five go on
+    for a, b in zip(one, eight, strict=True):
+        if a[0] in (0, 1) and len(a) == 3 and isinstance(a[2][0], float):
+            np.testing.assert_allclose(a[2], b[2], rtol=1e-5)
