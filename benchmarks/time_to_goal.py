@@ -1,6 +1,7 @@
 """Time to the goal: `python -m workflow.run` as a user runs it, with the search that stops at the
-goal (the default) beside the fixed-budget search (`--config.search.stop_at_goal=False`), in one
-invocation, on the same machine and load.
+goal and cuts hopeless trials at rungs (the default) beside the old fixed-budget search
+(FIXED_BUDGET: `--config.search.stop_at_goal=False --config.search.prune_rungs=1`), in one
+invocation, on the same machine and load (the load average is recorded beside each run).
 
 Each problem's two workflows run one after the other as separate processes, each with a cold
 compilation cache of its own (a new user's first run). For each it reports the workflow's own
@@ -32,6 +33,8 @@ PROBLEMS = {
     "digits": "configs/digits.py",
     "synthetic": "configs/synthetic.py:sequence",
 }
+# The flags that keep the old search: every trial runs its whole length, every round runs.
+FIXED_BUDGET = ("--config.search.stop_at_goal=False", "--config.search.prune_rungs=1")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -47,9 +50,11 @@ def run_workflow(config: str, workdir: str, *overrides: str) -> dict[str, Any]:
         "--config.progress=False",
         *overrides,
     ]
+    load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    load = {"before": load_before, "after_1min": os.getloadavg()[0]}
     if result.returncode not in (0, 1) or not os.path.exists(os.path.join(workdir, "summary.json")):
         raise RuntimeError(
             f"{' '.join(command)} exited {result.returncode} without a summary:\n"
@@ -64,7 +69,17 @@ def run_workflow(config: str, workdir: str, *overrides: str) -> dict[str, Any]:
         with open(os.path.join(step["workdir"], "summary.json")) as f:
             tuned = json.load(f)
         trials.append(
-            {"trials": tuned["metrics"]["num_trials"], "search_stop": tuned.get("search_stop")}
+            {
+                "trials": tuned["metrics"]["num_trials"],
+                "pruned_trials": tuned["metrics"].get("pruned_trials", 0),
+                "search_seconds": tuned["metrics"]["search_seconds"],
+                # Steps trained by all trials, and the form their steps ran in (timed at the
+                # first call: under load the choice between scan and step is noisy).
+                "trial_steps": sum(t["steps"] for t in tuned["trials"]),
+                "trials_loop": (tuned.get("loops") or {}).get("trials", {}).get("form"),
+                "rounds": [(r["num_trials"], r["steps"], r.get("rungs")) for r in tuned["rounds"]],
+                "search_stop": tuned.get("search_stop"),
+            }
         )
     return {
         "workflow_seconds": m["workflow_seconds"],
@@ -75,6 +90,7 @@ def run_workflow(config: str, workdir: str, *overrides: str) -> dict[str, Any]:
         "stopped": summary.get("stopped"),
         "steps": [s["name"] for s in summary["steps"]],
         "searches": trials,
+        "load_average": load,
     }
 
 
@@ -83,9 +99,7 @@ def measure(problem: str, scratch: str) -> dict[str, Any]:
     config = PROBLEMS[problem]
     goal = run_workflow(config, os.path.join(scratch, f"{problem}-goal"))
     print(f"{problem}: stop at goal {goal['workflow_seconds']:.0f} s", flush=True)
-    fixed = run_workflow(
-        config, os.path.join(scratch, f"{problem}-fixed"), "--config.search.stop_at_goal=False"
-    )
+    fixed = run_workflow(config, os.path.join(scratch, f"{problem}-fixed"), *FIXED_BUDGET)
     print(f"{problem}: fixed budget {fixed['workflow_seconds']:.0f} s", flush=True)
     return {
         "seconds_to_goal": goal["workflow_seconds"] if goal["goal_met"] else None,
@@ -132,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", default=",".join(PROBLEMS), help="comma-separated")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument(
+        "--keep", default=None, help="keep the workflows' run directories in this folder"
+    )
     args = parser.parse_args(argv)
     problems = [p.strip() for p in args.problems.split(",") if p.strip()]
     unknown = [p for p in problems if p not in PROBLEMS]
@@ -139,8 +156,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             f"unknown problem(s) {unknown or args.problems!r}; valid: {', '.join(PROBLEMS)}"
         )
-    with tempfile.TemporaryDirectory(prefix="time-to-goal-") as scratch:
-        results = {problem: measure(problem, scratch) for problem in problems}
+    if args.keep:
+        os.makedirs(args.keep, exist_ok=True)
+        results = {problem: measure(problem, args.keep) for problem in problems}
+    else:
+        with tempfile.TemporaryDirectory(prefix="time-to-goal-") as scratch:
+            results = {problem: measure(problem, scratch) for problem in problems}
     print(table(results))
     if args.out:
         context = {

@@ -212,7 +212,10 @@ def test_fault_campaign_subset_writes_its_json(tmp_path):
 def test_time_to_goal_writes_the_issues_json_and_table(tmp_path, monkeypatch):
     from benchmarks import time_to_goal
 
+    calls = []
+
     def fake_run(config, workdir, *overrides):  # a workflow.run without training
+        calls.append(overrides)
         fixed = "--config.search.stop_at_goal=False" in overrides
         return {
             "workflow_seconds": 200.0 if fixed else 80.0,
@@ -228,6 +231,8 @@ def test_time_to_goal_writes_the_issues_json_and_table(tmp_path, monkeypatch):
     assert result["seconds_to_goal"] == 80.0 and result["test_accuracy"] == 0.97
     assert result["baseline_seconds"] == 200.0 and result["baseline_test_accuracy"] == 0.96
     assert "2.50x" in time_to_goal.table({"mnist1d": result})
+    # The baseline is the old search: no stop at the goal and no pruning.
+    assert calls == [(), ("--config.search.stop_at_goal=False", "--config.search.prune_rungs=1")]
     with pytest.raises(SystemExit):
         time_to_goal.main(["--problems=imagenet"])
 

@@ -244,7 +244,7 @@ def stage_summaries(done: dict[int, tuple], stage: str) -> dict[int, dict]:
 def test_tune_as_two_processes_searches_like_one_and_process_0_writes_the_study(
     tmp_path_factory,
 ):
-    from tests.test_tune import TINY, _complete_trials
+    from tests.test_tune import TINY, _finished_trials
 
     base = tmp_path_factory.mktemp("multihost_tune")
     scratch = base / "tmp"
@@ -260,7 +260,7 @@ def test_tune_as_two_processes_searches_like_one_and_process_0_writes_the_study(
     assert retrained[0]["params_sha256"] == retrained[1]["params_sha256"]
     assert retrained[0]["data"]["layout"] == "per_host"  # the retrain is engine.fit's
     # The job's study holds each trial once (process 1 searched in a scratch copy, deleted).
-    trials = _complete_trials(str(base / "run" / "study.db"))
+    trials = _finished_trials(str(base / "run" / "study.db"))
     assert sorted({study for study, _, _ in trials}) == ["tune/round-0", "tune/round-1"]
     assert len(trials) == 12 and len(set(trials)) == 12
     assert not [p.name for p in scratch.iterdir() if p.name.startswith("tune-")]

@@ -144,6 +144,11 @@ def test_first_round_widens_lr_range_to_the_range_test_band():
     assert first.lr_range == (1e-6, 3e-2)
     assert first.reg_range == (1e-5, 1e5)
     assert first.steps == 10  # 1 epoch of 1000 examples at batch 100
+    # Never longer than the config's run: 9 epochs (90 steps) against a run of 60.
+    config.search.epochs = 9.0
+    capped = random_search.first_round(config.search, 1000, 100, full_steps=60)
+    assert capped.steps == 60 and capped.epochs == pytest.approx(6.0)
+    assert random_search.first_round(config.search, 1000, 100, full_steps=600).steps == 90
 
 
 def test_refined_round_narrows_around_the_best_trials_and_trains_longer():

@@ -36,8 +36,9 @@ TINY = [
 ]
 
 
-def _complete_trials(db: str) -> list[tuple]:
-    """(study, number, value) of every finished trial, read straight from the SQLite file."""
+def _finished_trials(db: str) -> list[tuple]:
+    """(study, number, value) of every finished trial (complete, or pruned: its value None),
+    read straight from the SQLite file."""
     if not os.path.exists(db):
         return []
     try:
@@ -45,7 +46,8 @@ def _complete_trials(db: str) -> list[tuple]:
             return con.execute(
                 "SELECT s.study_name, t.number, v.value FROM trials t "
                 "JOIN studies s ON s.study_id = t.study_id "
-                "JOIN trial_values v ON v.trial_id = t.trial_id WHERE t.state = 'COMPLETE'"
+                "LEFT JOIN trial_values v ON v.trial_id = t.trial_id "
+                "WHERE t.state IN ('COMPLETE', 'PRUNED')"
             ).fetchall()
     except sqlite3.OperationalError:  # tables not created yet, or locked for a moment
         return []
@@ -60,11 +62,11 @@ def tuned(tmp_path_factory):
         "tune", *TINY, f"--workdir={workdir}", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     deadline = time.monotonic() + 240
-    while len(_complete_trials(db)) < 4 and proc.poll() is None and time.monotonic() < deadline:
+    while len(_finished_trials(db)) < 4 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    before = _complete_trials(db)
+    before = _finished_trials(db)
     interrupted = not os.path.exists(os.path.join(workdir, "summary.json"))
     result = run_stage("tune", *TINY, f"--workdir={workdir}")
     return workdir, before, interrupted, result
@@ -74,7 +76,7 @@ def test_killed_tune_resumes_without_losing_or_repeating_trials(tuned):
     workdir, before, interrupted, result = tuned
     assert interrupted and len(before) >= 4
     assert result.returncode == 0, result.stderr[-3000:]
-    after = _complete_trials(os.path.join(workdir, "study.db"))
+    after = _finished_trials(os.path.join(workdir, "study.db"))
     assert set(before) <= set(after)  # every trial finished before the kill is kept as it was
     per_round = {}
     for study, _, _ in after:
@@ -150,7 +152,7 @@ def _tune_killed(workdir: str, *, kill_at: str = "", after_trials: int = 0) -> N
     )
     if after_trials:
         db, deadline = os.path.join(workdir, "study.db"), time.monotonic() + 240
-        while len(_complete_trials(db)) < after_trials and time.monotonic() < deadline:
+        while len(_finished_trials(db)) < after_trials and time.monotonic() < deadline:
             assert proc.poll() is None, "the tune run ended before it could be killed"
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
@@ -172,7 +174,7 @@ def test_tune_killed_at_every_kind_of_point_resumes_to_the_uninterrupted_search(
     _tune_killed(killed, kill_at="search.trained:1")  # a batch trained, nothing recorded
     _tune_killed(killed, kill_at="search.created:1")  # slots filled again, none claimed
     # From outside once one more trial has finished: a batch, a round and the retrain remain.
-    done = len(_complete_trials(os.path.join(killed, "study.db")))
+    done = len(_finished_trials(os.path.join(killed, "study.db")))
     _tune_killed(killed, after_trials=done + 1)
     result = run_stage("tune", *TINY, f"--workdir={killed}")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -284,14 +284,24 @@ def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collection
             "reg_range": (1e-5, 1e5),
             "sampler": "halton",  # scrambled Halton (quasi-random), sobol, or random
             "metric": "val_accuracy",  # or val_loss
-            "num_trials": 64,  # the coarse round
-            "epochs": 3.0,  # trial length of the coarse round (short runs first)
-            "rounds": 3,  # the coarse round and the refined ones
-            "refine_trials": 32,
+            # Sized by benchmarks/time_to_goal.py (docs/benchmarks.md): with pruning, fewer and
+            # longer trials found as good a model sooner than many short ones.
+            "num_trials": 32,  # the coarse round
+            "epochs": 9.0,  # trial length of the coarse round (short runs first)
+            "rounds": 2,  # the coarse round and the refined ones
+            "refine_trials": 16,
             "refine_epochs_factor": 3.0,  # each refined round trains this much longer
             "last_round_full_length": True,  # the last round trains config.num_steps steps
             "top_fraction": 0.25,  # the best trials a refined range is drawn around
             "trials_per_program": 64,  # trials vmapped into one compiled program
+            # Rung pruning (workflow/search/pruning.py): each round's trials are cut at
+            # prune_rungs lengths, each prune_factor times the one before (the last the round's
+            # trial length); at each only the best 1/prune_factor train on, by val loss. 1: off.
+            "prune_rungs": 3,
+            "prune_factor": 3,
+            # Slots one worker claims and one program trains with pruning (None: the round's
+            # all); smaller groups share a round between workers, each cutting in its own group.
+            "group_trials": config_dict.placeholder(int),
             # None: sqlite:///<workdir>/study.db; any SQLAlchemy URL shares a study between
             # workers on several machines (postgresql://user:password@host/database).
             "storage": config_dict.placeholder(str),

@@ -206,6 +206,96 @@ class TrialRunner:
         """Loss and accuracy of every trial (padding included) on (x, y)."""
         return self._evaluate(states, x, y)
 
+    def _lanes(self, hparams: TrialHparams, stored: list, width: int) -> TrainState:
+        """The states of one program of `width` lanes: `stored` states (host copies, one per
+        trial) stacked, or fresh ones of `hparams` when `stored` is empty; padded with copies
+        of the last trial."""
+        if not stored:
+            padded = _select_hparams(hparams, _pad(range(len(hparams)), width))
+            return self.init(padded)
+        stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *_pad(stored, width))
+        count = padded_count(width, self.mesh.size)
+        stacked = jax.tree.map(
+            lambda leaf: np.concatenate([leaf] + [leaf[-1:]] * (count - width)), stacked
+        )
+        return jax.device_put(stacked, NamedSharding(self.mesh, PartitionSpec(TRIAL_AXIS)))
+
+    def run_halving(
+        self,
+        hparams: TrialHparams,
+        dataset: data.Dataset,
+        rungs: Sequence[int],
+        width: int,
+        *,
+        keep: Callable[[list[float]], list[int]],
+        on_batch: Callable[[int, list[int], TrialsResult], bool],
+        on_rung: Callable[[int, list[int], list[int]], None],
+        progress: Callable[[int], None] = lambda steps: None,
+    ) -> float:
+        """Train the trials of `hparams` (one per slot of a group) to each rung in turn, in
+        programs of `width` lanes, the ones `keep(val losses at the rung)` names going on from
+        their own states. After each program, `on_batch(rung, slots, result)` gets its trials'
+        numbers (result: every step of each trial so far; True stops everything); after each
+        rung but the last, `on_rung(rung, kept, cut)`. Returns the seconds spent.
+
+        A trial's step t trains on the batch of step t whatever its lane and rung, so the
+        trials that reach the last rung end with the numbers of an unpruned run."""
+        t_start = now()
+        config = self.config
+        x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
+        alive, stored, losses = list(range(len(hparams))), {}, {i: [] for i in range(len(hparams))}
+        previous = 0
+        for rung_index, rung in enumerate(rungs):
+            last = rung_index == len(rungs) - 1
+            val = {}
+            for first in range(0, len(alive), width):
+                batch = alive[first : first + width]
+                states = self._lanes(
+                    _select_hparams(hparams, batch),
+                    [stored.pop(slot) for slot in batch] if previous else [],
+                    width,
+                )
+                step = previous
+                for k in schedule_chunks(previous, rung, config.steps_per_call, ()):
+                    indices = data.batch_indices(
+                        len(dataset.x_train), config.batch_size, config.seed, step, k
+                    )
+                    states, metrics = self._multi_step(
+                        states, x_train, y_train, jnp.asarray(indices)
+                    )
+                    chunk = np.asarray(jax.device_get(metrics["loss"]))
+                    for lane, slot in enumerate(batch):
+                        losses[slot].append(chunk[:, lane])
+                    step += k
+                    progress(k * len(batch))
+                val_loss, val_accuracy = self._evaluate(states, dataset.x_val, dataset.y_val)
+                if not last:
+                    host = jax.device_get(states)
+                    for lane, slot in enumerate(batch):
+                        stored[slot] = jax.tree.map(lambda leaf, i=lane: leaf[i], host)
+                step_losses = np.stack([np.concatenate(losses[slot]) for slot in batch])
+                window = max(1, min(config.log_every, rung // 4))
+                result = summarize_trials(
+                    step_losses,
+                    window,
+                    val_loss[: len(batch)],
+                    val_accuracy[: len(batch)],
+                    now() - t_start,
+                )
+                val.update({slot: float(result.val_loss[i]) for i, slot in enumerate(batch)})
+                if on_batch(rung_index, batch, result):
+                    return now() - t_start
+            if last:
+                break
+            kept = [alive[i] for i in keep([val[slot] for slot in alive])]
+            cut = [slot for slot in alive if slot not in kept]
+            on_rung(rung_index, kept, cut)
+            for slot in cut:
+                stored.pop(slot, None)
+                losses.pop(slot)
+            alive, previous = kept, rung
+        return now() - t_start
+
     def run(
         self,
         hparams: TrialHparams,
@@ -240,6 +330,15 @@ class TrialRunner:
             now() - t_start,
         )
         return states, result
+
+
+def _select_hparams(hparams: TrialHparams, indices: Sequence[int]) -> TrialHparams:
+    """The hyperparameters of the entries `indices` of `hparams`, in that order."""
+    return TrialHparams(
+        learning_rate=[hparams.learning_rate[i] for i in indices],
+        l2=[hparams.l2[i] for i in indices],
+        seed=[hparams.seed[i] for i in indices],
+    )
 
 
 def summarize_trials(

@@ -346,15 +346,21 @@ def goal_skipped(met: Step, round_index: int, next_stage: str) -> str:
     )
 
 
-def search_cost(search, s0: int, full_steps: int) -> int:
-    """Training steps (summed over trials) of a search sized by `search`."""
-    cost, steps = search.num_trials * s0, s0
+def search_cost(search, s0: int, full_steps: int, unit: int) -> float:
+    """Training steps (summed over trials) of a search sized by `search`, each round cut at its
+    rungs as successive halving would (`unit`: config.steps_per_call)."""
+    from workflow.search import pruning
+
+    def round_cost(trials: int, steps: int) -> float:
+        rungs = pruning.rung_steps(steps, search.prune_rungs, search.prune_factor, unit)
+        return pruning.halving_cost(trials, rungs, search.prune_factor)
+
+    cost, steps = round_cost(search.num_trials, s0), s0
     for index in range(1, search.rounds):
         steps = round(steps * search.refine_epochs_factor)
         last = index == search.rounds - 1
-        cost += search.refine_trials * (
-            full_steps if last and search.last_round_full_length else steps
-        )
+        length = full_steps if last and search.last_round_full_length else steps
+        cost += round_cost(search.refine_trials, length)
     return cost
 
 
@@ -370,16 +376,16 @@ def size_search(
 
     sized = config.copy_and_resolve_references()
     s = sized.search
-    s0 = search_lib.steps_for(s.epochs, num_train, sized.batch_size)
+    s0 = min(search_lib.steps_for(s.epochs, num_train, sized.batch_size), sized.num_steps)
     affordable = seconds * steps_per_s - (sized.num_steps if s.retrain_best else 0)
-    if search_cost(s, s0, sized.num_steps) > affordable:
+    if search_cost(s, s0, sized.num_steps, sized.steps_per_call) > affordable:
         s.last_round_full_length = False
-    cost = search_cost(s, s0, sized.num_steps)
+    cost = search_cost(s, s0, sized.num_steps, sized.steps_per_call)
     if cost > affordable:
         scale = max(affordable, 0) / cost
         s.num_trials = max(8, int(s.num_trials * scale))
         s.refine_trials = max(4, int(s.refine_trials * scale))
-    if search_cost(s, s0, sized.num_steps) > affordable and s.rounds > 2:
+    if search_cost(s, s0, sized.num_steps, sized.steps_per_call) > affordable and s.rounds > 2:
         s.rounds = 2
     return sized
 

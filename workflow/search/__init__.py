@@ -2,5 +2,6 @@
 
 range_test      the learning-rate range test
 random_search   coarse-to-fine random search of batched trials, recorded by Optuna
+pruning         rung pruning: successive halving over the lanes of batched trial programs
 remedies        the workflow's decision list: what to try for a verdict
 """

@@ -8,12 +8,18 @@ so no trial ever mixes two points. Slots are trained in fixed batches (slots [kP
 trials per program), each slot at its own lane of a program of the batch's width, so the numbers
 do not depend on which worker trained what, or how often a batch was interrupted.
 
+Rung pruning (config.search.prune_rungs > 1, workflow/search/pruning.py): a round's slots are
+claimed in fixed groups (search.group_trials, the whole round by default) instead, and each
+group is halved at the round's rungs in programs of P lanes; each trial's val loss at each rung
+is an Optuna intermediate value, a cut trial ends PRUNED. A group interrupted midway is trained
+again whole (its finished trials are not recorded twice), so it reaches the same cuts.
+
 Stopping at the goal: with a `goal_val_error` (tune sets it from config.goal when
-config.search.stop_at_goal is on), the search ends as soon as a finished trial's val error is at
-or below it, skipping the round's other slots and the later rounds (`Search.stopped` says which
-trial and what was skipped). The decision is a function of the finished slots alone: the
-lowest such slot, checked before any batch is claimed, so a resumed search stops where the
-uninterrupted one did.
+config.search.stop_at_goal is on), the search ends as soon as a finished trial (never a cut
+one) has a val error at or below it, skipping the round's other slots and the later rounds
+(`Search.stopped` says which trial and what was skipped). The decision is a function of the
+finished slots alone: the lowest such slot, checked before any batch is claimed, so a resumed
+search stops where the uninterrupted one did.
 
 Resuming: a trial that was running when its worker died is failed, and its slot gets a new trial
 with the same point and seed; a search killed at any point and started again therefore ends with
@@ -57,7 +63,8 @@ class Round:
     reg_range: tuple[float, float]
     num_trials: int
     epochs: float
-    steps: int
+    steps: int  # a trial's length (with pruning: the last rung's)
+    rungs: tuple[int, ...] = ()  # the trial lengths at which trials are cut (pruning.rung_steps)
 
     def to_json(self) -> dict[str, Any]:
         """The summary.json form."""
@@ -71,6 +78,7 @@ class Round:
             tuple(stored["lr_range"]),
             tuple(stored["reg_range"]),
         )
+        stored["rungs"] = tuple(stored.get("rungs", ()))
         return cls(**stored)
 
 
@@ -115,6 +123,21 @@ def validate_search_config(search: ml_collections.ConfigDict) -> None:
         raise UsageError(
             f"invalid value search.top_fraction={search.top_fraction!r}: must lie in (0, 1]"
         )
+    if not (isinstance(search.prune_rungs, int) and search.prune_rungs >= 1):
+        raise UsageError(
+            f"invalid value search.prune_rungs={search.prune_rungs!r}: an integer >= 1 "
+            "(1: no pruning)"
+        )
+    if not (isinstance(search.prune_factor, int) and search.prune_factor >= 2):
+        raise UsageError(
+            f"invalid value search.prune_factor={search.prune_factor!r}: an integer >= 2"
+        )
+    group = search.group_trials
+    if group is not None and not (isinstance(group, int) and group > 0):
+        raise UsageError(
+            f"invalid value search.group_trials={group!r}: a positive integer, or None for "
+            "the whole round"
+        )
     z = search.get("goal_noise_z", 1.0)
     if not (isinstance(z, int | float) and math.isfinite(z) and z >= 0):
         raise UsageError(f"invalid value search.goal_noise_z={z!r}: a finite number >= 0")
@@ -128,12 +151,12 @@ def goal_val_error(goal_error: float, num_val: int, noise_z: float) -> float:
 
 
 def goal_trial(records: Sequence[dict], goal_error: float | None) -> dict | None:
-    """The finished trial (lowest slot) whose val error is at or below `goal_error`; None when
-    none is, or without a goal."""
+    """The finished trial (lowest slot, never a pruned one) whose val error is at or below
+    `goal_error`; None when none is, or without a goal."""
     if goal_error is None:
         return None
     for record in sorted(records, key=lambda r: (r["round"], r["slot"])):
-        if 1 - record["val_accuracy"] <= goal_error:
+        if record.get("pruned_at") is None and 1 - record["val_accuracy"] <= goal_error:
             return record
     return None
 
@@ -148,18 +171,23 @@ def first_round(
     num_train: int,
     batch_size: int,
     lr_band: tuple[float, float] | None = None,
+    full_steps: int | None = None,
 ) -> Round:
-    """The coarse round: the configured ranges, the lr range widened to the range test's band."""
+    """The coarse round: the configured ranges, the lr range widened to the range test's band;
+    its trials never longer than `full_steps` (the config's run)."""
     lr_low, lr_high = check_range("search.lr_range", search.lr_range)
     if lr_band is not None and all(math.isfinite(v) and v > 0 for v in lr_band):
         lr_low, lr_high = min(lr_low, lr_band[0]), max(lr_high, lr_band[1])
+    epochs, steps = float(search.epochs), steps_for(search.epochs, num_train, batch_size)
+    if full_steps is not None and steps > full_steps:
+        epochs, steps = full_steps * batch_size / num_train, full_steps
     return Round(
         index=0,
         lr_range=(lr_low, lr_high),
         reg_range=check_range("search.reg_range", search.reg_range),
         num_trials=search.num_trials,
-        epochs=float(search.epochs),
-        steps=steps_for(search.epochs, num_train, batch_size),
+        epochs=epochs,
+        steps=steps,
     )
 
 
@@ -173,12 +201,13 @@ def refined_range(values: list[float], previous: tuple[float, float]) -> tuple[f
 
 def best_records(records: list[dict], metric: str, fraction: float) -> list[dict]:
     """The top `fraction` (at least two) of the trials whose loss went down, by the metric;
-    of all finished trials when none improved."""
+    of all finished trials when none improved. With pruning, a trial that trained longer
+    ranks above every trial cut before it (it beat them at each rung they shared)."""
     sign = -1.0 if METRICS[metric] == "maximize" else 1.0
     finite = [r for r in records if math.isfinite(r[metric])]
     candidates = [r for r in finite if r["improved"]] or finite
     # Ties (common on a small val split) go to the lower val loss.
-    ranked = sorted(candidates, key=lambda r: (sign * r[metric], r["val_loss"]))
+    ranked = sorted(candidates, key=lambda r: (-r.get("steps", 0), sign * r[metric], r["val_loss"]))
     return ranked[: max(2, math.ceil(fraction * len(ranked)))]
 
 
@@ -436,15 +465,27 @@ def trial_record(slot: int, params: dict, attrs: dict, round_: Round) -> dict:
         "improved": attrs["improved"],
         "diverged_at": attrs["diverged_at"],
         "loss_curve": attrs.get("loss_curve", []),
+        "pruned_at": attrs.get("pruned_at"),
+        "rungs": attrs.get("rungs", []),
     }
 
 
-def trial_attrs(result: trials_lib.TrialsResult, i: int, seed: int, round_: Round) -> dict:
-    """Trial i's result as stored in its study (JSON: non-finite values as None)."""
+def trial_attrs(
+    result: trials_lib.TrialsResult,
+    i: int,
+    seed: int,
+    round_: Round,
+    rungs: Sequence[dict] = (),
+) -> dict:
+    """Trial i's result as stored in its study (JSON: non-finite values as None); `rungs`, its
+    val numbers at each rung it reached (the last one where it was cut, if it was)."""
+    pruned = bool(rungs) and result.steps < round_.steps
     return {
         "seed": seed,
-        "steps": round_.steps,
-        "epochs": round_.epochs,
+        "steps": result.steps,
+        "epochs": round_.epochs * result.steps / round_.steps,
+        "pruned_at": result.steps if pruned else None,
+        "rungs": list(rungs),
         "val_accuracy": float(result.val_accuracy[i]),
         "val_loss": files.finite_or_none(result.val_loss[i]),
         "initial_loss": files.finite_or_none(result.initial_loss[i]),
@@ -456,14 +497,14 @@ def trial_attrs(result: trials_lib.TrialsResult, i: int, seed: int, round_: Roun
 
 
 def finished_records(owners: dict[int, Any], round_: Round) -> list[dict]:
-    """The records of the round's finished slots, in slot order."""
+    """The records of the round's finished slots (pruned ones included), in slot order."""
     import optuna
 
-    complete = optuna.trial.TrialState.COMPLETE
+    ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     return [
         trial_record(slot, trial.params, trial.user_attrs["result"], round_)
         for slot, trial in sorted(owners.items())
-        if trial.state == complete
+        if trial.state in ended
     ]
 
 
@@ -502,10 +543,23 @@ class Search:
             direction=METRICS[self.search.metric],
             load_if_exists=True,
         )
-        # The first worker's ranges are authoritative; the others read them back.
+        # The first worker's ranges and rungs are authoritative; the others read them back.
         if "round" not in study.user_attrs:
-            study.set_user_attr("round", round_.to_json())
+            study.set_user_attr("round", self.with_rungs(round_).to_json())
         return study, Round.from_json(study.user_attrs["round"])
+
+    def with_rungs(self, round_: Round) -> Round:
+        """`round_` with the rungs its trials are cut at (search.prune_rungs; one rung, the
+        trial length, without pruning)."""
+        from workflow.search import pruning
+
+        rungs = pruning.rung_steps(
+            round_.steps,
+            self.search.prune_rungs,
+            self.search.prune_factor,
+            self.config.steps_per_call,
+        )
+        return dataclasses.replace(round_, rungs=rungs)
 
     def run_round(self, study, round_: Round, on_batch: Callable[[list[dict]], None]) -> list[dict]:
         """Claim, train and record batches of slots until every slot of the round has finished,
@@ -513,28 +567,43 @@ class Search:
         order."""
         points = unit_points(self.search.sampler, self.config.seed, round_.index, round_.num_trials)
         width = trials_lib.trials_per_program(self.config)
+        pruned = len(round_.rungs) > 1
+        # With pruning a worker claims a group of slots, trained by one program whose lanes
+        # take the group's slots one after another; without, a batch of one program's width.
+        group = (self.search.group_trials or round_.num_trials) if pruned else width
         while True:
             reclaim_interrupted(study, self.storage)
+            # At the goal before anything is created: a stopped search leaves no new trials.
+            finished = finished_records(slot_owners(study.get_trials(deepcopy=False)), round_)
+            if self._at_goal(finished, round_):
+                return finished
             owners = self._fill_slots(study, round_, points)
             finished = finished_records(owners, round_)
-            at_goal = goal_trial(finished, self.goal_val_error)
-            if at_goal is not None:
-                self.stopped = {
-                    "reason": "goal",
-                    "round": round_.index,
-                    "slot": at_goal["slot"],
-                    "val_error": 1 - at_goal["val_accuracy"],
-                    "goal_val_error": self.goal_val_error,
-                    "skipped_trials": round_.num_trials - len(finished),
-                }
-                return finished
             if len(finished) == round_.num_trials:
                 return finished
-            claimed = self._claim_batch(owners, width)
-            if claimed:
+            claimed = self._claim_batch(owners, group)
+            if claimed and pruned:
+                self._train_group(round_, points, claimed, group, width, on_batch)
+            elif claimed:
                 on_batch(self._train_and_tell(round_, claimed, width))
             else:
                 time.sleep(self.search.poll_seconds)  # the rest are training in other workers
+
+    def _at_goal(self, finished: list[dict], round_: Round) -> bool:
+        """Whether a finished trial meets the goal (then `stopped` says which and what the
+        search skips)."""
+        at_goal = goal_trial(finished, self.goal_val_error)
+        if at_goal is None:
+            return False
+        self.stopped = {
+            "reason": "goal",
+            "round": round_.index,
+            "slot": at_goal["slot"],
+            "val_error": 1 - at_goal["val_accuracy"],
+            "goal_val_error": self.goal_val_error,
+            "skipped_trials": round_.num_trials - len(finished),
+        }
+        return True
 
     def _fill_slots(self, study, round_: Round, points: np.ndarray) -> dict[int, Any]:
         """Every slot's trial, after creating the missing ones (a new round, or the slot of a
@@ -568,10 +637,13 @@ class Search:
         import optuna
 
         try:
-            # Atomic in the storage: a waiting trial becomes running for one caller only.
-            return self.storage.set_trial_state_values(
-                trial_id, state=optuna.trial.TrialState.RUNNING
-            )
+            # Atomic in a database with row locks (Optuna reads the trial FOR UPDATE); SQLite
+            # has none, so two workers could both read it waiting and both claim it: there the
+            # claim holds the study folder's lock.
+            with _sqlite_lock(self.storage_url):
+                return self.storage.set_trial_state_values(
+                    trial_id, state=optuna.trial.TrialState.RUNNING
+                )
         except optuna.exceptions.UpdateFinishedTrialError:
             return False
 
@@ -651,6 +723,126 @@ class Search:
             self.trained_here += 1
             records.append(trial_record(slot, trial.params, attrs, round_))
         return records
+
+    def _train_group(
+        self,
+        round_: Round,
+        points: np.ndarray,
+        claimed: list,
+        group: int,
+        width: int,
+        on_batch: Callable[[list[dict]], None],
+    ) -> None:
+        """Train a claimed group's slots by successive halving at the round's rungs, in
+        programs of `width` lanes: each claimed trial gets its val loss at each rung it reaches
+        (Optuna intermediate values), then its end: pruned at a rung, or complete with its
+        result. Stops at the first complete trial that meets the goal (the group's claimed
+        trials that have not ended are then failed as skipped).
+
+        Every slot of the group is trained (slots finished before, or claimed elsewhere, again
+        but not recorded): the cuts are the uninterrupted search's, whatever was claimed."""
+        import optuna
+        from tqdm.auto import tqdm
+
+        from workflow.search import pruning
+
+        slots = list(batch_slots(claimed[0].user_attrs["slot"], group, round_.num_trials))
+        by_slot = {t.user_attrs["slot"]: t for t in claimed}
+        params = [slot_params(round_, points[slot]) for slot in slots]
+        seeds = [trial_seed(self.config.seed, round_.index, slot) for slot in slots]
+        hparams = trials_lib.TrialHparams(
+            learning_rate=[p["learning_rate"] for p in params],
+            l2=[p["l2"] for p in params],
+            seed=seeds,
+        )
+        factor = self.search.prune_factor
+        rungs = round_.rungs
+        log: dict[int, list[dict]] = {i: [] for i in range(len(slots))}
+        ended: dict[int, dict] = {}  # index -> the trial's attrs when it is cut
+        told: set[int] = set()
+        states = optuna.trial.TrialState
+        bar = tqdm(
+            total=pruning.halving_cost(len(slots), rungs, factor),
+            disable=not self.progress,
+            unit="step",
+            desc=f"round {round_.index + 1}: {len(slots)} trials, cut at {list(rungs[:-1])}",
+            leave=False,
+        )
+
+        def tell(index: int, attrs: dict, state, value: float | None) -> dict | None:
+            trial = by_slot.get(slots[index])
+            if trial is None:
+                return None  # not this worker's to record
+            try:
+                self.storage.set_trial_user_attr(trial._trial_id, "result", attrs)
+                self.storage.set_trial_state_values(
+                    trial._trial_id, state=state, values=None if value is None else [value]
+                )
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return None  # reclaimed as stale meanwhile: its slot's new trial gives these
+            told.add(slots[index])
+            killpoints.reach("search.told")
+            self.trained_here += 1
+            return trial_record(slots[index], params[index], attrs, round_)
+
+        def batch_done(rung_index: int, batch: list[int], result) -> bool:
+            killpoints.reach("search.trained")
+            step, last = rungs[rung_index], rung_index == len(rungs) - 1
+            records, at_goal = [], False
+            for lane, index in enumerate(batch):
+                loss = float(result.val_loss[lane])
+                log[index].append(
+                    {
+                        "step": step,
+                        "val_loss": files.finite_or_none(loss),
+                        "val_accuracy": float(result.val_accuracy[lane]),
+                    }
+                )
+                trial = by_slot.get(slots[index])
+                if trial is not None:
+                    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                        self.storage.set_trial_intermediate_value(trial._trial_id, step, loss)
+                attrs = trial_attrs(result, lane, seeds[index], round_, log[index])
+                if not last:
+                    ended[index] = attrs  # told as pruned if the rung cuts it
+                    continue
+                record = trial_record(slots[index], params[index], attrs, round_)
+                at_goal = at_goal or goal_trial([record], self.goal_val_error) is not None
+                metric = attrs[self.search.metric]
+                value = metric if metric is not None else math.inf
+                if tell(index, attrs, states.COMPLETE, value) is not None:
+                    records.append(record)
+            on_batch(records)
+            return at_goal
+
+        def rung_done(rung_index: int, kept: list[int], cut: list[int]) -> None:
+            records = []
+            for index in cut:
+                record = tell(index, ended.pop(index), states.PRUNED, None)
+                if record is not None:
+                    records.append(record)
+            for index in kept:
+                ended.pop(index, None)
+            on_batch(records)
+
+        self.runner.run_halving(
+            hparams,
+            self.dataset,
+            rungs,
+            width,
+            keep=lambda losses: pruning.survivors(losses, factor),
+            on_batch=batch_done,
+            on_rung=rung_done,
+            progress=self._beating(claimed, bar.update),
+        )
+        bar.close()
+        for slot, trial in by_slot.items():
+            if slot not in told:  # the group stopped at the goal before this trial ended
+                try:
+                    self.storage.set_trial_user_attr(trial._trial_id, "skipped", True)
+                    self.storage.set_trial_state_values(trial._trial_id, state=states.FAIL)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    pass
 
     def _beating(self, claimed: list, on_steps: Callable[[int], None]) -> Callable[[int], None]:
         """`on_steps`, recording the claimed trials' heartbeats at least twice per heartbeat

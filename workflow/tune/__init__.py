@@ -111,7 +111,9 @@ def search_trials(
     study = random_search.Search(
         runner, dataset, config, storage, "tune", progress=config.progress, goal_val_error=goal
     )
-    first = random_search.first_round(config.search, len(dataset.x_train), config.batch_size, band)
+    first = random_search.first_round(
+        config.search, len(dataset.x_train), config.batch_size, band, config.num_steps
+    )
     total_epochs = config.num_steps * config.batch_size / len(dataset.x_train)
     rounds, records = study.run(
         first, on_batch=lambda batch: report.print_trials(batch, total_epochs)

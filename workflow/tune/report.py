@@ -35,14 +35,17 @@ def open_run(
 
 def trial_line(record: dict, metric: str, total_epochs: float) -> str:
     """One row of the workflow's table, `acc = 0.412  lr : 1.405e-4  reg: 4.234e-4 (epoch 1 / 100)`
-    and a ✓ when the loss went down; epoch e / E: the epochs trained / those of a full run."""
+    and a ✓ when the loss went down; epoch e / E: the epochs trained / those of a full run; a
+    trial cut by rung pruning ends with `cut at step N`."""
     name = "acc" if metric == "val_accuracy" else "loss"
     value = record[metric]
     shown = f"{value:.3f}" if math.isfinite(value) else "nan"
     mark = "✓" if record["improved"] else " "
+    cut = record.get("pruned_at")
     return (
         f"{name} = {shown}  lr : {record['learning_rate']:.3e}  reg: {record['l2']:.3e} "
-        f"(epoch {record['epochs']:g} / {total_epochs:.0f})  {mark}"
+        f"(epoch {record['epochs']:.3g} / {total_epochs:.0f})  {mark}"
+        + (f"  cut at step {cut}" if cut is not None else "")
     )
 
 
@@ -159,16 +162,21 @@ def plot_search_axes(records: list[dict], metric: str) -> plt.Figure:
         for index in sorted({r["round"] for r in records}):
             rows = [r for r in records if r["round"] == index]
             color = ROUND_COLORS[index % len(ROUND_COLORS)]
-            for improved, marker in ((True, "o"), (False, "x")):
-                sel = [r for r in rows if r["improved"] == improved]
+            kinds = (
+                ("o", " ✓", lambda r: r["improved"] and r.get("pruned_at") is None),
+                ("x", " (loss not down)", lambda r: not r["improved"]),
+                ("v", " cut early", lambda r: r["improved"] and r.get("pruned_at") is not None),
+            )
+            for marker, what, kind in kinds:
+                sel = [r for r in rows if kind(r)]
                 if sel:
                     ax.scatter(
                         [r[key] for r in sel],
                         [r[metric] if math.isfinite(r[metric]) else math.nan for r in sel],
                         c=color,
                         marker=marker,
-                        alpha=0.8,
-                        label=f"round {index + 1}" + (" ✓" if improved else " (loss not down)"),
+                        alpha=0.8 if marker == "o" else 0.4,
+                        label=f"round {index + 1}{what}",
                     )
         ax.set_xscale("log")
         ax.set_xlabel(label)
@@ -180,7 +188,7 @@ def plot_search_axes(records: list[dict], metric: str) -> plt.Figure:
 
 
 def plot_trial_curves(records: list[dict], metric: str) -> plt.Figure:
-    """Training-loss curves of every trial, by round; the round's best drawn bold."""
+    """Training-loss curves of every trial, by round (cut ones grey); the round's best bold."""
     rounds = sorted({r["round"] for r in records})
     fig, axes = plt.subplots(1, len(rounds), figsize=(4.5 * len(rounds), 3.6), squeeze=False)
     for ax, index in zip(axes[0], rounds, strict=True):
@@ -193,7 +201,7 @@ def plot_trial_curves(records: list[dict], metric: str) -> plt.Figure:
             ax.plot(
                 steps,
                 curve,
-                color="black" if bold else "tab:blue",
+                color="black" if bold else "tab:gray" if r.get("pruned_at") else "tab:blue",
                 lw=2 if bold else 0.6,
                 alpha=1 if bold else 0.35,
             )
@@ -264,6 +272,7 @@ def search_metrics(
     """The initial loss, the range test's suggestion, the best trial's values and the retrained
     best's loss and accuracy on every split."""
     metrics = {**initial, "num_trials": len(records), "search_seconds": seconds}
+    metrics["pruned_trials"] = sum(r.get("pruned_at") is not None for r in records)
     metrics["search_stopped_at_goal"] = stopped is not None
     if stopped is not None:
         metrics["skipped_trials"] = stopped["skipped_trials"]
@@ -374,7 +383,8 @@ def report_sections(summary: Summary, plots: dict[str, str]) -> list[tuple[str, 
                 "{:.2g}..{:.2g}".format(*r["lr_range"]),
                 "{:.2g}..{:.2g}".format(*r["reg_range"]),
                 len(rows),
-                f"{r['epochs']:g} ({r['steps']:,} steps)",
+                f"{r['epochs']:.3g} ({r['steps']:,} steps)",
+                _rungs_text(r, rows),
                 sum(t["improved"] for t in rows),
                 reporting.fmt(top[0][metric]) if top else "-",
             ]
@@ -387,7 +397,16 @@ def report_sections(summary: Summary, plots: dict[str, str]) -> list[tuple[str, 
         (
             "Search",
             reporting.markdown_table(
-                ["round", "lr range", "reg range", "trials", "epochs", "✓", f"best {metric}"],
+                [
+                    "round",
+                    "lr range",
+                    "reg range",
+                    "trials",
+                    "epochs",
+                    "cut at steps (trials cut)",
+                    "✓",
+                    f"best {metric}",
+                ],
                 round_rows,
             )
             + (f"\n\nThe search {stop_text(summary.search_stop)}." if summary.search_stop else "")
@@ -418,6 +437,16 @@ def report_sections(summary: Summary, plots: dict[str, str]) -> list[tuple[str, 
     sections.append(("Findings", reporting.findings_markdown(summary.findings)))
     sections.append(("Next", reporting.next_markdown(summary.next)))
     return sections
+
+
+def _rungs_text(round_: dict, rows: list[dict]) -> str:
+    """A round's rungs and how many of its trials each cut: `100 (5), 300 (2)`; `-` when its
+    trials ran their whole length."""
+    rungs = round_.get("rungs") or []
+    if len(rungs) < 2:
+        return "-"
+    cuts = [sum(t.get("pruned_at") == step for t in rows) for step in rungs[:-1]]
+    return ", ".join(f"{step:,} ({n})" for step, n in zip(rungs[:-1], cuts, strict=True))
 
 
 def loops_table(loops: dict[str, dict]) -> str:

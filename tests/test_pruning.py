@@ -1,0 +1,224 @@
+"""Rung pruning: successive halving over batched trials, recorded in Optuna, resumable."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+from tests.search_worker import search_config
+from workflow import experiment, killpoints
+from workflow.engine import trials
+from workflow.search import pruning, random_search
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def test_rungs_are_whole_host_calls_each_factor_times_longer():
+    assert pruning.rung_steps(3000, 4, 3, 100) == (100, 300, 1000, 3000)
+    assert pruning.rung_steps(60, 4, 3, 20) == (20, 60)  # 60/9 and 60/27: shorter than a call
+    assert pruning.rung_steps(38, 4, 3, 20) == (38,)
+    assert pruning.rung_steps(3000, 1, 3, 100) == (3000,)  # pruning off
+    assert pruning.halving_cost(27, (100, 300, 1000), 3) == 27 * 100 + 9 * 200 + 3 * 700
+
+
+def test_survivors_are_the_best_fraction_by_val_loss_never_a_diverged_one():
+    assert pruning.survivors([0.5, 2.0, 0.4, 1.0, 3.0, 0.45], 3) == [2, 5]
+    assert pruning.survivors([1.0, 1.0, 1.0], 3) == [0]  # ties to the lower slot
+    assert pruning.survivors([math.nan, 1.0, 2.0], 3) == [1]
+    assert pruning.survivors([math.inf, math.nan], 2) == []
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return experiment.prepare(search_config())
+
+
+@pytest.fixture(scope="module")
+def runner(setup):
+    ds = setup.dataset
+    return trials.TrialRunner(setup.config, ds.input_shape, ds.num_classes)
+
+
+def test_a_clearly_worse_curve_is_cut_and_the_good_trial_keeps_its_unpruned_numbers(setup, runner):
+    # lr 1e-2 learns the tabular problem; lr 1e-7 leaves the loss where it started.
+    hparams = trials.TrialHparams([1e-2, 1e-7], [0.0, 0.0], [0, 1])
+    batches, rungs_seen = [], []
+    runner.run_halving(
+        hparams,
+        setup.dataset,
+        (20, 60),
+        2,
+        keep=lambda losses: pruning.survivors(losses, 2),
+        on_batch=lambda rung, slots, result: batches.append((rung, slots, result)) and False,
+        on_rung=lambda rung, kept, cut: rungs_seen.append((rung, kept, cut)),
+    )
+    assert rungs_seen == [(0, [0], [1])]  # the flat curve is cut at step 20, the good one not
+    (_, first, at_20), (_, last, at_60) = batches
+    assert first == [0, 1] and last == [0]
+    assert at_20.val_loss[0] < 0.5 * at_20.val_loss[1]
+    assert at_60.steps == 60 and at_60.val_accuracy[0] > 0.8
+    # Continued from its own state on its own batches: the numbers of the unpruned trial.
+    _, whole = runner.run(hparams, setup.dataset, 60)
+    np.testing.assert_allclose(at_60.val_loss[0], whole.val_loss[0], rtol=1e-6)
+    np.testing.assert_allclose(at_60.train_loss_curve[0], whole.train_loss_curve[0], rtol=1e-6)
+
+
+def _worker(url: str, name: str, *, kill_at: str | None = None) -> subprocess.Popen:
+    """tests/search_worker.py on `name` at `url` with pruning, killing itself at `kill_at`."""
+    env = {k: v for k, v in os.environ.items() if k != killpoints.ENV}
+    if kill_at:
+        env[killpoints.ENV] = kill_at
+    return subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "search_worker.py"), url, name, "1", "none", "4"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory):
+    """The search_config() search with pruning, run once without interruption: (url, output)."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('pruned')}/study.db"
+    out, err = _worker(url, "p").communicate(timeout=300)
+    assert out, err[-2000:]
+    return url, json.loads(out.strip().splitlines()[-1])
+
+
+def test_the_pruned_search_records_rung_values_and_cuts_in_optuna(pruned):
+    import optuna
+
+    url, output = pruned
+    assert output["rounds"][1]["rungs"] == [20, 60]
+    states = optuna.trial.TrialState
+    study = optuna.load_study(study_name="p/round-1", storage=url)
+    by_state = {
+        state: [t for t in study.trials if t.state == state]
+        for state in (states.COMPLETE, states.PRUNED)
+    }
+    assert len(by_state[states.COMPLETE]) == 1 and len(by_state[states.PRUNED]) == 3  # 4 // 3
+    (best,) = by_state[states.COMPLETE]
+    assert sorted(best.intermediate_values) == [20, 60]
+    for trial in by_state[states.PRUNED]:  # what optuna-dashboard draws: the curve to the cut
+        assert list(trial.intermediate_values) == [20]
+        assert trial.intermediate_values[20] >= best.intermediate_values[20]
+        assert trial.user_attrs["result"]["pruned_at"] == 20
+    records = [r for r in output["records"] if r["round"] == 1]
+    assert sorted(r["pruned_at"] or 60 for r in records) == [20, 20, 20, 60]
+    assert random_search.best_record(output["records"], "val_accuracy")["pruned_at"] is None
+    assert output["trained_here"] == 12
+
+
+# Each process of the chain is killed in the pruned round: after its first rung's program
+# trained (nothing of it recorded; the unpruned round 0 trained two programs before), then,
+# in the next process (round 0 finished), with two of the round's three cuts recorded.
+PRUNED_KILL_CHAIN = ("search.trained:3", "search.told:2")
+
+
+@pytest.mark.slow
+def test_a_pruned_search_killed_midway_resumes_to_the_same_cuts(pruned, tmp_path):
+    _, whole = pruned
+    url = f"sqlite:///{tmp_path}/study.db"
+    for point in PRUNED_KILL_CHAIN:
+        _, err = (proc := _worker(url, "p", kill_at=point)).communicate(timeout=300)
+        assert proc.returncode == -signal.SIGKILL, f"{point}: {err[-2000:]}"
+    out, err = (proc := _worker(url, "p")).communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    resumed = json.loads(out.strip().splitlines()[-1])
+    assert resumed["rounds"] == whole["rounds"]
+    assert resumed["records"] == whole["records"]  # the same cuts, at the same val numbers
+    assert resumed["trained_here"] == 2  # the last cut and the complete trial, recorded once
+
+
+def test_groups_are_halved_each_on_their_own_trials(setup, runner, tmp_path):
+    import optuna
+
+    config = search_config(prune_rungs=3)
+    config.search.group_trials = 2  # round 1's four slots: two groups, one survivor each
+    url = f"sqlite:///{tmp_path}/study.db"
+    first = random_search.first_round(config.search, len(setup.dataset.x_train), config.batch_size)
+    search = random_search.Search(runner, setup.dataset, config, url, "g", progress=False)
+    rounds, records = search.run(first)
+    refined = [r for r in records if r["round"] == 1]
+    survivors = [r["slot"] for r in refined if r["pruned_at"] is None]
+    assert len(survivors) == 2 and {s // 2 for s in survivors} == {0, 1}
+    for slot in survivors:  # the better of its group at the cut
+        other = next(r for r in refined if r["slot"] == slot ^ 1)
+        mine = next(r for r in refined if r["slot"] == slot)
+        assert mine["rungs"][0]["val_loss"] <= other["rungs"][0]["val_loss"]
+    study = optuna.load_study(study_name="g/round-1", storage=url)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.PRUNED) == 2
+
+
+@pytest.mark.parametrize(
+    "key, value, words",
+    [
+        ("prune_rungs", 0, "search.prune_rungs=0"),
+        ("prune_factor", 1, "search.prune_factor=1"),
+        ("group_trials", -2, "search.group_trials=-2"),
+    ],
+)
+def test_bad_pruning_settings_are_one_line_errors(key, value, words):
+    from workflow.errors import UsageError
+
+    config = search_config()
+    config.search[key] = value
+    with pytest.raises(UsageError, match=words):
+        random_search.validate_search_config(config.search)
+
+
+HALVING_SCRIPT = """
+import json, os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=" + sys.argv[1]
+sys.path.insert(0, sys.argv[2])
+import jax
+from tests.search_worker import search_config
+from workflow import experiment
+from workflow.engine import trials
+from workflow.search import pruning
+config = search_config()
+setup = experiment.prepare(config)
+ds = setup.dataset
+runner = trials.TrialRunner(config, ds.input_shape, ds.num_classes)
+hp = trials.TrialHparams([1e-2, 1e-7, 3e-3, 1e-4, 5e-3], [0.0] * 5, [0, 1, 2, 3, 4])
+seen = []
+runner.run_halving(
+    hp, ds, (20, 60), 3, keep=lambda losses: pruning.survivors(losses, 2),
+    on_batch=lambda rung, slots, res: seen.append([rung, slots, res.val_loss.tolist()]) and False,
+    on_rung=lambda rung, kept, cut: seen.append([rung, kept, cut]),
+)
+print(json.dumps([jax.device_count(), seen]))
+"""
+
+
+@pytest.mark.slow  # two fresh JAX processes
+def test_halving_on_eight_devices_cuts_and_scores_as_on_one():
+    runs = {}
+    for devices in (1, 8):
+        done = subprocess.run(
+            [sys.executable, "-c", HALVING_SCRIPT, str(devices), ROOT],
+            cwd=ROOT,
+            env=dict(os.environ, JAX_PLATFORMS="cpu"),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        count, runs[devices] = json.loads(done.stdout.strip().splitlines()[-1])
+        assert count == devices
+    # Five trials in programs of three lanes (padded to the eight devices' multiple).
+    one, eight = runs[1], runs[8]
+    assert [e[:2] for e in one] == [e[:2] for e in eight]
+    assert one[2] == [0, [0, 4], [1, 2, 3]]  # the best two of five go on
+    for a, b in zip(one, eight, strict=True):
+        if a[0] in (0, 1) and len(a) == 3 and isinstance(a[2][0], float):
+            np.testing.assert_allclose(a[2], b[2], rtol=1e-5)

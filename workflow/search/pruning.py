@@ -1,0 +1,46 @@
+"""Rung pruning: successive halving over the lanes of batched trial programs.
+
+A round's trials are cut at rungs: trial lengths r_0 < r_1 < ... < r_last (the round's trial
+length), each `factor` times the one before. Every trial of a group trains to r_0; the best
+1/factor of them by val loss there (`survivors`) train on to r_1, the others are cut (pruned);
+and so on to r_last. At each rung the trials still running fill the lanes of programs of the
+search's width, one batch after another, so a lane freed by a cut is taken by the next trial
+and the compiled program keeps its width and shape; a trial continues from its own state, kept
+between rungs.
+
+Every trial sees the batches of its own step count (the same as without pruning), so a trial
+that is never cut ends with exactly the numbers of the unpruned search, and the cuts are a pure
+function of the trials' val losses: a group trained again after a kill reaches the same cuts.
+"""
+
+import math
+from collections.abc import Sequence
+
+
+def rung_steps(total: int, num_rungs: int, factor: int, unit: int) -> tuple[int, ...]:
+    """The rungs of trials `total` steps long: total / factor^k for k = num_rungs - 1, ..., 1,
+    each rounded to whole host calls of `unit` steps (a rung shorter than one call is left out:
+    deciding there costs more than it saves), then `total` itself; (total,) with one rung."""
+    rungs = []
+    for k in range(num_rungs - 1, 0, -1):
+        length = total / factor**k
+        if length >= unit:
+            rungs.append(unit * round(length / unit))
+    return tuple(sorted({r for r in rungs if 0 < r < total})) + (total,)
+
+
+def survivors(val_losses: Sequence[float], factor: int) -> list[int]:
+    """The indices (ascending) of the trials that train on past a rung: the best
+    max(1, n // factor) of the n by val loss, ties to the lower index; never a non-finite one."""
+    finite = [i for i, v in enumerate(val_losses) if math.isfinite(v)]
+    ranked = sorted(finite, key=lambda i: (val_losses[i], i))
+    return sorted(ranked[: max(1, len(val_losses) // factor)])
+
+
+def halving_cost(num_trials: int, rungs: Sequence[int], factor: int) -> int:
+    """Training steps of a group of `num_trials` trials (summed over trials) cut at `rungs`."""
+    cost, previous, alive = 0, 0, num_trials
+    for rung in rungs:
+        cost += alive * (rung - previous)
+        previous, alive = rung, max(1, alive // factor)
+    return cost
