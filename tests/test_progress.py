@@ -87,3 +87,10 @@ def test_the_training_bar_shows_one_rate(capsys):
     shown = capsys.readouterr().err
     assert "step/s" in shown or "s/step" in shown
     assert "steps_per_s" not in shown  # no second rate beside tqdm's
+
+
+def test_a_bar_advanced_by_calls_counts_their_units():
+    with Progress(10, "round 1: 4 trials", "step", enabled=True) as bar:
+        bar.advance(3)
+        bar.advance(4)
+        assert bar._bar.n == 7

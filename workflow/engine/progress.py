@@ -54,6 +54,13 @@ class Progress:
                 self._bar.set_postfix(postfix, refresh=False)
             self._bar.refresh()
 
+    def advance(self, count: int) -> None:
+        """Add `count` units done (a call that returned)."""
+        if self.enabled:
+            with self._lock:
+                self._pending.clear()
+                self._bar.update(count)
+
     def phase(self, text: str = "") -> None:
         """What the work is doing now ("compiling"), shown after the bar's name ("": nothing)."""
         if self.enabled:

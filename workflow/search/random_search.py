@@ -47,6 +47,7 @@ import numpy as np
 
 from workflow import files, killpoints
 from workflow.engine import trials as trials_lib
+from workflow.engine.progress import Progress
 from workflow.errors import UsageError
 
 SAMPLERS = ("halton", "sobol", "random")
@@ -682,7 +683,6 @@ class Search:
         slots claimed elsewhere train a copy of a claimed trial, then are dropped): a trial's
         numbers are those of the uninterrupted search, whatever was claimed with it."""
         import optuna
-        from tqdm.auto import tqdm
 
         slots = [t.user_attrs["slot"] for t in claimed]
         lanes = batch_slots(slots[0], width, round_.num_trials)
@@ -693,17 +693,11 @@ class Search:
             l2=[t.params["l2"] for t in lane_trials],
             seed=[t.user_attrs["seed"] for t in lane_trials],
         )
-        bar = tqdm(
-            total=round_.steps,
-            disable=not self.progress,
-            unit="step",
-            desc=f"round {round_.index + 1}: {len(claimed)} trials",
-            leave=False,
-        )
-        _, result = self.runner.run(
-            hparams, self.dataset, round_.steps, progress=self._beating(claimed, bar.update)
-        )
-        bar.close()
+        desc = f"round {round_.index + 1}: {len(claimed)} trials"
+        with Progress(round_.steps, desc, "step", enabled=self.progress) as bar:
+            _, result = self.runner.run(
+                hparams, self.dataset, round_.steps, progress=self._beating(claimed, bar.advance)
+            )
         killpoints.reach("search.trained")
         records = []
         for slot, trial in sorted(by_slot.items()):
@@ -742,7 +736,6 @@ class Search:
         Every slot of the group is trained (slots finished before, or claimed elsewhere, again
         but not recorded): the cuts are the uninterrupted search's, whatever was claimed."""
         import optuna
-        from tqdm.auto import tqdm
 
         from workflow.search import pruning
 
@@ -761,12 +754,11 @@ class Search:
         ended: dict[int, dict] = {}  # index -> the trial's attrs when it is cut
         told: set[int] = set()
         states = optuna.trial.TrialState
-        bar = tqdm(
-            total=pruning.halving_cost(len(slots), rungs, factor),
-            disable=not self.progress,
-            unit="step",
-            desc=f"round {round_.index + 1}: {len(slots)} trials, cut at {list(rungs[:-1])}",
-            leave=False,
+        bar = Progress(
+            pruning.halving_cost(len(slots), rungs, factor),
+            f"round {round_.index + 1}: {len(slots)} trials, cut at {list(rungs[:-1])}",
+            "step",
+            enabled=self.progress,
         )
 
         def tell(index: int, attrs: dict, state, value: float | None) -> dict | None:
@@ -825,17 +817,17 @@ class Search:
                 ended.pop(index, None)
             on_batch(records)
 
-        self.runner.run_halving(
-            hparams,
-            self.dataset,
-            rungs,
-            width,
-            keep=lambda losses: pruning.survivors(losses, factor),
-            on_batch=batch_done,
-            on_rung=rung_done,
-            progress=self._beating(claimed, bar.update),
-        )
-        bar.close()
+        with bar:
+            self.runner.run_halving(
+                hparams,
+                self.dataset,
+                rungs,
+                width,
+                keep=lambda losses: pruning.survivors(losses, factor),
+                on_batch=batch_done,
+                on_rung=rung_done,
+                progress=self._beating(claimed, bar.advance),
+            )
         for slot, trial in by_slot.items():
             if slot not in told:  # the group stopped at the goal before this trial ended
                 try:
