@@ -124,6 +124,7 @@ SMALL_RUN = {
 }
 
 
+@pytest.mark.slow
 def test_improve_from_python_on_a_regression(tmp_path):
     """api.improve with task=regression: the baseline and remedies compared in RMSE, a decision
     and its metrics in the task's terms."""

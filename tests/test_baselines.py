@@ -99,6 +99,7 @@ def test_mnist_lenet_trains_end_to_end_on_mock_data(tmp_path):
     assert summary.dataset["normalized"]
 
 
+@pytest.mark.slow
 def test_imdb_lstm_trains_end_to_end_on_mock_data(tmp_path):
     summary = run_baseline("imdb_lstm", tmp_path, **{"dataset.kwargs.max_length": 16})
     ds = summary.dataset

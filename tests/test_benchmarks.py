@@ -23,6 +23,7 @@ def _torch_available() -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_reproduce_mnist1d_writes_json(tmp_path):
     from benchmarks import reproduce_mnist1d
 

@@ -134,6 +134,7 @@ def script(tmp_path) -> pathlib.Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_workflow_package_in_the_current_directory_shadows_python_m_not_the_command(tmp_path):
     """`python -m workflow.debug` imports a project's own `workflow/` from the current
     directory before any of ours runs (Python's own error, nothing to intercept); the

@@ -204,7 +204,14 @@ FULL_DISK_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(FULL_DISK_CASES))
+@pytest.mark.parametrize(
+    "case",
+    # The checkpoints case is the default run's; the records case adds little time to prove.
+    [
+        pytest.param(c, marks=[pytest.mark.slow] if c == "records" else [])
+        for c in sorted(FULL_DISK_CASES)
+    ],
+)
 def test_a_full_disk_is_one_line_naming_the_path_and_a_rerun_resumes(small_disk, case):
     workdir = small_disk / "run"
     args = [*SMALL_CONFIG_FLAGS, *FULL_DISK_CASES[case], f"--workdir={workdir}"]

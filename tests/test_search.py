@@ -64,6 +64,7 @@ def test_batched_trials_equal_separate_runs(setup, runner):
         np.testing.assert_allclose(a, b)
 
 
+@pytest.mark.slow
 def test_trials_on_eight_devices_match_one():
     script = f"""
 import json, sys

@@ -311,6 +311,7 @@ def test_task_initial_loss_check_fires_on_an_exploding_init_and_stays_quiet(setu
     )
 
 
+@pytest.mark.slow
 def test_arrays_in_memory_with_task_regression_through_the_api(tmp_path):
     """data as a dict of arrays with float targets, task=regression: the in-memory path reads
     them as targets (a test split carved, not stratified) and debug runs in regression's terms."""

@@ -127,6 +127,7 @@ def test_dropout_and_batchnorm_switch_modes_in_a_user_model():
     assert jax.tree.leaves(state.params)
 
 
+@pytest.mark.slow
 def test_the_docs_model_runs_the_debug_stage_on_a_csv(tmp_path):
     """The issue's case: a config built for the LSTM, a model written as the Flax docs write
     one, a CSV table: the stage trains it with exactly the options given."""
