@@ -67,6 +67,7 @@ def test_reproduce_mnist1d_check_names_failed_models():
     assert reproduce_mnist1d.failures({"cnn": reproduce_mnist1d.over_seeds(runs)})
 
 
+@pytest.mark.slow
 def test_train_throughput_writes_json(tmp_path):
     from benchmarks import train_throughput
 

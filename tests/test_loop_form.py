@@ -157,6 +157,7 @@ def test_trials_range_test_and_overfit_give_the_same_numbers_in_both_forms():
     assert overfit_scan.steps == overfit_step.steps
 
 
+@pytest.mark.slow
 def test_both_forms_on_eight_devices():
     # Replicated parameters and per-host data: the same program partitioned alike, bit for
     # bit. Parameters sharded over the mesh are partitioned differently in a loop body: the

@@ -407,6 +407,7 @@ def test_a_user_model_that_declares_its_growth_gets_the_model_remedies():
     assert [layer.out_features for layer in bigger.hidden] == [12, 6]
 
 
+@pytest.mark.slow
 def test_the_improve_stage_says_once_that_a_model_declares_no_size(tmp_path):
     config = _user_config(PlainNet)
     config.goal.test_error = 0.0  # nothing meets it: the starting point underfits

@@ -58,7 +58,11 @@ def run_in(folder: pathlib.Path, argv: list[str]) -> subprocess.CompletedProcess
     )
 
 
-@pytest.mark.parametrize("index", range(len(COMMANDS)))
+# The first command runs by default (the Python example runs the docs model); the image folder
+# and the docs model on the command line run with the slow tests.
+@pytest.mark.parametrize(
+    "index", [pytest.param(i, marks=[pytest.mark.slow] if i else []) for i in range(len(COMMANDS))]
+)
 def test_each_command_of_the_guide_runs_to_a_verdict(index, user_folder):
     argv = shlex.split(COMMANDS[index])
     assert argv[0] == "python"
