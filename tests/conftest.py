@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -81,11 +82,36 @@ SMALL_CONFIG_FLAGS = [
 ]
 
 
+def start_until_checkpoint(args: list[str], workdir, step: int, seconds: float = 240):
+    """`python -m workflow.start_simple args` in `workdir`, returned still running once its
+    checkpoint of `step` is on disk (to be killed there)."""
+    proc = start_stage(
+        "start_simple",
+        *args,
+        f"--workdir={workdir}",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + seconds
+    while not os.path.isdir(os.path.join(workdir, "checkpoints", str(step))):
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline, f"no checkpoint at step {step} in time"
+        time.sleep(0.05)
+    return proc
+
+
 def small_config(kind: str = "tabular", model: str = "", **overrides):
     """A fast synthetic config: few examples, few steps, no progress bar."""
-    config = load_config("configs/synthetic.py", f"{kind},{model}" if model else kind)
-    config.dataset.kwargs.num_train = 600
-    config.dataset.kwargs.num_test = 200
+    config = shrink(load_config("configs/synthetic.py", f"{kind},{model}" if model else kind))
+    config.update_from_flattened_dict(overrides) if overrides else None
+    return config
+
+
+def shrink(config):
+    """`config` at the suite's small size: few synthetic examples, few steps, no progress bar."""
+    if "num_train" in config.dataset.get("kwargs", {}):  # a generated dataset: its size
+        config.dataset.kwargs.num_train = 600
+        config.dataset.kwargs.num_test = 200
     config.num_steps = 60
     config.batch_size = 32
     config.steps_per_call = 20
@@ -95,7 +121,6 @@ def small_config(kind: str = "tabular", model: str = "", **overrides):
     config.eval_batch_size = 256
     config.optimizer.learning_rate = 3e-3  # few steps: learn fast enough to assert on
     config.progress = False
-    config.update_from_flattened_dict(overrides) if overrides else None
     return config
 
 

@@ -6,12 +6,16 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import time
 
 import pytest
 
-from tests.conftest import records, run_stage, same_numbers, small_config, start_stage
+from tests.conftest import (
+    records,
+    run_stage,
+    same_numbers,
+    small_config,
+    start_until_checkpoint,
+)
 from tests.conftest import train_run as run
 from workflow import cli, experiment
 from workflow.engine import checkpoints
@@ -104,18 +108,7 @@ def test_kill_9_mid_run_then_the_same_command_ends_with_the_uninterrupted_metric
         "--config.progress=False",
     ]
     killed = tmp_path / "killed"
-    proc = start_stage(
-        "start_simple",
-        *args,
-        f"--workdir={killed}",
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 240
-    while not (killed / "checkpoints" / "100").is_dir():
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline, "no checkpoint at step 100 in time"
-        time.sleep(0.05)
+    proc = start_until_checkpoint(args, killed, 100)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / "summary.json").exists()  # killed mid-run, before the end

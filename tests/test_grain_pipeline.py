@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 
 import numpy as np
@@ -19,7 +18,7 @@ from tests.conftest import (
     run_stage,
     same_numbers,
     small_config,
-    start_stage,
+    start_until_checkpoint,
     train_run,
 )
 from workflow import config_lib, data, engine, experiment
@@ -266,18 +265,7 @@ def test_kill_9_with_grain_workers_then_the_same_command_ends_with_the_uninterru
         "--config.progress=False",
     ]
     killed = tmp_path / "killed"
-    proc = start_stage(
-        "start_simple",
-        *args,
-        f"--workdir={killed}",
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 240
-    while not (killed / "checkpoints" / "100").is_dir():
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline, "no checkpoint at step 100 in time"
-        time.sleep(0.05)
+    proc = start_until_checkpoint(args, killed, 100)
     workers = children(proc.pid)
     assert workers, "no grain worker process"
     os.kill(proc.pid, signal.SIGKILL)

@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from tests.conftest import load_config
+from tests.conftest import load_config, shrink
 from workflow import api, config_lib, data, debug, experiment
 from workflow.data import synthetic
 from workflow.diagnostics import bias_variance
@@ -20,22 +20,10 @@ from workflow.errors import UsageError
 
 def small(setup: str, **overrides) -> ml_collections.ConfigDict:
     """configs/tasks.py:<setup> at a few seconds' size."""
-    config = load_config("configs/tasks.py", setup)
-    if setup == "regression":
-        config.dataset.kwargs.num_train = 600
-        config.dataset.kwargs.num_test = 200
-    config.num_steps = 60
-    config.batch_size = 32
-    config.steps_per_call = 20
-    config.log_every = 10
-    config.eval_every = 20
-    config.checkpoint_every = 20
-    config.eval_batch_size = 256
-    config.optimizer.learning_rate = 3e-3
+    config = shrink(load_config("configs/tasks.py", setup))
     config.debug.overfit_steps = 400
     config.debug.train_steps = 100
     config.evaluate.train_sizes = ()
-    config.progress = False
     config_lib.apply_overrides(config, overrides)
     return config
 
