@@ -125,3 +125,30 @@ def test_block_indices_refuse_a_batch_the_blocks_cannot_serve():
         data.block_batch_indices(12, 4, 10, 0, 0, 1)
     with pytest.raises(UsageError, match="use batch_size <= 48"):
         data.block_batch_indices(12, 4, 64, 0, 0, 1)
+
+
+@pytest.mark.parametrize("task", ["regression", "multilabel"])
+def test_tasks_beyond_classification_shard_with_the_whole_splits_statistics(task):
+    """Regression's target statistics and multi-label's label counts are the whole training
+    split's on every host; each host trains on its own slice of the standardized targets."""
+    cfg = synthetic_cfg()
+    if task == "regression":
+        cfg.kwargs = ml_collections.ConfigDict({"kind": task, "num_train": 300, "num_test": 100})
+    else:  # scikit-learn's digits as three yes/no questions
+        cfg.name = "workflow.data.examples:digits_multilabel"
+        cfg.kwargs = ml_collections.ConfigDict()
+    whole = load_dataset(cfg, seed=0, shard=None, task=task)
+    parts = [load_dataset(cfg, seed=0, shard=Shard(i, 2, 4), task=task) for i in (0, 1)]
+    kept = len(parts[0].y_train) * 2
+    assert kept == len(whole.y_train) - len(whole.y_train) % 8
+    np.testing.assert_array_equal(np.concatenate([p.y_train for p in parts]), whole.y_train[:kept])
+    train = parts[1].summary()["splits"]["train"]
+    assert train["size"] == kept
+    if task == "regression":
+        assert all(p.task == whole.task for p in parts)  # the whole split's, not a shard's
+        assert train["target_mean"] == list(whole.task.mean)
+    else:
+        # One process here: the sum over processes is this shard's own positives per label.
+        expected = np.sum(parts[1].y_train, axis=0).astype(int).tolist()
+        assert train["label_counts"] == expected and sum(expected) > 0
+        assert "class_counts" not in train

@@ -18,7 +18,7 @@ from workflow.data.normalization import (
     combined_normalization,
     compute_normalization,
 )
-from workflow.data.shards import Shard, SplitPlan, process_shard, shard_info
+from workflow.data.shards import TARGET_COUNTS, Shard, SplitPlan, process_shard, shard_info
 from workflow.data.sources import (
     IN_MEMORY,
     VALID_NAMES,
@@ -33,6 +33,9 @@ from workflow.data.validation import as_inputs, check_train_size, val_count, val
 from workflow.engine import tasks
 from workflow.errors import UsageError
 from workflow.files import to_jsonable
+
+# The whole training split's target counts a shard's description carries (shards.shard_info).
+WHOLE_COUNTS = tuple(TARGET_COUNTS.values())
 
 
 @dataclasses.dataclass(eq=False)
@@ -74,7 +77,8 @@ class Dataset:
         h = hashlib.sha256()
         shard = self.info.get("shard")
         # Of the shard, what every process knows alike: every process's range, the class counts.
-        whole = {k: shard[k] for k in ("hosts", "global_size", "class_counts")} if shard else None
+        keys = ("hosts", "global_size", *WHOLE_COUNTS)
+        whole = {k: shard[k] for k in keys if k in shard} if shard else None
         described = [self.kind, int(self.num_classes), whole, self.normalization]
         if self.task.name != tasks.CLASSIFICATION:  # classification's fingerprints unchanged
             described.append(self.task.describe())
@@ -106,9 +110,12 @@ class Dataset:
             splits["train"] = {
                 "size": int(shard["global_size"]),
                 "x_shape": [int(shard["global_size"]), *self.input_shape],
-                "class_counts": [int(c) for c in shard["class_counts"]],
+                **{k: shard[k] for k in WHOLE_COUNTS if k in shard},
             }
-            out["shard"] = {k: v for k, v in shard.items() if k != "class_counts"}
+            if self.task.name == tasks.REGRESSION:  # its statistics are the whole split's
+                splits["train"]["target_mean"] = list(self.task.mean)
+                splits["train"]["target_std"] = list(self.task.std)
+            out["shard"] = {k: v for k, v in shard.items() if k not in WHOLE_COUNTS}
         if self.task.name != tasks.CLASSIFICATION:
             out["task"] = self.task.describe()
         vocab = self.info.get("vocabulary")
@@ -190,15 +197,20 @@ def load_dataset(
     if token_ids is not None:
         x_train, x_val, x_test = _as_vocabulary_ids(token_ids, x_train, x_val, x_test, info)
     x_rest = None  # the dropped training examples, which the statistics still count
-    if shard is not None and task != tasks.CLASSIFICATION:
-        # A shard's description counts classes, and regression's statistics need every host's.
-        raise UsageError(
-            f"task={task} with per-host data is not supported; use "
-            "--config.parallel.data=replicated"
-        )
+    task_kind = tasks.KINDS[task]()
+    if task == tasks.REGRESSION:
+        # Every host holds the whole training split here unless its loader read only a part,
+        # so the targets' statistics are the whole split's and the same on every host.
+        if read_shard is not None:
+            raise UsageError(
+                f"task={task} with a loader that reads only this host's records ({name}) is "
+                "not supported: the targets' statistics need every host's; use "
+                "--config.parallel.data=replicated"
+            )
+        task_kind = target_statistics(y_train, name)
     if shard is not None:
         x_train, y_train, x_rest = _this_process_part(
-            shard, read_shard, raw, x_train, y_train, name, info
+            shard, read_shard, raw, x_train, y_train, name, info, task
         )
 
     normalization = None
@@ -212,9 +224,7 @@ def load_dataset(
         )
     info["sizes"] = {"train": len(y_train), "val": len(y_val), "test": len(raw["y_test"])}
     y_test = raw["y_test"]
-    task_kind = tasks.KINDS[task]()
     if task == tasks.REGRESSION:
-        task_kind = target_statistics(y_train, name)
         y_train, y_val, y_test = (standardized(y, task_kind) for y in (y_train, y_val, y_test))
 
     return Dataset(
@@ -347,6 +357,7 @@ def _this_process_part(
     y_train: np.ndarray,
     name: str,
     info: dict,
+    task: str,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(x, y, x_rest): this process's part of the training split (sliced here unless the
     loader read only it) and the dropped examples, which the statistics still count;
@@ -364,7 +375,7 @@ def _this_process_part(
         x_train, y_train = x_train[start:stop], y_train[start:stop]
     else:
         x_rest = as_inputs(raw["x_train_rest"], name, "train")
-    info["shard"] = shard_info(shard, read_shard, y_train, raw["num_classes"])
+    info["shard"] = shard_info(shard, read_shard, y_train, raw["num_classes"], task)
     return x_train, y_train, x_rest
 
 

@@ -50,7 +50,9 @@ def process_shard(config: ml_collections.ConfigDict | None = None) -> Shard | No
     return Shard(jax.process_index(), count, max(1, devices // count))
 
 
-def shard_info(shard: Shard, read: dict, y_train: np.ndarray, num_classes: int) -> dict:
+def shard_info(
+    shard: Shard, read: dict, y_train: np.ndarray, num_classes: int, task: str = "classification"
+) -> dict:
     """dataset.info["shard"]: this process's range, and every process's as it loaded it
     (gathered: collective, so every process calls it at the same point)."""
     from workflow.engine import distributed
@@ -60,7 +62,6 @@ def shard_info(shard: Shard, read: dict, y_train: np.ndarray, num_classes: int) 
         {"process": i, "start": int(a), "stop": int(b), "examples": int(n)}
         for i, (a, b, n) in enumerate(distributed.allgather(mine))
     ]
-    counts = np.bincount(y_train, minlength=num_classes).astype(np.int64)
     return {
         "process": shard.index,
         "processes": shard.count,
@@ -72,8 +73,29 @@ def shard_info(shard: Shard, read: dict, y_train: np.ndarray, num_classes: int) 
         "dropped": int(read["dropped"]),
         "read": read["read"],
         "hosts": hosts,
-        "class_counts": [int(c) for c in distributed.sum_over_processes(counts)],
+        **_target_counts(y_train, num_classes, task),
     }
+
+
+# What shard_info counts of the whole training split, by config.task: examples per class, or
+# positives per label; regression's targets are described by their statistics (Dataset.task).
+TARGET_COUNTS = {"classification": "class_counts", "multilabel": "label_counts"}
+
+
+def _target_counts(y_train: np.ndarray, num_classes: int, task: str) -> dict[str, list[int]]:
+    """Every process's training examples per class, or positives per label, summed over
+    processes (collective); nothing for regression."""
+    from workflow.engine import distributed
+
+    key = TARGET_COUNTS.get(task)
+    if key is None:
+        return {}
+    if key == "class_counts":
+        counts = np.bincount(y_train, minlength=num_classes)
+    else:
+        counts = np.sum(y_train, axis=0)
+    summed = distributed.sum_over_processes(np.asarray(counts).astype(np.int64))
+    return {key: [int(c) for c in summed]}
 
 
 @dataclasses.dataclass(frozen=True)
