@@ -188,17 +188,65 @@ def test_squashed_regression_head_fires_and_stays_quiet():
 
 
 def test_debug_regression_checklist_in_its_terms(tmp_path):
-    """The clean regression setup: no warning, the class-label row 'not applicable', the
-    others in regression's words; the initial loss measured against predicting the mean."""
+    """The clean regression setup: no warning, every row in regression's words (the labels row
+    is the held-out comparison of training and test targets); the initial loss measured
+    against predicting the mean."""
     summary = debug.run_debug(experiment.prepare(small("regression")), str(tmp_path))
     assert [f.id for f in summary.findings if f.severity != "info"] == []
     report = (tmp_path / "report.md").read_text()
-    assert "| labels in range and informative | not applicable | task=regression" in report
+    assert "| training targets fit like unseen test targets | passed |" in report
+    assert "not applicable" not in report
     assert "| initial loss near that of predicting the mean | passed |" in report
     assert summary.metrics["overfit_passed"]
     assert summary.metrics["short_run_val_error"] == pytest.approx(
         1 - summary.metrics["short_run_val_accuracy"]
     )
+
+
+def test_held_out_checks_in_regression_and_multilabel_terms():
+    """Training targets fit clearly worse than unseen test targets fire `train_labels_noisy`,
+    test clearly worse than val `test_split_differs`; the same spread, heavy tails included,
+    stays quiet."""
+    from workflow.diagnostics.checks import held_out_error_findings
+
+    rng = np.random.default_rng(0)
+    reg = tasks.Regression(mean=(100.0,), std=(20.0,))
+
+    def squared(scale, n):  # per-example squared errors of residuals with this spread
+        return rng.normal(0.0, scale, n) ** 2
+
+    noisy = held_out_error_findings(reg, squared(30, 800), squared(10, 200), squared(10, 300))
+    assert [f.id for f in noisy] == ["train_labels_noisy"]
+    assert "RMSE" in noisy[0].message and noisy[0].evidence["z"] > 3
+    differs = held_out_error_findings(reg, squared(8, 800), squared(10, 200), squared(25, 300))
+    assert [f.id for f in differs] == ["test_split_differs"]
+    assert held_out_error_findings(reg, squared(8, 800), squared(10, 200), squared(10, 300)) == []
+    heavy = [rng.standard_t(2, n) ** 2 for n in (800, 200, 300)]  # one law, heavy tails
+    assert held_out_error_findings(reg, *heavy) == []
+
+    multi = tasks.MultiLabel()
+    wrong = [rng.random((n, 3)) < p for n, p in ((800, 0.30), (200, 0.05), (300, 0.05))]
+    found = held_out_error_findings(multi, *(w.mean(-1) for w in wrong))
+    assert [f.id for f in found] == ["train_labels_noisy"]
+    assert "per-label error" in found[0].message
+    same = [rng.random((n, 3)) < 0.05 for n in (800, 200, 300)]
+    assert held_out_error_findings(multi, *(w.mean(-1) for w in same)) == []
+
+
+def test_debug_finds_noisy_regression_targets(tmp_path):
+    """A third of the training targets shuffled apart from their inputs: the debug stage says
+    the training targets disagree with their inputs (the clean setup above stays quiet)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1200, 8)).astype(np.float32)
+    y = (x @ rng.normal(size=8) + 0.1 * rng.normal(size=1200)).astype(np.float32)
+    y_train = y[:900].copy()
+    moved = rng.choice(900, 300, replace=False)
+    y_train[moved] = y_train[rng.permutation(moved)]
+    data = {"x_train": x[:900], "y_train": y_train, "x_test": x[900:], "y_test": y[900:]}
+    result = api.debug(None, data, config=small("regression"), workdir=str(tmp_path))
+    noisy = [f for f in result.findings if f.id == "train_labels_noisy"]
+    assert noisy and noisy[0].severity == "warning", [f.id for f in result.findings]
+    assert noisy[0].evidence["train_error"] > 1.5 * noisy[0].evidence["test_error"]
 
 
 # ----------------------------------------------------------------------------- end to end

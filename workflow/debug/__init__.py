@@ -176,10 +176,12 @@ def held_out_findings(setup: experiment.Setup, state: engine.TrainState) -> list
     """`train_labels_noisy` and `test_split_differs` from the short run's model: its agreement
     with (a sample of) the training labels, the val labels and the test labels."""
     dataset = setup.dataset
-    if not len(dataset.y_test) or setup.task.kind.name != tasks.CLASSIFICATION:
-        return []  # both read label agreement against chance: classification's terms
-    evaluate = engine.Evaluator(setup.task, setup.config.eval_batch_size)
+    if not len(dataset.y_test):
+        return []
     sample = checks.training_label_sample(dataset.y_train, setup.config.seed)
+    if setup.task.kind.name != tasks.CLASSIFICATION:
+        return task_held_out_findings(setup, state, sample)
+    evaluate = engine.Evaluator(setup.task, setup.config.eval_batch_size)
     train = evaluate(state, dataset.x_train[sample], dataset.y_train[sample])
     test = evaluate(state, dataset.x_test, dataset.y_test)
     n_test = len(dataset.y_test)
@@ -192,6 +194,29 @@ def held_out_findings(setup: experiment.Setup, state: engine.TrainState) -> list
             val["accuracy"], len(dataset.y_val), test["accuracy"], n_test
         )
     return findings
+
+
+def task_held_out_findings(
+    setup: experiment.Setup, state: engine.TrainState, sample: np.ndarray
+) -> list[Finding]:
+    """The held-out checks in a regression's or multi-label task's terms: per-example errors
+    of the short run's model on the training sample, val and test."""
+    from workflow.diagnostics.task_errors import predict_outputs
+
+    dataset, kind = setup.dataset, setup.task.kind
+
+    def errors(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        if not len(y):
+            return np.zeros(0)
+        outputs = predict_outputs(setup.task, state, x, setup.config.eval_batch_size)
+        return kind.example_errors(outputs, y)
+
+    return checks.held_out_error_findings(
+        kind,
+        errors(dataset.x_train[sample], dataset.y_train[sample]),
+        errors(dataset.x_val, dataset.y_val),
+        errors(dataset.x_test, dataset.y_test),
+    )
 
 
 def run_debug(setup: experiment.Setup, workdir: str, started: float | None = None) -> Summary:

@@ -103,6 +103,11 @@ class TaskKind:
         """The outputs of a model that knows only the training targets' distribution."""
         raise NotImplementedError
 
+    def example_errors(self, outputs: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Each example's error, whose mean over a split is the task's error (a rate), or for
+        regression its square (the mean squared error in target units)."""
+        raise NotImplementedError
+
     def memorized(self, scores: np.ndarray) -> np.ndarray:
         """Which batch scores mean every training example of the batch is right."""
         return scores >= 1.0
@@ -161,6 +166,10 @@ class Classification(TaskKind):
         """Arg-max accuracy of the batch."""
         return jnp.mean(jnp.argmax(outputs, -1) == y)
 
+    def example_errors(self, outputs, y):
+        """1 where the arg-max is not the label."""
+        return (np.argmax(outputs, -1) != np.asarray(y)).astype(np.float64)
+
     def reference_outputs(self, y, num_outputs):
         """Log class frequencies: the prior, whose cross-entropy is the labels' entropy."""
         freq = np.bincount(np.asarray(y, np.int64), minlength=num_outputs) / max(len(y), 1)
@@ -190,10 +199,8 @@ class Regression(TaskKind):
     checklist_terms: ClassVar[dict[str, str]] = {
         "outputs are logits, not probabilities": "outputs unbounded (no sigmoid/tanh/relu head)",
         "initial loss near ln C": "initial loss near that of predicting the mean",
-    }
-    not_applicable: ClassVar[dict[str, str]] = {
-        "labels in range and informative": "class labels: regression targets are checked "
-        "finite and not constant as they load (exit 2 otherwise)",
+        # Finite and not constant is checked as the targets load (exit 2 otherwise).
+        "labels in range and informative": "training targets fit like unseen test targets",
     }
 
     def batch_sums(self, outputs, y, mask):
@@ -224,6 +231,11 @@ class Regression(TaskKind):
         """1 - the batch's RMSE in target units."""
         std = jnp.asarray(self.std, jnp.float32)
         return 1.0 - jnp.sqrt(jnp.mean(((outputs - y) * std) ** 2))
+
+    def example_errors(self, outputs, y):
+        """The squared error in target units, averaged over the outputs."""
+        diff = (np.asarray(outputs, np.float64) - np.asarray(y)) * np.asarray(self.std)
+        return np.mean(diff**2, axis=-1)
 
     def reference_outputs(self, y, num_outputs):
         """The training mean: zero in standardized units."""
@@ -269,10 +281,8 @@ class MultiLabel(TaskKind):
     checklist_terms: ClassVar[dict[str, str]] = {
         "outputs are logits, not probabilities": "outputs are logits, not sigmoid probabilities",
         "initial loss near ln C": "initial loss near the per-label base rates' entropy",
-    }
-    not_applicable: ClassVar[dict[str, str]] = {
-        "labels in range and informative": "class labels: multi-label targets are checked "
-        "finite and 0/1 as they load (exit 2 otherwise)",
+        # Finite and 0/1 is checked as the targets load (exit 2 otherwise).
+        "labels in range and informative": "training labels fit like unseen test labels",
     }
 
     def batch_sums(self, outputs, y, mask):
@@ -299,6 +309,10 @@ class MultiLabel(TaskKind):
     def batch_score(self, outputs, y):
         """The share of the batch's labels predicted right."""
         return jnp.mean((outputs > 0) == (y > 0.5))
+
+    def example_errors(self, outputs, y):
+        """The share of the example's labels predicted wrong."""
+        return np.mean((np.asarray(outputs) > 0) != (np.asarray(y) > 0.5), axis=-1)
 
     def reference_outputs(self, y, num_outputs):
         """The logits of each label's base rate."""

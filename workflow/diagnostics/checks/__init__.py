@@ -23,6 +23,7 @@ from workflow.diagnostics.checks.gradients import check_gradients
 from workflow.diagnostics.checks.inputs import check_inputs
 from workflow.diagnostics.checks.labels import (
     check_labels,
+    held_out_error_findings,
     label_summary,
     labels_signal_finding,
     test_split_finding,
@@ -44,6 +45,7 @@ __all__ = [
     "check_labels",
     "check_output_and_loss",
     "check_train_eval_mode",
+    "held_out_error_findings",
     "test_split_finding",
     "train_labels_noise_finding",
     "training_label_sample",

@@ -270,6 +270,101 @@ def test_split_finding(
     ]
 
 
+# Regression and multi-label read the same two comparisons from each example's error
+# (TaskKind.example_errors: squared error in target units, or the share of labels wrong): two
+# splits' mean errors compared by a z-test on their empirical spread, so heavy-tailed residuals
+# widen the noise rather than raise the finding. A rate must differ by the gaps above, a mean
+# squared error by ERROR_MIN_RATIO (an RMSE about 1.2 times the other).
+ERROR_MIN_RATIO = 1.5
+
+
+def _clearly_above(worse: np.ndarray, better: np.ndarray, min_gap: float, is_rate: bool):
+    """(gap, z) when `worse`'s mean error lies clearly above `better`'s, else None."""
+    a, b = float(np.mean(worse)), float(np.mean(better))
+    se = math.sqrt(
+        np.var(worse, ddof=1) / len(worse) + np.var(better, ddof=1) / len(better)
+        if min(len(worse), len(better)) > 1
+        else 0.0
+    )
+    enough = a - b >= min_gap if is_rate else a >= ERROR_MIN_RATIO * b and a > 0
+    if not enough or a - b < NOISY_Z * max(se, 1e-12):
+        return None
+    return a - b, (a - b) / se if se > 0 else None
+
+
+def _error_text(kind: Any, errors: np.ndarray) -> str:
+    """A split's error as a person reads it: an RMSE in target units, or a rate."""
+    mean = float(np.mean(errors))
+    if kind.error_is_rate:
+        return f"{kind.error_name} {mean:.1%}"
+    return f"{kind.error_name} {math.sqrt(mean):.4g}"
+
+
+def held_out_error_findings(
+    kind: Any, train: np.ndarray, val: np.ndarray, test: np.ndarray
+) -> list[Finding]:
+    """`train_labels_noisy` and `test_split_differs` for a task other than classification,
+    from the short run's per-example errors (`kind.example_errors`) on a training sample, val
+    and test: training targets fit worse than unseen test targets, or test worse than val."""
+    found = []
+    rate = kind.error_is_rate
+    noisy = _clearly_above(train, test, NOISY_MIN_GAP, rate) if len(test) else None
+    if noisy is not None:
+        found.append(
+            Finding(
+                id="train_labels_noisy",
+                severity="warning",
+                message=(
+                    f"after the short run the model's {_error_text(kind, test)} on the test "
+                    f"targets it never saw is clearly below its {_error_text(kind, train)} on "
+                    "the training targets it was fit to: the training targets disagree with "
+                    "their inputs more often"
+                ),
+                evidence={
+                    "train_error": float(np.mean(train)),
+                    "train_examples": len(train),
+                    "test_error": float(np.mean(test)),
+                    "test_examples": len(test),
+                    "gap": noisy[0],
+                    "z": noisy[1],
+                },
+                suggestions=[
+                    "check the preprocessing of the training targets: targets reordered apart "
+                    "from their inputs, a unit or scale applied to part of them, a shifted map",
+                    "look at the training examples with the largest errors",
+                    "if the noise is real, consider a robust loss (huber) or cleaning",
+                ],
+            )
+        )
+    differs = _clearly_above(test, val, SPLIT_MIN_GAP, rate) if len(val) and len(test) else None
+    if differs is not None:
+        found.append(
+            Finding(
+                id="test_split_differs",
+                severity="warning",
+                message=(
+                    f"after the short run the model's {_error_text(kind, val)} on val is "
+                    f"clearly below its {_error_text(kind, test)} on test, though it saw "
+                    "neither: the test split differs from the training data in how it was "
+                    "made or processed"
+                ),
+                evidence={
+                    "val_error": float(np.mean(val)),
+                    "val_examples": len(val),
+                    "test_error": float(np.mean(test)),
+                    "test_examples": len(test),
+                    "gap": differs[0],
+                    "z": differs[1],
+                },
+                suggestions=[
+                    "apply the same preprocessing to every split: feature order, scaling "
+                    "(the training split's statistics), units of the targets, dtype",
+                ],
+            )
+        )
+    return found
+
+
 # Class labels only: a regression's or multi-label task's targets are checked finite (and 0/1)
 # as they load (data/validation.py); the checklist names that row in their terms.
 CHECKS = (
