@@ -228,8 +228,8 @@ KINDS = (
         "train_labels_noisy",
         "warning",
         "the short run's model agrees with the training labels clearly less than with the test "
-        "labels it never saw: a share of the training labels looks wrong (randomized, shifted, "
-        "misaligned), with its estimate",
+        "labels it never saw (regression, multi-label: its error on them is clearly larger): a "
+        "share of the training labels looks wrong (randomized, shifted, misaligned)",
         "debug",
         explains=("cannot_overfit_batch",),
         checklist=LABELS_ROW,
