@@ -363,3 +363,15 @@ def test_arrays_in_memory_with_task_regression_through_the_api(tmp_path):
     assert result.summary["dataset"]["task"]["name"] == "regression"
     assert result.summary["dataset"]["splits"]["test"]["size"] == round(0.2 * len(y))
     assert result.summary["config"]["loss"] == "auto" and result.metrics["short_run_val_error"] > 0
+
+
+def test_the_searchs_stop_at_the_goal_reads_in_the_tasks_terms():
+    """tune's "stopped at the goal" sentence: a regression's RMSE in target units, a rate as %."""
+    from workflow.tune.report import stop_text
+
+    stopped = {"round": 0, "slot": 3, "val_error": 3.21, "goal_val_error": 3.5}
+    stopped["skipped_trials"] = 5
+    text = stop_text(stopped, {"task": "regression"})
+    assert "reached val RMSE 3.21, at or below 3.5 (the goal" in text and "%" not in text
+    rate = stop_text({**stopped, "val_error": 0.04, "goal_val_error": 0.05}, {})
+    assert "reached val error 4.00%, at or below 5.00%" in rate

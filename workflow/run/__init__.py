@@ -423,7 +423,7 @@ def decisions(workflow: Workflow) -> list[Finding]:
                 f"{m.get('best_l2', float('nan')):.3g}"
             )
             if s.search_stop:
-                message += f"; {tune_report.stop_text(s.search_stop)}"
+                message += f"; {tune_report.stop_text(s.search_stop, s.config)}"
                 extra = {"search_stop": s.search_stop}
         elif step.stage == "improve":
             # No decision when the starting point diverged (the summary is its evaluation).

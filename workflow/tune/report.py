@@ -7,6 +7,7 @@ import ml_collections
 
 from workflow import config_lib, experiment, reporting
 from workflow.diagnostics.findings import Finding, has_error, rank_findings
+from workflow.engine import tasks
 from workflow.engine.loop_form import describe_loop
 from workflow.reporting import rundir
 from workflow.reporting.plots import plt
@@ -299,15 +300,17 @@ def search_metrics(
     return metrics
 
 
-def stop_text(stopped: dict) -> str:
-    """Where the search stopped at the goal and what it skipped, in one sentence."""
+def stop_text(stopped: dict, config: dict) -> str:
+    """Where the search stopped at the goal and what it skipped, in one sentence (the error
+    in the task's terms: a rate as %, an RMSE in target units)."""
+    kind = tasks.kind_of(config)()
     rounds = stopped.get("skipped_rounds", 0)
     later = f" and {rounds} later round{'s' if rounds != 1 else ''}" if rounds else ""
     return (
         f"stopped at the goal: round {stopped['round'] + 1} trial #{stopped['slot']} reached val "
-        f"error {stopped['val_error']:.2%}, at or below {stopped['goal_val_error']:.2%} (the goal "
-        f"less the val set's noise); skipped {stopped['skipped_trials']} trials (the rest of its "
-        f"round{later})"
+        f"{kind.error_name} {kind.format_error(stopped['val_error'])}, at or below "
+        f"{kind.format_error(stopped['goal_val_error'])} (the goal less the val set's noise); "
+        f"skipped {stopped['skipped_trials']} trials (the rest of its round{later})"
     )
 
 
@@ -409,7 +412,11 @@ def report_sections(summary: Summary, plots: dict[str, str]) -> list[tuple[str, 
                 ],
                 round_rows,
             )
-            + (f"\n\nThe search {stop_text(summary.search_stop)}." if summary.search_stop else "")
+            + (
+                f"\n\nThe search {stop_text(summary.search_stop, summary.config)}."
+                if summary.search_stop
+                else ""
+            )
             + f"\n\n![search]({plots['search']})\n\n![trial curves]({plots['curves']})",
         ),
         ("Trials (best first within each round)", table),
