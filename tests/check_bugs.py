@@ -95,6 +95,15 @@ class PinnedDropoutMLP(nnx.Module):
         return self.out(self.dropout(h, deterministic=True))
 
 
+class TrainFlagDropoutMLP(PinnedDropoutMLP):
+    """Linen's habit: a `train` argument of __call__ decides dropout; the workflow calls
+    model(x), so it keeps its default and dropout never acts."""
+
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        h = jax.nn.relu(self.dense(x.reshape(x.shape[0], -1)))
+        return self.out(self.dropout(h, deterministic=not train))
+
+
 class AlwaysDropout(nnx.Module):
     """A hand-written dropout that has `deterministic` (so model.eval() sets it) but ignores it."""
 

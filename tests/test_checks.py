@@ -8,6 +8,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from flax import nnx
 
 from tests.conftest import small_config
 from workflow import data, engine, experiment
@@ -392,6 +393,22 @@ def test_dropout_pinned_to_deterministic_fires_train_eval_mode(build):
     )
     assert finding.evidence["layers"] == [{"layer": "dropout", "type": "Dropout", "rate": 0.3}]
     assert finding.evidence["train_vs_eval_relative_difference"] == 0.0
+
+
+def test_a_train_argument_of_call_is_named_in_train_eval_mode(build):
+    """A mode chosen by a __call__ argument (Linen's `train`) is named with its fix; a model
+    whose layers follow model.train()/model.eval() has no such argument to name."""
+    setup, batch = build(model=bug("TrainFlagDropoutMLP"))
+    finding = only(
+        checks.check_train_eval_mode(setup.task, setup.state, batch["x"]), "train_eval_mode"
+    )
+    assert finding.evidence["mode_arguments"] == ["train=False"]
+    assert "TrainFlagDropoutMLP.__call__ takes train=False" in finding.message
+    assert finding.suggestions[0].startswith("drop train=False from TrainFlagDropoutMLP.__call__")
+    pinned, _ = build(model=bug("PinnedDropoutMLP"))
+    graphdef, state = pinned.task.eval_graphdef, pinned.state
+    model = nnx.merge(graphdef, state.params, state.model_state)
+    assert modes.mode_arguments(model) == []
 
 
 # ----------------------------------------------------------------------------- gradients

@@ -131,21 +131,65 @@ def check_train_eval_mode(task: Task, state: TrainState, x: np.ndarray) -> list[
         train_diff = max_diff(train, first) / scale
         if train_diff <= TRAIN_EVAL_MIN_RDIFF:
             kinds = sorted({layer["type"] for layer in layers})
+            model = nnx.merge(task.eval_graphdef, state.params, state.model_state)
+            switches = mode_arguments(model)
+            message = (
+                f"the model has {' and '.join(kinds)} layers but its train-mode output equals "
+                "its eval-mode output: they behave the same in both modes"
+            )
+            suggestions = [
+                "do not pin deterministic=True / use_running_average=True at call "
+                "time; let model.train() / model.eval() set them",
+                "check the layers sit on the path from input to output",
+            ]
+            if switches:
+                called = f"{type(model).__name__}.__call__"
+                message += (
+                    f"; {called} takes {', '.join(switches)}, which the workflow never passes "
+                    "(it calls model(x) and sets the mode with model.train() / model.eval())"
+                )
+                suggestions.insert(
+                    0,
+                    f"drop {', '.join(switches)} from {called} and call the layers without a "
+                    "mode argument (nnx.Dropout()(x), nnx.BatchNorm()(x)): model.train() and "
+                    "model.eval() switch them",
+                )
             findings.append(
                 Finding(
                     id="train_eval_mode",
                     severity="error",
-                    message=f"the model has {' and '.join(kinds)} layers but its train-mode "
-                    "output equals its eval-mode output: they behave the same in both modes",
-                    evidence={"layers": layers, "train_vs_eval_relative_difference": train_diff},
-                    suggestions=[
-                        "do not pin deterministic=True / use_running_average=True at call "
-                        "time; let model.train() / model.eval() set them",
-                        "check the layers sit on the path from input to output",
-                    ],
+                    message=message,
+                    evidence={
+                        "layers": layers,
+                        "train_vs_eval_relative_difference": train_diff,
+                        "mode_arguments": switches,
+                    },
+                    suggestions=suggestions,
                 )
             )
     return findings
+
+
+# Parameter names of a __call__ that mean "which mode": the Linen and PyTorch habits.
+MODE_ARGUMENT_NAMES = frozenset(
+    {"train", "training", "is_training", "deterministic", "use_running_average", "inference"}
+)
+
+
+def mode_arguments(model: Any) -> list[str]:
+    """The parameters of the model's __call__ that pick a mode by argument (a name such as
+    `train`, or a bool default): the workflow calls model(x), so they keep their defaults."""
+    import inspect
+
+    try:
+        parameters = list(inspect.signature(type(model).__call__).parameters.values())[2:]
+    except (TypeError, ValueError):
+        return []
+    return [
+        f"{p.name}={p.default!r}" if p.default is not inspect.Parameter.empty else p.name
+        for p in parameters
+        if p.name in MODE_ARGUMENT_NAMES or isinstance(p.default, bool)
+    ]
 
 
 CHECKS = (
