@@ -73,18 +73,20 @@ DRAWN_KINDS = ("image", "sequence")
 # ----------------------------------------------------------------------------- predictions
 
 
-def make_predict(task) -> Callable:
-    """A jitted (params, model_state, x) -> class probabilities of the model in eval mode."""
+def make_predict(task, probabilities: bool = True) -> Callable:
+    """A jitted (params, model_state, x) -> the model's outputs in eval mode, as class
+    probabilities (softmax) or raw (a regression's or multi-label task's)."""
 
     def predict(params, model_state, x):
-        model = nnx.merge(task.eval_graphdef, params, model_state)
-        return jax.nn.softmax(model(x).astype(jnp.float32), axis=-1)
+        outputs = nnx.merge(task.eval_graphdef, params, model_state)(x).astype(jnp.float32)
+        return jax.nn.softmax(outputs, axis=-1) if probabilities else outputs
 
     return jax.jit(predict)
 
 
-def predict_probabilities(predict: Callable, state, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """(N, C) probabilities over `x` in batches all padded to `batch_size` (one compile)."""
+def predict_in_batches(predict: Callable, state, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """`predict`'s (N, K) outputs over `x` in batches all padded to `batch_size` (one
+    compile)."""
     out = []
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size]
@@ -634,7 +636,7 @@ def analyze(
         if not len(y):
             continue
         idx = subset_indices(len(y), max_examples)
-        probs = predict_probabilities(predict, state, x[idx], batch)
+        probs = predict_in_batches(predict, state, x[idx], batch)
         result = split_analysis(y[idx], probs, dataset.num_classes, idx, len(y))
         result["input_bins"] = input_bins(x[idx], probs.argmax(axis=-1) != y[idx])
         positions = [w["index"] for w in result["worst_examples"]]

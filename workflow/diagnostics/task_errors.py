@@ -27,21 +27,8 @@ MAX_DRAWN = 2000
 
 def predict_outputs(task, state, x: np.ndarray, batch_size: int) -> np.ndarray:
     """The model's raw (N, K) outputs in eval mode, in batches padded to one shape."""
-    import jax
-    from flax import nnx
-
-    @jax.jit
-    def predict(params, model_state, xb):
-        return nnx.merge(task.eval_graphdef, params, model_state)(xb)
-
-    out = []
-    for start in range(0, len(x), batch_size):
-        xb = x[start : start + batch_size]
-        n = len(xb)
-        if n < batch_size:
-            xb = np.concatenate([xb, np.zeros((batch_size - n, *xb.shape[1:]), xb.dtype)])
-        out.append(np.asarray(predict(state.params, state.model_state, xb), np.float64)[:n])
-    return np.concatenate(out)
+    predict = error_analysis.make_predict(task, probabilities=False)
+    return error_analysis.predict_in_batches(predict, state, x, batch_size).astype(np.float64)
 
 
 def analyze(

@@ -200,7 +200,7 @@ def classification_metrics(
     for split in ("train", "val", "test"):
         x, y = setup.dataset.split(split)
         if len(y):
-            splits[split] = (y, error_analysis.predict_probabilities(predict, state, x, batch))
+            splits[split] = (y, error_analysis.predict_in_batches(predict, state, x, batch))
     return split_metrics(names, splits)
 
 
