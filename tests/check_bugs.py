@@ -296,6 +296,15 @@ def float64_inputs(num_train: int = 400, num_test: int = 100) -> dict:
     return raw
 
 
+def float64_timestamps(num_train: int = 400, num_test: int = 100) -> dict:
+    """float64 inputs far from zero that vary little, like Unix timestamps: the informative
+    feature becomes 1.7e9 + seconds, which float32 rounds to steps of 128."""
+    raw = float64_inputs(num_train, num_test)
+    for split in ("train", "test"):
+        raw[f"x_{split}"][:, 0] = 1.7e9 + raw[f"x_{split}"][:, 0] * 30.0
+    return raw
+
+
 def uint8_images(num_train: int = 400, num_test: int = 100) -> dict:
     """The raw 0..255 pixels above as uint8: integers where floats are expected."""
     raw = pixel_images(num_train, num_test)

@@ -160,17 +160,18 @@ def test_float64_inputs_warn_and_float_labels_are_errors(build):
 
 
 @pytest.mark.parametrize(
-    "loader,kind,arrays,phrase",
+    "loader,kind,normalize,arrays,phrase",
     [
-        ("float64_inputs", "tabular", ["x_train", "x_val", "x_test"], "float64 in the loader"),
-        ("uint8_images", "image", ["x_train", "x_val", "x_test"], "uint8 in the loader"),
-        ("float_labels", "tabular", ["y_train", "y_val", "y_test"], "labels as floats"),
+        ("float64_timestamps", "tabular", True, ["x_train", "x_val", "x_test"], "is lost"),
+        ("uint8_images", "image", False, ["x_train", "x_val", "x_test"], "uint8 in the loader"),
     ],
 )
 def test_dtypes_as_loaded_fire_dtype_mismatch_though_the_pipeline_casts(
-    loader, kind, arrays, phrase
+    loader, kind, normalize, arrays, phrase
 ):
-    ds = load(loader, kind)
+    """What the cast hides: float64 values whose variation float32 rounds away, integer
+    pixels fed unscaled (no normalization)."""
+    ds = load(loader, kind, normalize=normalize)
     # The pipeline fed the model float32 / int32: only the recorded loader dtypes tell.
     assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
     finding = only(checks.check_dtypes(ds), "dtype_mismatch")
@@ -178,6 +179,27 @@ def test_dtypes_as_loaded_fire_dtype_mismatch_though_the_pipeline_casts(
     assert sorted(finding.evidence["dtypes"]) == sorted(arrays)
     assert all(phrase in finding.evidence["dtypes"][a] for a in arrays)
     assert arrays[0] in finding.message
+    if loader == "float64_timestamps":
+        assert ds.info["float32_rounding"] > 0.5  # steps of 128 s against a 30 s spread
+        assert finding.suggestions[0].startswith("center those features in float64")
+
+
+@pytest.mark.parametrize(
+    "loader,kind,arrays",
+    [
+        ("float64_inputs", "tabular", ["x_train", "x_val", "x_test"]),  # numpy's default
+        ("float_labels", "tabular", ["y_train", "y_val", "y_test"]),  # whole numbers
+    ],
+)
+def test_dtypes_the_cast_loses_nothing_of_are_info(loader, kind, arrays):
+    """float64 inputs of ordinary range and float labels that are whole numbers: info only
+    (the cast loses nothing); uint8 pixels normalized by the pipeline: nothing at all."""
+    ds = load(loader, kind)
+    finding = only(checks.check_dtypes(ds), "dtype_mismatch")
+    assert finding.severity == "info" and sorted(finding.evidence["dtypes"]) == sorted(arrays)
+    if loader == "float64_inputs":
+        assert ds.info["float32_rounding"] < 1e-6
+    assert checks.check_dtypes(load("uint8_images", "image", normalize=True)) == []
 
 
 def test_clean_data_and_model_have_no_dtype_mismatch(build):

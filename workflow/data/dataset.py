@@ -183,8 +183,11 @@ def load_dataset(
     )
     # Recorded before validate_raw casts to float32/int32, which would hide them from the checks.
     source_dtypes = _source_dtypes(raw)
+    rounding = float32_rounding(raw)
     raw = validate_raw(raw, name, task)
     info = _source_info(raw, name, source_dtypes)
+    if rounding is not None:
+        info["float32_rounding"] = rounding
     read_shard = raw.get("shard")  # set by a loader that read only this process's records
     (x_train, y_train), (x_val, y_val) = _train_and_val(
         raw, read_shard, val_fraction, seed, name, info
@@ -377,6 +380,24 @@ def _this_process_part(
         x_rest = as_inputs(raw["x_train_rest"], name, "train")
     info["shard"] = shard_info(shard, read_shard, y_train, raw["num_classes"], task)
     return x_train, y_train, x_rest
+
+
+# The training rows float32_rounding reads: enough to meet every feature's range.
+ROUNDING_SAMPLE = 10_000
+
+
+def float32_rounding(raw: Any) -> float | None:
+    """For float64 training inputs: the largest change casting them to float32 makes, as a
+    share of the feature's spread (standard deviation over the examples); None otherwise.
+    Values far from zero that vary little (timestamps, coordinates) lose their variation."""
+    x = raw.get("x_train") if isinstance(raw, Mapping) else None
+    if not isinstance(x, np.ndarray) or x.dtype != np.float64 or not x.size:
+        return None
+    x = x[:ROUNDING_SAMPLE].reshape(min(len(x), ROUNDING_SAMPLE), -1)
+    spread = np.nanstd(x, axis=0)
+    change = np.nanmax(np.abs(x - x.astype(np.float32)), axis=0)
+    ratio = np.where(spread > 0, change / np.where(spread > 0, spread, 1.0), 0.0)
+    return float(np.max(ratio))
 
 
 def _source_dtypes(raw: Any) -> dict[str, str]:

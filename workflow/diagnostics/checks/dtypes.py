@@ -26,6 +26,11 @@ EXPECTED_DTYPES = {
     "outputs": "float32",
 }
 _SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2}
+# float64 inputs cast to float32 are a problem only when the rounding erases part of a feature's
+# variation: a change above this share of its standard deviation (float32 keeps ~7 digits, so
+# ordinary data rounds by ~1e-7 of its spread; timestamps near 1.7e9 that vary by seconds, by
+# far more than 1).
+FLOAT32_ROUNDING_MAX = 1e-3
 
 
 def _data_dtype_problems(dataset: Any) -> dict[str, tuple[str, str]]:
@@ -39,6 +44,9 @@ def _data_dtype_problems(dataset: Any) -> dict[str, tuple[str, str]]:
     tokens = bool(info.get("vocabulary"))
     # Regression and multi-label targets are floats by design (engine/tasks.py).
     class_labels = getattr(getattr(dataset, "task", None), "name", "classification")
+    # Normalized per channel from the training split, integer pixels need no scaling by hand.
+    scaled = getattr(dataset, "normalization", None) is not None
+    rounding = info.get("float32_rounding")
     roles = ("x", "y") if class_labels == "classification" else ("x",)
     for split in ("train", "val", "test"):
         x, y = dataset.split(split)
@@ -63,12 +71,8 @@ def _data_dtype_problems(dataset: Any) -> dict[str, tuple[str, str]]:
                         "warning",
                     )
                 elif loaded == np.float64:
-                    problems[name] = (
-                        "float64 in the loader (cast to float32 by the pipeline: precision the "
-                        "preprocessing relied on is dropped)",
-                        "warning",
-                    )
-                elif np.issubdtype(loaded, np.integer):
+                    problems[name] = _float64_inputs(rounding)
+                elif np.issubdtype(loaded, np.integer) and not scaled:
                     problems[name] = (
                         f"{loaded} in the loader: integers where floats are expected (cast to "
                         "float32 unscaled)",
@@ -77,11 +81,30 @@ def _data_dtype_problems(dataset: Any) -> dict[str, tuple[str, str]]:
             elif not np.issubdtype(fed, np.integer):
                 problems[name] = (f"{fed} as fed: labels must be integer class indices", "error")
             elif np.issubdtype(loaded, np.floating):
+                # Validation refused any that is not a whole number: the cast loses nothing.
                 problems[name] = (
-                    f"{loaded} in the loader: labels as floats (cast to int32 class indices)",
-                    "warning",
+                    f"{loaded} in the loader: labels as floats, whole numbers (cast to int32 "
+                    "class indices; if they are measurements, --config.task=regression)",
+                    "info",
                 )
     return problems
+
+
+def _float64_inputs(rounding: float | None) -> tuple[str, str]:
+    """(problem, severity) of float64 inputs: a warning when float32 rounds away part of a
+    feature's variation (or it was not measured), else info."""
+    if rounding is None or rounding > FLOAT32_ROUNDING_MAX:
+        measured = "" if rounding is None else f" by up to {rounding:.3g} of a feature's spread"
+        return (
+            f"float64 in the loader, rounded{measured} by the pipeline's cast to float32: "
+            "variation the data holds is lost",
+            "warning",
+        )
+    return (
+        f"float64 in the loader, cast to float32 (rounding at most {rounding:.1g} of a "
+        "feature's spread: nothing lost)",
+        "info",
+    )
 
 
 def _model_dtype_problems(task: Task, state: TrainState, x: np.ndarray) -> dict[str, tuple]:
@@ -191,6 +214,11 @@ def check_dtypes(
 def _dtype_suggestions(problems: dict[str, tuple[str, str]]) -> list[str]:
     """One fix for each kind of array with a problem: inputs, labels, parameters, outputs, x64."""
     suggestions = []
+    if any("variation the data holds is lost" in p for p, _ in problems.values()):
+        suggestions.append(
+            "center those features in float64 in the loader before the cast: x - x.mean(0), "
+            "or values relative to a reference (seconds since the first timestamp)"
+        )
     if any(n.startswith("x_") for n in problems):
         suggestions.append(
             "convert inputs in the loader: x.astype(np.float32), scaling integers first "
@@ -211,7 +239,8 @@ def _dtype_suggestions(problems: dict[str, tuple[str, str]]) -> list[str]:
             "return float32 logits from the last Dense layer (no argmax/round, no float64 "
             "constants)"
         )
-    if "jax_enable_x64" in problems or any("float64" in p for p, _ in problems.values()):
+    computed = [p for n, (p, _) in problems.items() if not n.startswith(("x_", "y_"))]
+    if "jax_enable_x64" in problems or any("float64" in p for p in computed):
         suggestions.append(
             "keep jax_enable_x64 off: unset JAX_ENABLE_X64 and remove "
             "jax.config.update('jax_enable_x64', True); the workflow computes in float32"
