@@ -185,7 +185,8 @@ KINDS = (
         "inputs or labels in an unexpected dtype as the loader returned them, which the "
         "pipeline's cast to float32/int32 would hide: float64 inputs whose variation float32 "
         "rounds away, integer inputs fed unnormalized (info where the cast loses nothing: "
-        "float64 of ordinary range, float labels that are whole numbers), or as fed; parameters in float64 or mixed dtypes and silently promoted by the computation, "
+        "float64 of ordinary range, float labels that are whole numbers), or as fed; "
+        "parameters in float64 or mixed dtypes and silently promoted by the computation, "
         "non-float32 outputs, `jax_enable_x64` turned on; each array named",
         "debug",
         explains=("cannot_overfit_batch",),
