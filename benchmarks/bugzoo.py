@@ -102,16 +102,7 @@ def process_seconds(name: str, cache_dir: str | None = None) -> tuple[float, flo
     """(wall time, the stage's seconds_to_verdict) of a fresh process that runs case `name`
     alone: Python and JAX imports, data, model, every compilation and the verdict; without a
     persistent compilation cache, or with the one in `cache_dir` (every program cached)."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    if cache_dir is None:
-        env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
-    else:
-        env.update(
-            JAX_ENABLE_COMPILATION_CACHE="true",
-            JAX_COMPILATION_CACHE_DIR=cache_dir,
-            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-        )
+    env = common.compilation_cache_env(cache_dir)
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "case.json")
         command = [sys.executable, "-m", "benchmarks.bugzoo", f"--only={name}", "--no-cold"]

@@ -84,3 +84,19 @@ def write_json(path: str, payload: dict[str, Any]) -> None:
     with open(path, "w") as f:
         json.dump(payload, f, indent=2)
         f.write("\n")
+
+
+def compilation_cache_env(cache_dir: str | None) -> dict[str, str]:
+    """A fresh process's environment on the CPU: JAX's persistent compilation cache off
+    (`cache_dir` None, every program compiled), or on in `cache_dir` with every program kept."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    if cache_dir is None:
+        env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
+    else:
+        env.update(
+            JAX_ENABLE_COMPILATION_CACHE="true",
+            JAX_COMPILATION_CACHE_DIR=cache_dir,
+            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        )
+    return env

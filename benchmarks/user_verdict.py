@@ -19,6 +19,7 @@ compilation, the verdict, the run directory written) and `verdict_seconds` (the 
 warm (the same command again with a filled cache, as a user's rerun).
 """
 
+import inspect
 import json
 import os
 import pathlib
@@ -30,6 +31,7 @@ import time
 
 from absl import app, flags
 
+from benchmarks import common
 from tests import user_setups
 
 _OUT = flags.DEFINE_string("out", None, "Write the results as JSON to this file.")
@@ -38,20 +40,8 @@ _ONLY = flags.DEFINE_string("only", None, "Comma-separated setup names (default:
 REPO = pathlib.Path(__file__).resolve().parent.parent
 BUDGET_SECONDS = 15.0
 
-MODEL_SOURCE = """from flax import nnx
-
-
-class Model(nnx.Module):
-    def __init__(self, din: int, dmid: int, dout: int, *, rngs: nnx.Rngs):
-        self.linear = nnx.Linear(din, dmid, rngs=rngs)
-        self.bn = nnx.BatchNorm(dmid, rngs=rngs)
-        self.dropout = nnx.Dropout(0.2, rngs=rngs)
-        self.linear_out = nnx.Linear(dmid, dout, rngs=rngs)
-
-    def __call__(self, x):
-        x = nnx.relu(self.dropout(self.bn(self.linear(x))))
-        return self.linear_out(x)
-"""
+# The Flax docs' model as the user's own file, my_model.py.
+MODEL_SOURCE = "from flax import nnx\n\n\n" + inspect.getsource(user_setups.Model)
 
 WINE_MODEL = [
     "--config.model.name=my_model:Model",
@@ -82,16 +72,7 @@ SETUPS = {
 
 def run_debug(folder: pathlib.Path, flags_: list[str], cache: str | None) -> dict:
     """One fresh debug process in the user's `folder`: its wall time and summary."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(folder)}
-    if cache is None:
-        env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
-    else:
-        env.update(
-            JAX_ENABLE_COMPILATION_CACHE="true",
-            JAX_COMPILATION_CACHE_DIR=cache,
-            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-        )
+    env = {**common.compilation_cache_env(cache), "PYTHONPATH": str(folder)}
     workdir = folder / "run"
     shutil.rmtree(workdir, ignore_errors=True)
     command = [sys.executable, "-m", "workflow.debug", *flags_, f"--workdir={workdir}"]
