@@ -25,6 +25,7 @@ problem is one line naming the file (a UsageError, exit 2).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import pathlib
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from workflow.data.batching import stratified_order
+from workflow.data.lazy import LazyInputs, is_lazy, rows
 from workflow.data.synthetic import rng_for
 from workflow.data.validation import KINDS
 from workflow.engine.tasks import CLASSIFICATION
@@ -57,10 +59,16 @@ def is_path(name: str) -> bool:
 
 
 def read_path(
-    name: str, kwargs: dict[str, Any], test_fraction: float, task: str = CLASSIFICATION
+    name: str,
+    kwargs: dict[str, Any],
+    test_fraction: float,
+    task: str = CLASSIFICATION,
+    lazy: bool = False,
 ) -> dict[str, Any]:
     """The raw dataset in the file or folder `name`, by its suffix, with targets for `task`
-    (config.task: class labels mapped to indices, or float / multi-hot targets as they are)."""
+    (config.task: class labels mapped to indices, or float / multi-hot targets as they are);
+    `lazy` (the grain pipeline): an image folder's or array_record's training split as
+    data.lazy.LazyInputs, read when indexed."""
     path = pathlib.Path(name).expanduser()
     if not path.exists():
         raise UsageError(f"data file {name!r} does not exist")
@@ -82,6 +90,8 @@ def read_path(
             f"data folder {name!r}: an image folder's labels are its class folders, which "
             f"task={task!r} cannot use; use task=classification or a .npz/.csv of targets"
         )
+    if kind in LAZY_READERS:
+        return reader(path, kwargs, test_fraction, task, lazy=lazy)
     return reader(path, kwargs, test_fraction, task)
 
 
@@ -347,9 +357,14 @@ def _features(
 
 
 def read_image_folder(
-    path: pathlib.Path, kwargs: dict[str, Any], test_fraction: float, task: str = CLASSIFICATION
+    path: pathlib.Path,
+    kwargs: dict[str, Any],
+    test_fraction: float,
+    task: str = CLASSIFICATION,
+    lazy: bool = False,
 ) -> dict[str, Any]:
-    """Images in path/<class>/ (or path/train/<class>/, path/test/<class>/, path/val/...)."""
+    """Images in path/<class>/ (or path/train/<class>/, path/test/<class>/, path/val/...);
+    `lazy`: the training split's images are kept as files (ImageFiles), decoded when read."""
     split_dirs = {s: path / s for s in SPLITS if (path / s).is_dir()}
     if "train" in split_dirs and "test" in split_dirs:
         folders = split_dirs
@@ -371,12 +386,54 @@ def read_image_folder(
     mode = "L" if all(_mode(f) == "L" for s in files.values() for f, _ in s) else "RGB"
     splits = {}
     for split, pairs in files.items():
-        x = np.stack([_read_image(f, size, mode) for f, _ in pairs])
-        splits[split] = (x, np.array([label for _, label in pairs], dtype=np.int64))
+        labels = np.array([label for _, label in pairs], dtype=np.int64)
+        if lazy and split == "train":
+            images = ImageFiles(tuple(str(f) for f, _ in pairs), size, mode)
+            x = LazyInputs(images, np.arange(len(pairs)), (*size, 1 if mode == "L" else 3))
+        else:
+            x = np.stack([_read_image(f, size, mode) for f, _ in pairs])
+        splits[split] = (x, labels)
     info = {"class_names": class_names, "image_size": list(size), "image_mode": mode}
     raw = _finish(path, splits, "image", kwargs, test_fraction, info, map_labels=False)
     raw["num_classes"] = int(kwargs.get("num_classes") or len(class_names))
     return raw
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFiles:
+    """An image folder's training images as files (data.lazy's reader): record i is the file
+    files[i], decoded, converted to `mode` and resized to `size` when read (picklable: grain's
+    workers read with it)."""
+
+    files: tuple[str, ...]
+    size: tuple[int, int]
+    mode: str
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def read(self, record: int) -> np.ndarray:
+        """The image of file `record`, (H, W, C) float32 in [0, 1]."""
+        return _read_image(pathlib.Path(self.files[record]), self.size, self.mode)
+
+    def name(self, record: int) -> str:
+        """How an error names the record: its file."""
+        return f"image '{self.files[record]}'"
+
+    def describe(self) -> dict:
+        """The reader in brief (dataset.info, the fingerprint)."""
+        return {"format": "image files", "image_size": list(self.size), "mode": self.mode}
+
+    def identity(self) -> bytes:
+        """The files' names and sizes: the fingerprint of what is read without reading it."""
+        return "\n".join(f"{f}|{_file_size(f)}" for f in self.files).encode()
+
+
+def _file_size(file: str) -> int:
+    try:
+        return os.path.getsize(file)
+    except OSError:
+        return -1
 
 
 def _images_in(folder: pathlib.Path) -> list[pathlib.Path]:
@@ -538,8 +595,9 @@ def carve_test(
         )
     order = stratified_order(np.asarray(y), rng_for(TEST_SPLIT_SEED, 103))
     test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
-    x, y = np.asarray(x), np.asarray(y)
-    return (x[train], y[train]), (x[test], y[test])
+    x, y = (x if is_lazy(x) else np.asarray(x)), np.asarray(y)
+    # A lazy training split stays lazy; the test split is read (it is held in memory).
+    return (rows(x, train), y[train]), (x[test], y[test])
 
 
 def _name(where: pathlib.Path | str) -> str:
@@ -560,3 +618,5 @@ READERS: dict[str, tuple[Callable[..., dict[str, Any]], tuple[str, ...]]] = {
     ".parquet": (read_table, ("label_column", "one_hot", "num_classes")),
     "folder": (read_image_folder, ("image_size", "num_classes")),
 }
+# The formats whose training split can be read lazily (dataset.pipeline="grain").
+LAZY_READERS = ("folder",)
