@@ -1,0 +1,244 @@
+"""The grain pipeline's lazy sources (workflow/data/lazy.py): an image folder's training split
+read as files (decoded by grain's workers), TFDS records through tfds.data_source and
+array_record files; each trains the memory pipeline's numbers, resumes, and a bad record is
+one line."""
+
+import json
+import os
+import pickle
+import signal
+
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import (
+    TIMING_KEYS,
+    records,
+    run_stage,
+    same_numbers,
+    small_config,
+    start_until_checkpoint,
+)
+from tests.user_setups import digits_folder
+from workflow import data, engine, experiment
+from workflow.data import pipeline, readers
+from workflow.errors import UsageError
+
+
+@pytest.fixture(scope="module")
+def digit_images(tmp_path_factory):
+    """The 8x8 digits as PNGs, digit_images/<class>/<index>.png."""
+    return digits_folder(tmp_path_factory.mktemp("digits"))
+
+
+def folder_config(folder, pipeline_name: str, **overrides):
+    """small_config's image MLP on an image folder, on `pipeline_name`."""
+    config = small_config("image", "mlp")
+    config.dataset.kwargs = ml_collections.ConfigDict()
+    config.update_from_flattened_dict(
+        {"dataset.name": str(folder), "dataset.pipeline": pipeline_name, **overrides}
+    )
+    return config
+
+
+def fit_records(config) -> tuple[list[dict], experiment.Setup]:
+    """engine.fit's records of `config` from its initial state (timing left out), and setup."""
+    setup = experiment.prepare(config)
+    result = engine.fit(setup.task, setup.state, setup.dataset, config, progress=False)
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in result.records], setup
+
+
+def load(folder, pipeline_name: str = "grain", **options):
+    """load_dataset of an image folder on `pipeline_name`."""
+    cfg = data.default_config()
+    cfg.name = str(folder)
+    cfg.pipeline = pipeline_name
+    cfg.update(options)
+    return data.load_dataset(cfg, seed=0)
+
+
+def write_images(root, per_class: int = 30, size: int = 8) -> None:
+    """Two classes of random grayscale PNGs in root/<class>/."""
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 255, (size, size), dtype=np.uint8)
+            Image.fromarray(pixels, "L").save(root / c / f"{i:03d}.png")
+
+
+# ----------------------------------------------------------------------------- lazy inputs
+
+
+def test_lazy_inputs_index_like_the_decoded_array_and_take_subsets_without_reading():
+    x = np.arange(5 * 2 * 3, dtype=np.float32).reshape(5, 2, 3)
+
+    class Counting:
+        reads = 0
+
+        def __len__(self):
+            return len(x)
+
+        def read(self, record):
+            Counting.reads += 1
+            return x[record]
+
+        def describe(self):
+            return {"format": "test"}
+
+    inputs = data.LazyInputs(Counting(), np.arange(5), (2, 3))
+    assert inputs.shape == (5, 2, 3) and inputs.dtype == np.float32 and len(inputs) == 5
+    assert inputs.nbytes == x.nbytes and Counting.reads == 0
+    np.testing.assert_array_equal(inputs[3], x[3])
+    np.testing.assert_array_equal(inputs[1:4], x[1:4])
+    np.testing.assert_array_equal(inputs[np.array([4, 0])], x[[4, 0]])
+    np.testing.assert_array_equal(np.asarray(inputs), x)
+    Counting.reads = 0
+    subset = inputs.take(np.array([3, 1]))  # lazy: nothing read
+    assert Counting.reads == 0 and subset.shape == (2, 2, 3)
+    np.testing.assert_array_equal(subset[:], x[[3, 1]])
+    stats = {"mean": [1.0, 2.0, 3.0], "std": [2.0, 2.0, 2.0]}
+    np.testing.assert_allclose(inputs.normalized(stats)[2], (x[2] - [1, 2, 3]) / 2)
+    assert len(inputs.sample(3)) == 3 and len(inputs.sample(10)) == 5
+    np.testing.assert_array_equal(data.bounded(x), x)  # arrays pass through
+
+
+def test_an_image_folder_on_grain_keeps_its_training_images_as_files(digit_images):
+    memory, grain = load(digit_images, "memory"), load(digit_images)
+    assert isinstance(grain.x_train, data.LazyInputs)
+    assert all(isinstance(a, np.ndarray) for a in (grain.x_val, grain.x_test, grain.y_train))
+    # The same examples in the same order: decoded, they are the memory pipeline's arrays.
+    np.testing.assert_array_equal(grain.x_train[:], memory.x_train)
+    np.testing.assert_array_equal(grain.y_train, memory.y_train)
+    np.testing.assert_array_equal(grain.x_val, memory.x_val)
+    np.testing.assert_array_equal(grain.x_test, memory.x_test)
+    # Fewer training examples than the statistics' sample: the same statistics.
+    assert grain.normalization == memory.normalization
+    assert grain.info["normalization_sample"] == len(grain.y_train)
+    summary = grain.summary()
+    assert summary["splits"] == memory.summary()["splits"]
+    assert summary["train_inputs"]["format"] == "image files"
+    assert pickle.loads(pickle.dumps(grain.x_train)).shape == grain.x_train.shape  # to workers
+
+
+def test_a_large_lazy_split_is_never_decoded_whole(digit_images, monkeypatch):
+    # Statistics from a bounded sample: loading decodes the sample, val and test, not train.
+    monkeypatch.setattr("workflow.data.dataset.NORMALIZATION_SAMPLE", 200)
+    decoded = []
+    read = readers.ImageFiles.read
+    monkeypatch.setattr(
+        readers.ImageFiles, "read", lambda self, i: decoded.append(i) or read(self, i)
+    )
+    grain = load(digit_images)
+    # Read: the sample, and the val and test examples (carved from the files, held in memory).
+    assert grain.info["normalization_sample"] == 200
+    assert len(decoded) == 200 + len(grain.y_val) + len(grain.y_test) < 1797
+    again = load(digit_images)  # a seeded sample: the same statistics every time
+    assert again.normalization == grain.normalization
+    memory = load(digit_images, "memory")
+    assert grain.normalization != memory.normalization  # a sample's, not every example's
+    np.testing.assert_allclose(grain.normalization["mean"], memory.normalization["mean"], atol=0.1)
+
+
+def test_per_host_shards_of_a_lazy_split_are_the_memory_pipelines_shards(digit_images):
+    cfg = data.default_config()
+    cfg.name = str(digit_images)
+    parts = {}
+    for name in ("memory", "grain"):
+        cfg.pipeline = name
+        parts[name] = data.load_dataset(cfg, seed=0, shard=data.Shard(1, 2))
+    assert isinstance(parts["grain"].x_train, data.LazyInputs)
+    np.testing.assert_array_equal(parts["grain"].x_train[:], parts["memory"].x_train)
+    assert parts["grain"].info["shard"]["start"] == parts["memory"].info["shard"]["start"] > 0
+
+
+def test_grain_workers_decode_an_image_folder_to_the_memory_pipelines_records(digit_images):
+    # One worker process opens, decodes and normalizes each batch's images.
+    overrides = {"num_steps": 40, "steps_per_call": 20, "eval_every": 20}
+    memory, _ = fit_records(folder_config(digit_images, "memory", **overrides))
+    grain, setup = fit_records(
+        folder_config(digit_images, "grain", **overrides, **{"dataset.grain.worker_count": 1})
+    )
+    assert isinstance(setup.dataset.x_train, data.LazyInputs)
+    assert grain == memory
+
+
+def test_a_corrupt_image_read_in_a_grain_worker_is_one_error_naming_it(tmp_path):
+    write_images(tmp_path / "images")
+    bad = tmp_path / "images" / "b" / "007.png"
+    bad.write_bytes(bad.read_bytes()[:60])  # its header reads; its pixels do not
+    ds = load(tmp_path / "images", normalize=False)  # nothing decodes the training split
+    plan = pipeline.BatchPlan(len(ds.y_train), len(ds.y_train), 0)
+    config = small_config(**{"dataset.pipeline": "grain", "dataset.grain.worker_count": 1})
+    stream = pipeline.Stream(pipeline.ArraySource(ds.x_train, ds.y_train), plan, config, 0, [1])
+    try:
+        with pytest.raises(UsageError, match=r"^image '.*b/007.png' cannot be read \(") as e:
+            stream.next_chunk(1)
+    finally:
+        stream.close()
+    assert "\n" not in str(e.value)
+
+
+def test_a_corrupt_image_during_training_exits_2_with_one_line(tmp_path):
+    write_images(tmp_path / "images")
+    bad = tmp_path / "images" / "a" / "011.png"
+    bad.write_bytes(bad.read_bytes()[:60])
+    workdir = tmp_path / "run"
+    result = run_stage(
+        "start_simple",
+        "--config=configs/digits.py",
+        f"--config.dataset.name={tmp_path / 'images'}",
+        "--config.dataset.pipeline=grain",
+        "--config.dataset.grain.worker_count=1",
+        "--config.dataset.normalize=False",
+        "--config.num_steps=20",
+        "--config.batch_size=16",
+        "--config.progress=False",
+        f"--workdir={workdir}",
+    )
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
+    assert f"image '{bad}' cannot be read" in lines[0]
+    assert not (workdir / "summary.json").exists()
+    assert not [f for f in workdir.rglob("*") if ".tmp" in f.name]  # nothing half-written
+
+
+def test_a_folder_without_images_is_refused_on_grain(tmp_path):
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    (tmp_path / "empty" / "b").mkdir(parents=True)
+    with pytest.raises(UsageError, match=r"empty' needs one folder of images per class"):
+        load(tmp_path / "empty")
+
+
+@pytest.mark.slow
+def test_kill_9_on_a_lazy_image_folder_resumes_to_the_uninterrupted_records(digit_images, tmp_path):
+    args = [
+        "--config=configs/digits.py",
+        f"--config.dataset.name={digit_images}",
+        "--config.model.name=tests.fault_models:SlowMLP",
+        "--config.dataset.pipeline=grain",
+        "--config.dataset.grain.worker_count=1",
+        "--config.num_steps=300",
+        "--config.batch_size=32",
+        "--config.steps_per_call=25",
+        "--config.checkpoint_every=50",
+        "--config.eval_every=50",
+        "--config.log_every=25",
+        "--config.progress=False",
+    ]
+    killed = tmp_path / "killed"
+    proc = start_until_checkpoint(args, killed, 100)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists()
+    resumed = run_stage("start_simple", *args, f"--workdir={killed}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    whole = run_stage("start_simple", *args, f"--workdir={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    summary = json.loads((killed / "summary.json").read_text())
+    reference = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    same_numbers(summary["metrics"], reference["metrics"])
+    assert records(killed) == records(tmp_path / "whole")
+    assert summary["dataset"]["train_inputs"]["format"] == "image files"
