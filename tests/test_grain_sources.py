@@ -242,3 +242,24 @@ def test_kill_9_on_a_lazy_image_folder_resumes_to_the_uninterrupted_records(digi
     same_numbers(summary["metrics"], reference["metrics"])
     assert records(killed) == records(tmp_path / "whole")
     assert summary["dataset"]["train_inputs"]["format"] == "image files"
+
+
+# ----------------------------------------------------------------------------- TFDS
+
+
+def test_a_tfds_training_split_on_grain_is_read_through_its_data_source(tmp_path):
+    # tfds.testing.mock_data: records generated per index, the same on every read; the grain
+    # pipeline reads the train split's records by index as batches need them (threads of this
+    # process: the mock lives in it), the memory pipeline all of them at load.
+    tfds = pytest.importorskip("tensorflow_datasets")
+    overrides = {"num_steps": 20, "steps_per_call": 10, "eval_every": 10, "batch_size": 16}
+    runs = {}
+    with tfds.testing.mock_data(num_examples=120):
+        for name in ("memory", "grain"):
+            runs[name] = fit_records(folder_config("tfds:mnist", name, **overrides))
+    (memory, memory_setup), (grain, grain_setup) = runs["memory"], runs["grain"]
+    lazy_train = grain_setup.dataset.x_train
+    assert isinstance(lazy_train, data.LazyInputs)
+    assert lazy_train.describe()["format"] == "tfds.data_source"
+    np.testing.assert_array_equal(grain_setup.dataset.y_train, memory_setup.dataset.y_train)
+    assert grain == memory

@@ -449,7 +449,7 @@ def _load_raw(
     if name == "synthetic":
         return make_synthetic(kwargs, seed=seed, task=task)
     if name.startswith("tfds:"):
-        return tfds_arrays(name[len("tfds:") :], kwargs, data_dir, plan)
+        return tfds_arrays(name[len("tfds:") :], kwargs, data_dir, plan, lazy=lazy)
     if readers.is_path(name):
         return readers.read_path(name, kwargs, test_fraction, task, lazy=lazy)
     if ":" in name:
