@@ -165,6 +165,7 @@ def test_grain_workers_decode_an_image_folder_to_the_memory_pipelines_records(di
     assert grain == memory
 
 
+@pytest.mark.slow
 def test_a_corrupt_image_read_in_a_grain_worker_is_one_error_naming_it(tmp_path):
     write_images(tmp_path / "images")
     bad = tmp_path / "images" / "b" / "007.png"
@@ -263,3 +264,91 @@ def test_a_tfds_training_split_on_grain_is_read_through_its_data_source(tmp_path
     assert lazy_train.describe()["format"] == "tfds.data_source"
     np.testing.assert_array_equal(grain_setup.dataset.y_train, memory_setup.dataset.y_train)
     assert grain == memory
+
+
+# ----------------------------------------------------------------------------- array_record
+
+
+@pytest.fixture(scope="module")
+def digit_records(tmp_path_factory):
+    """The digits (8x8x1 images in [0, 1], labels) as train.array_record and
+    test.array_record, written by readers.write_array_record."""
+    from sklearn import datasets
+
+    digits = datasets.load_digits()
+    x = (digits.images[..., None] / 16.0).astype(np.float32)
+    folder = tmp_path_factory.mktemp("records")
+    readers.write_array_record(folder / "train.array_record", x[:1400], digits.target[:1400])
+    readers.write_array_record(folder / "test.array_record", x[1400:], digits.target[1400:])
+    return folder, x, digits.target
+
+
+def test_an_array_record_folder_trains_on_grain_to_the_memory_pipelines_records(
+    digit_records,
+):
+    folder, x, y = digit_records
+    raw = load(folder, "grain", normalize=False)  # the records hold the arrays written
+    np.testing.assert_array_equal(raw.x_test, x[1400:])
+    np.testing.assert_array_equal(raw.x_train[:3], x[raw.x_train.records[:3]])
+    # The reader goes to grain's worker processes by pickle: it reopens the files by name.
+    reader = pickle.loads(pickle.dumps(raw.x_train.reader))
+    np.testing.assert_array_equal(reader.read(5), x[5])
+    overrides = {"num_steps": 40, "steps_per_call": 20, "eval_every": 20}
+    memory, _ = fit_records(folder_config(folder, "memory", **overrides))
+    grain, setup = fit_records(folder_config(folder, "grain", **overrides))
+    assert setup.dataset.x_train.describe()["format"] == "array_record"
+    assert setup.dataset.info["record_format"] == readers.RECORD_FORMAT
+    assert grain == memory
+
+
+def test_one_array_record_file_has_its_test_split_carved_like_any_file(digit_records):
+    folder, x, y = digit_records
+    one = load(folder / "train.array_record")
+    assert isinstance(one.x_train, data.LazyInputs) and one.info["test_source"].startswith("carved")
+    memory = load(folder / "train.array_record", "memory")
+    np.testing.assert_array_equal(one.x_train[:], memory.x_train)
+    np.testing.assert_array_equal(one.x_test, memory.x_test)
+
+
+def raw_bytes_records(path):
+    """An array_record file whose records are plain strings, not RECORD_FORMAT."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    writer = ArrayRecordWriter(str(path), "group_size:1")
+    for i in range(10):
+        writer.write(f"example {i}".encode())
+    writer.close()
+    return path
+
+
+def test_an_array_record_of_another_format_is_one_line_naming_the_file(tmp_path):
+    path = raw_bytes_records(tmp_path / "raw.array_record")
+    for name in ("grain", "memory"):
+        with pytest.raises(
+            UsageError, match=r"^array_record '.*raw.array_record' record 0 is "
+        ) as e:
+            load(path, name)
+        assert "\n" not in str(e.value)
+
+
+@pytest.mark.slow
+def test_a_stage_on_an_array_record_of_another_format_exits_2_writing_nothing(tmp_path):
+    path = raw_bytes_records(tmp_path / "raw.array_record")
+    workdir = tmp_path / "run"
+    result = run_stage(
+        "start_simple",
+        "--config=configs/digits.py",
+        f"--config.dataset.name={path}",
+        "--config.dataset.pipeline=grain",
+        f"--workdir={workdir}",
+    )
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
+    assert "raw.array_record' record 0 is not in the record format (each record" in lines[0]
+    assert not workdir.exists()
+
+
+def test_write_array_record_leaves_no_partial_file_when_the_arrays_disagree(tmp_path):
+    with pytest.raises(UsageError, match="x has 3 examples but y 2"):
+        readers.write_array_record(tmp_path / "a.array_record", np.zeros((3, 2)), [0, 1])
+    assert list(tmp_path.iterdir()) == []

@@ -11,6 +11,9 @@
                      folder/test/<class>/... with split folders), read with Pillow, resized to
                      `dataset.kwargs.image_size` (default: the first image's size), grayscale
                      kept as one channel, anything else as RGB, pixels scaled to [0, 1]
+    x.array_record   records of one example each (RECORD_FORMAT), or a folder of them:
+                     train*.array_record, test*.array_record (val*.array_record), or any
+                     names, all training data; written by `write_array_record(path, x, y)`
 
 Each reader is a function of its own returning the raw dict every loader returns (x_train,
 y_train, x_test, y_test, kind, num_classes, info). A file without a test split has one carved
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import os
 import pathlib
 from collections.abc import Callable
@@ -45,6 +49,11 @@ DEFAULT_TEST_FRACTION = 0.2
 # The fixed seed of every carved test split: the same examples whatever the run's seed.
 TEST_SPLIT_SEED = 0
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+ARRAY_RECORD = ".array_record"
+RECORD_FORMAT = (
+    "each record the bytes of an .npz (numpy.savez) of arrays x (one example) and y (its label "
+    "or targets)"
+)
 TABLE_SUFFIXES = (".csv", ".parquet")
 SPLITS = ("train", "val", "test")
 # Input kinds by the number of dims of x (examples included).
@@ -55,7 +64,11 @@ def is_path(name: str) -> bool:
     """Whether dataset name `name` names a file or folder to read rather than a registered
     dataset or an import path."""
     suffix = pathlib.Path(name).suffix.lower()
-    return suffix in (".npz", ".npy", *TABLE_SUFFIXES) or os.sep in name or os.path.isdir(name)
+    return (
+        suffix in (".npz", ".npy", ARRAY_RECORD, *TABLE_SUFFIXES)
+        or os.sep in name
+        or os.path.isdir(name)
+    )
 
 
 def read_path(
@@ -73,10 +86,13 @@ def read_path(
     if not path.exists():
         raise UsageError(f"data file {name!r} does not exist")
     kind = "folder" if path.is_dir() else path.suffix.lower()
+    if kind == "folder" and any(path.glob(f"*{ARRAY_RECORD}")):
+        kind = ARRAY_RECORD
     if kind not in READERS:
         raise UsageError(
             f"data file {name!r}: unknown format {kind or '(no suffix)'}; valid: .npz, .npy, "
-            f".csv, .parquet or a folder of images (<class>/*{'|'.join(IMAGE_SUFFIXES)})"
+            f".csv, .parquet, {ARRAY_RECORD} or a folder of images "
+            f"(<class>/*{'|'.join(IMAGE_SUFFIXES)})"
         )
     reader, options = READERS[kind]
     unknown = sorted(set(kwargs) - set(options))
@@ -502,6 +518,157 @@ def _read_image(file: pathlib.Path, size: tuple[int, int], mode: str) -> np.ndar
     return pixels[..., None] if pixels.ndim == 2 else pixels
 
 
+# ----------------------------------------------------------------------------- array_record
+
+
+def read_array_record(
+    path: pathlib.Path,
+    kwargs: dict[str, Any],
+    test_fraction: float,
+    task: str = CLASSIFICATION,
+    lazy: bool = False,
+) -> dict[str, Any]:
+    """An array_record file, or a folder of them by split, of one example a record
+    (RECORD_FORMAT); `lazy`: the training split's records are read when indexed (ArrayRecords),
+    only their labels here."""
+    splits = {}
+    for split, files in _array_record_splits(path).items():
+        records = ArrayRecords(tuple(str(f) for f in files))
+        if lazy and split == "train":
+            splits[split] = _lazy_records(records)
+        else:
+            examples = [records.example(i) for i in range(len(records))]
+            x = np.stack([e[0] for e in examples]) if examples else np.zeros((0,), np.float32)
+            splits[split] = (x, np.asarray([e[1] for e in examples]))
+    x_train = splits["train"][0]
+    kind = kwargs.get("kind") or _KIND_BY_NDIM.get(len(x_train.shape))
+    if kind not in KINDS:
+        raise UsageError(
+            f"{_name(path)}: its examples x have shape {tuple(x_train.shape[1:])}; expected "
+            "(D,) tables, (T, F) sequences or (H, W, C) images, or set dataset.kwargs.kind to one "
+            f"of {', '.join(KINDS)}"
+        )
+    info = {"record_format": RECORD_FORMAT}
+    return _finish(path, splits, kind, kwargs, test_fraction, info, task)
+
+
+def _array_record_splits(path: pathlib.Path) -> dict[str, list[pathlib.Path]]:
+    """{split: files}: a file is the training split; a folder's files named train*, val*,
+    test* are those splits (none so named: every file is training data)."""
+    if not path.is_dir():
+        return {"train": [path]}
+    files = sorted(path.glob(f"*{ARRAY_RECORD}"))
+    named = {s: [f for f in files if f.name.startswith(s)] for s in SPLITS}
+    named = {s: f for s, f in named.items() if f}
+    if not named:
+        return {"train": files}
+    if "train" not in named:
+        raise UsageError(
+            f"data folder '{path}' has {', '.join(sorted(named))}*{ARRAY_RECORD} files but no "
+            f"train*{ARRAY_RECORD}"
+        )
+    return named
+
+
+def _lazy_records(records: ArrayRecords) -> tuple[LazyInputs, np.ndarray]:
+    """(lazy inputs, labels) of array_record records: every record's y, read one at a time."""
+    if not len(records):
+        raise UsageError(f"{records.name(0)}: the file has no records")
+    labels = np.asarray([records.example(i)[1] for i in range(len(records))])
+    shape = records.read(0).shape
+    return LazyInputs(records, np.arange(len(records)), tuple(shape)), labels
+
+
+class ArrayRecords:
+    """array_record files of one example a record (RECORD_FORMAT), read by index through
+    grain's ArrayRecordDataSource (data.lazy's reader; picklable: grain's workers reopen the
+    files by name)."""
+
+    def __init__(self, files: tuple[str, ...]):
+        self.files = files
+        self._source = None
+        self.lengths = tuple(len(self._open([f])) for f in files)
+
+    def __getstate__(self) -> dict:
+        return {"files": self.files, "lengths": self.lengths}
+
+    def __setstate__(self, state: dict) -> None:
+        self.files, self.lengths, self._source = state["files"], state["lengths"], None
+
+    def _open(self, files: list[str]):
+        import grain
+
+        try:
+            return grain.sources.ArrayRecordDataSource(files)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input
+            name = files[0] if len(files) == 1 else ", ".join(files)
+            raise UsageError(f"array_record '{name}' cannot be read ({_one_line(e)})") from None
+
+    def __len__(self) -> int:
+        return sum(self.lengths)
+
+    def example(self, record: int) -> tuple[np.ndarray, Any]:
+        """Record `record` as (x, y), checked: an .npz of x and y, x finite numbers."""
+        if self._source is None:
+            self._source = self._open(list(self.files))
+        try:
+            with np.load(io.BytesIO(self._source[record]), allow_pickle=False) as npz:
+                x, y = npz["x"], npz["y"]
+        except Exception as e:  # noqa: BLE001 - a record of another format is the user's input
+            raise UsageError(
+                f"{self.name(record)} is not in the record format ({RECORD_FORMAT}): {_one_line(e)}"
+            ) from None
+        if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_) or (
+            np.issubdtype(x.dtype, np.inexact) and not np.isfinite(x).all()
+        ):
+            raise UsageError(f"{self.name(record)}: x must be finite numbers (dtype {x.dtype})")
+        return x, y[()] if y.ndim == 0 else y
+
+    def read(self, record: int) -> np.ndarray:
+        """Record `record`'s input x as float32."""
+        return self.example(record)[0].astype(np.float32)
+
+    def name(self, record: int) -> str:
+        """How an error names the record: its file and its place there."""
+        for file, length in zip(self.files, self.lengths, strict=True):
+            if record < length:
+                return f"array_record '{file}' record {record}"
+            record -= length
+        return f"array_record '{self.files[-1]}'"
+
+    def describe(self) -> dict:
+        """The reader in brief (dataset.info, the fingerprint)."""
+        return {"format": "array_record", "files": len(self.files)}
+
+    def identity(self) -> bytes:
+        """The files' names, sizes and record counts: what the fingerprint hashes."""
+        pairs = zip(self.files, self.lengths, strict=True)
+        return "\n".join(f"{f}|{_file_size(f)}|{n}" for f, n in pairs).encode()
+
+
+def write_array_record(path: str | os.PathLike, x: Any, y: Any) -> pathlib.Path:
+    """Write examples (x[i], y[i]) as an array_record file of RECORD_FORMAT, one record each,
+    atomically (a temporary file renamed): what `dataset.name=PATH.array_record` reads."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    path = pathlib.Path(path)
+    x, y = np.asarray(x), np.asarray(y)
+    if len(x) != len(y):
+        raise UsageError(f"write_array_record: x has {len(x)} examples but y {len(y)}")
+    partial = path.with_name(path.name + ".partial")
+    # group_size 1: every record its own chunk, so a random read decodes only that record.
+    writer = ArrayRecordWriter(str(partial), "group_size:1")
+    try:
+        for xi, yi in zip(x, y, strict=True):
+            buffer = io.BytesIO()
+            np.savez(buffer, x=xi, y=yi)
+            writer.write(buffer.getvalue())
+    finally:
+        writer.close()
+    os.replace(partial, path)
+    return path
+
+
 # ----------------------------------------------------------------------------- shared
 
 
@@ -617,6 +784,7 @@ READERS: dict[str, tuple[Callable[..., dict[str, Any]], tuple[str, ...]]] = {
     ".csv": (read_table, ("label_column", "one_hot", "num_classes")),
     ".parquet": (read_table, ("label_column", "one_hot", "num_classes")),
     "folder": (read_image_folder, ("image_size", "num_classes")),
+    ARRAY_RECORD: (read_array_record, ("kind", "num_classes")),
 }
 # The formats whose training split can be read lazily (dataset.pipeline="grain").
-LAZY_READERS = ("folder",)
+LAZY_READERS = ("folder", ARRAY_RECORD)
