@@ -8,7 +8,10 @@ config.dataset.pipeline picks where a training batch is assembled:
           dataset (`grain.MapDataset` -> `IterDataset`, in `dataset.grain.worker_count` worker
           processes when that is > 0, else in `read_threads` threads of this process), and a
           feeder thread stacks the next chunk's K batches while the devices run the current
-          chunk. Only the batches in flight are in memory on the devices.
+          chunk. Only the batches in flight are in memory on the devices. The source is the
+          training split: in-memory arrays, or a lazy split (data.lazy: image files, TFDS or
+          array_record records) whose examples the readers decode as they read them, so the
+          host holds only the batches in flight too.
 
 Order: step s's batch holds the examples `data.batch_indices(n, batch, seed, s, 1)` names, the
 memory path's order, so switching the pipeline changes where a batch is assembled, never which
