@@ -352,3 +352,23 @@ def test_write_array_record_leaves_no_partial_file_when_the_arrays_disagree(tmp_
     with pytest.raises(UsageError, match="x has 3 examples but y 2"):
         readers.write_array_record(tmp_path / "a.array_record", np.zeros((3, 2)), [0, 1])
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["debug", "evaluate"])
+def test_the_stages_that_read_the_training_split_run_on_a_lazy_one(digit_images, tmp_path, stage):
+    # The debug stage's checks and probes, evaluate's train metrics and error analysis read
+    # the lazy split by samples and batches.
+    workdir = tmp_path / stage
+    result = run_stage(
+        stage,
+        "--config=configs/digits.py",
+        f"--config.dataset.name={digit_images}",
+        "--config.dataset.pipeline=grain",
+        "--config.num_steps=100",
+        "--config.progress=False",
+        f"--workdir={workdir}",
+    )
+    assert result.returncode in (0, 1), result.stderr[-2000:]
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["dataset"]["train_inputs"]["format"] == "image files"

@@ -108,7 +108,8 @@ class ExampleSource(Protocol):
 
 @dataclasses.dataclass
 class ArraySource:
-    """Examples of in-memory arrays; a batch is read with one fancy index."""
+    """Examples of arrays, or of a lazy split (data.lazy.LazyInputs, decoded as indexed); a
+    batch is read with one fancy index."""
 
     x: np.ndarray
     y: np.ndarray
