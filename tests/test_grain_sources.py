@@ -372,3 +372,35 @@ def test_the_stages_that_read_the_training_split_run_on_a_lazy_one(digit_images,
     assert result.returncode in (0, 1), result.stderr[-2000:]
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["dataset"]["train_inputs"]["format"] == "image files"
+
+
+@pytest.mark.slow
+def test_two_processes_each_read_only_their_shard_of_a_lazy_folder_to_the_memory_numbers(
+    digit_images, tmp_path
+):
+    # Per-host data: each process keeps only its half of the files and its grain pipeline
+    # reads its part of every batch from them; the memory pipeline's per-host numbers.
+    from tests.test_multihost import summary_of, tagged_lines, two_processes
+
+    flags = [
+        "--config=configs/digits.py",
+        f"--config.dataset.name={digit_images}",
+        "--config.num_steps=60",
+        "--config.batch_size=32",
+        "--config.steps_per_call=20",
+        "--config.eval_every=20",
+        "--config.progress=False",
+        "--config.parallel.data=per_host",
+    ]
+    metrics = {}
+    for name in ("grain", "memory"):
+        workdir = tmp_path / name
+        done = two_processes("start_simple", workdir, *flags, f"--config.dataset.pipeline={name}")
+        assert {pid: code for pid, (code, _, _) in done.items()} == {0: 0, 1: 0}, done
+        fits = {pid: tagged_lines(err, "MULTIHOST")[0] for pid, (_, _, err) in done.items()}
+        assert fits[1]["shard"]["start"] == fits[0]["shard"]["stop"] > 0
+        summary = summary_of(workdir)
+        if name == "grain":
+            assert summary["dataset"]["train_inputs"]["examples"] == fits[0]["shard"]["size"]
+        metrics[name] = summary["metrics"]
+    same_numbers(metrics["grain"], metrics["memory"])
