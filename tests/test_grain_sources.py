@@ -156,7 +156,7 @@ def test_per_host_shards_of_a_lazy_split_are_the_memory_pipelines_shards(digit_i
 
 def test_grain_workers_decode_an_image_folder_to_the_memory_pipelines_records(digit_images):
     # One worker process opens, decodes and normalizes each batch's images.
-    overrides = {"num_steps": 40, "steps_per_call": 20, "eval_every": 20}
+    overrides = {"num_steps": 20, "steps_per_call": 10, "eval_every": 20, "log_every": 10}
     memory, _ = fit_records(folder_config(digit_images, "memory", **overrides))
     grain, setup = fit_records(
         folder_config(digit_images, "grain", **overrides, **{"dataset.grain.worker_count": 1})
@@ -165,7 +165,6 @@ def test_grain_workers_decode_an_image_folder_to_the_memory_pipelines_records(di
     assert grain == memory
 
 
-@pytest.mark.slow
 def test_a_corrupt_image_read_in_a_grain_worker_is_one_error_naming_it(tmp_path):
     write_images(tmp_path / "images")
     bad = tmp_path / "images" / "b" / "007.png"
@@ -182,6 +181,7 @@ def test_a_corrupt_image_read_in_a_grain_worker_is_one_error_naming_it(tmp_path)
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_a_corrupt_image_during_training_exits_2_with_one_line(tmp_path):
     write_images(tmp_path / "images")
     bad = tmp_path / "images" / "a" / "011.png"
@@ -253,7 +253,7 @@ def test_a_tfds_training_split_on_grain_is_read_through_its_data_source(tmp_path
     # pipeline reads the train split's records by index as batches need them (threads of this
     # process: the mock lives in it), the memory pipeline all of them at load.
     tfds = pytest.importorskip("tensorflow_datasets")
-    overrides = {"num_steps": 20, "steps_per_call": 10, "eval_every": 10, "batch_size": 16}
+    overrides = {"num_steps": 10, "steps_per_call": 10, "eval_every": 10, "batch_size": 16}
     runs = {}
     with tfds.testing.mock_data(num_examples=120):
         for name in ("memory", "grain"):
@@ -293,7 +293,7 @@ def test_an_array_record_folder_trains_on_grain_to_the_memory_pipelines_records(
     # The reader goes to grain's worker processes by pickle: it reopens the files by name.
     reader = pickle.loads(pickle.dumps(raw.x_train.reader))
     np.testing.assert_array_equal(reader.read(5), x[5])
-    overrides = {"num_steps": 40, "steps_per_call": 20, "eval_every": 20}
+    overrides = {"num_steps": 10, "steps_per_call": 10, "eval_every": 10, "log_every": 5}
     memory, _ = fit_records(folder_config(folder, "memory", **overrides))
     grain, setup = fit_records(folder_config(folder, "grain", **overrides))
     assert setup.dataset.x_train.describe()["format"] == "array_record"
