@@ -254,6 +254,23 @@ def test_grain_pipeline_writes_each_pipelines_rate_and_ratio(tmp_path):
     )
 
 
+@pytest.mark.slow
+def test_grain_sources_writes_each_size_and_pipelines_rate_and_peak_memory(tmp_path):
+    from benchmarks import grain_pipeline
+
+    out = tmp_path / "sources.json"
+    argv = ["--sources", "--source_sizes=200,400", "--image_size=8", "--source_steps=40"]
+    assert grain_pipeline.main([*argv, f"--out={out}"]) == 0
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "grain_sources" and set(result["sizes"]) == {"200", "400"}
+    for runs in result["sizes"].values():
+        assert set(runs) == set(grain_pipeline.SOURCE_PIPELINES)
+        for run in runs.values():
+            assert run["examples_per_s"] > 0 and run["peak_rss_mb"] > 0
+        assert runs["grain_lazy_workers"]["workers_peak_rss_mb"] > 0  # a worker process ran
+    assert result["sizes"]["400"]["memory"]["train_examples"] > 200
+
+
 def test_grain_pipeline_refuses_an_unknown_case():
     from benchmarks import grain_pipeline
 

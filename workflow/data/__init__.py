@@ -4,7 +4,8 @@ Modules: `dataset` (the Dataset and the loading pipeline), `sources` (MNIST-1D, 
 loaders, data handed over in Python), `readers` (a user's files: .npz, .npy, CSV, Parquet, image
 folders), `text` (tokens and vocabulary), `validation`, `normalization`, `batching` (example
 order), `shards` (per-host data), `synthetic` (generators with a known irreducible error),
-`pipeline` (config.dataset.pipeline="grain": training batches read on the host and streamed).
+`pipeline` (config.dataset.pipeline="grain": training batches read on the host and streamed),
+`lazy` (with the grain pipeline, a training split of files or records read when indexed).
 
 Input conventions: images (N, H, W, C), sequences (N, T, F), tabular (N, D); x is float32 and y
 int32 class indices. ``load_dataset`` runs: raw load -> validate -> carve val -> subset train ->
@@ -34,6 +35,7 @@ examples, like the normalization statistics: built after the val carve and the t
 from workflow.data.batching import batch_indices, block_batch_indices
 from workflow.data.cache import CACHE_ENV, cache_dir
 from workflow.data.dataset import Dataset, default_config, load_dataset
+from workflow.data.lazy import LazyInputs, bounded, is_lazy
 from workflow.data.normalization import (
     STD_FLOOR,
     apply_normalization,
@@ -49,16 +51,19 @@ __all__ = [
     "KINDS",
     "STD_FLOOR",
     "Dataset",
+    "LazyInputs",
     "Shard",
     "apply_normalization",
     "batch_indices",
     "block_batch_indices",
+    "bounded",
     "build_vocabulary",
     "cache_dir",
     "combined_normalization",
     "compute_normalization",
     "default_config",
     "encode_tokens",
+    "is_lazy",
     "load_dataset",
     "process_shard",
     "tokenize",

@@ -13,6 +13,7 @@ import numpy as np
 
 from workflow.data import readers
 from workflow.data.batching import stratified_order
+from workflow.data.lazy import NORMALIZATION_SAMPLE, LazyInputs, is_lazy, rows
 from workflow.data.normalization import (
     apply_normalization,
     combined_normalization,
@@ -41,12 +42,16 @@ WHOLE_COUNTS = tuple(TARGET_COUNTS.values())
 @dataclasses.dataclass(eq=False)
 class Dataset:
     """A dataset split into train/val/test numpy arrays: class labels (N,), or regression /
-    multi-label targets (N, K) for the task `task` names (regression's standardized)."""
+    multi-label targets (N, K) for the task `task` names (regression's standardized).
+
+    With dataset.pipeline="grain", x_train may be lazy (data.lazy.LazyInputs: an image
+    folder's files, TFDS or array_record records, decoded when indexed); y_train, val and test
+    are arrays."""
 
     name: str
     kind: str
     num_classes: int  # classes; a regression's or multi-label task's targets per example
-    x_train: np.ndarray = dataclasses.field(repr=False)
+    x_train: np.ndarray | LazyInputs = dataclasses.field(repr=False)
     y_train: np.ndarray = dataclasses.field(repr=False)
     x_val: np.ndarray = dataclasses.field(repr=False)
     y_val: np.ndarray = dataclasses.field(repr=False)
@@ -87,7 +92,10 @@ class Dataset:
         for split in splits:
             for array in self.split(split):
                 h.update(f"{split}|{array.dtype.str}|{array.shape}|".encode())
-                h.update(np.ascontiguousarray(array).tobytes())
+                if is_lazy(array):  # its records, not its decoded examples
+                    h.update(array.fingerprint_bytes())
+                else:
+                    h.update(np.ascontiguousarray(array).tobytes())
         return h.hexdigest()
 
     def summary(self) -> dict[str, Any]:
@@ -105,6 +113,11 @@ class Dataset:
             "irreducible_error": self.irreducible_error,
             "normalized": self.normalization is not None,
         }
+        if is_lazy(self.x_train):  # read by the grain pipeline's workers, never held whole
+            out["train_inputs"] = {
+                "read": "lazily, decoded as batches are read",
+                **self.x_train.describe(),
+            }
         shard = self.info.get("shard")
         if shard:  # per-host data: the training set is every process's shard together
             splits["train"] = {
@@ -171,6 +184,8 @@ def load_dataset(
     if isinstance(shard, str):
         shard = process_shard()
     split_plan = SplitPlan(seed, val_fraction, train_size, shard)
+    # The grain pipeline reads the training split of files lazily: decoded as it is read.
+    lazy = _get(cfg, "pipeline", "memory") == "grain"
 
     raw = _load_raw(
         name,
@@ -180,6 +195,7 @@ def load_dataset(
         plan=split_plan,
         test_fraction=_test_fraction(cfg),
         task=tasks.check_task_name(task),
+        lazy=lazy,
     )
     # Recorded before validate_raw casts to float32/int32, which would hide them from the checks.
     source_dtypes = _source_dtypes(raw)
@@ -218,13 +234,16 @@ def load_dataset(
 
     normalization = None
     if token_ids is None and _get(cfg, "normalize", False):
-        if shard is None:
-            normalization = compute_normalization(x_train)
+        if is_lazy(x_train):
+            normalization = _sampled_normalization(x_train, shard, seed, info)
+            x_train = x_train.normalized(normalization)
         else:
-            normalization = combined_normalization(x_train, x_rest)
-        x_train, x_val, x_test = (
-            apply_normalization(x, normalization) for x in (x_train, x_val, x_test)
-        )
+            if shard is None:
+                normalization = compute_normalization(x_train)
+            else:
+                normalization = combined_normalization(x_train, x_rest)
+            x_train = apply_normalization(x_train, normalization)
+        x_val, x_test = (apply_normalization(x, normalization) for x in (x_val, x_test))
     info["sizes"] = {"train": len(y_train), "val": len(y_val), "test": len(raw["y_test"])}
     y_test = raw["y_test"]
     if task == tasks.REGRESSION:
@@ -245,6 +264,18 @@ def load_dataset(
         info=info,
         task=task_kind,
     )
+
+
+def _sampled_normalization(
+    x_train: LazyInputs, shard: Shard | None, seed: int, info: dict
+) -> dict[str, Any]:
+    """A lazy training split's statistics, from a seeded sample of NORMALIZATION_SAMPLE
+    examples (of each process's shard, combined, with per-host data) instead of every one."""
+    sample = x_train.sample(NORMALIZATION_SAMPLE, rng_for(seed, 104).integers(2**31))
+    info["normalization_sample"] = len(sample)
+    if shard is None:
+        return compute_normalization(sample)
+    return combined_normalization(sample)
 
 
 def target_statistics(y_train: np.ndarray, name: str) -> tasks.Regression:
@@ -323,7 +354,9 @@ def _train_and_val(
     order = stratified_order(y_train, rng_for(seed, 101))
     val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
     info["val_source"] = f"carved from train (val_fraction={val_fraction}, seed={seed})"
-    return (x_train[train_idx], y_train[train_idx]), (x_train[val_idx], y_train[val_idx])
+    # A lazy training split stays lazy; val is read (it is held in memory).
+    train = (rows(x_train, train_idx), y_train[train_idx])
+    return train, (x_train[val_idx], y_train[val_idx])
 
 
 def _train_subset(
@@ -333,7 +366,7 @@ def _train_subset(
     check_train_size(train_size, len(y), name)
     # Prefixes of one stratified order: a smaller train_size is a subset of a larger one.
     keep = np.sort(stratified_order(y, rng_for(seed, 102))[:train_size])
-    return x[keep], y[keep]
+    return rows(x, keep), y[keep]
 
 
 def _as_vocabulary_ids(
@@ -367,7 +400,7 @@ def _this_process_part(
     info["shard"] describes every process's part (a collective)."""
     if read_shard is None:
         start, stop, kept = shard.plan(len(y_train))
-        x_rest = x_train[kept:]
+        x_rest = None if is_lazy(x_train) else x_train[kept:]
         read_shard = {
             "start": start,
             "stop": stop,
@@ -375,7 +408,7 @@ def _this_process_part(
             "dropped": len(y_train) - kept,
             "read": "the whole training split (generated or loaded in memory), sliced",
         }
-        x_train, y_train = x_train[start:stop], y_train[start:stop]
+        x_train, y_train = rows(x_train, slice(start, stop)), y_train[start:stop]
     else:
         x_rest = as_inputs(raw["x_train_rest"], name, "train")
     info["shard"] = shard_info(shard, read_shard, y_train, raw["num_classes"], task)
@@ -436,6 +469,7 @@ def _load_raw(
     plan: SplitPlan,
     test_fraction: float = readers.DEFAULT_TEST_FRACTION,
     task: str = tasks.CLASSIFICATION,
+    lazy: bool = False,
 ) -> dict:
     if name in IN_MEMORY:
         return IN_MEMORY[name](kwargs, test_fraction, task)
@@ -447,9 +481,9 @@ def _load_raw(
     if name == "synthetic":
         return make_synthetic(kwargs, seed=seed, task=task)
     if name.startswith("tfds:"):
-        return tfds_arrays(name[len("tfds:") :], kwargs, data_dir, plan)
+        return tfds_arrays(name[len("tfds:") :], kwargs, data_dir, plan, lazy=lazy)
     if readers.is_path(name):
-        return readers.read_path(name, kwargs, test_fraction, task)
+        return readers.read_path(name, kwargs, test_fraction, task, lazy=lazy)
     if ":" in name:
         return custom_arrays(name, kwargs)
     raise UsageError(f"dataset name={name!r} is unknown; valid: {VALID_NAMES}")

@@ -8,7 +8,10 @@ config.dataset.pipeline picks where a training batch is assembled:
           dataset (`grain.MapDataset` -> `IterDataset`, in `dataset.grain.worker_count` worker
           processes when that is > 0, else in `read_threads` threads of this process), and a
           feeder thread stacks the next chunk's K batches while the devices run the current
-          chunk. Only the batches in flight are in memory on the devices.
+          chunk. Only the batches in flight are in memory on the devices. The source is the
+          training split: in-memory arrays, or a lazy split (data.lazy: image files, TFDS or
+          array_record records) whose examples the readers decode as they read them, so the
+          host holds only the batches in flight too.
 
 Order: step s's batch holds the examples `data.batch_indices(n, batch, seed, s, 1)` names, the
 memory path's order, so switching the pipeline changes where a batch is assembled, never which
@@ -105,7 +108,8 @@ class ExampleSource(Protocol):
 
 @dataclasses.dataclass
 class ArraySource:
-    """Examples of in-memory arrays; a batch is read with one fancy index."""
+    """Examples of arrays, or of a lazy split (data.lazy.LazyInputs, decoded as indexed); a
+    batch is read with one fancy index."""
 
     x: np.ndarray
     y: np.ndarray
@@ -237,16 +241,28 @@ def _cpu_augment(kind: str, options: tuple):
 
 
 @dataclasses.dataclass(frozen=True)
+class ReadFailure:
+    """A batch that could not be read: the one line naming the record and the problem (a bad
+    image file, a record of the wrong format), raised as a UsageError where the batch is taken,
+    so a worker's failure reaches the user as that line, not as a worker's traceback."""
+
+    line: str
+
+
+@dataclasses.dataclass(frozen=True)
 class ReadStepBatch:
     """step -> this process's (x, y) batch of that step, augmented when `augment` is given
-    (picklable: grain's workers run it)."""
+    (picklable: grain's workers run it); a ReadFailure where a record cannot be read."""
 
     source: ExampleSource
     plan: BatchPlan
     augment: HostAugment | None = None
 
-    def __call__(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        x, y = read_batch(self.source, self.plan.indices(int(step)))
+    def __call__(self, step: int) -> tuple[np.ndarray, np.ndarray] | ReadFailure:
+        try:
+            x, y = read_batch(self.source, self.plan.indices(int(step)))
+        except UsageError as error:
+            return ReadFailure(str(error))
         if self.augment is not None:
             x = self.augment(int(step), x)
         return x, y
@@ -270,6 +286,12 @@ def step_batches(
     )
     batches = dataset.to_iter_dataset(read)
     if settings.worker_count > 0:
+        # Batches come back from the workers pickled, not in shared memory: grain's shared
+        # blocks still in flight when a run stops early (a bad record, early stopping) would
+        # be left behind at exit, with the resource tracker's warning.
+        batches = grain.experimental.WithOptionsIterDataset(
+            batches, grain.experimental.DatasetOptions(min_shm_size=2**62)
+        )
         batches = batches.mp_prefetch(
             grain.MultiprocessingOptions(
                 num_workers=settings.worker_count,
@@ -335,6 +357,9 @@ class ChunkFeeder:
         try:
             for k in chunks:
                 parts = [next(self._iterator) for _ in range(k)]
+                failed = next((p for p in parts if isinstance(p, ReadFailure)), None)
+                if failed is not None:
+                    raise UsageError(failed.line)
                 step += k
                 chunk = Chunk(
                     step,

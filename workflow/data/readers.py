@@ -11,6 +11,9 @@
                      folder/test/<class>/... with split folders), read with Pillow, resized to
                      `dataset.kwargs.image_size` (default: the first image's size), grayscale
                      kept as one channel, anything else as RGB, pixels scaled to [0, 1]
+    x.array_record   records of one example each (RECORD_FORMAT), or a folder of them:
+                     train*.array_record, test*.array_record (val*.array_record), or any
+                     names, all training data; written by `write_array_record(path, x, y)`
 
 Each reader is a function of its own returning the raw dict every loader returns (x_train,
 y_train, x_test, y_test, kind, num_classes, info). A file without a test split has one carved
@@ -25,6 +28,8 @@ problem is one line naming the file (a UsageError, exit 2).
 from __future__ import annotations
 
 import csv
+import dataclasses
+import io
 import os
 import pathlib
 from collections.abc import Callable
@@ -33,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from workflow.data.batching import stratified_order
+from workflow.data.lazy import LazyInputs, is_lazy, rows
 from workflow.data.synthetic import rng_for
 from workflow.data.validation import KINDS
 from workflow.engine.tasks import CLASSIFICATION
@@ -43,6 +49,11 @@ DEFAULT_TEST_FRACTION = 0.2
 # The fixed seed of every carved test split: the same examples whatever the run's seed.
 TEST_SPLIT_SEED = 0
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+ARRAY_RECORD = ".array_record"
+RECORD_FORMAT = (
+    "each record the bytes of an .npz (numpy.savez) of arrays x (one example) and y (its label "
+    "or targets)"
+)
 TABLE_SUFFIXES = (".csv", ".parquet")
 SPLITS = ("train", "val", "test")
 # Input kinds by the number of dims of x (examples included).
@@ -53,22 +64,35 @@ def is_path(name: str) -> bool:
     """Whether dataset name `name` names a file or folder to read rather than a registered
     dataset or an import path."""
     suffix = pathlib.Path(name).suffix.lower()
-    return suffix in (".npz", ".npy", *TABLE_SUFFIXES) or os.sep in name or os.path.isdir(name)
+    return (
+        suffix in (".npz", ".npy", ARRAY_RECORD, *TABLE_SUFFIXES)
+        or os.sep in name
+        or os.path.isdir(name)
+    )
 
 
 def read_path(
-    name: str, kwargs: dict[str, Any], test_fraction: float, task: str = CLASSIFICATION
+    name: str,
+    kwargs: dict[str, Any],
+    test_fraction: float,
+    task: str = CLASSIFICATION,
+    lazy: bool = False,
 ) -> dict[str, Any]:
     """The raw dataset in the file or folder `name`, by its suffix, with targets for `task`
-    (config.task: class labels mapped to indices, or float / multi-hot targets as they are)."""
+    (config.task: class labels mapped to indices, or float / multi-hot targets as they are);
+    `lazy` (the grain pipeline): an image folder's or array_record's training split as
+    data.lazy.LazyInputs, read when indexed."""
     path = pathlib.Path(name).expanduser()
     if not path.exists():
         raise UsageError(f"data file {name!r} does not exist")
     kind = "folder" if path.is_dir() else path.suffix.lower()
+    if kind == "folder" and any(path.glob(f"*{ARRAY_RECORD}")):
+        kind = ARRAY_RECORD
     if kind not in READERS:
         raise UsageError(
             f"data file {name!r}: unknown format {kind or '(no suffix)'}; valid: .npz, .npy, "
-            f".csv, .parquet or a folder of images (<class>/*{'|'.join(IMAGE_SUFFIXES)})"
+            f".csv, .parquet, {ARRAY_RECORD} or a folder of images "
+            f"(<class>/*{'|'.join(IMAGE_SUFFIXES)})"
         )
     reader, options = READERS[kind]
     unknown = sorted(set(kwargs) - set(options))
@@ -82,6 +106,8 @@ def read_path(
             f"data folder {name!r}: an image folder's labels are its class folders, which "
             f"task={task!r} cannot use; use task=classification or a .npz/.csv of targets"
         )
+    if kind in LAZY_READERS:
+        return reader(path, kwargs, test_fraction, task, lazy=lazy)
     return reader(path, kwargs, test_fraction, task)
 
 
@@ -347,9 +373,14 @@ def _features(
 
 
 def read_image_folder(
-    path: pathlib.Path, kwargs: dict[str, Any], test_fraction: float, task: str = CLASSIFICATION
+    path: pathlib.Path,
+    kwargs: dict[str, Any],
+    test_fraction: float,
+    task: str = CLASSIFICATION,
+    lazy: bool = False,
 ) -> dict[str, Any]:
-    """Images in path/<class>/ (or path/train/<class>/, path/test/<class>/, path/val/...)."""
+    """Images in path/<class>/ (or path/train/<class>/, path/test/<class>/, path/val/...);
+    `lazy`: the training split's images are kept as files (ImageFiles), decoded when read."""
     split_dirs = {s: path / s for s in SPLITS if (path / s).is_dir()}
     if "train" in split_dirs and "test" in split_dirs:
         folders = split_dirs
@@ -371,12 +402,54 @@ def read_image_folder(
     mode = "L" if all(_mode(f) == "L" for s in files.values() for f, _ in s) else "RGB"
     splits = {}
     for split, pairs in files.items():
-        x = np.stack([_read_image(f, size, mode) for f, _ in pairs])
-        splits[split] = (x, np.array([label for _, label in pairs], dtype=np.int64))
+        labels = np.array([label for _, label in pairs], dtype=np.int64)
+        if lazy and split == "train":
+            images = ImageFiles(tuple(str(f) for f, _ in pairs), size, mode)
+            x = LazyInputs(images, np.arange(len(pairs)), (*size, 1 if mode == "L" else 3))
+        else:
+            x = np.stack([_read_image(f, size, mode) for f, _ in pairs])
+        splits[split] = (x, labels)
     info = {"class_names": class_names, "image_size": list(size), "image_mode": mode}
     raw = _finish(path, splits, "image", kwargs, test_fraction, info, map_labels=False)
     raw["num_classes"] = int(kwargs.get("num_classes") or len(class_names))
     return raw
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFiles:
+    """An image folder's training images as files (data.lazy's reader): record i is the file
+    files[i], decoded, converted to `mode` and resized to `size` when read (picklable: grain's
+    workers read with it)."""
+
+    files: tuple[str, ...]
+    size: tuple[int, int]
+    mode: str
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def read(self, record: int) -> np.ndarray:
+        """The image of file `record`, (H, W, C) float32 in [0, 1]."""
+        return _read_image(pathlib.Path(self.files[record]), self.size, self.mode)
+
+    def name(self, record: int) -> str:
+        """How an error names the record: its file."""
+        return f"image '{self.files[record]}'"
+
+    def describe(self) -> dict:
+        """The reader in brief (dataset.info, the fingerprint)."""
+        return {"format": "image files", "image_size": list(self.size), "mode": self.mode}
+
+    def identity(self) -> bytes:
+        """The files' names and sizes: the fingerprint of what is read without reading it."""
+        return "\n".join(f"{f}|{_file_size(f)}" for f in self.files).encode()
+
+
+def _file_size(file: str) -> int:
+    try:
+        return os.path.getsize(file)
+    except OSError:
+        return -1
 
 
 def _images_in(folder: pathlib.Path) -> list[pathlib.Path]:
@@ -443,6 +516,157 @@ def _read_image(file: pathlib.Path, size: tuple[int, int], mode: str) -> np.ndar
         except OSError as e:
             raise UsageError(f"image '{file}' cannot be read ({_one_line(e)})") from None
     return pixels[..., None] if pixels.ndim == 2 else pixels
+
+
+# ----------------------------------------------------------------------------- array_record
+
+
+def read_array_record(
+    path: pathlib.Path,
+    kwargs: dict[str, Any],
+    test_fraction: float,
+    task: str = CLASSIFICATION,
+    lazy: bool = False,
+) -> dict[str, Any]:
+    """An array_record file, or a folder of them by split, of one example a record
+    (RECORD_FORMAT); `lazy`: the training split's records are read when indexed (ArrayRecords),
+    only their labels here."""
+    splits = {}
+    for split, files in _array_record_splits(path).items():
+        records = ArrayRecords(tuple(str(f) for f in files))
+        if lazy and split == "train":
+            splits[split] = _lazy_records(records)
+        else:
+            examples = [records.example(i) for i in range(len(records))]
+            x = np.stack([e[0] for e in examples]) if examples else np.zeros((0,), np.float32)
+            splits[split] = (x, np.asarray([e[1] for e in examples]))
+    x_train = splits["train"][0]
+    kind = kwargs.get("kind") or _KIND_BY_NDIM.get(len(x_train.shape))
+    if kind not in KINDS:
+        raise UsageError(
+            f"{_name(path)}: its examples x have shape {tuple(x_train.shape[1:])}; expected "
+            "(D,) tables, (T, F) sequences or (H, W, C) images, or set dataset.kwargs.kind to one "
+            f"of {', '.join(KINDS)}"
+        )
+    info = {"record_format": RECORD_FORMAT}
+    return _finish(path, splits, kind, kwargs, test_fraction, info, task)
+
+
+def _array_record_splits(path: pathlib.Path) -> dict[str, list[pathlib.Path]]:
+    """{split: files}: a file is the training split; a folder's files named train*, val*,
+    test* are those splits (none so named: every file is training data)."""
+    if not path.is_dir():
+        return {"train": [path]}
+    files = sorted(path.glob(f"*{ARRAY_RECORD}"))
+    named = {s: [f for f in files if f.name.startswith(s)] for s in SPLITS}
+    named = {s: f for s, f in named.items() if f}
+    if not named:
+        return {"train": files}
+    if "train" not in named:
+        raise UsageError(
+            f"data folder '{path}' has {', '.join(sorted(named))}*{ARRAY_RECORD} files but no "
+            f"train*{ARRAY_RECORD}"
+        )
+    return named
+
+
+def _lazy_records(records: ArrayRecords) -> tuple[LazyInputs, np.ndarray]:
+    """(lazy inputs, labels) of array_record records: every record's y, read one at a time."""
+    if not len(records):
+        raise UsageError(f"{records.name(0)}: the file has no records")
+    labels = np.asarray([records.example(i)[1] for i in range(len(records))])
+    shape = records.read(0).shape
+    return LazyInputs(records, np.arange(len(records)), tuple(shape)), labels
+
+
+class ArrayRecords:
+    """array_record files of one example a record (RECORD_FORMAT), read by index through
+    grain's ArrayRecordDataSource (data.lazy's reader; picklable: grain's workers reopen the
+    files by name)."""
+
+    def __init__(self, files: tuple[str, ...]):
+        self.files = files
+        self._source = None
+        self.lengths = tuple(len(self._open([f])) for f in files)
+
+    def __getstate__(self) -> dict:
+        return {"files": self.files, "lengths": self.lengths}
+
+    def __setstate__(self, state: dict) -> None:
+        self.files, self.lengths, self._source = state["files"], state["lengths"], None
+
+    def _open(self, files: list[str]):
+        import grain
+
+        try:
+            return grain.sources.ArrayRecordDataSource(files)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input
+            name = files[0] if len(files) == 1 else ", ".join(files)
+            raise UsageError(f"array_record '{name}' cannot be read ({_one_line(e)})") from None
+
+    def __len__(self) -> int:
+        return sum(self.lengths)
+
+    def example(self, record: int) -> tuple[np.ndarray, Any]:
+        """Record `record` as (x, y), checked: an .npz of x and y, x finite numbers."""
+        if self._source is None:
+            self._source = self._open(list(self.files))
+        try:
+            with np.load(io.BytesIO(self._source[record]), allow_pickle=False) as npz:
+                x, y = npz["x"], npz["y"]
+        except Exception as e:  # noqa: BLE001 - a record of another format is the user's input
+            raise UsageError(
+                f"{self.name(record)} is not in the record format ({RECORD_FORMAT}): {_one_line(e)}"
+            ) from None
+        if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_) or (
+            np.issubdtype(x.dtype, np.inexact) and not np.isfinite(x).all()
+        ):
+            raise UsageError(f"{self.name(record)}: x must be finite numbers (dtype {x.dtype})")
+        return x, y[()] if y.ndim == 0 else y
+
+    def read(self, record: int) -> np.ndarray:
+        """Record `record`'s input x as float32."""
+        return self.example(record)[0].astype(np.float32)
+
+    def name(self, record: int) -> str:
+        """How an error names the record: its file and its place there."""
+        for file, length in zip(self.files, self.lengths, strict=True):
+            if record < length:
+                return f"array_record '{file}' record {record}"
+            record -= length
+        return f"array_record '{self.files[-1]}'"
+
+    def describe(self) -> dict:
+        """The reader in brief (dataset.info, the fingerprint)."""
+        return {"format": "array_record", "files": len(self.files)}
+
+    def identity(self) -> bytes:
+        """The files' names, sizes and record counts: what the fingerprint hashes."""
+        pairs = zip(self.files, self.lengths, strict=True)
+        return "\n".join(f"{f}|{_file_size(f)}|{n}" for f, n in pairs).encode()
+
+
+def write_array_record(path: str | os.PathLike, x: Any, y: Any) -> pathlib.Path:
+    """Write examples (x[i], y[i]) as an array_record file of RECORD_FORMAT, one record each,
+    atomically (a temporary file renamed): what `dataset.name=PATH.array_record` reads."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    path = pathlib.Path(path)
+    x, y = np.asarray(x), np.asarray(y)
+    if len(x) != len(y):
+        raise UsageError(f"write_array_record: x has {len(x)} examples but y {len(y)}")
+    partial = path.with_name(path.name + ".partial")
+    # group_size 1: every record its own chunk, so a random read decodes only that record.
+    writer = ArrayRecordWriter(str(partial), "group_size:1")
+    try:
+        for xi, yi in zip(x, y, strict=True):
+            buffer = io.BytesIO()
+            np.savez(buffer, x=xi, y=yi)
+            writer.write(buffer.getvalue())
+    finally:
+        writer.close()
+    os.replace(partial, path)
+    return path
 
 
 # ----------------------------------------------------------------------------- shared
@@ -538,8 +762,9 @@ def carve_test(
         )
     order = stratified_order(np.asarray(y), rng_for(TEST_SPLIT_SEED, 103))
     test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
-    x, y = np.asarray(x), np.asarray(y)
-    return (x[train], y[train]), (x[test], y[test])
+    x, y = (x if is_lazy(x) else np.asarray(x)), np.asarray(y)
+    # A lazy training split stays lazy; the test split is read (it is held in memory).
+    return (rows(x, train), y[train]), (x[test], y[test])
 
 
 def _name(where: pathlib.Path | str) -> str:
@@ -559,4 +784,7 @@ READERS: dict[str, tuple[Callable[..., dict[str, Any]], tuple[str, ...]]] = {
     ".csv": (read_table, ("label_column", "one_hot", "num_classes")),
     ".parquet": (read_table, ("label_column", "one_hot", "num_classes")),
     "folder": (read_image_folder, ("image_size", "num_classes")),
+    ARRAY_RECORD: (read_array_record, ("kind", "num_classes")),
 }
+# The formats whose training split can be read lazily (dataset.pipeline="grain").
+LAZY_READERS = ("folder", ARRAY_RECORD)

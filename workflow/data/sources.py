@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import importlib.util
@@ -16,6 +17,7 @@ import numpy as np
 
 from workflow.data.batching import stratified_order
 from workflow.data.cache import cache_dir, read_cache, write_cache
+from workflow.data.lazy import LazyInputs
 from workflow.data.shards import SplitPlan
 from workflow.data.synthetic import rng_for
 from workflow.data.text import TEXT_OPTIONS, build_vocabulary, encode_tokens, tokenize
@@ -159,10 +161,17 @@ def digits_arrays() -> dict[str, Any]:
 
 
 def tfds_arrays(
-    tfds_name: str, kwargs: dict[str, Any], data_dir: str | None, plan: SplitPlan | None = None
+    tfds_name: str,
+    kwargs: dict[str, Any],
+    data_dir: str | None,
+    plan: SplitPlan | None = None,
+    lazy: bool = False,
 ) -> dict[str, Any]:
     """The raw splits of a TFDS classification dataset (images, or text as token ids), read
-    through `tfds.data_source`; per host, only this process's training records."""
+    through `tfds.data_source`; per host, only this process's training records. `lazy` (the
+    grain pipeline): an image dataset's training split as data.lazy.LazyInputs over the data
+    source (TfdsRecords), its records decoded as batches are read; only its labels are read
+    here (a pass over the records that keeps nothing else)."""
     options = _tfds_options(tfds_name, kwargs)
 
     import tensorflow_datasets as tfds  # lazy: only tfds users pay for importing it
@@ -179,7 +188,8 @@ def tfds_arrays(
 
     raw: dict[str, Any] = {}
     token_lists = {}
-    if plan is not None and plan.shard is not None and not text_key:
+    lazy = lazy and not text_key  # text's vocabulary needs every training example's words
+    if plan is not None and plan.shard is not None and not text_key and not lazy:
         # Per-host: this process reads only its training records (and the carved val).
         source = _tfds_source(builder, tfds_name, wanted["train"], data_dir)
         raw.update(_read_tfds_train_shard(source, options, plan, f"tfds:{tfds_name}", wanted))
@@ -190,6 +200,9 @@ def tfds_arrays(
             token_lists[role], raw[f"y_{role}"] = _read_tfds_text(
                 source, text_key, options["label_key"]
             )
+        elif lazy and role == "train":
+            records = TfdsRecords(source, f"tfds:{tfds_name}", split, options["image_key"])
+            raw["x_train"], raw["y_train"] = _lazy_tfds_split(records, options["label_key"])
         else:
             x, y = _read_tfds_source(source, options["image_key"], options["label_key"])
             raw[f"x_{role}"], raw[f"y_{role}"] = x, y
@@ -341,6 +354,53 @@ def _tfds_source(builder: Any, tfds_name: str, split: str, data_dir: str | None)
                 f"--file_format=array_record`"
             ) from e
         raise
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsRecords:
+    """A TFDS split's records as data.lazy's reader: record i is `source[i]`'s image, decoded
+    when read (uint8 pixels scaled to [0, 1], as the memory pipeline's arrays); the data
+    source (random access over ArrayRecord files) is picklable, so grain's workers read it."""
+
+    source: Any  # tfds.data_source(...) of the split
+    dataset: str  # tfds:<name>, for errors
+    split: str
+    image_key: str
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def read(self, record: int) -> np.ndarray:
+        """Record `record`'s image as float32."""
+        try:
+            image = np.asarray(self.source[record][self.image_key])
+        except Exception as e:  # noqa: BLE001 - a record that cannot be decoded is the data's
+            raise UsageError(f"{self.name(record)} cannot be read ({one_line(e)})") from None
+        if image.dtype == np.uint8:
+            return image.astype(np.float32) / 255.0
+        return image.astype(np.float32)
+
+    def name(self, record: int) -> str:
+        """How an error names the record."""
+        return f"{self.dataset} {self.split} record {record}"
+
+    def describe(self) -> dict:
+        """The reader in brief (dataset.info, the fingerprint)."""
+        return {"format": "tfds.data_source", "dataset": self.dataset, "split": self.split}
+
+    def identity(self) -> bytes:
+        """What the fingerprint hashes of the records: their count (the files are TFDS's)."""
+        return str(len(self.source)).encode()
+
+
+def _lazy_tfds_split(records: TfdsRecords, label_key: str) -> tuple[LazyInputs, np.ndarray]:
+    """(lazy inputs, labels) of a TFDS split: every record's label, one at a time (per-item
+    reads, as _read_tfds_source), and the first record's image shape as every example's."""
+    if not len(records):
+        raise UsageError(f"{records.dataset} split {records.split!r} has no records")
+    labels = np.asarray([records.source[i][label_key] for i in range(len(records))])
+    shape = records.read(0).shape
+    return LazyInputs(records, np.arange(len(records)), tuple(shape)), labels.reshape(-1)
 
 
 def _read_tfds_source(

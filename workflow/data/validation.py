@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from workflow.data.lazy import is_lazy
 from workflow.errors import UsageError
 
 _EXPECTED_SHAPE = {"image": "(N, H, W, C)", "sequence": "(N, T, F)", "tabular": "(N, D)"}
@@ -79,8 +80,13 @@ def _checked_split(
     task: str = "classification",
 ) -> tuple[np.ndarray, np.ndarray]:
     """One split's (x, y) as float32 (int32 token ids) and int32, checked: shapes that match
-    the kind, each other and `feature_shape` (x_train's), finite inputs, labels in [0, c)."""
-    x = as_inputs(raw[f"x_{split}"], name, split, tokens=tokens)
+    the kind, each other and `feature_shape` (x_train's), finite inputs, labels in [0, c).
+    A lazy split's inputs (data.lazy) are checked by shape here; its reader checks each
+    example's values as it reads it."""
+    x = raw[f"x_{split}"]
+    lazy = is_lazy(x)
+    if not lazy:
+        x = as_inputs(x, name, split, tokens=tokens)
     if task == "classification":
         y = _as_labels(raw[f"y_{split}"], name, split)
     else:
@@ -101,7 +107,7 @@ def _checked_split(
             f"dataset {name} x_{split} examples have shape {x.shape[1:]} but x_train "
             f"examples have {feature_shape}"
         )
-    bad = ~np.isfinite(x)
+    bad = np.zeros(0, bool) if lazy else ~np.isfinite(x)
     if bad.any():
         n_nan = int(np.isnan(x).sum())
         raise UsageError(

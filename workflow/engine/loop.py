@@ -250,7 +250,8 @@ def stream_training_data(
     chunks: Sequence[int],
     resume: dict | None,
 ) -> StreamedTrainingData:
-    """The grain pipeline over the in-memory training split, from `start_step` through
+    """The grain pipeline over the training split (arrays, or a lazy split's records decoded
+    by the pipeline's readers: workflow/data/lazy.py), from `start_step` through
     `chunks`; `resume`, a checkpoint's data state, continues its iterator."""
     from workflow.data import pipeline
 

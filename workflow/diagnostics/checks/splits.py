@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from workflow import data
 from workflow.diagnostics.checks.plugins import Check
 from workflow.diagnostics.findings import Finding
 
@@ -43,7 +44,9 @@ def _sample(n: int, seed: int = 0) -> np.ndarray:
 
 def check_splits(dataset: Any) -> list[Finding]:
     """`test_leaked_into_train` and `duplicate_examples` for exact copies of examples."""
-    x_train = np.concatenate([np.asarray(dataset.x_train), np.asarray(dataset.x_val)])
+    # A lazy training split (data.lazy): a sample of MAX_ROWS of its examples.
+    x_train = data.bounded(dataset.x_train, MAX_ROWS)
+    x_train = np.concatenate([np.asarray(x_train), np.asarray(dataset.x_val)])
     x_test = np.asarray(dataset.x_test)
     if not len(x_train) or x_train.shape[1:] != x_test.shape[1:]:
         return []
