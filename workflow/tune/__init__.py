@@ -27,7 +27,7 @@ from workflow.diagnostics.curves import expected_initial_loss
 from workflow.engine import distributed, tasks, trials
 from workflow.reporting import rundir
 from workflow.reporting.summary import Summary
-from workflow.search import random_search, range_test
+from workflow.search import random_search, range_test, space
 from workflow.tune import report
 
 
@@ -112,7 +112,12 @@ def search_trials(
         runner, dataset, config, storage, "tune", progress=config.progress, goal_val_error=goal
     )
     first = random_search.first_round(
-        config.search, len(dataset.x_train), config.batch_size, band, config.num_steps
+        config.search,
+        len(dataset.x_train),
+        config.batch_size,
+        band,
+        config.num_steps,
+        space=space.parse_space(config),
     )
     total_epochs = config.num_steps * config.batch_size / len(dataset.x_train)
     rounds, records = study.run(
@@ -123,7 +128,7 @@ def search_trials(
         agreed = distributed.broadcast_json([[r.to_json() for r in rounds], records, stopped])
         rounds = [random_search.Round.from_json(r) for r in agreed[0]]
         records, stopped = agreed[1], agreed[2]
-    return rounds, records, runner.loop, stopped
+    return rounds, records, study.loop, stopped
 
 
 def retrain_best(setup: experiment.Setup, best_config, workdir: str) -> Summary:
@@ -137,6 +142,7 @@ def run_tune(setup: experiment.Setup, workdir: str, config_source: str) -> Summa
     """Every tuning step on `setup` in `workdir` (resumed when it holds the same search)."""
     config = setup.config
     random_search.validate_search_config(config.search)
+    space.parse_space(config)
     experiment.check_loss(setup)
     if config.search.storage and distributed.is_writer():
         # An unreachable database is bad input: fail before writing.
