@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.conftest import read_summary, run_stage
+from tests.conftest import read_events, read_summary, run_stage, session_hparams
 from tests.search_worker import search_config
 from tests.test_tune import TINY, _search_outcome, _tune_killed
 from workflow import config_lib, experiment
@@ -106,6 +106,7 @@ def test_refinement_narrows_every_kind_of_key_and_keeps_integers_integers():
     assert space.refined(cat, [[64], (16,), (64,)]).choices == ((16,), (64,))
 
 
+@pytest.mark.slow
 def test_the_default_space_written_out_reproduces_the_default_search(tmp_path):
     """The generic path on the default's two keys gives the default search's trial table,
     numbers, seeds and best alike (the default space itself is what it was: test_tune)."""
@@ -186,6 +187,14 @@ def test_a_space_with_group_keys_runs_every_group_and_retrains_the_best(tmp_path
     }
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert {t.params["model.hidden_sizes"] for t in completed} == {"(16,)", "(32, 32)"}
+    # TensorBoard's HParams dashboard shows each trial's own values of the searched keys.
+    for trial in first[:: len(first) - 1]:
+        events = read_events(
+            os.path.join(workdir, "tensorboard", "trials", f"round0-slot{trial['slot']}")
+        )
+        hparams = session_hparams(events)
+        assert hparams["model.hidden_sizes"] == str(trial["model.hidden_sizes"])
+        assert hparams["optimizer.accumulate_steps"] == trial["optimizer.accumulate_steps"]
 
 
 def test_trials_with_their_own_clip_norms_equal_single_runs_at_those_norms():
@@ -224,10 +233,7 @@ def _leaves(tree) -> list[np.ndarray]:
 
 @pytest.mark.slow
 def test_a_grouped_space_killed_and_resumed_reaches_the_uninterrupted_search(tmp_path):
-    grouped = [
-        f"--config.search.space={SPACE},optimizer.clip_norm=linear:0:1",
-        "--config.search.range_test.enabled=False",
-    ]
+    grouped = [f"--config.search.space={SPACE},optimizer.clip_norm=linear:0:1"]
     whole = str(tmp_path / "whole")
     result = run_stage("tune", *TINY, *grouped, f"--workdir={whole}")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -728,7 +728,7 @@ class Search:
             if claimed and pruned:
                 self._train_group(round_, points, claimed, group, width, on_batch)
             elif claimed:
-                on_batch(self._train_and_tell(round_, claimed, width))
+                on_batch(self._train_and_tell(round_, points, claimed, width))
             else:
                 time.sleep(self.search.poll_seconds)  # the rest are training in other workers
 
@@ -818,24 +818,32 @@ class Search:
                 return claimed
         return []
 
-    def _train_and_tell(self, round_: Round, claimed: list, width: int) -> list[dict]:
-        """Train a batch's claimed trials as one program and record each result in the study.
+    def _train_and_tell(
+        self, round_: Round, points: np.ndarray, claimed: list, width: int
+    ) -> list[dict]:
+        """Train a batch's claimed trials as one program per group and record each result in
+        the study.
 
-        The program always has the whole batch's width, each slot at its own lane (the lanes of
-        slots claimed elsewhere train a copy of a claimed trial, then are dropped): a trial's
-        numbers are those of the uninterrupted search, whatever was claimed with it."""
+        A group's program always has the width of the batch's slots of that group, each slot at
+        its own lane (the lanes of slots claimed elsewhere train their slot's trial too, then
+        are dropped): a trial's numbers are those of the uninterrupted search, whatever was
+        claimed with it. A group with no claimed slot is not trained."""
         import optuna
 
         slots = [t.user_attrs["slot"] for t in claimed]
         lanes = batch_slots(slots[0], width, round_.num_trials)
         by_slot = dict(zip(slots, claimed, strict=True))
-        lane_trials = [by_slot.get(slot, claimed[0]) for slot in lanes]
-        values = [trial_values(self.config, decoded_params(round_, t.params)) for t in lane_trials]
-        seeds = [t.user_attrs["seed"] for t in lane_trials]
+        values = [trial_values(self.config, slot_params(round_, points[slot])) for slot in lanes]
+        seeds = [trial_seed(self.config.seed, round_.index, slot) for slot in lanes]
         # The lanes of each group (in lane order) train as one program of their count.
         programs: dict[int, list[int]] = {}
         for lane, value in enumerate(values):
             programs.setdefault(id(self.runner_for(round_, value)), []).append(lane)
+        programs = {
+            key: group
+            for key, group in programs.items()
+            if any(lanes[lane] in by_slot for lane in group)
+        }
         desc = f"round {round_.index + 1}: {len(claimed)} trials"
         total = round_.steps * len(programs)
         outcome = {}  # lane -> (its program's result, its index there)
@@ -853,7 +861,7 @@ class Search:
         for slot, trial in sorted(by_slot.items()):
             lane = lanes.index(slot)
             result, index = outcome[lane]
-            attrs = trial_attrs(result, index, seeds[lane], round_)
+            attrs = trial_attrs(result, index, trial.user_attrs["seed"], round_)
             metric = attrs[self.search.metric]
             try:
                 self.storage.set_trial_user_attr(trial._trial_id, "result", attrs)

@@ -131,6 +131,14 @@ def search_trials(
     return rounds, records, study.loop, stopped
 
 
+def tensorboard_record(record: dict) -> dict:
+    """A trial record for the HParams dashboard: a searched tuple (a model's widths) as text,
+    as the dashboard writes the config's own."""
+    extras = random_search.searched_extras(record)
+    text = {k: str(list(v)) for k, v in extras.items() if isinstance(v, list | tuple)}
+    return {**record, **text}
+
+
 def retrain_best(setup: experiment.Setup, best_config, workdir: str) -> Summary:
     """Step 5: the best hyperparameters trained at the config's full length, with a report."""
     best_setup = experiment.prepare(best_config)
@@ -186,7 +194,7 @@ def tune(
     if sweep is not None:
         findings += range_test.range_test_findings(sweep, config.optimizer.learning_rate)
     rounds, records, trials_loop, stopped = search_trials(whole, run, band)
-    run.log_trials(records, config)
+    run.log_trials([tensorboard_record(r) for r in records], config)
     best = random_search.best_record(records, config.search.metric)
     findings += report.search_findings(records, rounds, best)
     best_config_path = None
