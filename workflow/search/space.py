@@ -11,8 +11,10 @@ A space is a string of comma-separated entries, each one config key with its val
     l2                                        search.lr_range / search.reg_range one (log)
 
 The empty space (the default) is the learning rate and the L2 weight over those two ranges.
-Every key must be one the config has (search.* aside), and every value one the config can
-take (its type, its validation), or the space is bad input naming the entry.
+Every key must be one the config has and one a trial trains with (`SEARCHABLE_BLOCKS`,
+`SEARCHABLE_KEYS`: the model, the optimizer, augmentation, L2, batch size, loss, dtype), and
+every value one the config can take (its type, its validation), or the space is bad input
+naming the entry.
 
 Keys fall in two kinds. Per-trial keys (`PER_TRIAL`: the learning rate, the L2 weight and the
 clipping norm) are traced scalars of the optimizer state: the trials of one compiled program
@@ -37,6 +39,11 @@ import ml_collections
 from workflow.errors import UsageError
 
 SCALES = ("log", "linear", "int", "cat")
+# What a trial trains with (trials.TrialRunner reads these from its config): other keys (the
+# data, the run's length and logging, the other stages' settings) would change nothing in a
+# trial, so searching them is refused.
+SEARCHABLE_BLOCKS = ("model", "optimizer", "augment")
+SEARCHABLE_KEYS = ("l2", "batch_size", "loss", "dtype")
 # Per-trial keys and the names their values have in trial records and Optuna (the search's
 # names since it began: learning_rate and l2).
 PER_TRIAL = {
@@ -301,8 +308,6 @@ def parse_space(config: ml_collections.ConfigDict) -> tuple[Dimension, ...]:
 
 def _leaf_or_error(config: ml_collections.ConfigDict, entry: str, key: str) -> None:
     """Raise unless `key` names a value (not a block) of `config`."""
-    if key == "search" or key.startswith("search."):
-        raise _bad(entry, "the search's own settings (search.*) cannot be searched")
     node: Any = config
     parts = key.split(".")
     for depth, part in enumerate(parts):
@@ -313,6 +318,12 @@ def _leaf_or_error(config: ml_collections.ConfigDict, entry: str, key: str) -> N
         node = node[part]
     if isinstance(node, ml_collections.ConfigDict):
         raise _bad(entry, f"{key} is a block; name one of its keys: {', '.join(sorted(node))}")
+    if parts[0] not in SEARCHABLE_BLOCKS and key not in SEARCHABLE_KEYS:
+        raise _bad(
+            entry,
+            f"{key} does not change how a trial trains; searchable: "
+            + ", ".join([f"{b}.*" for b in SEARCHABLE_BLOCKS] + list(SEARCHABLE_KEYS)),
+        )
 
 
 def check_against_config(entry: str, dimension: Dimension, config: ml_collections.ConfigDict):
