@@ -185,11 +185,12 @@ def overrides(best: dict) -> list[str]:
 AXIS_LABELS = {"learning_rate": "learning rate", "l2": "reg"}
 
 
-def plot_search_axes(records: list[dict], metric: str, dimensions: list | tuple = ()) -> plt.Figure:
-    """The metric against each searched key (the first round's `dimensions`; by default the
-    learning rate and L2), rounds in colours, ✓ filled: log and linear axes as the key is
-    sampled, a categorical key as a strip per value."""
-    dimensions = dimensions or space.default_space((1.0, 2.0), (1.0, 2.0))
+def plot_search_axes(
+    records: list[dict], metric: str, dimensions: tuple[space.Dimension, ...]
+) -> plt.Figure:
+    """The metric against each searched key (the first round's `dimensions`), rounds in
+    colours, ✓ filled: log and linear axes as the key is sampled, a categorical key as a strip
+    per value."""
     columns = min(len(dimensions), 3)
     rows_count = -(-len(dimensions) // columns)
     fig, axes = plt.subplots(
@@ -311,7 +312,10 @@ def summarize(
         dataset=setup.dataset.summary(),
         loops={name: loop for name, loop in loops.items() if loop is not None},
     )
-    dimensions = rounds[0].dimensions if rounds else ()
+    search = config.search
+    dimensions = (
+        rounds[0].dimensions if rounds else space.default_space(search.lr_range, search.reg_range)
+    )
     plots = save_plots(run, records, sweep, config.search.metric, dimensions)
     run.write_summary(summary)
     run.write_report(reporting.report_title(summary), report_sections(summary, plots))
@@ -386,7 +390,7 @@ def save_plots(
     records: list[dict],
     sweep: range_test.RangeTest | None,
     metric: str,
-    dimensions: tuple = (),
+    dimensions: tuple[space.Dimension, ...],
 ) -> dict[str, str]:
     """The search's axes (one per searched key), every trial's curve and the range test; paths
     relative to `run`."""
