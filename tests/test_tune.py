@@ -139,12 +139,14 @@ def _search_outcome(workdir: str) -> dict:
     }
 
 
-def _tune_killed(workdir: str, *, kill_at: str = "", after_trials: int = 0) -> None:
-    """The tune command on `workdir`, killed at the point `kill_at` (WORKFLOW_KILL_AT) or by
-    SIGKILL from here once `after_trials` trials have finished in its study."""
+def _tune_killed(workdir: str, *flags: str, kill_at: str = "", after_trials: int = 0) -> None:
+    """The tune command (with `flags` added) on `workdir`, killed at the point `kill_at`
+    (WORKFLOW_KILL_AT) or by SIGKILL from here once `after_trials` trials have finished in its
+    study."""
     proc = start_stage(
         "tune",
         *TINY,
+        *flags,
         f"--workdir={workdir}",
         env={killpoints.ENV: kill_at},
         stdout=subprocess.DEVNULL,

@@ -282,6 +282,10 @@ def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collection
             # range test's band; reg (the L2 weight, config.l2) = 10^U(-5, 5).
             "lr_range": (1e-6, 1e-3),
             "reg_range": (1e-5, 1e5),
+            # Any config keys with their ranges (workflow/search/space.py), e.g.
+            # "optimizer.learning_rate=log:1e-5:1e-1,model.hidden_sizes=cat:(64,):(128,)";
+            # "": the learning rate and the L2 weight over the two ranges above.
+            "space": "",
             "sampler": "halton",  # scrambled Halton (quasi-random), sobol, or random
             "metric": "val_accuracy",  # or val_loss
             # Sized by benchmarks/time_to_goal.py (docs/benchmarks.md): with pruning, fewer and
@@ -417,6 +421,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         _require(_is_number(goal) and goal >= 0, "goal.test_error", goal, "must be an RMSE >= 0")
     else:
         _require(0 <= goal < 1, "goal.test_error", goal, "must lie in [0, 1)")
+    if config.get("search") is not None and config.search.get("space"):
+        from workflow.search import space
+
+        space.parse_space(config)  # every entry a key of this config, with values it takes
     ev = config.evaluate
     for key in ("underfit_tolerance", "overfit_tolerance", "val_overfit_tolerance", "noise_z"):
         value = ev[key]

@@ -1,12 +1,34 @@
 """The configured optax optimizer: L2 as a gradient term, clipping, base rule, lr schedule,
 and gradient accumulation."""
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
 
+def clip_by_global_norm_or_off(max_norm: jax.Array) -> optax.GradientTransformation:
+    """`optax.clip_by_global_norm` with the norm a traced value, `max_norm` <= 0 meaning no
+    clipping: batched trials (workflow/engine/trials.py) each clip at their own norm. Clips as
+    optax does, so a trial's numbers are those of a single run at its norm."""
+
+    def update_fn(updates, state, params=None):
+        del params
+        g_norm = optax.global_norm(updates)
+        keep = (g_norm < max_norm) | (max_norm <= 0)
+        clipped = jax.tree.map(
+            lambda t: jax.lax.select(keep, t, (t / g_norm.astype(t.dtype)) * max_norm), updates
+        )
+        return clipped, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def build_optimizer(
-    opt: ml_collections.ConfigDict, l2: float = 0.0, num_steps: int = 1
+    opt: ml_collections.ConfigDict,
+    l2: float = 0.0,
+    num_steps: int = 1,
+    clip_per_trial: bool = False,
 ) -> optax.GradientTransformation:
     """The configured optimizer, with the L2 penalty applied as its gradient.
 
@@ -17,7 +39,8 @@ def build_optimizer(
     (`optax.clip_by_global_norm`). `opt.accumulate_steps` = k > 1 averages the gradients of k
     consecutive batches and updates the parameters once per k steps (`optax.MultiSteps`, inside
     the injected hyperparameters so they stay at the top of the state); the schedule still
-    counts steps (batches).
+    counts steps (batches). With `clip_per_trial` the clipping norm is injected too
+    (`clip_norm`, 0: off), so that batched trials each clip at their own.
     """
     base = {
         "adam": lambda lr: optax.adam(lr),
@@ -27,16 +50,18 @@ def build_optimizer(
     }[opt.name]
 
     multiplier = lr_multiplier(opt, num_steps)
-    clip_norm = float(opt.get("clip_norm", 0.0))
+    configured_clip = float(opt.get("clip_norm", 0.0))
     every = int(opt.get("accumulate_steps", 1))
     if multiplier is not None and every > 1:  # the inner count counts updates, not batches
         per_batch = multiplier
         multiplier = lambda update: per_batch(update * every)  # noqa: E731
 
-    def make(learning_rate, l2):
+    def make(learning_rate, l2, clip_norm=None):
         parts = [optax.add_decayed_weights(2.0 * l2)]
-        if clip_norm > 0:
-            parts.append(optax.clip_by_global_norm(clip_norm))
+        if clip_norm is not None:
+            parts.append(clip_by_global_norm_or_off(jnp.asarray(clip_norm)))
+        elif configured_clip > 0:
+            parts.append(optax.clip_by_global_norm(configured_clip))
         parts.append(base(learning_rate))
         if multiplier is not None:  # constant schedules keep the state (and checkpoints) lean
             parts.append(optax.scale_by_schedule(multiplier))
@@ -44,6 +69,10 @@ def build_optimizer(
             return optax.MultiSteps(optax.chain(*parts), every).gradient_transformation()
         return optax.chain(*parts)
 
+    if clip_per_trial:
+        return optax.inject_hyperparams(make)(
+            learning_rate=opt.learning_rate, l2=l2, clip_norm=configured_clip
+        )
     return optax.inject_hyperparams(make)(learning_rate=opt.learning_rate, l2=l2)
 
 

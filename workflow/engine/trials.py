@@ -1,6 +1,7 @@
 """Many trials of one architecture as one compiled program: the pure step `vmap`ped over trials.
 
-Each trial has its own initialization seed, learning rate and L2 weight. Both hyperparameters
+Each trial has its own initialization seed, learning rate and L2 weight (and, with
+`clip_per_trial`, its own gradient-clipping norm). These hyperparameters
 live in the optimizer state (`optax.inject_hyperparams`, see build_optimizer), so the
 unchanged `train_step` of workflow/engine/step.py runs every trial: vmap adds a leading trial
 axis to the state and broadcasts the batch. All trials see the same batches (common random
@@ -29,6 +30,7 @@ from workflow import data
 from workflow.engine.evaluator import add_sums, padded_batches
 from workflow.engine.loop import now, schedule_chunks
 from workflow.engine.loop_form import StepLoop
+from workflow.engine.optimizer import build_optimizer
 from workflow.engine.programs import few_runs_options
 from workflow.engine.state import Task, TrainState, build_model, create_train_state, model_kwargs
 from workflow.engine.step import make_train_step
@@ -52,16 +54,20 @@ def trials_per_program(config: ml_collections.ConfigDict) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class TrialHparams:
-    """The per-trial hyperparameters of one batch of trials (equal-length sequences)."""
+    """The per-trial hyperparameters of one batch of trials (equal-length sequences);
+    `clip_norm` (0: no clipping) for a runner built with `clip_per_trial`, None otherwise."""
 
     learning_rate: Sequence[float]
     l2: Sequence[float]
     seed: Sequence[int]
+    clip_norm: Sequence[float] | None = None
 
     def __post_init__(self):
         n = len(self.learning_rate)
         if not n or len(self.l2) != n or len(self.seed) != n:
             raise ValueError("learning_rate, l2 and seed need one (equal, non-zero) count")
+        if self.clip_norm is not None and len(self.clip_norm) != n:
+            raise ValueError("clip_norm needs one value per trial")
 
     def __len__(self) -> int:
         return len(self.learning_rate)
@@ -152,12 +158,19 @@ class TrialRunner:
         num_classes: int,
         mesh: Mesh | None = None,
         task_kind: TaskKind | None = None,
+        clip_per_trial: bool = False,
     ):
         self.config = config
         self.mesh = mesh or trial_mesh()
+        self.clip_per_trial = clip_per_trial
         model = build_model(config, input_shape, num_classes)
         # task_kind: the dataset's (Dataset.task, regression's target statistics with it).
         self.task, _ = create_train_state(model, config, task_kind=task_kind)
+        if clip_per_trial:  # the clipping norm becomes a per-trial injected hyperparameter
+            tx = build_optimizer(
+                config.optimizer, float(config.l2), int(config.num_steps), clip_per_trial=True
+            )
+            self.task = dataclasses.replace(self.task, tx=tx)
         self._init = jax.jit(
             jax.vmap(self._init_one_fn(config, tuple(input_shape), num_classes)),
             out_shardings=NamedSharding(self.mesh, PartitionSpec(TRIAL_AXIS)),
@@ -171,7 +184,7 @@ class TrialRunner:
         kwargs = model_kwargs(config)
         tx = self.task.tx
 
-        def init_one(seed, learning_rate, l2):
+        def init_one(seed, learning_rate, l2, clip_norm):
             # The same streams as build_model's nnx.Rngs(seed, dropout=seed + 1).
             rngs = nnx.Rngs(jax.random.key(seed), dropout=jax.random.key(seed + 1))
             model = models.build_model(
@@ -182,6 +195,8 @@ class TrialRunner:
             opt_state = tx.init(params)
             opt_state.hyperparams["learning_rate"] = learning_rate
             opt_state.hyperparams["l2"] = l2
+            if self.clip_per_trial:
+                opt_state.hyperparams["clip_norm"] = clip_norm
             return TrainState(jnp.zeros((), jnp.int32), params, model_state, opt_state)
 
         return init_one
@@ -189,10 +204,14 @@ class TrialRunner:
     def init(self, hparams: TrialHparams) -> TrainState:
         """The stacked initial states (padded to a multiple of the devices)."""
         count = padded_count(len(hparams), self.mesh.size)
+        if self.clip_per_trial and hparams.clip_norm is None:
+            raise ValueError("a runner with clip_per_trial needs each trial's clip_norm")
+        clip = hparams.clip_norm or [float(self.config.optimizer.clip_norm)] * len(hparams)
         return self._init(
             jnp.asarray(_pad(hparams.seed, count), jnp.int32),
             jnp.asarray(_pad(hparams.learning_rate, count), jnp.float32),
             jnp.asarray(_pad(hparams.l2, count), jnp.float32),
+            jnp.asarray(_pad(clip, count), jnp.float32),
         )
 
     @property
@@ -231,6 +250,7 @@ class TrialRunner:
         on_batch: Callable[[int, list[int], TrialsResult], bool],
         on_rung: Callable[[int, list[int], list[int]], None],
         progress: Callable[[int], None] = lambda steps: None,
+        lane_runner: Callable[[int], "TrialRunner"] | None = None,
     ) -> float:
         """Train the trials of `hparams` (one per slot of a group) to each rung in turn, in
         programs of `width` lanes, the ones `keep(val losses at the rung)` names going on from
@@ -238,19 +258,22 @@ class TrialRunner:
         numbers (result: every step of each trial so far; True stops everything); after each
         rung but the last, `on_rung(rung, kept, cut)`. Returns the seconds spent.
 
+        `lane_runner(i)`: the runner that trains trial i (default: this one); the trials of one
+        runner (a group of the search space) fill programs of their own, in trial order.
+
         A trial's step t trains on the batch of step t whatever its lane and rung, so the
         trials that reach the last rung end with the numbers of an unpruned run."""
         t_start = now()
-        config = self.config
+        runner_of = lane_runner or (lambda i: self)
         x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
         alive, stored, losses = list(range(len(hparams))), {}, {i: [] for i in range(len(hparams))}
         previous = 0
         for rung_index, rung in enumerate(rungs):
             last = rung_index == len(rungs) - 1
             val = {}
-            for first in range(0, len(alive), width):
-                batch = alive[first : first + width]
-                states = self._lanes(
+            for runner, batch in _programs(alive, width, runner_of):
+                config = runner.config
+                states = runner._lanes(
                     _select_hparams(hparams, batch),
                     [stored.pop(slot) for slot in batch] if previous else [],
                     width,
@@ -260,7 +283,7 @@ class TrialRunner:
                     indices = data.batch_indices(
                         len(dataset.x_train), config.batch_size, config.seed, step, k
                     )
-                    states, metrics = self._multi_step(
+                    states, metrics = runner._multi_step(
                         states, x_train, y_train, jnp.asarray(indices)
                     )
                     chunk = np.asarray(jax.device_get(metrics["loss"]))
@@ -268,7 +291,7 @@ class TrialRunner:
                         losses[slot].append(chunk[:, lane])
                     step += k
                     progress(k * len(batch))
-                val_loss, val_accuracy = self._evaluate(states, dataset.x_val, dataset.y_val)
+                val_loss, val_accuracy = runner._evaluate(states, dataset.x_val, dataset.y_val)
                 if not last:
                     host = jax.device_get(states)
                     for lane, slot in enumerate(batch):
@@ -332,12 +355,30 @@ class TrialRunner:
         return states, result
 
 
+def _programs(
+    alive: Sequence[int], width: int, runner_of: Callable[[int], "TrialRunner"]
+) -> list[tuple["TrialRunner", list[int]]]:
+    """The programs that train the trials `alive`: each runner's trials (in order, runners in
+    the order of their first trial) in consecutive programs of up to `width` lanes."""
+    by_runner: dict[int, tuple[TrialRunner, list[int]]] = {}
+    for index in alive:
+        runner = runner_of(index)
+        by_runner.setdefault(id(runner), (runner, []))[1].append(index)
+    return [
+        (runner, indices[first : first + width])
+        for runner, indices in by_runner.values()
+        for first in range(0, len(indices), width)
+    ]
+
+
 def _select_hparams(hparams: TrialHparams, indices: Sequence[int]) -> TrialHparams:
     """The hyperparameters of the entries `indices` of `hparams`, in that order."""
+    clip = hparams.clip_norm
     return TrialHparams(
         learning_rate=[hparams.learning_rate[i] for i in indices],
         l2=[hparams.l2[i] for i in indices],
         seed=[hparams.seed[i] for i in indices],
+        clip_norm=None if clip is None else [clip[i] for i in indices],
     )
 
 

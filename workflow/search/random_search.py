@@ -1,4 +1,9 @@
-"""Coarse-to-fine random search over the learning rate and the L2 weight, recorded by Optuna.
+"""Coarse-to-fine random search over config keys, recorded by Optuna.
+
+The searched keys are config.search.space (workflow/search/space.py): the learning rate and
+the L2 weight by default. Keys that change the compiled program (a width, the batch size...)
+split a round's trials into groups, one per combination of their values; the round's slots are
+ordered by group (a stable sort of its points), and each program trains trials of one group.
 
 Each round is one Optuna study (`<name>/round-<r>`) in one storage (SQLite in the run directory
 by default, any SQLAlchemy URL for workers on several machines). A round has `num_trials` slots;
@@ -49,15 +54,19 @@ from workflow import files, killpoints
 from workflow.engine import trials as trials_lib
 from workflow.engine.progress import Progress
 from workflow.errors import UsageError
+from workflow.search import space as space_lib
 
 SAMPLERS = ("halton", "sobol", "random")
 METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
-PARAMS = ("learning_rate", "l2")  # the searched hyperparameters, in sampling-dimension order
+PARAMS = ("learning_rate", "l2")  # the default space's hyperparameters, in sampling order
 
 
 @dataclasses.dataclass(frozen=True)
 class Round:
-    """One round of the search: its ranges (log-uniform), size and trial length."""
+    """One round of the search: its space, size and trial length. The default space is the
+    learning rate and the L2 weight over `lr_range` and `reg_range` (log-uniform); a round of
+    another space (config.search.space) holds it in `space`, each dimension with this round's
+    range."""
 
     index: int
     lr_range: tuple[float, float]
@@ -66,10 +75,22 @@ class Round:
     epochs: float
     steps: int  # a trial's length (with pruning: the last rung's)
     rungs: tuple[int, ...] = ()  # the trial lengths at which trials are cut (pruning.rung_steps)
+    space: tuple[space_lib.Dimension, ...] = ()  # (): the default space
+
+    @property
+    def dimensions(self) -> tuple[space_lib.Dimension, ...]:
+        """The searched keys with this round's ranges, in sampling-dimension order."""
+        return self.space or space_lib.default_space(self.lr_range, self.reg_range)
 
     def to_json(self) -> dict[str, Any]:
-        """The summary.json form."""
-        return dataclasses.asdict(self)
+        """The summary.json form (`space` only for a space other than the default)."""
+        stored = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        stored["lr_range"], stored["reg_range"] = list(self.lr_range), list(self.reg_range)
+        stored["rungs"] = list(self.rungs)
+        stored["space"] = [d.to_json() for d in self.space]
+        if not self.space:
+            del stored["space"]
+        return stored
 
     @classmethod
     def from_json(cls, stored: dict[str, Any]) -> "Round":
@@ -80,6 +101,7 @@ class Round:
             tuple(stored["reg_range"]),
         )
         stored["rungs"] = tuple(stored.get("rungs", ()))
+        stored["space"] = tuple(space_lib.Dimension.from_json(d) for d in stored.get("space", ()))
         return cls(**stored)
 
 
@@ -173,12 +195,21 @@ def first_round(
     batch_size: int,
     lr_band: tuple[float, float] | None = None,
     full_steps: int | None = None,
+    space: Sequence[space_lib.Dimension] = (),
 ) -> Round:
-    """The coarse round: the configured ranges, the lr range widened to the range test's band;
-    its trials never longer than `full_steps` (the config's run)."""
+    """The coarse round: the configured ranges (search.space's, or the default space's), a
+    log-uniform learning rate's widened to the range test's band; its trials never longer
+    than `full_steps` (the config's run)."""
     lr_low, lr_high = check_range("search.lr_range", search.lr_range)
-    if lr_band is not None and all(math.isfinite(v) and v > 0 for v in lr_band):
+    banded = lr_band is not None and all(math.isfinite(v) and v > 0 for v in lr_band)
+    if banded:
         lr_low, lr_high = min(lr_low, lr_band[0]), max(lr_high, lr_band[1])
+        space = [
+            dataclasses.replace(d, low=min(d.low, lr_band[0]), high=max(d.high, lr_band[1]))
+            if d.key == "optimizer.learning_rate" and d.scale == "log"
+            else d
+            for d in space
+        ]
     epochs, steps = float(search.epochs), steps_for(search.epochs, num_train, batch_size)
     if full_steps is not None and steps > full_steps:
         epochs, steps = full_steps * batch_size / num_train, full_steps
@@ -189,6 +220,7 @@ def first_round(
         num_trials=search.num_trials,
         epochs=epochs,
         steps=steps,
+        space=tuple(space),
     )
 
 
@@ -223,8 +255,12 @@ def next_round(
     """A refined round: ranges narrowed around the previous round's best trials, longer runs
     (the last round, with `full_steps`, as long as the config's full run)."""
     top = best_records(records, search.metric, search.top_fraction)
+    space = previous.space
     if not top:  # every trial diverged: keep the ranges and only train longer
         lr_range, reg_range = previous.lr_range, previous.reg_range
+    elif space:
+        lr_range, reg_range = previous.lr_range, previous.reg_range
+        space = tuple(space_lib.refined(d, [r[d.name] for r in top]) for d in space)
     else:
         lr_range = refined_range([r["learning_rate"] for r in top], previous.lr_range)
         reg_range = refined_range([r["l2"] for r in top], previous.reg_range)
@@ -241,6 +277,7 @@ def next_round(
         num_trials=search.refine_trials,
         epochs=epochs,
         steps=steps,
+        space=space,
     )
 
 
@@ -331,20 +368,20 @@ def _sqlite_lock(url: str) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
-def unit_points(sampler: str, seed: int, round_index: int, count: int) -> np.ndarray:
-    """The unit-square points of a round's `count` slots, shape (count, len(PARAMS)): row s is
-    slot s's, the same in every worker and after any restart. Halton and Sobol: the first points
-    of the scrambled sequence seeded by (seed, round); random: a generator seeded by
+def unit_points(
+    sampler: str, seed: int, round_index: int, count: int, dims: int = len(PARAMS)
+) -> np.ndarray:
+    """The unit-cube points of a round's `count` slots, shape (count, dims): row s is slot s's,
+    the same in every worker and after any restart. Halton and Sobol: the first points of the
+    scrambled sequence seeded by (seed, round); random: a generator seeded by
     (seed, round, slot)."""
     if sampler == "random":
-        rows = [
-            np.random.default_rng([seed, round_index, s]).random(len(PARAMS)) for s in range(count)
-        ]
-        return np.reshape(rows, (count, len(PARAMS)))
+        rows = [np.random.default_rng([seed, round_index, s]).random(dims) for s in range(count)]
+        return np.reshape(rows, (count, dims))
     from scipy.stats import qmc
 
     engine = (qmc.Halton if sampler == "halton" else qmc.Sobol)(
-        len(PARAMS), scramble=True, seed=seed * 1000 + round_index
+        dims, scramble=True, seed=seed * 1000 + round_index
     )
     # Sobol is balanced at powers of two: draw one and keep the first `count` points.
     return engine.random(max(64, 2 ** math.ceil(math.log2(max(count, 1)))))[:count]
@@ -357,10 +394,40 @@ def log_uniform(u: float, value_range: tuple[float, float]) -> float:
     return float(min(high, max(low, value)))
 
 
-def slot_params(round_: Round, point: Sequence[float]) -> dict[str, float]:
-    """A slot's hyperparameters: its unit point mapped onto the round's ranges."""
-    ranges = {"learning_rate": round_.lr_range, "l2": round_.reg_range}
-    return {name: log_uniform(point[i], ranges[name]) for i, name in enumerate(PARAMS)}
+def round_points(sampler: str, seed: int, round_: Round) -> np.ndarray:
+    """The points of a round's slots: `unit_points`, stably sorted by group (space.group_order)
+    so that a batch of consecutive slots trains as few programs as it can; unsorted when every
+    searched key is per-trial (the default space)."""
+    dims = round_.dimensions
+    points = unit_points(sampler, seed, round_.index, round_.num_trials, len(dims))
+    if all(d.per_trial for d in dims):
+        return points
+    order = sorted(
+        range(len(points)),
+        key=lambda s: space_lib.group_order(dims, slot_params(round_, points[s])),
+    )
+    return points[order]
+
+
+def slot_params(round_: Round, point: Sequence[float]) -> dict[str, Any]:
+    """A slot's searched values (by dimension name): its unit point mapped onto the round's
+    ranges."""
+    return {d.name: d.value(point[i]) for i, d in enumerate(round_.dimensions)}
+
+
+def decoded_params(round_: Round, stored: dict[str, Any]) -> dict[str, Any]:
+    """A trial's searched values back from its Optuna params."""
+    return {d.name: d.decode(stored[d.name]) for d in round_.dimensions}
+
+
+def trial_values(config: ml_collections.ConfigDict, params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's values as its record holds them: its learning rate and L2 weight (searched or
+    the config's), then the other searched keys."""
+    return {
+        "learning_rate": float(config.optimizer.learning_rate),
+        "l2": float(config.l2),
+        **params,
+    }
 
 
 def trial_seed(seed: int, round_index: int, slot: int) -> int:
@@ -372,13 +439,12 @@ def slot_trial(round_: Round, slot: int, point: Sequence[float], seed: int):
     """The waiting Optuna trial of one slot, its point, seed and slot in one record (written in
     one transaction: no trial ever holds the learning rate of one point and the L2 of another)."""
     import optuna
-    from optuna.distributions import FloatDistribution
 
-    ranges = {"learning_rate": round_.lr_range, "l2": round_.reg_range}
+    values = slot_params(round_, point)
     return optuna.trial.create_trial(
         state=optuna.trial.TrialState.WAITING,
-        params=slot_params(round_, point),
-        distributions={name: FloatDistribution(*ranges[name], log=True) for name in PARAMS},
+        params={d.name: d.encode(values[d.name]) for d in round_.dimensions},
+        distributions={d.name: d.distribution() for d in round_.dimensions},
         user_attrs={"slot": slot, "seed": seed},
     )
 
@@ -449,13 +515,41 @@ def reclaim_interrupted(study, storage) -> int:
     return reclaimed
 
 
-def trial_record(slot: int, params: dict, attrs: dict, round_: Round) -> dict:
-    """A finished trial as the plain record the reports use."""
+# The fields of a trial record (trial_record) other than the searched keys beyond the
+# learning rate and the L2 weight (`searched_extras`).
+RECORD_FIELDS = (
+    "round",
+    "slot",
+    "learning_rate",
+    "l2",
+    "seed",
+    "steps",
+    "epochs",
+    "val_accuracy",
+    "val_loss",
+    "initial_loss",
+    "final_loss",
+    "improved",
+    "diverged_at",
+    "loss_curve",
+    "pruned_at",
+    "rungs",
+)
+
+
+def searched_extras(record: dict) -> dict[str, Any]:
+    """A trial record's searched values beyond the learning rate and L2 weight (config keys)."""
+    return {k: v for k, v in record.items() if k not in RECORD_FIELDS}
+
+
+def trial_record(slot: int, values: dict, attrs: dict, round_: Round) -> dict:
+    """A finished trial as the plain record the reports use (`values`: trial_values)."""
     return {
         "round": round_.index,
         "slot": slot,
-        "learning_rate": params["learning_rate"],
-        "l2": params["l2"],
+        "learning_rate": values["learning_rate"],
+        "l2": values["l2"],
+        **{k: v for k, v in values.items() if k not in ("learning_rate", "l2")},
         "seed": attrs["seed"],
         "steps": attrs["steps"],
         "epochs": attrs["epochs"],
@@ -497,13 +591,20 @@ def trial_attrs(
     }
 
 
-def finished_records(owners: dict[int, Any], round_: Round) -> list[dict]:
+def finished_records(
+    owners: dict[int, Any], round_: Round, config: ml_collections.ConfigDict
+) -> list[dict]:
     """The records of the round's finished slots (pruned ones included), in slot order."""
     import optuna
 
     ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     return [
-        trial_record(slot, trial.params, trial.user_attrs["result"], round_)
+        trial_record(
+            slot,
+            trial_values(config, decoded_params(round_, trial.params)),
+            trial.user_attrs["result"],
+            round_,
+        )
         for slot, trial in sorted(owners.items())
         if trial.state in ended
     ]
@@ -533,6 +634,46 @@ class Search:
         self.progress = progress
         self.trained_here = 0  # trials this process trained (the rest came from the study)
         self.stopped: dict | None = None  # set when the search stopped at the goal
+        self._runners: dict[tuple, trials_lib.TrialRunner] = {}  # by group (runner_for)
+        self._ran: trials_lib.TrialRunner | None = None  # the first runner that trained
+
+    @property
+    def loop(self) -> dict | None:
+        """The form the trials' steps ran in (TrialRunner.loop); None before any trained."""
+        return self._ran.loop if self._ran is not None else self.runner.loop
+
+    def runner_for(self, round_: Round, values: dict[str, Any]) -> trials_lib.TrialRunner:
+        """The runner of a trial's group: the config with the trial's group keys set (the
+        given runner when nothing but the learning rate and L2 weight is searched)."""
+        dims = round_.dimensions
+        clip = any(d.key == "optimizer.clip_norm" for d in dims)
+        key = (space_lib.group_key(dims, values), clip)
+        if key == ((), False):
+            runner = self.runner
+        else:
+            if key not in self._runners:
+                config = space_lib.with_value(self.config, space_lib.group_values(dims, values))
+                self._runners[key] = trials_lib.TrialRunner(
+                    config,
+                    self.dataset.input_shape,
+                    self.dataset.num_classes,
+                    mesh=self.runner.mesh,
+                    task_kind=self.dataset.task,
+                    clip_per_trial=clip,
+                )
+            runner = self._runners[key]
+        self._ran = self._ran or runner
+        return runner
+
+    def hparams(self, values: Sequence[dict], seeds: Sequence[int]) -> trials_lib.TrialHparams:
+        """The per-trial hyperparameters of trials with `values` (trial_values) and seeds."""
+        clip = all("optimizer.clip_norm" in v for v in values)
+        return trials_lib.TrialHparams(
+            learning_rate=[v["learning_rate"] for v in values],
+            l2=[v["l2"] for v in values],
+            seed=list(seeds),
+            clip_norm=[v["optimizer.clip_norm"] for v in values] if clip else None,
+        )
 
     def study(self, round_: Round):
         """The Optuna study of one round (created by whichever worker gets there first)."""
@@ -566,7 +707,7 @@ class Search:
         """Claim, train and record batches of slots until every slot of the round has finished,
         or one meets the goal (then `stopped` says so); returns the finished records in slot
         order."""
-        points = unit_points(self.search.sampler, self.config.seed, round_.index, round_.num_trials)
+        points = round_points(self.search.sampler, self.config.seed, round_)
         width = trials_lib.trials_per_program(self.config)
         pruned = len(round_.rungs) > 1
         # With pruning a worker claims a group of slots, trained by one program whose lanes
@@ -575,18 +716,19 @@ class Search:
         while True:
             reclaim_interrupted(study, self.storage)
             # At the goal before anything is created: a stopped search leaves no new trials.
-            finished = finished_records(slot_owners(study.get_trials(deepcopy=False)), round_)
+            owners = slot_owners(study.get_trials(deepcopy=False))
+            finished = finished_records(owners, round_, self.config)
             if self._at_goal(finished, round_):
                 return finished
             owners = self._fill_slots(study, round_, points)
-            finished = finished_records(owners, round_)
+            finished = finished_records(owners, round_, self.config)
             if len(finished) == round_.num_trials:
                 return finished
             claimed = self._claim_batch(owners, group)
             if claimed and pruned:
                 self._train_group(round_, points, claimed, group, width, on_batch)
             elif claimed:
-                on_batch(self._train_and_tell(round_, claimed, width))
+                on_batch(self._train_and_tell(round_, points, claimed, width))
             else:
                 time.sleep(self.search.poll_seconds)  # the rest are training in other workers
 
@@ -676,33 +818,50 @@ class Search:
                 return claimed
         return []
 
-    def _train_and_tell(self, round_: Round, claimed: list, width: int) -> list[dict]:
-        """Train a batch's claimed trials as one program and record each result in the study.
+    def _train_and_tell(
+        self, round_: Round, points: np.ndarray, claimed: list, width: int
+    ) -> list[dict]:
+        """Train a batch's claimed trials as one program per group and record each result in
+        the study.
 
-        The program always has the whole batch's width, each slot at its own lane (the lanes of
-        slots claimed elsewhere train a copy of a claimed trial, then are dropped): a trial's
-        numbers are those of the uninterrupted search, whatever was claimed with it."""
+        A group's program always has the width of the batch's slots of that group, each slot at
+        its own lane (the lanes of slots claimed elsewhere train their slot's trial too, then
+        are dropped): a trial's numbers are those of the uninterrupted search, whatever was
+        claimed with it. A group with no claimed slot is not trained."""
         import optuna
 
         slots = [t.user_attrs["slot"] for t in claimed]
         lanes = batch_slots(slots[0], width, round_.num_trials)
         by_slot = dict(zip(slots, claimed, strict=True))
-        lane_trials = [by_slot.get(slot, claimed[0]) for slot in lanes]
-        hparams = trials_lib.TrialHparams(
-            learning_rate=[t.params["learning_rate"] for t in lane_trials],
-            l2=[t.params["l2"] for t in lane_trials],
-            seed=[t.user_attrs["seed"] for t in lane_trials],
-        )
+        values = [trial_values(self.config, slot_params(round_, points[slot])) for slot in lanes]
+        seeds = [trial_seed(self.config.seed, round_.index, slot) for slot in lanes]
+        # The lanes of each group (in lane order) train as one program of their count.
+        programs: dict[int, list[int]] = {}
+        for lane, value in enumerate(values):
+            programs.setdefault(id(self.runner_for(round_, value)), []).append(lane)
+        programs = {
+            key: group
+            for key, group in programs.items()
+            if any(lanes[lane] in by_slot for lane in group)
+        }
         desc = f"round {round_.index + 1}: {len(claimed)} trials"
-        with Progress(round_.steps, desc, "step", enabled=self.progress) as bar:
-            _, result = self.runner.run(
-                hparams, self.dataset, round_.steps, progress=self._beating(claimed, bar.advance)
-            )
+        total = round_.steps * len(programs)
+        outcome = {}  # lane -> (its program's result, its index there)
+        with Progress(total, desc, "step", enabled=self.progress) as bar:
+            for group in programs.values():
+                _, result = self.runner_for(round_, values[group[0]]).run(
+                    self.hparams([values[i] for i in group], [seeds[i] for i in group]),
+                    self.dataset,
+                    round_.steps,
+                    progress=self._beating(claimed, bar.advance),
+                )
+                outcome.update({lane: (result, i) for i, lane in enumerate(group)})
         killpoints.reach("search.trained")
         records = []
         for slot, trial in sorted(by_slot.items()):
             lane = lanes.index(slot)
-            attrs = trial_attrs(result, lane, hparams.seed[lane], round_)
+            result, index = outcome[lane]
+            attrs = trial_attrs(result, index, trial.user_attrs["seed"], round_)
             metric = attrs[self.search.metric]
             try:
                 self.storage.set_trial_user_attr(trial._trial_id, "result", attrs)
@@ -715,7 +874,7 @@ class Search:
                 continue  # reclaimed as stale meanwhile: its slot's new trial gives these numbers
             killpoints.reach("search.told")
             self.trained_here += 1
-            records.append(trial_record(slot, trial.params, attrs, round_))
+            records.append(trial_record(slot, values[lane], attrs, round_))
         return records
 
     def _train_group(
@@ -741,13 +900,10 @@ class Search:
 
         slots = list(batch_slots(claimed[0].user_attrs["slot"], group, round_.num_trials))
         by_slot = {t.user_attrs["slot"]: t for t in claimed}
-        params = [slot_params(round_, points[slot]) for slot in slots]
+        params = [trial_values(self.config, slot_params(round_, points[slot])) for slot in slots]
         seeds = [trial_seed(self.config.seed, round_.index, slot) for slot in slots]
-        hparams = trials_lib.TrialHparams(
-            learning_rate=[p["learning_rate"] for p in params],
-            l2=[p["l2"] for p in params],
-            seed=seeds,
-        )
+        hparams = self.hparams(params, seeds)
+        runners = [self.runner_for(round_, p) for p in params]
         factor = self.search.prune_factor
         rungs = round_.rungs
         log: dict[int, list[dict]] = {i: [] for i in range(len(slots))}
@@ -827,6 +983,7 @@ class Search:
                 on_batch=batch_done,
                 on_rung=rung_done,
                 progress=self._beating(claimed, bar.advance),
+                lane_runner=runners.__getitem__,
             )
         for slot, trial in by_slot.items():
             if slot not in told:  # the group stopped at the goal before this trial ended

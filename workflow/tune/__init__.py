@@ -27,7 +27,7 @@ from workflow.diagnostics.curves import expected_initial_loss
 from workflow.engine import distributed, tasks, trials
 from workflow.reporting import rundir
 from workflow.reporting.summary import Summary
-from workflow.search import random_search, range_test
+from workflow.search import random_search, range_test, space
 from workflow.tune import report
 
 
@@ -112,7 +112,12 @@ def search_trials(
         runner, dataset, config, storage, "tune", progress=config.progress, goal_val_error=goal
     )
     first = random_search.first_round(
-        config.search, len(dataset.x_train), config.batch_size, band, config.num_steps
+        config.search,
+        len(dataset.x_train),
+        config.batch_size,
+        band,
+        config.num_steps,
+        space=space.parse_space(config),
     )
     total_epochs = config.num_steps * config.batch_size / len(dataset.x_train)
     rounds, records = study.run(
@@ -123,7 +128,15 @@ def search_trials(
         agreed = distributed.broadcast_json([[r.to_json() for r in rounds], records, stopped])
         rounds = [random_search.Round.from_json(r) for r in agreed[0]]
         records, stopped = agreed[1], agreed[2]
-    return rounds, records, runner.loop, stopped
+    return rounds, records, study.loop, stopped
+
+
+def tensorboard_record(record: dict) -> dict:
+    """A trial record for the HParams dashboard: a searched tuple (a model's widths) as text,
+    as the dashboard writes the config's own."""
+    extras = random_search.searched_extras(record)
+    text = {k: str(list(v)) for k, v in extras.items() if isinstance(v, list | tuple)}
+    return {**record, **text}
 
 
 def retrain_best(setup: experiment.Setup, best_config, workdir: str) -> Summary:
@@ -137,6 +150,7 @@ def run_tune(setup: experiment.Setup, workdir: str, config_source: str) -> Summa
     """Every tuning step on `setup` in `workdir` (resumed when it holds the same search)."""
     config = setup.config
     random_search.validate_search_config(config.search)
+    space.parse_space(config)
     experiment.check_loss(setup)
     if config.search.storage and distributed.is_writer():
         # An unreachable database is bad input: fail before writing.
@@ -180,7 +194,7 @@ def tune(
     if sweep is not None:
         findings += range_test.range_test_findings(sweep, config.optimizer.learning_rate)
     rounds, records, trials_loop, stopped = search_trials(whole, run, band)
-    run.log_trials(records, config)
+    run.log_trials([tensorboard_record(r) for r in records], config)
     best = random_search.best_record(records, config.search.metric)
     findings += report.search_findings(records, rounds, best)
     best_config_path = None

@@ -4,6 +4,7 @@ import math
 import os
 
 import ml_collections
+from matplotlib.ticker import MaxNLocator
 
 from workflow import config_lib, experiment, reporting
 from workflow.diagnostics.findings import Finding, has_error, rank_findings
@@ -12,7 +13,7 @@ from workflow.engine.loop_form import describe_loop
 from workflow.reporting import rundir
 from workflow.reporting.plots import plt
 from workflow.reporting.summary import Summary
-from workflow.search import random_search, range_test
+from workflow.search import random_search, range_test, space
 
 ROUND_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown")
 
@@ -43,11 +44,22 @@ def trial_line(record: dict, metric: str, total_epochs: float) -> str:
     shown = f"{value:.3f}" if math.isfinite(value) else "nan"
     mark = "✓" if record["improved"] else " "
     cut = record.get("pruned_at")
+    extras = "".join(
+        f" {key}={value_text(value)} "
+        for key, value in random_search.searched_extras(record).items()
+    )
     return (
         f"{name} = {shown}  lr : {record['learning_rate']:.3e}  reg: {record['l2']:.3e} "
-        f"(epoch {record['epochs']:.3g} / {total_epochs:.0f})  {mark}"
+        f"{extras}(epoch {record['epochs']:.3g} / {total_epochs:.0f})  {mark}"
         + (f"  cut at step {cut}" if cut is not None else "")
     )
+
+
+def value_text(value) -> str:
+    """A searched value as the report and the command line write it (lists as tuples)."""
+    if isinstance(value, list | tuple):
+        return repr(space.tupled(value))
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def print_trials(records: list[dict], total_epochs: float, metric: str = "val_accuracy") -> None:
@@ -86,19 +98,14 @@ def search_findings(records: list[dict], rounds: list, best: dict | None) -> lis
             )
         ]
     findings = []
-    last = rounds[-1]
-    for name, key, low_high in (
-        ("learning rate", "learning_rate", last.lr_range),
-        (
-            "L2 weight",
-            "l2",
-            last.reg_range,
-        ),
-    ):
+    names = {"learning_rate": "learning rate", "l2": "L2 weight"}
+    for dimension in rounds[-1].dimensions:
+        if dimension.scale != "log":
+            continue  # a linear or integer range's ends are the user's bounds, often hard ones
+        key, low_high = dimension.name, (dimension.low, dimension.high)
+        name = names.get(key, key)
         value = best[key]
-        position = (math.log10(value) - math.log10(low_high[0])) / (
-            math.log10(low_high[1]) - math.log10(low_high[0])
-        )
+        position = _position(value, low_high, dimension.scale == "log")
         if key == "l2" and position < 0.1:
             continue  # the least regularization searched is best: nothing lies below it to try
         if position < 0.1 or position > 0.9:
@@ -111,18 +118,31 @@ def search_findings(records: list[dict], rounds: list, best: dict | None) -> lis
                     f"round's range {low_high[0]:.3g}..{low_high[1]:.3g}",
                     evidence={"value": value, "range": list(low_high), "position": position},
                     suggestions=[
-                        f"search further {'down' if edge == 'lower' else 'up'}: set "
-                        f"--config.search.{'lr_range' if key == 'learning_rate' else 'reg_range'}"
-                        " to include it, or add a round (--config.search.rounds)"
+                        f"search further {'down' if edge == 'lower' else 'up'}: "
+                        + _widen_advice(key, bool(rounds[-1].space))
+                        + " to include it, or add a round (--config.search.rounds)"
                     ],
                 )
             )
     return findings
 
 
+def _position(value: float, low_high: tuple, log: bool) -> float:
+    """Where `value` lies in the range, 0 at its low end and 1 at its high end."""
+    low, high = (math.log10(v) for v in low_high) if log else low_high
+    return ((math.log10(value) if log else value) - low) / (high - low)
+
+
+def _widen_advice(key: str, custom: bool) -> str:
+    if custom:
+        return f"widen {key}'s range in --config.search.space"
+    return f"set --config.search.{'lr_range' if key == 'learning_rate' else 'reg_range'}"
+
+
 def best_values(config: ml_collections.ConfigDict, best: dict) -> ml_collections.ConfigDict:
-    """The config with the best trial's learning rate and L2 weight."""
+    """The config with the best trial's learning rate, L2 weight and every other searched key."""
     tuned = config.copy_and_resolve_references()
+    config_lib.apply_overrides(tuned, random_search.searched_extras(best))
     tuned.optimizer.learning_rate = float(best["learning_rate"])
     tuned.l2 = float(best["l2"])
     return tuned
@@ -138,7 +158,9 @@ def write_best_config(
         "Best hyperparameters found by workflow.tune (in the run directory of this file).\n\n"
         f"Round {best['round'] + 1}, trial #{best['slot']}: val_accuracy "
         f"{best['val_accuracy']:.4f} after {best['epochs']:g} epochs; learning rate "
-        f"{best['learning_rate']:.4g}, L2 weight {best['l2']:.4g}.\n"
+        f"{best['learning_rate']:.4g}, L2 weight {best['l2']:.4g}"
+        + "".join(f", {k} {value_text(v)}" for k, v in random_search.searched_extras(best).items())
+        + ".\n"
         f"The same run at full length is in {rundir.BEST}/ beside this file."
     )
     run.write_text(
@@ -153,13 +175,33 @@ def overrides(best: dict) -> list[str]:
     return [
         f"--config.optimizer.learning_rate={best['learning_rate']:.6g}",
         f"--config.l2={best['l2']:.6g}",
+    ] + [
+        f"--config.{key}={value:.6g}"
+        if isinstance(value, float)
+        else f"--config.{key}={value_text(value)}"
+        for key, value in random_search.searched_extras(best).items()
     ]
 
 
-def plot_search_axes(records: list[dict], metric: str) -> plt.Figure:
-    """The metric against each hyperparameter (log axes), rounds in colours, ✓ filled."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for ax, key, label in ((axes[0], "learning_rate", "learning rate"), (axes[1], "l2", "reg")):
+AXIS_LABELS = {"learning_rate": "learning rate", "l2": "reg"}
+
+
+def plot_search_axes(
+    records: list[dict], metric: str, dimensions: tuple[space.Dimension, ...]
+) -> plt.Figure:
+    """The metric against each searched key (the first round's `dimensions`), rounds in
+    colours, ✓ filled: log and linear axes as the key is sampled, a categorical key as a strip
+    per value."""
+    columns = min(len(dimensions), 3)
+    rows_count = -(-len(dimensions) // columns)
+    fig, axes = plt.subplots(
+        rows_count, columns, figsize=(5.5 * columns, 4 * rows_count), sharey=True, squeeze=False
+    )
+    for ax in axes.flat[len(dimensions) :]:
+        ax.set_visible(False)
+    for ax, dimension in zip(axes.flat, dimensions, strict=False):
+        key = dimension.name
+        position = _axis_position(dimension)
         for index in sorted({r["round"] for r in records}):
             rows = [r for r in records if r["round"] == index]
             color = ROUND_COLORS[index % len(ROUND_COLORS)]
@@ -172,20 +214,37 @@ def plot_search_axes(records: list[dict], metric: str) -> plt.Figure:
                 sel = [r for r in rows if kind(r)]
                 if sel:
                     ax.scatter(
-                        [r[key] for r in sel],
+                        [position(r[key], i) for i, r in enumerate(sel)],
                         [r[metric] if math.isfinite(r[metric]) else math.nan for r in sel],
                         c=color,
                         marker=marker,
                         alpha=0.8 if marker == "o" else 0.4,
                         label=f"round {index + 1}{what}",
                     )
-        ax.set_xscale("log")
-        ax.set_xlabel(label)
+        if dimension.scale == "log":
+            ax.set_xscale("log")
+        elif dimension.scale == "int":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        elif dimension.scale == "cat":
+            ax.set_xticks(range(len(dimension.choices)))
+            ax.set_xticklabels([value_text(c) for c in dimension.choices], fontsize=8)
+        ax.set_xlabel(AXIS_LABELS.get(key, key))
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel(metric.replace("_", " "))
-    axes[1].legend(fontsize=8)
+    for row in axes:
+        row[0].set_ylabel(metric.replace("_", " "))
+    axes.flat[len(dimensions) - 1].legend(fontsize=8)
     fig.suptitle("coarse-to-fine search")
+    fig.tight_layout()
     return fig
+
+
+def _axis_position(dimension):
+    """A value's x position on its key's axis: the value itself, or for a categorical key its
+    value's index, spread a little (deterministically) so that the trials of a value show."""
+    if dimension.scale != "cat":
+        return lambda value, i: value
+    choices = list(dimension.choices)
+    return lambda value, i: choices.index(space.tupled(value)) + 0.3 * (((i * 0.618) % 1) - 0.5)
 
 
 def plot_trial_curves(records: list[dict], metric: str) -> plt.Figure:
@@ -254,7 +313,11 @@ def summarize(
         dataset=setup.dataset.summary(),
         loops={name: loop for name, loop in loops.items() if loop is not None},
     )
-    plots = save_plots(run, records, sweep, config.search.metric)
+    search = config.search
+    dimensions = (
+        rounds[0].dimensions if rounds else space.default_space(search.lr_range, search.reg_range)
+    )
+    plots = save_plots(run, records, sweep, config.search.metric, dimensions)
     run.write_summary(summary)
     run.write_report(reporting.report_title(summary), report_sections(summary, plots))
     return summary
@@ -326,11 +389,18 @@ def next_commands(run: rundir.RunDir, best_config_path: str | None) -> list[str]
 
 
 def save_plots(
-    run: rundir.RunDir, records: list[dict], sweep: range_test.RangeTest | None, metric: str
+    run: rundir.RunDir,
+    records: list[dict],
+    sweep: range_test.RangeTest | None,
+    metric: str,
+    dimensions: tuple[space.Dimension, ...],
 ) -> dict[str, str]:
-    """The search's axes, every trial's curve and the range test; paths relative to `run`."""
+    """The search's axes (one per searched key), every trial's curve and the range test; paths
+    relative to `run`."""
     plots = {
-        "search": run.save_figure(rundir.PLOT_SEARCH, lambda: plot_search_axes(records, metric)),
+        "search": run.save_figure(
+            rundir.PLOT_SEARCH, lambda: plot_search_axes(records, metric, dimensions)
+        ),
         "curves": run.save_figure(
             rundir.PLOT_TRIAL_CURVES, lambda: plot_trial_curves(records, metric)
         ),
@@ -377,14 +447,21 @@ def report_sections(summary: Summary, plots: dict[str, str]) -> list[tuple[str, 
             ("Learning-rate range test", f"{text}\n\n![range test]({plots['range_test']})")
         )
     round_rows = []
+    custom = bool(summary.rounds and summary.rounds[0].get("space"))
     for r in summary.rounds:
         rows = [t for t in summary.trials if t["round"] == r["index"]]
         top = random_search.best_records(rows, metric, 0.0)[:1]
+        if custom:
+            ranges = [space.Dimension.from_json(d).describe() for d in r["space"]]
+        else:
+            ranges = [
+                "{:.2g}..{:.2g}".format(*r["lr_range"]),
+                "{:.2g}..{:.2g}".format(*r["reg_range"]),
+            ]
         round_rows.append(
             [
                 r["index"] + 1,
-                "{:.2g}..{:.2g}".format(*r["lr_range"]),
-                "{:.2g}..{:.2g}".format(*r["reg_range"]),
+                *ranges,
                 len(rows),
                 f"{r['epochs']:.3g} ({r['steps']:,} steps)",
                 _rungs_text(r, rows),
@@ -402,8 +479,11 @@ def report_sections(summary: Summary, plots: dict[str, str]) -> list[tuple[str, 
             reporting.markdown_table(
                 [
                     "round",
-                    "lr range",
-                    "reg range",
+                    *(
+                        [f"{d['key']} range" for d in summary.rounds[0]["space"]]
+                        if custom
+                        else ["lr range", "reg range"]
+                    ),
                     "trials",
                     "epochs",
                     "cut at steps (trials cut)",
@@ -427,6 +507,7 @@ def report_sections(summary: Summary, plots: dict[str, str]) -> list[tuple[str, 
             ["learning rate", f"{best['learning_rate']:.4g}"],
             ["L2 weight", f"{best['l2']:.4g}"],
         ]
+        rows += [[k, value_text(v)] for k, v in random_search.searched_extras(best).items()]
         for key in ("train", "val", "test"):
             for name in ("accuracy", "rmse", "r2", "macro_f1"):
                 if f"{key}_{name}" in m:
@@ -486,6 +567,8 @@ def print_summary(summary: Summary) -> None:
     if summary.best:
         table.add_row("best learning rate", f"{m['best_learning_rate']:.4g}")
         table.add_row("best L2 weight", f"{m['best_l2']:.4g}")
+        for key, value in random_search.searched_extras(summary.best).items():
+            table.add_row(f"best {key}", value_text(value))
     for key in ("val_accuracy", "test_accuracy", "val_rmse", "test_rmse", "test_macro_f1"):
         if key in m:
             table.add_row(f"{key} (full length)", reporting.fmt(m[key]))
