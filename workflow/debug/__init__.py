@@ -28,7 +28,7 @@ from workflow.diagnostics.checks.outputs import (
     bounded_outputs_finding,
     squashed_regression_finding,
 )
-from workflow.diagnostics.counterfactual import confirm_lr_findings
+from workflow.diagnostics.counterfactual import confirm_findings
 from workflow.diagnostics.curves import curve_findings
 from workflow.diagnostics.findings import Finding, has_error, rank_findings
 from workflow.diagnostics.overfit import (
@@ -247,9 +247,9 @@ def diagnose(setup: experiment.Setup) -> Diagnosis:
             overfit.final_accuracy, val_accuracy, dataset.num_classes
         )
     findings += held_out_findings(setup, fit.state)
-    # A finding that blames the learning rate stands only when changing the rate as it
-    # suggests measurably helps on the real data.
-    findings = confirm_lr_findings(setup, findings, int(fit.state.step))
+    # A finding that blames a knob (learning rate, L2, init scale, input normalization) stands
+    # only when changing the knob as it suggests measurably helps on the real data.
+    findings = confirm_findings(setup, findings, int(fit.state.step), (fit.loop or {}).get("form"))
     findings = judged_on_cut_run(findings, short_cut, config.optimizer.learning_rate)
     cuts = [cut for cut in (overfit_cut(overfit, config), short_cut) if cut is not None]
     findings += budget_cut_finding(cuts)
