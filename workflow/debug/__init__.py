@@ -215,6 +215,7 @@ class Diagnosis:
     overfit_lr: float  # the learning rate the overfit result ran at
     fit: engine.FitResult  # the short run
     val_accuracy: float | None  # the short run's last validation accuracy
+    counterfactual_seconds: float = 0.0  # the counterfactual trials' part of the verdict's time
 
     @property
     def short_run_steps(self) -> int:
@@ -249,14 +250,18 @@ def diagnose(setup: experiment.Setup) -> Diagnosis:
     findings += held_out_findings(setup, fit.state)
     # A finding that blames a knob (learning rate, L2, init scale, input normalization) stands
     # only when changing the knob as it suggests measurably helps on the real data.
+    t_trials = engine.now()
     findings = confirm_findings(setup, findings, int(fit.state.step), (fit.loop or {}).get("form"))
+    counterfactual_seconds = engine.now() - t_trials
     findings = judged_on_cut_run(findings, short_cut, config.optimizer.learning_rate)
     cuts = [cut for cut in (overfit_cut(overfit, config), short_cut) if cut is not None]
     findings += budget_cut_finding(cuts)
     if not overfit.passed and not (overfit.budget_cut and still_learning(overfit)):
         ranked = rank_findings(findings)
         findings.append(cannot_overfit_finding(overfit, ranked, config))
-    return Diagnosis(rank_findings(findings), overfit, overfit_lr, fit, val_accuracy)
+    return Diagnosis(
+        rank_findings(findings), overfit, overfit_lr, fit, val_accuracy, counterfactual_seconds
+    )
 
 
 def fix_findings(setup: experiment.Setup, findings: list[Finding]) -> list[Finding]:
@@ -317,6 +322,8 @@ def debug(setup: experiment.Setup, run: rundir.RunDir, started: float | None) ->
                 None if diagnosis.val_accuracy is None else 1.0 - diagnosis.val_accuracy
             ),
             "seconds_to_verdict": seconds,
+            # Of which the counterfactual trials (0 when no finding blamed a knob).
+            "counterfactual_seconds": diagnosis.counterfactual_seconds,
             **({"fix_seconds": fix_seconds} if fix_seconds is not None else {}),
         },
         findings=findings,
