@@ -20,6 +20,7 @@ from workflow.diagnostics.budget import (
     StepBudget,
     budget_cut_finding,
     judged_on_cut_run,
+    measured_seconds_per_step,
     overfit_cut,
     short_run_cut,
     still_learning,
@@ -113,6 +114,17 @@ def short_run(setup: experiment.Setup) -> tuple[engine.FitResult, BudgetCut | No
         loop=first.loop or rest.loop,
     )
     return fit, short_run_cut(call + more, config, clock.seconds_per_step)
+
+
+def short_run_seconds_per_step(fit: engine.FitResult) -> float | None:
+    """The short run's seconds per training step: its loop form's measurement, else its wall
+    time less compilation over its steps (None: neither)."""
+    measured = measured_seconds_per_step(fit.loop)
+    if measured:
+        return measured
+    steps = int(fit.state.step) - int(fit.start_step or 0)
+    training = fit.wall_seconds - fit.compile_seconds
+    return training / steps if steps > 0 and training > 0 else None
 
 
 def check_and_overfit(
@@ -251,7 +263,10 @@ def diagnose(setup: experiment.Setup) -> Diagnosis:
     # A finding that blames a knob (learning rate, L2, init scale, input normalization) stands
     # only when changing the knob as it suggests measurably helps on the real data.
     t_trials = engine.now()
-    findings = confirm_findings(setup, findings, int(fit.state.step), (fit.loop or {}).get("form"))
+    steps = int(fit.state.step)
+    findings = confirm_findings(
+        setup, findings, steps, (fit.loop or {}).get("form"), short_run_seconds_per_step(fit)
+    )
     counterfactual_seconds = engine.now() - t_trials
     findings = judged_on_cut_run(findings, short_cut, config.optimizer.learning_rate)
     cuts = [cut for cut in (overfit_cut(overfit, config), short_cut) if cut is not None]

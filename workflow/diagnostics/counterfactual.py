@@ -62,6 +62,12 @@ MIN_FINAL_GAIN = 0.1
 # mini-batch noise while the step at which a level is reached stays within 1/30 of the run.
 CURVE_WINDOWS = 30
 
+# The trials share the short run's time budget (debug.train_seconds): all their lanes' steps,
+# charged at the short run's measured time per step (an over-estimate: a vmapped lane costs less
+# than a run of its own), fit in it, but never fewer than this many steps each (a slow model's
+# trials then take longer rather than compare noise).
+MIN_TRIAL_STEPS = 60
+
 SERIOUS = ("error", "warning")
 # What each knob's findings are lowered to when the trials refute them (None: kept, the knob's
 # suggestion moved last).
@@ -414,13 +420,29 @@ def judged(finding: Finding, trials: list[Trial], steps: int) -> Finding:
     )
 
 
+def trial_steps(
+    steps: int, lanes: int, seconds_per_step: float | None, budget_seconds: float | None
+) -> int:
+    """The steps each of `lanes` trials runs: `steps`, or as many as fit in `budget_seconds` at
+    `seconds_per_step` a lane (at least MIN_TRIAL_STEPS; no estimate or budget: `steps`)."""
+    if not seconds_per_step or budget_seconds is None:
+        return steps
+    fit = int(budget_seconds / (lanes * seconds_per_step))
+    return min(steps, max(fit, MIN_TRIAL_STEPS))
+
+
 def confirm_findings(
-    setup, findings: list[Finding], steps: int, loop: str | None = None
+    setup,
+    findings: list[Finding],
+    steps: int,
+    loop: str | None = None,
+    seconds_per_step: float | None = None,
 ) -> list[Finding]:
     """`findings` with every warning/error that blames a knob tried by counterfactual trials
     (one program for all of them, a second call of it for standardized inputs) of `steps` steps
-    in the loop form `loop` (None: config.loop); the others unchanged. Each tried finding's
-    evidence records the trials and their seconds."""
+    in the loop form `loop` (None: config.loop); the others unchanged. With the short run's
+    `seconds_per_step`, the trials' steps fit in debug.train_seconds (trial_steps). Each tried
+    finding's evidence records the trials and their seconds."""
     blamed = {
         i: knob
         for i, f in enumerate(findings)
@@ -430,6 +452,8 @@ def confirm_findings(
         return findings
     knobs = sorted(set(blamed.values()))
     changes = {knob: knob_changes(knob, setup.config) for knob in knobs}
+    lanes = 1 + sum(len(c) for c in changes.values())
+    steps = trial_steps(steps, lanes, seconds_per_step, setup.config.debug.train_seconds)
     trials, run_steps, seconds = run_trials(
         setup, [c for k in knobs for c in changes[k]], steps, loop
     )
