@@ -6,10 +6,13 @@ import re
 import shutil
 import struct
 import subprocess
+import types
 
 import pytest
 
 from tests.conftest import read_summary, run_stage
+from workflow.diagnostics.findings import Finding
+from workflow.reporting.summary import Summary
 
 SMALL = [
     "--config=configs/synthetic.py:tabular",
@@ -250,3 +253,71 @@ def test_the_run_says_what_meeting_the_goal_skipped():
     text = run_lib.goal_skipped(step, 0, "improve")
     assert text.startswith("the goal is met at 5_evaluate: skipped improve, evaluate of round 1")
     assert "tune, evaluate, improve" in run_lib.goal_skipped(step, 1, "tune")
+
+
+def _debug_summary(repaired: bool) -> Summary:
+    fix = Finding(
+        "config_fix",
+        "info" if repaired else "warning",
+        "repaired" if repaired else "not repaired",
+        evidence={"finding": "loss_plateau", "overrides": {"l2": 0.0}, "repaired": repaired},
+    )
+    plateau = Finding("loss_plateau", "error", "the loss plateaus")
+    return Summary(stage="debug", status="failed", config={}, metrics={}, findings=[plateau, fix])
+
+
+def test_only_a_verified_debug_repair_is_carried_on_and_the_story_names_its_flags():
+    from workflow import run
+
+    assert run.config_repair(_debug_summary(repaired=False)) is None
+    assert run.config_repair(_debug_summary(repaired=True))["overrides"] == {"l2": 0.0}
+    step = run.Step("2_debug", "debug", "w/2_debug", "c.py", _debug_summary(repaired=True))
+    [line] = run.decisions(types.SimpleNamespace(steps=[step]))
+    assert "repaired by config: --config.l2=0.0 (`loss_plateau`'s first" in line.message
+    assert line.evidence["config_fix"] == {"finding": "loss_plateau", "overrides": {"l2": 0.0}}
+    start = run.Step("3_start_simple", "start_simple", "w/3", "c.py", step.summary, {"l2": 0.0})
+    workflow = types.SimpleNamespace(source="c.py")
+    assert run.reproduce_commands(workflow, start)[0].endswith(" --config.l2=0.0")
+
+
+@pytest.mark.slow
+def test_run_carries_a_verified_debug_fix_into_its_later_steps(tmp_path):
+    # L2 = 1000 flattens the loss (debug's top finding, an error). With debug.fix the debug step
+    # repairs it by config, verified by rerunning its checks; the run goes on with the repair.
+    # No search round after the first evaluation: the repair's path, not the search, is tested.
+    workdir = str(tmp_path / "run")
+    summary, _ = _run(
+        workdir,
+        "--config.l2=1000.0",
+        "--config.debug.fix=True",
+        "--config.num_steps=200",
+        "--config.debug.overfit_steps=300",
+        "--config.budget.max_rounds=0",
+    )
+    steps = [s["name"] for s in summary["steps"]]
+    assert steps == ["1_start_simple", "2_debug", "3_start_simple", "4_evaluate"]
+    with open(os.path.join(workdir, "1_start_simple", "config.json")) as f:
+        assert json.load(f)["l2"] == 1000.0  # the broken setup, as the user configured it
+    for later in steps[2:]:
+        with open(os.path.join(workdir, later, "config.json")) as f:
+            assert json.load(f)["l2"] == 0.0, later
+    story = {f["evidence"]["stage"]: f for f in summary["findings"] if f["id"] == "workflow_step"}
+    repaired = story["debug"]
+    assert "repaired by config: --config.l2=0.0 (`loss_plateau`'s" in repaired["message"]
+    assert repaired["evidence"]["config_fix"] == {
+        "finding": "loss_plateau",
+        "overrides": {"l2": 0.0},
+    }
+    assert summary["status"] == "ok" and summary["metrics"]["test_accuracy"] > 0.8
+    assert summary["reproduce"][0].endswith("--config.l2=0.0")
+    assert "repaired by config: --config.l2=0.0" in open(os.path.join(workdir, "report.md")).read()
+
+
+@pytest.mark.slow
+def test_run_stops_after_debug_on_an_error_without_debug_fix(tmp_path):
+    workdir = str(tmp_path / "run")
+    result = run_stage("run", *SMALL, "--config.l2=1000.0", f"--workdir={workdir}", timeout=900)
+    summary = read_summary(workdir)
+    assert [s["name"] for s in summary["steps"]] == ["1_start_simple", "2_debug"]
+    assert summary["status"] == "failed" and "fix it first" in summary["stopped"]
+    assert result.returncode in (0, 1), result.stderr[-3000:]

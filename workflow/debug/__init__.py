@@ -20,6 +20,7 @@ from workflow.diagnostics.budget import (
     StepBudget,
     budget_cut_finding,
     judged_on_cut_run,
+    measured_seconds_per_step,
     overfit_cut,
     short_run_cut,
     still_learning,
@@ -28,7 +29,7 @@ from workflow.diagnostics.checks.outputs import (
     bounded_outputs_finding,
     squashed_regression_finding,
 )
-from workflow.diagnostics.counterfactual import confirm_lr_findings
+from workflow.diagnostics.counterfactual import confirm_findings
 from workflow.diagnostics.curves import curve_findings
 from workflow.diagnostics.findings import Finding, has_error, rank_findings
 from workflow.diagnostics.overfit import (
@@ -113,6 +114,17 @@ def short_run(setup: experiment.Setup) -> tuple[engine.FitResult, BudgetCut | No
         loop=first.loop or rest.loop,
     )
     return fit, short_run_cut(call + more, config, clock.seconds_per_step)
+
+
+def short_run_seconds_per_step(fit: engine.FitResult) -> float | None:
+    """The short run's seconds per training step: its loop form's measurement, else its wall
+    time less compilation over its steps (None: neither)."""
+    measured = measured_seconds_per_step(fit.loop)
+    if measured:
+        return measured
+    steps = int(fit.state.step) - int(fit.start_step or 0)
+    training = fit.wall_seconds - fit.compile_seconds
+    return training / steps if steps > 0 and training > 0 else None
 
 
 def check_and_overfit(
@@ -240,6 +252,7 @@ class Diagnosis:
     overfit_lr: float  # the learning rate the overfit result ran at
     fit: engine.FitResult  # the short run
     val_accuracy: float | None  # the short run's last validation accuracy
+    counterfactual_seconds: float = 0.0  # the counterfactual trials' part of the verdict's time
 
     @property
     def short_run_steps(self) -> int:
@@ -272,16 +285,23 @@ def diagnose(setup: experiment.Setup) -> Diagnosis:
             overfit.final_accuracy, val_accuracy, dataset.num_classes
         )
     findings += held_out_findings(setup, fit.state)
-    # A finding that blames the learning rate stands only when changing the rate as it
-    # suggests measurably helps on the real data.
-    findings = confirm_lr_findings(setup, findings, int(fit.state.step))
+    # A finding that blames a knob (learning rate, L2, init scale, input normalization) stands
+    # only when changing the knob as it suggests measurably helps on the real data.
+    t_trials = engine.now()
+    steps = int(fit.state.step)
+    findings = confirm_findings(
+        setup, findings, steps, (fit.loop or {}).get("form"), short_run_seconds_per_step(fit)
+    )
+    counterfactual_seconds = engine.now() - t_trials
     findings = judged_on_cut_run(findings, short_cut, config.optimizer.learning_rate)
     cuts = [cut for cut in (overfit_cut(overfit, config), short_cut) if cut is not None]
     findings += budget_cut_finding(cuts)
     if not overfit.passed and not (overfit.budget_cut and still_learning(overfit)):
         ranked = rank_findings(findings)
         findings.append(cannot_overfit_finding(overfit, ranked, config))
-    return Diagnosis(rank_findings(findings), overfit, overfit_lr, fit, val_accuracy)
+    return Diagnosis(
+        rank_findings(findings), overfit, overfit_lr, fit, val_accuracy, counterfactual_seconds
+    )
 
 
 def fix_findings(setup: experiment.Setup, findings: list[Finding]) -> list[Finding]:
@@ -342,6 +362,8 @@ def debug(setup: experiment.Setup, run: rundir.RunDir, started: float | None) ->
                 None if diagnosis.val_accuracy is None else 1.0 - diagnosis.val_accuracy
             ),
             "seconds_to_verdict": seconds,
+            # Of which the counterfactual trials (0 when no finding blamed a knob).
+            "counterfactual_seconds": diagnosis.counterfactual_seconds,
             **({"fix_seconds": fix_seconds} if fix_seconds is not None else {}),
         },
         findings=findings,

@@ -1,25 +1,47 @@
 """Counterfactual confirmation: a finding that blames a knob is tried with the knob changed.
 
-A finding that blames the learning rate (`lr_too_low`, `lr_too_high`) names a change that should
-help. Before it stands as a warning, the change is tried: a few short trials on the real training
-data, the configured learning rate and the suggested ones, trained side by side as one vmapped
-program (workflow/engine/trials.py) from the same initialization on the same batches. The finding
-is confirmed when a changed rate reaches the configured rate's final training loss at least
-`MIN_SPEEDUP` times sooner and ends clearly below it; it then states the measured result
-("with lr 0.003 (x10) the loss reaches 1.52 in 40 of 300 steps: 7.5x sooner"). Unconfirmed, it is
-lowered to `info` and says what the trials measured instead. Either way the trials are recorded in
-its evidence under "counterfactual".
+A warning that blames a knob names a change that should help. Before it stands, the change is
+tried: a few short trials on the real training data, the configured setup and the changed ones,
+trained side by side as one vmapped program (workflow/engine/trials.py) from the same
+initialization on the same batches, as many steps as the short run. The knobs and their trials:
+
+* the learning rate (`lr_too_low`, `lr_too_high`): x10 and x100 up (a rate below the usual range
+  also at the default 3e-4), or /10 and /100 down;
+* the L2 penalty (`loss_plateau` with `config.l2` > 0, whose causes include too much
+  regularization): l2 /10, /100 and 0;
+* the initialization scale (`initial_loss_off`, and `exploding_gradients` on finite gradients,
+  which blame weights that start too large): every weight of two or more dimensions (kernels,
+  embeddings; not biases or norm scales) x0.1 and x0.01 at step 0, which works for any model;
+* input normalization (`inputs_not_normalized`): the inputs standardized with the training
+  split's per-channel mean and std (what `--config.dataset.normalize=True` does), trained by
+  the same compiled program on the standardized copy.
+
+A change helps when it reaches the configured setup's final training loss at least `MIN_SPEEDUP`
+times sooner and ends clearly below it (or the configured setup diverges and the change does
+not). The finding is then confirmed and states the measured result ("with lr 0.003 (x10) the
+loss reaches 1.52 (lr 0.0003's level after 300 steps) in 40 steps, 7.5x sooner, and ends at
+0.4"); unconfirmed, it is lowered to `info` and says what the trials measured instead. A
+`loss_plateau` is a measured symptom with several possible causes: the trials judge only its
+regularization cause, so it keeps its severity, and the L2 suggestion goes first (confirmed, at
+the trials' best value) or last (refuted, with what was measured). Either way the trials are
+recorded in the finding's evidence under "counterfactual". Findings that are certain by
+construction (a NaN, labels out of range, a shape mismatch, a layer dead for every input) blame
+no knob and run no trials.
 """
 
 import dataclasses
 import math
+from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from workflow.data.normalization import apply_normalization, compute_normalization
 from workflow.diagnostics.findings import Finding
 from workflow.engine.trials import TrialHparams, TrialRunner
 
-# The findings this module confirms, and which way each moves the learning rate.
+# The findings whose learning-rate trials move it which way.
 LR_FINDINGS = {"lr_too_low": "raise", "lr_too_high": "lower"}
 # The changed rates tried, as factors of the configured one (decades, the notes' coarse grid).
 RAISE_FACTORS = (10.0, 100.0)
@@ -27,7 +49,12 @@ LOWER_FACTORS = (0.1, 0.01)
 # A rate below this is also tried at the workflow's default Adam rate: ten or a hundred times a
 # rate far below the usual range is still far below it, and would refute nothing.
 DEFAULT_LEARNING_RATE = 3e-4
-# Confirmed: the changed rate reaches the configured rate's final loss 4x sooner (a difference a
+# The L2 weights tried, as factors of the configured one (0: the penalty off).
+L2_FACTORS = (0.1, 0.01, 0.0)
+# The initial weights' scales tried: a x10 or x100 init (the zoo's exploding init) comes back to
+# the default's scale at one of them.
+INIT_SCALES = (0.1, 0.01)
+# Confirmed: the change reaches the configured setup's final loss 4x sooner (a difference a
 # tuned run would not give up), and ends at least 10% below it (not within mini-batch noise).
 MIN_SPEEDUP = 4.0
 MIN_FINAL_GAIN = 0.1
@@ -35,22 +62,55 @@ MIN_FINAL_GAIN = 0.1
 # mini-batch noise while the step at which a level is reached stays within 1/30 of the run.
 CURVE_WINDOWS = 30
 
+# The trials share the short run's time budget (debug.train_seconds): all their lanes' steps,
+# charged at the short run's measured time per step (an over-estimate: a vmapped lane costs less
+# than a run of its own), fit in it, but never fewer than this many steps each (a slow model's
+# trials then take longer rather than compare noise).
+MIN_TRIAL_STEPS = 60
+
+SERIOUS = ("error", "warning")
+# What each knob's findings are lowered to when the trials refute them (None: kept, the knob's
+# suggestion moved last).
+LOWERED_TO = {"lr": "info", "inputs": "info", "init": "info", "l2": None}
+
 
 @dataclasses.dataclass(frozen=True)
-class LrTrial:
-    """One learning rate's short trial: its window curve and verdict against the configured one."""
+class Change:
+    """One trial's setup: the knob changed and how (the configured setup: knob "base")."""
 
+    knob: str  # "base", "lr", "l2", "init", "inputs"
+    label: str  # what the message calls it, e.g. "lr 0.003 (x10)", "the inputs standardized"
     learning_rate: float
-    factor: float
+    l2: float
+    init_scale: float = 1.0
+    standardized: bool = False
+    # The config values that apply it ({}: a code change, e.g. the init scale).
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+
+    def flags(self) -> str:
+        """The command-line flags that apply it ('' when none does)."""
+        return " ".join(f"--config.{k}={v}" for k, v in self.overrides.items())
+
+
+@dataclasses.dataclass(frozen=True)
+class Trial:
+    """One change's short trial: its final loss and verdict against the configured setup."""
+
+    change: Change
     final_loss: float  # mean training loss of the last window (inf when it diverged)
     diverged: bool
-    steps_to_base_final: int | None  # first window end at or below the configured rate's final
+    steps_to_base_final: int | None  # first window end at or below the configured final loss
 
     def to_json(self) -> dict:
         """The evidence form."""
+        c = self.change
         return {
-            "learning_rate": _r(self.learning_rate),
-            "factor": _r(self.factor),
+            "change": c.label,
+            "knob": c.knob,
+            "learning_rate": _r(c.learning_rate),
+            "l2": _r(c.l2),
+            "init_scale": _r(c.init_scale),
+            "standardized_inputs": c.standardized,
             "final_loss": _r(self.final_loss),
             "diverged": self.diverged,
             "steps_to_base_final": self.steps_to_base_final,
@@ -72,44 +132,169 @@ def candidate_rates(learning_rate: float, direction: str) -> list[float]:
     return rates
 
 
-def run_lr_trials(setup, rates: list[float], steps: int) -> tuple[list[LrTrial], int]:
-    """Train the configured rate and `rates` for `steps` steps side by side; (trials, steps).
+def base_change(config) -> Change:
+    """The configured setup, as the trial every change is compared with."""
+    lr, l2 = float(config.optimizer.learning_rate), float(config.l2)
+    return Change("base", f"lr {lr:g}", lr, l2)
 
-    The first trial is the configured rate: every verdict compares with it."""
+
+def blamed_knob(finding: Finding, config) -> str | None:
+    """The knob a warning or error blames ("raise_lr", "lower_lr", "l2", "init", "inputs"), or
+    None: an info, a finding certain by construction, or a knob the config does not set."""
+    if finding.severity not in SERIOUS:
+        return None
+    if finding.id in LR_FINDINGS:
+        return f"{LR_FINDINGS[finding.id]}_lr"
+    if finding.id == "inputs_not_normalized":
+        return "inputs"
+    if finding.id == "loss_plateau" and float(config.l2) > 0:
+        return "l2"
+    if finding.id == "initial_loss_off":
+        return "init"
+    if finding.id == "exploding_gradients" and not finding.evidence.get("nonfinite_params"):
+        return "init"  # non-finite gradients are a NaN: certain, whatever the init
+    return None
+
+
+def knob_changes(knob: str, config) -> list[Change]:
+    """The changed setups a finding that blames `knob` is tried with."""
+    base = base_change(config)
+    lr, l2 = base.learning_rate, base.l2
+    if knob in ("raise_lr", "lower_lr"):
+        return [
+            Change(
+                "lr",
+                f"lr {rate:g} (x{rate / lr:g})",
+                rate,
+                l2,
+                overrides={"optimizer.learning_rate": float(f"{rate:.4g}")},
+            )
+            for rate in candidate_rates(lr, knob.removesuffix("_lr"))
+        ]
+    if knob == "l2":
+        return [
+            Change(
+                "l2",
+                f"l2 {l2 * f:g} (/{1 / f:g})" if f else "l2 0 (the penalty off)",
+                lr,
+                l2 * f,
+                overrides={"l2": float(f"{l2 * f:.4g}")},
+            )
+            for f in L2_FACTORS
+        ]
+    if knob == "init":
+        return [
+            Change("init", f"the initial weights x{s:g}", lr, l2, init_scale=s) for s in INIT_SCALES
+        ]
+    if knob == "inputs":
+        return [
+            Change(
+                "inputs",
+                "the inputs standardized (the training split's per-channel mean and std)",
+                lr,
+                l2,
+                standardized=True,
+                overrides={"dataset.normalize": True},
+            )
+        ]
+    raise ValueError(f"unknown knob {knob!r}")
+
+
+def standardized(dataset):
+    """A copy of `dataset` with every split standardized by the training split's statistics."""
+    stats = compute_normalization(np.asarray(dataset.x_train))
+    return dataclasses.replace(
+        dataset,
+        x_train=apply_normalization(dataset.x_train, stats),
+        x_val=apply_normalization(dataset.x_val, stats),
+        x_test=apply_normalization(dataset.x_test, stats),
+        normalization=stats,
+    )
+
+
+def scaled_weights(states, scales: np.ndarray):
+    """The stacked trial states with each trial's weights (parameters of 2+ dimensions beyond
+    the trial axis) times its entry of `scales`; biases and norm scales as they are."""
+
+    def scale(leaf):
+        if leaf.ndim < 3:
+            return leaf
+        return leaf * jnp.asarray(scales, leaf.dtype).reshape((-1,) + (1,) * (leaf.ndim - 1))
+
+    return dataclasses.replace(states, params=jax.tree.map(scale, states.params))
+
+
+def _train(runner: TrialRunner, changes: list[Change], dataset, steps: int, seed: int):
+    """One program's trials of `changes` on `dataset`: (window curves, diverged, steps, seconds)."""
+    hparams = TrialHparams(
+        learning_rate=[c.learning_rate for c in changes],
+        l2=[c.l2 for c in changes],
+        seed=[seed] * len(changes),
+    )
+    initial = None
+    if any(c.init_scale != 1.0 for c in changes):
+        states = runner.init(hparams)
+        lanes = jax.tree.leaves(states.step)[0].shape[0]
+        scales = np.ones(lanes, np.float32)
+        scales[: len(changes)] = [c.init_scale for c in changes]
+        scales[len(changes) :] = changes[-1].init_scale  # padding lanes copy the last trial
+        initial = scaled_weights(states, scales)
+    _, result = runner.run(hparams, dataset, steps, initial_states=initial)
+    curves = np.where(np.isfinite(result.train_loss_curve), result.train_loss_curve, np.inf)
+    return curves, result.diverged_at >= 0, result.curve_steps, int(result.steps), result.seconds
+
+
+def run_trials(
+    setup, changes: list[Change], steps: int, loop: str | None = None
+) -> tuple[list[Trial], int, float]:
+    """Train the configured setup and every change for `steps` steps side by side: (trials, the
+    first being the configured setup's, steps, seconds). The changes with standardized inputs
+    run in a second call of the same runner on the standardized copy of the data. `loop`: the
+    loop form to run in (the short run's measured one: not measured again), else config.loop."""
     config = setup.config.copy_and_resolve_references()
     config.log_every = max(1, steps // CURVE_WINDOWS)
-    base_lr = float(config.optimizer.learning_rate)
-    all_rates = [base_lr, *rates]
+    if loop is not None:
+        config.loop = loop
     runner = TrialRunner(
         config, setup.dataset.input_shape, setup.dataset.num_classes, task_kind=setup.dataset.task
     )
-    hparams = TrialHparams(
-        learning_rate=all_rates,
-        l2=[float(config.l2)] * len(all_rates),
-        seed=[int(config.seed)] * len(all_rates),
+    base = base_change(config)
+    everything = [base, *changes]
+    raw = [i for i, c in enumerate(everything) if not c.standardized]
+    on_standardized = [i for i, c in enumerate(everything) if c.standardized]
+    seed = int(config.seed)
+    curves, diverged, curve_steps, run_steps, seconds = _train(
+        runner, [everything[i] for i in raw], setup.dataset, steps, seed
     )
-    _, result = runner.run(hparams, setup.dataset, steps)
-    curves = np.where(np.isfinite(result.train_loss_curve), result.train_loss_curve, np.inf)
-    diverged = result.diverged_at >= 0
-    base_final = float(curves[0, -1]) if not diverged[0] else math.inf
+    if on_standardized:
+        more = _train(
+            runner,
+            [everything[i] for i in on_standardized],
+            standardized(setup.dataset),
+            steps,
+            seed,
+        )
+        curves = np.concatenate([curves, more[0]])
+        diverged = np.concatenate([diverged, more[1]])
+        seconds += more[4]
+    row = {i: r for r, i in enumerate(raw + on_standardized)}
+    base_final = math.inf if diverged[0] else float(curves[0, -1])
     trials = []
-    for i, lr in enumerate(all_rates):
-        final = math.inf if diverged[i] else float(curves[i, -1])
-        reached = np.flatnonzero(curves[i] <= base_final)
+    for i, change in enumerate(everything):
+        reached = np.flatnonzero(curves[row[i]] <= base_final)
         trials.append(
-            LrTrial(
-                learning_rate=lr,
-                factor=lr / base_lr,
-                final_loss=final,
-                diverged=bool(diverged[i]),
-                steps_to_base_final=int(result.curve_steps[reached[0]]) if reached.size else None,
+            Trial(
+                change=change,
+                final_loss=math.inf if diverged[row[i]] else float(curves[row[i], -1]),
+                diverged=bool(diverged[row[i]]),
+                steps_to_base_final=int(curve_steps[reached[0]]) if reached.size else None,
             )
         )
-    return trials, int(result.steps)
+    return trials, run_steps, seconds
 
 
-def best_change(trials: list[LrTrial], steps: int) -> tuple[LrTrial | None, float]:
-    """The changed rate that helps most (lowest final loss) and its speedup (0: it does not)."""
+def best_change(trials: list[Trial], steps: int) -> tuple[Trial | None, float]:
+    """The change that helps most (lowest final loss) and its speedup (0: it does not)."""
     base, changed = trials[0], [t for t in trials[1:] if not t.diverged]
     if not changed:
         return None, 0.0
@@ -119,9 +304,9 @@ def best_change(trials: list[LrTrial], steps: int) -> tuple[LrTrial | None, floa
     return best, steps / best.steps_to_base_final if math.isfinite(base.final_loss) else math.inf
 
 
-def confirmed(trials: list[LrTrial], steps: int) -> bool:
-    """Whether a changed rate reaches the configured rate's final loss MIN_SPEEDUP times sooner
-    and ends MIN_FINAL_GAIN below it (or the configured rate diverged and the change did not)."""
+def confirmed(trials: list[Trial], steps: int) -> bool:
+    """Whether a change reaches the configured setup's final loss MIN_SPEEDUP times sooner and
+    ends MIN_FINAL_GAIN below it (or the configured setup diverged and the change did not)."""
     base = trials[0]
     best, speedup = best_change(trials, steps)
     if best is None:
@@ -131,85 +316,154 @@ def confirmed(trials: list[LrTrial], steps: int) -> bool:
     return speedup >= MIN_SPEEDUP and best.final_loss <= (1 - MIN_FINAL_GAIN) * base.final_loss
 
 
-def _outcome(trials: list[LrTrial], steps: int) -> str:
+# What the message calls the configured setup, by the knob its trials change.
+BASE_LABELS = {"l2": "l2 {l2:g}", "init": "the weights as built", "inputs": "the raw inputs"}
+
+
+def _base_label(trials: list[Trial]) -> str:
+    """The configured setup's name in a message about `trials`' knob."""
+    base = trials[0].change
+    label = BASE_LABELS.get(trials[1].change.knob) if len(trials) > 1 else None
+    return label.format(l2=base.l2) if label else base.label
+
+
+def _possessive(label: str) -> str:
+    """ "lr 0.003's", "the raw inputs'"."""
+    return f"{label}'" if label.endswith("s") else f"{label}'s"
+
+
+def _outcome(trials: list[Trial], steps: int) -> str:
     """What the trials measured, as one clause for the finding's message."""
-    base = trials[0]
+    base = dataclasses.replace(
+        trials[0], change=dataclasses.replace(trials[0].change, label=_base_label(trials))
+    )
     best, speedup = best_change(trials, steps)
     if best is None:
-        rates = ", ".join(f"{t.learning_rate:g}" for t in trials[1:])
-        return f"with lr {rates} the loss diverges within {steps} steps"
-    at = f"with lr {best.learning_rate:g} (x{best.factor:g})"
+        changes = ", ".join(t.change.label for t in trials[1:])
+        return f"with {changes} the loss diverges within {steps} steps"
+    at = f"with {best.change.label}"
     if not math.isfinite(base.final_loss):
         return (
             f"{at} the loss stays finite and ends at {best.final_loss:.3g} in {steps} steps, "
-            f"where lr {base.learning_rate:g} diverges"
+            f"where {base.change.label} diverges"
         )
     if best.steps_to_base_final is None:
         return (
             f"{at} the loss ends at {best.final_loss:.3g} in {steps} steps, no lower than "
-            f"{base.final_loss:.3g} at lr {base.learning_rate:g}"
+            f"{base.final_loss:.3g} at {base.change.label}"
         )
     return (
-        f"{at} the loss reaches {base.final_loss:.3g} (lr {base.learning_rate:g}'s level after "
-        f"{steps} steps) in {best.steps_to_base_final} steps, {speedup:.1f}x sooner, and ends "
-        f"at {best.final_loss:.3g}"
+        f"{at} the loss reaches {base.final_loss:.3g} ({_possessive(base.change.label)} "
+        f"level after {steps} steps) in {best.steps_to_base_final} steps, {speedup:.1f}x "
+        f"sooner, and ends at {best.final_loss:.3g}"
     )
 
 
-def judged(finding: Finding, trials: list[LrTrial], steps: int) -> Finding:
-    """`finding` with the trials' verdict: kept and stated when confirmed, else lowered to info."""
+def _measured_suggestion(best: Trial, speedup: float) -> str | None:
+    """The confirmed change as the finding's first suggestion (None: its own first says it)."""
+    c = best.change
+    if c.knob == "lr":
+        return f"use lr {c.learning_rate:g}, the trials' best ({c.flags()})"
+    if c.knob == "l2":
+        return f"use l2 {c.l2:g}, the trials' best ({c.flags()})"
+    if c.knob == "init":
+        return (
+            f"the weights start too large: x{c.init_scale:g} at step 0 trained {speedup:.1f}x "
+            "faster in the trials; use the default (LeCun/He) init (or scale the init down by "
+            f"{c.init_scale:g} in the model)"
+        )
+    return None
+
+
+def judged(finding: Finding, trials: list[Trial], steps: int) -> Finding:
+    """`finding` with the trials' verdict: kept and stated when confirmed; else lowered to info
+    (a plateau: kept, its L2 suggestion moved last)."""
     ok = confirmed(trials, steps)
     outcome = _outcome(trials, steps)
+    best, speedup = best_change(trials, steps)
+    kind = trials[1].change.knob
     evidence = {
         **finding.evidence,
         "counterfactual": {
+            "knob": kind,
             "confirmed": ok,
             "steps": steps,
             "min_speedup": MIN_SPEEDUP,
-            "speedup": _r(best_change(trials, steps)[1]),
+            "speedup": _r(speedup),
             "trials": [t.to_json() for t in trials],
         },
     }
     if ok:
-        best, _ = best_change(trials, steps)
-        measured = (
-            f"use lr {best.learning_rate:g}, the trials' best "
-            f"(--config.optimizer.learning_rate={best.learning_rate:g})"
-        )
+        first = _measured_suggestion(best, speedup)
         return dataclasses.replace(
             finding,
             message=f"{finding.message}; confirmed: {outcome}",
             evidence=evidence,
-            suggestions=[measured, *finding.suggestions],
+            suggestions=[first, *finding.suggestions] if first else list(finding.suggestions),
+        )
+    lowered = LOWERED_TO[kind]
+    if lowered is None:
+        knob_flag = "--config.l2="
+        kept = [s for s in finding.suggestions if knob_flag not in s]
+        moved = [f"{s} (not confirmed: {outcome})" for s in finding.suggestions if knob_flag in s]
+        return dataclasses.replace(
+            finding,
+            message=f"{finding.message}; not the L2 penalty: {outcome}",
+            evidence=evidence,
+            suggestions=kept + moved,
         )
     return dataclasses.replace(
         finding,
-        severity="info",
+        severity=lowered,
         message=f"{finding.message}; not confirmed: {outcome}",
         evidence=evidence,
     )
 
 
-def confirm_lr_findings(setup, findings: list[Finding], steps: int) -> list[Finding]:
-    """`findings` with every warning/error lr_too_low/lr_too_high tried by counterfactual trials
-    (one program for all of them); the others unchanged."""
-    blamed = [
-        i
+def trial_steps(
+    steps: int, lanes: int, seconds_per_step: float | None, budget_seconds: float | None
+) -> int:
+    """The steps each of `lanes` trials runs: `steps`, or as many as fit in `budget_seconds` at
+    `seconds_per_step` a lane (at least MIN_TRIAL_STEPS; no estimate or budget: `steps`)."""
+    if not seconds_per_step or budget_seconds is None:
+        return steps
+    fit = int(budget_seconds / (lanes * seconds_per_step))
+    return min(steps, max(fit, MIN_TRIAL_STEPS))
+
+
+def confirm_findings(
+    setup,
+    findings: list[Finding],
+    steps: int,
+    loop: str | None = None,
+    seconds_per_step: float | None = None,
+) -> list[Finding]:
+    """`findings` with every warning/error that blames a knob tried by counterfactual trials
+    (one program for all of them, a second call of it for standardized inputs) of `steps` steps
+    in the loop form `loop` (None: config.loop); the others unchanged. With the short run's
+    `seconds_per_step`, the trials' steps fit in debug.train_seconds (trial_steps). Each tried
+    finding's evidence records the trials and their seconds."""
+    blamed = {
+        i: knob
         for i, f in enumerate(findings)
-        if f.id in LR_FINDINGS and f.severity in ("warning", "error")
-    ]
+        if (knob := blamed_knob(f, setup.config)) is not None
+    }
     if not blamed or steps <= 0:
         return findings
-    base_lr = float(setup.config.optimizer.learning_rate)
-    directions = sorted({LR_FINDINGS[findings[i].id] for i in blamed})
-    rates = {d: candidate_rates(base_lr, d) for d in directions}
-    trials, run_steps = run_lr_trials(setup, [r for d in directions for r in rates[d]], steps)
-    by_direction, start = {}, 1
-    for d in directions:
-        count = len(rates[d])
-        by_direction[d] = [trials[0], *trials[start : start + count]]
+    knobs = sorted(set(blamed.values()))
+    changes = {knob: knob_changes(knob, setup.config) for knob in knobs}
+    lanes = 1 + sum(len(c) for c in changes.values())
+    steps = trial_steps(steps, lanes, seconds_per_step, setup.config.debug.train_seconds)
+    trials, run_steps, seconds = run_trials(
+        setup, [c for k in knobs for c in changes[k]], steps, loop
+    )
+    by_knob, start = {}, 1
+    for knob in knobs:
+        count = len(changes[knob])
+        by_knob[knob] = [trials[0], *trials[start : start + count]]
         start += count
     out = list(findings)
-    for i in blamed:
-        out[i] = judged(findings[i], by_direction[LR_FINDINGS[findings[i].id]], run_steps)
+    for i, knob in blamed.items():
+        out[i] = judged(findings[i], by_knob[knob], run_steps)
+        out[i].evidence["counterfactual"]["seconds"] = _r(seconds)
     return out

@@ -277,7 +277,8 @@ KINDS = (
     FindingKind(
         "inputs_not_normalized",
         "warning",
-        "inputs far from zero mean / unit scale",
+        "inputs far from zero mean / unit scale (in debug: info unless standardizing them "
+        "measurably helps in counterfactual trials)",
         "debug",
         explains=("loss_exploding", "cannot_overfit_batch"),
         checklist=INPUTS_ROW,
@@ -302,7 +303,8 @@ KINDS = (
     FindingKind(
         "exploding_gradients",
         "warning",
-        "a gradient norm far too large (error when gradients are NaN/inf)",
+        "a gradient norm far too large (error when gradients are NaN/inf; in debug, a finite "
+        "one is info unless smaller initial weights measurably help in counterfactual trials)",
         "debug",
         explains=("loss_exploding", "cannot_overfit_batch"),
         checklist=GRADIENTS_ROW,
@@ -342,7 +344,8 @@ KINDS = (
     FindingKind(
         "initial_loss_off",
         "warning",
-        "loss at step 0 far from ln C (info for a loss other than softmax cross-entropy)",
+        "loss at step 0 far from ln C (info for a loss other than softmax cross-entropy; in "
+        "debug: info unless smaller initial weights measurably help in counterfactual trials)",
         "debug, tune",
         explains=("loss_exploding", "cannot_overfit_batch"),
         checklist=INITIAL_LOSS_ROW,
@@ -377,7 +380,8 @@ KINDS = (
         "warning",
         "error plateaus (lr too low, gradients not flowing, too much regularization, "
         "probabilities into a logits loss, corrupted data; error when it never leaves its "
-        "initial level, or when no trial of a search trained)",
+        "initial level, or when no trial of a search trained; in debug with l2 > 0, "
+        "counterfactual trials at a lower l2 confirm or refute the regularization)",
         "curve diagnosis, tune",
         explains=("cannot_overfit_batch",),
         checklist=CURVE_ROW,

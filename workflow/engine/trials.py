@@ -326,11 +326,13 @@ class TrialRunner:
         num_steps: int,
         *,
         progress: Callable[[int], None] = lambda steps: None,
+        initial_states: TrainState | None = None,
     ) -> tuple[TrainState, TrialsResult]:
-        """Train every trial `num_steps` steps from its initialization; evaluate each on val."""
+        """Train every trial `num_steps` steps from its initialization (or from
+        `initial_states`, `init(hparams)` changed by the caller); evaluate each on val."""
         t_start = now()
         num_trials, config = len(hparams), self.config
-        states = self.init(hparams)
+        states = self.init(hparams) if initial_states is None else initial_states
         x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
         window = max(1, min(config.log_every, num_steps // 4))
         losses, step = [], 0

@@ -7,7 +7,10 @@
 
 start simple → debug (stops there, fixes named, when an error stands) → evaluate → then rounds of
 tune → evaluate → improve → evaluate until the goal is met, nothing changes, or
-`config.budget` is spent. One sub-directory per step; a killed run resumes from the steps it
+`config.budget` is spent. With `--config.debug.fix=True`, a config-level repair the debug step
+verified (its `config_fix` finding: the rerun stands without a warning or error) is carried on:
+start simple runs again with it and every later step trains with it; the story names the flags.
+One sub-directory per step; a killed run resumes from the steps it
 finished (each stage also resumes its own work), each step on the config it started on. At the
 top, summary.json holds the final model's metrics and, as findings, each decision and its
 evidence; report.md and a self-contained report.html tell the whole story.
@@ -278,11 +281,23 @@ def run_workflow(workflow: Workflow) -> Summary:
         lambda s, d: experiment.train_and_report(s, d, "start_simple", None),
     )
     checked = workflow.step("2_debug", "debug", command_line, debug.run_debug)
-    if checked.summary.status != "ok":
+    repair = config_repair(checked.summary)
+    if repair is None and checked.summary.status != "ok":
         return finish(workflow, stopped="debug found an error: fix it first (see 2_debug)")
-    current = workflow.step("3_evaluate", "evaluate", command_line, evaluate_copy(start.workdir))
-    point = command_line
-    number = 4
+    point, number = command_line, 3
+    if repair is not None:
+        # debug.fix repaired the setup by config: every later step trains with the repair, from
+        # a start_simple run of its own (the first one trained the broken setup).
+        point = Point(flags_source, dict(repair["overrides"]))
+        start = workflow.step(
+            "3_start_simple",
+            "start_simple",
+            point,
+            lambda s, d: experiment.train_and_report(s, d, "start_simple", None),
+        )
+        number = 4
+    current = workflow.step(f"{number}_evaluate", "evaluate", point, evaluate_copy(start.workdir))
+    number += 1
     # One trial's training speed and the training-set size, to size each search to the budget.
     speed = start.summary.metrics.get("steps_per_s") or 0.0
     num_train = start.summary.dataset["splits"]["train"]["size"]
@@ -334,6 +349,20 @@ def run_workflow(workflow: Workflow) -> Summary:
         )
         number += 1
     return finish(workflow)
+
+
+def config_repair(debug_summary: Summary) -> dict | None:
+    """The evidence of the debug step's `config_fix` finding when its rerun repaired the setup
+    (with `debug.fix`: the overrides applied, the finding they fix), else None."""
+    fix = next((f for f in debug_summary.findings if f.id == "config_fix"), None)
+    if fix is None or not fix.evidence.get("repaired") or not fix.evidence.get("overrides"):
+        return None
+    return fix.evidence
+
+
+def override_flags(values: dict) -> str:
+    """Flattened config values as command-line flags: '--config.l2=0.0'."""
+    return " ".join(f"--config.{key}={value}" for key, value in values.items())
 
 
 def goal_skipped(met: Step, round_index: int, next_stage: str) -> str:
@@ -438,6 +467,15 @@ def decisions(workflow: Workflow) -> list[Finding]:
                 }
         elif step.stage == "debug":
             message = f"{step.name}: {s.status} ({len(s.findings)} findings)"
+            repair = config_repair(s)
+            if repair is not None:
+                message += (
+                    f"; repaired by config: {override_flags(repair['overrides'])} "
+                    f"(`{repair['finding']}`'s first config-level suggestion; the debug checks "
+                    "rerun on it stand without a warning or error): every later step trains "
+                    "with it"
+                )
+                extra = {"config_fix": {k: repair[k] for k in ("finding", "overrides")}}
         else:
             message = f"{step.name}: {test_result(s)}"
         out.append(
@@ -520,7 +558,9 @@ def final_step(workflow: Workflow) -> Step:
 def reproduce_commands(workflow: Workflow, final: Step) -> list[str]:
     """The exact commands that train and evaluate the final model again."""
     if final.config_source == workflow.source:
-        return [experiment.stage_command("evaluate", "runs/final")]
+        # A debug.fix repair is a value over the command line's config: its flags go with it.
+        flags = override_flags(final.values)
+        return [" ".join(filter(None, [experiment.stage_command("evaluate", "runs/final"), flags]))]
     return [f"python -m workflow.evaluate --config={final.config_source} --workdir=runs/final"]
 
 
