@@ -285,6 +285,87 @@ BROKEN: list[Case] = [
     ),
 ]
 
+# Issue 16's further kinds: data split and normalization, layer settings, capacity, and the
+# bugs only JAX has (keys not split, indices clamped by gathers).
+BROKEN += [
+    Case(
+        "normalized_per_split",
+        "split_normalized_separately",
+        synthetic(dataset="tests.bugzoo.pieces:normalized_per_split"),
+    ),
+    Case(
+        "normalized_with_test_statistics",
+        "split_normalized_separately",
+        synthetic(
+            dataset="tests.bugzoo.pieces:normalized_with_test_statistics",
+            **{"dataset.normalize": False},
+        ),
+        fast=False,
+    ),
+    Case(
+        "sorted_by_class_then_split",
+        "split_from_sorted_data",
+        synthetic(dataset="tests.bugzoo.pieces:sorted_then_split"),
+    ),
+    Case(
+        "batchnorm_batch_size_2",
+        "batchnorm_small_batch",
+        synthetic(model_name="tests.check_bugs:DropoutBatchNormMLP", batch_size=2),
+        fast=False,
+        config_fixable=True,
+    ),
+    Case(
+        "dropout_0.9",
+        "dropout_too_high",
+        synthetic(model_name="tests.bugzoo.models:HighDropoutMLP"),
+    ),
+    Case(
+        "model_far_too_small",
+        "model_too_small",
+        synthetic(model_name="tests.bugzoo.models:TinyMLP"),
+        fast=False,
+    ),
+    Case(
+        "prng_key_reused_every_step",
+        "prng_key_reused",
+        synthetic(model_name="tests.bugzoo.models:FixedKeyDropoutMLP"),
+    ),
+    Case(
+        "prng_key_not_split_between_layers",
+        "prng_key_shared",
+        synthetic(model_name="tests.bugzoo.models:SharedKeyDropoutMLP"),
+    ),
+    Case(
+        "dropout_layers_seeded_alike",
+        "prng_key_shared",
+        synthetic(model_name="tests.bugzoo.models:TwinRngsDropoutMLP"),
+        fast=False,
+    ),
+    Case(
+        "class_weights_shorter_than_classes",
+        "index_out_of_range",
+        synthetic(loss="tests.bugzoo.pieces:class_weighted_cross_entropy"),
+        fast=False,
+    ),
+    Case(
+        "token_ids_past_embedding_table",
+        "index_out_of_range",
+        synthetic(
+            model_name="tests.bugzoo.models:ClampedTableTokenClassifier",
+            dataset="tests.bugzoo.pieces:token_topics",
+        ),
+    ),
+    Case(
+        "embedding_smaller_than_vocabulary",
+        "index_out_of_range",
+        synthetic(
+            model_name="tests.bugzoo.models:SmallEmbedTokenClassifier",
+            dataset="tests.bugzoo.pieces:token_topics",
+        ),
+        fast=False,
+    ),
+]
+
 CLEAN: list[Case] = [
     Case("clean_synthetic_mlp", None, synthetic()),
     Case(
@@ -336,6 +417,36 @@ CLEAN: list[Case] = [
     ),
 ]
 
+CLEAN += [
+    Case(
+        "clean_normalized_with_train_statistics",
+        None,
+        synthetic(
+            dataset="tests.bugzoo.pieces:normalized_with_train_statistics",
+            **{"dataset.normalize": False},
+        ),
+    ),
+    Case(
+        "clean_sorted_by_class_loader",
+        None,
+        synthetic(dataset="tests.bugzoo.pieces:sorted_by_class"),
+        fast=False,
+    ),
+    Case(
+        "clean_hand_dropout_split_keys",
+        None,
+        synthetic(model_name="tests.bugzoo.models:SplitKeyDropoutMLP"),
+    ),
+    Case(
+        "clean_token_bag_classifier",
+        None,
+        synthetic(
+            model_name="tests.bugzoo.models:TokenBagClassifier",
+            dataset="tests.bugzoo.pieces:token_topics",
+        ),
+    ),
+]
+
 CASES: list[Case] = BROKEN + CLEAN
 
 # The fault category of each broken case, as the benchmark reports them (the published fault
@@ -372,6 +483,18 @@ CATEGORY_OF = {
     "l2_1e3": "optimization",
     "stop_gradient_layer": "jax",
     "float16_overflow": "jax",
+    "normalized_per_split": "data",
+    "normalized_with_test_statistics": "data",
+    "sorted_by_class_then_split": "data",
+    "batchnorm_batch_size_2": "model",
+    "dropout_0.9": "model",
+    "model_far_too_small": "model",
+    "prng_key_reused_every_step": "jax",
+    "prng_key_not_split_between_layers": "jax",
+    "dropout_layers_seeded_alike": "jax",
+    "class_weights_shorter_than_classes": "jax",
+    "token_ids_past_embedding_table": "jax",
+    "embedding_smaller_than_vocabulary": "jax",
 }
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from workflow import engine, experiment, reporting
 from workflow.debug.report import plot_overfit, report_sections
 from workflow.diagnostics import checks, fixes
+from workflow.diagnostics.checks.capacity import model_too_small_finding
 from workflow.diagnostics.budget import (
     BudgetCut,
     StepBudget,
@@ -254,6 +255,9 @@ def diagnose(setup: experiment.Setup) -> Diagnosis:
     cuts = [cut for cut in (overfit_cut(overfit, config), short_cut) if cut is not None]
     findings += budget_cut_finding(cuts)
     if not overfit.passed and not (overfit.budget_cut and still_learning(overfit)):
+        findings += model_too_small_finding(
+            setup.state.params, len(batch["y"]), dataset.num_classes, overfit.passed
+        )
         ranked = rank_findings(findings)
         findings.append(cannot_overfit_finding(overfit, ranked, config))
     return Diagnosis(rank_findings(findings), overfit, overfit_lr, fit, val_accuracy)
