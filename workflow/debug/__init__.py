@@ -15,7 +15,6 @@ import numpy as np
 from workflow import engine, experiment, reporting
 from workflow.debug.report import plot_overfit, report_sections
 from workflow.diagnostics import checks, fixes
-from workflow.diagnostics.checks.capacity import model_too_small_finding
 from workflow.diagnostics.budget import (
     BudgetCut,
     StepBudget,
@@ -25,6 +24,7 @@ from workflow.diagnostics.budget import (
     short_run_cut,
     still_learning,
 )
+from workflow.diagnostics.checks.capacity import model_too_small_finding
 from workflow.diagnostics.checks.outputs import (
     bounded_outputs_finding,
     squashed_regression_finding,

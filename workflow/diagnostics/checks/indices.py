@@ -10,8 +10,6 @@ dimension it indexes.
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax.numpy as jnp
 import numpy as np
 

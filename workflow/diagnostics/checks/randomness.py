@@ -7,7 +7,7 @@ the key of every draw (checks/tracing.py), runs the pass again from the state th
 left (the RNG counters a training step carries to the next) and compares: a key seen in both
 passes is a dropout mask (or noise) frozen for the whole run; two draws of one pass with the
 same key are two layers drawing the same numbers. nnx.Dropout and `nnx.Rngs` streams draw a
-fresh key per call and stay quiet (tests/test_zoo_jax_checks.py).
+fresh key per call and stay quiet (tests/test_zoo_checks.py).
 """
 
 from __future__ import annotations
@@ -92,8 +92,8 @@ def _shared_finding(draws: list[dict]) -> Finding:
         id="prng_key_shared",
         severity="warning",
         message=(
-            f"{sum(len(g) for g in groups)} of the {len(draws)} random draws of one train-mode pass "
-            "share their key with another: those layers draw the same random numbers "
+            f"{sum(len(g) for g in groups)} of the {len(draws)} random draws of one train-mode "
+            "pass share their key with another: those layers draw the same random numbers "
             "(correlated dropout masks)"
         ),
         evidence={"draws_per_pass": len(draws), "same_key_groups": groups},
