@@ -227,6 +227,7 @@ KINDS = (
         "random draws of the train-mode pass use the same key at the next step: the same "
         "dropout mask (or noise) every step (a key made once, never split)",
         "debug",
+        explains=("cannot_overfit_batch",),
         checklist=RANDOMNESS_ROW,
     ),
     FindingKind(
@@ -235,6 +236,7 @@ KINDS = (
         "random draws of one train-mode pass share a key: layers draw the same random numbers "
         "(a key passed to several layers unsplit)",
         "debug",
+        explains=("cannot_overfit_batch",),
         checklist=RANDOMNESS_ROW,
     ),
     FindingKind(
@@ -317,7 +319,7 @@ KINDS = (
         "the test split is standardized to float rounding, far closer than its sampling noise "
         "allows: it was normalized with its own statistics, not the training split's",
         "debug",
-        explains=("test_split_differs",),
+        explains=("test_split_differs", "cannot_overfit_batch"),
         checklist=EXAMPLES_ROW,
     ),
     # Unscaled inputs are what make the gradients explode or vanish downstream.
