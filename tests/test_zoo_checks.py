@@ -74,24 +74,21 @@ def test_nnx_dropout_and_models_without_randomness_keep_their_keys_apart():
         assert check_randomness(setup.task, setup.state, batch_of(setup)["x"]) == [], model
 
 
-def test_tracing_visits_draws_inside_jitted_calls_with_their_keys():
+def test_tracing_collects_draws_inside_jitted_calls_with_their_keys():
     import jax
-
-    seen = []
 
     def two_masks(key, x):
         a, b = jax.random.split(key)
         return jax.random.bernoulli(a, 0.5, x.shape) * jax.random.bernoulli(b, 0.5, x.shape)
 
-    def visit(eqn, values):
-        if eqn.primitive.name == "random_bits":
-            seen.append(tracing.key_bytes(values[0]))
+    def pick(eqn, values):
+        return eqn.params["shape"], (jax.random.key_data(values[0]),)
 
-    assert tracing.trace_and_visit(
-        two_masks, (jax.random.key(0), np.ones(3)), visit, ("random_bits",)
-    )
-    assert len(seen) == 2 and seen[0] != seen[1]
-    assert not tracing.trace_and_visit(lambda x: x * 2, (np.ones(3),), visit, ("random_bits",))
+    args = (jax.random.key(0), np.ones(3))
+    drawn = tracing.collect(two_masks, args, ("random_bits",), pick)
+    keys = [np.asarray(key).tobytes() for _, (key,) in drawn]
+    assert [shape for shape, _ in drawn] == [(3,), (3,)] and keys[0] != keys[1]
+    assert tracing.collect(lambda x: x * 2, (np.ones(3),), ("random_bits",), pick) == []
 
 
 # ----------------------------------------------------------------------------- gathers

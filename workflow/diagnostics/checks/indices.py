@@ -24,41 +24,52 @@ GATHER = "gather"
 
 def out_of_range_gathers(task: Task, state: TrainState, batch: dict) -> list[dict]:
     """Every gather of the train-mode loss on `batch` with indices outside its table."""
-    found: list[dict] = []
 
     def loss(params, model_state, x, y):
         return data_loss(task.train_graphdef, task.loss_fn, params, model_state, x, y)[0]
 
-    def visit(eqn, values):
-        if eqn.primitive.name != GATHER:
-            return
-        operand, indices = np.shape(values[0]), np.asarray(values[1])
-        if not np.issubdtype(indices.dtype, np.integer) or not indices.size:
-            return
-        dims = eqn.params["dimension_numbers"].start_index_map
-        fills = "FILL" in str(eqn.params.get("mode"))
-        sizes = eqn.params["slice_sizes"]
-        columns = indices.reshape(-1, len(dims)) if dims else indices.reshape(-1, 0)
-        for column, dim in enumerate(dims):
-            ids = columns[:, column]
-            rows = operand[dim] - sizes[dim] + 1  # the valid start indices: [0, rows)
-            outside = (ids < 0) | (ids >= rows)
-            if outside.any():
-                found.append(
-                    {
-                        "table_shape": list(operand),
-                        "axis": int(dim),
-                        "rows": int(rows),
-                        "indices": int(ids.size),
-                        "outside": int(outside.sum()),
-                        "largest": int(ids.max()),
-                        "smallest": int(ids.min()),
-                        "out_of_range_reads": "NaN (filled)" if fills else "the last row (clamped)",
-                    }
-                )
+    def pick(eqn, values):
+        fact = {
+            "table_shape": tuple(np.shape(values[0])),
+            "dims": eqn.params["dimension_numbers"].start_index_map,
+            "sizes": eqn.params["slice_sizes"],
+            "fills": "FILL" in str(eqn.params.get("mode")),
+        }
+        return fact, (values[1],)
 
     args = (state.params, state.model_state, jnp.asarray(batch["x"]), jnp.asarray(batch["y"]))
-    tracing.trace_and_visit(loss, args, visit, (GATHER,))
+    found: list[dict] = []
+    for fact, (indices,) in tracing.collect(loss, args, (GATHER,), pick):
+        found += _outside(fact, np.asarray(indices))
+    return found
+
+
+def _outside(fact: dict, indices: np.ndarray) -> list[dict]:
+    """The gathered dimensions whose indices fall outside the table (empty: all inside)."""
+    dims, sizes, table = fact["dims"], fact["sizes"], fact["table_shape"]
+    if not np.issubdtype(indices.dtype, np.integer) or not indices.size or not dims:
+        return []
+    columns = indices.reshape(-1, len(dims))
+    found = []
+    for column, dim in enumerate(dims):
+        ids = columns[:, column]
+        rows = table[dim] - sizes[dim] + 1  # the valid start indices: [0, rows)
+        outside = (ids < 0) | (ids >= rows)
+        if outside.any():
+            found.append(
+                {
+                    "table_shape": list(table),
+                    "axis": int(dim),
+                    "rows": int(rows),
+                    "indices": int(ids.size),
+                    "outside": int(outside.sum()),
+                    "largest": int(ids.max()),
+                    "smallest": int(ids.min()),
+                    "out_of_range_reads": (
+                        "NaN (filled)" if fact["fills"] else "the last row (clamped)"
+                    ),
+                }
+            )
     return found
 
 

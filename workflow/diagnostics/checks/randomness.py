@@ -3,16 +3,14 @@ two draws of the same pass (`prng_key_reused`, `prng_key_shared`).
 
 JAX has no global random state: every draw is a function of its key, so a key that is not split
 gives the same numbers again, silently. The check traces the model's train-mode pass, records
-the key of every draw (checks/tracing.py), runs the pass again from the state the first pass
-left (the RNG counters a training step carries to the next) and compares: a key seen in both
+the key of every draw (checks/tracing.py) in two passes, the second from the state the first
+left (the RNG counters a training step carries to the next), and compares: a key seen in both
 passes is a dropout mask (or noise) frozen for the whole run; two draws of one pass with the
 same key are two layers drawing the same numbers. nnx.Dropout and `nnx.Rngs` streams draw a
 fresh key per call and stay quiet (tests/test_zoo_checks.py).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import jax
 import numpy as np
@@ -21,36 +19,38 @@ from flax import nnx
 from workflow import engine
 from workflow.diagnostics.checks import tracing
 from workflow.diagnostics.checks.plugins import LABELS_IN_RANGE, OUTPUTS_SHAPED, Check
-from workflow.diagnostics.checks.probes import forward_in_mode
 from workflow.diagnostics.findings import Finding
 from workflow.engine import Task, TrainState
 
 DRAW = "random_bits"
 
 
-def train_pass_draws(task: Task, params: Any, model_state: Any, x: np.ndarray) -> list[dict]:
-    """Every random draw of one train-mode pass, in order: its key (bytes) and shape."""
-    draws: list[dict] = []
+def two_steps_draws(task: Task, state: TrainState, x: np.ndarray) -> tuple[list, list]:
+    """Every random draw of two consecutive train-mode passes (the second from the RNG state the
+    first left, as the next training step starts from it): (first pass's, second pass's), each
+    draw its key (bytes) and shape."""
 
-    def forward(params, model_state, x):
+    def two_passes(params, model_state, x):
         model = nnx.merge(task.train_graphdef, params, engine.fresh_variables(model_state))
-        return model(x)
+        return model(x), model(x)
 
-    def visit(eqn, values):
-        if eqn.primitive.name == DRAW:
-            draws.append({"key": tracing.key_bytes(values[0]), "shape": eqn.params["shape"]})
+    def pick(eqn, values):
+        return {"shape": eqn.params["shape"]}, (jax.random.key_data(values[0]),)
 
-    tracing.trace_and_visit(forward, (params, model_state, jax.numpy.asarray(x)), visit, (DRAW,))
-    return draws
+    args = (state.params, state.model_state, jax.numpy.asarray(x))
+    draws = [
+        {"key": np.asarray(key).tobytes(), **fact}
+        for fact, (key,) in tracing.collect(two_passes, args, (DRAW,), pick)
+    ]
+    half = len(draws) // 2
+    return draws[:half], draws[half:]
 
 
 def check_randomness(task: Task, state: TrainState, x: np.ndarray) -> list[Finding]:
     """`prng_key_reused` and `prng_key_shared` from the keys of two consecutive train passes."""
-    first = train_pass_draws(task, state.params, state.model_state, x)
+    first, second = two_steps_draws(task, state, x)
     if not first:
         return []
-    advanced = forward_in_mode(task.train_graphdef, state.params, state.model_state, x)[1]
-    second = train_pass_draws(task, state.params, advanced, x)
     findings = []
     keys = {d["key"] for d in first}
     reused = [d for d in second if d["key"] in keys]

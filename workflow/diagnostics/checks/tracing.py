@@ -1,8 +1,9 @@
 """Values seen inside a traced computation: every random draw's key and every gather's indices.
 
 `jax.make_jaxpr` turns a pass of the model into its primitives; `evaluate` runs them one by one
-(eagerly, into the calls of jitted functions, custom derivatives and checkpoints) and hands each
-primitive with its input values to a visitor. The checks read what no output shows: which key a
+(into the calls of jitted functions, custom derivatives and checkpoints) and hands each primitive
+with its input values to a visitor; `collect` does so inside one jitted program that returns
+only the values a check asks for. The checks read what no output shows: which key a
 draw used (`random_bits`), and whether a gather's indices lay inside the table it indexes (JAX
 clamps or fills out-of-range indices instead of raising). Primitives inside loops and branches
 (`scan`, `while`, `cond`) run as one call and are not visited.
@@ -78,14 +79,33 @@ def evaluate(jaxpr: Any, consts: list[Any], args: list[Any], visit: Visitor) -> 
     return [read(v) for v in jaxpr.outvars]
 
 
-def trace_and_visit(fn: Callable, args: tuple, visit: Visitor, names: tuple[str, ...]) -> bool:
-    """Trace `fn(*args)` and evaluate it visiting every primitive, when it applies one of
-    `names` (whether it did: a pass without them is not evaluated)."""
+def collect(
+    fn: Callable, args: tuple, names: tuple[str, ...], pick: Callable[[Any, list[Any]], Any]
+) -> list[tuple[Any, tuple]]:
+    """(static facts, arrays) that `pick(equation, input values)` returns for every primitive of
+    `fn(*args)` named in `names`, in order ([] when `fn` applies none of them).
+
+    The arrays are computed in one compiled program that returns only them (the compiler drops
+    the rest of the pass), not primitive by primitive.
+    """
     closed = jax.make_jaxpr(fn)(*args)
     if not uses_primitive(closed.jaxpr, names):
-        return False
-    evaluate(closed.jaxpr, closed.consts, jax.tree.leaves(args), visit)
-    return True
+        return []
+    facts: list[Any] = []
+
+    def program(flat_args):
+        arrays: list[tuple] = []
+
+        def visit(eqn, values):
+            if eqn.primitive.name in names:
+                fact, picked = pick(eqn, values)
+                facts.append(fact)
+                arrays.append(tuple(picked))
+
+        evaluate(closed.jaxpr, closed.consts, flat_args, visit)
+        return arrays
+
+    return list(zip(facts, jax.jit(program)(jax.tree.leaves(args)), strict=True))
 
 
 def key_bytes(key: Any) -> bytes:
