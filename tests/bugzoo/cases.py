@@ -19,6 +19,15 @@ Choices where two ids could fit (what a practitioner needs to do next decides):
   evidence that points at the initialization.
 * l2 = 1e3: `loss_plateau`. The penalty dominates the loss, the weights collapse to zero and
   the loss stalls near ln C; the learning rate is fine, so neither lr id would help.
+* dropout 0.9: `dropout_too_high`. The initial loss is off too (train mode rescales the tenth
+  of the units it keeps by 10), but `initial_loss_off` would send the practitioner to the
+  initialization; the rate is what to change, and the finding names it.
+* a model two units wide: `model_too_small`. It cannot memorize one batch, but nothing in the
+  code is wrong: what the practitioner needs to hear is that the model lacks capacity (an
+  underfit) and to make it larger, not to hunt for a bug behind `cannot_overfit_batch`.
+* labels past the classes cannot reach a gather: the loader's validation refuses them (exit 2,
+  one line), so the gather case is a table the user wrote short (class weights for 9 of 10
+  classes), which JAX clamps.
 """
 
 import dataclasses
