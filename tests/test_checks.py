@@ -498,6 +498,7 @@ def test_checks_run_in_their_declared_order():
         "layers",
         "randomness",
         "gradients",
+        "optimizer_memory",
     ]
 
 

@@ -210,3 +210,34 @@ def test_a_model_with_fewer_parameters_than_a_batch_has_outputs_is_too_small():
     assert model_too_small_finding(tiny, 32, 10, overfit_passed=True) == []
     user = prepared("UserMLP").state.params
     assert model_too_small_finding(user, 32, 10, overfit_passed=False) == []
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+
+def test_gradients_accumulated_and_never_reset_are_found_and_sound_optimizers_are_not():
+    import dataclasses
+
+    import optax
+
+    from tests.bugzoo.pieces import accumulate_never_reset
+    from workflow.diagnostics.checks.optimizer_memory import check_optimizer_memory
+
+    setup = prepared("UserMLP")
+    batch = batch_of(setup)
+
+    def found(tx):
+        task = dataclasses.replace(setup.task, tx=tx)
+        return check_optimizer_memory(task, setup.state, batch)
+
+    for inner in (optax.sgd(1e-2), optax.adam(1e-3)):
+        [finding] = found(accumulate_never_reset(inner))
+        assert finding.id == "gradients_never_reset"
+        assert finding.evidence["persistence"] > 0.99
+    for sound in (
+        setup.task.tx,  # the configured Adam
+        optax.sgd(1e-2, momentum=0.99),
+        optax.adamw(1e-3, weight_decay=1e-2),
+        optax.MultiSteps(optax.sgd(1e-2), 4).gradient_transformation(),
+    ):
+        assert found(sound) == []

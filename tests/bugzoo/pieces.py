@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from workflow.data.synthetic import make_synthetic, synthetic_options
 
@@ -221,3 +222,18 @@ def token_topics(seed: int = 0) -> dict:
         "token_ids": {"words": words, "vocab_size": len(words), "max_length": 20},
         "info": {"source": "synthetic topics of token ids"},
     }
+
+
+def accumulate_never_reset(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """Bug: gradients added into a running sum that is passed to `inner` at every step and never
+    cleared (a hand-written accumulation without its reset: JAX's forgotten zero_grad)."""
+
+    def init(params):
+        return jax.tree.map(jnp.zeros_like, params), inner.init(params)
+
+    def update(grads, state, params=None):
+        total = jax.tree.map(jnp.add, state[0], grads)
+        updates, inner_state = inner.update(total, state[1], params)
+        return updates, (total, inner_state)
+
+    return optax.GradientTransformation(init, update)

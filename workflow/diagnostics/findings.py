@@ -31,6 +31,7 @@ LINEAR_ROW = "the model is nonlinear (activations between layers)"
 INDICES_ROW = "integer indices inside their tables (nothing clamped)"
 LAYERS_ROW = "dropout and BatchNorm settings leave room to learn"
 RANDOMNESS_ROW = "a fresh random key for every draw and step"
+OPTIMIZER_ROW = "each gradient applied once (no accumulation left unreset)"
 GRADIENTS_ROW = "gradients reach every parameter"
 NONFINITE_ROW = "no NaN/inf"
 OVERFIT_ROW = "overfits one batch"
@@ -50,6 +51,7 @@ CHECKLIST_ROWS = (
     LAYERS_ROW,
     LINEAR_ROW,
     GRADIENTS_ROW,
+    OPTIMIZER_ROW,
     NONFINITE_ROW,
     OVERFIT_ROW,
     CURVE_ROW,
@@ -375,6 +377,15 @@ KINDS = (
         explains=("loss_exploding", "cannot_overfit_batch"),
         checklist=GRADIENTS_ROW,
         config_fix=True,
+    ),
+    FindingKind(
+        "gradients_never_reset",
+        "warning",
+        "the optimizer keeps applying a gradient long after its step: gradients are "
+        "accumulated and never reset (JAX's forgotten zero_grad)",
+        "debug",
+        explains=("loss_exploding", "loss_oscillating", "cannot_overfit_batch"),
+        checklist=OPTIMIZER_ROW,
     ),
     FindingKind(
         "vanishing_gradients",
