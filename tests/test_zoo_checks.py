@@ -224,11 +224,10 @@ def test_gradients_accumulated_and_never_reset_are_found_and_sound_optimizers_ar
     from workflow.diagnostics.checks.optimizer_memory import check_optimizer_memory
 
     setup = prepared("UserMLP")
-    batch = batch_of(setup)
 
     def found(tx):
         task = dataclasses.replace(setup.task, tx=tx)
-        return check_optimizer_memory(task, setup.state, batch)
+        return check_optimizer_memory(task, setup.state)
 
     for inner in (optax.sgd(1e-2), optax.adam(1e-3)):
         [finding] = found(accumulate_never_reset(inner))

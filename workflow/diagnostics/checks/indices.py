@@ -49,6 +49,8 @@ def _outside(fact: dict, indices: np.ndarray) -> list[dict]:
     dims, sizes, table = fact["dims"], fact["sizes"], fact["table_shape"]
     if not np.issubdtype(indices.dtype, np.integer) or not indices.size or not dims:
         return []
+    if indices.shape[-1] != len(dims):  # lax.gather keeps the index vector on the last axis
+        return []
     columns = indices.reshape(-1, len(dims))
     found = []
     for column, dim in enumerate(dims):
