@@ -526,13 +526,18 @@ def test_checks_run_in_their_declared_order():
         "inputs",
         "dtypes",
         "splits",
+        "split_statistics",
         "labels",
         "outputs",
+        "indices",
         "nonfinite",
         "batch_dependence",
         "linearity",
         "train_eval_mode",
+        "layers",
+        "randomness",
         "gradients",
+        "optimizer_memory",
     ]
 
 

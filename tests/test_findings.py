@@ -11,26 +11,36 @@ from workflow.diagnostics.findings import Finding, FindingKind, rank_findings
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
-# The debug stage's reading order before the registry: the registry must keep it exactly.
+# The debug stage's reading order before the registry, with the ids added since (issue 16's zoo
+# kinds): the registry must keep it exactly.
 DEBUG_ROOT_CAUSE_ORDER = (
     "shape_mismatch",
     "labels_out_of_range",
+    "index_out_of_range",
     "softmax_before_loss",
     "dtype_mismatch",
     "batch_dependence",
     "train_eval_mode",
+    "prng_key_reused",
+    "prng_key_shared",
+    "dropout_too_high",
+    "batchnorm_small_batch",
     "nan_or_inf",
+    "split_from_sorted_data",
     "labels_corrupted",
     "train_labels_noisy",
     "test_leaked_into_train",
     "duplicate_examples",
+    "split_normalized_separately",
     "test_split_differs",
     "model_is_linear",
     "inputs_not_normalized",
     "no_gradient",
     "dead_units",
     "exploding_gradients",
+    "gradients_never_reset",
     "vanishing_gradients",
+    "model_too_small",
     "lr_too_high",
     "lr_too_low",
     "initial_loss_off",
@@ -48,9 +58,15 @@ EXPLAINED_BY = {
         "exploding_gradients",
         "inputs_not_normalized",
         "initial_loss_off",
+        "gradients_never_reset",
     ),
     "loss_increasing": ("lr_too_high",),
-    "loss_oscillating": ("lr_too_high", "labels_corrupted"),
+    "loss_oscillating": (
+        "lr_too_high",
+        "labels_corrupted",
+        "batchnorm_small_batch",
+        "gradients_never_reset",
+    ),
     "loss_plateau": (
         "lr_too_low",
         "no_gradient",
@@ -58,7 +74,14 @@ EXPLAINED_BY = {
         "vanishing_gradients",
         "softmax_before_loss",
         "labels_corrupted",
+        "dropout_too_high",
+        "model_too_small",
     ),
+    # Added with issue 16's zoo kinds: the cause named before the symptom it produces.
+    "nan_or_inf": ("index_out_of_range",),
+    "initial_loss_off": ("dropout_too_high",),
+    "labels_corrupted": ("split_from_sorted_data",),
+    "test_split_differs": ("split_from_sorted_data", "split_normalized_separately"),
 }
 
 

@@ -19,6 +19,15 @@ Choices where two ids could fit (what a practitioner needs to do next decides):
   evidence that points at the initialization.
 * l2 = 1e3: `loss_plateau`. The penalty dominates the loss, the weights collapse to zero and
   the loss stalls near ln C; the learning rate is fine, so neither lr id would help.
+* dropout 0.9: `dropout_too_high`. The initial loss is off too (train mode rescales the tenth
+  of the units it keeps by 10), but `initial_loss_off` would send the practitioner to the
+  initialization; the rate is what to change, and the finding names it.
+* a model two units wide: `model_too_small`. It cannot memorize one batch, but nothing in the
+  code is wrong: what the practitioner needs to hear is that the model lacks capacity (an
+  underfit) and to make it larger, not to hunt for a bug behind `cannot_overfit_batch`.
+* labels past the classes cannot reach a gather: the loader's validation refuses them (exit 2,
+  one line), so the gather case is a table the user wrote short (class weights for 9 of 10
+  classes), which JAX clamps.
 """
 
 import dataclasses
@@ -285,6 +294,87 @@ BROKEN: list[Case] = [
     ),
 ]
 
+# Issue 16's further kinds: data split and normalization, layer settings, capacity, and the
+# bugs only JAX has (keys not split, indices clamped by gathers).
+BROKEN += [
+    Case(
+        "normalized_per_split",
+        "split_normalized_separately",
+        synthetic(dataset="tests.bugzoo.pieces:normalized_per_split"),
+    ),
+    Case(
+        "normalized_with_test_statistics",
+        "split_normalized_separately",
+        synthetic(
+            dataset="tests.bugzoo.pieces:normalized_with_test_statistics",
+            **{"dataset.normalize": False},
+        ),
+        fast=False,
+    ),
+    Case(
+        "sorted_by_class_then_split",
+        "split_from_sorted_data",
+        synthetic(dataset="tests.bugzoo.pieces:sorted_then_split"),
+    ),
+    Case(
+        "batchnorm_batch_size_2",
+        "batchnorm_small_batch",
+        synthetic(model_name="tests.check_bugs:DropoutBatchNormMLP", batch_size=2),
+        fast=False,
+        config_fixable=True,
+    ),
+    Case(
+        "dropout_0.9",
+        "dropout_too_high",
+        synthetic(model_name="tests.bugzoo.models:HighDropoutMLP"),
+    ),
+    Case(
+        "model_far_too_small",
+        "model_too_small",
+        synthetic(model_name="tests.bugzoo.models:TinyMLP"),
+        fast=False,
+    ),
+    Case(
+        "prng_key_reused_every_step",
+        "prng_key_reused",
+        synthetic(model_name="tests.bugzoo.models:FixedKeyDropoutMLP"),
+    ),
+    Case(
+        "prng_key_not_split_between_layers",
+        "prng_key_shared",
+        synthetic(model_name="tests.bugzoo.models:SharedKeyDropoutMLP"),
+    ),
+    Case(
+        "dropout_layers_seeded_alike",
+        "prng_key_shared",
+        synthetic(model_name="tests.bugzoo.models:TwinRngsDropoutMLP"),
+        fast=False,
+    ),
+    Case(
+        "class_weights_shorter_than_classes",
+        "index_out_of_range",
+        synthetic(loss="tests.bugzoo.pieces:class_weighted_cross_entropy"),
+        fast=False,
+    ),
+    Case(
+        "token_ids_past_embedding_table",
+        "index_out_of_range",
+        synthetic(
+            model_name="tests.bugzoo.models:ClampedTableTokenClassifier",
+            dataset="tests.bugzoo.pieces:token_topics",
+        ),
+    ),
+    Case(
+        "embedding_smaller_than_vocabulary",
+        "index_out_of_range",
+        synthetic(
+            model_name="tests.bugzoo.models:SmallEmbedTokenClassifier",
+            dataset="tests.bugzoo.pieces:token_topics",
+        ),
+        fast=False,
+    ),
+]
+
 CLEAN: list[Case] = [
     Case("clean_synthetic_mlp", None, synthetic()),
     Case(
@@ -336,6 +426,36 @@ CLEAN: list[Case] = [
     ),
 ]
 
+CLEAN += [
+    Case(
+        "clean_normalized_with_train_statistics",
+        None,
+        synthetic(
+            dataset="tests.bugzoo.pieces:normalized_with_train_statistics",
+            **{"dataset.normalize": False},
+        ),
+    ),
+    Case(
+        "clean_sorted_by_class_loader",
+        None,
+        synthetic(dataset="tests.bugzoo.pieces:sorted_by_class"),
+        fast=False,
+    ),
+    Case(
+        "clean_hand_dropout_split_keys",
+        None,
+        synthetic(model_name="tests.bugzoo.models:SplitKeyDropoutMLP"),
+    ),
+    Case(
+        "clean_token_bag_classifier",
+        None,
+        synthetic(
+            model_name="tests.bugzoo.models:TokenBagClassifier",
+            dataset="tests.bugzoo.pieces:token_topics",
+        ),
+    ),
+]
+
 CASES: list[Case] = BROKEN + CLEAN
 
 # The fault category of each broken case, as the benchmark reports them (the published fault
@@ -372,6 +492,18 @@ CATEGORY_OF = {
     "l2_1e3": "optimization",
     "stop_gradient_layer": "jax",
     "float16_overflow": "jax",
+    "normalized_per_split": "data",
+    "normalized_with_test_statistics": "data",
+    "sorted_by_class_then_split": "data",
+    "batchnorm_batch_size_2": "model",
+    "dropout_0.9": "model",
+    "model_far_too_small": "model",
+    "prng_key_reused_every_step": "jax",
+    "prng_key_not_split_between_layers": "jax",
+    "dropout_layers_seeded_alike": "jax",
+    "class_weights_shorter_than_classes": "jax",
+    "token_ids_past_embedding_table": "jax",
+    "embedding_smaller_than_vocabulary": "jax",
 }
 
 

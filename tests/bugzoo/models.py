@@ -146,3 +146,145 @@ class Float16MLP(UserMLP):
         h = nnx.relu(x @ self.linear1.kernel[...].astype(jnp.float16))
         h = nnx.relu(h @ self.linear2.kernel[...].astype(jnp.float16))
         return (h @ self.linear3.kernel[...].astype(jnp.float16)).astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------- randomness
+# Dropout written by hand, as users port it from other frameworks: `keep` share of the units,
+# rescaled by 1/keep, in train mode only (`deterministic` is set by model.train()/model.eval()).
+
+
+def hand_dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
+    """Inverted dropout with an explicit key."""
+    keep = 1.0 - rate
+    return jnp.where(jax.random.bernoulli(key, keep, x.shape), x / keep, 0.0)
+
+
+class SplitKeyDropoutMLP(UserMLP):
+    """Hand-written dropout after both hidden layers, done right: a new key per call from the
+    model's nnx.Rngs, split into one key per layer."""
+
+    rate = 0.3
+
+    def __init__(self, input_shape, num_outputs, *, rngs: nnx.Rngs, **kwargs):
+        super().__init__(input_shape, num_outputs, rngs=rngs, **kwargs)
+        self.rngs = rngs
+        self.deterministic = False
+
+    def keys(self) -> tuple[jax.Array, jax.Array]:
+        return tuple(jax.random.split(self.rngs.dropout()))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.reshape(x.shape[0], -1)
+        h1 = nnx.relu(self.linear1(x))
+        if not self.deterministic:
+            key1, key2 = self.keys()
+            h1 = hand_dropout(h1, self.rate, key1)
+        h2 = nnx.relu(self.linear2(h1))
+        if not self.deterministic:
+            h2 = hand_dropout(h2, self.rate, key2)
+        return self.linear3(h2)
+
+
+class SharedKeyDropoutMLP(SplitKeyDropoutMLP):
+    """Bug: one key drawn per call but passed to both dropout layers unsplit: both layers drop
+    the same units (the hidden layers are equally wide)."""
+
+    def keys(self) -> tuple[jax.Array, jax.Array]:
+        key = self.rngs.dropout()
+        return key, key
+
+
+class FixedKeyDropoutMLP(SplitKeyDropoutMLP):
+    """Bug: the dropout keys drawn once, in __init__, and reused at every call: the same units
+    are dropped at every step of training."""
+
+    def __init__(self, input_shape, num_outputs, *, rngs: nnx.Rngs, **kwargs):
+        super().__init__(input_shape, num_outputs, rngs=rngs, **kwargs)
+        self.dropout_key = nnx.Variable(rngs.dropout())  # NNX wants arrays in Variables
+
+    def keys(self) -> tuple[jax.Array, jax.Array]:
+        return tuple(jax.random.split(self.dropout_key[...]))
+
+
+class TwinRngsDropoutMLP(UserMLP):
+    """Bug: each nnx.Dropout given its own `nnx.Rngs(dropout=0)`: their counters advance in
+    step, so both layers draw the same mask at every step."""
+
+    def __init__(self, input_shape, num_outputs, *, rngs: nnx.Rngs, **kwargs):
+        super().__init__(input_shape, num_outputs, rngs=rngs, **kwargs)
+        self.dropout1 = nnx.Dropout(0.3, rngs=nnx.Rngs(dropout=0))
+        self.dropout2 = nnx.Dropout(0.3, rngs=nnx.Rngs(dropout=0))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.reshape(x.shape[0], -1)
+        h = self.dropout1(nnx.relu(self.linear1(x)))
+        return self.linear3(self.dropout2(nnx.relu(self.linear2(h))))
+
+
+# ----------------------------------------------------------------------------- capacity
+
+
+class HighDropoutMLP(UserMLP):
+    """Bug: nnx.Dropout(0.9) after each hidden layer (a keep probability of 0.1 passed as the
+    rate, which is the share dropped)."""
+
+    def __init__(self, input_shape, num_outputs, *, rngs: nnx.Rngs, **kwargs):
+        super().__init__(input_shape, num_outputs, rngs=rngs, **kwargs)
+        self.dropout = nnx.Dropout(0.9, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.reshape(x.shape[0], -1)
+        h = self.dropout(nnx.relu(self.linear1(x)))
+        return self.linear3(self.dropout(nnx.relu(self.linear2(h))))
+
+
+class TinyMLP(UserMLP):
+    """Not a bug: an MLP two units wide, far too small for ten classes (a true underfit)."""
+
+    def __init__(self, input_shape, num_outputs, *, rngs: nnx.Rngs, hidden_size: int = 2):
+        super().__init__(input_shape, num_outputs, rngs=rngs, hidden_size=hidden_size)
+
+
+# ----------------------------------------------------------------------------- token ids
+# Token ids (N, T, 1) of tests/bugzoo/pieces.py:token_topics, whose vocabulary holds
+# VOCAB_SIZE ids (padding and unknown included).
+VOCAB_SIZE = 202
+
+
+class TokenBagClassifier(nnx.Module):
+    """A bag-of-embeddings text classifier: nnx.Embed of the vocabulary, mean over the
+    sequence, a hidden layer and the output layer (correct when `vocab_size` is the data's)."""
+
+    vocab_size = VOCAB_SIZE
+
+    def __init__(self, input_shape: Sequence[int], num_outputs: int, *, rngs: nnx.Rngs):
+        self.embed = nnx.Embed(self.vocab_size, 32, rngs=rngs)
+        self.hidden = nnx.Linear(32, 64, rngs=rngs)
+        self.out = nnx.Linear(64, num_outputs, rngs=rngs)
+
+    def embed_ids(self, ids: jax.Array) -> jax.Array:
+        return self.embed(ids)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        vectors = self.embed_ids(x[..., 0].astype(jnp.int32))  # (N, T, 32)
+        return self.out(nnx.relu(self.hidden(vectors.mean(axis=1))))
+
+
+class SmallEmbedTokenClassifier(TokenBagClassifier):
+    """Bug: the embedding table sized 100 while the vocabulary holds 202 ids (a vocabulary
+    size from another run); nnx.Embed's jnp.take fills NaN for the ids past it."""
+
+    vocab_size = 100
+
+
+class ClampedTableTokenClassifier(TokenBagClassifier):
+    """Bug: a hand-written embedding table of 128 rows (a constant from another dataset)
+    indexed as table[ids]: every id past it is clamped to the last row, silently."""
+
+    def __init__(self, input_shape, num_outputs, *, rngs: nnx.Rngs):
+        self.table = nnx.Param(jax.random.normal(rngs.params(), (128, 32)) * 0.1)
+        self.hidden = nnx.Linear(32, 64, rngs=rngs)
+        self.out = nnx.Linear(64, num_outputs, rngs=rngs)
+
+    def embed_ids(self, ids: jax.Array) -> jax.Array:
+        return self.table[...][ids]

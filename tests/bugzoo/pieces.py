@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from workflow.data.synthetic import make_synthetic, synthetic_options
 
@@ -118,3 +119,121 @@ def digits_28x28() -> dict:
         raw[split] = np.pad(big, pad).astype(np.float32)
     raw.pop("irreducible_error", None)
     return raw
+
+
+# Class weights for small_config's 10 classes, written out by hand: one class forgotten.
+CLASS_WEIGHTS = (1.0, 1.0, 2.0, 1.0, 1.0, 2.0, 1.0, 1.0, 1.0)
+
+
+def class_weighted_cross_entropy(outputs: jax.Array, labels: jax.Array) -> jax.Array:
+    """Bug: cross-entropy weighted per class by a table of 9 weights for 10 classes: JAX clamps
+    the weight index of class 9 to the last entry instead of raising."""
+    weights = jnp.asarray(CLASS_WEIGHTS)[labels]
+    log_probs = jax.nn.log_softmax(outputs)
+    return -weights * jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+
+
+def _standardized(x: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """`x` standardized per feature with the mean and std of `reference`."""
+    return ((x - reference.mean(axis=0)) / reference.std(axis=0)).astype(np.float32)
+
+
+def normalized_per_split() -> dict:
+    """Bug: each split standardized with its own statistics (fit_transform on the test split)."""
+    raw = _tabular()
+    for split in ("x_train", "x_test"):
+        raw[split] = _standardized(raw[split], raw[split])
+    return raw
+
+
+def normalized_with_test_statistics() -> dict:
+    """Bug: both splits standardized with the test split's statistics (the scaler fit on the
+    wrong split); run with dataset.normalize=False, as the loader normalizes itself."""
+    raw = _tabular()
+    test = raw["x_test"].copy()
+    for split in ("x_train", "x_test"):
+        raw[split] = _standardized(raw[split], test)
+    return raw
+
+
+def normalized_with_train_statistics() -> dict:
+    """Both splits standardized with the training split's statistics (correct)."""
+    raw = _tabular()
+    train = raw["x_train"].copy()
+    for split in ("x_train", "x_test"):
+        raw[split] = _standardized(raw[split], train)
+    return raw
+
+
+def _by_class(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(y, kind="stable")
+    return x[order], y[order]
+
+
+def sorted_then_split() -> dict:
+    """Bug: every example sorted by class (a file grouped by label) and the first 75% taken as
+    train, the rest as test, never shuffled: the test split holds the last classes only."""
+    raw = _tabular()
+    x, y = _by_class(
+        np.concatenate([raw["x_train"], raw["x_test"]]),
+        np.concatenate([raw["y_train"], raw["y_test"]]),
+    )
+    n_train = 3 * len(y) // 4
+    raw["x_train"], raw["y_train"] = x[:n_train], y[:n_train]
+    raw["x_test"], raw["y_test"] = x[n_train:], y[n_train:]
+    raw.pop("irreducible_error", None)
+    return raw
+
+
+def sorted_by_class() -> dict:
+    """The training split returned in class order (read class by class, as from image
+    folders), the splits themselves drawn at random: harmless, the workflow shuffles."""
+    raw = _tabular()
+    raw["x_train"], raw["y_train"] = _by_class(raw["x_train"], raw["y_train"])
+    return raw
+
+
+TOPIC_CLASSES = 4
+TOPIC_WORDS = 200  # the vocabulary: PAD, UNK and these words, 202 ids
+
+
+def token_topics(seed: int = 0) -> dict:
+    """Token-id sequences (N, 20, 1) of 4 topics: half of each example's words come from its
+    topic's band of 50 words, half from the whole vocabulary; a loader's "token_ids" beside."""
+    rng = np.random.default_rng(seed)
+    words = ["<pad>", "<unk>", *(f"w{i}" for i in range(TOPIC_WORDS))]
+    band = TOPIC_WORDS // TOPIC_CLASSES
+
+    def split(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, TOPIC_CLASSES, n)
+        topical = 2 + y[:, None] * band + rng.integers(0, band, (n, 20))
+        anywhere = rng.integers(2, 2 + TOPIC_WORDS, (n, 20))
+        ids = np.where(rng.random((n, 20)) < 0.5, topical, anywhere)
+        return ids[..., None].astype(np.int32), y.astype(np.int32)
+
+    (x_train, y_train), (x_test, y_test) = split(800), split(200)
+    return {
+        "x_train": x_train,
+        "y_train": y_train,
+        "x_test": x_test,
+        "y_test": y_test,
+        "kind": "sequence",
+        "num_classes": TOPIC_CLASSES,
+        "token_ids": {"words": words, "vocab_size": len(words), "max_length": 20},
+        "info": {"source": "synthetic topics of token ids"},
+    }
+
+
+def accumulate_never_reset(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """Bug: gradients added into a running sum that is passed to `inner` at every step and never
+    cleared (a hand-written accumulation without its reset: JAX's forgotten zero_grad)."""
+
+    def init(params):
+        return jax.tree.map(jnp.zeros_like, params), inner.init(params)
+
+    def update(grads, state, params=None):
+        total = jax.tree.map(jnp.add, state[0], grads)
+        updates, inner_state = inner.update(total, state[1], params)
+        return updates, (total, inner_state)
+
+    return optax.GradientTransformation(init, update)

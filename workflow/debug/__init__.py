@@ -25,6 +25,7 @@ from workflow.diagnostics.budget import (
     short_run_cut,
     still_learning,
 )
+from workflow.diagnostics.checks.capacity import model_too_small_finding
 from workflow.diagnostics.checks.outputs import (
     bounded_outputs_finding,
     squashed_regression_finding,
@@ -297,6 +298,9 @@ def diagnose(setup: experiment.Setup) -> Diagnosis:
     cuts = [cut for cut in (overfit_cut(overfit, config), short_cut) if cut is not None]
     findings += budget_cut_finding(cuts)
     if not overfit.passed and not (overfit.budget_cut and still_learning(overfit)):
+        findings += model_too_small_finding(
+            setup.state.params, len(batch["y"]), dataset.num_classes, overfit.passed
+        )
         ranked = rank_findings(findings)
         findings.append(cannot_overfit_finding(overfit, ranked, config))
     return Diagnosis(

@@ -28,6 +28,10 @@ INITIAL_LOSS_ROW = "initial loss near ln C"
 BATCH_ROW = "examples independent of their batch (eval)"
 MODE_ROW = "dropout / BatchNorm follow train and eval mode"
 LINEAR_ROW = "the model is nonlinear (activations between layers)"
+INDICES_ROW = "integer indices inside their tables (nothing clamped)"
+LAYERS_ROW = "dropout and BatchNorm settings leave room to learn"
+RANDOMNESS_ROW = "a fresh random key for every draw and step"
+OPTIMIZER_ROW = "each gradient applied once (no accumulation left unreset)"
 GRADIENTS_ROW = "gradients reach every parameter"
 NONFINITE_ROW = "no NaN/inf"
 OVERFIT_ROW = "overfits one batch"
@@ -38,12 +42,16 @@ CHECKLIST_ROWS = (
     EXAMPLES_ROW,
     LABELS_ROW,
     LOGITS_ROW,
+    INDICES_ROW,
     SHAPES_ROW,
     INITIAL_LOSS_ROW,
     BATCH_ROW,
     MODE_ROW,
+    RANDOMNESS_ROW,
+    LAYERS_ROW,
     LINEAR_ROW,
     GRADIENTS_ROW,
+    OPTIMIZER_ROW,
     NONFINITE_ROW,
     OVERFIT_ROW,
     CURVE_ROW,
@@ -170,6 +178,15 @@ KINDS = (
         checklist=LABELS_ROW,
     ),
     FindingKind(
+        "index_out_of_range",
+        "error",
+        "integer indices past the table a gather reads (token ids past an embedding table, "
+        "labels past the outputs in a hand-written loss): JAX clamps them or fills NaN silently",
+        "debug",
+        explains=("nan_or_inf", "cannot_overfit_batch"),
+        checklist=INDICES_ROW,
+    ),
+    FindingKind(
         "softmax_before_loss",
         "error",
         "outputs are already (log-)probabilities, or pass through a sigmoid, tanh or relu head, "
@@ -209,6 +226,42 @@ KINDS = (
         checklist=MODE_ROW,
     ),
     FindingKind(
+        "prng_key_reused",
+        "warning",
+        "random draws of the train-mode pass use the same key at the next step: the same "
+        "dropout mask (or noise) every step (a key made once, never split)",
+        "debug",
+        explains=("cannot_overfit_batch",),
+        checklist=RANDOMNESS_ROW,
+    ),
+    FindingKind(
+        "prng_key_shared",
+        "warning",
+        "random draws of one train-mode pass share a key: layers draw the same random numbers "
+        "(a key passed to several layers unsplit)",
+        "debug",
+        explains=("cannot_overfit_batch",),
+        checklist=RANDOMNESS_ROW,
+    ),
+    FindingKind(
+        "dropout_too_high",
+        "warning",
+        "a dropout rate above 0.5: training keeps too few units for the model to fit",
+        "debug",
+        explains=("initial_loss_off", "loss_plateau", "cannot_overfit_batch"),
+        checklist=LAYERS_ROW,
+    ),
+    FindingKind(
+        "batchnorm_small_batch",
+        "warning",
+        "BatchNorm over batches of fewer than 8 examples: its batch statistics are noise and "
+        "eval's running averages drift from training",
+        "debug",
+        explains=("loss_oscillating", "cannot_overfit_batch"),
+        checklist=LAYERS_ROW,
+        config_fix=True,
+    ),
+    FindingKind(
         "nan_or_inf",
         "error",
         "a loss, gradient or parameter became NaN/inf (with the step and, where found, the op "
@@ -216,6 +269,16 @@ KINDS = (
         "every training stage, debug",
         explains=("cannot_overfit_batch",),
         checklist=NONFINITE_ROW,
+    ),
+    FindingKind(
+        "split_from_sorted_data",
+        "warning",
+        "the training examples come in class order and the splits hold different classes: the "
+        "splits were cut from sorted data (info when every split holds the same classes: the "
+        "workflow shuffles its batches)",
+        "debug",
+        explains=("labels_corrupted", "test_split_differs", "cannot_overfit_batch"),
+        checklist=EXAMPLES_ROW,
     ),
     FindingKind(
         "labels_corrupted",
@@ -252,6 +315,15 @@ KINDS = (
         "concatenation applied twice)",
         "debug",
         explains=("cannot_overfit_batch",),
+        checklist=EXAMPLES_ROW,
+    ),
+    FindingKind(
+        "split_normalized_separately",
+        "warning",
+        "the test split is standardized to float rounding, far closer than its sampling noise "
+        "allows: it was normalized with its own statistics, not the training split's",
+        "debug",
+        explains=("test_split_differs", "cannot_overfit_batch"),
         checklist=EXAMPLES_ROW,
     ),
     # Unscaled inputs are what make the gradients explode or vanish downstream.
@@ -311,12 +383,30 @@ KINDS = (
         config_fix=True,
     ),
     FindingKind(
+        "gradients_never_reset",
+        "warning",
+        "the optimizer keeps applying a gradient long after its step: gradients are "
+        "accumulated and never reset (JAX's forgotten zero_grad)",
+        "debug",
+        explains=("loss_exploding", "loss_oscillating", "cannot_overfit_batch"),
+        checklist=OPTIMIZER_ROW,
+    ),
+    FindingKind(
         "vanishing_gradients",
         "warning",
         "gradients that shrink to nothing on their way to the first layers",
         "debug",
         explains=("loss_plateau", "cannot_overfit_batch"),
         checklist=GRADIENTS_ROW,
+    ),
+    FindingKind(
+        "model_too_small",
+        "warning",
+        "not a bug: a model with fewer parameters than one batch has outputs to fit could not "
+        "memorize it: too little capacity for the data (underfit); make it larger",
+        "debug",
+        explains=("loss_plateau", "cannot_overfit_batch"),
+        checklist=OVERFIT_ROW,
     ),
     FindingKind(
         "lr_too_high",
