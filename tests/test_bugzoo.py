@@ -43,6 +43,10 @@ SLOW_IN_FAMILY = (
     "clean_normalized_with_train_statistics",
     "clean_hand_dropout_split_keys",
     "clean_token_bag_classifier",
+    # A user's optimizer and schedule: tests/test_optimizer_plugins.py fires and quiets both.
+    "gradients_accumulated_never_reset",
+    "warmup_schedule_ends_at_zero",
+    "clean_user_optimizer_and_schedule",
 )
 
 

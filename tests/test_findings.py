@@ -39,6 +39,7 @@ DEBUG_ROOT_CAUSE_ORDER = (
     "dead_units",
     "exploding_gradients",
     "gradients_never_reset",
+    "lr_schedule_zero",
     "vanishing_gradients",
     "model_too_small",
     "lr_too_high",
@@ -76,7 +77,9 @@ EXPLAINED_BY = {
         "labels_corrupted",
         "dropout_too_high",
         "model_too_small",
+        "lr_schedule_zero",
     ),
+    "lr_too_low": ("lr_schedule_zero",),
     # Added with issue 16's zoo kinds: the cause named before the symptom it produces.
     "nan_or_inf": ("index_out_of_range",),
     "initial_loss_off": ("dropout_too_high",),

@@ -366,7 +366,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if "parallel" in config:
         _validate_parallel(config.parallel)
     opt = config.optimizer
-    _require(opt.name in OPTIMIZERS, "optimizer.name", opt.name, f"one of {', '.join(OPTIMIZERS)}")
+    _require(
+        opt.name in OPTIMIZERS or _import_path(opt.name),
+        "optimizer.name",
+        opt.name,
+        f"one of {', '.join(OPTIMIZERS)} or an import path 'module:function'",
+    )
     lr = opt.learning_rate
     _require(
         isinstance(lr, int | float) and math.isfinite(lr) and lr > 0,
@@ -553,9 +558,20 @@ def _validate_augment(aug: ml_collections.ConfigDict) -> None:
         )
 
 
+def _import_path(name: object) -> bool:
+    """Whether `name` has the form of an import path, "module:function"."""
+    module, _, attr = str(name).partition(":")
+    return bool(module) and attr.isidentifier()
+
+
 def _validate_schedule(schedule: ml_collections.ConfigDict) -> None:
     name = schedule.name
-    _require(name in SCHEDULES, "optimizer.schedule.name", name, f"one of {', '.join(SCHEDULES)}")
+    _require(
+        name in SCHEDULES or _import_path(name),
+        "optimizer.schedule.name",
+        name,
+        f"one of {', '.join(SCHEDULES)} or an import path 'module:function'",
+    )
     bounds = tuple(schedule.boundaries)
     _require(
         all(isinstance(b, int) and b > 0 for b in bounds) and list(bounds) == sorted(set(bounds)),

@@ -58,6 +58,26 @@ def user_code(what: str, obj: Any = None) -> Iterator[None]:
         raise UserCodeError(f"{what} raised {one_line(e)}", _where(e, obj)) from e
 
 
+def import_user_object(path: str, what: str, valid: str) -> Any:
+    """The callable that `path` ("module:name") names, for the user's `what` (e.g. "loss"):
+    a UsageError naming it and `valid` when it does not import or is not callable, a
+    UserCodeError when its module raises as it is imported."""
+    import importlib
+
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise UsageError(f"{what} {path!r} is unknown; valid: {valid}")
+    try:
+        found = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise UsageError(f"cannot load {what} {path!r} ({e}); valid: {valid}") from None
+    except Exception as e:  # the module's own code raising as it is imported
+        raise UserCodeError(f"{what} {path!r}: importing it raised {one_line(e)}") from e
+    if not callable(found):
+        raise UsageError(f"{what} {path!r} is not callable; valid: {valid}")
+    return found
+
+
 def one_line(error: BaseException) -> str:
     """`Type: first line of the message` of an exception."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]

@@ -335,6 +335,19 @@ BROKEN += [
         fast=False,
     ),
     Case(
+        "gradients_accumulated_never_reset",
+        "gradients_never_reset",
+        synthetic(**{"optimizer.name": "tests.bugzoo.pieces:adam_accumulating_never_reset"}),
+    ),
+    Case(
+        "warmup_schedule_ends_at_zero",
+        "lr_schedule_zero",
+        synthetic(
+            **{"optimizer.schedule.name": "tests.bugzoo.pieces:warmup_decay_sized_to_the_warmup"}
+        ),
+        config_fixable=True,
+    ),
+    Case(
         "prng_key_reused_every_step",
         "prng_key_reused",
         synthetic(model_name="tests.bugzoo.models:FixedKeyDropoutMLP"),
@@ -383,6 +396,16 @@ CLEAN: list[Case] = [
         synthetic(model_name="tests.check_bugs:DropoutBatchNormMLP"),
     ),
     Case("clean_user_mlp", None, synthetic(model_name="tests.bugzoo.models:UserMLP")),
+    Case(
+        "clean_user_optimizer_and_schedule",
+        None,
+        synthetic(
+            **{
+                "optimizer.name": "tests.bugzoo.pieces:adam_by_hand",
+                "optimizer.schedule.name": "tests.bugzoo.pieces:warmup_then_cosine_over_the_run",
+            }
+        ),
+    ),
     Case(
         "clean_flax_mnist_cnn",
         None,
@@ -495,6 +518,8 @@ CATEGORY_OF = {
     "normalized_per_split": "data",
     "normalized_with_test_statistics": "data",
     "sorted_by_class_then_split": "data",
+    "gradients_accumulated_never_reset": "optimization",
+    "warmup_schedule_ends_at_zero": "optimization",
     "batchnorm_batch_size_2": "model",
     "dropout_0.9": "model",
     "model_far_too_small": "model",

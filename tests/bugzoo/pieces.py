@@ -237,3 +237,28 @@ def accumulate_never_reset(inner: optax.GradientTransformation) -> optax.Gradien
         return updates, (total, inner_state)
 
     return optax.GradientTransformation(init, update)
+
+
+def adam_accumulating_never_reset(learning_rate) -> optax.GradientTransformation:
+    """A user's optimizer (--config.optimizer.name=module:function): Adam over gradients summed
+    by hand across steps and never cleared."""
+    return accumulate_never_reset(optax.adam(learning_rate))
+
+
+def adam_by_hand(learning_rate) -> optax.GradientTransformation:
+    """A user's optimizer written correctly: Adam with its own epsilon."""
+    return optax.adam(learning_rate, eps=1e-7)
+
+
+def warmup_decay_sized_to_the_warmup(num_steps: int) -> optax.Schedule:
+    """Bug: a user's warm-up then cosine decay whose decay_steps was sized as if it counted from
+    the end of the warm-up of a shorter run; optax counts the warm-up inside decay_steps, so the
+    rate reaches 0 at a fifth of the run and stays there."""
+    warmup = max(1, num_steps // 10)
+    return optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup_steps=warmup, decay_steps=2 * warmup)
+
+
+def warmup_then_cosine_over_the_run(num_steps: int) -> optax.Schedule:
+    """The same schedule sized right: the decay ends with the run."""
+    warmup = max(1, num_steps // 10)
+    return optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup_steps=warmup, decay_steps=num_steps)

@@ -32,6 +32,7 @@ INDICES_ROW = "integer indices inside their tables (nothing clamped)"
 LAYERS_ROW = "dropout and BatchNorm settings leave room to learn"
 RANDOMNESS_ROW = "a fresh random key for every draw and step"
 OPTIMIZER_ROW = "each gradient applied once (no accumulation left unreset)"
+SCHEDULE_ROW = "the learning-rate schedule stays above 0 over the run"
 GRADIENTS_ROW = "gradients reach every parameter"
 NONFINITE_ROW = "no NaN/inf"
 OVERFIT_ROW = "overfits one batch"
@@ -52,6 +53,7 @@ CHECKLIST_ROWS = (
     LINEAR_ROW,
     GRADIENTS_ROW,
     OPTIMIZER_ROW,
+    SCHEDULE_ROW,
     NONFINITE_ROW,
     OVERFIT_ROW,
     CURVE_ROW,
@@ -390,6 +392,17 @@ KINDS = (
         "debug",
         explains=("loss_exploding", "loss_oscillating", "cannot_overfit_batch"),
         checklist=OPTIMIZER_ROW,
+    ),
+    FindingKind(
+        "lr_schedule_zero",
+        "warning",
+        "the learning-rate schedule (a built-in or the user's) leaves the rate below 1/1000 of "
+        "its peak on 10% or more of the run's steps, e.g. a warm-up joined to a decay sized "
+        "to the warm-up alone (error from half the run)",
+        "debug",
+        explains=("loss_plateau", "lr_too_low", "cannot_overfit_batch"),
+        checklist=SCHEDULE_ROW,
+        config_fix=True,
     ),
     FindingKind(
         "vanishing_gradients",

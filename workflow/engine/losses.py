@@ -1,6 +1,5 @@
 """Per-example losses, named by string or by import path ("pkg.module:function")."""
 
-import importlib
 import inspect
 from collections.abc import Callable
 
@@ -8,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from workflow.engine import tasks
-from workflow.errors import UsageError, UserCodeError, one_line, user_code
+from workflow.errors import UsageError, import_user_object, user_code
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -35,16 +34,7 @@ def get_loss(name: str, task: str = tasks.CLASSIFICATION) -> LossFn:
         raise UsageError(f"loss {name!r} is not a {task} loss; valid for task={task}: {valid}")
     if ":" not in name:
         raise UsageError(f"unknown loss {name!r}; valid: {valid}")
-    module_name, _, attr = name.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise UsageError(f"cannot load loss {name!r} ({e}); valid: {valid}") from None
-    except Exception as e:  # the module's own code raising as it is imported
-        raise UserCodeError(f"loss {name!r}: importing it raised {one_line(e)}") from e
-    if not callable(fn):
-        raise UsageError(f"loss {name!r} is not callable; valid: {valid}")
-    return fn
+    return import_user_object(name, "loss", valid)
 
 
 def check_loss(loss_fn: LossFn, name: str, logits: jax.ShapeDtypeStruct, labels) -> None:

@@ -1,10 +1,16 @@
-"""The configured optax optimizer: L2 as a gradient term, clipping, base rule, lr schedule,
-and gradient accumulation."""
+"""The configured optax optimizer: L2 as a gradient term, clipping, base rule (built in or the
+user's), lr schedule (built in or the user's), and gradient accumulation."""
+
+import math
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+
+from workflow.errors import UsageError, import_user_object, user_code
 
 
 def clip_by_global_norm_or_off(max_norm: jax.Array) -> optax.GradientTransformation:
@@ -42,12 +48,13 @@ def build_optimizer(
     counts steps (batches). With `clip_per_trial` the clipping norm is injected too
     (`clip_norm`, 0: off), so that batched trials each clip at their own.
     """
-    base = {
+    builtin = {
         "adam": lambda lr: optax.adam(lr),
         "adamw": lambda lr: optax.adamw(lr, weight_decay=opt.weight_decay),
         "sgd": lambda lr: optax.sgd(lr),
         "momentum": lambda lr: optax.sgd(lr, momentum=opt.momentum),
-    }[opt.name]
+    }
+    base = builtin.get(opt.name) or user_optimizer(opt.name)
 
     multiplier = lr_multiplier(opt, num_steps)
     configured_clip = float(opt.get("clip_norm", 0.0))
@@ -76,6 +83,47 @@ def build_optimizer(
     return optax.inject_hyperparams(make)(learning_rate=opt.learning_rate, l2=l2)
 
 
+USER_OPTIMIZER = "an import path 'module:function' (learning_rate -> optax.GradientTransformation)"
+USER_SCHEDULE = "an import path 'module:function' (num_steps -> schedule: step -> lr factor)"
+
+
+def user_optimizer(name: str) -> Callable[[Any], optax.GradientTransformation]:
+    """The user's optimizer `name` ("module:function"): called with the (injected) learning
+    rate, it returns an optax GradientTransformation; the L2 penalty, clipping, accumulation
+    and the schedule wrap it as they wrap the built-in ones."""
+    valid = f"adam, adamw, sgd, momentum or {USER_OPTIMIZER}"
+    make = import_user_object(name, "optimizer", valid)
+
+    def build(learning_rate: Any) -> optax.GradientTransformation:
+        with user_code(f"optimizer {name!r}", make):
+            tx = make(learning_rate)
+        if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
+            raise UsageError(
+                f"optimizer {name!r} returned {type(tx).__name__}; expected an optax "
+                "GradientTransformation (init, update), e.g. optax.adam(learning_rate)"
+            )
+        return tx
+
+    return build
+
+
+def user_schedule(name: str, num_steps: int) -> optax.Schedule:
+    """The user's schedule `name` ("module:function") for a run of `num_steps`: a function of
+    the step giving the factor on optimizer.learning_rate (1.0: the configured rate)."""
+    valid = f"constant, piecewise, cosine or {USER_SCHEDULE}"
+    make = import_user_object(name, "schedule", valid)
+    with user_code(f"schedule {name!r}", make):
+        schedule = make(num_steps)
+        factor = float(schedule(0)) if callable(schedule) else None
+    if factor is None or not math.isfinite(factor):
+        raise UsageError(
+            f"schedule {name!r} returned {type(schedule).__name__} (at step 0: {factor}); "
+            "expected a function of the step giving a finite factor on the learning rate, "
+            "e.g. optax.cosine_decay_schedule(1.0, num_steps)"
+        )
+    return schedule
+
+
 def lr_multiplier(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule | None:
     """config.optimizer.schedule as a factor on the learning rate; None for "constant".
 
@@ -86,6 +134,8 @@ def lr_multiplier(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Sched
     name = schedule["name"]
     if name == "constant":
         return None
+    if ":" in name:
+        return user_schedule(name, num_steps)
     if name == "piecewise":
         boundaries = {int(b): float(schedule["scale"]) for b in schedule["boundaries"]}
         return optax.piecewise_constant_schedule(1.0, boundaries)
