@@ -6,6 +6,11 @@ import subprocess
 import sys
 import time
 
+# Loaded before any test enters tfds.testing.mock_data, whose lazy imports would otherwise make
+# pytest's own `import tracemalloc` (when it reports an object's failing __del__) fail to load
+# inside the mock, turning a warning into a failed test depending on when garbage is collected.
+import tracemalloc  # noqa: F401
+
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -538,6 +538,7 @@ def test_checks_run_in_their_declared_order():
         "randomness",
         "gradients",
         "optimizer_memory",
+        "schedule",
     ]
 
 

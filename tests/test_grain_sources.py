@@ -3,6 +3,7 @@ read as files (decoded by grain's workers), TFDS records through tfds.data_sourc
 array_record files; each trains the memory pipeline's numbers, resumes, and a bad record is
 one line."""
 
+import gc
 import json
 import os
 import pickle
@@ -255,6 +256,7 @@ def test_a_tfds_training_split_on_grain_is_read_through_its_data_source(tmp_path
     tfds = pytest.importorskip("tensorflow_datasets")
     overrides = {"num_steps": 10, "steps_per_call": 10, "eval_every": 10, "batch_size": 16}
     runs = {}
+    gc.collect()  # earlier tests' garbage collected outside the mock (tests/conftest.py)
     with tfds.testing.mock_data(num_examples=120):
         for name in ("memory", "grain"):
             runs[name] = fit_records(folder_config("tfds:mnist", name, **overrides))

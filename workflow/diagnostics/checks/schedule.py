@@ -86,4 +86,4 @@ def check_schedule(config: Any) -> list[Finding]:
     ]
 
 
-CHECKS = (Check("schedule", order=74, run=lambda setup, batch: check_schedule(setup.config)),)
+CHECKS = (Check("schedule", order=86, run=lambda setup, batch: check_schedule(setup.config)),)
