@@ -25,6 +25,9 @@ def wine():
     return {"x": x.astype(np.float32), "y": y}
 
 
+# Slow: the README guide's Python example (tests/test_user_guide.py) passes a module instance
+# by default; arrays as data by test_a_factory_gets_the_input_shape_and_the_class_count.
+@pytest.mark.slow
 def test_debug_takes_a_module_instance_and_arrays_and_returns_a_result(wine, tmp_path):
     before = matplotlib.get_backend()
     argv = list(sys.argv)
@@ -48,6 +51,8 @@ def test_debug_takes_a_module_instance_and_arrays_and_returns_a_result(wine, tmp
     assert "debug: <span style='color:" in page and "<img src='data:image/png;base64," in page
 
 
+# Slow: a class's options from the config are proven by default in tests/test_user_model.py.
+@pytest.mark.slow
 def test_a_free_class_gets_its_options_from_dotted_overrides(tmp_path):
     path = wine_csv(tmp_path)
     options = {"model.kwargs.din": 13, "model.kwargs.dmid": 16, "model.kwargs.dout": 3}
@@ -86,6 +91,9 @@ def test_bad_input_raises_usage_error_with_the_command_line_s_line(wine, tmp_pat
         api.debug(Model)
 
 
+# Slow: evaluate and tune through the API are proven by default in tests/test_tasks.py, a
+# config file by every stage's CLI test.
+@pytest.mark.slow
 def test_evaluate_and_tune_on_a_config_file(tmp_path):
     evaluated = api.evaluate(
         config="configs/synthetic.py:tabular",

@@ -43,6 +43,10 @@ SLOW_IN_FAMILY = (
     "clean_normalized_with_train_statistics",
     "clean_hand_dropout_split_keys",
     "clean_token_bag_classifier",
+    # Proven by default by their detectors' own tests: model_is_linear (tests/test_zoo_detectors.py)
+    # and dropout with BatchNorm used right (tests/test_checks.py).
+    "deep_linear_stack",
+    "clean_dropout_batchnorm",
     # A user's optimizer and schedule: tests/test_optimizer_plugins.py fires and quiets both.
     "gradients_accumulated_never_reset",
     "warmup_schedule_ends_at_zero",

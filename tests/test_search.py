@@ -373,6 +373,9 @@ def test_search_stops_at_the_first_trial_that_meets_the_goal(
     assert never.run(first) == uninterrupted and never.stopped is None
 
 
+# Slow: resuming is proven by default by the search killed anywhere, the stop at the goal by
+# tests/test_tune.py's.
+@pytest.mark.slow
 def test_a_search_killed_before_the_goal_resumes_to_the_same_stop(uninterrupted, tmp_path):
     url = f"sqlite:///{tmp_path}/study.db"
     goal, batch, slot = _goal_in_first_batch(uninterrupted[1])

@@ -118,6 +118,9 @@ def test_a_different_config_in_an_existing_run_directory_is_refused(mnist1d_run)
     assert sorted(os.listdir(workdir)) == before
 
 
+# Slow: a TFDS dataset trains on mock data by default in tests/test_grain_sources.py (both
+# pipelines).
+@pytest.mark.slow
 def test_tfds_config_trains_end_to_end_on_mock_data(tmp_path):
     import tensorflow_datasets as tfds
 

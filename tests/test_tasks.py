@@ -285,6 +285,9 @@ def test_regression_debug_evaluate_tune_through_the_api(tmp_path):
     assert 0 < tuned.metrics["best_trial_val_error"] < 2
 
 
+# Slow: the regression path through the API proves a task end to end by default; multi-label's
+# debug and error analysis have their own default tests (the zoo's clean_multilabel_mlp).
+@pytest.mark.slow
 def test_multilabel_debug_evaluate_tune_on_digits(tmp_path):
     """task=multilabel on digits with three yes/no labels: debug passes, evaluate reports the
     per-label error, macro F1 and the worst labels, tune searches."""
