@@ -232,3 +232,25 @@ def test_the_trials_fit_in_the_short_runs_budget_but_never_below_a_floor():
     assert counterfactual.trial_steps(300, 5, 0.05, 8.0) == counterfactual.MIN_TRIAL_STEPS
     assert counterfactual.trial_steps(40, 5, 0.05, 8.0) == 40
     assert counterfactual.trial_steps(300, 5, None, 8.0) == 300
+
+
+def _overfit(passed: bool, initial: float, final: float, budget_cut: bool = False):
+    losses = np.linspace(initial, final, 5)
+    return OverfitResult(passed, 400, initial, final, 0.1, losses, losses, budget_cut=budget_cut)
+
+
+def test_a_batch_whose_loss_never_moved_puts_the_learning_rate_to_the_trials():
+    """The overfit run's loss barely moved: lr_too_low is a candidate for the counterfactual
+    trials (which decide its severity); a loss that moved, a memorized batch, a run its budget
+    cut, or an lr finding already raised give none."""
+    from workflow.debug import stalled_overfit_candidate
+
+    [candidate] = stalled_overfit_candidate(_overfit(False, 1.00, 0.99), [], 1e-8)
+    assert candidate.id == "lr_too_low" and candidate.severity == "warning"
+    assert candidate.evidence["overfit_final_loss"] == pytest.approx(0.99)
+    assert "at lr 1e-08" in candidate.message
+    assert stalled_overfit_candidate(_overfit(False, 1.0, 0.5), [], 1e-8) == []  # it learns
+    assert stalled_overfit_candidate(_overfit(True, 1.0, 0.99), [], 1e-8) == []
+    assert stalled_overfit_candidate(_overfit(False, 1.0, 0.99, budget_cut=True), [], 1e-8) == []
+    named = [Finding("lr_too_low", "info", "already measured")]
+    assert stalled_overfit_candidate(_overfit(False, 1.0, 0.99), named, 1e-8) == []

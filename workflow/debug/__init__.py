@@ -286,6 +286,7 @@ def diagnose(setup: experiment.Setup) -> Diagnosis:
             overfit.final_accuracy, val_accuracy, dataset.num_classes
         )
     findings += held_out_findings(setup, fit.state)
+    findings += stalled_overfit_candidate(overfit, findings, config.optimizer.learning_rate)
     # A finding that blames a knob (learning rate, L2, init scale, input normalization) stands
     # only when changing the knob as it suggests measurably helps on the real data.
     t_trials = engine.now()
@@ -306,6 +307,45 @@ def diagnose(setup: experiment.Setup) -> Diagnosis:
     return Diagnosis(
         rank_findings(findings), overfit, overfit_lr, fit, val_accuracy, counterfactual_seconds
     )
+
+
+# One batch whose loss kept this share of its start after the overfit run's steps did not move:
+# the learning rate is a candidate cause, which the counterfactual trials then confirm or refute.
+STALLED_LOSS_FRACTION = 0.9
+
+
+def stalled_overfit_candidate(
+    overfit: OverfitResult, findings: list[Finding], learning_rate: float
+) -> list[Finding]:
+    """`lr_too_low` to be tried (confirm_findings) when one batch was not memorized and its loss
+    barely moved, and no other finding already names the learning rate: a rate far too low
+    leaves every curve flat, whatever the task's noise, so the curve alone may not name it."""
+    if overfit.passed or overfit.budget_cut or overfit.steps <= 0:
+        return []
+    if any(f.id in ("lr_too_low", "lr_too_high") for f in findings):
+        return []
+    initial, final = float(overfit.initial_loss), float(overfit.final_loss)
+    if not (math.isfinite(initial) and math.isfinite(final) and initial > 0):
+        return []
+    if final < STALLED_LOSS_FRACTION * initial:
+        return []
+    return [
+        Finding(
+            id="lr_too_low",
+            severity="warning",
+            message=(
+                f"one batch's loss went from {initial:.4g} to {final:.4g} in {overfit.steps:,} "
+                f"steps at lr {learning_rate:g}: it barely moved, as at a rate far too low"
+            ),
+            evidence={
+                "overfit_initial_loss": initial,
+                "overfit_final_loss": final,
+                "overfit_steps": overfit.steps,
+                "learning_rate": learning_rate,
+            },
+            suggestions=["raise the learning rate, or find it with workflow.tune's range test"],
+        )
+    ]
 
 
 def fix_findings(setup: experiment.Setup, findings: list[Finding]) -> list[Finding]:

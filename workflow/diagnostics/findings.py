@@ -436,7 +436,8 @@ KINDS = (
         "lr_too_low",
         "warning",
         "the learning rate is too low: the curve falls steadily but slowly, one batch is "
-        "memorized only at 10x the lr, or the configured lr lies below the range test's band "
+        "memorized only at 10x the lr or its loss does not move at all, or the configured lr "
+        "lies below the range test's band "
         "(info when only a little below; in debug: info unless raising it measurably helps in "
         "counterfactual trials, or when the batch still learns at the configured lr)",
         "curve diagnosis, debug, tune",
