@@ -18,7 +18,7 @@ from workflow.engine import distributed
 from workflow.engine.early_stopping import resume_early_stopping
 from workflow.engine.evaluator import Evaluator
 from workflow.engine.layer_statistics import layer_statistics
-from workflow.engine.optimizer import learning_rate_at
+from workflow.engine.optimizer import learning_rates_at
 from workflow.engine.progress import Progress
 from workflow.engine.sharding import (
     data_layout,
@@ -117,8 +117,10 @@ def window_records(step0: int, metrics: dict[str, np.ndarray], log_every: int, r
 
 def with_learning_rate(records: list[dict], config: ml_collections.ConfigDict) -> list[dict]:
     """The train records with the learning rate of each one's step (`lr`: the schedule's)."""
-    for record in records:
-        record["lr"] = learning_rate_at(config.optimizer, config.num_steps, record["step"])
+    steps = [record["step"] for record in records]
+    rates = learning_rates_at(config.optimizer, config.num_steps, steps)
+    for record, rate in zip(records, rates, strict=True):
+        record["lr"] = rate
     return records
 
 

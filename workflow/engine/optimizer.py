@@ -148,9 +148,16 @@ def lr_multiplier(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Sched
     )
 
 
-def learning_rate_at(opt: ml_collections.ConfigDict, num_steps: int, step: int) -> float:
-    """The learning rate the optimizer applies at `step` (1-based, as metrics.jsonl counts):
-    the configured rate times its schedule's factor."""
+def learning_rates_at(
+    opt: ml_collections.ConfigDict, num_steps: int, steps: list[int]
+) -> list[float]:
+    """The learning rate the optimizer applies at each of `steps` (1-based, as metrics.jsonl
+    counts): the configured rate times its schedule's factor, the schedule built once."""
     multiplier = lr_multiplier(opt, num_steps)
-    factor = 1.0 if multiplier is None else float(multiplier(step - 1))
-    return float(opt.learning_rate) * factor
+    rate = float(opt.learning_rate)
+    return [rate * (1.0 if multiplier is None else float(multiplier(s - 1))) for s in steps]
+
+
+def learning_rate_at(opt: ml_collections.ConfigDict, num_steps: int, step: int) -> float:
+    """The learning rate the optimizer applies at `step` (learning_rates_at of one step)."""
+    return learning_rates_at(opt, num_steps, [step])[0]
