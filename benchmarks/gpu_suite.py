@@ -11,7 +11,8 @@ after each part, so a run cut short still leaves what it measured):
                or memory runs out; float32 throughout, then bfloat16 (config.dtype) at the
                batch float32 chose;
   search       benchmarks/search_throughput at N = --search_sizes trials of the MNIST-1D MLP
-               against --sequential_runs single-trial runs (trials/s and the ratio);
+               against --sequential_runs single-trial runs (trials/s and the ratio), batched
+               and pruned as the search prunes (--prune_rungs rungs, a third kept at each);
   mnist1d      benchmarks/reproduce_mnist1d: test accuracy and wall seconds of the paper's
                MLP, CNN and our LSTM (6,000 steps each).
 
@@ -146,7 +147,12 @@ def search_part(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks import search_throughput
 
     return search_throughput.benchmark(
-        "mlp", args.search_steps, args.search_sizes, args.sequential_runs, args.repeats
+        args.search_model,
+        args.search_steps,
+        args.search_sizes,
+        args.sequential_runs,
+        args.repeats,
+        prune_rungs=args.prune_rungs,
     )
 
 
@@ -201,6 +207,9 @@ def print_tables(results: dict[str, Any]) -> None:
         rows = [["sequential", search["sequential_runs"], search["sequential_trials_per_s"], 1.0]]
         for n, rate in search["batched"].items():
             rows.append([f"batched N={n}", n, rate, search["ratio_to_sequential"][n]])
+        pruned = search.get("pruned", {})
+        for n, rate in pruned.get("trials_per_s", {}).items():
+            rows.append([f"pruned N={n}", n, rate, pruned["ratio_to_sequential"][n]])
         print(common.format_table(["search", "trials", "trials/s", "x sequential"], rows))
     reproduction = results.get("mnist1d")
     if reproduction:
@@ -219,13 +228,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--parts", default="throughput,search,mnist1d")
     parser.add_argument("--models", default=",".join(THROUGHPUT_MODELS))
     parser.add_argument("--budget_seconds", type=float, default=480.0)
+    parser.add_argument("--search_model", default="mlp", help="benchmarks/search_throughput model")
+    parser.add_argument(
+        "--search_steps", type=int, help="steps per trial (default 900; --small: 5)"
+    )
+    parser.add_argument(
+        "--prune_rungs", type=int, default=3, help="the pruned search's rungs (1: not timed)"
+    )
     args = parser.parse_args(argv)
     small = args.small
     args.min_batch = 8 if small else 256
     args.max_batch = 16 if small else 65536
     args.steps_per_call = 2 if small else 20
     args.repeats = 1 if small else 3
-    args.search_steps = 5 if small else 100
+    args.search_steps = args.search_steps or (5 if small else 900)
     args.search_sizes = [1, 4] if small else [1, 16, 64, 256]
     args.sequential_runs = 2 if small else 16
     args.reproduce_steps = 20 if small else common.PAPER_STEPS

@@ -7,7 +7,11 @@ and with a fixed trial length of --steps steps:
 
   batched      one `TrialRunner.run` call training N trials together, for each N of --sizes;
   sequential   --sequential_runs single-trial `TrialRunner.run` calls one after another: the
-               same compiled program as N = 1, as a search without batching would run them.
+               same compiled program as N = 1, as a search without batching would run them;
+  pruned       with --prune_rungs > 1, N trials halved as the search prunes a group
+               (`TrialRunner.run_halving`, workflow/search/pruning.py): all to the first rung,
+               the best 1/--prune_factor on to the next, in programs of --prune_width lanes. A
+               cut trial counts as a searched trial: it was trained, evaluated and ruled out.
 
 A timed unit is the whole `run` call the tune stage makes: initialization, the training steps
 and the validation pass. Every program shape is compiled and run once before any timing; its
@@ -39,6 +43,7 @@ there to see that ratio.
 """
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -51,6 +56,7 @@ import numpy as np
 from benchmarks import common
 from workflow import config_lib, data, engine
 from workflow.engine import trials as trials_lib
+from workflow.search import pruning
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILE = os.path.join(ROOT, "configs", "mnist1d.py")
@@ -110,6 +116,34 @@ def timed_run(
     return engine.now() - t0
 
 
+def timed_halving(
+    runner: trials_lib.TrialRunner,
+    hparams: trials_lib.TrialHparams,
+    dataset: data.Dataset,
+    prune: "Pruning",
+) -> float:
+    """Wall seconds of one successive halving of `hparams` as the search prunes a group: every
+    trial to the first rung, the best 1/factor on to the next, in programs of the width's lanes."""
+    return runner.run_halving(
+        hparams,
+        dataset,
+        prune.rungs,
+        min(len(hparams), prune.width),
+        keep=lambda losses: pruning.survivors(losses, prune.factor),
+        on_batch=lambda rung, slots, result: False,
+        on_rung=lambda rung, kept, cut: None,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Pruning:
+    """The pruned search's cuts: trial lengths (rungs), the share kept (1/factor), lanes."""
+
+    rungs: tuple[int, ...]
+    factor: int
+    width: int
+
+
 def measure(
     runner: trials_lib.TrialRunner,
     dataset: data.Dataset,
@@ -117,12 +151,17 @@ def measure(
     sizes: list[int],
     sequential_runs: int,
     repeats: int,
+    prune: Pruning | None = None,
 ) -> dict[str, Any]:
-    """Best wall seconds of the sequential block and of each batch size, and compile seconds."""
+    """Best wall seconds of the sequential block, of each batch size and (with `prune`) of each
+    pruned search of that many trials, and compile seconds."""
     hparams = make_hparams(max(max(sizes), sequential_runs))
     first_call = {}
     for n in sorted({1, *sizes}):  # compile every program shape (N = 1 is the sequential one)
         first_call[n] = timed_run(runner, subset(hparams, 0, n), dataset, steps)
+    if prune:  # the pruned programs' widths (their first rung's states are fresh, later stored)
+        for n in sizes:
+            timed_halving(runner, subset(hparams, 0, n), dataset, prune)
 
     def sequential() -> float:
         return sum(
@@ -132,6 +171,10 @@ def measure(
     blocks = {"sequential": sequential}
     for n in sizes:
         blocks[str(n)] = lambda n=n: timed_run(runner, subset(hparams, 0, n), dataset, steps)
+        if prune:
+            blocks[f"pruned {n}"] = lambda n=n: timed_halving(
+                runner, subset(hparams, 0, n), dataset, prune
+            )
     names = list(blocks)
     best = dict.fromkeys(names, math.inf)
     for r in range(repeats):
@@ -152,21 +195,44 @@ def benchmark(
     sequential_runs: int,
     repeats: int,
     num_samples: int | None = None,
+    prune_rungs: int = 1,
+    prune_factor: int = 3,
+    prune_width: int = 64,
 ) -> dict[str, Any]:
-    """The JSON payload: trials/s sequential and batched, ratios, wall and compile seconds."""
+    """The JSON payload: trials/s sequential, batched and (prune_rungs > 1) pruned, ratios, wall
+    and compile seconds."""
     config = search_config(model, steps, num_samples)
     config_lib.validate_config(config)
     dataset = data.load_dataset(config.dataset, seed=config.seed)
     runner = trials_lib.TrialRunner(config, dataset.input_shape, dataset.num_classes)
-    timing = measure(runner, dataset, steps, sizes, sequential_runs, repeats)
+    rungs = pruning.rung_steps(steps, prune_rungs, prune_factor, config.steps_per_call)
+    prune = Pruning(rungs, prune_factor, prune_width) if len(rungs) > 1 else None
+    timing = measure(runner, dataset, steps, sizes, sequential_runs, repeats, prune)
     best = timing["best_seconds"]
     sequential_rate = sequential_runs / best["sequential"]
     batched = {str(n): n / best[str(n)] for n in sizes}
     device = jax.devices()[0]
+    pruned = {}
+    if prune:
+        rates = {str(n): n / best[f"pruned {n}"] for n in sizes}
+        pruned = {
+            "pruned": {
+                "rungs": list(rungs),
+                "factor": prune_factor,
+                "width": prune_width,
+                "trials_per_s": rates,
+                "ratio_to_sequential": {n: rate / sequential_rate for n, rate in rates.items()},
+                "ratio_to_batched": {n: rate / batched[n] for n, rate in rates.items()},
+                "trial_steps": {
+                    str(n): pruning.halving_cost(n, rungs, prune_factor) for n in sizes
+                },
+            }
+        }
     return {
         "sequential_trials_per_s": sequential_rate,
         "batched": batched,
         "ratio_to_sequential": {n: rate / sequential_rate for n, rate in batched.items()},
+        **pruned,
         "wall_seconds": best,
         "compile_seconds": timing["compile_seconds"],
         "trial_steps_per_s": {n: int(n) * steps / best[n] for n in batched},
@@ -211,6 +277,15 @@ def print_table(results: dict[str, Any]) -> None:
             f"{results['ratio_to_sequential'][n]:.2f}",
             f"{results['compile_seconds'][n]:.2f}",
         )
+    pruned = results.get("pruned")
+    for n, rate in (pruned or {}).get("trials_per_s", {}).items():
+        table.add_row(
+            f"{n} pruned at {pruned['rungs'][:-1]}",
+            f"{results['wall_seconds'][f'pruned {n}']:.3f}",
+            f"{rate:.3g}",
+            f"{pruned['ratio_to_sequential'][n]:.2f}",
+            "",
+        )
     Console().print(table)
 
 
@@ -242,9 +317,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         help="MNIST-1D examples to generate, train + test (default 5,000; fewer for tests)",
     )
+    parser.add_argument(
+        "--prune_rungs",
+        type=int,
+        default=1,
+        help="also time the pruned search: trials cut at this many rungs (1: off)",
+    )
+    parser.add_argument("--prune_factor", type=int, default=3, help="keep 1/factor per rung")
+    parser.add_argument(
+        "--prune_width", type=int, default=64, help="lanes of the pruned search's programs"
+    )
     parser.add_argument("--out", help="write the results to this JSON file")
     args = parser.parse_args(argv)
-    for name in ("steps", "sequential_runs", "repeats"):
+    for name in ("steps", "sequential_runs", "repeats", "prune_rungs", "prune_width"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
     try:
@@ -258,7 +343,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print the table, write --out."""
     args = parse_args(argv)
     results = benchmark(
-        args.model, args.steps, args.sizes, args.sequential_runs, args.repeats, args.num_samples
+        args.model,
+        args.steps,
+        args.sizes,
+        args.sequential_runs,
+        args.repeats,
+        args.num_samples,
+        args.prune_rungs,
+        args.prune_factor,
+        args.prune_width,
     )
     print_table(results)
     if args.out:
