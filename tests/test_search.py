@@ -105,7 +105,7 @@ def test_summarize_trials_marks_divergence_and_improvement():
         ]
     )
     result = trials.summarize_trials(
-        losses, 2, np.array([0.3, 2.3, np.nan]), np.array([0.9, 0.1, 0.1]), 1.0
+        {"loss": losses}, 2, np.array([0.3, 2.3, np.nan]), np.array([0.9, 0.1, 0.1]), 1.0
     )
     assert result.improved.tolist() == [True, False, False]
     assert result.diverged_at.tolist() == [-1, -1, 4]
@@ -233,10 +233,21 @@ def test_search_resumes_trials_of_a_dead_worker(setup, runner, uninterrupted, tm
     assert rounds == uninterrupted[0]
     assert records == uninterrupted[1]
 
+    # The best (the last round's, full length) is held as this worker trained it: its state
+    # gives the trial's val loss again.
+    best = random_search.best_record(records, config.search.metric)
+    held = worker.held_trial(best)
+    assert best["steps"] == config.num_steps and held.num_steps == config.num_steps
+    val_loss, _ = runner.evaluate(
+        jax.tree.map(lambda leaf: leaf[None], held.state), setup.dataset.x_val, setup.dataset.y_val
+    )
+    assert float(val_loss[0]) == pytest.approx(best["val_loss"], rel=1e-5)
+
     again = _search(setup, runner, url, "t")
     _, records_again = again.run(first)
     assert again.trained_here == 0  # nothing finished is run twice
     assert records_again == records
+    assert again.held_trial(best) is None  # not trained here: the tune stage trains it again
 
 
 def test_a_slot_has_the_same_point_and_seed_whatever_the_trial_numbers(setup, runner, tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -87,7 +88,7 @@ def test_killed_tune_resumes_without_losing_or_repeating_trials(tuned):
     assert len(params) == len(set(params)) == 12
 
 
-def test_tune_writes_table_plots_best_config_and_retrained_metrics(tuned):
+def test_tune_writes_table_plots_best_config_and_the_best_trial_as_trained(tuned, tmp_path):
     workdir, _, _, result = tuned
     summary = read_summary(workdir)
     assert summary["stage"] == "tune" and summary["status"] == "ok"
@@ -113,12 +114,37 @@ def test_tune_writes_table_plots_best_config_and_retrained_metrics(tuned):
     assert summary["next"][0].startswith("python -m workflow.evaluate --config=")
     assert summary["overrides"][0].startswith("--config.optimizer.learning_rate=")
     assert "best config:" in result.stdout
-    # How the range test, the trials and the retrained best ran their steps, measured.
+    # How the range test and the trials ran their steps, measured (the best was not retrained).
     loops = summary["loops"]
-    assert set(loops) == {"range_test", "trials", "train"}
+    assert set(loops) == {"range_test", "trials"}
     for loop in loops.values():
         assert loop["form"] in ("scan", "step") and loop["step_seconds_per_step"] > 0
     assert "## Training loops" in report and "| search trials |" in report
+    # The resumed process trained the last round (full length, 60 steps): best/ is that
+    # trial itself, the model whose val numbers chose it, as a complete training run.
+    best = summary["best"]
+    assert best["steps"] == 60 and m["best_trained_again"] is False
+    assert m["val_loss"] == pytest.approx(best["val_loss"], rel=1e-5)
+    assert m["val_accuracy"] == pytest.approx(best["val_accuracy"])
+    best_dir = os.path.join(workdir, "best")
+    records = [json.loads(line) for line in open(os.path.join(best_dir, "metrics.jsonl"))]
+    train = [r for r in records if "train_loss" in r]
+    assert [r["step"] for r in train] == [10, 20, 30, 40, 50, 60]
+    assert all("train_accuracy" in r and "lr" in r for r in train)
+    assert records[-1]["step"] == 60 and "val_loss" in records[-1]
+    assert os.path.isdir(os.path.join(best_dir, "checkpoints", "60"))
+    assert read_summary(best_dir)["metrics"]["steps"] == 60
+    assert "recorded without training it again" in open(os.path.join(workdir, "report.md")).read()
+    # The evaluate stage reads it as any training run (on a copy: the fixture is shared).
+    copy = shutil.copytree(best_dir, tmp_path / "best")
+    result = run_stage(
+        "evaluate",
+        f"--config={summary['best_config']}",
+        f"--workdir={copy}",
+        "--config.progress=False",
+    )
+    assert result.returncode in (0, 1), result.stderr[-3000:]
+    assert read_summary(copy)["metrics"]["val_loss"] == pytest.approx(m["val_loss"], rel=1e-5)
 
 
 def _search_outcome(workdir: str) -> dict:
@@ -201,7 +227,9 @@ def test_tune_stops_at_the_goal_and_reports_what_it_skipped(tmp_path):
     assert stop["slot"] == reached[0]
     m = summary["metrics"]
     assert m["search_stopped_at_goal"] is True and m["skipped_trials"] == 8
-    assert m["num_trials"] == 4 and m["retrain_steps"] == 60  # the best is still retrained
+    # The best trial trained 2 epochs, not the full 60 steps: it is trained again at 60.
+    assert m["num_trials"] == 4 and m["retrain_steps"] == 60 and m["best_trained_again"] is True
+    assert "train" in summary["loops"]
     report = open(os.path.join(workdir, "report.md")).read()
     assert f"stopped at the goal: round 1 trial #{stop['slot']}" in report
     assert "stopped at the goal" in result.stdout

@@ -14,7 +14,7 @@ import models
 from workflow import config_lib, data, engine, reporting
 from workflow.diagnostics.curves import curve_findings
 from workflow.diagnostics.findings import Finding, has_error, rank_findings
-from workflow.engine import augment, checkpoints, losses, tasks
+from workflow.engine import augment, checkpoints, loop, losses, tasks, trials
 from workflow.errors import UsageError, user_code
 from workflow.reporting import model_summary, rundir
 from workflow.reporting.summary import Summary
@@ -282,6 +282,80 @@ def train(setup: Setup, run: rundir.RunDir, new: bool) -> Trained:
         ckpt.close()
         run.close()
     return Trained(result, resume_step, skipped, unverified)
+
+
+def record_trial(
+    setup: Setup, workdir: str, stage: str, trial: "trials.TrainedTrial"
+) -> Summary | None:
+    """A trial the search trained to the config's full length, recorded in `workdir` as its
+    training run (metrics.jsonl, its final checkpoint, summary and report) instead of being
+    trained again; None when `workdir` already holds a run (resume that by training) or the
+    trial's state is not this setup's (another model's shapes, or early stopping, which a trial
+    does not run)."""
+    if not trial_fits(setup, trial):
+        return None
+    check_loss(setup)
+    run = rundir.RunDir(workdir)
+    with run.claimed(rundir.TRAINING, stage, setup.config, setup.dataset.fingerprint()) as new:
+        if not new:
+            return None
+        try:
+            trained = write_trial(setup, run, trial)
+        except BaseException:
+            run.remove()
+            raise
+        return report_training(setup, run, stage, None, trained)
+
+
+def trial_fits(setup: Setup, trial: "trials.TrainedTrial") -> bool:
+    """Whether `trial` trained what `setup` would: the same state structure and shapes, the
+    config's full length, no early stopping."""
+    if setup.config.early_stopping.enabled or trial.num_steps != setup.config.num_steps:
+        return False
+    built, held = jax.tree.leaves(setup.state), jax.tree.leaves(trial.state)
+    return jax.tree.structure(setup.state) == jax.tree.structure(trial.state) and all(
+        jnp.shape(a) == jnp.shape(b) for a, b in zip(built, held, strict=True)
+    )
+
+
+def write_trial(setup: Setup, run: rundir.RunDir, trial: "trials.TrainedTrial") -> Trained:
+    """The trial's records, final checkpoint and normalization in the claimed `run`, as
+    engine.fit writes a run's: train records per log window, in step order with the val records
+    the search measured at its rungs and the val record at the end."""
+    config, steps = setup.config, trial.num_steps
+    rate = engine.format_rate(steps, trial.seconds)
+    train = loop.with_learning_rate(
+        engine.window_records(0, trial.step_metrics, config.log_every, rate), config
+    )
+    evaluator = engine.Evaluator(setup.task, config.eval_batch_size)
+    val = [*trial.val_records, loop.validation_record(evaluator, trial.state, setup.dataset, steps)]
+    # fit's order: a step's train record, then its val record.
+    records = sorted(train + val, key=lambda r: (r["step"], "val_loss" in r))
+    ckpt = checkpoints.Checkpointer(run.checkpoints, max_to_keep=engine.checkpoints_to_keep(config))
+    try:
+        run.open(config, resume_step=None)
+        for record in records:
+            run.log(record)
+        ckpt.save(steps, trial.state)
+    finally:
+        ckpt.close()
+        run.close()
+    run.write_json(rundir.NORMALIZATION, setup.dataset.normalization)
+    result = engine.FitResult(
+        state=trial.state,
+        status="ok",
+        records=records,
+        step_losses=trial.step_metrics["loss"],
+        divergence=None,
+        wall_seconds=trial.seconds,
+        steps_per_s=rate,
+        compile_seconds=0.0,
+        start_step=0,
+        last_checkpoint=steps,
+        final_step=steps,
+        best_step=steps,
+    )
+    return Trained(result, None, [], None)
 
 
 def run_findings(

@@ -86,6 +86,8 @@ class TrialsResult:
     diverged_at: np.ndarray  # first step with a NaN/inf loss, or -1
     steps: int
     seconds: float
+    # name -> (trials, steps): every step's training metrics (loss, accuracy, grad_norm...)
+    step_metrics: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def improved(self) -> np.ndarray:
@@ -251,6 +253,7 @@ class TrialRunner:
         on_rung: Callable[[int, list[int], list[int]], None],
         progress: Callable[[int], None] = lambda steps: None,
         lane_runner: Callable[[int], "TrialRunner"] | None = None,
+        on_final_states: Callable[[list[int], TrainState, TrialsResult], None] | None = None,
     ) -> float:
         """Train the trials of `hparams` (one per slot of a group) to each rung in turn, in
         programs of `width` lanes, the ones `keep(val losses at the rung)` names going on from
@@ -260,13 +263,16 @@ class TrialRunner:
 
         `lane_runner(i)`: the runner that trains trial i (default: this one); the trials of one
         runner (a group of the search space) fill programs of their own, in trial order.
+        `on_final_states(slots, states, result)` gets each last-rung program's final states
+        before `on_batch` (to keep a trial as trained: `trained_trial`).
 
         A trial's step t trains on the batch of step t whatever its lane and rung, so the
         trials that reach the last rung end with the numbers of an unpruned run."""
         t_start = now()
         runner_of = lane_runner or (lambda i: self)
         x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
-        alive, stored, losses = list(range(len(hparams))), {}, {i: [] for i in range(len(hparams))}
+        alive, stored = list(range(len(hparams))), {}
+        chunks = {i: [] for i in range(len(hparams))}  # slot -> its chunks' per-step metrics
         previous = 0
         for rung_index, rung in enumerate(rungs):
             last = rung_index == len(rungs) - 1
@@ -286,9 +292,9 @@ class TrialRunner:
                     states, metrics = runner._multi_step(
                         states, x_train, y_train, jnp.asarray(indices)
                     )
-                    chunk = np.asarray(jax.device_get(metrics["loss"]))
+                    chunk = {name: np.asarray(v) for name, v in jax.device_get(metrics).items()}
                     for lane, slot in enumerate(batch):
-                        losses[slot].append(chunk[:, lane])
+                        chunks[slot].append({name: v[:, lane] for name, v in chunk.items()})
                     step += k
                     progress(k * len(batch))
                 val_loss, val_accuracy = runner._evaluate(states, dataset.x_val, dataset.y_val)
@@ -296,16 +302,17 @@ class TrialRunner:
                     host = jax.device_get(states)
                     for lane, slot in enumerate(batch):
                         stored[slot] = jax.tree.map(lambda leaf, i=lane: leaf[i], host)
-                step_losses = np.stack([np.concatenate(losses[slot]) for slot in batch])
                 window = max(1, min(config.log_every, rung // 4))
                 result = summarize_trials(
-                    step_losses,
+                    stack_metrics([chunks[slot] for slot in batch]),
                     window,
                     val_loss[: len(batch)],
                     val_accuracy[: len(batch)],
                     now() - t_start,
                 )
                 val.update({slot: float(result.val_loss[i]) for i, slot in enumerate(batch)})
+                if last and on_final_states is not None:
+                    on_final_states(batch, states, result)
                 if on_batch(rung_index, batch, result):
                     return now() - t_start
             if last:
@@ -315,7 +322,7 @@ class TrialRunner:
             on_rung(rung_index, kept, cut)
             for slot in cut:
                 stored.pop(slot, None)
-                losses.pop(slot)
+                chunks.pop(slot)
             alive, previous = kept, rung
         return now() - t_start
 
@@ -335,7 +342,7 @@ class TrialRunner:
         states = self.init(hparams) if initial_states is None else initial_states
         x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
         window = max(1, min(config.log_every, num_steps // 4))
-        losses, step = [], 0
+        chunks, step = [], 0
         # Chunks need not end on log windows (the curve is cut from the per-step losses):
         # at most two chunk lengths, so at most two compiles per trial length.
         for k in schedule_chunks(0, num_steps, config.steps_per_call, ()):
@@ -343,12 +350,13 @@ class TrialRunner:
                 len(dataset.x_train), config.batch_size, config.seed, step, k
             )
             states, metrics = self._multi_step(states, x_train, y_train, jnp.asarray(indices))
-            losses.append(np.asarray(jax.device_get(metrics["loss"]))[:, :num_trials])
+            chunks.append({name: np.asarray(v) for name, v in jax.device_get(metrics).items()})
             step += k
             progress(k)
         val_loss, val_accuracy = self._evaluate(states, dataset.x_val, dataset.y_val)
+        per_step = {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
         result = summarize_trials(
-            np.concatenate(losses).T,
+            {name: values[:, :num_trials].T for name, values in per_step.items()},
             window,
             val_loss[:num_trials],
             val_accuracy[:num_trials],
@@ -384,14 +392,25 @@ def _select_hparams(hparams: TrialHparams, indices: Sequence[int]) -> TrialHpara
     )
 
 
+def stack_metrics(chunks_per_trial: Sequence[Sequence[dict]]) -> dict[str, np.ndarray]:
+    """name -> (trials, steps) from each trial's chunks of per-step metrics (name -> (k,))."""
+    names = chunks_per_trial[0][0]
+    return {
+        name: np.stack([np.concatenate([c[name] for c in chunks]) for chunks in chunks_per_trial])
+        for name in names
+    }
+
+
 def summarize_trials(
-    step_losses: np.ndarray,
+    step_metrics: dict[str, np.ndarray],
     window: int,
     val_loss: np.ndarray,
     val_accuracy: np.ndarray,
     seconds: float,
 ) -> TrialsResult:
-    """Per-trial curves and verdicts from the (trials, steps) training losses."""
+    """Per-trial curves and verdicts from every step's training metrics (name -> (trials,
+    steps)), the loss among them."""
+    step_losses = step_metrics["loss"]
     num_trials, num_steps = step_losses.shape
     finite = np.isfinite(step_losses)
     diverged_at = np.where(finite.all(1), -1, np.argmin(finite, axis=1) + 1)
@@ -409,9 +428,42 @@ def summarize_trials(
         diverged_at=diverged_at,
         steps=num_steps,
         seconds=seconds,
+        step_metrics=step_metrics,
     )
 
 
 def trial_state(states: TrainState, index: int) -> TrainState:
     """One trial's state out of the stacked states (for a checkpoint or a closer look)."""
     return jax.tree.map(lambda leaf: leaf[index], states)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedTrial:
+    """One trial as its program trained it, to record as a training run without training it
+    again (experiment.record_trial): its final state on the host, its seed, every step's
+    training metrics (name -> (steps,)), its val numbers at earlier rungs (metrics.jsonl
+    records) and the wall seconds of its program (shared with the other lanes)."""
+
+    state: TrainState
+    seed: int
+    step_metrics: dict[str, np.ndarray]
+    seconds: float
+    val_records: tuple[dict, ...] = ()
+
+    @property
+    def num_steps(self) -> int:
+        """The steps it trained."""
+        return len(self.step_metrics["loss"])
+
+
+def trained_trial(
+    states: TrainState, result: TrialsResult, lane: int, seed: int, val_records: Sequence = ()
+) -> TrainedTrial:
+    """The trial at `lane` of a program's final `states` and `result`, copied to the host."""
+    return TrainedTrial(
+        state=jax.device_get(trial_state(states, lane)),
+        seed=seed,
+        step_metrics={name: np.asarray(v[lane]) for name, v in result.step_metrics.items()},
+        seconds=float(result.seconds),
+        val_records=tuple(val_records),
+    )

@@ -39,6 +39,7 @@ import dataclasses
 import datetime
 import errno
 import fcntl
+import functools
 import math
 import os
 import socket
@@ -542,6 +543,15 @@ def searched_extras(record: dict) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in RECORD_FIELDS}
 
 
+def rung_val_records(log: list[dict]) -> list[dict]:
+    """A trial's val numbers at its rungs (its log) as metrics.jsonl val records."""
+    return [
+        {"step": e["step"], "val_loss": e["val_loss"], "val_accuracy": e["val_accuracy"]}
+        for e in log
+        if e["val_loss"] is not None
+    ]
+
+
 def trial_record(slot: int, values: dict, attrs: dict, round_: Round) -> dict:
     """A finished trial as the plain record the reports use (`values`: trial_values)."""
     return {
@@ -636,6 +646,33 @@ class Search:
         self.stopped: dict | None = None  # set when the search stopped at the goal
         self._runners: dict[tuple, trials_lib.TrialRunner] = {}  # by group (runner_for)
         self._ran: trials_lib.TrialRunner | None = None  # the first runner that trained
+        # The best trial this process trained to the config's full length, as trained (its
+        # record and state): the tune stage records it as the best run instead of training it
+        # again (held_trial).
+        self._held: tuple[dict, trials_lib.TrainedTrial] | None = None
+
+    def keep_trained(self, record: dict, trained: Callable[[], trials_lib.TrainedTrial]) -> None:
+        """Hold `trained()` when `record` is a full-length trial that best_record would rank
+        above the one held (a later round's first, then the metric)."""
+        if record["steps"] != self.config.num_steps:
+            return
+        if self._held is not None:
+            held = self._held[0]
+            if record["round"] < held["round"]:
+                return
+            ranked = best_records([held, record], self.search.metric, 0.0)
+            if record["round"] == held["round"] and (not ranked or ranked[0] is not record):
+                return
+        self._held = (record, trained())
+
+    def held_trial(self, best: dict | None) -> trials_lib.TrainedTrial | None:
+        """The state of the trial `best` as this process trained it, or None (not trained here
+        to the full length: a shorter round's, another worker's, or one before a resume)."""
+        if best is None or self._held is None:
+            return None
+        record, trained = self._held
+        same = (record["round"], record["slot"]) == (best["round"], best["slot"])
+        return trained if same else None
 
     @property
     def loop(self) -> dict | None:
@@ -846,21 +883,21 @@ class Search:
         }
         desc = f"round {round_.index + 1}: {len(claimed)} trials"
         total = round_.steps * len(programs)
-        outcome = {}  # lane -> (its program's result, its index there)
+        outcome = {}  # lane -> (its program's states and result, its index there)
         with Progress(total, desc, "step", enabled=self.progress) as bar:
             for group in programs.values():
-                _, result = self.runner_for(round_, values[group[0]]).run(
+                states, result = self.runner_for(round_, values[group[0]]).run(
                     self.hparams([values[i] for i in group], [seeds[i] for i in group]),
                     self.dataset,
                     round_.steps,
                     progress=self._beating(claimed, bar.advance),
                 )
-                outcome.update({lane: (result, i) for i, lane in enumerate(group)})
+                outcome.update({lane: (states, result, i) for i, lane in enumerate(group)})
         killpoints.reach("search.trained")
         records = []
         for slot, trial in sorted(by_slot.items()):
             lane = lanes.index(slot)
-            result, index = outcome[lane]
+            states, result, index = outcome[lane]
             attrs = trial_attrs(result, index, trial.user_attrs["seed"], round_)
             metric = attrs[self.search.metric]
             try:
@@ -875,6 +912,10 @@ class Search:
             killpoints.reach("search.told")
             self.trained_here += 1
             records.append(trial_record(slot, values[lane], attrs, round_))
+            self.keep_trained(
+                records[-1],
+                functools.partial(trials_lib.trained_trial, states, result, index, attrs["seed"]),
+            )
         return records
 
     def _train_group(
@@ -909,6 +950,7 @@ class Search:
         log: dict[int, list[dict]] = {i: [] for i in range(len(slots))}
         ended: dict[int, dict] = {}  # index -> the trial's attrs when it is cut
         told: set[int] = set()
+        final: dict[int, tuple] = {}  # index -> its last program's (states, result, lane)
         states = optuna.trial.TrialState
         bar = Progress(
             pruning.halving_cost(len(slots), rungs, factor),
@@ -960,6 +1002,18 @@ class Search:
                 value = metric if metric is not None else math.inf
                 if tell(index, attrs, states.COMPLETE, value) is not None:
                     records.append(record)
+                    program_states, program_result, at = final.pop(index)
+                    self.keep_trained(
+                        record,
+                        functools.partial(
+                            trials_lib.trained_trial,
+                            program_states,
+                            program_result,
+                            at,
+                            seeds[index],
+                            rung_val_records(log[index][:-1]),
+                        ),
+                    )
             on_batch(records)
             return at_goal
 
@@ -984,6 +1038,9 @@ class Search:
                 on_rung=rung_done,
                 progress=self._beating(claimed, bar.advance),
                 lane_runner=runners.__getitem__,
+                on_final_states=lambda batch, program, result: final.update(
+                    {index: (program, result, lane) for lane, index in enumerate(batch)}
+                ),
             )
         for slot, trial in by_slot.items():
             if slot not in told:  # the group stopped at the goal before this trial ended

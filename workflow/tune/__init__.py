@@ -95,10 +95,10 @@ def experiment_reference(setup: experiment.Setup, y: np.ndarray) -> float:
 
 def search_trials(
     setup: experiment.Setup, run: rundir.RunDir, band
-) -> tuple[list, list, dict | None, dict | None]:
+) -> tuple[list, list, dict | None, dict | None, random_search.Search]:
     """Steps 3-4: the coarse round and the refined ones, as batches of vmapped trials, until
     a trial meets the goal: (rounds, records, the form the trials' steps ran in, where the
-    search stopped at the goal or None)."""
+    search stopped at the goal or None, the search)."""
     config, dataset = setup.config, setup.dataset
     goal = search_goal(setup)
     # Only process 0 records the search in the configured storage; the others in their scratch
@@ -128,7 +128,7 @@ def search_trials(
         agreed = distributed.broadcast_json([[r.to_json() for r in rounds], records, stopped])
         rounds = [random_search.Round.from_json(r) for r in agreed[0]]
         records, stopped = agreed[1], agreed[2]
-    return rounds, records, study.loop, stopped
+    return rounds, records, study.loop, stopped, study
 
 
 def tensorboard_record(record: dict) -> dict:
@@ -139,11 +139,20 @@ def tensorboard_record(record: dict) -> dict:
     return {**record, **text}
 
 
-def retrain_best(setup: experiment.Setup, best_config, workdir: str) -> Summary:
-    """Step 5: the best hyperparameters trained at the config's full length, with a report."""
+def retrain_best(
+    setup: experiment.Setup, best_config, workdir: str, trained: trials.TrainedTrial | None
+) -> tuple[Summary, bool]:
+    """Step 5: the best hyperparameters at the config's full length, with a report: the best
+    trial itself when the search trained it to that length here (`trained`: recorded as
+    trained, the model its val error was measured on), else trained again; (the best run's
+    summary, whether it was trained again)."""
     best_setup = experiment.prepare(best_config)
     best_dir = os.path.join(workdir, rundir.BEST)
-    return experiment.train_and_report(best_setup, best_dir, "tune", None)
+    if trained is not None and not distributed.multi_process():
+        recorded = experiment.record_trial(best_setup, best_dir, "tune", trained)
+        if recorded is not None:
+            return recorded, False
+    return experiment.train_and_report(best_setup, best_dir, "tune", None), True
 
 
 def run_tune(setup: experiment.Setup, workdir: str, config_source: str) -> Summary:
@@ -193,16 +202,18 @@ def tune(
     band = sweep.band if sweep is not None and sweep.found else None
     if sweep is not None:
         findings += range_test.range_test_findings(sweep, config.optimizer.learning_rate)
-    rounds, records, trials_loop, stopped = search_trials(whole, run, band)
+    rounds, records, trials_loop, stopped, search = search_trials(whole, run, band)
     run.log_trials([tensorboard_record(r) for r in records], config)
     best = random_search.best_record(records, config.search.metric)
     findings += report.search_findings(records, rounds, best)
     best_config_path = None
-    retrained = None
+    retrained, trained_again = None, None
     if best is not None:
         best_config_path, best_config = report.write_best_config(run, config, config_source, best)
         if config.search.retrain_best:
-            retrained = retrain_best(setup, best_config, workdir or run.path)
+            retrained, trained_again = retrain_best(
+                setup, best_config, workdir or run.path, search.held_trial(best)
+            )
     return report.summarize(
         run,
         setup,
@@ -213,6 +224,7 @@ def tune(
         records=records,
         best=best,
         retrained=retrained,
+        trained_again=trained_again,
         best_config_path=best_config_path,
         stopped=stopped,
         seconds=engine.now() - t_start,

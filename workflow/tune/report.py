@@ -288,6 +288,7 @@ def summarize(
     seconds: float,
     loops: dict[str, dict | None],
     stopped: dict | None = None,
+    trained_again: bool | None = None,
 ) -> Summary:
     """summary.json and report.md of the tune stage; returns the summary. `loops`: how the
     range test, the trials and the retrained best ran their steps (None: not run)."""
@@ -299,7 +300,9 @@ def summarize(
         stage="tune",
         status="failed" if failed else "ok",
         config=rundir.config_to_dict(config),
-        metrics=search_metrics(initial, sweep, records, best, retrained, band, seconds, stopped),
+        metrics=search_metrics(
+            initial, sweep, records, best, retrained, band, seconds, stopped, trained_again
+        ),
         findings=findings,
         next=next_commands(run, best_config_path),
         best=best,
@@ -323,6 +326,20 @@ def summarize(
     return summary
 
 
+def best_run_text(metrics: dict, best: dict) -> str:
+    """What `best/` holds: the best trial as the search trained it, or the best values trained
+    again (config.search.retrain_best)."""
+    if "best_trained_again" not in metrics:
+        return ""
+    if metrics["best_trained_again"]:
+        return f"\n\n`{rundir.BEST}/`: the best values trained again at the full length."
+    return (
+        f"\n\n`{rundir.BEST}/`: this trial as the search trained it to the full length (seed "
+        f"{best['seed']}), recorded without training it again: the model its val numbers were "
+        "measured on."
+    )
+
+
 def search_metrics(
     initial: dict,
     sweep: range_test.RangeTest | None,
@@ -332,9 +349,11 @@ def search_metrics(
     band: tuple[float, float] | None,
     seconds: float,
     stopped: dict | None = None,
+    trained_again: bool | None = None,
 ) -> dict:
-    """The initial loss, the range test's suggestion, the best trial's values and the retrained
-    best's loss and accuracy on every split."""
+    """The initial loss, the range test's suggestion, the best trial's values and the best
+    run's loss and accuracy on every split (`trained_again`: False when it is the trial as the
+    search trained it)."""
     metrics = {**initial, "num_trials": len(records), "search_seconds": seconds}
     metrics["pruned_trials"] = sum(r.get("pruned_at") is not None for r in records)
     metrics["search_stopped_at_goal"] = stopped is not None
@@ -360,6 +379,7 @@ def search_metrics(
             if name.startswith(("train_", "val_", "test_")):
                 metrics[name] = value
         metrics["retrain_steps"] = retrained.metrics["steps"]
+        metrics["best_trained_again"] = bool(trained_again)
     return metrics
 
 
@@ -518,7 +538,8 @@ def report_sections(summary: Summary, plots: dict[str, str]) -> list[tuple[str, 
                 "Best",
                 reporting.markdown_table(["", ""], rows)
                 + f"\n\nConfig: `{summary.best_config}`; overrides: "
-                + " ".join(f"`{o}`" for o in summary.overrides),
+                + " ".join(f"`{o}`" for o in summary.overrides)
+                + best_run_text(m, best),
             )
         )
     sections.append(("Training loops", loops_table(summary.loops or {})))
