@@ -69,6 +69,31 @@ def test_a_clearly_worse_curve_is_cut_and_the_good_trial_keeps_its_unpruned_numb
     np.testing.assert_allclose(at_60.train_loss_curve[0], whole.train_loss_curve[0], rtol=1e-6)
 
 
+def test_a_model_with_dropout_and_batchnorm_state_is_halved_to_its_unpruned_numbers():
+    # Its state carries typed PRNG keys (dropout) and batch statistics across the rungs.
+    config = search_config()
+    config.model.dropout_rate = 0.2
+    config.model.norm = "batch"
+    setup = experiment.prepare(config)
+    ds = setup.dataset
+    runner = trials.TrialRunner(config, ds.input_shape, ds.num_classes)
+    hparams = trials.TrialHparams([1e-2, 3e-3, 1e-7], [0.0, 0.0, 0.0], [0, 1, 2])
+    finals = []
+    runner.run_halving(
+        hparams,
+        ds,
+        (20, 60),
+        2,
+        keep=lambda losses: pruning.survivors(losses, 2),
+        on_batch=lambda rung, slots, result: finals.append((slots, result)) and False,
+        on_rung=lambda rung, kept, cut: None,
+    )
+    slots, at_60 = finals[-1]
+    _, whole = runner.run(hparams, ds, 60)
+    for lane, slot in enumerate(slots):
+        np.testing.assert_allclose(at_60.val_loss[lane], whole.val_loss[slot], rtol=1e-5)
+
+
 def _worker(url: str, name: str, *, kill_at: str | None = None) -> subprocess.Popen:
     """tests/search_worker.py on `name` at `url` with pruning, killing itself at `kill_at`."""
     env = {k: v for k, v in os.environ.items() if k != killpoints.ENV}

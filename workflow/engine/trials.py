@@ -234,11 +234,10 @@ class TrialRunner:
         if not stored:
             padded = _select_hparams(hparams, _pad(range(len(hparams)), width))
             return self.init(padded)
-        stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *_pad(stored, width))
         count = padded_count(width, self.mesh.size)
-        stacked = jax.tree.map(
-            lambda leaf: np.concatenate([leaf] + [leaf[-1:]] * (count - width)), stacked
-        )
+        lanes = _pad(_pad(stored, width), count)
+        # jnp, not np: a model's RNG state holds typed PRNG keys, which numpy cannot stack.
+        stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *lanes)
         return jax.device_put(stacked, NamedSharding(self.mesh, PartitionSpec(TRIAL_AXIS)))
 
     def run_halving(
