@@ -74,7 +74,10 @@ TENSORBOARD = _declare(
     "tensorboard", "this stage's TensorBoard events (reporting/tensorboard.py says what they hold)"
 )
 TENSORBOARD_TRIALS = _declare("tensorboard/trials", "tune: one TensorBoard run per search trial")
-BEST = _declare("best", "tune: the best trial retrained at full length (a run directory)")
+BEST = _declare(
+    "best",
+    "tune: the best trial at full length, as the search trained it or again (a run directory)",
+)
 BASELINE = _declare("baseline", "improve: the starting point's evaluated run directory")
 PLOTS = _declare("plots", "the PNG plots below")
 PLOT_LEARNING_CURVES = _declare("plots/learning_curves.png", "train/val loss, accuracy by step")
