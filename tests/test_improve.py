@@ -119,6 +119,16 @@ def test_more_data_is_drawn_from_a_generator_at_its_full_size():
     assert remedies.more_data(config, generated, 540) is None
 
 
+def test_more_data_on_the_default_mnist1d_config_whose_generator_is_at_its_defaults():
+    # configs/mnist1d.py leaves the generator's arguments out of its (locked) kwargs.
+    config = config_lib.load_config_file(os.path.join(ROOT, "configs/mnist1d.py"))
+    assert "num_samples" not in config.dataset.kwargs
+    info = {"generator_args": {"num_samples": 5000, "train_split": 0.8}}
+    more, change, _ = remedies.more_data(config, _Data(n_train=3600, info=info), 3600)
+    assert more.dataset.kwargs.num_samples == 9000 and more.dataset.train_size is None
+    assert "num_samples 5,000 → 9,000" in change
+
+
 def test_more_generated_examples_keep_the_synthetic_test_split():
     small = data.load_dataset(small_config("tabular").dataset, seed=0)
     config = small_config("tabular")

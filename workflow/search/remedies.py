@@ -205,8 +205,10 @@ def more_data(
     if generated is None:
         return None
     kwargs, change = generated
-    for key, value in kwargs.items():
-        more.dataset.kwargs[key] = value
+    # Unlocked: a generator left at its defaults has none of these keys in the config yet.
+    with more.dataset.kwargs.unlocked():
+        for key, value in kwargs.items():
+            more.dataset.kwargs[key] = value
     more.dataset.train_size = None  # it took every example: the new ones are for training
     return more, change, "overfit: add data (the generator draws more)"
 
