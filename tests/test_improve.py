@@ -122,6 +122,7 @@ def test_more_data_is_drawn_from_a_generator_at_its_full_size():
 def test_more_data_on_the_default_mnist1d_config_whose_generator_is_at_its_defaults():
     # configs/mnist1d.py leaves the generator's arguments out of its (locked) kwargs.
     config = config_lib.load_config_file(os.path.join(ROOT, "configs/mnist1d.py"))
+    config.lock()  # as --config gives it to the stages
     assert "num_samples" not in config.dataset.kwargs
     info = {"generator_args": {"num_samples": 5000, "train_split": 0.8}}
     more, change, _ = remedies.more_data(config, _Data(n_train=3600, info=info), 3600)
