@@ -102,6 +102,10 @@ def test_training_rows_repeated_are_duplicates_but_a_few_copies_are_not():
     assert dup.id == "duplicate_examples" and dup.severity == "warning"
     assert dup.evidence == {"repeated_rows": 1200, "rows": 1800, "distinct_rows": 600}
     assert check_splits(split_data(np.concatenate([train, train[:30]]), test)) == []  # 5%
+    assert "every training input is the same" not in dup.message
+    # Every input the same (a loader that zeroed them): said as such.
+    [dup] = check_splits(split_data(np.zeros((600, 8)), test))
+    assert dup.evidence["distinct_rows"] == 1 and "every training input is the same" in dup.message
 
 
 def prepared(model_name: str):

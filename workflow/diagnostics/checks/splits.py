@@ -82,12 +82,20 @@ def _leak_finding(leaked: int, n_test: int, share: float) -> Finding:
 
 
 def _duplicates_finding(repeated: int, n: int, unique: int) -> Finding:
+    # One distinct input: nothing to learn from, whatever the labels say (a loader that zeroed
+    # or overwrote every example).
+    constant = (
+        ": every training input is the same, so the inputs carry nothing the model can learn "
+        "from (a loader or preprocessing step that zeroed or overwrote them?)"
+        if unique == 1
+        else ""
+    )
     return Finding(
         id="duplicate_examples",
         severity="warning",
         message=(
             f"{repeated} of {n} training examples ({repeated / n:.0%}) are exact copies of "
-            f"another: only {unique} are distinct"
+            f"another: only {unique} are distinct" + constant
         ),
         evidence={"repeated_rows": repeated, "rows": n, "distinct_rows": unique},
         suggestions=[
