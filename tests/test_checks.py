@@ -527,6 +527,7 @@ def test_checks_run_in_their_declared_order():
         "dtypes",
         "splits",
         "split_statistics",
+        "target_leak",
         "labels",
         "outputs",
         "indices",

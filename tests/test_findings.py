@@ -31,6 +31,7 @@ DEBUG_ROOT_CAUSE_ORDER = (
     "train_labels_noisy",
     "test_leaked_into_train",
     "duplicate_examples",
+    "target_in_inputs",
     "split_normalized_separately",
     "test_split_differs",
     "model_is_linear",

@@ -223,6 +223,12 @@ BROKEN: list[Case] = [
         synthetic(dataset="tests.bugzoo.pieces:leaked_test_split"),
     ),
     Case(
+        "label_column_in_inputs",
+        "target_in_inputs",
+        synthetic(dataset="tests.bugzoo.pieces:label_column_in_inputs"),
+        fast=False,
+    ),
+    Case(
         "duplicated_training_examples",
         "duplicate_examples",
         synthetic(dataset="tests.bugzoo.pieces:duplicated_train"),
@@ -493,6 +499,7 @@ CATEGORY_OF = {
     "label_noise_30pct": "data",
     "test_leaked_into_train": "data",
     "duplicated_training_examples": "data",
+    "label_column_in_inputs": "data",
     "test_images_transposed": "data",
     "class_imbalance_1_to_50": "data",
     "softmax_output": "model",

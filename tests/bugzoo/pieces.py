@@ -60,6 +60,16 @@ def leaked_test_split() -> dict:
     return raw
 
 
+def label_column_in_inputs() -> dict:
+    """Bug: the label column left among the features (a table's target not dropped)."""
+    raw = _tabular()
+    for split in ("train", "test"):
+        label = raw[f"y_{split}"].astype(raw[f"x_{split}"].dtype)[:, None]
+        raw[f"x_{split}"] = np.concatenate([raw[f"x_{split}"], label], axis=1)
+    raw.pop("irreducible_error", None)  # the leaked column makes the problem trivial
+    return raw
+
+
 def duplicated_train() -> dict:
     """Bug: the training split appended to itself twice (every example three times)."""
     raw = _tabular()

@@ -320,6 +320,15 @@ KINDS = (
         checklist=EXAMPLES_ROW,
     ),
     FindingKind(
+        "target_in_inputs",
+        "warning",
+        "one input feature alone gives the label or the target (the label column, or one "
+        "computed from the outcome, left among the inputs): the model can read the answer",
+        "debug",
+        explains=("cannot_overfit_batch",),
+        checklist=LABELS_ROW,
+    ),
+    FindingKind(
         "split_normalized_separately",
         "warning",
         "the test split is standardized to float rounding, far closer than its sampling noise "
