@@ -529,6 +529,7 @@ def test_checks_run_in_their_declared_order():
         "split_statistics",
         "target_leak",
         "labels",
+        "target_link",
         "outputs",
         "indices",
         "nonfinite",
