@@ -524,6 +524,7 @@ def test_checks_run_in_their_declared_order():
     names = [c.name for c in checks.declared_checks()]
     assert names == [
         "inputs",
+        "extreme_values",
         "dtypes",
         "splits",
         "split_statistics",

@@ -31,6 +31,7 @@ DEBUG_ROOT_CAUSE_ORDER = (
     "train_labels_noisy",
     "test_leaked_into_train",
     "duplicate_examples",
+    "extreme_values",
     "target_in_inputs",
     "split_normalized_separately",
     "test_split_differs",
@@ -56,6 +57,7 @@ DEBUG_ROOT_CAUSE_ORDER = (
 EXPLAINED_BY = {
     "cannot_overfit_batch": DEBUG_ROOT_CAUSE_ORDER[:-1],
     "loss_exploding": (
+        "extreme_values",
         "lr_too_high",
         "exploding_gradients",
         "inputs_not_normalized",
@@ -64,6 +66,7 @@ EXPLAINED_BY = {
     ),
     "loss_increasing": ("lr_too_high",),
     "loss_oscillating": (
+        "extreme_values",
         "lr_too_high",
         "labels_corrupted",
         "batchnorm_small_batch",

@@ -576,6 +576,20 @@ def task_setup(
 
 TASK_BROKEN: list[Case] = [
     Case(
+        "regression_targets_shuffled",
+        "train_labels_noisy",
+        task_setup("diabetes", **{"dataset.name": "tests.bugzoo.pieces:diabetes_targets_shuffled"}),
+        fast=False,
+    ),
+    Case(
+        "regression_missing_target_code",
+        "extreme_values",
+        task_setup(
+            "diabetes", **{"dataset.name": "tests.bugzoo.pieces:diabetes_missing_target_code"}
+        ),
+        fast=False,
+    ),
+    Case(
         "regression_sigmoid_head",
         "softmax_before_loss",
         task_setup("regression", "tests.bugzoo.models:SigmoidHeadMLP"),
@@ -633,6 +647,8 @@ TASK_CLEAN: list[Case] = [
 CASES += TASK_BROKEN + TASK_CLEAN
 CATEGORY_OF.update(
     {
+        "regression_targets_shuffled": "data",
+        "regression_missing_target_code": "data",
         "regression_sigmoid_head": "model",
         "regression_tanh_head": "model",
         "regression_exploding_init": "model",

@@ -272,3 +272,22 @@ def warmup_then_cosine_over_the_run(num_steps: int) -> optax.Schedule:
     """The same schedule sized right: the decay ends with the run."""
     warmup = max(1, num_steps // 10)
     return optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup_steps=warmup, decay_steps=num_steps)
+
+
+def diabetes_targets_shuffled() -> dict:
+    """Bug: the training targets shuffled apart from their inputs (one array permuted)."""
+    from workflow.data.examples import diabetes
+
+    raw = diabetes()
+    raw["y_train"] = np.random.default_rng(0).permutation(raw["y_train"])
+    return raw
+
+
+def diabetes_missing_target_code() -> dict:
+    """Bug: a few training targets are a code for "missing" (99999), never replaced."""
+    from workflow.data.examples import diabetes
+
+    raw = diabetes()
+    raw["y_train"] = raw["y_train"].copy()
+    raw["y_train"][::60] = 99999.0
+    return raw

@@ -320,6 +320,15 @@ KINDS = (
         checklist=EXAMPLES_ROW,
     ),
     FindingKind(
+        "extreme_values",
+        "warning",
+        "a few values of an input feature or a regression target lie far beyond all the others "
+        "(a code for a missing value, a unit mixed up on some rows): they dominate the loss",
+        "debug",
+        explains=("loss_oscillating", "loss_exploding", "cannot_overfit_batch"),
+        checklist=INPUTS_ROW,
+    ),
+    FindingKind(
         "target_in_inputs",
         "warning",
         "one input feature alone gives the label or the target (the label column, or one "
