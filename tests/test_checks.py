@@ -315,6 +315,15 @@ def test_labels_signal_finding(train_acc, val_acc, classes, fires):
     assert ids(findings) == ([("labels_corrupted", "error")] if fires else [])
 
 
+def test_a_short_run_that_learned_nothing_yet_says_nothing_about_the_labels():
+    # A slow-starting model (a user's LSTM at Adam 3e-4): val at chance after a short run whose
+    # loss barely moved is a slow start, not labels without signal.
+    assert checks.labels_signal_finding(1.0, 0.06, 10, short_run_loss_drop=0.015) == []
+    # Random labels: the short run fits its training labels (loss down 29%), val stays at chance.
+    [finding] = checks.labels_signal_finding(1.0, 0.13, 10, short_run_loss_drop=0.29)
+    assert finding.id == "labels_corrupted"
+
+
 # ----------------------------------------------------------------------------- outputs, loss
 
 

@@ -185,6 +185,17 @@ def check_and_overfit(
     return findings, overfit, overfit_lr
 
 
+def loss_drop(fit: engine.FitResult) -> float:
+    """How much the short run's training loss fell: 1 - its last tenth's mean over its first
+    tenth's (0 when it did not fall, or ran too few steps to tell)."""
+    losses = np.asarray(fit.step_losses, np.float64)
+    window = len(losses) // 10
+    if not window or not np.all(np.isfinite(losses)):
+        return 0.0
+    first, last = float(np.mean(losses[:window])), float(np.mean(losses[-window:]))
+    return max(0.0, 1.0 - last / first) if first > 0 else 0.0
+
+
 def held_out_findings(setup: experiment.Setup, state: engine.TrainState) -> list[Finding]:
     """`train_labels_noisy` and `test_split_differs` from the short run's model: its agreement
     with (a sample of) the training labels, the val labels and the test labels."""
@@ -283,7 +294,7 @@ def diagnose(setup: experiment.Setup) -> Diagnosis:
     val_accuracy = next((r["val_accuracy"] for r in reversed(fit.records) if "val_loss" in r), None)
     if val_accuracy is not None and setup.task.kind.name == tasks.CLASSIFICATION:
         findings += checks.labels_signal_finding(
-            overfit.final_accuracy, val_accuracy, dataset.num_classes
+            overfit.final_accuracy, val_accuracy, dataset.num_classes, loss_drop(fit)
         )
     findings += held_out_findings(setup, fit.state)
     findings += stalled_overfit_candidate(overfit, findings, config.optimizer.learning_rate)

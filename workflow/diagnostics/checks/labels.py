@@ -22,6 +22,9 @@ LABEL_TV_MIN_PER_CLASS = 5
 MEMORIZED_ACCURACY = 0.99
 CHANCE_MARGIN_FACTOR = 0.5
 CHANCE_MARGIN_CAP = 0.1
+# ... and the short run's training loss fell by at least this share (the trials' "improved"):
+# fitting its training labels while val stays at chance is what labels without signal do.
+MIN_LOSS_DROP = 0.1
 
 
 # ----------------------------------------------------------------------------- labels
@@ -133,12 +136,20 @@ def _shifted_splits(counts: dict[str, np.ndarray], c: int) -> dict[str, float]:
 
 
 def labels_signal_finding(
-    train_batch_accuracy: float, val_accuracy: float, num_classes: int
+    train_batch_accuracy: float,
+    val_accuracy: float,
+    num_classes: int,
+    short_run_loss_drop: float = 1.0,
 ) -> list[Finding]:
-    """`labels_corrupted` when training data is memorized but val accuracy stays at chance."""
+    """`labels_corrupted` when training data is memorized but val accuracy stays at chance
+    while the short run's training loss fell (`short_run_loss_drop`: 1 - last / first window):
+    a model that learned nothing yet in the short run (a slow start) says nothing about the
+    labels by scoring at chance."""
     chance = 1.0 / num_classes
     limit = chance + min(CHANCE_MARGIN_FACTOR * chance, CHANCE_MARGIN_CAP)
     if train_batch_accuracy < MEMORIZED_ACCURACY or val_accuracy >= limit:
+        return []
+    if short_run_loss_drop < MIN_LOSS_DROP:
         return []
     return [
         Finding(
