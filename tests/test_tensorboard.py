@@ -135,3 +135,31 @@ def test_each_search_trial_is_a_run_with_its_hyperparameters_and_val_error(tmp_p
     assert [e.step for e in events.Scalars("train_loss")] == [10, 20, 30, 40]
     tensorboard.write_trials(folder, records[:1], {"batch_size": 32})  # rewritten whole
     assert os.listdir(folder) == ["round0-slot0"]
+
+
+def test_a_model_whose_outputs_cannot_be_captured_keeps_its_gradient_histograms():
+    # nnx.RNN scans its cell: captured method outputs would enter the scan's carry, which
+    # refuses them. Training must not fail for a histogram; the gradients' stay.
+    import numpy as np
+    from flax import nnx
+
+    from tests.conftest import small_config
+    from workflow import engine
+    from workflow.engine.layer_statistics import layer_statistics
+
+    class Recurrent(nnx.Module):
+        def __init__(self, rngs):
+            self.rnn = nnx.RNN(nnx.OptimizedLSTMCell(1, 8, rngs=rngs))
+            self.out = nnx.Linear(8, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(self.rnn(x)[:, -1])
+
+    task, state = engine.create_train_state(
+        Recurrent(nnx.Rngs(0)), small_config("sequence"), "sequence"
+    )
+    x = np.random.default_rng(0).normal(size=(16, 12, 1)).astype(np.float32)
+    stats = layer_statistics(task, state, x, np.arange(16) % 3)
+    tags = set(stats["histograms"])
+    assert "gradients/out/kernel" in tags and not any(t.startswith("activations/") for t in tags)
+    assert stats["scalars"]["gradient_norm/out/kernel"] > 0

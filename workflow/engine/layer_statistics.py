@@ -54,11 +54,15 @@ def _name(path: tuple) -> str:
     return "/".join(str(p) for p in parts if p not in ("__call__", "value")) or "output"
 
 
-def _statistics(graphdef: Any, loss_fn: Callable, params: Any, model_state: Any, x, y):
+def _statistics(
+    graphdef: Any, loss_fn: Callable, capture: bool, params: Any, model_state: Any, x, y
+):
     def objective(params):
         model = nnx.merge(graphdef, params, fresh_variables(model_state))
-        capture = nnx.capture(model, nnx.Intermediate, method_outputs=nnx.Intermediate)
-        outputs, captured = capture(x)
+        if not capture:
+            return jnp.mean(loss_fn(model(x).astype(jnp.float32), y)), {}
+        captured_call = nnx.capture(model, nnx.Intermediate, method_outputs=nnx.Intermediate)
+        outputs, captured = captured_call(x)
         return jnp.mean(loss_fn(outputs.astype(jnp.float32), y)), captured
 
     (_, captured), grads = jax.value_and_grad(objective, has_aux=True)(params)
@@ -78,12 +82,24 @@ def _statistics(graphdef: Any, loss_fn: Callable, params: Any, model_state: Any,
     }
 
 
-_compiled = jax.jit(_statistics, static_argnums=(0, 1))
+_compiled = jax.jit(_statistics, static_argnums=(0, 1, 2))
+# Models whose method outputs cannot be captured: a module that runs its submodules inside a
+# transform (nnx.RNN's scan over its cell) gets captures in its carry, which the scan refuses.
+# Their histograms are the gradients' alone.
+_UNCAPTURABLE: set = set()
 
 
 def layer_statistics(task: Task, state: TrainState, x: np.ndarray, y: np.ndarray) -> dict:
     """{"histograms": {tag: statistics}, "scalars": {tag: value}} of one batch at `state`:
-    `gradients/<parameter>`, `activations/<module>` and `gradient_norm/<parameter>`."""
+    `gradients/<parameter>`, `activations/<module>` (where the model's method outputs can be
+    captured) and `gradient_norm/<parameter>`."""
     x, y = x[:MAX_EXAMPLES], y[:MAX_EXAMPLES]
-    result = _compiled(task.train_graphdef, task.loss_fn, state.params, state.model_state, x, y)
+    graphdef, args = task.train_graphdef, (state.params, state.model_state, x, y)
+    if graphdef not in _UNCAPTURABLE:
+        try:
+            result = _compiled(graphdef, task.loss_fn, True, *args)
+            return jax.tree.map(np.asarray, jax.device_get(result))
+        except (TypeError, ValueError):  # tracing the captures failed: see _UNCAPTURABLE
+            _UNCAPTURABLE.add(graphdef)
+    result = _compiled(graphdef, task.loss_fn, False, *args)
     return jax.tree.map(np.asarray, jax.device_get(result))
