@@ -64,6 +64,20 @@ def test_batched_trials_equal_separate_runs(setup, runner):
         np.testing.assert_allclose(a, b)
 
 
+def test_init_seed_builds_the_initialization_of_the_trial_with_that_seed(setup, runner):
+    # best_config.py's init_seed: training the best values again starts from the trial's init.
+    states = runner.init(trials.TrialHparams([3e-3], [0.0], [7]))
+    config = setup.config.copy_and_resolve_references()
+    config.init_seed = 7
+    ds = setup.dataset
+    built = nnx.split(engine.build_model(config, ds.input_shape, ds.num_classes), nnx.Param, ...)[1]
+    for trial, single in zip(jax.tree.leaves(states.params), jax.tree.leaves(built), strict=True):
+        np.testing.assert_array_equal(np.asarray(trial)[0], np.asarray(single))
+    plain = nnx.split(engine.build_model(setup.config, ds.input_shape, ds.num_classes), nnx.Param)
+    pairs = zip(jax.tree.leaves(plain[1]), jax.tree.leaves(built), strict=True)
+    assert not all(np.array_equal(a, b) for a, b in pairs)  # config.seed's init differs
+
+
 @pytest.mark.slow
 def test_trials_on_eight_devices_match_one():
     script = f"""

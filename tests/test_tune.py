@@ -124,6 +124,7 @@ def test_tune_writes_table_plots_best_config_and_the_best_trial_as_trained(tuned
     # trial itself, the model whose val numbers chose it, as a complete training run.
     best = summary["best"]
     assert best["steps"] == 60 and m["best_trained_again"] is False
+    assert config.init_seed == best["seed"]  # best_config.py starts where the trial did
     assert m["val_loss"] == pytest.approx(best["val_loss"], rel=1e-5)
     assert m["val_accuracy"] == pytest.approx(best["val_accuracy"])
     best_dir = os.path.join(workdir, "best")

@@ -155,6 +155,9 @@ def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collection
     """The workflow's 'start simple' defaults: Adam 3e-4, no regularization, inputs normalized."""
     config = ml_collections.ConfigDict()
     config.seed = 0
+    # The model's initialization (and dropout stream) alone, when not config.seed: tune's
+    # best_config.py sets the best trial's, so training it again starts where that trial did.
+    config.init_seed = config_dict.placeholder(int)
     config.dataset = ml_collections.ConfigDict(
         {
             "name": dataset,
@@ -359,6 +362,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "must be an integer >= 0 (0 saves only the final checkpoint)",
     )
     _require(config.eval_batch_size > 0, "eval_batch_size", config.eval_batch_size, "must be > 0")
+    init_seed = config.get("init_seed")
+    _require(
+        init_seed is None or (isinstance(init_seed, int) and init_seed >= 0),
+        "init_seed",
+        init_seed,
+        "an integer >= 0, or None (config.seed)",
+    )
     loop = config.get("loop", "auto")
     _require(loop in loop_form.CHOICES, "loop", loop, f"one of {', '.join(loop_form.CHOICES)}")
     dtype = config.get("dtype", "float32")

@@ -42,6 +42,7 @@ from workflow.engine.state import (
     copy_state,
     create_train_state,
     forward,
+    init_seed,
     model_kwargs,
 )
 from workflow.engine.step import (
@@ -87,6 +88,7 @@ __all__ = [
     "make_multi_step",
     "make_train_loop",
     "make_train_step",
+    "init_seed",
     "model_kwargs",
     "now",
     "padded_batches",

@@ -100,12 +100,20 @@ def model_kwargs(config: ml_collections.ConfigDict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
 
 
+def init_seed(config: ml_collections.ConfigDict) -> int:
+    """The seed of the model's initialization and dropout stream: config.init_seed, else
+    config.seed."""
+    seed = config.get("init_seed")
+    return int(config.seed if seed is None else seed)
+
+
 def build_model(config: ml_collections.ConfigDict, input_shape, num_classes: int) -> nnx.Module:
     """The configured model, built as `Class(input_shape, num_outputs, *, rngs, **kwargs)` or,
     for any other constructor, `Class(**kwargs, rngs)` (models.build_model); a bad model name,
     option or input shape is a UsageError."""
     kwargs = model_kwargs(config)
     name = config.model.name
+    seed = init_seed(config)
     with as_usage_error(models.ModelOptionError):
         cls = models.get_model_class(name)
     # The model's own code raising (not a bad option) is named in one line too.
@@ -115,7 +123,7 @@ def build_model(config: ml_collections.ConfigDict, input_shape, num_classes: int
                 name,
                 tuple(input_shape),
                 num_classes,
-                rngs=nnx.Rngs(config.seed, dropout=config.seed + 1),
+                rngs=nnx.Rngs(seed, dropout=seed + 1),
                 **kwargs,
             )
         )

@@ -90,7 +90,7 @@ def run_batched(group: list[remedies.Remedy], dataset, base_steps: int) -> list[
     hparams = trials.TrialHparams(
         learning_rate=[r.config.optimizer.learning_rate for r in group],
         l2=[r.config.l2 for r in group],
-        seed=[config.seed] * len(group),
+        seed=[engine.init_seed(config)] * len(group),  # the baseline's own initialization
     )
     t0 = engine.now()
     states, result = runner.run(hparams, dataset, config.num_steps)

@@ -140,11 +140,14 @@ def _widen_advice(key: str, custom: bool) -> str:
 
 
 def best_values(config: ml_collections.ConfigDict, best: dict) -> ml_collections.ConfigDict:
-    """The config with the best trial's learning rate, L2 weight and every other searched key."""
+    """The config with the best trial's learning rate, L2 weight, every other searched key and
+    its initialization seed (init_seed)."""
     tuned = config.copy_and_resolve_references()
     config_lib.apply_overrides(tuned, random_search.searched_extras(best))
     tuned.optimizer.learning_rate = float(best["learning_rate"])
     tuned.l2 = float(best["l2"])
+    if "init_seed" in tuned and best.get("seed") is not None:
+        tuned.init_seed = int(best["seed"])  # the trial's initialization: trained again, the same
     return tuned
 
 
@@ -334,9 +337,9 @@ def best_run_text(metrics: dict, best: dict) -> str:
     if metrics["best_trained_again"]:
         return f"\n\n`{rundir.BEST}/`: the best values trained again at the full length."
     return (
-        f"\n\n`{rundir.BEST}/`: this trial as the search trained it to the full length (seed "
-        f"{best['seed']}), recorded without training it again: the model its val numbers were "
-        "measured on."
+        f"\n\n`{rundir.BEST}/`: this trial as the search trained it to the full length "
+        f"(`init_seed` {best['seed']}), recorded without training it again: the model its val "
+        "numbers were measured on."
     )
 
 
