@@ -194,3 +194,25 @@ def experiment_metrics(accumulator) -> list[str]:
     content = accumulator.PluginTagToContent("hparams")["_hparams_/experiment"]
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content).experiment
     return [m.name.tag for m in experiment.metric_infos]
+
+
+def _sklearn_set(name: str):
+    """scikit-learn's bundled set `name` (load_<name>), loaded when a test calls it."""
+
+    def load(**kwargs):
+        from sklearn import datasets
+
+        return getattr(datasets, f"load_{name}")(**kwargs)
+
+    load.__name__ = f"load_{name}"
+    return load
+
+
+# scikit-learn's bundled sets with their task: real data the data checks must stay quiet on.
+SKLEARN_SETS = [
+    (_sklearn_set("digits"), "classification"),
+    (_sklearn_set("wine"), "classification"),
+    (_sklearn_set("breast_cancer"), "classification"),
+    (_sklearn_set("iris"), "classification"),
+    (_sklearn_set("diabetes"), "regression"),
+]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn import datasets
 
+from tests.conftest import SKLEARN_SETS
 from workflow.diagnostics.checks.extreme_values import check_extreme_values
 
 
@@ -49,16 +50,7 @@ def test_regression_targets_in_mixed_units_are_found():
     assert finding.evidence["columns"]["the target"]["count"] == 4
 
 
-@pytest.mark.parametrize(
-    "load, task",
-    [
-        (datasets.load_digits, "classification"),
-        (datasets.load_wine, "classification"),
-        (datasets.load_breast_cancer, "classification"),
-        (datasets.load_iris, "classification"),
-        (datasets.load_diabetes, "regression"),
-    ],
-)
+@pytest.mark.parametrize("load, task", SKLEARN_SETS)
 def test_real_datasets_stay_quiet(load, task):
     x, y = load(return_X_y=True)
     assert check_extreme_values(_setup(x, y, task=task)) == []

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn import datasets
 
+from tests.conftest import SKLEARN_SETS
 from workflow.diagnostics.checks.target_leak import check_target_leak
 
 
@@ -44,16 +45,7 @@ def test_a_regression_target_rescaled_into_the_inputs_is_found():
     assert "correlates with the target almost perfectly" in finding.message
 
 
-@pytest.mark.parametrize(
-    "load, task",
-    [
-        (datasets.load_digits, "classification"),
-        (datasets.load_wine, "classification"),
-        (datasets.load_breast_cancer, "classification"),
-        (datasets.load_iris, "classification"),
-        (datasets.load_diabetes, "regression"),
-    ],
-)
+@pytest.mark.parametrize("load, task", SKLEARN_SETS)
 def test_real_datasets_features_stay_quiet(load, task):
     x, y = load(return_X_y=True)
     assert check_target_leak(_setup(_standardized(x), y, task=task)) == []
