@@ -12,6 +12,9 @@ initialization on the same batches, as many steps as the short run. The knobs an
 * the initialization scale (`initial_loss_off`, and `exploding_gradients` on finite gradients,
   which blame weights that start too large): every weight of two or more dimensions (kernels,
   embeddings; not biases or norm scales) x0.1 and x0.01 at step 0, which works for any model;
+* gradient clipping (`exploding_gradients` on finite gradients, beside the init scale): the
+  global gradient norm clipped at the measured step-0 norm /10, /100 and /1000 (each trial its
+  own norm: a runner with `clip_per_trial`), what `--config.optimizer.clip_norm` does;
 * input normalization (`inputs_not_normalized`): the inputs standardized with the training
   split's per-channel mean and std (what `--config.dataset.normalize=True` does), trained by
   the same compiled program on the standardized copy.
@@ -23,7 +26,9 @@ loss reaches 1.52 (lr 0.0003's level after 300 steps) in 40 steps, 7.5x sooner, 
 0.4"); unconfirmed, it is lowered to `info` and says what the trials measured instead. A
 `loss_plateau` is a measured symptom with several possible causes: the trials judge only its
 regularization cause, so it keeps its severity, and the L2 suggestion goes first (confirmed, at
-the trials' best value) or last (refuted, with what was measured). Either way the trials are
+the trials' best value) or last (refuted, with what was measured); an `exploding_gradients`
+finding's first suggestion is the change that helped most (the init scale or a clip norm). Either
+way the trials are
 recorded in the finding's evidence under "counterfactual". Findings that are certain by
 construction (a NaN, labels out of range, a shape mismatch, a layer dead for every input) blame
 no knob and run no trials.
@@ -43,6 +48,8 @@ from workflow.engine.trials import TrialHparams, TrialRunner
 
 # The findings whose learning-rate trials move it which way.
 LR_FINDINGS = {"lr_too_low": "raise", "lr_too_high": "lower"}
+# A blamed knob's name in the evidence, where it differs (the direction is in the trials).
+LR_KNOBS = {"raise_lr": "lr", "lower_lr": "lr"}
 # The changed rates tried, as factors of the configured one (decades, the notes' coarse grid).
 RAISE_FACTORS = (10.0, 100.0)
 LOWER_FACTORS = (0.1, 0.01)
@@ -54,6 +61,9 @@ L2_FACTORS = (0.1, 0.01, 0.0)
 # The initial weights' scales tried: a x10 or x100 init (the zoo's exploding init) comes back to
 # the default's scale at one of them.
 INIT_SCALES = (0.1, 0.01)
+# The clipping norms tried, as factors of the measured step-0 global gradient norm: decades
+# below it, down to where every step is clipped to a small fraction of the exploding norm.
+CLIP_FACTORS = (0.1, 0.01, 0.001)
 # Confirmed: the change reaches the configured setup's final loss 4x sooner (a difference a
 # tuned run would not give up), and ends at least 10% below it (not within mini-batch noise).
 MIN_SPEEDUP = 4.0
@@ -71,19 +81,20 @@ MIN_TRIAL_STEPS = 60
 SERIOUS = ("error", "warning")
 # What each knob's findings are lowered to when the trials refute them (None: kept, the knob's
 # suggestion moved last).
-LOWERED_TO = {"lr": "info", "inputs": "info", "init": "info", "l2": None}
+LOWERED_TO = {"lr": "info", "inputs": "info", "init": "info", "gradients": "info", "l2": None}
 
 
 @dataclasses.dataclass(frozen=True)
 class Change:
     """One trial's setup: the knob changed and how (the configured setup: knob "base")."""
 
-    knob: str  # "base", "lr", "l2", "init", "inputs"
+    knob: str  # "base", "lr", "l2", "init", "clip", "inputs"
     label: str  # what the message calls it, e.g. "lr 0.003 (x10)", "the inputs standardized"
     learning_rate: float
     l2: float
     init_scale: float = 1.0
     standardized: bool = False
+    clip_norm: float | None = None  # the global-norm clip (0: off; None: as configured)
     # The config values that apply it ({}: a code change, e.g. the init scale).
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
@@ -110,6 +121,7 @@ class Trial:
             "learning_rate": _r(c.learning_rate),
             "l2": _r(c.l2),
             "init_scale": _r(c.init_scale),
+            "clip_norm": None if c.clip_norm is None else _r(c.clip_norm),
             "standardized_inputs": c.standardized,
             "final_loss": _r(self.final_loss),
             "diverged": self.diverged,
@@ -139,8 +151,9 @@ def base_change(config) -> Change:
 
 
 def blamed_knob(finding: Finding, config) -> str | None:
-    """The knob a warning or error blames ("raise_lr", "lower_lr", "l2", "init", "inputs"), or
-    None: an info, a finding certain by construction, or a knob the config does not set."""
+    """The knob a warning or error blames ("raise_lr", "lower_lr", "l2", "init", "gradients":
+    the init scale and clipping, "inputs"), or None: an info, a finding certain by construction,
+    or a knob the config does not set."""
     if finding.severity not in SERIOUS:
         return None
     if finding.id in LR_FINDINGS:
@@ -152,12 +165,18 @@ def blamed_knob(finding: Finding, config) -> str | None:
     if finding.id == "initial_loss_off":
         return "init"
     if finding.id == "exploding_gradients" and not finding.evidence.get("nonfinite_params"):
-        return "init"  # non-finite gradients are a NaN: certain, whatever the init
+        return "gradients"  # non-finite gradients are a NaN: certain, whatever the init
     return None
 
 
-def knob_changes(knob: str, config) -> list[Change]:
-    """The changed setups a finding that blames `knob` is tried with."""
+def clip_norms(grad_norm: float) -> list[float]:
+    """The clipping norms a step-0 global gradient norm of `grad_norm` is tried with."""
+    return [float(f"{grad_norm * f:.2g}") for f in CLIP_FACTORS]
+
+
+def knob_changes(knob: str, config, grad_norm: float | None = None) -> list[Change]:
+    """The changed setups a finding that blames `knob` is tried with (`grad_norm`: the
+    finding's measured step-0 gradient norm, which sets the clipping norms tried)."""
     base = base_change(config)
     lr, l2 = base.learning_rate, base.l2
     if knob in ("raise_lr", "lower_lr"):
@@ -186,6 +205,21 @@ def knob_changes(knob: str, config) -> list[Change]:
         return [
             Change("init", f"the initial weights x{s:g}", lr, l2, init_scale=s) for s in INIT_SCALES
         ]
+    if knob == "gradients":
+        if not grad_norm or not math.isfinite(grad_norm):
+            return knob_changes("init", config)
+        clipped = [
+            Change(
+                "clip",
+                f"the gradients clipped at norm {c:g}",
+                lr,
+                l2,
+                clip_norm=c,
+                overrides={"optimizer.clip_norm": c},
+            )
+            for c in clip_norms(grad_norm)
+        ]
+        return [*knob_changes("init", config), *clipped]
     if knob == "inputs":
         return [
             Change(
@@ -230,6 +264,14 @@ def _train(runner: TrialRunner, changes: list[Change], dataset, steps: int, seed
         learning_rate=[c.learning_rate for c in changes],
         l2=[c.l2 for c in changes],
         seed=[seed] * len(changes),
+        clip_norm=(
+            [
+                float(runner.config.optimizer.clip_norm) if c.clip_norm is None else c.clip_norm
+                for c in changes
+            ]
+            if runner.clip_per_trial
+            else None
+        ),
     )
     initial = None
     if any(c.init_scale != 1.0 for c in changes):
@@ -255,11 +297,17 @@ def run_trials(
     config.log_every = max(1, steps // CURVE_WINDOWS)
     if loop is not None:
         config.loop = loop
-    runner = TrialRunner(
-        config, setup.dataset.input_shape, setup.dataset.num_classes, task_kind=setup.dataset.task
-    )
     base = base_change(config)
     everything = [base, *changes]
+    runner = TrialRunner(
+        config,
+        setup.dataset.input_shape,
+        setup.dataset.num_classes,
+        task_kind=setup.dataset.task,
+        # Clipping trials each clip at their own norm (an injected hyperparameter), in the one
+        # program with the others.
+        clip_per_trial=any(c.clip_norm is not None for c in everything),
+    )
     raw = [i for i, c in enumerate(everything) if not c.standardized]
     on_standardized = [i for i, c in enumerate(everything) if c.standardized]
     seed = int(config.seed)
@@ -317,12 +365,19 @@ def confirmed(trials: list[Trial], steps: int) -> bool:
 
 
 # What the message calls the configured setup, by the knob its trials change.
-BASE_LABELS = {"l2": "l2 {l2:g}", "init": "the weights as built", "inputs": "the raw inputs"}
+BASE_LABELS = {
+    "l2": "l2 {l2:g}",
+    "init": "the weights as built",
+    "inputs": "the raw inputs",
+}
 
 
 def _base_label(trials: list[Trial]) -> str:
     """The configured setup's name in a message about `trials`' knob."""
     base = trials[0].change
+    knobs = {t.change.knob for t in trials[1:]}
+    if len(knobs) > 1:  # e.g. the init scale and clipping, both from the configured setup
+        return "the configured setup"
     label = BASE_LABELS.get(trials[1].change.knob) if len(trials) > 1 else None
     return label.format(l2=base.l2) if label else base.label
 
@@ -372,16 +427,22 @@ def _measured_suggestion(best: Trial, speedup: float) -> str | None:
             "faster in the trials; use the default (LeCun/He) init (or scale the init down by "
             f"{c.init_scale:g} in the model)"
         )
+    if c.knob == "clip":
+        return (
+            f"clip gradients at norm {c.clip_norm:g}, the trials' best: {speedup:.1f}x faster "
+            f"({c.flags()})"
+        )
     return None
 
 
-def judged(finding: Finding, trials: list[Trial], steps: int) -> Finding:
-    """`finding` with the trials' verdict: kept and stated when confirmed; else lowered to info
-    (a plateau: kept, its L2 suggestion moved last)."""
+def judged(finding: Finding, trials: list[Trial], steps: int, knob: str | None = None) -> Finding:
+    """`finding` with the trials' verdict on `knob` (None: the first change's): kept and stated
+    when confirmed, the change that helped most its first suggestion; else lowered to info (a
+    plateau: kept, its L2 suggestion moved last)."""
     ok = confirmed(trials, steps)
     outcome = _outcome(trials, steps)
     best, speedup = best_change(trials, steps)
-    kind = trials[1].change.knob
+    kind = LR_KNOBS.get(knob, knob) if knob else trials[1].change.knob
     evidence = {
         **finding.evidence,
         "counterfactual": {
@@ -451,7 +512,8 @@ def confirm_findings(
     if not blamed or steps <= 0:
         return findings
     knobs = sorted(set(blamed.values()))
-    changes = {knob: knob_changes(knob, setup.config) for knob in knobs}
+    grad_norms = {knob: findings[i].evidence.get("global_grad_norm") for i, knob in blamed.items()}
+    changes = {knob: knob_changes(knob, setup.config, grad_norms[knob]) for knob in knobs}
     lanes = 1 + sum(len(c) for c in changes.values())
     steps = trial_steps(steps, lanes, seconds_per_step, setup.config.debug.train_seconds)
     trials, run_steps, seconds = run_trials(
@@ -464,6 +526,6 @@ def confirm_findings(
         start += count
     out = list(findings)
     for i, knob in blamed.items():
-        out[i] = judged(findings[i], by_knob[knob], run_steps)
+        out[i] = judged(findings[i], by_knob[knob], run_steps, knob)
         out[i].evidence["counterfactual"]["seconds"] = _r(seconds)
     return out
