@@ -378,7 +378,8 @@ KINDS = (
         "exploding_gradients",
         "warning",
         "a gradient norm far too large (error when gradients are NaN/inf; in debug, a finite "
-        "one is info unless smaller initial weights measurably help in counterfactual trials)",
+        "one is info unless smaller initial weights or gradient clipping measurably help in "
+        "counterfactual trials)",
         "debug",
         explains=("loss_exploding", "cannot_overfit_batch"),
         checklist=GRADIENTS_ROW,
