@@ -285,3 +285,27 @@ def test_a_batch_whose_loss_never_moved_puts_the_learning_rate_to_the_trials():
     assert stalled_overfit_candidate(_overfit(False, 1.0, 0.99, budget_cut=True), [], 1e-8) == []
     named = [Finding("lr_too_low", "info", "already measured")]
     assert stalled_overfit_candidate(_overfit(False, 1.0, 0.99), named, 1e-8) == []
+
+
+def test_a_change_two_findings_share_trains_once(monkeypatch):
+    # initial_loss_off and exploding_gradients both try the init scales: 2 + 3 changes, not 7.
+    seen = []
+
+    def fake(setup, changes, steps, loop=None):
+        seen.extend(changes)
+        everything = [counterfactual.base_change(setup.config), *changes]
+        return [Trial(c, 1.0, False, steps) for c in everything], steps, 0.5
+
+    monkeypatch.setattr(counterfactual, "run_trials", fake)
+    setup = types.SimpleNamespace(config=small_config("tabular"))
+    init, grads = confirm_findings(setup, [blamed("initial_loss_off"), exploding(50.0)], 100)
+    assert [(c.knob, c.init_scale, c.clip_norm) for c in seen] == [
+        ("init", 0.1, None),
+        ("init", 0.01, None),
+        ("clip", 1.0, 5.0),
+        ("clip", 1.0, 0.5),
+        ("clip", 1.0, 0.05),
+    ]
+    assert len(init.evidence["counterfactual"]["trials"]) == 3
+    assert len(grads.evidence["counterfactual"]["trials"]) == 6
+    assert grads.severity == "info" and grads.evidence["counterfactual"]["knob"] == "gradients"

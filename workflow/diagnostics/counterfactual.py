@@ -514,16 +514,14 @@ def confirm_findings(
     knobs = sorted(set(blamed.values()))
     grad_norms = {knob: findings[i].evidence.get("global_grad_norm") for i, knob in blamed.items()}
     changes = {knob: knob_changes(knob, setup.config, grad_norms[knob]) for knob in knobs}
-    lanes = 1 + sum(len(c) for c in changes.values())
-    steps = trial_steps(steps, lanes, seconds_per_step, setup.config.debug.train_seconds)
-    trials, run_steps, seconds = run_trials(
-        setup, [c for k in knobs for c in changes[k]], steps, loop
-    )
-    by_knob, start = {}, 1
-    for knob in knobs:
-        count = len(changes[knob])
-        by_knob[knob] = [trials[0], *trials[start : start + count]]
-        start += count
+    # A change two knobs share (the init scales of initial_loss_off and exploding_gradients)
+    # trains once.
+    unique = list(dict.fromkeys(c for k in knobs for c in changes[k]))
+    steps = trial_steps(steps, 1 + len(unique), seconds_per_step, setup.config.debug.train_seconds)
+    trials, run_steps, seconds = run_trials(setup, unique, steps, loop)
+    by_knob = {
+        knob: [trials[0], *(trials[1 + unique.index(c)] for c in changes[knob])] for knob in knobs
+    }
     out = list(findings)
     for i, knob in blamed.items():
         out[i] = judged(findings[i], by_knob[knob], run_steps, knob)
