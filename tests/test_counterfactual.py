@@ -309,3 +309,47 @@ def test_a_change_two_findings_share_trains_once(monkeypatch):
     assert len(init.evidence["counterfactual"]["trials"]) == 3
     assert len(grads.evidence["counterfactual"]["trials"]) == 6
     assert grads.severity == "info" and grads.evidence["counterfactual"]["knob"] == "gradients"
+
+
+def adamw(weight_decay: float, **overrides):
+    return small_config(
+        "tabular",
+        **{"optimizer.name": "adamw", "optimizer.weight_decay": weight_decay},
+        **overrides,
+    )
+
+
+def test_adamw_weight_decay_is_a_regularization_knob_of_its_own():
+    knob = counterfactual.blamed_knob
+    assert knob(blamed("loss_plateau"), adamw(0.1)) == "l2"  # l2 = 0, the decay blamed
+    assert knob(blamed("loss_plateau"), adamw(0.0)) is None
+    only_decay = counterfactual.knob_changes("l2", adamw(0.1))
+    assert [c.weight_decay for c in only_decay] == pytest.approx([0.01, 0.001, 0.0])
+    assert only_decay[-1].overrides == {"optimizer.weight_decay": 0.0}
+    both = counterfactual.knob_changes("l2", adamw(0.1, l2=1.0))
+    assert [c.knob for c in both] == ["l2"] * 3 + ["weight_decay"] * 3
+
+
+def test_a_plateau_under_adamw_weight_decay_100_is_confirmed_with_the_decay_off():
+    plateau = Finding("loss_plateau", "error", "the loss plateaus", suggestions=["raise lr"])
+    [found] = judge(adamw(100.0), plateau)
+    measured = found.evidence["counterfactual"]
+    assert found.severity == "error" and measured["confirmed"] and measured["knob"] == "l2"
+    assert "confirmed: with weight_decay 0 (off) the loss reaches" in found.message
+    assert "(the configured weight decay's level after 100 steps)" in found.message
+    assert [t["weight_decay"] for t in measured["trials"]] == pytest.approx([None, 10, 1, 0])
+    assert found.suggestions[0] == (
+        "use weight_decay 0, the trials' best (--config.optimizer.weight_decay=0.0)"
+    )
+
+
+@pytest.mark.slow
+def test_a_plateau_a_small_weight_decay_does_not_explain_keeps_it_last():
+    plateau = Finding(
+        "loss_plateau", "error", "the loss plateaus", suggestions=["--config.l2=0.0", "raise lr"]
+    )
+    [found] = judge(adamw(1e-4), plateau)
+    assert found.severity == "error" and not found.evidence["counterfactual"]["confirmed"]
+    assert "; not the regularization (L2, weight decay): with weight_decay" in found.message
+    assert found.suggestions[0] == "raise lr"
+    assert found.suggestions[1].startswith("--config.l2=0.0 (not confirmed: with weight_decay")

@@ -8,7 +8,9 @@ initialization on the same batches, as many steps as the short run. The knobs an
 * the learning rate (`lr_too_low`, `lr_too_high`): x10 and x100 up (a rate below the usual range
   also at the default 3e-4), or /10 and /100 down;
 * the L2 penalty (`loss_plateau` with `config.l2` > 0, whose causes include too much
-  regularization): l2 /10, /100 and 0;
+  regularization): l2 /10, /100 and 0; with AdamW's `optimizer.weight_decay` > 0 (also with
+  l2 = 0) the decoupled weight decay /10, /100 and 0 beside them (each trial its own: a runner
+  with `weight_decay_per_trial`);
 * the initialization scale (`initial_loss_off`, and `exploding_gradients` on finite gradients,
   which blame weights that start too large): every weight of two or more dimensions (kernels,
   embeddings; not biases or norm scales) x0.1 and x0.01 at step 0, which works for any model;
@@ -58,6 +60,8 @@ LOWER_FACTORS = (0.1, 0.01)
 DEFAULT_LEARNING_RATE = 3e-4
 # The L2 weights tried, as factors of the configured one (0: the penalty off).
 L2_FACTORS = (0.1, 0.01, 0.0)
+# AdamW's decoupled weight decays tried, as factors of the configured one (0: off).
+WEIGHT_DECAY_FACTORS = (0.1, 0.01, 0.0)
 # The initial weights' scales tried: a x10 or x100 init (the zoo's exploding init) comes back to
 # the default's scale at one of them.
 INIT_SCALES = (0.1, 0.01)
@@ -88,13 +92,14 @@ LOWERED_TO = {"lr": "info", "inputs": "info", "init": "info", "gradients": "info
 class Change:
     """One trial's setup: the knob changed and how (the configured setup: knob "base")."""
 
-    knob: str  # "base", "lr", "l2", "init", "clip", "inputs"
+    knob: str  # "base", "lr", "l2", "weight_decay", "init", "clip", "inputs"
     label: str  # what the message calls it, e.g. "lr 0.003 (x10)", "the inputs standardized"
     learning_rate: float
     l2: float
     init_scale: float = 1.0
     standardized: bool = False
     clip_norm: float | None = None  # the global-norm clip (0: off; None: as configured)
+    weight_decay: float | None = None  # AdamW's decoupled decay (None: as configured)
     # The config values that apply it ({}: a code change, e.g. the init scale).
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
@@ -122,6 +127,7 @@ class Trial:
             "l2": _r(c.l2),
             "init_scale": _r(c.init_scale),
             "clip_norm": None if c.clip_norm is None else _r(c.clip_norm),
+            "weight_decay": None if c.weight_decay is None else _r(c.weight_decay),
             "standardized_inputs": c.standardized,
             "final_loss": _r(self.final_loss),
             "diverged": self.diverged,
@@ -160,13 +166,19 @@ def blamed_knob(finding: Finding, config) -> str | None:
         return f"{LR_FINDINGS[finding.id]}_lr"
     if finding.id == "inputs_not_normalized":
         return "inputs"
-    if finding.id == "loss_plateau" and float(config.l2) > 0:
+    if finding.id == "loss_plateau" and (float(config.l2) > 0 or adamw_decay(config) > 0):
         return "l2"
     if finding.id == "initial_loss_off":
         return "init"
     if finding.id == "exploding_gradients" and not finding.evidence.get("nonfinite_params"):
         return "gradients"  # non-finite gradients are a NaN: certain, whatever the init
     return None
+
+
+def adamw_decay(config) -> float:
+    """The configured AdamW decoupled weight decay (0 for any other optimizer)."""
+    opt = config.optimizer
+    return float(opt.get("weight_decay", 0.0)) if opt.name == "adamw" else 0.0
 
 
 def clip_norms(grad_norm: float) -> list[float]:
@@ -191,6 +203,21 @@ def knob_changes(knob: str, config, grad_norm: float | None = None) -> list[Chan
             for rate in candidate_rates(lr, knob.removesuffix("_lr"))
         ]
     if knob == "l2":
+        decay = adamw_decay(config)
+        decays = [
+            Change(
+                "weight_decay",
+                f"weight_decay {decay * f:g} (/{1 / f:g})" if f else "weight_decay 0 (off)",
+                lr,
+                l2,
+                weight_decay=decay * f,
+                overrides={"optimizer.weight_decay": float(f"{decay * f:.4g}")},
+            )
+            for f in WEIGHT_DECAY_FACTORS
+            if decay > 0
+        ]
+        if l2 <= 0:
+            return decays
         return [
             Change(
                 "l2",
@@ -200,7 +227,7 @@ def knob_changes(knob: str, config, grad_norm: float | None = None) -> list[Chan
                 overrides={"l2": float(f"{l2 * f:.4g}")},
             )
             for f in L2_FACTORS
-        ]
+        ] + decays
     if knob == "init":
         return [
             Change("init", f"the initial weights x{s:g}", lr, l2, init_scale=s) for s in INIT_SCALES
@@ -272,6 +299,14 @@ def _train(runner: TrialRunner, changes: list[Change], dataset, steps: int, seed
             if runner.clip_per_trial
             else None
         ),
+        weight_decay=(
+            [
+                adamw_decay(runner.config) if c.weight_decay is None else c.weight_decay
+                for c in changes
+            ]
+            if runner.weight_decay_per_trial
+            else None
+        ),
     )
     initial = None
     if any(c.init_scale != 1.0 for c in changes):
@@ -307,6 +342,7 @@ def run_trials(
         # Clipping trials each clip at their own norm (an injected hyperparameter), in the one
         # program with the others.
         clip_per_trial=any(c.clip_norm is not None for c in everything),
+        weight_decay_per_trial=any(c.weight_decay is not None for c in everything),
     )
     raw = [i for i, c in enumerate(everything) if not c.standardized]
     on_standardized = [i for i, c in enumerate(everything) if c.standardized]
@@ -367,6 +403,7 @@ def confirmed(trials: list[Trial], steps: int) -> bool:
 # What the message calls the configured setup, by the knob its trials change.
 BASE_LABELS = {
     "l2": "l2 {l2:g}",
+    "weight_decay": "the configured weight decay",
     "init": "the weights as built",
     "inputs": "the raw inputs",
 }
@@ -421,6 +458,8 @@ def _measured_suggestion(best: Trial, speedup: float) -> str | None:
         return f"use lr {c.learning_rate:g}, the trials' best ({c.flags()})"
     if c.knob == "l2":
         return f"use l2 {c.l2:g}, the trials' best ({c.flags()})"
+    if c.knob == "weight_decay":
+        return f"use weight_decay {c.weight_decay:g}, the trials' best ({c.flags()})"
     if c.knob == "init":
         return (
             f"the weights start too large: x{c.init_scale:g} at step 0 trained {speedup:.1f}x "
@@ -464,12 +503,15 @@ def judged(finding: Finding, trials: list[Trial], steps: int, knob: str | None =
         )
     lowered = LOWERED_TO[kind]
     if lowered is None:
-        knob_flag = "--config.l2="
-        kept = [s for s in finding.suggestions if knob_flag not in s]
-        moved = [f"{s} (not confirmed: {outcome})" for s in finding.suggestions if knob_flag in s]
+        flags = ("--config.l2=", "--config.optimizer.weight_decay=")
+        knob_flag = [s for s in finding.suggestions if any(f in s for f in flags)]
+        kept = [s for s in finding.suggestions if s not in knob_flag]
+        moved = [f"{s} (not confirmed: {outcome})" for s in knob_flag]
+        decays = any(t.change.knob == "weight_decay" for t in trials)
+        cause = "the regularization (L2, weight decay)" if decays else "the L2 penalty"
         return dataclasses.replace(
             finding,
-            message=f"{finding.message}; not the L2 penalty: {outcome}",
+            message=f"{finding.message}; not {cause}: {outcome}",
             evidence=evidence,
             suggestions=kept + moved,
         )
