@@ -485,8 +485,9 @@ KINDS = (
         "warning",
         "error plateaus (lr too low, gradients not flowing, too much regularization, "
         "probabilities into a logits loss, corrupted data; error when it never leaves its "
-        "initial level, or when no trial of a search trained; in debug with l2 > 0, "
-        "counterfactual trials at a lower l2 confirm or refute the regularization)",
+        "initial level, or when no trial of a search trained; in debug with l2 > 0 or AdamW "
+        "weight_decay > 0, counterfactual trials at a lower l2 or weight decay confirm or "
+        "refute the regularization)",
         "curve diagnosis, tune",
         explains=("cannot_overfit_batch",),
         checklist=CURVE_ROW,
