@@ -118,7 +118,7 @@ def test_each_knob_blaming_finding_names_its_knob_and_the_certain_ones_none():
     assert knob(blamed("loss_plateau"), config) == "l2"
     assert knob(blamed("inputs_not_normalized"), config) == "inputs"
     assert knob(blamed("initial_loss_off"), config) == "init"
-    assert knob(blamed("exploding_gradients"), config) == "init"
+    assert knob(blamed("exploding_gradients"), config) == "gradients"
     nan = Finding("exploding_gradients", "error", "m", evidence={"nonfinite_params": ["w"]})
     assert knob(nan, config) is None
     assert knob(Finding("inputs_not_normalized", "info", "m"), config) is None
@@ -129,6 +129,11 @@ def test_each_knob_blaming_finding_names_its_knob_and_the_certain_ones_none():
     assert [c.init_scale for c in counterfactual.knob_changes("init", config)] == [0.1, 0.01]
     [inputs] = counterfactual.knob_changes("inputs", config)
     assert inputs.standardized and inputs.overrides == {"dataset.normalize": True}
+    # Exploding gradients: the init scales, then clipping at decades below the measured norm.
+    changes = counterfactual.knob_changes("gradients", config, grad_norm=50.0)
+    assert [c.init_scale for c in changes] == [0.1, 0.01, 1.0, 1.0, 1.0]
+    assert [c.clip_norm for c in changes] == [None, None, 5.0, 0.5, 0.05]
+    assert changes[-1].overrides == {"optimizer.clip_norm": 0.05}
 
 
 def test_the_init_scale_rescales_weights_only():
@@ -210,10 +215,36 @@ def test_an_exploding_init_is_confirmed_with_smaller_weights():
     assert init.suggestions[0].startswith("the weights start too large: x0.01 at step 0")
 
 
+def exploding(grad_norm: float) -> Finding:
+    evidence = {"global_grad_norm": grad_norm, "nonfinite_params": []}
+    return Finding("exploding_gradients", "warning", "the gradient norm is large", evidence)
+
+
+def test_exploding_gradients_under_sgd_at_lr_3_are_confirmed_by_clipping():
+    # Plain SGD at lr 3 overshoots every step; a clipped step does not, smaller weights no less.
+    config = small_config("tabular", **{"optimizer.name": "sgd", "optimizer.learning_rate": 3.0})
+    [found] = judge(config, exploding(50.0))
+    measured = found.evidence["counterfactual"]
+    assert found.severity == "warning" and measured["confirmed"]
+    assert measured["knob"] == "gradients" and measured["speedup"] >= counterfactual.MIN_SPEEDUP
+    assert "confirmed: with the gradients clipped at norm 0.5 the loss reaches" in found.message
+    assert "(the configured setup's level after 100 steps)" in found.message
+    assert [t["clip_norm"] for t in measured["trials"]] == [None, None, None, 5.0, 0.5, 0.05]
+    assert found.suggestions[0].startswith("clip gradients at norm 0.5, the trials' best")
+    assert found.suggestions[0].endswith("(--config.optimizer.clip_norm=0.5)")
+
+
 @pytest.mark.slow
-def test_smaller_weights_for_a_default_init_are_refuted_to_info():
-    [fine] = judge(small_config("tabular"), blamed("exploding_gradients"))
-    assert fine.severity == "info" and "not confirmed: with the initial weights" in fine.message
+def test_smaller_weights_or_clipping_for_a_default_init_are_refuted_to_info():
+    # Adam at a usual rate: neither smaller weights nor clipping trains 4x faster.
+    [fine] = judge(small_config("tabular"), exploding(50.0))
+    assert fine.severity == "info" and "not confirmed: with" in fine.message
+    assert not fine.evidence["counterfactual"]["confirmed"]
+    assert {t["knob"] for t in fine.evidence["counterfactual"]["trials"]} == {
+        "base",
+        "init",
+        "clip",
+    }
 
 
 def load_zoo_config(name: str):
@@ -254,3 +285,71 @@ def test_a_batch_whose_loss_never_moved_puts_the_learning_rate_to_the_trials():
     assert stalled_overfit_candidate(_overfit(False, 1.0, 0.99, budget_cut=True), [], 1e-8) == []
     named = [Finding("lr_too_low", "info", "already measured")]
     assert stalled_overfit_candidate(_overfit(False, 1.0, 0.99), named, 1e-8) == []
+
+
+def test_a_change_two_findings_share_trains_once(monkeypatch):
+    # initial_loss_off and exploding_gradients both try the init scales: 2 + 3 changes, not 7.
+    seen = []
+
+    def fake(setup, changes, steps, loop=None):
+        seen.extend(changes)
+        everything = [counterfactual.base_change(setup.config), *changes]
+        return [Trial(c, 1.0, False, steps) for c in everything], steps, 0.5
+
+    monkeypatch.setattr(counterfactual, "run_trials", fake)
+    setup = types.SimpleNamespace(config=small_config("tabular"))
+    init, grads = confirm_findings(setup, [blamed("initial_loss_off"), exploding(50.0)], 100)
+    assert [(c.knob, c.init_scale, c.clip_norm) for c in seen] == [
+        ("init", 0.1, None),
+        ("init", 0.01, None),
+        ("clip", 1.0, 5.0),
+        ("clip", 1.0, 0.5),
+        ("clip", 1.0, 0.05),
+    ]
+    assert len(init.evidence["counterfactual"]["trials"]) == 3
+    assert len(grads.evidence["counterfactual"]["trials"]) == 6
+    assert grads.severity == "info" and grads.evidence["counterfactual"]["knob"] == "gradients"
+
+
+def adamw(weight_decay: float, **overrides):
+    return small_config(
+        "tabular",
+        **{"optimizer.name": "adamw", "optimizer.weight_decay": weight_decay},
+        **overrides,
+    )
+
+
+def test_adamw_weight_decay_is_a_regularization_knob_of_its_own():
+    knob = counterfactual.blamed_knob
+    assert knob(blamed("loss_plateau"), adamw(0.1)) == "l2"  # l2 = 0, the decay blamed
+    assert knob(blamed("loss_plateau"), adamw(0.0)) is None
+    only_decay = counterfactual.knob_changes("l2", adamw(0.1))
+    assert [c.weight_decay for c in only_decay] == pytest.approx([0.01, 0.001, 0.0])
+    assert only_decay[-1].overrides == {"optimizer.weight_decay": 0.0}
+    both = counterfactual.knob_changes("l2", adamw(0.1, l2=1.0))
+    assert [c.knob for c in both] == ["l2"] * 3 + ["weight_decay"] * 3
+
+
+def test_a_plateau_under_adamw_weight_decay_100_is_confirmed_with_the_decay_off():
+    plateau = Finding("loss_plateau", "error", "the loss plateaus", suggestions=["raise lr"])
+    [found] = judge(adamw(100.0), plateau)
+    measured = found.evidence["counterfactual"]
+    assert found.severity == "error" and measured["confirmed"] and measured["knob"] == "l2"
+    assert "confirmed: with weight_decay 0 (off) the loss reaches" in found.message
+    assert "(the configured weight decay's level after 100 steps)" in found.message
+    assert [t["weight_decay"] for t in measured["trials"]] == pytest.approx([None, 10, 1, 0])
+    assert found.suggestions[0] == (
+        "use weight_decay 0, the trials' best (--config.optimizer.weight_decay=0.0)"
+    )
+
+
+@pytest.mark.slow
+def test_a_plateau_a_small_weight_decay_does_not_explain_keeps_it_last():
+    plateau = Finding(
+        "loss_plateau", "error", "the loss plateaus", suggestions=["--config.l2=0.0", "raise lr"]
+    )
+    [found] = judge(adamw(1e-4), plateau)
+    assert found.severity == "error" and not found.evidence["counterfactual"]["confirmed"]
+    assert "; not the regularization (L2, weight decay): with weight_decay" in found.message
+    assert found.suggestions[0] == "raise lr"
+    assert found.suggestions[1].startswith("--config.l2=0.0 (not confirmed: with weight_decay")

@@ -8,10 +8,15 @@ initialization on the same batches, as many steps as the short run. The knobs an
 * the learning rate (`lr_too_low`, `lr_too_high`): x10 and x100 up (a rate below the usual range
   also at the default 3e-4), or /10 and /100 down;
 * the L2 penalty (`loss_plateau` with `config.l2` > 0, whose causes include too much
-  regularization): l2 /10, /100 and 0;
+  regularization): l2 /10, /100 and 0; with AdamW's `optimizer.weight_decay` > 0 (also with
+  l2 = 0) the decoupled weight decay /10, /100 and 0 beside them (each trial its own: a runner
+  with `weight_decay_per_trial`);
 * the initialization scale (`initial_loss_off`, and `exploding_gradients` on finite gradients,
   which blame weights that start too large): every weight of two or more dimensions (kernels,
   embeddings; not biases or norm scales) x0.1 and x0.01 at step 0, which works for any model;
+* gradient clipping (`exploding_gradients` on finite gradients, beside the init scale): the
+  global gradient norm clipped at the measured step-0 norm /10, /100 and /1000 (each trial its
+  own norm: a runner with `clip_per_trial`), what `--config.optimizer.clip_norm` does;
 * input normalization (`inputs_not_normalized`): the inputs standardized with the training
   split's per-channel mean and std (what `--config.dataset.normalize=True` does), trained by
   the same compiled program on the standardized copy.
@@ -23,7 +28,9 @@ loss reaches 1.52 (lr 0.0003's level after 300 steps) in 40 steps, 7.5x sooner, 
 0.4"); unconfirmed, it is lowered to `info` and says what the trials measured instead. A
 `loss_plateau` is a measured symptom with several possible causes: the trials judge only its
 regularization cause, so it keeps its severity, and the L2 suggestion goes first (confirmed, at
-the trials' best value) or last (refuted, with what was measured). Either way the trials are
+the trials' best value) or last (refuted, with what was measured); an `exploding_gradients`
+finding's first suggestion is the change that helped most (the init scale or a clip norm). Either
+way the trials are
 recorded in the finding's evidence under "counterfactual". Findings that are certain by
 construction (a NaN, labels out of range, a shape mismatch, a layer dead for every input) blame
 no knob and run no trials.
@@ -43,6 +50,8 @@ from workflow.engine.trials import TrialHparams, TrialRunner
 
 # The findings whose learning-rate trials move it which way.
 LR_FINDINGS = {"lr_too_low": "raise", "lr_too_high": "lower"}
+# A blamed knob's name in the evidence, where it differs (the direction is in the trials).
+LR_KNOBS = {"raise_lr": "lr", "lower_lr": "lr"}
 # The changed rates tried, as factors of the configured one (decades, the notes' coarse grid).
 RAISE_FACTORS = (10.0, 100.0)
 LOWER_FACTORS = (0.1, 0.01)
@@ -51,9 +60,14 @@ LOWER_FACTORS = (0.1, 0.01)
 DEFAULT_LEARNING_RATE = 3e-4
 # The L2 weights tried, as factors of the configured one (0: the penalty off).
 L2_FACTORS = (0.1, 0.01, 0.0)
+# AdamW's decoupled weight decays tried, as factors of the configured one (0: off).
+WEIGHT_DECAY_FACTORS = (0.1, 0.01, 0.0)
 # The initial weights' scales tried: a x10 or x100 init (the zoo's exploding init) comes back to
 # the default's scale at one of them.
 INIT_SCALES = (0.1, 0.01)
+# The clipping norms tried, as factors of the measured step-0 global gradient norm: decades
+# below it, down to where every step is clipped to a small fraction of the exploding norm.
+CLIP_FACTORS = (0.1, 0.01, 0.001)
 # Confirmed: the change reaches the configured setup's final loss 4x sooner (a difference a
 # tuned run would not give up), and ends at least 10% below it (not within mini-batch noise).
 MIN_SPEEDUP = 4.0
@@ -71,19 +85,21 @@ MIN_TRIAL_STEPS = 60
 SERIOUS = ("error", "warning")
 # What each knob's findings are lowered to when the trials refute them (None: kept, the knob's
 # suggestion moved last).
-LOWERED_TO = {"lr": "info", "inputs": "info", "init": "info", "l2": None}
+LOWERED_TO = {"lr": "info", "inputs": "info", "init": "info", "gradients": "info", "l2": None}
 
 
 @dataclasses.dataclass(frozen=True)
 class Change:
     """One trial's setup: the knob changed and how (the configured setup: knob "base")."""
 
-    knob: str  # "base", "lr", "l2", "init", "inputs"
+    knob: str  # "base", "lr", "l2", "weight_decay", "init", "clip", "inputs"
     label: str  # what the message calls it, e.g. "lr 0.003 (x10)", "the inputs standardized"
     learning_rate: float
     l2: float
     init_scale: float = 1.0
     standardized: bool = False
+    clip_norm: float | None = None  # the global-norm clip (0: off; None: as configured)
+    weight_decay: float | None = None  # AdamW's decoupled decay (None: as configured)
     # The config values that apply it ({}: a code change, e.g. the init scale).
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
@@ -110,6 +126,8 @@ class Trial:
             "learning_rate": _r(c.learning_rate),
             "l2": _r(c.l2),
             "init_scale": _r(c.init_scale),
+            "clip_norm": None if c.clip_norm is None else _r(c.clip_norm),
+            "weight_decay": None if c.weight_decay is None else _r(c.weight_decay),
             "standardized_inputs": c.standardized,
             "final_loss": _r(self.final_loss),
             "diverged": self.diverged,
@@ -139,25 +157,38 @@ def base_change(config) -> Change:
 
 
 def blamed_knob(finding: Finding, config) -> str | None:
-    """The knob a warning or error blames ("raise_lr", "lower_lr", "l2", "init", "inputs"), or
-    None: an info, a finding certain by construction, or a knob the config does not set."""
+    """The knob a warning or error blames ("raise_lr", "lower_lr", "l2", "init", "gradients":
+    the init scale and clipping, "inputs"), or None: an info, a finding certain by construction,
+    or a knob the config does not set."""
     if finding.severity not in SERIOUS:
         return None
     if finding.id in LR_FINDINGS:
         return f"{LR_FINDINGS[finding.id]}_lr"
     if finding.id == "inputs_not_normalized":
         return "inputs"
-    if finding.id == "loss_plateau" and float(config.l2) > 0:
+    if finding.id == "loss_plateau" and (float(config.l2) > 0 or adamw_decay(config) > 0):
         return "l2"
     if finding.id == "initial_loss_off":
         return "init"
     if finding.id == "exploding_gradients" and not finding.evidence.get("nonfinite_params"):
-        return "init"  # non-finite gradients are a NaN: certain, whatever the init
+        return "gradients"  # non-finite gradients are a NaN: certain, whatever the init
     return None
 
 
-def knob_changes(knob: str, config) -> list[Change]:
-    """The changed setups a finding that blames `knob` is tried with."""
+def adamw_decay(config) -> float:
+    """The configured AdamW decoupled weight decay (0 for any other optimizer)."""
+    opt = config.optimizer
+    return float(opt.get("weight_decay", 0.0)) if opt.name == "adamw" else 0.0
+
+
+def clip_norms(grad_norm: float) -> list[float]:
+    """The clipping norms a step-0 global gradient norm of `grad_norm` is tried with."""
+    return [float(f"{grad_norm * f:.2g}") for f in CLIP_FACTORS]
+
+
+def knob_changes(knob: str, config, grad_norm: float | None = None) -> list[Change]:
+    """The changed setups a finding that blames `knob` is tried with (`grad_norm`: the
+    finding's measured step-0 gradient norm, which sets the clipping norms tried)."""
     base = base_change(config)
     lr, l2 = base.learning_rate, base.l2
     if knob in ("raise_lr", "lower_lr"):
@@ -172,6 +203,21 @@ def knob_changes(knob: str, config) -> list[Change]:
             for rate in candidate_rates(lr, knob.removesuffix("_lr"))
         ]
     if knob == "l2":
+        decay = adamw_decay(config)
+        decays = [
+            Change(
+                "weight_decay",
+                f"weight_decay {decay * f:g} (/{1 / f:g})" if f else "weight_decay 0 (off)",
+                lr,
+                l2,
+                weight_decay=decay * f,
+                overrides={"optimizer.weight_decay": float(f"{decay * f:.4g}")},
+            )
+            for f in WEIGHT_DECAY_FACTORS
+            if decay > 0
+        ]
+        if l2 <= 0:
+            return decays
         return [
             Change(
                 "l2",
@@ -181,11 +227,26 @@ def knob_changes(knob: str, config) -> list[Change]:
                 overrides={"l2": float(f"{l2 * f:.4g}")},
             )
             for f in L2_FACTORS
-        ]
+        ] + decays
     if knob == "init":
         return [
             Change("init", f"the initial weights x{s:g}", lr, l2, init_scale=s) for s in INIT_SCALES
         ]
+    if knob == "gradients":
+        if not grad_norm or not math.isfinite(grad_norm):
+            return knob_changes("init", config)
+        clipped = [
+            Change(
+                "clip",
+                f"the gradients clipped at norm {c:g}",
+                lr,
+                l2,
+                clip_norm=c,
+                overrides={"optimizer.clip_norm": c},
+            )
+            for c in clip_norms(grad_norm)
+        ]
+        return [*knob_changes("init", config), *clipped]
     if knob == "inputs":
         return [
             Change(
@@ -230,6 +291,22 @@ def _train(runner: TrialRunner, changes: list[Change], dataset, steps: int, seed
         learning_rate=[c.learning_rate for c in changes],
         l2=[c.l2 for c in changes],
         seed=[seed] * len(changes),
+        clip_norm=(
+            [
+                float(runner.config.optimizer.clip_norm) if c.clip_norm is None else c.clip_norm
+                for c in changes
+            ]
+            if runner.clip_per_trial
+            else None
+        ),
+        weight_decay=(
+            [
+                adamw_decay(runner.config) if c.weight_decay is None else c.weight_decay
+                for c in changes
+            ]
+            if runner.weight_decay_per_trial
+            else None
+        ),
     )
     initial = None
     if any(c.init_scale != 1.0 for c in changes):
@@ -255,11 +332,18 @@ def run_trials(
     config.log_every = max(1, steps // CURVE_WINDOWS)
     if loop is not None:
         config.loop = loop
-    runner = TrialRunner(
-        config, setup.dataset.input_shape, setup.dataset.num_classes, task_kind=setup.dataset.task
-    )
     base = base_change(config)
     everything = [base, *changes]
+    runner = TrialRunner(
+        config,
+        setup.dataset.input_shape,
+        setup.dataset.num_classes,
+        task_kind=setup.dataset.task,
+        # Clipping trials each clip at their own norm (an injected hyperparameter), in the one
+        # program with the others.
+        clip_per_trial=any(c.clip_norm is not None for c in everything),
+        weight_decay_per_trial=any(c.weight_decay is not None for c in everything),
+    )
     raw = [i for i, c in enumerate(everything) if not c.standardized]
     on_standardized = [i for i, c in enumerate(everything) if c.standardized]
     seed = int(config.seed)
@@ -317,12 +401,20 @@ def confirmed(trials: list[Trial], steps: int) -> bool:
 
 
 # What the message calls the configured setup, by the knob its trials change.
-BASE_LABELS = {"l2": "l2 {l2:g}", "init": "the weights as built", "inputs": "the raw inputs"}
+BASE_LABELS = {
+    "l2": "l2 {l2:g}",
+    "weight_decay": "the configured weight decay",
+    "init": "the weights as built",
+    "inputs": "the raw inputs",
+}
 
 
 def _base_label(trials: list[Trial]) -> str:
     """The configured setup's name in a message about `trials`' knob."""
     base = trials[0].change
+    knobs = {t.change.knob for t in trials[1:]}
+    if len(knobs) > 1:  # e.g. the init scale and clipping, both from the configured setup
+        return "the configured setup"
     label = BASE_LABELS.get(trials[1].change.knob) if len(trials) > 1 else None
     return label.format(l2=base.l2) if label else base.label
 
@@ -366,22 +458,30 @@ def _measured_suggestion(best: Trial, speedup: float) -> str | None:
         return f"use lr {c.learning_rate:g}, the trials' best ({c.flags()})"
     if c.knob == "l2":
         return f"use l2 {c.l2:g}, the trials' best ({c.flags()})"
+    if c.knob == "weight_decay":
+        return f"use weight_decay {c.weight_decay:g}, the trials' best ({c.flags()})"
     if c.knob == "init":
         return (
             f"the weights start too large: x{c.init_scale:g} at step 0 trained {speedup:.1f}x "
             "faster in the trials; use the default (LeCun/He) init (or scale the init down by "
             f"{c.init_scale:g} in the model)"
         )
+    if c.knob == "clip":
+        return (
+            f"clip gradients at norm {c.clip_norm:g}, the trials' best: {speedup:.1f}x faster "
+            f"({c.flags()})"
+        )
     return None
 
 
-def judged(finding: Finding, trials: list[Trial], steps: int) -> Finding:
-    """`finding` with the trials' verdict: kept and stated when confirmed; else lowered to info
-    (a plateau: kept, its L2 suggestion moved last)."""
+def judged(finding: Finding, trials: list[Trial], steps: int, knob: str | None = None) -> Finding:
+    """`finding` with the trials' verdict on `knob` (None: the first change's): kept and stated
+    when confirmed, the change that helped most its first suggestion; else lowered to info (a
+    plateau: kept, its L2 suggestion moved last)."""
     ok = confirmed(trials, steps)
     outcome = _outcome(trials, steps)
     best, speedup = best_change(trials, steps)
-    kind = trials[1].change.knob
+    kind = LR_KNOBS.get(knob, knob) if knob else trials[1].change.knob
     evidence = {
         **finding.evidence,
         "counterfactual": {
@@ -403,12 +503,15 @@ def judged(finding: Finding, trials: list[Trial], steps: int) -> Finding:
         )
     lowered = LOWERED_TO[kind]
     if lowered is None:
-        knob_flag = "--config.l2="
-        kept = [s for s in finding.suggestions if knob_flag not in s]
-        moved = [f"{s} (not confirmed: {outcome})" for s in finding.suggestions if knob_flag in s]
+        flags = ("--config.l2=", "--config.optimizer.weight_decay=")
+        knob_flag = [s for s in finding.suggestions if any(f in s for f in flags)]
+        kept = [s for s in finding.suggestions if s not in knob_flag]
+        moved = [f"{s} (not confirmed: {outcome})" for s in knob_flag]
+        decays = any(t.change.knob == "weight_decay" for t in trials)
+        cause = "the regularization (L2, weight decay)" if decays else "the L2 penalty"
         return dataclasses.replace(
             finding,
-            message=f"{finding.message}; not the L2 penalty: {outcome}",
+            message=f"{finding.message}; not {cause}: {outcome}",
             evidence=evidence,
             suggestions=kept + moved,
         )
@@ -451,19 +554,18 @@ def confirm_findings(
     if not blamed or steps <= 0:
         return findings
     knobs = sorted(set(blamed.values()))
-    changes = {knob: knob_changes(knob, setup.config) for knob in knobs}
-    lanes = 1 + sum(len(c) for c in changes.values())
-    steps = trial_steps(steps, lanes, seconds_per_step, setup.config.debug.train_seconds)
-    trials, run_steps, seconds = run_trials(
-        setup, [c for k in knobs for c in changes[k]], steps, loop
-    )
-    by_knob, start = {}, 1
-    for knob in knobs:
-        count = len(changes[knob])
-        by_knob[knob] = [trials[0], *trials[start : start + count]]
-        start += count
+    grad_norms = {knob: findings[i].evidence.get("global_grad_norm") for i, knob in blamed.items()}
+    changes = {knob: knob_changes(knob, setup.config, grad_norms[knob]) for knob in knobs}
+    # A change two knobs share (the init scales of initial_loss_off and exploding_gradients)
+    # trains once.
+    unique = list(dict.fromkeys(c for k in knobs for c in changes[k]))
+    steps = trial_steps(steps, 1 + len(unique), seconds_per_step, setup.config.debug.train_seconds)
+    trials, run_steps, seconds = run_trials(setup, unique, steps, loop)
+    by_knob = {
+        knob: [trials[0], *(trials[1 + unique.index(c)] for c in changes[knob])] for knob in knobs
+    }
     out = list(findings)
     for i, knob in blamed.items():
-        out[i] = judged(findings[i], by_knob[knob], run_steps)
+        out[i] = judged(findings[i], by_knob[knob], run_steps, knob)
         out[i].evidence["counterfactual"]["seconds"] = _r(seconds)
     return out

@@ -396,7 +396,8 @@ KINDS = (
         "exploding_gradients",
         "warning",
         "a gradient norm far too large (error when gradients are NaN/inf; in debug, a finite "
-        "one is info unless smaller initial weights measurably help in counterfactual trials)",
+        "one is info unless smaller initial weights or gradient clipping measurably help in "
+        "counterfactual trials)",
         "debug",
         explains=("loss_exploding", "cannot_overfit_batch"),
         checklist=GRADIENTS_ROW,
@@ -502,8 +503,9 @@ KINDS = (
         "warning",
         "error plateaus (lr too low, gradients not flowing, too much regularization, "
         "probabilities into a logits loss, corrupted data; error when it never leaves its "
-        "initial level, or when no trial of a search trained; in debug with l2 > 0, "
-        "counterfactual trials at a lower l2 confirm or refute the regularization)",
+        "initial level, or when no trial of a search trained; in debug with l2 > 0 or AdamW "
+        "weight_decay > 0, counterfactual trials at a lower l2 or weight decay confirm or "
+        "refute the regularization)",
         "curve diagnosis, tune",
         explains=("cannot_overfit_batch",),
         checklist=CURVE_ROW,

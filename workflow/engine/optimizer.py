@@ -35,6 +35,7 @@ def build_optimizer(
     l2: float = 0.0,
     num_steps: int = 1,
     clip_per_trial: bool = False,
+    weight_decay_per_trial: bool = False,
 ) -> optax.GradientTransformation:
     """The configured optimizer, with the L2 penalty applied as its gradient.
 
@@ -46,7 +47,8 @@ def build_optimizer(
     consecutive batches and updates the parameters once per k steps (`optax.MultiSteps`, inside
     the injected hyperparameters so they stay at the top of the state); the schedule still
     counts steps (batches). With `clip_per_trial` the clipping norm is injected too
-    (`clip_norm`, 0: off), so that batched trials each clip at their own.
+    (`clip_norm`, 0: off), so that batched trials each clip at their own; with
+    `weight_decay_per_trial` (adamw) AdamW's decoupled `weight_decay` is injected too.
     """
     builtin = {
         "adam": lambda lr: optax.adam(lr),
@@ -63,24 +65,30 @@ def build_optimizer(
         per_batch = multiplier
         multiplier = lambda update: per_batch(update * every)  # noqa: E731
 
-    def make(learning_rate, l2, clip_norm=None):
+    def make(learning_rate, l2, clip_norm=None, weight_decay=None):
         parts = [optax.add_decayed_weights(2.0 * l2)]
         if clip_norm is not None:
             parts.append(clip_by_global_norm_or_off(jnp.asarray(clip_norm)))
         elif configured_clip > 0:
             parts.append(optax.clip_by_global_norm(configured_clip))
-        parts.append(base(learning_rate))
+        if weight_decay is not None:  # the trial's own decoupled decay (adamw only)
+            parts.append(optax.adamw(learning_rate, weight_decay=weight_decay))
+        else:
+            parts.append(base(learning_rate))
         if multiplier is not None:  # constant schedules keep the state (and checkpoints) lean
             parts.append(optax.scale_by_schedule(multiplier))
         if every > 1:
             return optax.MultiSteps(optax.chain(*parts), every).gradient_transformation()
         return optax.chain(*parts)
 
+    per_trial = {}
     if clip_per_trial:
-        return optax.inject_hyperparams(make)(
-            learning_rate=opt.learning_rate, l2=l2, clip_norm=configured_clip
-        )
-    return optax.inject_hyperparams(make)(learning_rate=opt.learning_rate, l2=l2)
+        per_trial["clip_norm"] = configured_clip
+    if weight_decay_per_trial:
+        if opt.name != "adamw":
+            raise ValueError(f"weight_decay_per_trial needs adamw, not {opt.name!r}")
+        per_trial["weight_decay"] = float(opt.weight_decay)
+    return optax.inject_hyperparams(make)(learning_rate=opt.learning_rate, l2=l2, **per_trial)
 
 
 USER_OPTIMIZER = "an import path 'module:function' (learning_rate -> optax.GradientTransformation)"

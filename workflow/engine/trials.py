@@ -55,12 +55,14 @@ def trials_per_program(config: ml_collections.ConfigDict) -> int:
 @dataclasses.dataclass(frozen=True)
 class TrialHparams:
     """The per-trial hyperparameters of one batch of trials (equal-length sequences);
-    `clip_norm` (0: no clipping) for a runner built with `clip_per_trial`, None otherwise."""
+    `clip_norm` (0: no clipping) for a runner built with `clip_per_trial`, `weight_decay`
+    (AdamW's) for one built with `weight_decay_per_trial`, None otherwise."""
 
     learning_rate: Sequence[float]
     l2: Sequence[float]
     seed: Sequence[int]
     clip_norm: Sequence[float] | None = None
+    weight_decay: Sequence[float] | None = None
 
     def __post_init__(self):
         n = len(self.learning_rate)
@@ -68,6 +70,8 @@ class TrialHparams:
             raise ValueError("learning_rate, l2 and seed need one (equal, non-zero) count")
         if self.clip_norm is not None and len(self.clip_norm) != n:
             raise ValueError("clip_norm needs one value per trial")
+        if self.weight_decay is not None and len(self.weight_decay) != n:
+            raise ValueError("weight_decay needs one value per trial")
 
     def __len__(self) -> int:
         return len(self.learning_rate)
@@ -161,16 +165,23 @@ class TrialRunner:
         mesh: Mesh | None = None,
         task_kind: TaskKind | None = None,
         clip_per_trial: bool = False,
+        weight_decay_per_trial: bool = False,
     ):
         self.config = config
         self.mesh = mesh or trial_mesh()
         self.clip_per_trial = clip_per_trial
+        self.weight_decay_per_trial = weight_decay_per_trial
         model = build_model(config, input_shape, num_classes)
         # task_kind: the dataset's (Dataset.task, regression's target statistics with it).
         self.task, _ = create_train_state(model, config, task_kind=task_kind)
-        if clip_per_trial:  # the clipping norm becomes a per-trial injected hyperparameter
+        # The clipping norm (AdamW's weight decay) becomes a per-trial injected hyperparameter.
+        if clip_per_trial or weight_decay_per_trial:
             tx = build_optimizer(
-                config.optimizer, float(config.l2), int(config.num_steps), clip_per_trial=True
+                config.optimizer,
+                float(config.l2),
+                int(config.num_steps),
+                clip_per_trial=clip_per_trial,
+                weight_decay_per_trial=weight_decay_per_trial,
             )
             self.task = dataclasses.replace(self.task, tx=tx)
         self._init = jax.jit(
@@ -186,7 +197,7 @@ class TrialRunner:
         kwargs = model_kwargs(config)
         tx = self.task.tx
 
-        def init_one(seed, learning_rate, l2, clip_norm):
+        def init_one(seed, learning_rate, l2, clip_norm, weight_decay):
             # The same streams as build_model's nnx.Rngs(seed, dropout=seed + 1).
             rngs = nnx.Rngs(jax.random.key(seed), dropout=jax.random.key(seed + 1))
             model = models.build_model(
@@ -199,6 +210,8 @@ class TrialRunner:
             opt_state.hyperparams["l2"] = l2
             if self.clip_per_trial:
                 opt_state.hyperparams["clip_norm"] = clip_norm
+            if self.weight_decay_per_trial:
+                opt_state.hyperparams["weight_decay"] = weight_decay
             return TrainState(jnp.zeros((), jnp.int32), params, model_state, opt_state)
 
         return init_one
@@ -208,12 +221,16 @@ class TrialRunner:
         count = padded_count(len(hparams), self.mesh.size)
         if self.clip_per_trial and hparams.clip_norm is None:
             raise ValueError("a runner with clip_per_trial needs each trial's clip_norm")
+        if self.weight_decay_per_trial and hparams.weight_decay is None:
+            raise ValueError("a runner with weight_decay_per_trial needs each trial's weight_decay")
         clip = hparams.clip_norm or [float(self.config.optimizer.clip_norm)] * len(hparams)
+        decay = hparams.weight_decay or [float(self.config.optimizer.weight_decay)] * len(hparams)
         return self._init(
             jnp.asarray(_pad(hparams.seed, count), jnp.int32),
             jnp.asarray(_pad(hparams.learning_rate, count), jnp.float32),
             jnp.asarray(_pad(hparams.l2, count), jnp.float32),
             jnp.asarray(_pad(clip, count), jnp.float32),
+            jnp.asarray(_pad(decay, count), jnp.float32),
         )
 
     @property
@@ -382,12 +399,13 @@ def _programs(
 
 def _select_hparams(hparams: TrialHparams, indices: Sequence[int]) -> TrialHparams:
     """The hyperparameters of the entries `indices` of `hparams`, in that order."""
-    clip = hparams.clip_norm
+    clip, decay = hparams.clip_norm, hparams.weight_decay
     return TrialHparams(
         learning_rate=[hparams.learning_rate[i] for i in indices],
         l2=[hparams.l2[i] for i in indices],
         seed=[hparams.seed[i] for i in indices],
         clip_norm=None if clip is None else [clip[i] for i in indices],
+        weight_decay=None if decay is None else [decay[i] for i in indices],
     )
 
 
