@@ -223,6 +223,14 @@ def test_held_out_checks_in_regression_and_multilabel_terms():
     assert held_out_error_findings(reg, squared(8, 800), squared(10, 200), squared(10, 300)) == []
     heavy = [rng.standard_t(2, n) ** 2 for n in (800, 200, 300)]  # one law, heavy tails
     assert held_out_error_findings(reg, *heavy) == []
+    # A small val split beside a test split with a few large residuals: the same law (the
+    # regression_lr_1e-8 repair's rerun, 60 val examples), quiet.
+    tail = np.random.default_rng(1)
+    val, test = tail.normal(0, 10, 60) ** 2, tail.normal(0, 10, 200) ** 2
+    test[:10] = 90.0**2  # ten large residuals: the mean of squares moves, the ranks barely
+    gap = np.mean(test) - np.mean(val)
+    assert gap / np.sqrt(np.var(test) / 200 + np.var(val) / 60) > 3  # the means alone: "differs"
+    assert held_out_error_findings(reg, squared(10, 800), val, test) == []
 
     multi = tasks.MultiLabel()
     wrong = [rng.random((n, 3)) < p for n, p in ((800, 0.30), (200, 0.05), (300, 0.05))]
