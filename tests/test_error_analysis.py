@@ -213,6 +213,10 @@ def test_confident_mistakes_concentrated_in_one_class_suggest_label_noise():
     assert noise.severity == "warning"
     e = noise.evidence
     assert e["class"] == 2 and e["split"] == "train" and e["grouped_by"] == "label"
+    # A model that underfits: its confident errors may be its own confusions, at most info.
+    [weak] = ea.findings(analysis_of(train, val), BALANCED, underfit=True)
+    assert weak.id == "label_noise_suspected" and weak.severity == "info"
+    assert "the model underfits" in weak.message
     assert e["rate"] > 0.1 and e["other_classes_rate"] < 0.02
     assert "relabel" in noise.suggestions[0]
     # Class 5's examples carrying other labels: the model confidently calls them 5.

@@ -7,6 +7,7 @@ the errors suggest (a class the model fails, a class with too few examples, labe
 the plot functions draw what a person would look at.
 """
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 
@@ -319,11 +320,15 @@ def _rate(hits: Sequence[int], totals: Sequence[int]) -> float:
     return float(sum(hits) / sum(totals)) if sum(totals) else 0.0
 
 
-def findings(analysis: dict, train_class_counts: Sequence[int]) -> list[Finding]:
+def findings(
+    analysis: dict, train_class_counts: Sequence[int], underfit: bool = False
+) -> list[Finding]:
     """What the errors suggest: label noise, a class with too few examples, a failing class.
 
     Each class is explained once, by the most specific finding: label noise, then too few
-    training examples, then "the model fails this class" (class_error_concentrated).
+    training examples, then "the model fails this class" (class_error_concentrated). With
+    `underfit` (the model does not fit its training data: the evaluate stage's verdict), the
+    confident errors read as label noise may be the model's own confusions: at most `info`.
     """
     splits = {s: analysis["splits"][s] for s in SPLITS if analysis["splits"].get(s)}
     out: list[Finding] = []
@@ -332,7 +337,15 @@ def findings(analysis: dict, train_class_counts: Sequence[int]) -> list[Finding]
     noisy = {s: _label_noise(split) for s, split in splits.items()}
     noisy_classes = list(dict.fromkeys(c for s in SPLITS for _, c in noisy.get(s, [])))
     if noisy_classes:
-        out.append(_label_noise_finding(splits, noisy, noisy_classes))
+        noise = _label_noise_finding(splits, noisy, noisy_classes)
+        if underfit:
+            noise = dataclasses.replace(
+                noise,
+                severity="info",
+                message=noise.message + " (the model underfits: these confident errors may be "
+                "its own confusions of similar classes, not wrong labels)",
+            )
+        out.append(noise)
         explained.update(noisy_classes)
 
     concentrated = {

@@ -96,7 +96,10 @@ def evaluate(
     analysis, worst_inputs = analyze_errors(setup, state)
     metrics.update(classification_metrics(setup, state))
     findings = rank_findings(
-        verdicts + error_findings(setup, analysis) + summary.findings + (carried or [])
+        verdicts
+        + error_findings(setup, analysis, any(v.id == "underfit" for v in verdicts))
+        + summary.findings
+        + (carried or [])
     )
 
     metrics.update(decomposition.metrics())
@@ -148,13 +151,16 @@ def train_size_section(
     }
 
 
-def error_findings(setup: experiment.Setup, analysis: dict | None) -> list[Finding]:
+def error_findings(
+    setup: experiment.Setup, analysis: dict | None, underfit: bool = False
+) -> list[Finding]:
     """What the error analysis says: classes and inputs the errors concentrate in (the
-    classification analysis; the other tasks' analyses raise no finding)."""
+    classification analysis; the other tasks' analyses raise no finding); `underfit`: the
+    verdict says the model does not fit its training data."""
     if not analysis or setup.task.kind.name != tasks.CLASSIFICATION:
         return []
     counts = np.bincount(setup.dataset.y_train, minlength=setup.dataset.num_classes)
-    return error_analysis.findings(analysis, counts)
+    return error_analysis.findings(analysis, counts, underfit)
 
 
 def restore_reported(
