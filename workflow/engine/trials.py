@@ -457,12 +457,11 @@ def trial_state(states: TrainState, index: int) -> TrainState:
 @dataclasses.dataclass(frozen=True)
 class TrainedTrial:
     """One trial as its program trained it, to record as a training run without training it
-    again (experiment.record_trial): its final state on the host, its seed, every step's
-    training metrics (name -> (steps,)), its val numbers at earlier rungs (metrics.jsonl
+    again (experiment.record_trial): its final state on the host, every step's training
+    metrics (name -> (steps,)), its val numbers at earlier rungs (metrics.jsonl
     records) and the wall seconds of its program (shared with the other lanes)."""
 
     state: TrainState
-    seed: int
     step_metrics: dict[str, np.ndarray]
     seconds: float
     val_records: tuple[dict, ...] = ()
@@ -474,12 +473,11 @@ class TrainedTrial:
 
 
 def trained_trial(
-    states: TrainState, result: TrialsResult, lane: int, seed: int, val_records: Sequence = ()
+    states: TrainState, result: TrialsResult, lane: int, val_records: Sequence = ()
 ) -> TrainedTrial:
     """The trial at `lane` of a program's final `states` and `result`, copied to the host."""
     return TrainedTrial(
         state=jax.device_get(trial_state(states, lane)),
-        seed=seed,
         step_metrics={name: np.asarray(v[lane]) for name, v in result.step_metrics.items()},
         seconds=float(result.seconds),
         val_records=tuple(val_records),

@@ -914,7 +914,7 @@ class Search:
             records.append(trial_record(slot, values[lane], attrs, round_))
             self.keep_trained(
                 records[-1],
-                functools.partial(trials_lib.trained_trial, states, result, index, attrs["seed"]),
+                functools.partial(trials_lib.trained_trial, states, result, index),
             )
         return records
 
@@ -1010,7 +1010,6 @@ class Search:
                             program_states,
                             program_result,
                             at,
-                            seeds[index],
                             rung_val_records(log[index][:-1]),
                         ),
                     )

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from workflow.data import lazy
+from workflow.diagnostics.checks import training_table
 from workflow.diagnostics.checks.plugins import Check
 from workflow.diagnostics.findings import Finding
 
@@ -93,10 +93,6 @@ def missing_codes(column: np.ndarray) -> dict | None:
     return None
 
 
-def _rows(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).permutation(n)[:SAMPLE_ROWS]
-
-
 def _raw_inputs(dataset: Any, x: np.ndarray) -> np.ndarray:
     """Inputs (n, F) in the loader's units: the workflow's per-feature standardization undone."""
     norm = getattr(dataset, "normalization", None) or {}
@@ -111,18 +107,17 @@ def _columns(setup: Any, seed: int) -> list[tuple[str, np.ndarray]]:
     regression targets."""
     dataset, kind = setup.dataset, setup.task.kind
     columns = []
-    rows = None
-    if not lazy.is_lazy(dataset.x_train) and len(dataset.x_train):
-        rows = _rows(len(dataset.x_train), seed)
-        x = np.asarray(dataset.x_train[rows], np.float64).reshape(len(rows), -1)
+    rows = training_table.sample_rows(dataset, SAMPLE_ROWS, seed)
+    if rows is not None:
+        x = training_table.features(dataset, rows)
         if x.shape[1] <= MAX_FEATURES:
             x = _raw_inputs(dataset, x)
-            names = (getattr(dataset, "info", None) or {}).get("feature_names") or []
             for j in range(x.shape[1]):
-                label = f"'{names[j]}'" if j < len(names) else f"#{j}"
-                columns.append((f"input feature {label}", x[:, j]))
+                name = training_table.feature_name(dataset, j)
+                columns.append((f"input feature {name}", x[:, j]))
     if kind.name == "regression" and len(dataset.y_train):
-        rows = _rows(len(dataset.y_train), seed) if rows is None else rows
+        if rows is None:  # a lazy split's targets are in memory: a sample of them alone
+            rows = np.random.default_rng(seed).permutation(len(dataset.y_train))[:SAMPLE_ROWS]
         y = np.asarray(dataset.y_train, np.float64)[rows].reshape(len(rows), -1)
         y = np.asarray(kind.to_target_units(y), np.float64).reshape(len(rows), -1)
         for t in range(y.shape[1]):

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from workflow.data import lazy
+from workflow.diagnostics.checks import training_table
 from workflow.diagnostics.checks.plugins import Check
 from workflow.diagnostics.findings import Finding
 
@@ -42,12 +42,10 @@ LEAK_CORRELATION = 0.999
 def _sample(dataset: Any, seed: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
     """(features (n, F), targets) of a seeded sample of the training split, or None when the
     split is lazy (images decoded on demand), too small, or has too many features."""
-    if lazy.is_lazy(dataset.x_train) or len(dataset.x_train) < MIN_ROWS:
+    rows = training_table.sample_rows(dataset, SAMPLE_ROWS, seed)
+    if rows is None or len(dataset.x_train) < MIN_ROWS:
         return None
-    n = len(dataset.x_train)
-    # Shuffled, not sorted: the halves must not follow an order the data came in (by class).
-    rows = np.random.default_rng(seed).permutation(n)[:SAMPLE_ROWS]
-    x = np.asarray(dataset.x_train[rows], dtype=np.float64).reshape(len(rows), -1)
+    x = training_table.features(dataset, rows)
     if x.shape[1] > MAX_FEATURES:
         return None
     return x, np.asarray(dataset.y_train)[rows]
@@ -92,12 +90,6 @@ def regression_leaks(x: np.ndarray, y: np.ndarray) -> list[dict]:
     return leaks
 
 
-def _name(dataset: Any, feature: int) -> str:
-    """A feature as the user knows it: its column name where the loader kept names."""
-    names = (getattr(dataset, "info", None) or {}).get("feature_names") or []
-    return f"'{names[feature]}'" if feature < len(names) else f"#{feature}"
-
-
 def check_target_leak(setup: Any) -> list[Finding]:
     """`target_in_inputs` when one input feature alone gives the label or the target."""
     dataset, task = setup.dataset, setup.task.kind.name
@@ -105,14 +97,18 @@ def check_target_leak(setup: Any) -> list[Finding]:
     if sample is None:
         return []
     x, y = sample
+
+    def name(feature: int) -> str:
+        return training_table.feature_name(dataset, feature)
+
     if task == "regression":
         leaks = regression_leaks(x, y)
-        how = [f"{_name(dataset, d['feature'])} (r = {d['correlation']:.4f})" for d in leaks]
+        how = [f"{name(d['feature'])} (r = {d['correlation']:.4f})" for d in leaks]
         what = "correlates with the target almost perfectly"
     else:
         leaks = classification_leaks(x, y, dataset.num_classes)
         how = [
-            f"{_name(dataset, d['feature'])} ({d['accuracy']:.1%} of held-out examples, "
+            f"{name(d['feature'])} ({d['accuracy']:.1%} of held-out examples, "
             f"{d['values']} distinct values)"
             for d in leaks
         ]

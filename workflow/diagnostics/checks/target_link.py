@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from workflow.data import lazy
+from workflow.diagnostics.checks import training_table
 from workflow.diagnostics.checks.plugins import Check
 from workflow.diagnostics.findings import Finding
 
@@ -72,11 +72,10 @@ def check_target_link(dataset: Any, seed: int = 0) -> list[Finding]:
     """`train_labels_noisy` when the test targets follow their inputs linearly but a fit on
     the training targets predicts them clearly worse."""
     n_test = len(dataset.y_test)
-    if lazy.is_lazy(dataset.x_train) or n_test < MIN_TEST:
+    rows = training_table.sample_rows(dataset, SAMPLE_ROWS, seed)
+    if rows is None or n_test < MIN_TEST:
         return []
-    n = len(dataset.x_train)
-    rows = np.random.default_rng(seed).permutation(n)[:SAMPLE_ROWS]
-    x_train = np.asarray(dataset.x_train[rows], np.float64).reshape(len(rows), -1)
+    x_train = training_table.features(dataset, rows)
     if x_train.shape[1] > MAX_FEATURES or len(rows) <= x_train.shape[1]:
         return []
     y_train = np.asarray(dataset.y_train, np.float64)[rows].reshape(len(rows), -1)
