@@ -26,6 +26,7 @@ def _setup(x, y, task="classification", names=None):
         y_train=np.asarray(y),
         info={"feature_names": names} if names else {},
         normalization=None,
+        kind="tabular",
     )
     return types.SimpleNamespace(dataset=dataset, task=types.SimpleNamespace(kind=kind))
 
@@ -74,3 +75,14 @@ def test_heavy_tails_and_one_outlier_stay_quiet():
     values = np.stack([rng.uniform(-5, 5, 2000), rng.integers(0, 101, 2000)], axis=1)
     values[:30, 0], values[:30, 1] = -1.0, 99.0
     assert check_extreme_values(_setup(values, rng.integers(0, 2, 2000))) == []
+
+
+def test_an_image_sets_pixels_are_not_judged_column_by_column():
+    # Codes and mixed units are a table's faults; an image set's pixels are left alone.
+    x, y = datasets.load_breast_cancer(return_X_y=True)
+    x = x.copy()
+    x[::40, 3] = -999.0
+    setup = _setup(x, y)
+    assert check_extreme_values(setup)  # as a table: found
+    setup.dataset.kind = "image"
+    assert check_extreme_values(setup) == []

@@ -28,7 +28,7 @@ from workflow.diagnostics.checks.plugins import Check
 from workflow.diagnostics.findings import Finding
 
 SAMPLE_ROWS = 20_000  # rows read at most (a seeded sample beyond)
-MAX_FEATURES = 4096  # wider inputs (images) are left alone
+MAX_FEATURES = 4096  # wider tables are left alone
 MIN_DISTINCT = 20  # fewer distinct values: categories or flags, not judged
 MIN_ROBUST_Z = 20.0
 GAP = 5.0
@@ -103,12 +103,14 @@ def _raw_inputs(dataset: Any, x: np.ndarray) -> np.ndarray:
 
 
 def _columns(setup: Any, seed: int) -> list[tuple[str, np.ndarray]]:
-    """(name, values in the loader's units) of the columns judged: tabular features and
-    regression targets."""
+    """(name, values in the loader's units) of the columns judged: a table's features (not an
+    image's pixels or a sequence's steps) and regression targets."""
     dataset, kind = setup.dataset, setup.task.kind
     columns = []
     rows = training_table.sample_rows(dataset, SAMPLE_ROWS, seed)
-    if rows is not None:
+    # A table's columns only: codes and mixed units are a table's faults, and judging every
+    # pixel of an image set one column at a time would cost seconds before each verdict.
+    if rows is not None and getattr(dataset, "kind", "tabular") == "tabular":
         x = training_table.features(dataset, rows)
         if x.shape[1] <= MAX_FEATURES:
             x = _raw_inputs(dataset, x)
