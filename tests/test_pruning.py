@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -247,3 +249,83 @@ def test_halving_on_eight_devices_cuts_and_scores_as_on_one():
     for a, b in zip(one, eight, strict=True):
         if a[0] in (0, 1) and len(a) == 3 and isinstance(a[2][0], float):
             np.testing.assert_allclose(a[2], b[2], rtol=1e-5)
+
+
+def _goal_round(config, lr_range=(3e-3, 3e-2)) -> random_search.Round:
+    """One round of four 60-step trials (cut at step 20 with prune_rungs=4) that learn."""
+    return random_search.Round(0, lr_range, (1e-5, 1e-4), num_trials=4, epochs=3.0, steps=60)
+
+
+def test_a_trial_that_meets_the_goal_at_a_rung_ends_there_complete_and_stops_the_search(
+    setup, runner, tmp_path
+):
+    from workflow.tune import report
+
+    config = search_config(prune_rungs=4)
+    ds = setup.dataset
+    free = random_search.Search(
+        runner, ds, config, f"sqlite:///{tmp_path}/a.db", "a", progress=False
+    )
+    study, round_ = free.study(_goal_round(config))
+    assert round_.rungs == (20, 60)
+    unstopped = free.run_round(study, round_, lambda records: None)
+    # The goal: the best val error any trial has at the first rung (step 20 of 60).
+    at_20 = {r["slot"]: 1 - r["rungs"][0]["val_accuracy"] for r in unstopped}
+    goal = min(at_20.values())
+    search = random_search.Search(
+        runner, ds, config, f"sqlite:///{tmp_path}/b.db", "b", progress=False, goal_val_error=goal
+    )
+    study, round_ = search.study(_goal_round(config))
+    records = search.run_round(study, round_, lambda records: None)
+    met = [r for r in records if r["goal_at"] is not None]
+    assert met and all(r["steps"] == 20 and r["goal_at"] == 20 for r in met)
+    assert all(r["pruned_at"] is None and 1 - r["val_accuracy"] == goal for r in met)
+    assert max(r["steps"] for r in records) == 20  # nothing trained past the rung
+    assert search.stopped["step"] == 20 and search.stopped["round_steps"] == 60
+    assert search.stopped["slot"] == min(r["slot"] for r in met)
+    # The best is the trial at the goal, held as trained at step 20: its config is that run.
+    best = random_search.best_record(records, "val_accuracy")
+    held = search.held_trial(best)
+    assert best in met and held is not None and held.num_steps == 20
+    assert report.best_values(config, best).num_steps == 20
+    one_lane = jax.tree.map(lambda leaf: jnp.stack([leaf]), held.state)
+    val_loss, _ = runner.evaluate(one_lane, ds.x_val, ds.y_val)
+    np.testing.assert_allclose(val_loss[0], best["val_loss"], rtol=1e-5)
+
+
+def test_a_schedule_that_depends_on_the_run_length_never_stops_a_trial_before_its_end(
+    setup, runner, tmp_path
+):
+    config = search_config(prune_rungs=4)
+    search = random_search.Search(
+        runner, setup.dataset, config, f"sqlite:///{tmp_path}/a.db", "a", goal_val_error=0.5
+    )
+    round_ = _goal_round(config)
+    at_goal = {"val_accuracy": 0.9, "val_loss": 0.1, "improved": True}
+    at_goal = {**dict.fromkeys(random_search.RECORD_FIELDS), **at_goal, "seed": 0, "epochs": 1}
+    assert search.goal_at(20, at_goal, round_) == 20  # constant: a 20-step run is this trial
+    assert search.goal_at(20, {**at_goal, "val_accuracy": 0.4}, round_) is None  # not at it
+    config.optimizer.schedule.name = "cosine"  # decays over num_steps: a 20-step run differs
+    assert search.goal_at(20, at_goal, round_) is None
+    assert search.goal_at(config.num_steps, at_goal, round_) == config.num_steps
+
+
+def test_after_a_rung_the_kept_trials_train_on_best_first(setup, runner):
+    # Three trials, programs of one lane, all kept (factor 1): the second rung's programs run
+    # in the order of the first rung's val losses.
+    hparams = trials.TrialHparams([1e-7, 1e-2, 3e-3], [0.0] * 3, [0, 1, 2])
+    order = []
+    runner.run_halving(
+        hparams,
+        setup.dataset,
+        (20, 40),
+        1,
+        keep=lambda losses: pruning.survivors(losses, 1),
+        on_batch=lambda rung, slots, result: (
+            order.append((rung, slots[0], result.val_loss[0])) and False
+        ),
+        on_rung=lambda rung, kept, cut: None,
+    )
+    first = {slot: loss for rung, slot, loss in order if rung == 0}
+    assert [slot for rung, slot, _ in order if rung == 1] == sorted(first, key=first.get)
+    assert sorted(first, key=first.get) != [0, 1, 2]  # the order did change

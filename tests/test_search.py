@@ -374,12 +374,16 @@ def test_search_stops_at_the_first_trial_that_meets_the_goal(
         runner, setup.dataset, config, url, "g", progress=False, goal_val_error=goal
     )
     rounds, records = search.run(first)
-    assert [r.index for r in rounds] == [0] and records == batch
+    # The trials at the goal ended there: their best config is a run of their length.
+    met = [{**r, "goal_at": r["steps"] if 1 - r["val_accuracy"] <= goal else None} for r in batch]
+    assert [r.index for r in rounds] == [0] and records == met
     assert search.trained_here == 4  # one batch of four, then nothing
     assert search.stopped == {
         "reason": "goal",
         "round": 0,
         "slot": slot,
+        "step": rounds[0].steps,
+        "round_steps": rounds[0].steps,
         "val_error": 1 - batch[slot]["val_accuracy"],
         "goal_val_error": goal,
         "skipped_trials": 4 + 4,  # the round's second batch and the refined round

@@ -304,7 +304,9 @@ def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collection
             # Rung pruning (workflow/search/pruning.py): each round's trials are cut at
             # prune_rungs lengths, each prune_factor times the one before (the last the round's
             # trial length); at each only the best 1/prune_factor train on, by val loss. 1: off.
-            "prune_rungs": 3,
+            # Four: the first cut at 1/27 of the length (where it is a whole host call), as
+            # Hyperband's most aggressive bracket; benchmarks/time_to_goal.py measures it.
+            "prune_rungs": 4,
             "prune_factor": 3,
             # Slots one worker claims and one program trains with pruning (None: the round's
             # all); smaller groups share a round between workers, each cutting in its own group.

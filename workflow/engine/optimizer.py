@@ -8,6 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from workflow.errors import UsageError, import_user_object, user_code
@@ -164,6 +165,27 @@ def learning_rates_at(
     multiplier = lr_multiplier(opt, num_steps)
     rate = float(opt.learning_rate)
     return [rate * (1.0 if multiplier is None else float(multiplier(s - 1))) for s in steps]
+
+
+def same_rates_when_shorter(opt: ml_collections.ConfigDict, num_steps: int, steps: int) -> bool:
+    """Whether a run of `steps` steps applies the learning rates of the first `steps` steps of
+    a run of `num_steps` (a schedule that does not depend on the run's length, or not before
+    `steps`): a trial stopped at `steps` is then the run its config at that length trains."""
+    if steps == num_steps:
+        return True
+    whole, short = lr_multiplier(opt, num_steps), lr_multiplier(opt, steps)
+    if whole is None or short is None:
+        return whole is short
+    return bool(np.allclose(_factors(whole, steps), _factors(short, steps), rtol=1e-6))
+
+
+def _factors(schedule: optax.Schedule, steps: int) -> np.ndarray:
+    """The schedule's factors at steps 0..steps-1: traced once where it can be (optax's), else
+    one call per step (a user's schedule with Python control flow on the step)."""
+    try:
+        return np.asarray(jax.vmap(schedule)(jnp.arange(steps)), np.float64)
+    except Exception:  # noqa: BLE001 - not traceable: evaluate it step by step instead
+        return np.array([float(schedule(step)) for step in range(steps)])
 
 
 def learning_rate_at(opt: ml_collections.ConfigDict, num_steps: int, step: int) -> float:

@@ -269,7 +269,7 @@ class TrialRunner:
         on_rung: Callable[[int, list[int], list[int]], None],
         progress: Callable[[int], None] = lambda steps: None,
         lane_runner: Callable[[int], "TrialRunner"] | None = None,
-        on_final_states: Callable[[list[int], TrainState, TrialsResult], None] | None = None,
+        on_states: Callable[[int, list[int], TrainState, TrialsResult], None] | None = None,
     ) -> float:
         """Train the trials of `hparams` (one per slot of a group) to each rung in turn, in
         programs of `width` lanes, the ones `keep(val losses at the rung)` names going on from
@@ -279,11 +279,13 @@ class TrialRunner:
 
         `lane_runner(i)`: the runner that trains trial i (default: this one); the trials of one
         runner (a group of the search space) fill programs of their own, in trial order.
-        `on_final_states(slots, states, result)` gets each last-rung program's final states
-        before `on_batch` (to keep a trial as trained: `trained_trial`).
+        `on_states(rung, slots, states, result)` gets each program's states before `on_batch`
+        (to keep a trial as trained: `trained_trial`).
 
-        A trial's step t trains on the batch of step t whatever its lane and rung, so the
-        trials that reach the last rung end with the numbers of an unpruned run."""
+        After a rung, the trials kept train on best first (by their val loss there): the one
+        likeliest to meet a goal ends first. A trial's step t trains on the batch of step t
+        whatever its lane and rung, so the trials that reach the last rung end with the
+        numbers of an unpruned run."""
         t_start = now()
         runner_of = lane_runner or (lambda i: self)
         x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
@@ -327,8 +329,8 @@ class TrialRunner:
                     now() - t_start,
                 )
                 val.update({slot: float(result.val_loss[i]) for i, slot in enumerate(batch)})
-                if last and on_final_states is not None:
-                    on_final_states(batch, states, result)
+                if on_states is not None:
+                    on_states(rung_index, batch, states, result)
                 if on_batch(rung_index, batch, result):
                     return now() - t_start
             if last:
@@ -339,7 +341,7 @@ class TrialRunner:
             for slot in cut:
                 stored.pop(slot, None)
                 chunks.pop(slot)
-            alive, previous = kept, rung
+            alive, previous = sorted(kept, key=lambda slot: (val[slot], slot)), rung
         return now() - t_start
 
     def run(

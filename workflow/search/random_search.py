@@ -20,11 +20,13 @@ is an Optuna intermediate value, a cut trial ends PRUNED. A group interrupted mi
 again whole (its finished trials are not recorded twice), so it reaches the same cuts.
 
 Stopping at the goal: with a `goal_val_error` (tune sets it from config.goal when
-config.search.stop_at_goal is on), the search ends as soon as a finished trial (never a cut
-one) has a val error at or below it, skipping the round's other slots and the later rounds
-(`Search.stopped` says which trial and what was skipped). The decision is a function of the
-finished slots alone: the lowest such slot, checked before any batch is claimed, so a resumed
-search stops where the uninterrupted one did.
+config.search.stop_at_goal is on), the search ends as soon as a trial has a val error at or
+below it, at its end or at any rung before (`Search.goal_at`: it then ends there, complete, and
+its config at that length is the run that met the goal; only where the learning-rate schedule
+does not depend on the run's length up to the rung), skipping the round's other slots and the
+later rounds (`Search.stopped` says which trial and what was skipped). The decision is a
+function of the finished slots alone: the lowest such slot, checked before any batch is
+claimed, so a resumed search stops where the uninterrupted one did.
 
 Resuming: a trial that was running when its worker died is failed, and its slot gets a new trial
 with the same point and seed; a search killed at any point and started again therefore ends with
@@ -52,6 +54,7 @@ import ml_collections
 import numpy as np
 
 from workflow import files, killpoints
+from workflow.engine import optimizer
 from workflow.engine import trials as trials_lib
 from workflow.engine.progress import Progress
 from workflow.errors import UsageError
@@ -235,13 +238,18 @@ def refined_range(values: list[float], previous: tuple[float, float]) -> tuple[f
 
 def best_records(records: list[dict], metric: str, fraction: float) -> list[dict]:
     """The top `fraction` (at least two) of the trials whose loss went down, by the metric;
-    of all finished trials when none improved. With pruning, a trial that trained longer
-    ranks above every trial cut before it (it beat them at each rung they shared)."""
+    of all finished trials when none improved. A trial that met the goal ranks first (the
+    search stopped for it); with pruning, a trial that trained longer ranks above every trial
+    cut before it (it beat them at each rung they shared)."""
     sign = -1.0 if METRICS[metric] == "maximize" else 1.0
     finite = [r for r in records if math.isfinite(r[metric])]
-    candidates = [r for r in finite if r["improved"]] or finite
-    # Ties (common on a small val split) go to the lower val loss.
-    ranked = sorted(candidates, key=lambda r: (-r.get("steps", 0), sign * r[metric], r["val_loss"]))
+    candidates = [r for r in finite if r["improved"] or r.get("goal_at") is not None] or finite
+
+    def rank(r: dict) -> tuple:
+        # Ties (common on a small val split) go to the lower val loss.
+        return (r.get("goal_at") is None, -r.get("steps", 0), sign * r[metric], r["val_loss"])
+
+    ranked = sorted(candidates, key=rank)
     return ranked[: max(2, math.ceil(fraction * len(ranked)))]
 
 
@@ -534,6 +542,7 @@ RECORD_FIELDS = (
     "diverged_at",
     "loss_curve",
     "pruned_at",
+    "goal_at",
     "rungs",
 )
 
@@ -571,6 +580,7 @@ def trial_record(slot: int, values: dict, attrs: dict, round_: Round) -> dict:
         "diverged_at": attrs["diverged_at"],
         "loss_curve": attrs.get("loss_curve", []),
         "pruned_at": attrs.get("pruned_at"),
+        "goal_at": attrs.get("goal_at"),
         "rungs": attrs.get("rungs", []),
     }
 
@@ -581,15 +591,18 @@ def trial_attrs(
     seed: int,
     round_: Round,
     rungs: Sequence[dict] = (),
+    goal_at: int | None = None,
 ) -> dict:
     """Trial i's result as stored in its study (JSON: non-finite values as None); `rungs`, its
-    val numbers at each rung it reached (the last one where it was cut, if it was)."""
-    pruned = bool(rungs) and result.steps < round_.steps
+    val numbers at each rung it reached (the last one where it was cut, if it was); `goal_at`,
+    the step at which it met the search's goal (then it ended there, complete)."""
+    pruned = bool(rungs) and result.steps < round_.steps and goal_at is None
     return {
         "seed": seed,
         "steps": result.steps,
         "epochs": round_.epochs * result.steps / round_.steps,
         "pruned_at": result.steps if pruned else None,
+        "goal_at": goal_at,
         "rungs": list(rungs),
         "val_accuracy": float(result.val_accuracy[i]),
         "val_loss": files.finite_or_none(result.val_loss[i]),
@@ -652,9 +665,10 @@ class Search:
         self._held: tuple[dict, trials_lib.TrainedTrial] | None = None
 
     def keep_trained(self, record: dict, trained: Callable[[], trials_lib.TrainedTrial]) -> None:
-        """Hold `trained()` when `record` is a full-length trial that best_record would rank
-        above the one held (a later round's first, then the metric)."""
-        if record["steps"] != self.config.num_steps:
+        """Hold `trained()` when `record` is a full-length trial (or one that ended at the goal:
+        its best config has its length) that best_record would rank above the one held (a later
+        round's first, then the metric)."""
+        if record["steps"] != self.config.num_steps and record.get("goal_at") is None:
             return
         if self._held is not None:
             held = self._held[0]
@@ -673,6 +687,15 @@ class Search:
         record, trained = self._held
         same = (record["round"], record["slot"]) == (best["round"], best["slot"])
         return trained if same else None
+
+    def goal_at(self, step: int, attrs: dict, round_: Round) -> int | None:
+        """`step` when a trial with `attrs` there meets the goal and its config at that length
+        trains what the trial trained (the schedule's rates agree up to it); else None."""
+        record = trial_record(0, {"learning_rate": 0.0, "l2": 0.0}, attrs, round_)
+        if goal_trial([{**record, "pruned_at": None}], self.goal_val_error) is None:
+            return None
+        same = optimizer.same_rates_when_shorter(self.config.optimizer, self.config.num_steps, step)
+        return step if same else None
 
     @property
     def loop(self) -> dict | None:
@@ -779,6 +802,8 @@ class Search:
             "reason": "goal",
             "round": round_.index,
             "slot": at_goal["slot"],
+            "step": at_goal["steps"],
+            "round_steps": round_.steps,
             "val_error": 1 - at_goal["val_accuracy"],
             "goal_val_error": self.goal_val_error,
             "skipped_trials": round_.num_trials - len(finished),
@@ -899,6 +924,7 @@ class Search:
             lane = lanes.index(slot)
             states, result, index = outcome[lane]
             attrs = trial_attrs(result, index, trial.user_attrs["seed"], round_)
+            attrs["goal_at"] = self.goal_at(result.steps, attrs, round_)
             metric = attrs[self.search.metric]
             try:
                 self.storage.set_trial_user_attr(trial._trial_id, "result", attrs)
@@ -930,8 +956,8 @@ class Search:
         """Train a claimed group's slots by successive halving at the round's rungs, in
         programs of `width` lanes: each claimed trial gets its val loss at each rung it reaches
         (Optuna intermediate values), then its end: pruned at a rung, or complete with its
-        result. Stops at the first complete trial that meets the goal (the group's claimed
-        trials that have not ended are then failed as skipped).
+        result. Stops at the first trial that meets the goal, at any rung (`goal_at`: it ends
+        there, complete; the group's claimed trials that have not ended are failed as skipped).
 
         Every slot of the group is trained (slots finished before, or claimed elsewhere, again
         but not recorded): the cuts are the uninterrupted search's, whatever was claimed."""
@@ -950,7 +976,7 @@ class Search:
         log: dict[int, list[dict]] = {i: [] for i in range(len(slots))}
         ended: dict[int, dict] = {}  # index -> the trial's attrs when it is cut
         told: set[int] = set()
-        final: dict[int, tuple] = {}  # index -> its last program's (states, result, lane)
+        program: list = [None]  # the states of the program that has just trained
         states = optuna.trial.TrialState
         bar = Progress(
             pruning.halving_cost(len(slots), rungs, factor),
@@ -993,23 +1019,24 @@ class Search:
                     with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                         self.storage.set_trial_intermediate_value(trial._trial_id, step, loss)
                 attrs = trial_attrs(result, lane, seeds[index], round_, log[index])
-                if not last:
+                goal_at = self.goal_at(step, attrs, round_)
+                if not last and goal_at is None:
                     ended[index] = attrs  # told as pruned if the rung cuts it
                     continue
+                attrs = trial_attrs(result, lane, seeds[index], round_, log[index], goal_at)
                 record = trial_record(slots[index], params[index], attrs, round_)
                 at_goal = at_goal or goal_trial([record], self.goal_val_error) is not None
                 metric = attrs[self.search.metric]
                 value = metric if metric is not None else math.inf
                 if tell(index, attrs, states.COMPLETE, value) is not None:
                     records.append(record)
-                    program_states, program_result, at = final.pop(index)
                     self.keep_trained(
                         record,
                         functools.partial(
                             trials_lib.trained_trial,
-                            program_states,
-                            program_result,
-                            at,
+                            program[0],
+                            result,
+                            lane,
                             rung_val_records(log[index][:-1]),
                         ),
                     )
@@ -1037,9 +1064,7 @@ class Search:
                 on_rung=rung_done,
                 progress=self._beating(claimed, bar.advance),
                 lane_runner=runners.__getitem__,
-                on_final_states=lambda batch, program, result: final.update(
-                    {index: (program, result, lane) for lane, index in enumerate(batch)}
-                ),
+                on_states=lambda rung, batch, trained, result: program.__setitem__(0, trained),
             )
         for slot, trial in by_slot.items():
             if slot not in told:  # the group stopped at the goal before this trial ended

@@ -141,13 +141,16 @@ def _widen_advice(key: str, custom: bool) -> str:
 
 def best_values(config: ml_collections.ConfigDict, best: dict) -> ml_collections.ConfigDict:
     """The config with the best trial's learning rate, L2 weight, every other searched key and
-    its initialization seed (init_seed)."""
+    its initialization seed (init_seed); with the trial's length when it ended at the goal
+    (what met it is that run, not a longer one)."""
     tuned = config.copy_and_resolve_references()
     config_lib.apply_overrides(tuned, random_search.searched_extras(best))
     tuned.optimizer.learning_rate = float(best["learning_rate"])
     tuned.l2 = float(best["l2"])
     if "init_seed" in tuned and best.get("seed") is not None:
         tuned.init_seed = int(best["seed"])  # the trial's initialization: trained again, the same
+    if best.get("goal_at") is not None:
+        tuned.num_steps = int(best["goal_at"])
     return tuned
 
 
@@ -164,7 +167,8 @@ def write_best_config(
         f"{best['learning_rate']:.4g}, L2 weight {best['l2']:.4g}"
         + "".join(f", {k} {value_text(v)}" for k, v in random_search.searched_extras(best).items())
         + ".\n"
-        f"The same run at full length is in {rundir.BEST}/ beside this file."
+        f"The same run at {'its' if best.get('goal_at') is not None else 'full'} length is in "
+        f"{rundir.BEST}/ beside this file."
     )
     run.write_text(
         rundir.BEST_CONFIG, config_lib.config_file_text(out, config_source, tuned, about)
@@ -392,9 +396,11 @@ def stop_text(stopped: dict, config: dict) -> str:
     kind = tasks.kind_of(config)()
     rounds = stopped.get("skipped_rounds", 0)
     later = f" and {rounds} later round{'s' if rounds != 1 else ''}" if rounds else ""
+    step, length = stopped.get("step"), stopped.get("round_steps")
+    at = f" at step {step} of its {length}" if step and length and step < length else ""
     return (
         f"stopped at the goal: round {stopped['round'] + 1} trial #{stopped['slot']} reached val "
-        f"{kind.error_name} {kind.format_error(stopped['val_error'])}, at or below "
+        f"{kind.error_name} {kind.format_error(stopped['val_error'])}{at}, at or below "
         f"{kind.format_error(stopped['goal_val_error'])} (the goal less the val set's noise); "
         f"skipped {stopped['skipped_trials']} trials (the rest of its round{later})"
     )
