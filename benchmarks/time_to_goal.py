@@ -11,13 +11,21 @@ rounds spent), the final test accuracy, whether the goal was met and why the wor
 Problems: mnist1d (the default: configs/mnist1d.py, the LSTM), digits (configs/digits.py) and
 synthetic (configs/synthetic.py:sequence, a known irreducible error).
 
+`--seeds` runs each problem's pair once per seed (`--config.seed`: the initialization, the data
+order, the search's points): one run's test accuracy moves by a point with the seed (the val set
+that picks the best trial is small), so "the same or better" is judged on the mean over seeds,
+the paired difference against twice its standard error (`same_or_better`); the times are means
+too (`half_time`: the stop-at-goal workflow in at most half the fixed budget's time).
+
 Command:
     python -m benchmarks.time_to_goal --out=benchmarks/results/cpu_time_to_goal.json
     python -m benchmarks.time_to_goal --problems=mnist1d --out=/tmp/ttg.json
+    python -m benchmarks.time_to_goal --problems=mnist1d,synthetic --seeds=0,1,2 --out=/tmp/s.json
 """
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -94,13 +102,17 @@ def run_workflow(config: str, workdir: str, *overrides: str) -> dict[str, Any]:
     }
 
 
-def measure(problem: str, scratch: str) -> dict[str, Any]:
-    """The time-to-goal workflow and the fixed-budget one on `problem`."""
+def measure(problem: str, scratch: str, seed: int | None = None) -> dict[str, Any]:
+    """The time-to-goal workflow and the fixed-budget one on `problem` (with `seed`: the
+    config's seed set to it)."""
     config = PROBLEMS[problem]
-    goal = run_workflow(config, os.path.join(scratch, f"{problem}-goal"))
-    print(f"{problem}: stop at goal {goal['workflow_seconds']:.0f} s", flush=True)
-    fixed = run_workflow(config, os.path.join(scratch, f"{problem}-fixed"), *FIXED_BUDGET)
-    print(f"{problem}: fixed budget {fixed['workflow_seconds']:.0f} s", flush=True)
+    tag, flags = ("", ()) if seed is None else (f"-seed{seed}", (f"--config.seed={seed}",))
+    goal = run_workflow(config, os.path.join(scratch, f"{problem}{tag}-goal"), *flags)
+    print(f"{problem}{tag}: stop at goal {goal['workflow_seconds']:.0f} s", flush=True)
+    fixed = run_workflow(
+        config, os.path.join(scratch, f"{problem}{tag}-fixed"), *flags, *FIXED_BUDGET
+    )
+    print(f"{problem}{tag}: fixed budget {fixed['workflow_seconds']:.0f} s", flush=True)
     return {
         "seconds_to_goal": goal["workflow_seconds"] if goal["goal_met"] else None,
         "test_accuracy": goal["test_accuracy"],
@@ -111,23 +123,65 @@ def measure(problem: str, scratch: str) -> dict[str, Any]:
     }
 
 
+def over_seeds(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """One problem's pairs, one per seed: the mean times and accuracies, and the verdicts
+    (the accuracy's paired difference against twice its standard error)."""
+    pairs = list(runs.values())
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    goal_s = mean([r["stop_at_goal"]["workflow_seconds"] for r in pairs])
+    fixed_s = mean([r["fixed_budget"]["workflow_seconds"] for r in pairs])
+    diffs = [r["test_accuracy"] - r["baseline_test_accuracy"] for r in pairs]
+    spread = (
+        math.sqrt(sum((d - mean(diffs)) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs))
+        if len(diffs) > 1
+        else 0.0
+    )
+    met = all(r["stop_at_goal"]["goal_met"] for r in pairs)
+    return {
+        "seconds_to_goal": goal_s if met else None,
+        "stop_at_goal_seconds": goal_s,
+        "test_accuracy": mean([r["test_accuracy"] for r in pairs]),
+        "baseline_seconds": fixed_s,
+        "baseline_test_accuracy": mean([r["baseline_test_accuracy"] for r in pairs]),
+        "accuracy_difference": mean(diffs),
+        "accuracy_difference_se": spread,
+        "same_or_better": mean(diffs) >= -2 * spread,
+        "half_time": goal_s <= fixed_s / 2,
+        "seeds": {str(seed): r for seed, r in runs.items()},
+    }
+
+
 def table(results: dict[str, dict]) -> str:
     """The benchmark's table: time and test accuracy of both searches per problem."""
     rows = []
     for problem, r in results.items():
-        goal, fixed = r["stop_at_goal"], r["fixed_budget"]
-        rows.append(
-            [
-                problem,
-                f"{goal['workflow_seconds']:.0f}",
-                "yes" if goal["goal_met"] else "no",
-                f"{goal['test_accuracy']:.2%}",
-                f"{fixed['workflow_seconds']:.0f}",
-                "yes" if fixed["goal_met"] else "no",
-                f"{fixed['test_accuracy']:.2%}",
-                f"{fixed['workflow_seconds'] / goal['workflow_seconds']:.2f}x",
-            ]
-        )
+        for seed, pair in r.get("seeds", {"": r}).items():
+            goal, fixed = pair["stop_at_goal"], pair["fixed_budget"]
+            rows.append(
+                [
+                    f"{problem} {seed}".strip(),
+                    f"{goal['workflow_seconds']:.0f}",
+                    "yes" if goal["goal_met"] else "no",
+                    f"{goal['test_accuracy']:.2%}",
+                    f"{fixed['workflow_seconds']:.0f}",
+                    "yes" if fixed["goal_met"] else "no",
+                    f"{fixed['test_accuracy']:.2%}",
+                    f"{fixed['workflow_seconds'] / goal['workflow_seconds']:.2f}x",
+                ]
+            )
+        if "seeds" in r:
+            rows.append(
+                [
+                    f"{problem} mean",
+                    f"{r['stop_at_goal_seconds']:.0f}",
+                    "",
+                    f"{r['test_accuracy']:.2%}",
+                    f"{r['baseline_seconds']:.0f}",
+                    "",
+                    f"{r['baseline_test_accuracy']:.2%}",
+                    f"{r['baseline_seconds'] / r['stop_at_goal_seconds']:.2f}x",
+                ]
+            )
     headers = [
         "problem",
         "stop-at-goal s",
@@ -147,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--problems", default=",".join(PROBLEMS), help="comma-separated")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument(
+        "--seeds", default=None, help="comma-separated config seeds: each problem once per seed"
+    )
+    parser.add_argument(
         "--keep", default=None, help="keep the workflows' run directories in this folder"
     )
     args = parser.parse_args(argv)
@@ -156,12 +213,26 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             f"unknown problem(s) {unknown or args.problems!r}; valid: {', '.join(PROBLEMS)}"
         )
+    seeds = None
+    if args.seeds is not None:
+        try:
+            seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+        except ValueError:
+            seeds = []
+        if not seeds or len(set(seeds)) != len(seeds):
+            parser.error(f"--seeds must name distinct integers, got {args.seeds!r}")
+
+    def problem_results(problem: str, scratch: str) -> dict[str, Any]:
+        if seeds is None:
+            return measure(problem, scratch)
+        return over_seeds({seed: measure(problem, scratch, seed) for seed in seeds})
+
     if args.keep:
         os.makedirs(args.keep, exist_ok=True)
-        results = {problem: measure(problem, args.keep) for problem in problems}
+        results = {problem: problem_results(problem, args.keep) for problem in problems}
     else:
         with tempfile.TemporaryDirectory(prefix="time-to-goal-") as scratch:
-            results = {problem: measure(problem, scratch) for problem in problems}
+            results = {problem: problem_results(problem, scratch) for problem in problems}
     print(table(results))
     if args.out:
         context = {

@@ -237,6 +237,35 @@ def test_time_to_goal_writes_the_issues_json_and_table(tmp_path, monkeypatch):
     assert calls == [(), ("--config.search.stop_at_goal=False", "--config.search.prune_rungs=1")]
     with pytest.raises(SystemExit):
         time_to_goal.main(["--problems=imagenet"])
+    with pytest.raises(SystemExit):
+        time_to_goal.main(["--problems=mnist1d", "--seeds=0,0"])
+
+
+def test_time_to_goal_over_seeds_judges_the_mean_paired_difference(tmp_path, monkeypatch):
+    from benchmarks import time_to_goal
+
+    # Seed by seed, the stop-at-goal run is 1 point worse, the same, then 1 point better.
+    accuracy = {"0": 0.94, "1": 0.95, "2": 0.96}
+
+    def fake_run(config, workdir, *overrides):
+        fixed = "--config.search.stop_at_goal=False" in overrides
+        seed = next(o for o in overrides if o.startswith("--config.seed=")).split("=")[1]
+        return {
+            "workflow_seconds": 200.0 if fixed else 90.0,
+            "test_accuracy": 0.95 if fixed else accuracy[seed],
+            "goal_met": True,
+        }
+
+    monkeypatch.setattr(time_to_goal, "run_workflow", fake_run)
+    out = tmp_path / "ttg.json"
+    assert time_to_goal.main(["--problems=synthetic", "--seeds=0,1,2", f"--out={out}"]) == 0
+    result = json.loads(out.read_text())["synthetic"]
+    assert sorted(result["seeds"]) == ["0", "1", "2"]
+    assert result["test_accuracy"] == pytest.approx(0.95)
+    assert result["accuracy_difference"] == pytest.approx(0.0)
+    assert result["accuracy_difference_se"] == pytest.approx(0.01 / 3**0.5)
+    assert result["same_or_better"] and result["half_time"]
+    assert "synthetic mean" in time_to_goal.table({"synthetic": result})
 
 
 @pytest.mark.slow

@@ -24,7 +24,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def test_rungs_are_whole_host_calls_each_factor_times_longer():
     assert pruning.rung_steps(3000, 4, 3, 100) == (100, 300, 1000, 3000)
     assert pruning.rung_steps(60, 4, 3, 20) == (20, 60)  # 60/9 and 60/27: shorter than a call
-    assert pruning.rung_steps(38, 4, 3, 20) == (38,)
+    assert pruning.rung_steps(38, 4, 3, 20) == (20, 38)  # raised to one call
+    assert pruning.rung_steps(20, 4, 3, 20) == (20,)  # one call: nothing to cut
     assert pruning.rung_steps(3000, 1, 3, 100) == (3000,)  # pruning off
     assert pruning.halving_cost(27, (100, 300, 1000), 3) == 27 * 100 + 9 * 200 + 3 * 700
 

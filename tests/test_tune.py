@@ -211,7 +211,8 @@ def test_tune_killed_at_every_kind_of_point_resumes_to_the_uninterrupted_search(
 
 
 def test_tune_stops_at_the_goal_and_reports_what_it_skipped(tmp_path):
-    # A goal any trial meets (0.9 test error): the first batch of four ends the search.
+    # A goal trials reach at once (0.9 test error): round 0's 34-step trials are cut at step 20
+    # (one host call), and the first program of four there ends the search.
     workdir = str(tmp_path / "tune")
     result = run_stage("tune", *TINY, "--config.goal.test_error=0.9", f"--workdir={workdir}")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -219,22 +220,25 @@ def test_tune_stops_at_the_goal_and_reports_what_it_skipped(tmp_path):
     stop = summary["search_stop"]
     assert stop["reason"] == "goal" and stop["round"] == 0
     assert stop["val_error"] <= stop["goal_val_error"] < 0.9
-    assert stop["skipped_trials"] == 4 + 4 and stop["skipped_rounds"] == 1
-    assert [t["slot"] for t in summary["trials"]] == [0, 1, 2, 3]
-    # The lowest slot at or below the line, whichever finished first.
-    reached = [
-        t["slot"] for t in summary["trials"] if 1 - t["val_accuracy"] <= stop["goal_val_error"]
-    ]
-    assert stop["slot"] == reached[0]
+    assert stop["step"] == 20 and stop["round_steps"] == 34
+    # Recorded: the first program's trials at the line, each ended there, complete.
+    trials = summary["trials"]
+    assert trials and {t["slot"] for t in trials} <= {0, 1, 2, 3}
+    assert all(t["goal_at"] == t["steps"] == 20 and t["pruned_at"] is None for t in trials)
+    assert all(1 - t["val_accuracy"] <= stop["goal_val_error"] for t in trials)
+    assert stop["slot"] == trials[0]["slot"]  # the lowest slot at or below the line
+    # Skipped: the round's other trials and the refined round's four.
+    assert stop["skipped_trials"] == 8 - len(trials) + 4 and stop["skipped_rounds"] == 1
     m = summary["metrics"]
-    assert m["search_stopped_at_goal"] is True and m["skipped_trials"] == 8
-    # The best trial met the goal after 2 epochs (34 steps), not the full 60: what met it is
-    # that run, recorded as trained, and its config is a run of that length.
-    assert m["num_trials"] == 4 and m["retrain_steps"] == 34 and m["best_trained_again"] is False
+    assert m["search_stopped_at_goal"] is True and m["skipped_trials"] == stop["skipped_trials"]
+    # The best trial met the goal at step 20, not the full 60: what met it is that run,
+    # recorded as trained, and its config is a run of that length.
+    assert m["retrain_steps"] == 20 and m["best_trained_again"] is False
     best_config = json.load(open(os.path.join(workdir, "best_config.json")))
-    assert best_config["num_steps"] == 34
+    assert best_config["num_steps"] == 20
     report = open(os.path.join(workdir, "report.md")).read()
     assert f"stopped at the goal: round 1 trial #{stop['slot']}" in report
+    assert "at step 20 of its 34" in report
     assert "stopped at the goal" in result.stdout
 
 

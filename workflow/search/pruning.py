@@ -19,14 +19,10 @@ from collections.abc import Sequence
 
 def rung_steps(total: int, num_rungs: int, factor: int, unit: int) -> tuple[int, ...]:
     """The rungs of trials `total` steps long: total / factor^k for k = num_rungs - 1, ..., 1,
-    each rounded to whole host calls of `unit` steps (a rung shorter than one call is left out:
-    deciding there costs more than it saves), then `total` itself; (total,) with one rung."""
-    rungs = []
-    for k in range(num_rungs - 1, 0, -1):
-        length = total / factor**k
-        if length >= unit:
-            rungs.append(unit * round(length / unit))
-    return tuple(sorted({r for r in rungs if 0 < r < total})) + (total,)
+    each rounded to whole host calls of `unit` steps (at least one: a cut inside a call would
+    compile a shorter one), then `total` itself; (total,) with one rung."""
+    rungs = {unit * max(1, round(total / factor**k / unit)) for k in range(num_rungs - 1, 0, -1)}
+    return tuple(sorted(r for r in rungs if r < total)) + (total,)
 
 
 def survivors(val_losses: Sequence[float], factor: int) -> list[int]:
