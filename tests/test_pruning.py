@@ -93,8 +93,10 @@ def test_a_model_with_dropout_and_batchnorm_state_is_halved_to_its_unpruned_numb
     )
     slots, at_60 = finals[-1]
     _, whole = runner.run(hparams, ds, 60)
+    # The last rung's program has one lane on the CPU, the unpruned one three: XLA compiles the
+    # two differently, so float32 sums may round apart by a few units in the last place a step.
     for lane, slot in enumerate(slots):
-        np.testing.assert_allclose(at_60.val_loss[lane], whole.val_loss[slot], rtol=1e-5)
+        np.testing.assert_allclose(at_60.val_loss[lane], whole.val_loss[slot], rtol=1e-4)
 
 
 def _worker(url: str, name: str, *, kill_at: str | None = None) -> subprocess.Popen:
@@ -330,3 +332,10 @@ def test_after_a_rung_the_kept_trials_train_on_best_first(setup, runner):
     first = {slot: loss for rung, slot, loss in order if rung == 0}
     assert [slot for rung, slot, _ in order if rung == 1] == sorted(first, key=first.get)
     assert sorted(first, key=first.get) != [0, 1, 2]  # the order did change
+
+
+def test_halving_programs_are_as_wide_as_their_trials_on_the_cpu_only():
+    # A CPU pays for every lane: five trials left of a 16-wide group train in five lanes; an
+    # accelerator's lanes are free, and the group's width keeps one compiled shape.
+    assert trials.program_lanes(16, "cpu")([3, 4, 5, 6, 7]) == 5
+    assert trials.program_lanes(16, "gpu")([3, 4, 5, 6, 7]) == 16

@@ -288,6 +288,7 @@ class TrialRunner:
         numbers of an unpruned run."""
         t_start = now()
         runner_of = lane_runner or (lambda i: self)
+        lanes_of = program_lanes(min(width, len(hparams)), jax.default_backend())
         x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
         alive, stored = list(range(len(hparams))), {}
         chunks = {i: [] for i in range(len(hparams))}  # slot -> its chunks' per-step metrics
@@ -300,7 +301,7 @@ class TrialRunner:
                 states = runner._lanes(
                     _select_hparams(hparams, batch),
                     [stored.pop(slot) for slot in batch] if previous else [],
-                    width,
+                    lanes_of(batch),
                 )
                 step = previous
                 for k in schedule_chunks(previous, rung, config.steps_per_call, ()):
@@ -381,6 +382,16 @@ class TrialRunner:
             now() - t_start,
         )
         return states, result
+
+
+def program_lanes(width: int, backend: str) -> Callable[[Sequence[int]], int]:
+    """The lanes of a halving program of trials `batch`: as many as its trials on the CPU,
+    where every lane costs its compute (a narrower program is one more compile); `width` (the
+    group's first program's) on an accelerator, whose lanes are free and where one compiled
+    shape then serves every rung."""
+    if backend == "cpu":
+        return len
+    return lambda batch: width
 
 
 def _programs(

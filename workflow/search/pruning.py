@@ -3,13 +3,15 @@
 A round's trials are cut at rungs: trial lengths r_0 < r_1 < ... < r_last (the round's trial
 length), each `factor` times the one before. Every trial of a group trains to r_0; the best
 1/factor of them by val loss there (`survivors`) train on to r_1, the others are cut (pruned);
-and so on to r_last. At each rung the trials still running fill the lanes of programs of the
-search's width, one batch after another, so a lane freed by a cut is taken by the next trial
-and the compiled program keeps its width and shape; a trial continues from its own state, kept
-between rungs.
+and so on to r_last. At each rung the trials still running (best first) fill the lanes of
+programs of the search's width, one batch after another, so a lane freed by a cut is taken by
+the next trial; on an accelerator the compiled program keeps its width and shape, on the CPU
+(where every lane costs its compute) a program is as wide as its trials
+(`trials.program_lanes`). A trial continues from its own state, kept between rungs.
 
 Every trial sees the batches of its own step count (the same as without pruning), so a trial
-that is never cut ends with exactly the numbers of the unpruned search, and the cuts are a pure
+that is never cut ends with the numbers of the unpruned search (to float32 rounding where its
+CPU program is narrower than the unpruned one's), and the cuts are a pure
 function of the trials' val losses: a group trained again after a kill reaches the same cuts.
 """
 
