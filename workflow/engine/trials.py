@@ -288,7 +288,7 @@ class TrialRunner:
         numbers of an unpruned run."""
         t_start = now()
         runner_of = lane_runner or (lambda i: self)
-        lanes_of = program_lanes(min(width, len(hparams)), jax.default_backend())
+        lanes_of = program_lanes(width, jax.default_backend())
         x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
         alive, stored = list(range(len(hparams))), {}
         chunks = {i: [] for i in range(len(hparams))}  # slot -> its chunks' per-step metrics
@@ -386,9 +386,9 @@ class TrialRunner:
 
 def program_lanes(width: int, backend: str) -> Callable[[Sequence[int]], int]:
     """The lanes of a halving program of trials `batch`: as many as its trials on the CPU,
-    where every lane costs its compute (a narrower program is one more compile); `width` (the
-    group's first program's) on an accelerator, whose lanes are free and where one compiled
-    shape then serves every rung."""
+    where every lane costs its compute (a narrower program is one more compile); the search's
+    `width` on an accelerator, whose lanes are free and where one compiled shape then serves
+    every rung and round (a compile there costs more than the padding lanes)."""
     if backend == "cpu":
         return len
     return lambda batch: width
