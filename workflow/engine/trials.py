@@ -44,14 +44,14 @@ TRIAL_AXIS = "trials"
 UNBATCHED_ON_CPU = ("lstm",)
 
 
-class DropoutRate(nnx.Variable):
-    """A TrialDropout's rate, as state: each trial's own under vmap."""
+class KeepProbability(nnx.Variable):
+    """A TrialDropout's share of units kept (1 - its rate), as state: each trial's own."""
 
 
 class TrialDropout(nnx.Dropout):
-    """nnx.Dropout whose rate is a DropoutRate variable, so that trials trained side by side in
-    one program drop at rates of their own; at the same rate, the same draws and outputs as
-    nnx.Dropout."""
+    """nnx.Dropout that keeps the share of units in its KeepProbability variable, so that
+    trials trained side by side in one program drop at rates of their own; at the same rate,
+    the same draws and outputs as nnx.Dropout."""
 
     def __call__(
         self, inputs: jax.Array, *, deterministic: bool | None = None, rngs=None
@@ -64,23 +64,27 @@ class TrialDropout(nnx.Dropout):
         if isinstance(stream, nnx.Rngs):
             stream = stream[self.rng_collection]
         key = stream() if isinstance(stream, nnx.RngStream) else stream
-        keep = 1.0 - self.rate[...]
+        keep = self.keep[...]
         shape = [1 if dim in self.broadcast_dims else n for dim, n in enumerate(inputs.shape)]
         mask = jnp.broadcast_to(jax.random.bernoulli(key, keep, shape), inputs.shape)
         return jax.lax.select(mask, inputs / keep.astype(inputs.dtype), jnp.zeros_like(inputs))
 
 
 def per_trial_dropout(model: nnx.Module, above: float, rate=None) -> None:
-    """Make every nnx.Dropout of `model` with a rate above `above` a TrialDropout, in place:
-    its rate min(own, `rate`) (a trial's, traced under vmap), or its own when `rate` is None.
-    The class of the layer changes, not where it sits, so the model's own code calls it."""
+    """Make every nnx.Dropout of `model` with a rate above `above` a TrialDropout, in place,
+    that drops at min(its rate, `rate`) (a trial's, traced under vmap), or at its own rate when
+    `rate` is None. The class of the layer changes, not where it sits: the model's own code
+    calls it."""
     layers = [
         node for _, node in nnx.iter_graph(model) if type(node) is nnx.Dropout and node.rate > above
     ]
     for layer in layers:
-        own = jnp.asarray(layer.rate, jnp.float32)
+        # 1 - rate in Python, as nnx.Dropout computes it: the configured rate's very draws.
+        keep = jnp.asarray(1.0 - layer.rate, jnp.float32)
+        if rate is not None:
+            keep = jnp.maximum(keep, 1.0 - jnp.asarray(rate, jnp.float32))
         layer.__class__ = TrialDropout
-        layer.rate = nnx.data(DropoutRate(own if rate is None else jnp.minimum(own, rate)))
+        layer.keep = nnx.data(KeepProbability(keep))
 
 
 def trials_per_program(config: ml_collections.ConfigDict) -> int:
