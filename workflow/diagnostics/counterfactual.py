@@ -400,7 +400,8 @@ def _train(
     curves = np.where(np.isfinite(result.train_loss_curve), result.train_loss_curve, np.inf)
     diverged = result.diverged_at >= 0
     val = np.where(np.isfinite(result.val_loss_curve), result.val_loss_curve, np.inf)
-    val[diverged] = np.inf
+    if val.size:
+        val[diverged] = np.inf
     return (
         curves,
         diverged,
