@@ -19,21 +19,32 @@ initialization on the same batches, as many steps as the short run. The knobs an
   own norm: a runner with `clip_per_trial`), what `--config.optimizer.clip_norm` does;
 * input normalization (`inputs_not_normalized`): the inputs standardized with the training
   split's per-channel mean and std (what `--config.dataset.normalize=True` does), trained by
-  the same compiled program on the standardized copy.
+  the same compiled program on the standardized copy;
+* the dropout rate (`dropout_too_high`): every nnx.Dropout rate above MAX_DROPOUT_RATE lowered
+  to 0.5 and to 0.1, in the same program (the layers become engine.trials.TrialDropout, each
+  trial with its own keep probability), judged on the eval-mode val loss, measured VAL_POINTS
+  times over the run: less dropout lowers the train-mode training loss of any model, so that
+  loss would confirm the finding on a model that learns fine;
+* the batch size under BatchNorm (`batchnorm_small_batch`): the suggested batch size
+  (4 x MIN_BATCHNORM_BATCH) against the configured one, each its own program (another batch
+  shape) trained on the same number of examples (at least MIN_TRIAL_STEPS steps of the bigger
+  batch), judged on the eval-mode val loss (the running averages): at equal steps a bigger batch
+  sees more data and would win on any model.
 
-A change helps when it reaches the configured setup's final training loss at least `MIN_SPEEDUP`
-times sooner and ends clearly below it (or the configured setup diverges and the change does
-not). The finding is then confirmed and states the measured result ("with lr 0.003 (x10) the
-loss reaches 1.52 (lr 0.0003's level after 300 steps) in 40 steps, 7.5x sooner, and ends at
-0.4"); unconfirmed, it is lowered to `info` and says what the trials measured instead. A
-`loss_plateau` is a measured symptom with several possible causes: the trials judge only its
-regularization cause, so it keeps its severity, and the L2 suggestion goes first (confirmed, at
-the trials' best value) or last (refuted, with what was measured); an `exploding_gradients`
-finding's first suggestion is the change that helped most (the init scale or a clip norm). Either
-way the trials are
-recorded in the finding's evidence under "counterfactual". Findings that are certain by
-construction (a NaN, labels out of range, a shape mismatch, a layer dead for every input) blame
-no knob and run no trials.
+A change helps when it reaches the configured setup's final training loss (val loss for the
+dropout rate) at least `MIN_SPEEDUP` times sooner and ends clearly below it (or the configured
+setup diverges and the change does not); a bigger batch helps when its final val loss ends
+BATCHNORM_MIN_GAIN below the best the configured batch reached on the way. The finding is then
+confirmed and states the measured result ("with lr 0.003 (x10) the loss reaches 1.52 (lr
+0.0003's level after 300 steps) in 40 steps, 7.5x sooner, and ends at 0.4"); unconfirmed, it is
+lowered to `info` and says what the trials measured instead. A `loss_plateau` is a measured
+symptom with several possible causes: the trials judge only its regularization cause, so it
+keeps its severity, and the L2 suggestion goes first (confirmed, at the trials' best value) or
+last (refuted, with what was measured); an `exploding_gradients` finding's first suggestion is
+the change that helped most (the init scale or a clip norm). Either way the trials are recorded
+in the finding's evidence under "counterfactual". Findings that are certain by construction (a
+NaN, labels out of range, a shape mismatch, a layer dead for every input) blame no knob and run
+no trials.
 """
 
 import dataclasses

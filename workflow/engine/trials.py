@@ -1,13 +1,14 @@
 """Many trials of one architecture as one compiled program: the pure step `vmap`ped over trials.
 
 Each trial has its own initialization seed, learning rate and L2 weight (and, with
-`clip_per_trial`, its own gradient-clipping norm). These hyperparameters
-live in the optimizer state (`optax.inject_hyperparams`, see build_optimizer), so the
-unchanged `train_step` of workflow/engine/step.py runs every trial: vmap adds a leading trial
-axis to the state and broadcasts the batch. All trials see the same batches (common random
-numbers: their differences come from the hyperparameters, not from the data order). When
-there are several devices the trial axis is sharded over a `Mesh`, one slice of trials per
-device.
+`clip_per_trial`, its own gradient-clipping norm; with `dropout_above`, its own rate for the
+dropout layers above it, a keep probability in the model's state: TrialDropout). The
+optimizer's hyperparameters live in the optimizer state (`optax.inject_hyperparams`, see
+build_optimizer), so the unchanged `train_step` of workflow/engine/step.py runs every trial:
+vmap adds a leading trial axis to the state and broadcasts the batch. All trials see the same
+batches (common random numbers: their differences come from the hyperparameters, not from the
+data order). When there are several devices the trial axis is sharded over a `Mesh`, one slice
+of trials per device.
 
 Trials run on this process's own devices (`jax.local_devices()`), never across hosts: in a
 multi-process job (workflow/engine/distributed.py) every process trains the same trials on its own
