@@ -422,9 +422,12 @@ def test_a_wide_mlp_that_learns_at_dropout_0_6_is_refuted_to_info():
     config = small_config("tabular", "mlp")
     config.model.update(hidden_sizes=(256,), dropout_rate=0.6)
     found = layer_finding(config)
-    assert found.severity == "info" and not found.evidence["counterfactual"]["confirmed"]
+    measured = found.evidence["counterfactual"]
+    assert found.severity == "info" and not measured["confirmed"]
     assert "; not confirmed: with dropout" in found.message
-    assert "than" in found.message or "ends at" in found.message
+    # Less dropout does not end clearly below rate 0.6's val loss: the model learns fine.
+    base, *lowered = [t["final_loss"] for t in measured["trials"]]
+    assert min(lowered) > (1 - counterfactual.MIN_FINAL_GAIN) * base
 
 
 def test_batchnorm_at_batch_2_is_confirmed_by_batch_32_on_as_many_examples():

@@ -547,7 +547,7 @@ def run_batch_trials(
     batch = int(setup.config.batch_size)
     change_steps = {c: max(MIN_TRIAL_STEPS, steps * batch // c.batch_size) for c in changes}
     steps = max(-(-n * c.batch_size // batch) for c, n in change_steps.items())
-    base = Change("base", f"batch size {batch}", *_rates(setup.config))
+    base = dataclasses.replace(base_change(setup.config), label=f"batch size {batch}")
     runs = [(base, steps, batch)] + [(c, change_steps[c], c.batch_size) for c in changes]
     trials, seconds = [], 0.0
     for change, run_steps, run_batch in runs:
@@ -565,11 +565,6 @@ def run_batch_trials(
             )
         )
     return trials, steps, seconds
-
-
-def _rates(config) -> tuple[float, float]:
-    """The configured (learning rate, L2 weight)."""
-    return float(config.optimizer.learning_rate), float(config.l2)
 
 
 def best_change(trials: list[Trial], steps: int) -> tuple[Trial | None, float]:
