@@ -406,6 +406,7 @@ def layer_finding(config, steps: int = 100) -> Finding:
 
 def test_dropout_0_9_is_confirmed_by_lower_rates_on_the_val_loss():
     found = layer_finding(with_model("tests.bugzoo.models:HighDropoutMLP"))
+    assert found.evidence["layers"] == [{"layer": "dropout", "type": "Dropout", "rate": 0.9}]
     measured = found.evidence["counterfactual"]
     assert found.severity == "warning" and measured["confirmed"]
     assert measured["knob"] == "dropout" and measured["loss"] == "val"
@@ -432,6 +433,7 @@ def test_a_wide_mlp_that_learns_at_dropout_0_6_is_refuted_to_info():
 
 def test_batchnorm_at_batch_2_is_confirmed_by_batch_32_on_as_many_examples():
     found = layer_finding(with_model("tests.bugzoo.models:BatchNormMLP", batch_size=2))
+    assert found.evidence["batch_size"] == 2
     measured = found.evidence["counterfactual"]
     assert found.severity == "warning" and measured["confirmed"]
     assert measured["knob"] == "batch_size" and measured["loss"] == "val"
