@@ -75,9 +75,14 @@ def per_trial_dropout(model: nnx.Module, above: float, rate=None) -> None:
     """Make every nnx.Dropout of `model` with a rate above `above` a TrialDropout, in place,
     that drops at min(its rate, `rate`) (a trial's, traced under vmap), or at its own rate when
     `rate` is None. The class of the layer changes, not where it sits: the model's own code
-    calls it."""
+    calls it. A subclass with a __call__ of its own (a TrialDropout among them) is left as it
+    is: its rate may mean something else there."""
     layers = [
-        node for _, node in nnx.iter_graph(model) if type(node) is nnx.Dropout and node.rate > above
+        node
+        for _, node in nnx.iter_graph(model)
+        if isinstance(node, nnx.Dropout)
+        and type(node).__call__ is nnx.Dropout.__call__
+        and node.rate > above
     ]
     for layer in layers:
         # 1 - rate in Python, as nnx.Dropout computes it: the configured rate's very draws.
