@@ -1,5 +1,6 @@
 """Counterfactual confirmation: a finding that blames a knob (the learning rate, the L2 penalty,
-the init scale, input normalization) stands only when changing the knob as it suggests measurably
+the init scale, input normalization, the dropout rate, the batch size under BatchNorm) stands
+only when changing the knob as it suggests measurably
 helps on the real data; unconfirmed, it is info (a plateau keeps its severity, the knob's
 suggestion moved last)."""
 
@@ -7,15 +8,20 @@ import math
 import types
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
+from flax import nnx
 
 from tests.conftest import small_config
 from workflow import experiment
 from workflow.diagnostics import counterfactual
+from workflow.diagnostics.checks.layers import check_layers
 from workflow.diagnostics.counterfactual import Change, Trial, confirm_findings, confirmed
 from workflow.diagnostics.findings import Finding
 from workflow.diagnostics.overfit import OverfitResult, slow_overfit_finding
+from workflow.engine import trials as trials_lib
 
 
 def trial(lr, final, reached, diverged=False):
@@ -134,6 +140,14 @@ def test_each_knob_blaming_finding_names_its_knob_and_the_certain_ones_none():
     assert [c.init_scale for c in changes] == [0.1, 0.01, 1.0, 1.0, 1.0]
     assert [c.clip_norm for c in changes] == [None, None, 5.0, 0.5, 0.05]
     assert changes[-1].overrides == {"optimizer.clip_norm": 0.05}
+    assert knob(blamed("dropout_too_high"), config) == "dropout"
+    assert knob(blamed("batchnorm_small_batch"), config) == "batch_size"
+    # The built-in models take a dropout rate as a flag; a user's nnx.Dropout is code.
+    rates = counterfactual.knob_changes("dropout", small_config("tabular", "mlp"))
+    assert [c.dropout_rate for c in rates] == [0.5, 0.1]
+    assert rates[-1].overrides == {"model.dropout_rate": 0.1}
+    [batch] = counterfactual.knob_changes("batch_size", config)
+    assert batch.batch_size == 32 and batch.overrides == {"batch_size": 32}
 
 
 def test_the_init_scale_rescales_weights_only():
@@ -353,3 +367,88 @@ def test_a_plateau_a_small_weight_decay_does_not_explain_keeps_it_last():
     assert "; not the regularization (L2, weight decay): with weight_decay" in found.message
     assert found.suggestions[0] == "raise lr"
     assert found.suggestions[1].startswith("--config.l2=0.0 (not confirmed: with weight_decay")
+
+
+# ----------------------------------------------------------------------------- dropout, BatchNorm
+
+
+def test_trial_dropout_draws_as_nnx_dropout_and_each_trial_at_its_own_rate():
+    def build(rate=None):
+        dense, dropout = nnx.Linear(8, 64, rngs=nnx.Rngs(0)), nnx.Dropout(0.9, rngs=nnx.Rngs(1))
+        model = nnx.Sequential(dense, dropout)
+        if rate is not None:
+            trials_lib.per_trial_dropout(model, 0.5, rate)
+        return model
+
+    x = jnp.ones((256, 8))
+    # At the configured rate (a cap of 1.0), the same draws and outputs as nnx.Dropout.
+    np.testing.assert_array_equal(build(1.0)(x), build()(x))
+    # Vmapped over trials, each drops its own share of the units.
+    kept = jax.vmap(lambda rate: (build(rate)(x) != 0).mean())(jnp.asarray([1.0, 0.5, 0.1]))
+    np.testing.assert_allclose(np.asarray(kept), [0.1, 0.5, 0.9], atol=0.02)
+    eval_model = build(0.1)
+    eval_model.eval()
+    np.testing.assert_array_equal(eval_model(x), eval_model.layers[0](x))
+
+
+def with_model(name: str, kind: str = "tabular", **overrides) -> ml_collections.ConfigDict:
+    config = small_config(kind, **overrides)
+    config.model = ml_collections.ConfigDict({"name": name})
+    return config
+
+
+def layer_finding(config, steps: int = 100) -> Finding:
+    setup = experiment.prepare(config)
+    # In the scan form, as the debug stage passes the short run's: not measured again here.
+    [finding] = confirm_findings(setup, check_layers(setup), steps, loop="scan")
+    return finding
+
+
+def test_dropout_0_9_is_confirmed_by_lower_rates_on_the_val_loss():
+    found = layer_finding(with_model("tests.bugzoo.models:HighDropoutMLP"))
+    assert found.evidence["layers"] == [{"layer": "dropout", "type": "Dropout", "rate": 0.9}]
+    measured = found.evidence["counterfactual"]
+    assert found.severity == "warning" and measured["confirmed"]
+    assert measured["knob"] == "dropout" and measured["loss"] == "val"
+    assert [t["dropout_rate"] for t in measured["trials"]] == [None, 0.5, 0.1]
+    assert measured["speedup"] >= counterfactual.MIN_SPEEDUP
+    assert "confirmed: with dropout 0.5 the val loss (eval mode) reaches" in found.message
+    assert "(dropout 0.9's level after 100 steps)" in found.message
+    base, best = measured["trials"][0], measured["trials"][1]
+    assert best["final_loss"] <= (1 - counterfactual.MIN_FINAL_GAIN) * base["final_loss"]
+    assert found.suggestions[0].startswith("lower every dropout rate above 0.5 to 0.5")
+
+
+def test_a_wide_mlp_that_learns_at_dropout_0_6_is_refuted_to_info():
+    config = small_config("tabular", "mlp")
+    config.model.update(hidden_sizes=(256,), dropout_rate=0.6)
+    found = layer_finding(config)
+    measured = found.evidence["counterfactual"]
+    assert found.severity == "info" and not measured["confirmed"]
+    assert "; not confirmed: with dropout" in found.message
+    # Less dropout does not end clearly below rate 0.6's val loss: the model learns fine.
+    base, *lowered = [t["final_loss"] for t in measured["trials"]]
+    assert min(lowered) > (1 - counterfactual.MIN_FINAL_GAIN) * base
+
+
+def test_batchnorm_at_batch_2_is_confirmed_by_batch_32_on_as_many_examples():
+    found = layer_finding(with_model("tests.bugzoo.models:BatchNormMLP", batch_size=2))
+    assert found.evidence["batch_size"] == 2
+    measured = found.evidence["counterfactual"]
+    assert found.severity == "warning" and measured["confirmed"]
+    assert measured["knob"] == "batch_size" and measured["loss"] == "val"
+    base, bigger = measured["trials"]
+    assert (base["batch_size"], bigger["batch_size"]) == (None, 32)
+    assert base["examples"] == bigger["examples"]  # not equal steps: 16x the data
+    assert bigger["final_loss"] <= (1 - counterfactual.BATCHNORM_MIN_GAIN) * base["best_loss"]
+    assert "confirmed: with batch size 32 the val loss (eval mode) after" in found.message
+    assert "that batch size 2 reached on the way" in found.message
+    # debug.fix reads the first config-level suggestion.
+    assert "--config.batch_size=32" in found.suggestions[0]
+
+
+@pytest.mark.slow
+def test_batchnorm_that_learns_at_batch_4_is_refuted_to_info():
+    found = layer_finding(with_model("tests.bugzoo.models:BatchNormMLP", batch_size=4))
+    assert found.severity == "info" and not found.evidence["counterfactual"]["confirmed"]
+    assert "; not confirmed: with batch size 32" in found.message

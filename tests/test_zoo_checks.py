@@ -177,6 +177,9 @@ def test_label_runs_of_a_shuffled_order_match_their_expectation():
 # ----------------------------------------------------------------------------- layers
 
 
+# The default run proves both firing through their counterfactual confirmation
+# (tests/test_counterfactual.py: the same HighDropoutMLP, BatchNorm at batch size 2).
+@pytest.mark.slow
 def test_dropout_above_half_and_batchnorm_on_tiny_batches_are_found():
     found = check_layers(prepared("HighDropoutMLP"))
     assert ids(found) == ["dropout_too_high"]

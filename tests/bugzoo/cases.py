@@ -322,10 +322,14 @@ BROKEN += [
         "split_from_sorted_data",
         synthetic(dataset="tests.bugzoo.pieces:sorted_then_split"),
     ),
+    # Three BatchNorm layers: at batch size 2 their eval-mode val loss ends far above batch size
+    # 32's on the same examples (the counterfactual's test). One BatchNorm layer
+    # (tests.check_bugs:DropoutBatchNormMLP) at batch 2 does as well as batch 32 on this data:
+    # no bug to find there.
     Case(
         "batchnorm_batch_size_2",
         "batchnorm_small_batch",
-        synthetic(model_name="tests.check_bugs:DropoutBatchNormMLP", batch_size=2),
+        synthetic(model_name="tests.bugzoo.models:BatchNormMLP", batch_size=2),
         fast=False,
         config_fixable=True,
     ),

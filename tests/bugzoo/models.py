@@ -238,6 +238,37 @@ class HighDropoutMLP(UserMLP):
         return self.linear3(self.dropout(nnx.relu(self.linear2(h))))
 
 
+class BatchNormMLP(nnx.Module):
+    """An MLP of three hidden Linear layers, each followed by nnx.BatchNorm and relu, as the
+    Flax docs place BatchNorm (a correct model; at batch size 2, the zoo's
+    batchnorm_batch_size_2)."""
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_outputs: int,
+        *,
+        rngs: nnx.Rngs,
+        hidden_size: int = 64,
+        depth: int = 3,
+    ):
+        features = 1
+        for size in input_shape:
+            features *= size
+        sizes = [features] + [hidden_size] * depth
+        self.linears = nnx.List(
+            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+        )
+        self.norms = nnx.List([nnx.BatchNorm(hidden_size, rngs=rngs) for _ in range(depth)])
+        self.out = nnx.Linear(hidden_size, num_outputs, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.reshape(x.shape[0], -1)
+        for linear, norm in zip(self.linears, self.norms, strict=True):
+            x = nnx.relu(norm(linear(x)))
+        return self.out(x)
+
+
 class TinyMLP(UserMLP):
     """Not a bug: an MLP two units wide, far too small for ten classes (a true underfit)."""
 

@@ -248,7 +248,8 @@ KINDS = (
     FindingKind(
         "dropout_too_high",
         "warning",
-        "a dropout rate above 0.5: training keeps too few units for the model to fit",
+        "a dropout rate above 0.5: training keeps too few units for the model to fit (in "
+        "debug: info unless lower rates measurably help the val loss in counterfactual trials)",
         "debug",
         explains=("initial_loss_off", "loss_plateau", "cannot_overfit_batch"),
         checklist=LAYERS_ROW,
@@ -257,7 +258,8 @@ KINDS = (
         "batchnorm_small_batch",
         "warning",
         "BatchNorm over batches of fewer than 8 examples: its batch statistics are noise and "
-        "eval's running averages drift from training",
+        "eval's running averages drift from training (in debug: info unless batch size 32 "
+        "measurably helps the val loss on as many examples in counterfactual trials)",
         "debug",
         explains=("loss_oscillating", "cannot_overfit_batch"),
         checklist=LAYERS_ROW,

@@ -1,13 +1,14 @@
 """Many trials of one architecture as one compiled program: the pure step `vmap`ped over trials.
 
 Each trial has its own initialization seed, learning rate and L2 weight (and, with
-`clip_per_trial`, its own gradient-clipping norm). These hyperparameters
-live in the optimizer state (`optax.inject_hyperparams`, see build_optimizer), so the
-unchanged `train_step` of workflow/engine/step.py runs every trial: vmap adds a leading trial
-axis to the state and broadcasts the batch. All trials see the same batches (common random
-numbers: their differences come from the hyperparameters, not from the data order). When
-there are several devices the trial axis is sharded over a `Mesh`, one slice of trials per
-device.
+`clip_per_trial`, its own gradient-clipping norm; with `dropout_above`, its own rate for the
+dropout layers above it, a keep probability in the model's state: TrialDropout). The
+optimizer's hyperparameters live in the optimizer state (`optax.inject_hyperparams`, see
+build_optimizer), so the unchanged `train_step` of workflow/engine/step.py runs every trial:
+vmap adds a leading trial axis to the state and broadcasts the batch. All trials see the same
+batches (common random numbers: their differences come from the hyperparameters, not from the
+data order). When there are several devices the trial axis is sharded over a `Mesh`, one slice
+of trials per device.
 
 Trials run on this process's own devices (`jax.local_devices()`), never across hosts: in a
 multi-process job (workflow/engine/distributed.py) every process trains the same trials on its own
@@ -44,6 +45,54 @@ TRIAL_AXIS = "trials"
 UNBATCHED_ON_CPU = ("lstm",)
 
 
+class KeepProbability(nnx.Variable):
+    """A TrialDropout's share of units kept (1 - its rate), as state: each trial's own."""
+
+
+class TrialDropout(nnx.Dropout):
+    """nnx.Dropout that keeps the share of units in its KeepProbability variable, so that
+    trials trained side by side in one program drop at rates of their own; at the same rate,
+    the same draws and outputs as nnx.Dropout."""
+
+    def __call__(
+        self, inputs: jax.Array, *, deterministic: bool | None = None, rngs=None
+    ) -> jax.Array:
+        """The inputs with each unit dropped at the rate and the survivors rescaled (train);
+        unchanged when deterministic (eval)."""
+        if self.deterministic if deterministic is None else deterministic:
+            return inputs
+        stream = self.rngs if rngs is None else rngs
+        if isinstance(stream, nnx.Rngs):
+            stream = stream[self.rng_collection]
+        key = stream() if isinstance(stream, nnx.RngStream) else stream
+        keep = self.keep[...]
+        shape = [1 if dim in self.broadcast_dims else n for dim, n in enumerate(inputs.shape)]
+        mask = jnp.broadcast_to(jax.random.bernoulli(key, keep, shape), inputs.shape)
+        return jax.lax.select(mask, inputs / keep.astype(inputs.dtype), jnp.zeros_like(inputs))
+
+
+def per_trial_dropout(model: nnx.Module, above: float, rate=None) -> None:
+    """Make every nnx.Dropout of `model` with a rate above `above` a TrialDropout, in place,
+    that drops at min(its rate, `rate`) (a trial's, traced under vmap), or at its own rate when
+    `rate` is None. The class of the layer changes, not where it sits: the model's own code
+    calls it. A subclass with a __call__ of its own (a TrialDropout among them) is left as it
+    is: its rate may mean something else there."""
+    layers = [
+        node
+        for _, node in nnx.iter_graph(model)
+        if isinstance(node, nnx.Dropout)
+        and type(node).__call__ is nnx.Dropout.__call__
+        and node.rate > above
+    ]
+    for layer in layers:
+        # 1 - rate in Python, as nnx.Dropout computes it: the configured rate's very draws.
+        keep = jnp.asarray(1.0 - layer.rate, jnp.float32)
+        if rate is not None:
+            keep = jnp.maximum(keep, 1.0 - jnp.asarray(rate, jnp.float32))
+        layer.__class__ = TrialDropout
+        layer.keep = nnx.data(KeepProbability(keep))
+
+
 def trials_per_program(config: ml_collections.ConfigDict) -> int:
     """How many trials to vmap into one program: config.search.trials_per_program, or one for
     models that batching slows down on this backend."""
@@ -63,6 +112,9 @@ class TrialHparams:
     seed: Sequence[int]
     clip_norm: Sequence[float] | None = None
     weight_decay: Sequence[float] | None = None
+    # The rate of the dropout layers above a runner's `dropout_above`, as a cap: min(the
+    # layer's own rate, it); 1.0 (or None) keeps them as built.
+    dropout_rate: Sequence[float] | None = None
 
     def __post_init__(self):
         n = len(self.learning_rate)
@@ -72,6 +124,8 @@ class TrialHparams:
             raise ValueError("clip_norm needs one value per trial")
         if self.weight_decay is not None and len(self.weight_decay) != n:
             raise ValueError("weight_decay needs one value per trial")
+        if self.dropout_rate is not None and len(self.dropout_rate) != n:
+            raise ValueError("dropout_rate needs one value per trial")
 
     def __len__(self) -> int:
         return len(self.learning_rate)
@@ -92,6 +146,9 @@ class TrialsResult:
     seconds: float
     # name -> (trials, steps): every step's training metrics (loss, accuracy, grad_norm...)
     step_metrics: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    # (trials, points) eval-mode val loss at `val_curve_steps` (run's val_every; else empty)
+    val_loss_curve: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))
+    val_curve_steps: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, int))
 
     @property
     def improved(self) -> np.ndarray:
@@ -166,12 +223,16 @@ class TrialRunner:
         task_kind: TaskKind | None = None,
         clip_per_trial: bool = False,
         weight_decay_per_trial: bool = False,
+        dropout_above: float | None = None,
     ):
         self.config = config
         self.mesh = mesh or trial_mesh()
         self.clip_per_trial = clip_per_trial
         self.weight_decay_per_trial = weight_decay_per_trial
+        self.dropout_above = dropout_above
         model = build_model(config, input_shape, num_classes)
+        if dropout_above is not None:
+            per_trial_dropout(model, dropout_above)
         # task_kind: the dataset's (Dataset.task, regression's target statistics with it).
         self.task, _ = create_train_state(model, config, task_kind=task_kind)
         # The clipping norm (AdamW's weight decay) becomes a per-trial injected hyperparameter.
@@ -197,12 +258,14 @@ class TrialRunner:
         kwargs = model_kwargs(config)
         tx = self.task.tx
 
-        def init_one(seed, learning_rate, l2, clip_norm, weight_decay):
+        def init_one(seed, learning_rate, l2, clip_norm, weight_decay, dropout_rate):
             # The same streams as build_model's nnx.Rngs(seed, dropout=seed + 1).
             rngs = nnx.Rngs(jax.random.key(seed), dropout=jax.random.key(seed + 1))
             model = models.build_model(
                 config.model.name, input_shape, num_classes, rngs=rngs, **kwargs
             )
+            if self.dropout_above is not None:
+                per_trial_dropout(model, self.dropout_above, dropout_rate)
             model.train()
             _, params, model_state = nnx.split(model, nnx.Param, ...)
             opt_state = tx.init(params)
@@ -225,12 +288,14 @@ class TrialRunner:
             raise ValueError("a runner with weight_decay_per_trial needs each trial's weight_decay")
         clip = hparams.clip_norm or [float(self.config.optimizer.clip_norm)] * len(hparams)
         decay = hparams.weight_decay or [float(self.config.optimizer.weight_decay)] * len(hparams)
+        dropout = hparams.dropout_rate or [1.0] * len(hparams)
         return self._init(
             jnp.asarray(_pad(hparams.seed, count), jnp.int32),
             jnp.asarray(_pad(hparams.learning_rate, count), jnp.float32),
             jnp.asarray(_pad(hparams.l2, count), jnp.float32),
             jnp.asarray(_pad(clip, count), jnp.float32),
             jnp.asarray(_pad(decay, count), jnp.float32),
+            jnp.asarray(_pad(dropout, count), jnp.float32),
         )
 
     @property
@@ -353,18 +418,22 @@ class TrialRunner:
         *,
         progress: Callable[[int], None] = lambda steps: None,
         initial_states: TrainState | None = None,
+        val_every: int = 0,
     ) -> tuple[TrainState, TrialsResult]:
         """Train every trial `num_steps` steps from its initialization (or from
-        `initial_states`, `init(hparams)` changed by the caller); evaluate each on val."""
+        `initial_states`, `init(hparams)` changed by the caller); evaluate each on val (also
+        every `val_every` steps, 0: at the end only: the result's val curve)."""
         t_start = now()
         num_trials, config = len(hparams), self.config
         states = self.init(hparams) if initial_states is None else initial_states
         x_train, y_train = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
         window = max(1, min(config.log_every, num_steps // 4))
-        chunks, step = [], 0
+        chunks, step, val_curve = [], 0, []
         # Chunks need not end on log windows (the curve is cut from the per-step losses):
-        # at most two chunk lengths, so at most two compiles per trial length.
-        for k in schedule_chunks(0, num_steps, config.steps_per_call, ()):
+        # at most two chunk lengths, so at most two compiles per trial length (three with
+        # `val_every`, whose points they end on).
+        every = (val_every,) if val_every > 0 else ()
+        for k in schedule_chunks(0, num_steps, config.steps_per_call, every):
             indices = data.batch_indices(
                 len(dataset.x_train), config.batch_size, config.seed, step, k
             )
@@ -372,7 +441,12 @@ class TrialRunner:
             chunks.append({name: np.asarray(v) for name, v in jax.device_get(metrics).items()})
             step += k
             progress(k)
-        val_loss, val_accuracy = self._evaluate(states, dataset.x_val, dataset.y_val)
+            if val_every > 0 and (step % val_every == 0 or step == num_steps):
+                val_curve.append((step, self._evaluate(states, dataset.x_val, dataset.y_val)))
+        if val_curve and val_curve[-1][0] == num_steps:
+            val_loss, val_accuracy = val_curve[-1][1]
+        else:
+            val_loss, val_accuracy = self._evaluate(states, dataset.x_val, dataset.y_val)
         per_step = {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
         result = summarize_trials(
             {name: values[:, :num_trials].T for name, values in per_step.items()},
@@ -381,6 +455,9 @@ class TrialRunner:
             val_accuracy[:num_trials],
             now() - t_start,
         )
+        if val_curve:
+            result.val_curve_steps = np.asarray([s for s, _ in val_curve])
+            result.val_loss_curve = np.stack([v[0][:num_trials] for _, v in val_curve], axis=1)
         return states, result
 
 
@@ -412,13 +489,14 @@ def _programs(
 
 def _select_hparams(hparams: TrialHparams, indices: Sequence[int]) -> TrialHparams:
     """The hyperparameters of the entries `indices` of `hparams`, in that order."""
-    clip, decay = hparams.clip_norm, hparams.weight_decay
+    clip, decay, dropout = hparams.clip_norm, hparams.weight_decay, hparams.dropout_rate
     return TrialHparams(
         learning_rate=[hparams.learning_rate[i] for i in indices],
         l2=[hparams.l2[i] for i in indices],
         seed=[hparams.seed[i] for i in indices],
         clip_norm=None if clip is None else [clip[i] for i in indices],
         weight_decay=None if decay is None else [decay[i] for i in indices],
+        dropout_rate=None if dropout is None else [dropout[i] for i in indices],
     )
 
 
