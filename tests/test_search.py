@@ -336,6 +336,7 @@ KILL_CHAIN = (
 )
 
 
+@pytest.mark.slow  # the default run resumes a killed tune stage (tests/test_tune.py)
 def test_a_search_killed_anywhere_resumes_to_the_uninterrupted_search(uninterrupted, tmp_path):
     url = f"sqlite:///{tmp_path}/study.db"
     for point in KILL_CHAIN:
