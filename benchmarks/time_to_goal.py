@@ -28,6 +28,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -127,15 +128,11 @@ def over_seeds(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """One problem's pairs, one per seed: the mean times and accuracies, and the verdicts
     (the accuracy's paired difference against twice its standard error)."""
     pairs = list(runs.values())
-    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    mean = statistics.fmean
     goal_s = mean([r["stop_at_goal"]["workflow_seconds"] for r in pairs])
     fixed_s = mean([r["fixed_budget"]["workflow_seconds"] for r in pairs])
     diffs = [r["test_accuracy"] - r["baseline_test_accuracy"] for r in pairs]
-    spread = (
-        math.sqrt(sum((d - mean(diffs)) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs))
-        if len(diffs) > 1
-        else 0.0
-    )
+    spread = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
     met = all(r["stop_at_goal"]["goal_met"] for r in pairs)
     return {
         "seconds_to_goal": goal_s if met else None,

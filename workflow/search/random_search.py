@@ -177,13 +177,16 @@ def goal_val_error(goal_error: float, num_val: int, noise_z: float) -> float:
     return goal_error - noise_z * noise
 
 
+def meets_goal(val_accuracy: float, goal_error: float | None) -> bool:
+    """Whether a val accuracy's error is at or below `goal_error` (never without a goal)."""
+    return goal_error is not None and 1 - val_accuracy <= goal_error
+
+
 def goal_trial(records: Sequence[dict], goal_error: float | None) -> dict | None:
     """The finished trial (lowest slot, never a pruned one) whose val error is at or below
     `goal_error`; None when none is, or without a goal."""
-    if goal_error is None:
-        return None
     for record in sorted(records, key=lambda r: (r["round"], r["slot"])):
-        if record.get("pruned_at") is None and 1 - record["val_accuracy"] <= goal_error:
+        if record.get("pruned_at") is None and meets_goal(record["val_accuracy"], goal_error):
             return record
     return None
 
@@ -688,11 +691,10 @@ class Search:
         same = (record["round"], record["slot"]) == (best["round"], best["slot"])
         return trained if same else None
 
-    def goal_at(self, step: int, attrs: dict, round_: Round) -> int | None:
-        """`step` when a trial with `attrs` there meets the goal and its config at that length
-        trains what the trial trained (the schedule's rates agree up to it); else None."""
-        record = trial_record(0, {"learning_rate": 0.0, "l2": 0.0}, attrs, round_)
-        if goal_trial([{**record, "pruned_at": None}], self.goal_val_error) is None:
+    def goal_at(self, step: int, val_accuracy: float) -> int | None:
+        """`step` when a trial with `val_accuracy` there meets the goal and its config at that
+        length trains what the trial trained (the schedule's rates agree up to it); else None."""
+        if not meets_goal(val_accuracy, self.goal_val_error):
             return None
         same = optimizer.same_rates_when_shorter(self.config.optimizer, self.config.num_steps, step)
         return step if same else None
@@ -923,8 +925,8 @@ class Search:
         for slot, trial in sorted(by_slot.items()):
             lane = lanes.index(slot)
             states, result, index = outcome[lane]
-            attrs = trial_attrs(result, index, trial.user_attrs["seed"], round_)
-            attrs["goal_at"] = self.goal_at(result.steps, attrs, round_)
+            goal_at = self.goal_at(result.steps, float(result.val_accuracy[index]))
+            attrs = trial_attrs(result, index, trial.user_attrs["seed"], round_, goal_at=goal_at)
             metric = attrs[self.search.metric]
             try:
                 self.storage.set_trial_user_attr(trial._trial_id, "result", attrs)
@@ -976,7 +978,7 @@ class Search:
         log: dict[int, list[dict]] = {i: [] for i in range(len(slots))}
         ended: dict[int, dict] = {}  # index -> the trial's attrs when it is cut
         told: set[int] = set()
-        program: list = [None]  # the states of the program that has just trained
+        program_states = None  # the states of the program that has just trained
         states = optuna.trial.TrialState
         bar = Progress(
             pruning.halving_cost(len(slots), rungs, factor),
@@ -1018,12 +1020,11 @@ class Search:
                 if trial is not None:
                     with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                         self.storage.set_trial_intermediate_value(trial._trial_id, step, loss)
-                attrs = trial_attrs(result, lane, seeds[index], round_, log[index])
-                goal_at = self.goal_at(step, attrs, round_)
+                goal_at = self.goal_at(step, float(result.val_accuracy[lane]))
+                attrs = trial_attrs(result, lane, seeds[index], round_, log[index], goal_at)
                 if not last and goal_at is None:
                     ended[index] = attrs  # told as pruned if the rung cuts it
                     continue
-                attrs = trial_attrs(result, lane, seeds[index], round_, log[index], goal_at)
                 record = trial_record(slots[index], params[index], attrs, round_)
                 at_goal = at_goal or goal_trial([record], self.goal_val_error) is not None
                 metric = attrs[self.search.metric]
@@ -1034,7 +1035,7 @@ class Search:
                         record,
                         functools.partial(
                             trials_lib.trained_trial,
-                            program[0],
+                            program_states,
                             result,
                             lane,
                             rung_val_records(log[index][:-1]),
@@ -1042,6 +1043,10 @@ class Search:
                     )
             on_batch(records)
             return at_goal
+
+        def hold_states(rung_index: int, batch: list[int], trained, result) -> None:
+            nonlocal program_states
+            program_states = trained
 
         def rung_done(rung_index: int, kept: list[int], cut: list[int]) -> None:
             records = []
@@ -1064,7 +1069,7 @@ class Search:
                 on_rung=rung_done,
                 progress=self._beating(claimed, bar.advance),
                 lane_runner=runners.__getitem__,
-                on_states=lambda rung, batch, trained, result: program.__setitem__(0, trained),
+                on_states=hold_states,
             )
         for slot, trial in by_slot.items():
             if slot not in told:  # the group stopped at the goal before this trial ended
