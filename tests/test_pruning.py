@@ -296,6 +296,47 @@ def test_a_trial_that_meets_the_goal_at_a_rung_ends_there_complete_and_stops_the
     np.testing.assert_allclose(val_loss[0], best["val_loss"], rtol=1e-5)
 
 
+def test_a_trial_that_meets_the_goal_between_rungs_ends_at_that_host_call(
+    setup, runner, tmp_path, monkeypatch
+):
+    # Rungs at 20 and 60 steps, host calls of 20: between the rungs the trials are evaluated
+    # at step 40 too. A goal first met there ends its trial at step 40, complete; the other
+    # trials of its program are not completed at a step that is not their end.
+    config = search_config(prune_rungs=4)
+    ds = setup.dataset
+    seen = []
+    free = random_search.Search(
+        runner, ds, config, f"sqlite:///{tmp_path}/a.db", "a", progress=False, goal_val_error=-1
+    )
+    monkeypatch.setattr(free, "reaches_goal", lambda step, acc: seen.append((step, acc)) and False)
+    study, round_ = free.study(_goal_round(config, lr_range=(1e-3, 3e-3)))
+    assert round_.rungs == (20, 60)
+    unstopped = free.run_round(study, round_, lambda records: None)
+    assert {step for step, _ in seen} == {40}  # evaluated between rungs, not at them
+    at_20 = max(r["rungs"][0]["val_accuracy"] for r in unstopped)
+    at_40 = max(acc for _, acc in seen)
+    assert at_40 > at_20  # the setup: the goal is first met after the first rung
+
+    search = random_search.Search(
+        runner,
+        ds,
+        config,
+        f"sqlite:///{tmp_path}/b.db",
+        "b",
+        progress=False,
+        goal_val_error=1 - at_40,
+    )
+    study, round_ = search.study(_goal_round(config, lr_range=(1e-3, 3e-3)))
+    records = search.run_round(study, round_, lambda records: None)
+    met = [r for r in records if r["goal_at"] is not None]
+    assert met and all(r["steps"] == 40 and r["goal_at"] == 40 for r in met)
+    assert all(r["pruned_at"] is None and r["val_accuracy"] == at_40 for r in met)
+    assert [r for r in records if r["pruned_at"] is None and r["goal_at"] is None] == []
+    assert search.stopped["step"] == 40 and search.stopped["round_steps"] == 60
+    held = search.held_trial(random_search.best_record(records, "val_accuracy"))
+    assert held is not None and held.num_steps == 40
+
+
 def test_a_schedule_that_depends_on_the_run_length_never_stops_a_trial_before_its_end(
     setup, runner, tmp_path
 ):

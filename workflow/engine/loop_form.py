@@ -295,8 +295,7 @@ class StepLoop:
         if self.form != "auto":
             programs.choice = LoopChoice(self.form, "config")
             return programs, None
-        steps = _steps(rows)
-        lowered = programs.step.lower(carry, *shared, *programs.split_rows(steps, rows)[0])
+        lowered = programs.step.lower(carry, *shared, *programs.split_rows(1, rows)[0])
         text = lowered.as_text()
         key = _program_key(text)
         with _key_lock(key):
@@ -392,17 +391,19 @@ def _program_key(text: str) -> str:
 
 
 def _row_splitter(row_shardings: Any) -> Callable:
-    """(steps, rows) -> per step, the tuple of its rows: one compiled call per chunk length, its
-    outputs laid out as the step program takes them."""
-    splitters: dict[int, Callable] = {}
+    """(steps, rows) -> per step, the tuple of its rows, laid out as the step program takes them.
+
+    One compiled program takes step i's rows (i traced), dispatched once per step: a program
+    that returned all K rows at once would compile for seconds per chunk length (its K outputs).
+    """
+    kwargs = {"out_shardings": row_shardings} if row_shardings else {}
+    take = jax.jit(
+        lambda rows, i: tuple(jax.lax.dynamic_index_in_dim(r, i, keepdims=False) for r in rows),
+        **kwargs,
+    )
 
     def split(steps: int, rows: tuple) -> list[tuple]:
-        if steps not in splitters:
-            kwargs = {"out_shardings": [row_shardings] * steps} if row_shardings else {}
-            splitters[steps] = jax.jit(
-                lambda rows: [tuple(r[i] for r in rows) for i in range(steps)], **kwargs
-            )
-        return splitters[steps](rows)
+        return [take(rows, np.int32(i)) for i in range(steps)]
 
     return split
 

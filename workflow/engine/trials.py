@@ -335,6 +335,7 @@ class TrialRunner:
         progress: Callable[[int], None] = lambda steps: None,
         lane_runner: Callable[[int], "TrialRunner"] | None = None,
         on_states: Callable[[int, list[int], TrainState, TrialsResult], None] | None = None,
+        goal: Callable[[int, float], bool] | None = None,
     ) -> float:
         """Train the trials of `hparams` (one per slot of a group) to each rung in turn, in
         programs of `width` lanes, the ones `keep(val losses at the rung)` names going on from
@@ -347,6 +348,11 @@ class TrialRunner:
         `on_states(rung, slots, states, result)` gets each program's states before `on_batch`
         (to keep a trial as trained: `trained_trial`).
 
+        `goal(step, val_accuracy)`: whether a trial there meets the goal. With it, every
+        program's trials are evaluated on val after each host call too, not only at rungs: at
+        the first call after which one meets it, the program ends there (on_states and on_batch
+        get it, `result.steps` the step) and so does the halving, whatever on_batch returns.
+
         After a rung, the trials kept train on best first (by their val loss there): the one
         likeliest to meet a goal ends first. A trial's step t trains on the batch of step t
         whatever its lane and rung, so the trials that reach the last rung end with the
@@ -358,6 +364,20 @@ class TrialRunner:
         alive, stored = list(range(len(hparams))), {}
         chunks = {i: [] for i in range(len(hparams))}  # slot -> its chunks' per-step metrics
         previous = 0
+
+        def ended(rung_index, batch, window, states, val_loss, val_accuracy):
+            """A program's trials summarized where it ended, passed on: (result, stop?)."""
+            result = summarize_trials(
+                stack_metrics([chunks[slot] for slot in batch]),
+                window,
+                val_loss[: len(batch)],
+                val_accuracy[: len(batch)],
+                now() - t_start,
+            )
+            if on_states is not None:
+                on_states(rung_index, batch, states, result)
+            return result, on_batch(rung_index, batch, result)
+
         for rung_index, rung in enumerate(rungs):
             last = rung_index == len(rungs) - 1
             val = {}
@@ -368,6 +388,7 @@ class TrialRunner:
                     [stored.pop(slot) for slot in batch] if previous else [],
                     lanes_of(batch),
                 )
+                window = max(1, min(config.log_every, rung // 4))
                 step = previous
                 for k in schedule_chunks(previous, rung, config.steps_per_call, ()):
                     indices = data.batch_indices(
@@ -381,23 +402,19 @@ class TrialRunner:
                         chunks[slot].append({name: v[:, lane] for name, v in chunk.items()})
                     step += k
                     progress(k * len(batch))
+                    if goal is not None and step < rung:
+                        evaluated = runner._evaluate(states, dataset.x_val, dataset.y_val)
+                        if any(goal(step, float(a)) for a in evaluated[1][: len(batch)]):
+                            ended(rung_index, batch, window, states, *evaluated)
+                            return now() - t_start
                 val_loss, val_accuracy = runner._evaluate(states, dataset.x_val, dataset.y_val)
                 if not last:
                     host = jax.device_get(states)
                     for lane, slot in enumerate(batch):
                         stored[slot] = jax.tree.map(lambda leaf, i=lane: leaf[i], host)
-                window = max(1, min(config.log_every, rung // 4))
-                result = summarize_trials(
-                    stack_metrics([chunks[slot] for slot in batch]),
-                    window,
-                    val_loss[: len(batch)],
-                    val_accuracy[: len(batch)],
-                    now() - t_start,
-                )
+                result, stop = ended(rung_index, batch, window, states, val_loss, val_accuracy)
                 val.update({slot: float(result.val_loss[i]) for i, slot in enumerate(batch)})
-                if on_states is not None:
-                    on_states(rung_index, batch, states, result)
-                if on_batch(rung_index, batch, result):
+                if stop:
                     return now() - t_start
             if last:
                 break

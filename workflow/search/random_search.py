@@ -699,6 +699,10 @@ class Search:
         same = optimizer.same_rates_when_shorter(self.config.optimizer, self.config.num_steps, step)
         return step if same else None
 
+    def reaches_goal(self, step: int, val_accuracy: float) -> bool:
+        """Whether a trial with `val_accuracy` at `step` meets the goal there (goal_at)."""
+        return self.goal_at(step, val_accuracy) is not None
+
     @property
     def loop(self) -> dict | None:
         """The form the trials' steps ran in (TrialRunner.loop); None before any trained."""
@@ -1005,7 +1009,9 @@ class Search:
 
         def batch_done(rung_index: int, batch: list[int], result) -> bool:
             killpoints.reach("search.trained")
-            step, last = rungs[rung_index], rung_index == len(rungs) - 1
+            # A trial may meet the goal between rungs (run_halving's `goal`): the program
+            # ends at that step, and only the trials at the goal complete there.
+            step, last = result.steps, rung_index == len(rungs) - 1 and result.steps == rungs[-1]
             records, at_goal = [], False
             for lane, index in enumerate(batch):
                 loss = float(result.val_loss[lane])
@@ -1070,6 +1076,7 @@ class Search:
                 progress=self._beating(claimed, bar.advance),
                 lane_runner=runners.__getitem__,
                 on_states=hold_states,
+                goal=None if self.goal_val_error is None else self.reaches_goal,
             )
         for slot, trial in by_slot.items():
             if slot not in told:  # the group stopped at the goal before this trial ended
