@@ -299,9 +299,9 @@ def test_a_trial_that_meets_the_goal_at_a_rung_ends_there_complete_and_stops_the
 def test_a_trial_that_meets_the_goal_between_rungs_ends_at_that_host_call(
     setup, runner, tmp_path, monkeypatch
 ):
-    # Rungs at 20 and 60 steps, host calls of 20: between the rungs the trials are evaluated
-    # at step 40 too. A goal first met there ends its trial at step 40, complete; the other
-    # trials of its program are not completed at a step that is not their end.
+    # Rungs at 20 and 60 steps, host calls and eval_every of 20: between the rungs the trials
+    # are evaluated at step 40 too. A goal first met there ends its trial at step 40,
+    # complete; the other trials of its program are not completed at a step not their end.
     config = search_config(prune_rungs=4)
     ds = setup.dataset
     seen = []

@@ -348,10 +348,11 @@ class TrialRunner:
         `on_states(rung, slots, states, result)` gets each program's states before `on_batch`
         (to keep a trial as trained: `trained_trial`).
 
-        `goal(step, val_accuracy)`: whether a trial there meets the goal. With it, every
-        program's trials are evaluated on val after each host call too, not only at rungs: at
-        the first call after which one meets it, the program ends there (on_states and on_batch
-        get it, `result.steps` the step) and so does the halving, whatever on_batch returns.
+        `goal(step, val_accuracy)`: whether a trial there meets the goal. With it, a program's
+        trials are evaluated on val between rungs too, as a run's val is (after the host call
+        that reaches each multiple of `eval_every`): at the first such evaluation where one
+        meets it, the program ends there (on_states and on_batch get it, `result.steps` the
+        step) and so does the halving, whatever on_batch returns.
 
         After a rung, the trials kept train on best first (by their val loss there): the one
         likeliest to meet a goal ends first. A trial's step t trains on the batch of step t
@@ -402,7 +403,7 @@ class TrialRunner:
                         chunks[slot].append({name: v[:, lane] for name, v in chunk.items()})
                     step += k
                     progress(k * len(batch))
-                    if goal is not None and step < rung:
+                    if goal is not None and step < rung and _passes(step - k, step, config):
                         evaluated = runner._evaluate(states, dataset.x_val, dataset.y_val)
                         if any(goal(step, float(a)) for a in evaluated[1][: len(batch)]):
                             ended(rung_index, batch, window, states, *evaluated)
@@ -476,6 +477,11 @@ class TrialRunner:
             result.val_curve_steps = np.asarray([s for s, _ in val_curve])
             result.val_loss_curve = np.stack([v[0][:num_trials] for _, v in val_curve], axis=1)
         return states, result
+
+
+def _passes(start: int, stop: int, config: ml_collections.ConfigDict) -> bool:
+    """Whether steps start+1..stop include a multiple of `config.eval_every`."""
+    return stop // config.eval_every > start // config.eval_every
 
 
 def program_lanes(width: int, backend: str) -> Callable[[Sequence[int]], int]:
