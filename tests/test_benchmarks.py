@@ -223,7 +223,13 @@ def test_time_to_goal_writes_the_issues_json_and_table(tmp_path, monkeypatch):
             "workflow_seconds": 200.0 if fixed else 80.0,
             "test_accuracy": 0.96 if fixed else 0.97,
             "goal_met": True,
-            "searches": [{"trials": 40 if fixed else 12, "search_stop": None if fixed else {}}],
+            "searches": [
+                {
+                    "trials": 40 if fixed else 12,
+                    "search_seconds": 150.0 if fixed else 30.0,
+                    "search_stop": None if fixed else {},
+                }
+            ],
         }
 
     monkeypatch.setattr(time_to_goal, "run_workflow", fake_run)
@@ -232,7 +238,8 @@ def test_time_to_goal_writes_the_issues_json_and_table(tmp_path, monkeypatch):
     result = json.loads(out.read_text())["mnist1d"]
     assert result["seconds_to_goal"] == 80.0 and result["test_accuracy"] == 0.97
     assert result["baseline_seconds"] == 200.0 and result["baseline_test_accuracy"] == 0.96
-    assert "2.50x" in time_to_goal.table({"mnist1d": result})
+    row = time_to_goal.table({"mnist1d": result}).splitlines()[-1].split()
+    assert row == ["mnist1d", "80", "30", "yes", "97.00%", "200", "150", "yes", "96.00%", "2.50x"]
     # The baseline is the old search: no stop at the goal and no pruning.
     assert calls == [(), ("--config.search.stop_at_goal=False", "--config.search.prune_rungs=1")]
     with pytest.raises(SystemExit):
@@ -254,6 +261,7 @@ def test_time_to_goal_over_seeds_judges_the_mean_paired_difference(tmp_path, mon
             "workflow_seconds": 200.0 if fixed else 90.0,
             "test_accuracy": 0.95 if fixed else accuracy[seed],
             "goal_met": True,
+            "searches": [],  # the goal met before any search: '-' in the table
         }
 
     monkeypatch.setattr(time_to_goal, "run_workflow", fake_run)
@@ -265,7 +273,9 @@ def test_time_to_goal_over_seeds_judges_the_mean_paired_difference(tmp_path, mon
     assert result["accuracy_difference"] == pytest.approx(0.0)
     assert result["accuracy_difference_se"] == pytest.approx(0.01 / 3**0.5)
     assert result["same_or_better"] and result["half_time"]
-    assert "synthetic mean" in time_to_goal.table({"synthetic": result})
+    lines = time_to_goal.table({"synthetic": result}).splitlines()
+    assert lines[2].split()[:4] == ["synthetic", "0", "90", "-"]
+    assert "synthetic mean" in lines[-1]
 
 
 @pytest.mark.slow
