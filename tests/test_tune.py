@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import read_events, read_summary, run_stage, session_hparams, start_stage
 from workflow import config_lib, killpoints
+from workflow.engine import tasks
 from workflow.search import random_search
 from workflow.tune import report as tune_report
 
@@ -272,6 +273,13 @@ def test_trial_line_is_the_workflow_table_row():
     assert line == "acc = 0.412  lr : 1.405e-04  reg: 4.234e-04 (epoch 1 / 100)  ✓"
     assert not tune_report.trial_line({**record, "improved": False}, "val_accuracy", 100).endswith(
         "✓"
+    )
+    # A regression's score is 1 - RMSE: its row shows the RMSE itself, in the targets' units.
+    regression = {**record, "val_accuracy": -51.349}
+    row = tune_report.trial_line(regression, "val_accuracy", 100, tasks.Regression())
+    assert row.startswith("rmse = 52.349  lr : ")
+    assert tune_report.trial_line({**record, "val_loss": 0.25}, "val_loss", 100).startswith(
+        "loss = 0.250  lr : "
     )
 
 

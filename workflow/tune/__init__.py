@@ -121,7 +121,10 @@ def search_trials(
     )
     total_epochs = config.num_steps * config.batch_size / len(dataset.x_train)
     rounds, records = study.run(
-        first, on_batch=lambda batch: report.print_trials(batch, total_epochs)
+        first,
+        on_batch=lambda batch: report.print_trials(
+            batch, total_epochs, setup.task.kind, config.search.metric
+        ),
     )
     stopped = study.stopped
     if distributed.multi_process():
