@@ -28,6 +28,7 @@ from workflow.diagnostics.budget import (
 from workflow.diagnostics.checks.capacity import model_too_small_finding
 from workflow.diagnostics.checks.outputs import (
     bounded_outputs_finding,
+    ignored_input_finding,
     squashed_regression_finding,
 )
 from workflow.diagnostics.counterfactual import confirm_findings
@@ -164,6 +165,9 @@ def check_and_overfit(
         bounded = None  # multi-label: sigmoid outputs show at step 0 (check_output_and_loss)
     if bounded is not None:
         findings.append(bounded)
+    ignored = ignored_input_finding(x, overfit.outputs)
+    if ignored is not None:
+        findings.append(ignored)
     if not overfit.passed and not overfit.budget_cut and still_learning(overfit):
         # Learning, but too slowly to finish: try once at 10x the learning rate. Memorizing
         # there means the setup works and the learning rate is what holds it back. (Cut by

@@ -27,6 +27,7 @@ SHAPES_ROW = "shapes match in the loss (no silent broadcasting)"
 INITIAL_LOSS_ROW = "initial loss near ln C"
 BATCH_ROW = "examples independent of their batch (eval)"
 MODE_ROW = "dropout / BatchNorm follow train and eval mode"
+INPUT_USED_ROW = "the outputs depend on the input"
 LINEAR_ROW = "the model is nonlinear (activations between layers)"
 INDICES_ROW = "integer indices inside their tables (nothing clamped)"
 LAYERS_ROW = "dropout and BatchNorm settings leave room to learn"
@@ -48,6 +49,7 @@ CHECKLIST_ROWS = (
     INITIAL_LOSS_ROW,
     BATCH_ROW,
     MODE_ROW,
+    INPUT_USED_ROW,
     RANDOMNESS_ROW,
     LAYERS_ROW,
     LINEAR_ROW,
@@ -226,6 +228,15 @@ KINDS = (
         "debug",
         explains=("cannot_overfit_batch",),
         checklist=MODE_ROW,
+    ),
+    FindingKind(
+        "output_ignores_input",
+        "error",
+        "the model's output is the same for every input, even after training on one batch: "
+        "the input never reaches the output (a constant fed instead of x, x overwritten)",
+        "debug",
+        explains=("dead_units", "loss_plateau", "cannot_overfit_batch"),
+        checklist=INPUT_USED_ROW,
     ),
     FindingKind(
         "prng_key_reused",

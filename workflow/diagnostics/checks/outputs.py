@@ -1,5 +1,6 @@
 """Outputs against the loss: probabilities into a logits loss, silent broadcasting, the
-initial loss (`softmax_before_loss`, `shape_mismatch`, `initial_loss_off`)."""
+initial loss, outputs that never depend on the input (`softmax_before_loss`, `shape_mismatch`,
+`initial_loss_off`, `output_ignores_input`)."""
 
 from __future__ import annotations
 
@@ -455,6 +456,49 @@ def _bounded_head_finding(
             "zero_share": zeros,
         },
         suggestions=fixes,
+    )
+
+
+# --- outputs that ignore the input. After training on one batch of distinct inputs, a model
+# that reads its input gives rows that differ by O(0.1-1) of the output scale; one that never
+# reads it (a constant or zeros fed instead of x, the input overwritten) computes every row the
+# same way from the same parameters, so its rows agree to float32 rounding (~1e-7 relative).
+CONSTANT_OUTPUTS_RTOL = 1e-5
+
+
+def ignored_input_finding(x: np.ndarray, outputs: np.ndarray | None) -> Finding | None:
+    """`output_ignores_input`, read from the (eval-mode) outputs after memorizing one batch:
+    every example's output is the same although the batch's inputs differ."""
+    x = np.asarray(x)
+    if outputs is None or len(outputs) < 2 or not np.all(np.isfinite(outputs)):
+        return None
+    flat = x.reshape(len(x), -1)
+    if not np.any(flat != flat[:1]):
+        return None  # every input alike: nothing to tell apart
+    spread = max_diff(outputs, np.broadcast_to(outputs[:1], outputs.shape)) / output_scale(outputs)
+    if spread > CONSTANT_OUTPUTS_RTOL:
+        return None
+    agree = "exactly" if spread == 0 else f"to {spread:.2g} of their scale"
+    return Finding(
+        id="output_ignores_input",
+        severity="error",
+        message=(
+            f"the model gives the same output for every input: after training on one batch of "
+            f"{len(x)} different examples, its outputs on them agree {agree}; the input does "
+            "not reach the output"
+        ),
+        evidence={
+            "batch_size": len(x),
+            "relative_spread": spread,
+            "tolerance": CONSTANT_OUTPUTS_RTOL,
+            "output_row": [float(v) for v in np.ravel(outputs[0])[:10]],
+        },
+        suggestions=[
+            "check __call__ uses its argument x on the path to the output (not a constant, "
+            "zeros_like(x), a stored attribute or a variable overwritten on the way)",
+            "check no layer between input and output multiplies by zero or is cut off "
+            "(a dead layer: see dead_units)",
+        ],
     )
 
 
