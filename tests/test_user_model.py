@@ -194,6 +194,14 @@ def test_ignored_input_fires_on_identical_rows_and_stays_quiet_on_distinct_ones(
     # Alike inputs may give alike outputs; nothing to tell apart, nothing said.
     assert ignored_input_finding(np.ones((8, 5)), constant) is None
 
+    # Units dead on this data (a bias of -100) that inputs far from it wake: the input reaches
+    # the output, so dead_units, not this, says what is wrong.
+    def dead_on_data(inputs):
+        return np.maximum(inputs.sum(-1, keepdims=True) - 100.0, 0.0) + constant[: len(inputs)]
+
+    assert ignored_input_finding(x.astype(np.float32), dead_on_data(x), dead_on_data) is None
+    assert ignored_input_finding(x, constant, lambda inputs: constant) is not None
+
 
 def test_debug_names_a_model_that_never_reads_its_input(tmp_path):
     """The output is the same for every input: the verdict says so first (the plateau and the

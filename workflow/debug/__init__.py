@@ -9,6 +9,7 @@ its loss curve; exits 1 when an error-severity finding stands, with the fixes na
 import concurrent.futures
 import dataclasses
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -31,6 +32,7 @@ from workflow.diagnostics.checks.outputs import (
     ignored_input_finding,
     squashed_regression_finding,
 )
+from workflow.diagnostics.checks.probes import forward_in_mode
 from workflow.diagnostics.counterfactual import confirm_findings
 from workflow.diagnostics.curves import curve_findings
 from workflow.diagnostics.findings import Finding, has_error, rank_findings
@@ -165,7 +167,7 @@ def check_and_overfit(
         bounded = None  # multi-label: sigmoid outputs show at step 0 (check_output_and_loss)
     if bounded is not None:
         findings.append(bounded)
-    ignored = ignored_input_finding(x, overfit.outputs)
+    ignored = ignored_input_finding(x, overfit.outputs, initial_eval_outputs(setup))
     if ignored is not None:
         findings.append(ignored)
     if not overfit.passed and not overfit.budget_cut and still_learning(overfit):
@@ -187,6 +189,17 @@ def check_and_overfit(
             findings.append(slow_overfit_finding(overfit, faster, overfit_lr, config))
             overfit, overfit_lr = faster, 10 * overfit_lr
     return findings, overfit, overfit_lr
+
+
+def initial_eval_outputs(setup: experiment.Setup) -> Callable[[np.ndarray], np.ndarray]:
+    """The model as initialized, in eval mode, as a function of a batch of inputs."""
+    task, state = setup.task, setup.state
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        outputs = forward_in_mode(task.eval_graphdef, state.params, state.model_state, x)[0]
+        return np.asarray(outputs, np.float64)
+
+    return forward
 
 
 def loss_drop(fit: engine.FitResult) -> float:

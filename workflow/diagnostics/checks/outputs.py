@@ -464,20 +464,50 @@ def _bounded_head_finding(
 # reads it (a constant or zeros fed instead of x, the input overwritten) computes every row the
 # same way from the same parameters, so its rows agree to float32 rounding (~1e-7 relative).
 CONSTANT_OUTPUTS_RTOL = 1e-5
+# A network whose units are all dead on ordinary inputs (a bias of -100) also gives one output
+# for all: inputs this many times the batch's scale, of either sign, wake some of its units
+# (then dead_units says why), while nothing changes the output of a model that never reads x.
+PROBE_INPUT_SCALE = 1e3
 
 
-def ignored_input_finding(x: np.ndarray, outputs: np.ndarray | None) -> Finding | None:
+def probe_inputs(x: np.ndarray) -> list[np.ndarray]:
+    """Inputs of the batch's shape and dtype far from it: scaled up, of either sign, and noise
+    (integer inputs, token ids: the batch with its last axis reversed, still valid ids)."""
+    if not np.issubdtype(x.dtype, np.floating):
+        return [np.flip(x, axis=-1)] if x.ndim > 1 else []
+    scale = PROBE_INPUT_SCALE * max(1.0, float(np.std(x)))
+    noise = np.random.default_rng(0).normal(size=x.shape) * scale
+    return [(PROBE_INPUT_SCALE * x).astype(x.dtype), (-PROBE_INPUT_SCALE * x).astype(x.dtype)] + [
+        noise.astype(x.dtype)
+    ]
+
+
+def row_spread(outputs: np.ndarray) -> float:
+    """How far the rows of `outputs` lie from the first, relative to their scale."""
+    return max_diff(outputs, np.broadcast_to(outputs[:1], outputs.shape)) / output_scale(outputs)
+
+
+def ignored_input_finding(
+    x: np.ndarray,
+    outputs: np.ndarray | None,
+    forward: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> Finding | None:
     """`output_ignores_input`, read from the (eval-mode) outputs after memorizing one batch:
-    every example's output is the same although the batch's inputs differ."""
+    every example's output is the same although the batch's inputs differ, and, with
+    `forward` (the model at initialization), also for inputs far from the batch's."""
     x = np.asarray(x)
     if outputs is None or len(outputs) < 2 or not np.all(np.isfinite(outputs)):
         return None
     flat = x.reshape(len(x), -1)
     if not np.any(flat != flat[:1]):
         return None  # every input alike: nothing to tell apart
-    spread = max_diff(outputs, np.broadcast_to(outputs[:1], outputs.shape)) / output_scale(outputs)
+    spread = row_spread(outputs)
     if spread > CONSTANT_OUTPUTS_RTOL:
         return None
+    if forward is not None:
+        probed = np.concatenate([np.asarray(forward(p)) for p in [x, *probe_inputs(x)]])
+        if row_spread(probed) > CONSTANT_OUTPUTS_RTOL:
+            return None  # the input reaches the output, through units dead on this data
     agree = "exactly" if spread == 0 else f"to {spread:.2g} of their scale"
     return Finding(
         id="output_ignores_input",
