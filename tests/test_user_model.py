@@ -202,6 +202,13 @@ def test_ignored_input_fires_on_identical_rows_and_stays_quiet_on_distinct_ones(
     assert ignored_input_finding(x.astype(np.float32), dead_on_data(x), dead_on_data) is None
     assert ignored_input_finding(x, constant, lambda inputs: constant) is not None
 
+    # A signal that fades on its way (a deep sigmoid stack) still has a gradient, however tiny.
+    def same(inputs):
+        return constant
+
+    assert ignored_input_finding(x, constant, same, lambda inputs: inputs * 1e-20) is None
+    assert ignored_input_finding(x, constant, same, np.zeros_like) is not None
+
 
 def test_debug_names_a_model_that_never_reads_its_input(tmp_path):
     """The output is the same for every input: the verdict says so first (the plateau and the

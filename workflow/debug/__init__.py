@@ -32,7 +32,7 @@ from workflow.diagnostics.checks.outputs import (
     ignored_input_finding,
     squashed_regression_finding,
 )
-from workflow.diagnostics.checks.probes import forward_in_mode
+from workflow.diagnostics.checks.probes import forward_in_mode, input_gradient
 from workflow.diagnostics.counterfactual import confirm_findings
 from workflow.diagnostics.curves import curve_findings
 from workflow.diagnostics.findings import Finding, has_error, rank_findings
@@ -167,7 +167,9 @@ def check_and_overfit(
         bounded = None  # multi-label: sigmoid outputs show at step 0 (check_output_and_loss)
     if bounded is not None:
         findings.append(bounded)
-    ignored = ignored_input_finding(x, overfit.outputs, initial_eval_outputs(setup))
+    ignored = ignored_input_finding(
+        x, overfit.outputs, initial_eval_outputs(setup), initial_input_gradient(setup)
+    )
     if ignored is not None:
         findings.append(ignored)
     if not overfit.passed and not overfit.budget_cut and still_learning(overfit):
@@ -200,6 +202,15 @@ def initial_eval_outputs(setup: experiment.Setup) -> Callable[[np.ndarray], np.n
         return np.asarray(outputs, np.float64)
 
     return forward
+
+
+def initial_input_gradient(setup: experiment.Setup) -> Callable[[np.ndarray], np.ndarray]:
+    """The gradient of the initial model's (eval-mode) outputs, randomly projected, with
+    respect to a batch of float inputs."""
+    task, state = setup.task, setup.state
+    return lambda x: np.asarray(
+        input_gradient(task.eval_graphdef, state.params, state.model_state, x)
+    )
 
 
 def loss_drop(fit: engine.FitResult) -> float:

@@ -491,10 +491,13 @@ def ignored_input_finding(
     x: np.ndarray,
     outputs: np.ndarray | None,
     forward: Callable[[np.ndarray], np.ndarray] | None = None,
+    input_gradient: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Finding | None:
     """`output_ignores_input`, read from the (eval-mode) outputs after memorizing one batch:
-    every example's output is the same although the batch's inputs differ, and, with
-    `forward` (the model at initialization), also for inputs far from the batch's."""
+    every example's output is the same although the batch's inputs differ; with `forward`
+    (the model at initialization), also for inputs far from the batch's; with `input_gradient`
+    (of the initial model's outputs, float inputs), exactly zero: no path from x at all, where
+    a signal that fades on its way (a deep sigmoid stack) leaves a tiny but nonzero gradient."""
     x = np.asarray(x)
     if outputs is None or len(outputs) < 2 or not np.all(np.isfinite(outputs)):
         return None
@@ -508,6 +511,9 @@ def ignored_input_finding(
         probed = np.concatenate([np.asarray(forward(p)) for p in [x, *probe_inputs(x)]])
         if row_spread(probed) > CONSTANT_OUTPUTS_RTOL:
             return None  # the input reaches the output, through units dead on this data
+    if input_gradient is not None and np.issubdtype(x.dtype, np.floating):
+        if np.any(np.asarray(input_gradient(x)) != 0):
+            return None  # the input reaches the output, faded (vanishing_gradients says why)
     agree = "exactly" if spread == 0 else f"to {spread:.2g} of their scale"
     return Finding(
         id="output_ignores_input",
