@@ -38,6 +38,7 @@ from workflow.errors import UsageError
 from workflow.reporting import rundir
 from workflow.reporting.summary import Summary
 from workflow.run import report
+from workflow.search import random_search
 from workflow.tune import report as tune_report
 
 
@@ -451,6 +452,9 @@ def decisions(workflow: Workflow) -> list[Finding]:
                 f"{m.get('best_learning_rate', float('nan')):.3g}, L2 "
                 f"{m.get('best_l2', float('nan')):.3g}"
             )
+            # The other searched keys' best values (a width, a batch size) are choices too.
+            extras = random_search.searched_extras(s.best or {})
+            message += "".join(f", {k} {tune_report.value_text(v)}" for k, v in extras.items())
             if s.search_stop:
                 message += f"; {tune_report.stop_text(s.search_stop, s.config)}"
                 extra = {"search_stop": s.search_stop}
