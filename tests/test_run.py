@@ -334,3 +334,27 @@ def test_the_story_of_a_tune_step_names_every_searched_key_s_best_value():
     step = run.Step("4_tune", "tune", "w/4_tune", "c.py", tuned)
     [line] = run.decisions(types.SimpleNamespace(steps=[step]))
     assert line.message == "4_tune: 48 trials; best lr 0.0387, L2 0, model.channels 4"
+
+
+def test_a_regression_run_reads_in_rmse_and_names_the_searched_values(capsys):
+    """The run's report of a tune step and its final console line in the task's terms: a
+    regression's val/test RMSE (it has no accuracy), and each searched key's best value."""
+    from workflow import run
+    from workflow.run import report as run_report
+
+    best = {"learning_rate": 0.003, "l2": 0.0, "model.width": 43, "val_accuracy": -52.3}
+    metrics = {"num_trials": 24, "best_learning_rate": 0.003, "best_l2": 0.0}
+    metrics |= {"val_error": 53.35, "test_error": 56.37, "test_rmse": 56.37}
+    config = {"task": "regression"}
+    tuned = Summary(
+        stage="tune", status="ok", config=config, metrics=metrics, findings=[], best=best
+    )
+    step = run.Step("4_tune", "tune", "w/4_tune", "c.py", tuned)
+    [pairs] = [b for b in run_report.step_blocks(step) if b[0] == "pairs"]
+    rows = {key: value for key, value in pairs[1]}
+    assert rows["best model.width"] == "43"
+    assert rows["val / test RMSE (full length)"] == "53.35 / 56.37"
+    metrics["workflow_seconds"] = 9.0
+    final = Summary(stage="run", status="ok", config=config, metrics=metrics, findings=[])
+    run_report.print_summary(final, "w")
+    assert "final test RMSE 56.37 in 9 s" in capsys.readouterr().out
