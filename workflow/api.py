@@ -334,7 +334,7 @@ def _label(obj: Any) -> str:
 
 def _register(label: str, cls: type) -> str:
     """Register `cls` as a model of this process under `<label>@python`; returns the name."""
-    name = f"{label}@python"
+    name = f"{label}{models.IN_PROCESS_SUFFIX}"
     models.LOCAL_MODELS[name] = cls  # a rerun notebook cell replaces its own earlier class
     return name
 
@@ -394,9 +394,10 @@ def _data_name(data: Any) -> str | None:
             where = f"(the {label} given)"
             return readers.arrays_dataset(arrays, where, kwargs, test_fraction, task)
 
-        return sources.register_in_memory(f"{label}-{_digest(arrays)}@python", load)
+        name = f"{label}-{_digest(arrays)}{models.IN_PROCESS_SUFFIX}"
+        return sources.register_in_memory(name, load)
     if callable(data):
-        name = f"{_label(data)}@python"
+        name = f"{_label(data)}{models.IN_PROCESS_SUFFIX}"
 
         def call(kwargs: dict, test_fraction: float, task: str) -> dict:
             del test_fraction, task

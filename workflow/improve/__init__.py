@@ -361,10 +361,10 @@ def next_commands(workdir: str, best_config: str | None, verdicts: list[str]) ->
         return []
     parent = os.path.dirname(os.path.abspath(workdir))
     return [
-        f"python -m workflow.evaluate --config={best_config} "
-        f"--workdir={os.path.join(parent, 'evaluate_improved')}",
-        f"python -m workflow.tune --config={best_config} "
-        f"--workdir={os.path.join(parent, 'tune_improved')}",
+        experiment.config_command(
+            "evaluate", best_config, os.path.join(parent, "evaluate_improved")
+        ),
+        experiment.config_command("tune", best_config, os.path.join(parent, "tune_improved")),
     ]
 
 

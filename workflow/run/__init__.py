@@ -565,7 +565,7 @@ def reproduce_commands(workflow: Workflow, final: Step) -> list[str]:
         # A debug.fix repair is a value over the command line's config: its flags go with it.
         flags = override_flags(final.values)
         return [" ".join(filter(None, [experiment.stage_command("evaluate", "runs/final"), flags]))]
-    return [f"python -m workflow.evaluate --config={final.config_source} --workdir=runs/final"]
+    return [experiment.config_command("evaluate", final.config_source, "runs/final")]
 
 
 def print_step(name: str, stage: str) -> None:

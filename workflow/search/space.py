@@ -36,6 +36,7 @@ from typing import Any
 
 import ml_collections
 
+import models
 from workflow.errors import UsageError
 
 SCALES = ("log", "linear", "int", "cat")
@@ -309,7 +310,7 @@ def parse_space(config: ml_collections.ConfigDict) -> tuple[Dimension, ...]:
 def instance_hint(model: ml_collections.ConfigDict) -> str:
     """Why a model block holds no options: a model handed to workflow.api as an instance (a
     `@python` name with no options) is used as built; its class would take them."""
-    if set(model.keys()) == {"name"} and str(model.name).endswith("@python"):
+    if set(model.keys()) == {"name"} and str(model.name).endswith(models.IN_PROCESS_SUFFIX):
         return (
             f" ({model.name} was given as an instance, used as built: give its class to search "
             "its options)"

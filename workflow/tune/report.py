@@ -440,8 +440,7 @@ def next_commands(run: rundir.RunDir, best_config_path: str | None) -> list[str]
         return []
     parent = os.path.dirname(os.path.abspath(run.path))
     return [
-        f"python -m workflow.evaluate --config={best_config_path} "
-        f"--workdir={os.path.join(parent, 'evaluate')}"
+        experiment.config_command("evaluate", best_config_path, os.path.join(parent, "evaluate"))
     ]
 
 
