@@ -25,7 +25,9 @@ Bad input raises workflow.errors.UsageError with the line the command line print
 there). Nothing global changes: figures are matplotlib Figures of their own (no backend is
 chosen), no flag or `sys.argv` is read, and the next steps a summary lists are calls of these
 functions. Objects handed over (a notebook's class, arrays, a loader) are registered for this
-process only under a name ending in `@python`, which the run directory's config records.
+process only under a name ending in `@python`, which the run directory's config records: a
+best_config.py written here runs on here (`api.evaluate(config=path)`, the summary's next step);
+another process refuses it in one line (exit 2 on the command line).
 """
 
 from __future__ import annotations
