@@ -458,7 +458,8 @@ KINDS = (
         "warning",
         "the learning rate is too high: the curve goes wrong from its first steps, or the "
         "configured lr lies above the range test's band (in debug: info unless lowering it "
-        "measurably helps in counterfactual trials)",
+        "measurably helps in counterfactual trials; in tune: info once the search has replaced "
+        "the rate with its best)",
         "curve diagnosis, tune",
         explains=("loss_exploding", "loss_increasing", "loss_oscillating", "cannot_overfit_batch"),
         checklist=CURVE_ROW,
@@ -471,7 +472,8 @@ KINDS = (
         "memorized only at 10x the lr or its loss does not move at all, or the configured lr "
         "lies below the range test's band "
         "(info when only a little below; in debug: info unless raising it measurably helps in "
-        "counterfactual trials, or when the batch still learns at the configured lr)",
+        "counterfactual trials, or when the batch still learns at the configured lr; in tune: "
+        "info once the search has replaced the rate with its best)",
         "curve diagnosis, debug, tune",
         explains=("loss_plateau", "cannot_overfit_batch"),
         checklist=CURVE_ROW,
