@@ -89,6 +89,13 @@ def test_bad_input_raises_usage_error_with_the_command_line_s_line(wine, tmp_pat
         api.debug(None, {"inputs": wine["x"]}, workdir=str(tmp_path / "d"))
     with pytest.raises(UsageError, match="give the data"):
         api.debug(Model)
+    # A NaN among arrays handed over: named as the arrays given, not by their registered name.
+    x = wine["x"].copy()
+    x[7, 2] = np.nan
+    with pytest.raises(UsageError) as e:
+        api.debug(None, {"x": x, "y": wine["y"]}, workdir=str(tmp_path / "e"))
+    assert str(e.value).startswith("dataset (the arrays given) x_train has 1 non-finite values")
+    assert not (tmp_path / "e").exists()
 
 
 # Slow: evaluate and tune through the API are proven by default in tests/test_tasks.py, a
