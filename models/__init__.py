@@ -56,6 +56,7 @@ from models.validate import ModelOptionError
 from models.wavenet import WaveNet
 
 __all__ = [
+    "IN_PROCESS_SUFFIX",
     "LOCAL_MODELS",
     "MODELS",
     "LSTM",
@@ -74,6 +75,7 @@ __all__ = [
     "count_params",
     "default_model_for_kind",
     "get_model_class",
+    "in_process_only",
     "growth",
     "register_model",
     "takes_input_shape",
@@ -84,6 +86,18 @@ MODELS: dict[str, type] = {}
 # Models handed over in Python (workflow.api: a notebook's class, an instance, a factory), by
 # the name a config records; this process's only, and not part of the zoo.
 LOCAL_MODELS: dict[str, type] = {}
+# The end of every such name: a config that records one runs only in the process that made it.
+IN_PROCESS_SUFFIX = "@python"
+
+
+def in_process_only(what: str, name: str) -> str:
+    """Why a config's `name` (a model or data handed over in Python) does not load here."""
+    return (
+        f"{what} {name!r} was handed over in Python (workflow.api) and exists only in that "
+        "process: run this config there (api.evaluate(model, data, config=...)), or name an "
+        "importable 'pkg.module:Name' or a data file instead"
+    )
+
 
 DEFAULT_MODEL_FOR_KIND: dict[str, str] = {"image": "lenet", "sequence": "lstm", "tabular": "mlp"}
 
@@ -141,6 +155,8 @@ def get_model_class(name: str) -> type:
         return MODELS[name]
     if name in LOCAL_MODELS:
         return LOCAL_MODELS[name]
+    if name.endswith(IN_PROCESS_SUFFIX):
+        raise ModelOptionError(in_process_only("model", name))
     if name.strip().lower() in MODELS:
         return MODELS[name.strip().lower()]
     module_path, sep, attr = name.partition(":")

@@ -89,6 +89,13 @@ def test_bad_input_raises_usage_error_with_the_command_line_s_line(wine, tmp_pat
         api.debug(None, {"inputs": wine["x"]}, workdir=str(tmp_path / "d"))
     with pytest.raises(UsageError, match="give the data"):
         api.debug(Model)
+    # A NaN among arrays handed over: named as the arrays given, not by their registered name.
+    x = wine["x"].copy()
+    x[7, 2] = np.nan
+    with pytest.raises(UsageError) as e:
+        api.debug(None, {"x": x, "y": wine["y"]}, workdir=str(tmp_path / "e"))
+    assert str(e.value).startswith("dataset (the arrays given) x_train has 1 non-finite values")
+    assert not (tmp_path / "e").exists()
 
 
 # Slow: evaluate and tune through the API are proven by default in tests/test_tasks.py, a
@@ -149,7 +156,7 @@ def test_improve_from_python_on_a_regression(tmp_path):
     assert candidates[0]["val_error"] == pytest.approx(baseline["metrics"]["val_rmse"])
     assert result.summary["decision"]["why"]
     assert "baseline_val_error" in result.metrics and "baseline_val_accuracy" not in result.metrics
-    assert "| candidate | change | val error |" in (tmp_path / "improve" / "report.md").read_text()
+    assert "| candidate | change | val RMSE |" in (tmp_path / "improve" / "report.md").read_text()
 
 
 @pytest.mark.slow
@@ -169,3 +176,34 @@ def test_run_from_python_meets_an_easy_goal(tmp_path):
     assert any(f.id == "goal_met" for f in result.findings)
     assert result.metrics["test_accuracy"] > 0.9
     assert (tmp_path / "run" / "report.html").exists()
+
+
+def test_a_written_config_s_next_step_is_a_call_in_python_and_a_command_outside():
+    """tune's and improve's best_config.py: run on from Python as an api call on the config
+    alone (it names the model and data this process registered, tuned options included)."""
+    from workflow import experiment
+
+    outside = experiment.config_command("evaluate", "t/best_config.py", "t/evaluate")
+    assert outside == "python -m workflow.evaluate --config=t/best_config.py --workdir=t/evaluate"
+    experiment.IN_PYTHON["active"] = True
+    try:
+        inside = experiment.config_command("evaluate", "t/best_config.py", "t/evaluate")
+    finally:
+        experiment.IN_PYTHON["active"] = False
+    assert inside == "workflow.api.evaluate(config='t/best_config.py', workdir='t/evaluate')"
+
+
+def test_a_config_naming_another_process_s_objects_says_so(tmp_path):
+    """A best_config.py written by workflow.api names the data and model that process held:
+    elsewhere, one line saying so and what to do, exit 2, nothing written."""
+    from tests.conftest import run_stage
+
+    workdir = tmp_path / "evaluate"
+    flag = "--config=configs/custom.py:arrays-0123abcd@python"
+    result = run_stage("evaluate", flag, f"--workdir={workdir}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = result.stderr.strip().splitlines()
+    assert "data 'arrays-0123abcd@python'" in line and "exists only in that process" in line
+    assert "api.evaluate(" in line and not workdir.exists()
+    with pytest.raises(models.ModelOptionError, match="model 'Net@python' was handed over"):
+        models.get_model_class("Net@python")

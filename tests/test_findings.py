@@ -21,6 +21,7 @@ DEBUG_ROOT_CAUSE_ORDER = (
     "dtype_mismatch",
     "batch_dependence",
     "train_eval_mode",
+    "output_ignores_input",
     "prng_key_reused",
     "prng_key_shared",
     "dropout_too_high",
@@ -73,6 +74,7 @@ EXPLAINED_BY = {
         "gradients_never_reset",
     ),
     "loss_plateau": (
+        "output_ignores_input",
         "lr_too_low",
         "no_gradient",
         "dead_units",
@@ -89,6 +91,8 @@ EXPLAINED_BY = {
     "initial_loss_off": ("dropout_too_high",),
     "labels_corrupted": ("split_from_sorted_data",),
     "test_split_differs": ("split_from_sorted_data", "split_normalized_separately"),
+    # A model that never reads its input leaves its ReLUs as dead as the input it feeds them.
+    "dead_units": ("output_ignores_input",),
 }
 
 

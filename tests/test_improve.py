@@ -203,3 +203,29 @@ def test_improve_fixes_an_underfit_model_and_says_why(tmp_path, monkeypatch):
         config.to_json_best_effort()
     )
     assert summary.next[0].startswith("python -m workflow.evaluate --config=")
+
+
+def test_a_regression_s_candidates_read_in_rmse():
+    """The candidates table names the task's error: a regression's val and test RMSE."""
+    from workflow.improve import report as improve_report
+    from workflow.reporting.summary import Summary
+
+    def candidate(name, val, test):
+        return {"name": name, "change": "-", "val_error": val, "test_error": test}
+
+    candidates = [candidate("baseline", 61.38, 56.71), candidate("L2 0.0001", 61.26, 56.58)]
+    for c in candidates:
+        c |= {"num_params": 100, "seconds": 1.2, "loop": None, "reason": "-"}
+    decision = {"chosen": "baseline", "why": "within the noise", "notes": []}
+    summary = Summary(
+        stage="improve",
+        status="ok",
+        config={"task": "regression"},
+        metrics={},
+        findings=[],
+        candidates=candidates,
+        decision=decision,
+    )
+    text = dict(improve_report.report_sections(summary, None))["Candidates (runs of equal length)"]
+    assert "| candidate | change | val RMSE | Δ val | test RMSE |" in text
+    assert "| L2 0.0001 | - | 61.26 | -0.12 | 56.58 |" in text

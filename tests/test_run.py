@@ -321,3 +321,40 @@ def test_run_stops_after_debug_on_an_error_without_debug_fix(tmp_path):
     assert [s["name"] for s in summary["steps"]] == ["1_start_simple", "2_debug"]
     assert summary["status"] == "failed" and "fix it first" in summary["stopped"]
     assert result.returncode in (0, 1), result.stderr[-3000:]
+
+
+def test_the_story_of_a_tune_step_names_every_searched_key_s_best_value():
+    """A search over the learning rate and a model width: the step's line gives both choices."""
+    from workflow import run
+
+    best = {"learning_rate": 0.0387, "l2": 0.0, "model.channels": 4, "val_accuracy": 0.98}
+    best |= {"round": 1, "slot": 3, "seed": 0, "steps": 300, "epochs": 23.0, "improved": True}
+    metrics = {"num_trials": 48, "best_learning_rate": 0.0387, "best_l2": 0.0}
+    tuned = Summary(stage="tune", status="ok", config={}, metrics=metrics, findings=[], best=best)
+    step = run.Step("4_tune", "tune", "w/4_tune", "c.py", tuned)
+    [line] = run.decisions(types.SimpleNamespace(steps=[step]))
+    assert line.message == "4_tune: 48 trials; best lr 0.0387, L2 0, model.channels 4"
+
+
+def test_a_regression_run_reads_in_rmse_and_names_the_searched_values(capsys):
+    """The run's report of a tune step and its final console line in the task's terms: a
+    regression's val/test RMSE (it has no accuracy), and each searched key's best value."""
+    from workflow import run
+    from workflow.run import report as run_report
+
+    best = {"learning_rate": 0.003, "l2": 0.0, "model.width": 43, "val_accuracy": -52.3}
+    metrics = {"num_trials": 24, "best_learning_rate": 0.003, "best_l2": 0.0}
+    metrics |= {"val_error": 53.35, "test_error": 56.37, "test_rmse": 56.37}
+    config = {"task": "regression"}
+    tuned = Summary(
+        stage="tune", status="ok", config=config, metrics=metrics, findings=[], best=best
+    )
+    step = run.Step("4_tune", "tune", "w/4_tune", "c.py", tuned)
+    [pairs] = [b for b in run_report.step_blocks(step) if b[0] == "pairs"]
+    rows = {key: value for key, value in pairs[1]}
+    assert rows["best model.width"] == "43"
+    assert rows["val / test RMSE (full length)"] == "53.35 / 56.37"
+    metrics["workflow_seconds"] = 9.0
+    final = Summary(stage="run", status="ok", config=config, metrics=metrics, findings=[])
+    run_report.print_summary(final, "w")
+    assert "final test RMSE 56.37 in 9 s" in capsys.readouterr().out

@@ -4,6 +4,7 @@ programs, Optuna distributions, the report, the best retrained, resuming; per-tr
 import json
 import os
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -247,3 +248,18 @@ def test_a_grouped_space_killed_and_resumed_reaches_the_uninterrupted_search(tmp
     assert _search_outcome(killed) == _search_outcome(whole)
     trials_run = json.load(open(os.path.join(whole, "summary.json")))["trials"]
     assert len({tuple(t["model.hidden_sizes"]) for t in trials_run}) == 2
+
+
+def test_a_model_given_as_an_instance_says_why_its_options_cannot_be_searched():
+    """workflow.api registers an instance under a `@python` name with no options: searching
+    model.width names the instance and what to give instead."""
+    config = _config("model.width=int:8:64")
+    config.model = ml_collections.ConfigDict({"name": "Net@python"})
+    with pytest.raises(UsageError) as info:
+        space.parse_space(config)
+    assert "model has: name (Net@python was given as an instance" in str(info.value)
+    assert "give its class" in str(info.value)
+    config.model = ml_collections.ConfigDict({"name": "mlp"})  # a class without the key: no hint
+    with pytest.raises(UsageError) as info:
+        space.parse_space(config)
+    assert "instance" not in str(info.value)

@@ -291,6 +291,13 @@ def test_regression_debug_evaluate_tune_through_the_api(tmp_path):
     )
     assert len(tuned.summary["trials"]) == 4
     assert 0 < tuned.metrics["best_trial_val_error"] < 2
+    # The report reads in the task's terms: each trial's val RMSE (never "acc = 1 - RMSE"),
+    # the initial loss against predicting the mean (not the labels' entropy).
+    report = (tmp_path / "tune" / "report.md").read_text()
+    assert "acc = " not in report and "best val_rmse" in report
+    for trial in tuned.summary["trials"]:
+        assert f"rmse = {1 - trial['val_accuracy']:.3f}  lr : " in report
+    assert "predicting the training targets' mean" in report and "ln C" not in report
 
 
 # Slow: the regression path through the API proves a task end to end by default; multi-label's
@@ -386,3 +393,10 @@ def test_the_searchs_stop_at_the_goal_reads_in_the_tasks_terms():
     assert "reached val RMSE 3.21, at or below 3.5 (the goal" in text and "%" not in text
     rate = stop_text({**stopped, "val_error": 0.04, "goal_val_error": 0.05}, {})
     assert "reached val error 4.00%, at or below 5.00%" in rate
+    assert text.endswith("skipped 5 trials (the rest of its round)")
+    # A trial at the goal at its round's end skips only later rounds: nothing of its own.
+    config = {"search": {"refine_trials": 16}}
+    later = stop_text({**stopped, "skipped_trials": 16, "skipped_rounds": 1}, config)
+    assert later.endswith("skipped 16 trials (1 later round)")
+    both = stop_text({**stopped, "skipped_trials": 19, "skipped_rounds": 1}, config)
+    assert both.endswith("skipped 19 trials (the rest of its round and 1 later round)")

@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import read_events, read_summary, run_stage, session_hparams, start_stage
 from workflow import config_lib, killpoints
+from workflow.engine import tasks
 from workflow.search import random_search
 from workflow.tune import report as tune_report
 
@@ -273,6 +274,13 @@ def test_trial_line_is_the_workflow_table_row():
     assert not tune_report.trial_line({**record, "improved": False}, "val_accuracy", 100).endswith(
         "✓"
     )
+    # A regression's score is 1 - RMSE: its row shows the RMSE itself, in the targets' units.
+    regression = {**record, "val_accuracy": -51.349}
+    row = tune_report.trial_line(regression, "val_accuracy", 100, tasks.Regression())
+    assert row.startswith("rmse = 52.349  lr : ")
+    assert tune_report.trial_line({**record, "val_loss": 0.25}, "val_loss", 100).startswith(
+        "loss = 0.250  lr : "
+    )
 
 
 def _record(lr, l2, acc, improved=True, round_=0):
@@ -333,3 +341,24 @@ def test_tensorboard_shows_each_trial_as_a_run_with_its_hparams(tuned):
         assert session_hparams(events)["learning_rate"] == pytest.approx(trial["learning_rate"])
         error = events.Scalars("final/val_error")[-1].value
         assert error == pytest.approx(1 - trial["val_accuracy"], abs=1e-6)
+
+
+def test_the_configured_rate_s_range_test_warning_is_info_once_the_search_replaced_it():
+    """Tune's range test warns that the configured rate lies outside its band; when the search
+    searched the rate and found a best, best_config.py replaces it: info, saying so. Without
+    the rate in the search (a width alone), the warning stands: the result still uses it."""
+    from workflow import tune
+    from workflow.diagnostics.findings import Finding
+    from workflow.search import space
+
+    low = Finding("lr_too_low", "warning", "the learning rate 0.0003 lies 32x below the band")
+    other = Finding("initial_loss_off", "warning", "far")
+    with_lr = [random_search.Round(0, (1e-6, 1e-2), (1e-5, 1e5), 3, 1.0, 10)]
+    best = {"learning_rate": 0.3188}
+    kept_low, kept_other = tune.superseded_lr_findings([low, other], with_lr, best)
+    assert kept_low.severity == "info" and kept_other == other
+    assert kept_low.message.endswith("the search's best rate, 0.319, replaces it in best_config.py")
+    width = (space.Dimension("model.width", "int", 8, 64),)
+    without_lr = [random_search.Round(0, (1e-6, 1e-2), (1e-5, 1e5), 3, 1.0, 10, space=width)]
+    assert tune.superseded_lr_findings([low], without_lr, best) == [low]
+    assert tune.superseded_lr_findings([low], with_lr, None) == [low]

@@ -172,3 +172,50 @@ def test_an_unknown_model_option_on_the_command_line_points_to_model_kwargs(tmp_
         "embed_size, hidden_size, name, norm, readout, vocab_size (your own model's options: "
         "--config.model.kwargs.<name>=value)"
     )
+
+
+class ReadsOnes(Contract):
+    """A user's slip: `x` replaced by a constant of its shape, so the input is never read."""
+
+    def __call__(self, x):
+        return super().__call__(jnp.ones_like(x))
+
+
+def test_ignored_input_fires_on_identical_rows_and_stays_quiet_on_distinct_ones():
+    from workflow.diagnostics.checks.outputs import ignored_input_finding
+
+    x = np.random.default_rng(0).normal(size=(8, 5))
+    constant = np.tile([[0.3, -1.2, 2.0]], (8, 1))
+    found = ignored_input_finding(x, constant)
+    assert found is not None and found.id == "output_ignores_input"
+    assert found.evidence["relative_spread"] == 0 and "agree exactly" in found.message
+    varied = constant + 0.01 * np.arange(8)[:, None]
+    assert ignored_input_finding(x, varied) is None
+    # Alike inputs may give alike outputs; nothing to tell apart, nothing said.
+    assert ignored_input_finding(np.ones((8, 5)), constant) is None
+
+    # Units dead on this data (a bias of -100) that inputs far from it wake: the input reaches
+    # the output, so dead_units, not this, says what is wrong.
+    def dead_on_data(inputs):
+        return np.maximum(inputs.sum(-1, keepdims=True) - 100.0, 0.0) + constant[: len(inputs)]
+
+    assert ignored_input_finding(x.astype(np.float32), dead_on_data(x), dead_on_data) is None
+    assert ignored_input_finding(x, constant, lambda inputs: constant) is not None
+
+    # A signal that fades on its way (a deep sigmoid stack) still has a gradient, however tiny.
+    def same(inputs):
+        return constant
+
+    assert ignored_input_finding(x, constant, same, lambda inputs: inputs * 1e-20) is None
+    assert ignored_input_finding(x, constant, same, np.zeros_like) is not None
+
+
+def test_debug_names_a_model_that_never_reads_its_input(tmp_path):
+    """The output is the same for every input: the verdict says so first (the plateau and the
+    failed overfit are its symptoms), not a learning rate or the data."""
+    from workflow import api
+
+    budgets = {"debug.overfit_steps": 200, "debug.train_steps": 60, "progress": False}
+    result = api.debug(ReadsOnes, config=small_config(), workdir=str(tmp_path), **budgets)
+    ids = [f.id for f in result.findings]
+    assert result.status == "failed" and ids[0] == "output_ignores_input", ids

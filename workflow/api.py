@@ -25,7 +25,9 @@ Bad input raises workflow.errors.UsageError with the line the command line print
 there). Nothing global changes: figures are matplotlib Figures of their own (no backend is
 chosen), no flag or `sys.argv` is read, and the next steps a summary lists are calls of these
 functions. Objects handed over (a notebook's class, arrays, a loader) are registered for this
-process only under a name ending in `@python`, which the run directory's config records.
+process only under a name ending in `@python`, which the run directory's config records: a
+best_config.py written here runs on here (`api.evaluate(config=path)`, the summary's next step);
+another process refuses it in one line (exit 2 on the command line).
 """
 
 from __future__ import annotations
@@ -334,7 +336,7 @@ def _label(obj: Any) -> str:
 
 def _register(label: str, cls: type) -> str:
     """Register `cls` as a model of this process under `<label>@python`; returns the name."""
-    name = f"{label}@python"
+    name = f"{label}{models.IN_PROCESS_SUFFIX}"
     models.LOCAL_MODELS[name] = cls  # a rerun notebook cell replaces its own earlier class
     return name
 
@@ -394,9 +396,10 @@ def _data_name(data: Any) -> str | None:
             where = f"(the {label} given)"
             return readers.arrays_dataset(arrays, where, kwargs, test_fraction, task)
 
-        return sources.register_in_memory(f"{label}-{_digest(arrays)}@python", load)
+        name = f"{label}-{_digest(arrays)}{models.IN_PROCESS_SUFFIX}"
+        return sources.register_in_memory(name, load)
     if callable(data):
-        name = f"{_label(data)}@python"
+        name = f"{_label(data)}{models.IN_PROCESS_SUFFIX}"
 
         def call(kwargs: dict, test_fraction: float, task: str) -> dict:
             del test_fraction, task

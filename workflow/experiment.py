@@ -199,6 +199,15 @@ def stage_command(stage: str, workdir: str) -> str:
     return shlex.join(["python", "-m", f"workflow.{stage}", *args, f"--workdir={workdir}"])
 
 
+def config_command(stage: str, config_path: str, workdir: str) -> str:
+    """Run `stage` on a config file the stage wrote (a best_config.py) in another `workdir`:
+    the command line, or inside Python the workflow.api call (the config names the model and
+    the data as this process registered them, tuned options included)."""
+    if IN_PYTHON["active"]:
+        return f"workflow.api.{stage}(config={config_path!r}, workdir={workdir!r})"
+    return f"python -m workflow.{stage} --config={config_path} --workdir={workdir}"
+
+
 def train_and_report(setup: Setup, workdir: str, stage: str, next_stage: str | None) -> Summary:
     """Train in `workdir` (resuming a killed run), then write summary.json and report.md.
 

@@ -11,6 +11,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+import models
 from workflow.data import readers
 from workflow.data.batching import stratified_order
 from workflow.data.lazy import NORMALIZATION_SAMPLE, LazyInputs, is_lazy, rows
@@ -473,6 +474,8 @@ def _load_raw(
 ) -> dict:
     if name in IN_MEMORY:
         return IN_MEMORY[name](kwargs, test_fraction, task)
+    if name.endswith(models.IN_PROCESS_SUFFIX):
+        raise UsageError(models.in_process_only("data", name))
     if name == "mnist1d":
         return mnist1d_arrays(kwargs)
     if name == "digits":

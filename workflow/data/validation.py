@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+import models
 from workflow.data.lazy import is_lazy
 from workflow.errors import UsageError
 
@@ -18,12 +19,24 @@ _NDIM = {"image": 4, "sequence": 3, "tabular": 2}
 # ----------------------------------------------------------------------------- validation
 
 
+def shown_name(name: str) -> str:
+    """A dataset's name as a message gives it: data handed to workflow.api is named for what
+    it is (the arrays, the loader given), not by its registered `...@python` name."""
+    if not name.endswith(models.IN_PROCESS_SUFFIX):
+        return name
+    label = name.removesuffix(models.IN_PROCESS_SUFFIX)
+    if label.startswith("arrays-"):
+        return "(the arrays given)"
+    return f"{label} (the loader given)"
+
+
 def validate_raw(raw: dict[str, Any], name: str, task: str = "classification") -> dict[str, Any]:
     """Reject raw data that cannot be trained on; return it converted to float32/int32.
 
     `task` (config.task, engine/tasks.py) says what the targets are: class indices
     (classification), float targets (regression: (N,) or (N, K), kept as (N, K)) or multi-hot
     0/1 targets (multilabel: (N, L)); num_classes is then the targets' count per example."""
+    name = shown_name(name)
     required = ("x_train", "y_train", "x_test", "y_test", "kind")
     if task == "classification":
         required += ("num_classes",)

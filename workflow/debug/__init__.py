@@ -9,6 +9,7 @@ its loss curve; exits 1 when an error-severity finding stands, with the fixes na
 import concurrent.futures
 import dataclasses
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -28,8 +29,10 @@ from workflow.diagnostics.budget import (
 from workflow.diagnostics.checks.capacity import model_too_small_finding
 from workflow.diagnostics.checks.outputs import (
     bounded_outputs_finding,
+    ignored_input_finding,
     squashed_regression_finding,
 )
+from workflow.diagnostics.checks.probes import forward_in_mode, input_gradient
 from workflow.diagnostics.counterfactual import confirm_findings
 from workflow.diagnostics.curves import curve_findings
 from workflow.diagnostics.findings import Finding, has_error, rank_findings
@@ -164,6 +167,11 @@ def check_and_overfit(
         bounded = None  # multi-label: sigmoid outputs show at step 0 (check_output_and_loss)
     if bounded is not None:
         findings.append(bounded)
+    ignored = ignored_input_finding(
+        x, overfit.outputs, initial_eval_outputs(setup), initial_input_gradient(setup)
+    )
+    if ignored is not None:
+        findings.append(ignored)
     if not overfit.passed and not overfit.budget_cut and still_learning(overfit):
         # Learning, but too slowly to finish: try once at 10x the learning rate. Memorizing
         # there means the setup works and the learning rate is what holds it back. (Cut by
@@ -183,6 +191,26 @@ def check_and_overfit(
             findings.append(slow_overfit_finding(overfit, faster, overfit_lr, config))
             overfit, overfit_lr = faster, 10 * overfit_lr
     return findings, overfit, overfit_lr
+
+
+def initial_eval_outputs(setup: experiment.Setup) -> Callable[[np.ndarray], np.ndarray]:
+    """The model as initialized, in eval mode, as a function of a batch of inputs."""
+    task, state = setup.task, setup.state
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        outputs = forward_in_mode(task.eval_graphdef, state.params, state.model_state, x)[0]
+        return np.asarray(outputs, np.float64)
+
+    return forward
+
+
+def initial_input_gradient(setup: experiment.Setup) -> Callable[[np.ndarray], np.ndarray]:
+    """The gradient of the initial model's (eval-mode) outputs, randomly projected, with
+    respect to a batch of float inputs."""
+    task, state = setup.task, setup.state
+    return lambda x: np.asarray(
+        input_gradient(task.eval_graphdef, state.params, state.model_state, x)
+    )
 
 
 def loss_drop(fit: engine.FitResult) -> float:

@@ -27,6 +27,7 @@ SHAPES_ROW = "shapes match in the loss (no silent broadcasting)"
 INITIAL_LOSS_ROW = "initial loss near ln C"
 BATCH_ROW = "examples independent of their batch (eval)"
 MODE_ROW = "dropout / BatchNorm follow train and eval mode"
+INPUT_USED_ROW = "the outputs depend on the input"
 LINEAR_ROW = "the model is nonlinear (activations between layers)"
 INDICES_ROW = "integer indices inside their tables (nothing clamped)"
 LAYERS_ROW = "dropout and BatchNorm settings leave room to learn"
@@ -48,6 +49,7 @@ CHECKLIST_ROWS = (
     INITIAL_LOSS_ROW,
     BATCH_ROW,
     MODE_ROW,
+    INPUT_USED_ROW,
     RANDOMNESS_ROW,
     LAYERS_ROW,
     LINEAR_ROW,
@@ -226,6 +228,15 @@ KINDS = (
         "debug",
         explains=("cannot_overfit_batch",),
         checklist=MODE_ROW,
+    ),
+    FindingKind(
+        "output_ignores_input",
+        "error",
+        "the model's output is the same for every input, even after training on one batch: "
+        "the input never reaches the output (a constant fed instead of x, x overwritten)",
+        "debug",
+        explains=("dead_units", "loss_plateau", "cannot_overfit_batch"),
+        checklist=INPUT_USED_ROW,
     ),
     FindingKind(
         "prng_key_reused",
@@ -447,7 +458,8 @@ KINDS = (
         "warning",
         "the learning rate is too high: the curve goes wrong from its first steps, or the "
         "configured lr lies above the range test's band (in debug: info unless lowering it "
-        "measurably helps in counterfactual trials)",
+        "measurably helps in counterfactual trials; in tune: info once the search has replaced "
+        "the rate with its best)",
         "curve diagnosis, tune",
         explains=("loss_exploding", "loss_increasing", "loss_oscillating", "cannot_overfit_batch"),
         checklist=CURVE_ROW,
@@ -460,7 +472,8 @@ KINDS = (
         "memorized only at 10x the lr or its loss does not move at all, or the configured lr "
         "lies below the range test's band "
         "(info when only a little below; in debug: info unless raising it measurably helps in "
-        "counterfactual trials, or when the batch still learns at the configured lr)",
+        "counterfactual trials, or when the batch still learns at the configured lr; in tune: "
+        "info once the search has replaced the rate with its best)",
         "curve diagnosis, debug, tune",
         explains=("loss_plateau", "cannot_overfit_batch"),
         checklist=CURVE_ROW,

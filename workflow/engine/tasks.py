@@ -82,6 +82,10 @@ class TaskKind:
     error_name: ClassVar[str]  # what the error measure is called in reports
     error_is_rate: ClassVar[bool]  # a rate in [0, 1] (shown as %), or a value in target units
     score_label: ClassVar[str] = "accuracy"  # what the score (1 - error) is, on plots
+    # What the initial loss is compared with (initial_loss_reference), in a report's words.
+    initial_loss_reference_text: ClassVar[str] = (
+        "the entropy of the labels, ln C for balanced classes"
+    )
     # The debug checklist's rows (findings.CHECKLIST_ROWS) in this task's words, and the rows
     # that do not apply to it with the reason (debug/report.py shows them "not applicable").
     checklist_terms: ClassVar[dict[str, str]] = {}
@@ -128,6 +132,14 @@ class TaskKind:
         if self.error_is_rate:
             return f"{value:.2%}"
         return f"{value:.4g}"
+
+    def shown_score(self, score: float) -> tuple[str, float]:
+        """A val score (1 - error: what the search ranks trials by) as a person reads it, as
+        (name, value): the accuracy for an error rate, the error itself for an error in the
+        targets' units (`rmse`, never "1 - RMSE")."""
+        if self.error_is_rate:
+            return "accuracy", score
+        return self.error_name.lower(), 1.0 - score
 
     def describe(self) -> dict[str, Any]:
         """JSON-friendly description for a dataset's summary."""
@@ -196,6 +208,7 @@ class Regression(TaskKind):
     error_name: ClassVar[str] = "RMSE"
     error_is_rate: ClassVar[bool] = False
     score_label: ClassVar[str] = "1 − RMSE (target units)"
+    initial_loss_reference_text: ClassVar[str] = "the loss of predicting the training targets' mean"
     checklist_terms: ClassVar[dict[str, str]] = {
         "outputs are logits, not probabilities": "outputs unbounded (no sigmoid/tanh/relu head)",
         "initial loss near ln C": "initial loss near that of predicting the mean",
@@ -278,6 +291,7 @@ class MultiLabel(TaskKind):
     error_name: ClassVar[str] = "per-label error"
     error_is_rate: ClassVar[bool] = True
     score_label: ClassVar[str] = "per-label accuracy"
+    initial_loss_reference_text: ClassVar[str] = "the loss of predicting each label's base rate"
     checklist_terms: ClassVar[dict[str, str]] = {
         "outputs are logits, not probabilities": "outputs are logits, not sigmoid probabilities",
         "initial loss near ln C": "initial loss near the per-label base rates' entropy",

@@ -361,10 +361,10 @@ def next_commands(workdir: str, best_config: str | None, verdicts: list[str]) ->
         return []
     parent = os.path.dirname(os.path.abspath(workdir))
     return [
-        f"python -m workflow.evaluate --config={best_config} "
-        f"--workdir={os.path.join(parent, 'evaluate_improved')}",
-        f"python -m workflow.tune --config={best_config} "
-        f"--workdir={os.path.join(parent, 'tune_improved')}",
+        experiment.config_command(
+            "evaluate", best_config, os.path.join(parent, "evaluate_improved")
+        ),
+        experiment.config_command("tune", best_config, os.path.join(parent, "tune_improved")),
     ]
 
 
@@ -372,9 +372,10 @@ def print_outcome(outcome: Outcome) -> None:
     """One finished candidate on the console."""
     from tqdm.auto import tqdm
 
-    rate = tasks.kind_of(outcome.remedy.config).error_is_rate
-    fmt = "{:6.2%}" if rate else "{:8.4g}"  # a regression's RMSE in the targets' units
+    kind = tasks.kind_of(outcome.remedy.config)
+    fmt = "{:6.2%}" if kind.error_is_rate else "{:8.4g}"  # an RMSE in the targets' units
+    name = kind.error_name  # error; a regression's RMSE; per-label error
     tqdm.write(
-        f"{outcome.remedy.name:22s} val error {fmt.format(outcome.val_error)}  test error "
+        f"{outcome.remedy.name:22s} val {name} {fmt.format(outcome.val_error)}  test {name} "
         f"{fmt.format(outcome.test_error)}  ({outcome.remedy.change}, {outcome.seconds:.1f} s)"
     )

@@ -56,7 +56,8 @@ def report_sections(summary: Summary, plot: str | None) -> list[tuple[str, str]]
             ]
         )
     if rows:
-        headers = ["candidate", "change", "val error", "Δ val", "test error", "params", "time"]
+        name = kind.error_name  # error; a regression's RMSE; per-label error
+        headers = ["candidate", "change", f"val {name}", "Δ val", f"test {name}", "params", "time"]
         # loop: scan or step, how the run's steps ran (engine.loop_form)
         body = reporting.markdown_table([*headers, "loop", "why tried"], rows)
         if plot:

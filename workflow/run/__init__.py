@@ -38,6 +38,7 @@ from workflow.errors import UsageError
 from workflow.reporting import rundir
 from workflow.reporting.summary import Summary
 from workflow.run import report
+from workflow.search import random_search
 from workflow.tune import report as tune_report
 
 
@@ -451,6 +452,9 @@ def decisions(workflow: Workflow) -> list[Finding]:
                 f"{m.get('best_learning_rate', float('nan')):.3g}, L2 "
                 f"{m.get('best_l2', float('nan')):.3g}"
             )
+            # The other searched keys' best values (a width, a batch size) are choices too.
+            extras = random_search.searched_extras(s.best or {})
+            message += "".join(f", {k} {tune_report.value_text(v)}" for k, v in extras.items())
             if s.search_stop:
                 message += f"; {tune_report.stop_text(s.search_stop, s.config)}"
                 extra = {"search_stop": s.search_stop}
@@ -561,7 +565,7 @@ def reproduce_commands(workflow: Workflow, final: Step) -> list[str]:
         # A debug.fix repair is a value over the command line's config: its flags go with it.
         flags = override_flags(final.values)
         return [" ".join(filter(None, [experiment.stage_command("evaluate", "runs/final"), flags]))]
-    return [f"python -m workflow.evaluate --config={final.config_source} --workdir=runs/final"]
+    return [experiment.config_command("evaluate", final.config_source, "runs/final")]
 
 
 def print_step(name: str, stage: str) -> None:

@@ -11,6 +11,8 @@ from workflow.diagnostics import bias_variance, error_analysis, task_errors
 from workflow.engine import tasks
 from workflow.reporting import model_summary, rundir
 from workflow.reporting.summary import Summary
+from workflow.search import random_search
+from workflow.tune import report as tune_report
 
 # Blocks: ("text", str) | ("table", headers, rows) | ("pairs", rows): a key-value table without
 # a header row | ("image", path, caption) | ("code", str).
@@ -26,6 +28,10 @@ def _error(summary: Summary, value) -> str:
     if not isinstance(value, float) or kind.error_is_rate:
         return _pct(value)
     return bias_variance.error_format(kind())(value)
+
+
+def _error_name(summary: Summary) -> str:
+    return tasks.kind_of(summary.config).error_name
 
 
 def step_blocks(step, shown_elsewhere: tuple[str, ...] = ()) -> list[tuple]:
@@ -60,11 +66,23 @@ def step_blocks(step, shown_elsewhere: tuple[str, ...] = ()) -> list[tuple]:
             ["best learning rate", reporting.fmt(m.get("best_learning_rate"))],
             ["best L2 weight", reporting.fmt(m.get("best_l2"))],
             ["range test suggestion", reporting.fmt(m.get("suggested_lr"))],
+        ]
+        # Every other searched key's best value (a width, a batch size) is a choice too.
+        rows += [
+            [f"best {key}", tune_report.value_text(value)]
+            for key, value in random_search.searched_extras(s.best or {}).items()
+        ]
+        rows.append(
             [
+                f"val / test {_error_name(s)} (full length)",
+                f"{_error(s, m.get('val_error'))} / {_error(s, m.get('test_error'))}",
+            ]
+            if "test_accuracy" not in m and "test_error" in m
+            else [
                 "val / test accuracy (full length)",
                 f"{_pct(m.get('val_accuracy'))} / {_pct(m.get('test_accuracy'))}",
-            ],
-        ]
+            ]
+        )
         blocks.append(("pairs", rows))
     if stage == "improve" and s.candidates:
         rows = [
@@ -308,9 +326,11 @@ def print_summary(summary: Summary, workdir: str) -> None:
     for f in summary.findings:
         if f.id == "workflow_step":
             console.print(f"  {f.message}", soft_wrap=True)
+    from workflow.run import test_result  # the package imports this module
+
     m = summary.metrics
     console.print(
-        f"[bold]final test accuracy {_pct(m.get('test_accuracy'))}[/bold] in "
+        f"[bold]final {test_result(summary)}[/bold] in "
         f"{m['workflow_seconds']:.0f} s; report: {os.path.join(workdir, rundir.REPORT_HTML)}",
         soft_wrap=True,
     )

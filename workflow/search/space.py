@@ -36,6 +36,7 @@ from typing import Any
 
 import ml_collections
 
+import models
 from workflow.errors import UsageError
 
 SCALES = ("log", "linear", "int", "cat")
@@ -306,6 +307,17 @@ def parse_space(config: ml_collections.ConfigDict) -> tuple[Dimension, ...]:
     return tuple(dimensions)
 
 
+def instance_hint(model: ml_collections.ConfigDict) -> str:
+    """Why a model block holds no options: a model handed to workflow.api as an instance (a
+    `@python` name with no options) is used as built; its class would take them."""
+    if set(model.keys()) == {"name"} and str(model.name).endswith(models.IN_PROCESS_SUFFIX):
+        return (
+            f" ({model.name} was given as an instance, used as built: give its class to search "
+            "its options)"
+        )
+    return ""
+
+
 def _leaf_or_error(config: ml_collections.ConfigDict, entry: str, key: str) -> None:
     """Raise unless `key` names a value (not a block) of `config`."""
     node: Any = config
@@ -314,7 +326,8 @@ def _leaf_or_error(config: ml_collections.ConfigDict, entry: str, key: str) -> N
         if not isinstance(node, ml_collections.ConfigDict) or part not in node:
             parent = ".".join(parts[:depth]) or "config"
             keys = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-            raise _bad(entry, f"unknown config key {key!r}; {parent} has: {', '.join(keys)}")
+            hint = instance_hint(node) if parent == "model" else ""
+            raise _bad(entry, f"unknown config key {key!r}; {parent} has: {', '.join(keys)}{hint}")
         node = node[part]
     if isinstance(node, ml_collections.ConfigDict):
         raise _bad(entry, f"{key} is a block; name one of its keys: {', '.join(sorted(node))}")

@@ -13,6 +13,7 @@ the end), every process takes process 0's trials and best, and the best is retra
 over every host's devices with the configured data layout.
 """
 
+import dataclasses
 import math
 import os
 import shutil
@@ -24,6 +25,7 @@ import numpy as np
 from workflow import engine, experiment
 from workflow.diagnostics import checks
 from workflow.diagnostics.curves import expected_initial_loss
+from workflow.diagnostics.findings import Finding
 from workflow.engine import distributed, tasks, trials
 from workflow.reporting import rundir
 from workflow.reporting.summary import Summary
@@ -121,7 +123,10 @@ def search_trials(
     )
     total_epochs = config.num_steps * config.batch_size / len(dataset.x_train)
     rounds, records = study.run(
-        first, on_batch=lambda batch: report.print_trials(batch, total_epochs)
+        first,
+        on_batch=lambda batch: report.print_trials(
+            batch, total_epochs, setup.task.kind, config.search.metric
+        ),
     )
     stopped = study.stopped
     if distributed.multi_process():
@@ -189,6 +194,32 @@ def run_tune(setup: experiment.Setup, workdir: str, config_source: str) -> Summa
         run.release()
 
 
+# The range test's findings about the configured learning rate (range_test_findings).
+CONFIGURED_LR_FINDINGS = ("lr_too_low", "lr_too_high")
+
+
+def superseded_lr_findings(
+    findings: list[Finding], rounds: list, best: dict | None
+) -> list[Finding]:
+    """The range test's verdict on the configured learning rate, as info once the search has
+    searched the learning rate and found a best: best_config.py replaces the configured rate,
+    so it no longer warns about the result (the message says what replaced it)."""
+    searched = bool(rounds) and any(d.name == "learning_rate" for d in rounds[0].dimensions)
+    if best is None or not searched:
+        return findings
+    return [
+        dataclasses.replace(
+            f,
+            severity="info",
+            message=f"{f.message}; the search's best rate, {best['learning_rate']:.3g}, "
+            "replaces it in best_config.py",
+        )
+        if f.id in CONFIGURED_LR_FINDINGS and f.severity != "info"
+        else f
+        for f in findings
+    ]
+
+
 def tune(
     setup: experiment.Setup, run: rundir.RunDir, config_source: str, workdir: str | None = None
 ) -> Summary:
@@ -205,6 +236,7 @@ def tune(
     rounds, records, trials_loop, stopped, search = search_trials(whole, run, band)
     run.log_trials([tensorboard_record(r) for r in records], config)
     best = random_search.best_record(records, config.search.metric)
+    findings = superseded_lr_findings(findings, rounds, best)
     findings += report.search_findings(records, rounds, best)
     best_config_path = None
     retrained, trained_again = None, None

@@ -35,12 +35,24 @@ def open_run(
     return run, new
 
 
-def trial_line(record: dict, metric: str, total_epochs: float) -> str:
+def shown_metric(metric: str, value: float, kind: tasks.TaskKind) -> tuple[str, float]:
+    """The search's metric as a report shows it, (name, value): `val_accuracy` in the task's
+    terms (a regression's `val_rmse` in the targets' units, not 1 - RMSE), `val_loss` as is."""
+    if metric != "val_accuracy":
+        return metric, value
+    name, shown = kind.shown_score(value)
+    return f"val_{name}", shown
+
+
+def trial_line(
+    record: dict, metric: str, total_epochs: float, kind: tasks.TaskKind | None = None
+) -> str:
     """One row of the workflow's table, `acc = 0.412  lr : 1.405e-4  reg: 4.234e-4 (epoch 1 / 100)`
-    and a ✓ when the loss went down; epoch e / E: the epochs trained / those of a full run; a
-    trial cut by rung pruning ends with `cut at step N`."""
-    name = "acc" if metric == "val_accuracy" else "loss"
-    value = record[metric]
+    (a regression's `rmse = 52.349`; `kind` None: classification) and a ✓ when the loss went
+    down; epoch e / E: the epochs trained / those of a full run; a trial cut by rung pruning ends
+    with `cut at step N`."""
+    name, value = shown_metric(metric, record[metric], kind or tasks.Classification())
+    name = "acc" if name == "val_accuracy" else name.removeprefix("val_")
     shown = f"{value:.3f}" if math.isfinite(value) else "nan"
     mark = "✓" if record["improved"] else " "
     cut = record.get("pruned_at")
@@ -62,14 +74,19 @@ def value_text(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def print_trials(records: list[dict], total_epochs: float, metric: str = "val_accuracy") -> None:
-    """Print a finished batch of trials as the workflow's table rows."""
+def print_trials(
+    records: list[dict],
+    total_epochs: float,
+    kind: tasks.TaskKind,
+    metric: str = "val_accuracy",
+) -> None:
+    """Print a finished batch of trials as the workflow's table rows, in the task's terms."""
     from tqdm.auto import tqdm
 
     for record in sorted(records, key=lambda r: r["slot"]):
         tqdm.write(
             f"round {record['round'] + 1} #{record['slot']:<3d} "
-            + trial_line(record, metric, total_epochs)
+            + trial_line(record, metric, total_epochs, kind)
         )
 
 
@@ -194,11 +211,14 @@ AXIS_LABELS = {"learning_rate": "learning rate", "l2": "reg"}
 
 
 def plot_search_axes(
-    records: list[dict], metric: str, dimensions: tuple[space.Dimension, ...]
+    records: list[dict],
+    metric: str,
+    dimensions: tuple[space.Dimension, ...],
+    kind: tasks.TaskKind,
 ) -> plt.Figure:
-    """The metric against each searched key (the first round's `dimensions`), rounds in
-    colours, ✓ filled: log and linear axes as the key is sampled, a categorical key as a strip
-    per value."""
+    """The metric (in the task's terms, shown_metric) against each searched key (the first
+    round's `dimensions`), rounds in colours, ✓ filled: log and linear axes as the key is
+    sampled, a categorical key as a strip per value."""
     columns = min(len(dimensions), 3)
     rows_count = -(-len(dimensions) // columns)
     fig, axes = plt.subplots(
@@ -217,12 +237,12 @@ def plot_search_axes(
                 ("x", " (loss not down)", lambda r: not r["improved"]),
                 ("v", " cut early", lambda r: r["improved"] and r.get("pruned_at") is not None),
             )
-            for marker, what, kind in kinds:
-                sel = [r for r in rows if kind(r)]
+            for marker, what, selects in kinds:
+                sel = [r for r in rows if selects(r)]
                 if sel:
                     ax.scatter(
                         [position(r[key], i) for i, r in enumerate(sel)],
-                        [r[metric] if math.isfinite(r[metric]) else math.nan for r in sel],
+                        [_shown_value(r, metric, kind) for r in sel],
                         c=color,
                         marker=marker,
                         alpha=0.8 if marker == "o" else 0.4,
@@ -238,11 +258,16 @@ def plot_search_axes(
         ax.set_xlabel(AXIS_LABELS.get(key, key))
         ax.grid(alpha=0.3)
     for row in axes:
-        row[0].set_ylabel(metric.replace("_", " "))
+        row[0].set_ylabel(shown_metric(metric, 0.0, kind)[0].replace("_", " "))
     axes.flat[len(dimensions) - 1].legend(fontsize=8)
     fig.suptitle("coarse-to-fine search")
     fig.tight_layout()
     return fig
+
+
+def _shown_value(record: dict, metric: str, kind: tasks.TaskKind) -> float:
+    value = record[metric]
+    return shown_metric(metric, value, kind)[1] if math.isfinite(value) else math.nan
 
 
 def _axis_position(dimension):
@@ -327,7 +352,7 @@ def summarize(
     dimensions = (
         rounds[0].dimensions if rounds else space.default_space(search.lr_range, search.reg_range)
     )
-    plots = save_plots(run, records, sweep, config.search.metric, dimensions)
+    plots = save_plots(run, records, sweep, config.search.metric, dimensions, setup.task.kind)
     run.write_summary(summary)
     run.write_report(reporting.report_title(summary), report_sections(summary, plots))
     return summary
@@ -395,14 +420,17 @@ def stop_text(stopped: dict, config: dict) -> str:
     in the task's terms: a rate as %, an RMSE in target units)."""
     kind = tasks.kind_of(config)()
     rounds = stopped.get("skipped_rounds", 0)
-    later = f" and {rounds} later round{'s' if rounds != 1 else ''}" if rounds else ""
+    later = rounds * config["search"]["refine_trials"] if rounds else 0
+    in_round = stopped["skipped_trials"] - later
+    what = ["the rest of its round"] if in_round > 0 else []
+    what += [f"{rounds} later round{'s' if rounds != 1 else ''}"] if rounds else []
     step, length = stopped.get("step"), stopped.get("round_steps")
     at = f" at step {step} of its {length}" if step and length and step < length else ""
     return (
         f"stopped at the goal: round {stopped['round'] + 1} trial #{stopped['slot']} reached val "
         f"{kind.error_name} {kind.format_error(stopped['val_error'])}{at}, at or below "
         f"{kind.format_error(stopped['goal_val_error'])} (the goal less the val set's noise); "
-        f"skipped {stopped['skipped_trials']} trials (the rest of its round{later})"
+        f"skipped {stopped['skipped_trials']} trials ({' and '.join(what) or 'none'})"
     )
 
 
@@ -412,8 +440,7 @@ def next_commands(run: rundir.RunDir, best_config_path: str | None) -> list[str]
         return []
     parent = os.path.dirname(os.path.abspath(run.path))
     return [
-        f"python -m workflow.evaluate --config={best_config_path} "
-        f"--workdir={os.path.join(parent, 'evaluate')}"
+        experiment.config_command("evaluate", best_config_path, os.path.join(parent, "evaluate"))
     ]
 
 
@@ -423,12 +450,13 @@ def save_plots(
     sweep: range_test.RangeTest | None,
     metric: str,
     dimensions: tuple[space.Dimension, ...],
+    kind: tasks.TaskKind,
 ) -> dict[str, str]:
     """The search's axes (one per searched key), every trial's curve and the range test; paths
     relative to `run`."""
     plots = {
         "search": run.save_figure(
-            rundir.PLOT_SEARCH, lambda: plot_search_axes(records, metric, dimensions)
+            rundir.PLOT_SEARCH, lambda: plot_search_axes(records, metric, dimensions, kind)
         ),
         "curves": run.save_figure(
             rundir.PLOT_TRIAL_CURVES, lambda: plot_trial_curves(records, metric)
@@ -444,6 +472,7 @@ def save_plots(
 def report_sections(summary: Summary, plots: dict[str, str]) -> list[tuple[str, str]]:
     """report.md: initial loss, range test, rounds, the trial table, the best, findings, next."""
     m, metric = summary.metrics, summary.config["search"]["metric"]
+    kind = tasks.kind_of(summary.config)()
     total_epochs = (
         summary.config["num_steps"]
         * summary.config["batch_size"]
@@ -453,7 +482,7 @@ def report_sections(summary: Summary, plots: dict[str, str]) -> list[tuple[str, 
         (
             "Initial loss",
             f"{m['initial_loss']:.4g} at initialization; expected {m['expected_initial_loss']:.4g}"
-            " (the entropy of the labels, ln C for balanced classes).",
+            f" ({kind.initial_loss_reference_text}).",
         )
     ]
     rt = summary.range_test
@@ -495,11 +524,11 @@ def report_sections(summary: Summary, plots: dict[str, str]) -> list[tuple[str, 
                 f"{r['epochs']:.3g} ({r['steps']:,} steps)",
                 _rungs_text(r, rows),
                 sum(t["improved"] for t in rows),
-                reporting.fmt(top[0][metric]) if top else "-",
+                reporting.fmt(_shown_value(top[0], metric, kind)) if top else "-",
             ]
         )
     table = "\n".join(
-        f"    round {t['round'] + 1} #{t['slot']:<3d} {trial_line(t, metric, total_epochs)}"
+        f"    round {t['round'] + 1} #{t['slot']:<3d} {trial_line(t, metric, total_epochs, kind)}"
         for t in sorted(summary.trials, key=lambda t: (t["round"], -_sort_value(t, metric)))
     )
     sections += [
@@ -517,7 +546,7 @@ def report_sections(summary: Summary, plots: dict[str, str]) -> list[tuple[str, 
                     "epochs",
                     "cut at steps (trials cut)",
                     "✓",
-                    f"best {metric}",
+                    f"best {shown_metric(metric, 0.0, kind)[0]}",
                 ],
                 round_rows,
             )

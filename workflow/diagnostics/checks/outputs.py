@@ -1,5 +1,6 @@
 """Outputs against the loss: probabilities into a logits loss, silent broadcasting, the
-initial loss (`softmax_before_loss`, `shape_mismatch`, `initial_loss_off`)."""
+initial loss, outputs that never depend on the input (`softmax_before_loss`, `shape_mismatch`,
+`initial_loss_off`, `output_ignores_input`)."""
 
 from __future__ import annotations
 
@@ -455,6 +456,85 @@ def _bounded_head_finding(
             "zero_share": zeros,
         },
         suggestions=fixes,
+    )
+
+
+# --- outputs that ignore the input. After training on one batch of distinct inputs, a model
+# that reads its input gives rows that differ by O(0.1-1) of the output scale; one that never
+# reads it (a constant or zeros fed instead of x, the input overwritten) computes every row the
+# same way from the same parameters, so its rows agree to float32 rounding (~1e-7 relative).
+CONSTANT_OUTPUTS_RTOL = 1e-5
+# A network whose units are all dead on ordinary inputs (a bias of -100) also gives one output
+# for all: inputs this many times the batch's scale, of either sign, wake some of its units
+# (then dead_units says why), while nothing changes the output of a model that never reads x.
+PROBE_INPUT_SCALE = 1e3
+
+
+def probe_inputs(x: np.ndarray) -> list[np.ndarray]:
+    """Inputs of the batch's shape and dtype far from it: scaled up, of either sign, and noise
+    (integer inputs, token ids: the batch with its last axis reversed, still valid ids)."""
+    if not np.issubdtype(x.dtype, np.floating):
+        return [np.flip(x, axis=-1)] if x.ndim > 1 else []
+    scale = PROBE_INPUT_SCALE * max(1.0, float(np.std(x)))
+    noise = np.random.default_rng(0).normal(size=x.shape) * scale
+    return [(PROBE_INPUT_SCALE * x).astype(x.dtype), (-PROBE_INPUT_SCALE * x).astype(x.dtype)] + [
+        noise.astype(x.dtype)
+    ]
+
+
+def row_spread(outputs: np.ndarray) -> float:
+    """How far the rows of `outputs` lie from the first, relative to their scale."""
+    return max_diff(outputs, np.broadcast_to(outputs[:1], outputs.shape)) / output_scale(outputs)
+
+
+def ignored_input_finding(
+    x: np.ndarray,
+    outputs: np.ndarray | None,
+    forward: Callable[[np.ndarray], np.ndarray] | None = None,
+    input_gradient: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> Finding | None:
+    """`output_ignores_input`, read from the (eval-mode) outputs after memorizing one batch:
+    every example's output is the same although the batch's inputs differ; with `forward`
+    (the model at initialization), also for inputs far from the batch's; with `input_gradient`
+    (of the initial model's outputs, float inputs), exactly zero: no path from x at all, where
+    a signal that fades on its way (a deep sigmoid stack) leaves a tiny but nonzero gradient."""
+    x = np.asarray(x)
+    if outputs is None or len(outputs) < 2 or not np.all(np.isfinite(outputs)):
+        return None
+    flat = x.reshape(len(x), -1)
+    if not np.any(flat != flat[:1]):
+        return None  # every input alike: nothing to tell apart
+    spread = row_spread(outputs)
+    if spread > CONSTANT_OUTPUTS_RTOL:
+        return None
+    if forward is not None:
+        probed = np.concatenate([np.asarray(forward(p)) for p in [x, *probe_inputs(x)]])
+        if row_spread(probed) > CONSTANT_OUTPUTS_RTOL:
+            return None  # the input reaches the output, through units dead on this data
+    if input_gradient is not None and np.issubdtype(x.dtype, np.floating):
+        if np.any(np.asarray(input_gradient(x)) != 0):
+            return None  # the input reaches the output, faded (vanishing_gradients says why)
+    agree = "exactly" if spread == 0 else f"to {spread:.2g} of their scale"
+    return Finding(
+        id="output_ignores_input",
+        severity="error",
+        message=(
+            f"the model gives the same output for every input: after training on one batch of "
+            f"{len(x)} different examples, its outputs on them agree {agree}; the input does "
+            "not reach the output"
+        ),
+        evidence={
+            "batch_size": len(x),
+            "relative_spread": spread,
+            "tolerance": CONSTANT_OUTPUTS_RTOL,
+            "output_row": [float(v) for v in np.ravel(outputs[0])[:10]],
+        },
+        suggestions=[
+            "check __call__ uses its argument x on the path to the output (not a constant, "
+            "zeros_like(x), a stored attribute or a variable overwritten on the way)",
+            "check no layer between input and output multiplies by zero or is cut off "
+            "(a dead layer: see dead_units)",
+        ],
     )
 
 

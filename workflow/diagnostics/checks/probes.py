@@ -68,6 +68,19 @@ def forward_in_mode(
     return outputs, nnx.split(model, nnx.Param, ...)[2]
 
 
+@engine.jit_for_few_runs(static_argnums=0)
+def input_gradient(graphdef: Any, params: Any, model_state: Any, x: jax.Array) -> jax.Array:
+    """The gradient of the outputs (in the mode `graphdef` was split in), projected on fixed
+    random weights so that no output cancels another, with respect to the inputs `x`."""
+
+    def projected(inputs):
+        outputs = nnx.merge(graphdef, params, model_state)(inputs)
+        weights = jax.random.normal(jax.random.key(0), outputs.shape, outputs.dtype)
+        return jnp.sum(outputs * weights)
+
+    return jax.grad(projected)(jnp.asarray(x))
+
+
 def data_loss(
     graphdef: Any, loss_fn: Callable, params: Any, model_state: Any, x: jax.Array, y: jax.Array
 ):
