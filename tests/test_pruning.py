@@ -299,9 +299,10 @@ def test_a_trial_that_meets_the_goal_at_a_rung_ends_there_complete_and_stops_the
 def test_a_trial_that_meets_the_goal_between_rungs_ends_at_that_host_call(
     setup, runner, tmp_path, monkeypatch
 ):
-    # Rungs at 20 and 60 steps, host calls and eval_every of 20: between the rungs the trials
-    # are evaluated at step 40 too. A goal first met there ends its trial at step 40,
-    # complete; the other trials of its program are not completed at a step not their end.
+    # Rungs at 20 and 60 steps, host calls of 20: between the rungs the trials are evaluated
+    # at step 40 too (the val set is small beside a call's training examples). A goal first
+    # met there ends its trial at step 40, complete; the other trials of its program are not
+    # completed at a step that is not their end.
     config = search_config(prune_rungs=4)
     ds = setup.dataset
     seen = []
@@ -335,6 +336,14 @@ def test_a_trial_that_meets_the_goal_between_rungs_ends_at_that_host_call(
     assert search.stopped["step"] == 40 and search.stopped["round_steps"] == 60
     held = search.held_trial(random_search.best_record(records, "val_accuracy"))
     assert held is not None and held.num_steps == 40
+
+
+def test_goal_checks_between_rungs_cost_at_most_a_tenth_of_the_training():
+    config = search_config()
+    config.steps_per_call, config.batch_size = 100, 100  # 10,000 examples a call
+    assert trials.goal_check_calls(400, config) == 1  # MNIST-1D's val set: every call
+    assert trials.goal_check_calls(3_000, config) == 1
+    assert trials.goal_check_calls(30_000, config) == 10  # a large val set: every 10th call
 
 
 def test_a_schedule_that_depends_on_the_run_length_never_stops_a_trial_before_its_end(

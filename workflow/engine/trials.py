@@ -17,6 +17,7 @@ and nothing is exchanged while they train (tune and improve then agree on proces
 """
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -349,10 +350,10 @@ class TrialRunner:
         (to keep a trial as trained: `trained_trial`).
 
         `goal(step, val_accuracy)`: whether a trial there meets the goal. With it, a program's
-        trials are evaluated on val between rungs too, as a run's val is (after the host call
-        that reaches each multiple of `eval_every`): at the first such evaluation where one
-        meets it, the program ends there (on_states and on_batch get it, `result.steps` the
-        step) and so does the halving, whatever on_batch returns.
+        trials are evaluated on val between rungs too, every `goal_check_calls` host calls: at
+        the first such evaluation where one meets it, the program ends there (on_states and
+        on_batch get it, `result.steps` the step) and so does the halving, whatever on_batch
+        returns.
 
         After a rung, the trials kept train on best first (by their val loss there): the one
         likeliest to meet a goal ends first. A trial's step t trains on the batch of step t
@@ -390,7 +391,7 @@ class TrialRunner:
                     lanes_of(batch),
                 )
                 window = max(1, min(config.log_every, rung // 4))
-                step = previous
+                step, calls, check_every = previous, 0, goal_check_calls(len(dataset.x_val), config)
                 for k in schedule_chunks(previous, rung, config.steps_per_call, ()):
                     indices = data.batch_indices(
                         len(dataset.x_train), config.batch_size, config.seed, step, k
@@ -403,7 +404,8 @@ class TrialRunner:
                         chunks[slot].append({name: v[:, lane] for name, v in chunk.items()})
                     step += k
                     progress(k * len(batch))
-                    if goal is not None and step < rung and _passes(step - k, step, config):
+                    calls += 1
+                    if goal is not None and step < rung and calls % check_every == 0:
                         evaluated = runner._evaluate(states, dataset.x_val, dataset.y_val)
                         if any(goal(step, float(a)) for a in evaluated[1][: len(batch)]):
                             ended(rung_index, batch, window, states, *evaluated)
@@ -479,9 +481,17 @@ class TrialRunner:
         return states, result
 
 
-def _passes(start: int, stop: int, config: ml_collections.ConfigDict) -> bool:
-    """Whether steps start+1..stop include a multiple of `config.eval_every`."""
-    return stop // config.eval_every > start // config.eval_every
+# Between rungs, trials are checked against a goal as often as that costs at most this fraction
+# of their training: a forward pass over an example costs about a third of a training step's.
+GOAL_CHECK_OVERHEAD = 0.1
+
+
+def goal_check_calls(num_val: int, config: ml_collections.ConfigDict) -> int:
+    """Every how many host calls the trials are evaluated on the `num_val` val examples for a
+    goal between rungs: every call unless that costs more than GOAL_CHECK_OVERHEAD of the
+    training (a val set large beside a call's `steps_per_call * batch_size` examples)."""
+    trained = 3 * config.steps_per_call * config.batch_size
+    return max(1, math.ceil(num_val / (trained * GOAL_CHECK_OVERHEAD)))
 
 
 def program_lanes(width: int, backend: str) -> Callable[[Sequence[int]], int]:
