@@ -430,7 +430,7 @@ def stop_text(stopped: dict, config: dict) -> str:
         f"stopped at the goal: round {stopped['round'] + 1} trial #{stopped['slot']} reached val "
         f"{kind.error_name} {kind.format_error(stopped['val_error'])}{at}, at or below "
         f"{kind.format_error(stopped['goal_val_error'])} (the goal less the val set's noise); "
-        f"skipped {stopped['skipped_trials']} trials ({' and '.join(what) or 'none'})"
+        f"skipped {stopped['skipped_trials']} trials" + (f" ({' and '.join(what)})" if what else "")
     )
 
 
