@@ -5,6 +5,7 @@ The clean ones are correct; the broken ones carry one fault a user really writes
 docstring.
 """
 
+import math
 from collections.abc import Sequence
 from functools import partial
 
@@ -56,10 +57,7 @@ class UserMLP(nnx.Module):
         rngs: nnx.Rngs,
         hidden_size: int = 64,
     ):
-        features = 1
-        for size in input_shape:
-            features *= size
-        self.linear1 = nnx.Linear(features, hidden_size, rngs=rngs)
+        self.linear1 = nnx.Linear(math.prod(input_shape), hidden_size, rngs=rngs)
         self.linear2 = nnx.Linear(hidden_size, hidden_size, rngs=rngs)
         self.linear3 = nnx.Linear(hidden_size, num_outputs, rngs=rngs)
 
@@ -252,10 +250,7 @@ class BatchNormMLP(nnx.Module):
         hidden_size: int = 64,
         depth: int = 3,
     ):
-        features = 1
-        for size in input_shape:
-            features *= size
-        sizes = [features] + [hidden_size] * depth
+        sizes = [math.prod(input_shape)] + [hidden_size] * depth
         self.linears = nnx.List(
             [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
         )
