@@ -48,6 +48,8 @@ def test_broken_setup_gets_the_right_top_finding(tmp_path, broken, expected):
     assert summary.status == "failed"
 
 
+# The default run proves the same without debug.fix: test_debug_fix.py's code-level bug.
+@pytest.mark.slow
 def test_cli_exits_1_and_names_the_fix(tmp_path):
     result = run_stage(
         "debug",

@@ -51,9 +51,10 @@ def test_a_code_level_bug_cannot_be_fixed_by_config(tmp_path):
         "--config.debug.fix=True",
         f"--workdir={tmp_path}",
     )
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 1, result.stderr  # an error finding: the CLI exits 1
     summary = read_summary(tmp_path)
     assert summary["findings"][0]["id"] == "softmax_before_loss"
+    assert summary["findings"][0]["suggestions"] and "softmax_before_loss" in result.stdout
     (fix,) = [f for f in summary["findings"] if f["id"] == "config_fix"]
     assert fix["severity"] == "info" and not fix["evidence"]["repaired"]
     assert "`softmax_before_loss` cannot be fixed by config" in fix["message"]

@@ -1,5 +1,6 @@
 """The training loop's two forms (workflow/engine/loop_form.py): the same numbers whichever
-runs, the choice between them made by measurement, cached per program, and recorded.
+runs, the choice between them made by measurement (for a step with an operation a scan may
+slow, loop_form.RISKY_OPS; the scan, unraced, for any other), cached per program, and recorded.
 
 "Bit for bit" holds where XLA compiles a step's operations to the same kernels in a loop body
 and at the top of a program: the MLPs here (with augmentation, Dropout and BatchNorm) on one
@@ -40,10 +41,12 @@ def fresh_choices():
 
 
 def inject_timings(monkeypatch, step_seconds: float, scan_seconds: float) -> list:
-    """Replace the measurement by fixed seconds per step; returns the list of its calls."""
+    """Replace the measurement by fixed seconds per step, for every program (each counts as having
+    an operation a scan may slow); returns the list of its calls."""
     calls = []
+    monkeypatch.setattr(loop_form, "RISKY_OPS", ("stablehlo",))
 
-    def decide(programs, lowered, carry, shared, rows, *, guarded, agree):
+    def decide(programs, lowered, carry, shared, rows, *, agree):
         calls.append(rows[0].shape)
         choice = loop_form.LoopChoice(
             form=loop_form.choose(step_seconds, scan_seconds),
@@ -235,7 +238,8 @@ def test_auto_runs_the_measured_faster_form_and_measures_each_program_once(
     assert len(calls) == 2
 
 
-def test_the_measurement_times_both_forms_on_a_copy_of_the_state():
+def test_the_measurement_times_both_forms_on_a_copy_of_the_state(monkeypatch):
+    monkeypatch.setattr(loop_form, "RISKY_OPS", ("stablehlo",))  # the MLP's step races too
     setup = experiment.prepare(small_config())
     x, y = jnp.asarray(setup.dataset.x_train), jnp.asarray(setup.dataset.y_train)
     indices = jnp.asarray(np.arange(20 * 32).reshape(20, 32) % len(x))
@@ -266,7 +270,8 @@ def test_deciding_on_a_short_scan_or_on_the_calls_own_steps_keeps_the_numbers(
     # then either it settles the choice, or the call's own steps run under the scan, for real.
     monkeypatch.setattr(loop_form, "MAX_SCAN_PROBE_SECONDS", 0.0)
     monkeypatch.setattr(loop_form, "UNSCANNED_STEP_SECONDS", math.inf)  # the scan is tried
-    # None: no risky operation, so no short scan: the call's own steps decide at once.
+    # None: no risky operation, so no race: the call's own steps run under the scan, the step
+    # form neither compiled nor timed.
     monkeypatch.setattr(loop_form, "RISKY_OPS", ("stablehlo",) if short_scan is not None else ())
     asked = []
     monkeypatch.setattr(
@@ -277,8 +282,14 @@ def test_deciding_on_a_short_scan_or_on_the_calls_own_steps_keeps_the_numbers(
     assert len(asked) == (0 if short_scan is None else 1)
     if short_scan:  # the short scan's time is the one recorded
         assert auto.loop["scan_seconds_per_step"] == asked[0]
-    assert auto.loop["source"] == "measured" and auto.loop["form"] in ("scan", "step")
-    assert auto.loop["scan_seconds_per_step"] > 0 and auto.loop["step_seconds_per_step"] > 0
+    if short_scan is None:
+        assert auto.loop["source"] == "no_risky_ops" and auto.loop["form"] == "scan"
+        assert auto.loop["step_seconds_per_step"] is None and auto.loop["measure_seconds"] == 0
+        assert "the step form not timed" in loop_form.describe_loop(auto.loop)
+    else:
+        assert auto.loop["source"] == "measured" and auto.loop["form"] in ("scan", "step")
+        assert auto.loop["step_seconds_per_step"] > 0
+    assert auto.loop["scan_seconds_per_step"] > 0
     scan = fit_in("scan", config)
     assert records_without_rates(scan) == records_without_rates(auto)
     np.testing.assert_array_equal(scan.step_losses, auto.step_losses)

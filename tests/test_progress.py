@@ -1,5 +1,6 @@
 """Progress bars move at least once a second, counting steps as the device finishes them, with
-one rate; a slow step runs in the step form so that its bar can count each step."""
+one rate; a slow step runs in the step form so that its bar can count each step (from its
+second call when the first ran under the scan, its step having no operation a scan may slow)."""
 
 import time
 
@@ -56,7 +57,10 @@ def slow_step(carry, x):
     return carry + x, carry
 
 
-def test_a_slow_step_runs_in_the_step_form_and_each_step_reaches_the_bar():
+def test_a_slow_step_with_convolutions_runs_in_the_step_form_and_each_step_reaches_the_bar(
+    monkeypatch,
+):
+    monkeypatch.setattr(loop_form, "RISKY_OPS", ("stablehlo",))  # the step races the scan
     loop_form.clear_cache()
     loop = loop_form.StepLoop(slow_step, num_shared=0)
     watched = []
@@ -69,15 +73,45 @@ def test_a_slow_step_runs_in_the_step_form_and_each_step_reaches_the_bar():
     assert "progress shows per step" in loop.choice.describe()
 
 
+def test_a_slow_step_without_them_leaves_the_scan_after_its_first_call():
+    loop_form.clear_cache()
+    loop = loop_form.StepLoop(slow_step, num_shared=0)
+    watched = []
+    carry, outputs = loop(jnp.zeros(()), jnp.ones((25,)), watch=watched.append)
+    assert loop.choice.form == "step" and loop.choice.source == "slow_step"
+    assert loop.choice.scan_seconds_per_step >= loop_form.SLOW_STEP_SECONDS
+    assert loop.choice.step_seconds_per_step is None  # timed under the scan only
+    assert watched == []  # the first call ran its steps under the scan
+    assert float(carry) == 25.0 and np.array_equal(outputs, np.arange(25.0))
+    carry, outputs = loop(carry, jnp.ones((25,)), watch=watched.append)
+    assert len(watched) == 25  # each later step reaches the bar
+    assert float(carry) == 50.0 and np.array_equal(outputs, np.arange(25.0, 50.0))
+    assert "under lax.scan at its first call" in loop.choice.describe()
+    assert "progress shows per step" in loop.choice.describe()
+
+
 def fast_step(carry, x):
     return carry + x, carry
 
 
-def test_a_fast_step_is_still_timed_in_both_forms():
+def test_a_fast_step_with_convolutions_is_timed_in_both_forms(monkeypatch):
+    monkeypatch.setattr(loop_form, "RISKY_OPS", ("stablehlo",))
     loop_form.clear_cache()
     loop = loop_form.StepLoop(fast_step, num_shared=0)
     loop(jnp.zeros(()), jnp.ones((25,)))
     assert loop.choice.source == "measured" and loop.choice.scan_seconds_per_step is not None
+    assert loop.choice.step_seconds_per_step is not None
+
+
+def test_a_fast_step_without_them_runs_under_the_scan_unraced():
+    loop_form.clear_cache()
+    loop = loop_form.StepLoop(fast_step, num_shared=0)
+    carry, outputs = loop(jnp.zeros(()), jnp.ones((25,)))
+    choice = loop.choice
+    assert (choice.form, choice.source) == ("scan", "no_risky_ops")
+    assert choice.scan_seconds_per_step > 0 and choice.step_seconds_per_step is None
+    assert loop._last.step_compiled is None  # the step form was never compiled
+    assert float(carry) == 25.0 and np.array_equal(outputs, np.arange(25.0))
 
 
 def test_the_training_bar_shows_one_rate(capsys):

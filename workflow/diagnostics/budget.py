@@ -66,11 +66,10 @@ def measured_seconds_per_step(choice) -> float | None:
     """The seconds per step a loop measured for the form it chose (None: not measured)."""
     if choice is None:
         return None
-    if isinstance(choice, dict):
-        form = choice.get("form")
-        value = choice.get(f"{form}_seconds_per_step")
-    else:
-        value = getattr(choice, f"{choice.form}_seconds_per_step", None)
+    times = choice if isinstance(choice, dict) else dataclasses.asdict(choice)
+    # The chosen form's time, else the other's: a slow step moved to the step form after its
+    # first call ran under the scan was timed there only (loop_form.scan_unraced).
+    value = times.get(f"{times.get('form')}_seconds_per_step") or times.get("scan_seconds_per_step")
     return float(value) if value else None
 
 

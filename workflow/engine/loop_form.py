@@ -12,12 +12,16 @@ Which is faster depends on the model and the backend. The scan saves the per-ste
 which dominates a small model's step. But XLA's CPU backend compiles some operations far slower
 inside a loop body than at the top of a program (a 2-D convolution's gradients run as plain
 loop nests there, jax-ml/jax#12868), and such a model's step runs many times faster alone.
-With form "auto" (config.loop) the loop times both forms at its first call, compilation
-excluded (`decide`), and keeps the faster; the choice is cached with the compiled programs for
-the process (per program: model, dtype, shapes, shardings, backend), so later loops of the same
-program (search rounds, improve's candidates, tests) neither measure nor compile again. A step
-that is slow on its own (SLOW_STEP_SECONDS) takes the step form without timing the scan: the
-dispatch the scan saves is negligible beside it, and a progress bar can count each step.
+With form "auto" (config.loop) a program whose step has an operation the scan may slow
+(RISKY_OPS) times both forms at its first call, compilation excluded (`decide`), and keeps the
+faster. Any other program runs under the scan without racing the step form (`scan_unraced`):
+no model without such an operation has measured slower there, on the CPU or the GPU, and the
+race cost each program a second compile and its probes, seconds per stage on the CPU. The
+choice is cached with the compiled programs for the process (per program: model, dtype,
+shapes, shardings, backend), so later loops of the same program (search rounds, improve's
+candidates, tests) neither measure nor compile again. A step that is slow (SLOW_STEP_SECONDS)
+takes the step form: the dispatch the scan saves is negligible beside it, and a progress bar
+can count each step.
 
 Both forms run the same operations on the same inputs in the same order: the same seeds, batches
 and augmentation keys. Where XLA picks the same kernels for an operation in a loop body and at
@@ -44,9 +48,10 @@ from workflow.engine import distributed
 FORMS = ("scan", "step")
 CHOICES = ("auto", *FORMS)  # config.loop
 # How a choice was made: timed by this loop, by an earlier loop of the same program in this
-# process, set by config.loop, left to the scan because jit is off (debug.disable_jit), or the
-# step form without timing the scan because one step is slow (SLOW_STEP_SECONDS).
-SOURCES = ("measured", "cache", "config", "no_jit", "slow_step")
+# process, set by config.loop, left to the scan because jit is off (debug.disable_jit), the
+# step form because one step is slow (SLOW_STEP_SECONDS), or the scan without racing the step
+# form because the step has no RISKY_OPS.
+SOURCES = ("measured", "cache", "config", "no_jit", "slow_step", "no_risky_ops")
 
 # The step form must beat the scan by this factor to be chosen: a near tie keeps the scan, so
 # the form (and with it XLA's rounding, see above) does not flip with the machine's noise.
@@ -59,8 +64,8 @@ MAX_PROBE_STEPS = 1024
 # K steps take the step form at most this long; otherwise on the call's own steps (see decide).
 MAX_SCAN_PROBE_SECONDS = 0.1
 # Operations (in the step's StableHLO) a scan may run many times slower than the step alone
-# (XLA's CPU convolutions, jax-ml/jax#12868): with them, a short scan is timed before any call
-# risks its K steps under the scan.
+# (XLA's CPU convolutions, jax-ml/jax#12868): only a step with one races the two forms
+# (`decide`), and a short scan is timed before any call risks its K steps under the scan.
 RISKY_OPS = ("stablehlo.convolution",)
 # A step this slow runs in the step form without timing the scan when a call's steps take
 # longer than SLOW_CALL_SECONDS: the per-call dispatch the scan saves is well under 1% of such a
@@ -107,9 +112,16 @@ class LoopChoice:
         if self.source == "no_jit":
             return f"{form} (jit disabled: not measured)"
         if self.source == "slow_step":
+            where = "alone" if self.step_seconds_per_step else "under lax.scan at its first call"
+            seconds = self.step_seconds_per_step or self.scan_seconds_per_step
             return (
-                f"{form} ({_seconds(self.step_seconds_per_step)}/step alone: too slow for the "
-                "scan's saving to matter; progress shows per step)"
+                f"{form} ({_seconds(seconds)}/step {where}: too slow for the scan's saving to "
+                "matter; progress shows per step)"
+            )
+        if self.source == "no_risky_ops":
+            return (
+                f"{form} ({_seconds(self.scan_seconds_per_step)}/step; the step form not timed: "
+                "no operation in the step that a scan is known to slow)"
             )
         when = "measured" if self.source == "measured" else "measured earlier in this process"
         if self.scan_seconds_per_step is None:
@@ -303,11 +315,13 @@ class StepLoop:
             if cached is not None:
                 choice = dataclasses.replace(cached.choice, source="cache")
                 return dataclasses.replace(cached, choice=choice), None
-            guarded = any(op in text for op in RISKY_OPS)
             agree = distributed.broadcast_json if self._lockstep else _as_measured
-            programs.choice, result = decide(
-                programs, lowered, carry, shared, rows, guarded=guarded, agree=agree
-            )
+            if any(op in text for op in RISKY_OPS):
+                programs.choice, result = decide(
+                    programs, lowered, carry, shared, rows, agree=agree
+                )
+            else:
+                programs.choice, result = scan_unraced(programs, carry, shared, rows, agree)
             if len(_CACHE) >= _CACHE_SIZE:
                 _CACHE.pop(next(iter(_CACHE)))
             _CACHE[key] = programs
@@ -427,6 +441,33 @@ def _as_measured(seconds: float) -> float:
     return seconds
 
 
+def scan_unraced(
+    programs: _Programs,
+    carry: Any,
+    shared: tuple,
+    rows: tuple,
+    agree: Callable[[float], float] = _as_measured,
+) -> tuple[LoopChoice, tuple]:
+    """The scan for a program without RISKY_OPS, the step form not timed: (choice, this call's
+    result). The call's own steps run under the scan, compiled first, and their time (through
+    `agree`, as in `decide`) is the choice's; steps that slow (SLOW_STEP_SECONDS, in a call
+    longer than SLOW_CALL_SECONDS) move later calls to the step form, for per-step progress."""
+    steps = _steps(rows)
+    scan = programs.scan_compiled[steps] = programs.scan.lower(carry, *shared, *rows).compile()
+    t0 = time.perf_counter()
+    carry, outputs = scan(carry, *shared, *rows)
+    outputs = jax.device_get(outputs)
+    scan_s = agree((time.perf_counter() - t0) / steps)
+    slow = scan_s >= SLOW_STEP_SECONDS and steps * scan_s > SLOW_CALL_SECONDS
+    choice = LoopChoice(
+        form="step" if slow else "scan",
+        source="slow_step" if slow else "no_risky_ops",
+        scan_seconds_per_step=scan_s,
+        measure_seconds=0.0,
+    )
+    return choice, (carry, outputs)
+
+
 def decide(
     programs: _Programs,
     lowered: jax.stages.Lowered,
@@ -434,24 +475,22 @@ def decide(
     shared: tuple,
     rows: tuple,
     *,
-    guarded: bool,
     agree: Callable[[float], float] = _as_measured,
 ) -> tuple[LoopChoice, tuple | None]:
-    """Time both forms (compilation excluded) and choose: (choice, this call's result when the
-    scan ran the call's own steps to decide, else None).
+    """Time both forms of a program with RISKY_OPS (compilation excluded) and choose: (choice,
+    this call's result when the scan ran the call's own steps to decide, else None).
 
     The step program (`lowered`) is compiled into `programs.step_compiled` and runs first, on a
     copy of `carry`, in blocks dispatched as a real call dispatches them. Then the scan:
       * when the call's K steps take the step form little time, the call's own scan program
         runs on the copy, in rounds alternating with the step form;
-      * else, when `guarded` (the program has operations a scan may run many times slower,
-        RISKY_OPS), a scan of a few steps compiled for it runs on the copy first, and settles
-        the choice when it is far slower per step or as fast (short_scan_decides);
+      * else a scan of a few steps compiled for it runs on the copy first, and settles the
+        choice when it is far slower per step or as fast (short_scan_decides);
       * else the call's own K steps run under the scan, on `carry` itself, and their time
         decides (confirmed by a second, warm call on the copy before leaving the scan): no step
         is wasted, nor a compile.
-    On the CPU, a `guarded` step slower than UNSCANNED_STEP_SECONDS alone takes the step form
-    without trying the scan (its scan time is then None).
+    On the CPU, a step slower than UNSCANNED_STEP_SECONDS alone takes the step form without
+    trying the scan (its scan time is then None).
     Every time measured passes through `agree` (process 0's, for a program over several
     processes), so that every process takes the same path and the same choice. A slow step
     (SLOW_STEP_SECONDS, in a call longer than SLOW_CALL_SECONDS) takes the step form at once.
@@ -513,17 +552,16 @@ def decide(
         probe, seconds = step_block(probe, count)
         step_times.append(seconds)
     step_s = float(np.median(step_times))
-    if guarded and step_s >= UNSCANNED_STEP_SECONDS and _on_cpu(carry):
+    if step_s >= UNSCANNED_STEP_SECONDS and _on_cpu(carry):
         return chosen(step_s, None), None
-    if guarded:
-        length = min(steps, max(MIN_PROBE_STEPS, math.ceil(PROBE_SECONDS / step_s)))
-        short_rows = programs.first_rows(length, rows)
-        short = programs.scan.lower(probe, *shared, *short_rows).compile()
+    length = min(steps, max(MIN_PROBE_STEPS, math.ceil(PROBE_SECONDS / step_s)))
+    short_rows = programs.first_rows(length, rows)
+    short = programs.scan.lower(probe, *shared, *short_rows).compile()
+    probe, _, short_s = scan_call(probe, short, short_rows)
+    if short_s * length < CLEAR_SECONDS:  # cheap enough to time again, warm
         probe, _, short_s = scan_call(probe, short, short_rows)
-        if short_s * length < CLEAR_SECONDS:  # cheap enough to time again, warm
-            probe, _, short_s = scan_call(probe, short, short_rows)
-        if short_scan_decides(step_s, short_s):
-            return chosen(step_s, short_s), None
+    if short_scan_decides(step_s, short_s):
+        return chosen(step_s, short_s), None
     probing = time.perf_counter() - t_start
     scan = programs.scan_compiled[steps] = programs.scan.lower(carry, *shared, *rows).compile()
     carry, outputs, scan_s = scan_call(carry, scan, rows)  # the call's own steps, for real
