@@ -755,7 +755,9 @@ def test_the_walkthrough_quotes_the_stored_run():
         f"{steps['1_start_simple']['metrics']['test_accuracy']:.0%}",
         f"{tune['metrics']['initial_loss']:.3f} against an expected "
         f"{tune['metrics']['expected_initial_loss']:.3f}",
-        "{} min {} s".format(*divmod(run["command_wall_seconds"], 60)),
+        "{} min {} s".format(*divmod(run["command_wall_seconds"], 60))
+        if run["command_wall_seconds"] >= 60
+        else f"{run['command_wall_seconds']} s",
     ]
     for quote in quoted:
         assert quote in prose, quote

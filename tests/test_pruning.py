@@ -12,11 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests import fault_models
 from tests.conftest import ROOT
 from tests.search_worker import search_config
 from workflow import experiment, killpoints
 from workflow.engine import trials
 from workflow.search import pruning, random_search
+from workflow.tune import report as tune_report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -386,3 +388,80 @@ def test_halving_programs_are_as_wide_as_their_trials_on_the_cpu_only():
     # accelerator's lanes are free, and the group's width keeps one compiled shape.
     assert trials.program_lanes(16, "cpu")([3, 4, 5, 6, 7]) == 5
     assert trials.program_lanes(16, "gpu")([3, 4, 5, 6, 7]) == 16
+
+
+def end_attrs(val_accuracy: float, val_loss: float, rungs: list[tuple[int, float, float]]) -> dict:
+    """A trial's attrs at its round's end (step 1500), its rung points (step, acc, loss)."""
+    points = [{"step": s, "val_accuracy": a, "val_loss": loss} for s, a, loss in rungs]
+    points.append({"step": 1500, "val_accuracy": val_accuracy, "val_loss": val_loss})
+    return {"steps": 1500, "val_accuracy": val_accuracy, "val_loss": val_loss, "rungs": points}
+
+
+def test_a_trial_that_collapses_after_a_rung_is_taken_at_that_rung():
+    # The last rung's only survivor at lr 0.016 (synthetic, seed 1): 94.5% val at step 500,
+    # 47.5% at its end. Its config at 500 steps is what the search measured: that is its pick.
+    attrs = end_attrs(0.475, 2.175, [(100, 0.755, 0.747), (200, 0.88, 0.451), (500, 0.945, 0.317)])
+    taken = random_search.stopped_at_best_rung(attrs, "val_accuracy", 200, lambda step: True)
+    assert taken["stopped_at"] == 500 and taken["steps"] == 1500  # ranked as trained
+    assert (taken["val_accuracy"], taken["val_loss"]) == (0.945, 0.317)
+    record = random_search.trial_record(
+        3,
+        {"learning_rate": 0.016, "l2": 1e-4},
+        {
+            **taken,
+            "seed": 7,
+            "epochs": 83.3,
+            "initial_loss": 1.8,
+            "final_loss": 0.5,
+            "improved": True,
+            "diverged_at": -1,
+        },
+        random_search.Round(1, (1e-3, 1e-1), (1e-5, 1e-3), 16, 83.3, 1500),
+    )
+    config = search_config()
+    config.num_steps = 1500
+    tuned = tune_report.best_values(config, record)
+    assert tuned.num_steps == 500 and tuned.optimizer.learning_rate == 0.016
+
+
+def test_a_near_tie_or_a_length_dependent_schedule_keeps_the_trials_end():
+    # One example of 400 better at 1000 steps: within the end's noise, the whole run stands.
+    tie = end_attrs(0.9675, 0.11, [(300, 0.90, 0.3), (1000, 0.97, 0.105)])
+    assert random_search.stopped_at_best_rung(tie, "val_accuracy", 400, lambda s: True) is tie
+    # Better on accuracy but not on loss: not clearly better.
+    mixed = end_attrs(0.80, 0.5, [(500, 0.95, 0.6)])
+    assert random_search.stopped_at_best_rung(mixed, "val_accuracy", 400, lambda s: True) is mixed
+    # A cosine schedule's rung is not its config at that length: judged at its end only.
+    collapsed = end_attrs(0.475, 2.175, [(500, 0.945, 0.317)])
+    kept = random_search.stopped_at_best_rung(collapsed, "val_accuracy", 200, lambda s: False)
+    assert kept is collapsed and "stopped_at" not in kept
+
+
+def test_a_search_takes_a_late_collapsing_trial_where_it_was_good_as_trained_there(tmp_path):
+    # Every trial's eval outputs turn to noise after 30 training steps: the refined round's
+    # survivor (60 steps, cut at 20) ends at chance, and is taken at step 20 with its state there.
+    config = search_config(prune_rungs=2)
+    config.model.name = "tests.fault_models:LateCollapseMLP"
+    config.search.lr_range = (3e-3, 3e-2)  # rates that learn the task within 20 steps
+    setup = experiment.prepare(config)
+    ds = setup.dataset
+    runner = trials.TrialRunner(config, ds.input_shape, ds.num_classes)
+    search = random_search.Search(
+        runner, ds, config, f"sqlite:///{tmp_path}/study.db", "late", progress=False
+    )
+    first = random_search.first_round(config.search, len(ds.x_train), config.batch_size)
+    rounds, records = search.run(first)
+    assert rounds[1].rungs == (20, 60)
+    best = random_search.best_record(records, "val_accuracy")
+    assert best["round"] == 1 and best["pruned_at"] is None and best["steps"] == 60
+    assert best["stopped_at"] == 20
+    at_20, at_60 = best["rungs"][0], best["rungs"][-1]
+    assert at_20["step"] == 20 and at_60["step"] == 60
+    assert at_60["val_accuracy"] < 0.6 < at_20["val_accuracy"] == best["val_accuracy"]
+    held = search.held_trial(best)
+    assert held is not None and held.num_steps == 20  # its state at the rung, not the end's
+    # Not the end's state: the model had not collapsed yet (its step count is under the line).
+    assert int(held.state.model_state["steps"].value) <= fault_models.LateCollapseMLP.COLLAPSE_AFTER
+    tuned = tune_report.best_values(config, best)
+    assert tuned.num_steps == 20
+    assert "taken at step 20" in tune_report.trial_line(best, "val_accuracy", 1.0)

@@ -62,6 +62,10 @@ from workflow.search import space as space_lib
 
 SAMPLERS = ("halton", "sobol", "random")
 METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
+# A trial that ends worse than at an earlier rung by more than this many standard errors of its
+# val error is taken at that rung (stopped_at_best_rung): a late collapse of a high learning
+# rate is not the search's pick, and a near tie keeps the trial's whole length.
+STOP_NOISE_Z = 2.0
 PARAMS = ("learning_rate", "l2")  # the default space's hyperparameters, in sampling order
 
 
@@ -546,6 +550,7 @@ RECORD_FIELDS = (
     "loss_curve",
     "pruned_at",
     "goal_at",
+    "stopped_at",
     "rungs",
 )
 
@@ -584,6 +589,7 @@ def trial_record(slot: int, values: dict, attrs: dict, round_: Round) -> dict:
         "loss_curve": attrs.get("loss_curve", []),
         "pruned_at": attrs.get("pruned_at"),
         "goal_at": attrs.get("goal_at"),
+        "stopped_at": attrs.get("stopped_at"),
         "rungs": attrs.get("rungs", []),
     }
 
@@ -614,6 +620,45 @@ def trial_attrs(
         "improved": bool(result.improved[i]),
         "diverged_at": int(result.diverged_at[i]),
         "loss_curve": [files.finite_or_none(v) for v in result.train_loss_curve[i]],
+    }
+
+
+def stopped_at_best_rung(
+    attrs: dict, metric: str, num_val: int, same_rates: Callable[[int], bool]
+) -> dict:
+    """`attrs` of a trial that reached its round's end, or, when it was clearly better at an
+    earlier rung (its val loss lower and its metric better by more than STOP_NOISE_Z standard
+    errors of the end's val error on `num_val` examples), its numbers there, `stopped_at` that
+    rung's step: early stopping at the points the halving evaluated. Only a rung where
+    `same_rates(step)` holds counts (the config at that length trains what the trial trained).
+    The trial's `steps` stay what it trained, which ranks it (best_records)."""
+    sign = 1.0 if METRICS[metric] == "maximize" else -1.0
+    error = min(max(1.0 - attrs["val_accuracy"], 0.0), 1.0)
+    noise = STOP_NOISE_Z * math.sqrt(error * (1 - error) / max(num_val, 1))
+    end_loss = math.inf if attrs["val_loss"] is None else attrs["val_loss"]
+    end_value = attrs[metric] if attrs[metric] is not None else -sign * math.inf
+
+    def clearly_better(point: dict) -> bool:
+        margin = noise if metric == "val_accuracy" else 0.0
+        return (
+            point["val_loss"] is not None
+            and point["val_loss"] < end_loss
+            and sign * (point[metric] - end_value) > margin
+        )
+
+    earlier = [
+        p
+        for p in attrs["rungs"]
+        if p["step"] < attrs["steps"] and clearly_better(p) and same_rates(p["step"])
+    ]
+    if not earlier:
+        return attrs
+    best = max(earlier, key=lambda p: (sign * p[metric], -p["val_loss"]))
+    return {
+        **attrs,
+        "stopped_at": best["step"],
+        "val_accuracy": best["val_accuracy"],
+        "val_loss": best["val_loss"],
     }
 
 
@@ -696,8 +741,11 @@ class Search:
         length trains what the trial trained (the schedule's rates agree up to it); else None."""
         if not meets_goal(val_accuracy, self.goal_val_error):
             return None
-        same = optimizer.same_rates_when_shorter(self.config.optimizer, self.config.num_steps, step)
-        return step if same else None
+        return step if self.same_rates(step) else None
+
+    def same_rates(self, step: int) -> bool:
+        """Whether the config at `step` steps trains what a trial trained to there."""
+        return optimizer.same_rates_when_shorter(self.config.optimizer, self.config.num_steps, step)
 
     def reaches_goal(self, step: int, val_accuracy: float) -> bool:
         """Whether a trial with `val_accuracy` at `step` meets the goal there (goal_at)."""
@@ -983,6 +1031,10 @@ class Search:
         ended: dict[int, dict] = {}  # index -> the trial's attrs when it is cut
         told: set[int] = set()
         program_states = None  # the states of the program that has just trained
+        # index -> its best rung so far (by the metric, then val loss) and its state there: a
+        # trial taken at a rung (stopped_at_best_rung) is recorded as trained to it.
+        best_rung: dict[int, tuple[dict, trials_lib.TrainedTrial]] = {}
+        sign = 1.0 if METRICS[self.search.metric] == "maximize" else -1.0
         states = optuna.trial.TrialState
         bar = Progress(
             pruning.halving_cost(len(slots), rungs, factor),
@@ -1007,6 +1059,19 @@ class Search:
             self.trained_here += 1
             return trial_record(slots[index], params[index], attrs, round_)
 
+        def hold_if_best_rung(index: int, lane: int, result) -> None:
+            """Hold the trial's state at this rung when its val numbers are its best so far."""
+            point, held = log[index][-1], best_rung.get(index)
+            if point["val_loss"] is None:
+                return
+            metric = self.search.metric
+            rank = (sign * point[metric], -point["val_loss"])
+            if held is not None and rank <= (sign * held[0][metric], -held[0]["val_loss"]):
+                return
+            records = rung_val_records(log[index][:-1])
+            trained = trials_lib.trained_trial(program_states, result, lane, records)
+            best_rung[index] = (point, trained)
+
         def batch_done(rung_index: int, batch: list[int], result) -> bool:
             killpoints.reach("search.trained")
             # A trial may meet the goal between rungs (run_halving's `goal`): the program
@@ -1030,23 +1095,33 @@ class Search:
                 attrs = trial_attrs(result, lane, seeds[index], round_, log[index], goal_at)
                 if not last and goal_at is None:
                     ended[index] = attrs  # told as pruned if the rung cuts it
+                    if round_.steps == self.config.num_steps and self.same_rates(step):
+                        hold_if_best_rung(index, lane, result)
                     continue
+                trained = functools.partial(
+                    trials_lib.trained_trial,
+                    program_states,
+                    result,
+                    lane,
+                    rung_val_records(log[index][:-1]),
+                )
+                if goal_at is None:
+                    attrs = stopped_at_best_rung(
+                        attrs, self.search.metric, len(self.dataset.x_val), self.same_rates
+                    )
+                    if attrs.get("stopped_at") is not None:
+                        # Its state at that rung, if held (else the tune stage trains it again).
+                        point, held = best_rung.get(index, ({}, None))
+                        held_there = point.get("step") == attrs["stopped_at"]
+                        trained = (lambda held=held: held) if held_there else None
                 record = trial_record(slots[index], params[index], attrs, round_)
                 at_goal = at_goal or goal_trial([record], self.goal_val_error) is not None
                 metric = attrs[self.search.metric]
                 value = metric if metric is not None else math.inf
                 if tell(index, attrs, states.COMPLETE, value) is not None:
                     records.append(record)
-                    self.keep_trained(
-                        record,
-                        functools.partial(
-                            trials_lib.trained_trial,
-                            program_states,
-                            result,
-                            lane,
-                            rung_val_records(log[index][:-1]),
-                        ),
-                    )
+                    if trained is not None:
+                        self.keep_trained(record, trained)
             on_batch(records)
             return at_goal
 
@@ -1057,6 +1132,7 @@ class Search:
         def rung_done(rung_index: int, kept: list[int], cut: list[int]) -> None:
             records = []
             for index in cut:
+                best_rung.pop(index, None)
                 record = tell(index, ended.pop(index), states.PRUNED, None)
                 if record is not None:
                     records.append(record)

@@ -50,12 +50,12 @@ def trial_line(
     """One row of the workflow's table, `acc = 0.412  lr : 1.405e-4  reg: 4.234e-4 (epoch 1 / 100)`
     (a regression's `rmse = 52.349`; `kind` None: classification) and a ✓ when the loss went
     down; epoch e / E: the epochs trained / those of a full run; a trial cut by rung pruning ends
-    with `cut at step N`."""
+    with `cut at step N`, one taken at an earlier rung than its end with `taken at step N`."""
     name, value = shown_metric(metric, record[metric], kind or tasks.Classification())
     name = "acc" if name == "val_accuracy" else name.removeprefix("val_")
     shown = f"{value:.3f}" if math.isfinite(value) else "nan"
     mark = "✓" if record["improved"] else " "
-    cut = record.get("pruned_at")
+    cut, taken = record.get("pruned_at"), record.get("stopped_at")
     extras = "".join(
         f" {key}={value_text(value)} "
         for key, value in random_search.searched_extras(record).items()
@@ -64,6 +64,7 @@ def trial_line(
         f"{name} = {shown}  lr : {record['learning_rate']:.3e}  reg: {record['l2']:.3e} "
         f"{extras}(epoch {record['epochs']:.3g} / {total_epochs:.0f})  {mark}"
         + (f"  cut at step {cut}" if cut is not None else "")
+        + (f"  taken at step {taken}" if taken is not None else "")
     )
 
 
@@ -158,16 +159,17 @@ def _widen_advice(key: str, custom: bool) -> str:
 
 def best_values(config: ml_collections.ConfigDict, best: dict) -> ml_collections.ConfigDict:
     """The config with the best trial's learning rate, L2 weight, every other searched key and
-    its initialization seed (init_seed); with the trial's length when it ended at the goal
-    (what met it is that run, not a longer one)."""
+    its initialization seed (init_seed); with the trial's length when it ended at the goal, or
+    the rung's it is taken at (what was measured is that run, not a longer one)."""
     tuned = config.copy_and_resolve_references()
     config_lib.apply_overrides(tuned, random_search.searched_extras(best))
     tuned.optimizer.learning_rate = float(best["learning_rate"])
     tuned.l2 = float(best["l2"])
     if "init_seed" in tuned and best.get("seed") is not None:
         tuned.init_seed = int(best["seed"])  # the trial's initialization: trained again, the same
-    if best.get("goal_at") is not None:
-        tuned.num_steps = int(best["goal_at"])
+    length = best.get("goal_at") or best.get("stopped_at")
+    if length is not None:
+        tuned.num_steps = int(length)
     return tuned
 
 
@@ -180,11 +182,13 @@ def write_best_config(
     about = (
         "Best hyperparameters found by workflow.tune (in the run directory of this file).\n\n"
         f"Round {best['round'] + 1}, trial #{best['slot']}: val_accuracy "
-        f"{best['val_accuracy']:.4f} after {best['epochs']:g} epochs; learning rate "
+        f"{best['val_accuracy']:.4f} after "
+        f"{best['epochs'] * (best.get('stopped_at') or best['steps']) / best['steps']:g} "
+        "epochs; learning rate "
         f"{best['learning_rate']:.4g}, L2 weight {best['l2']:.4g}"
         + "".join(f", {k} {value_text(v)}" for k, v in random_search.searched_extras(best).items())
         + ".\n"
-        f"The same run at {'its' if best.get('goal_at') is not None else 'full'} length is in "
+        f"The same run at {'full' if tuned.num_steps == config.num_steps else 'its'} length is in "
         f"{rundir.BEST}/ beside this file."
     )
     run.write_text(
