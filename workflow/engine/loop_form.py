@@ -458,7 +458,7 @@ def scan_unraced(
     carry, outputs = scan(carry, *shared, *rows)
     outputs = jax.device_get(outputs)
     scan_s = agree((time.perf_counter() - t0) / steps)
-    slow = scan_s >= SLOW_STEP_SECONDS and steps * scan_s > SLOW_CALL_SECONDS
+    slow = too_slow_to_scan(scan_s, steps)
     choice = LoopChoice(
         form="step" if slow else "scan",
         source="slow_step" if slow else "no_risky_ops",
@@ -532,7 +532,7 @@ def decide(
         count = min(MAX_PROBE_STEPS, max(2 * count, math.ceil(PROBE_SECONDS / step_s)))
         probe, step_s = step_block(probe, count)
 
-    if step_s >= SLOW_STEP_SECONDS and steps * step_s > SLOW_CALL_SECONDS:
+    if too_slow_to_scan(step_s, steps):
         return slow_step_choice(step_s, time.perf_counter() - t_start), None
     if steps * step_s <= MAX_SCAN_PROBE_SECONDS:  # the call's own scan, on the copy
         scan = programs.scan_compiled[steps] = programs.scan.lower(probe, *shared, *rows).compile()
@@ -575,6 +575,12 @@ def decide(
         scan_s = min(scan_s, warm_s)
         probing += time.perf_counter() - t0
     return chosen(step_s, scan_s, probing), (carry, outputs)
+
+
+def too_slow_to_scan(seconds_per_step: float, steps: int) -> bool:
+    """Whether a step of `seconds_per_step`, in a call of `steps`, takes the step form for its
+    progress (SLOW_STEP_SECONDS, SLOW_CALL_SECONDS)."""
+    return seconds_per_step >= SLOW_STEP_SECONDS and steps * seconds_per_step > SLOW_CALL_SECONDS
 
 
 def slow_step_choice(step_s: float, seconds: float) -> LoopChoice:

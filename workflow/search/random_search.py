@@ -623,6 +623,13 @@ def trial_attrs(
     }
 
 
+def rung_rank(point: dict, metric: str) -> tuple[float, float]:
+    """How good a trial's val numbers at a rung are (higher is better): the search's metric,
+    then the lower val loss."""
+    sign = 1.0 if METRICS[metric] == "maximize" else -1.0
+    return sign * point[metric], -point["val_loss"]
+
+
 def stopped_at_best_rung(
     attrs: dict, metric: str, num_val: int, same_rates: Callable[[int], bool]
 ) -> dict:
@@ -653,7 +660,7 @@ def stopped_at_best_rung(
     ]
     if not earlier:
         return attrs
-    best = max(earlier, key=lambda p: (sign * p[metric], -p["val_loss"]))
+    best = max(earlier, key=lambda p: rung_rank(p, metric))
     return {
         **attrs,
         "stopped_at": best["step"],
@@ -1034,7 +1041,6 @@ class Search:
         # index -> its best rung so far (by the metric, then val loss) and its state there: a
         # trial taken at a rung (stopped_at_best_rung) is recorded as trained to it.
         best_rung: dict[int, tuple[dict, trials_lib.TrainedTrial]] = {}
-        sign = 1.0 if METRICS[self.search.metric] == "maximize" else -1.0
         states = optuna.trial.TrialState
         bar = Progress(
             pruning.halving_cost(len(slots), rungs, factor),
@@ -1065,8 +1071,7 @@ class Search:
             if point["val_loss"] is None:
                 return
             metric = self.search.metric
-            rank = (sign * point[metric], -point["val_loss"])
-            if held is not None and rank <= (sign * held[0][metric], -held[0]["val_loss"]):
+            if held is not None and rung_rank(point, metric) <= rung_rank(held[0], metric):
                 return
             records = rung_val_records(log[index][:-1])
             trained = trials_lib.trained_trial(program_states, result, lane, records)
