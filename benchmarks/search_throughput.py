@@ -129,7 +129,7 @@ def timed_halving(
         dataset,
         prune.rungs,
         min(len(hparams), prune.width),
-        keep=lambda losses: pruning.survivors(losses, prune.factor),
+        keep=lambda losses, scores: pruning.survivors(losses, prune.factor),
         on_batch=lambda rung, slots, result: False,
         on_rung=lambda rung, kept, cut: None,
     )

@@ -16,7 +16,7 @@ from tests import fault_models
 from tests.conftest import ROOT
 from tests.search_worker import search_config
 from workflow import experiment, killpoints
-from workflow.engine import trials
+from workflow.engine import tasks, trials
 from workflow.search import pruning, random_search
 from workflow.tune import report as tune_report
 
@@ -39,6 +39,37 @@ def test_survivors_are_the_best_fraction_by_val_loss_never_a_diverged_one():
     assert pruning.survivors([math.inf, math.nan], 2) == []
 
 
+# MNIST-1D, seed 2: the refined round's five trials at its rung of step 300 (400 val examples).
+# Val loss ranks lr 0.0083 (last) first; lr 0.032 (second) has the worst loss and the best
+# accuracy, by 2.6 standard errors. Trained to the end, the first reached 90.75% val, the
+# second 94.5% (the fixed-budget search's pick: 95.2% test).
+RUNG_300_LOSSES = [1.2498, 1.5193, 1.2964, 1.3505, 1.2174]
+RUNG_300_ACCURACIES = [0.49, 0.5675, 0.4825, 0.45, 0.4775]
+
+
+def test_a_rung_keeps_a_trial_whose_val_accuracy_is_clearly_better_than_a_kept_ones():
+    variance = tasks.Classification().error_variance
+    better = random_search.clearly_better(RUNG_300_ACCURACIES, 400, variance)
+    assert pruning.survivors(RUNG_300_LOSSES, 3) == [4]  # by val loss alone
+    assert pruning.survivors(RUNG_300_LOSSES, 3, better) == [1, 4]
+    # The same numbers on 100 val examples are within the noise: val loss decides alone.
+    assert pruning.survivors(
+        RUNG_300_LOSSES, 3, random_search.clearly_better(RUNG_300_ACCURACIES, 100, variance)
+    ) == [4]
+
+
+def test_a_rung_keeps_no_more_when_accuracy_agrees_with_val_loss_or_the_loss_diverged():
+    variance = tasks.Classification().error_variance
+    agreeing = [0.60, 0.45, 0.55, 0.52, 0.62]  # the lowest loss is the most accurate
+    better = random_search.clearly_better(agreeing, 400, variance)
+    assert pruning.survivors(RUNG_300_LOSSES, 3, better) == [4]
+    diverged = [*RUNG_300_LOSSES[:1], math.nan, *RUNG_300_LOSSES[2:]]
+    better = random_search.clearly_better(RUNG_300_ACCURACIES, 400, variance)
+    assert pruning.survivors(diverged, 3, better) == [4]  # never a non-finite loss
+    nan_score = random_search.clearly_better([math.nan, 0.9], 400, variance)
+    assert not nan_score(0, 1) and not nan_score(1, 0)
+
+
 @pytest.fixture(scope="module")
 def setup():
     return experiment.prepare(search_config())
@@ -53,13 +84,18 @@ def runner(setup):
 def test_a_clearly_worse_curve_is_cut_and_the_good_trial_keeps_its_unpruned_numbers(setup, runner):
     # lr 1e-2 learns the tabular problem; lr 1e-7 leaves the loss where it started.
     hparams = trials.TrialHparams([1e-2, 1e-7], [0.0, 0.0], [0, 1])
-    batches, rungs_seen = [], []
+    batches, rungs_seen, judged = [], [], []
+
+    def keep(losses, scores):
+        judged.append((losses, scores))
+        return pruning.survivors(losses, 2)
+
     runner.run_halving(
         hparams,
         setup.dataset,
         (20, 60),
         2,
-        keep=lambda losses: pruning.survivors(losses, 2),
+        keep=keep,
         on_batch=lambda rung, slots, result: batches.append((rung, slots, result)) and False,
         on_rung=lambda rung, kept, cut: rungs_seen.append((rung, kept, cut)),
     )
@@ -67,6 +103,8 @@ def test_a_clearly_worse_curve_is_cut_and_the_good_trial_keeps_its_unpruned_numb
     (_, first, at_20), (_, last, at_60) = batches
     assert first == [0, 1] and last == [0]
     assert at_20.val_loss[0] < 0.5 * at_20.val_loss[1]
+    # The cut is judged on each trial's val loss and accuracy at the rung.
+    assert judged == [(at_20.val_loss.tolist(), at_20.val_accuracy.tolist())]
     assert at_60.steps == 60 and at_60.val_accuracy[0] > 0.8
     # Continued from its own state on its own batches: the numbers of the unpruned trial.
     _, whole = runner.run(hparams, setup.dataset, 60)
@@ -89,7 +127,7 @@ def test_a_model_with_dropout_and_batchnorm_state_is_halved_to_its_unpruned_numb
         ds,
         (20, 60),
         2,
-        keep=lambda losses: pruning.survivors(losses, 2),
+        keep=lambda losses, scores: pruning.survivors(losses, 2),
         on_batch=lambda rung, slots, result: finals.append((slots, result)) and False,
         on_rung=lambda rung, kept, cut: None,
     )
@@ -224,7 +262,7 @@ runner = trials.TrialRunner(config, ds.input_shape, ds.num_classes)
 hp = trials.TrialHparams([1e-2, 1e-7, 3e-3, 1e-4, 5e-3], [0.0] * 5, [0, 1, 2, 3, 4])
 seen = []
 runner.run_halving(
-    hp, ds, (20, 60), 3, keep=lambda losses: pruning.survivors(losses, 2),
+    hp, ds, (20, 60), 3, keep=lambda losses, scores: pruning.survivors(losses, 2),
     on_batch=lambda rung, slots, res: seen.append([rung, slots, res.val_loss.tolist()]) and False,
     on_rung=lambda rung, kept, cut: seen.append([rung, kept, cut]),
 )
@@ -372,7 +410,7 @@ def test_after_a_rung_the_kept_trials_train_on_best_first(setup, runner):
         setup.dataset,
         (20, 40),
         1,
-        keep=lambda losses: pruning.survivors(losses, 1),
+        keep=lambda losses, scores: pruning.survivors(losses, 1),
         on_batch=lambda rung, slots, result: (
             order.append((rung, slots[0], result.val_loss[0])) and False
         ),
@@ -465,3 +503,31 @@ def test_a_search_takes_a_late_collapsing_trial_where_it_was_good_as_trained_the
     tuned = tune_report.best_values(config, best)
     assert tuned.num_steps == 20
     assert "taken at step 20" in tune_report.trial_line(best, "val_accuracy", 1.0)
+
+
+def test_a_trial_a_rung_keeps_for_its_metric_trains_to_the_end_and_says_so(tmp_path, monkeypatch):
+    # Every trial clearly better than every other: each rung keeps all its trials, one (four //
+    # three) for its val loss and the rest for their metric.
+    monkeypatch.setattr(random_search, "clearly_better", lambda *args: lambda i, j: True)
+    config = search_config(prune_rungs=2)
+    setup = experiment.prepare(config)
+    ds = setup.dataset
+    runner = trials.TrialRunner(config, ds.input_shape, ds.num_classes)
+    search = random_search.Search(
+        runner, ds, config, f"sqlite:///{tmp_path}/study.db", "kept", progress=False
+    )
+    first = random_search.first_round(config.search, len(ds.x_train), config.batch_size)
+    rounds, records = search.run(first)
+    refined = [r for r in records if r["round"] == 1]
+    assert rounds[1].rungs == (20, 60) and len(refined) == 4
+    assert all(r["pruned_at"] is None and r["steps"] == 60 for r in refined)
+    kept = [r for r in refined if r["rungs"][0].get("kept_for_metric")]
+    assert len(kept) == 3  # all but the best by val loss at step 20
+    best_by_loss = min(refined, key=lambda r: r["rungs"][0]["val_loss"])
+    assert best_by_loss not in kept
+    line = tune_report.trial_line(kept[0], "val_accuracy", 1.0)
+    assert "kept at step 20 for its acc" in line and "cut at" not in line
+    assert "kept at" not in tune_report.trial_line(best_by_loss, "val_accuracy", 1.0)
+    # A search that picks by val loss has only the rungs' own ranking.
+    config.search.metric = "val_loss"
+    assert search.clearly_better([0.5, 0.9]) is None

@@ -303,7 +303,8 @@ def base_config(dataset: str, model: ml_collections.ConfigDict) -> ml_collection
             "trials_per_program": 64,  # trials vmapped into one compiled program
             # Rung pruning (workflow/search/pruning.py): each round's trials are cut at
             # prune_rungs lengths, each prune_factor times the one before (the last the round's
-            # trial length); at each only the best 1/prune_factor train on, by val loss. 1: off.
+            # trial length); at each only the best 1/prune_factor train on, by val loss (and any
+            # trial clearly more accurate than one of them: Search.clearly_better). 1: off.
             # Four: the first cut at 1/27 of the length (where it is a whole host call), as
             # Hyperband's most aggressive bracket; benchmarks/time_to_goal.py measures it.
             "prune_rungs": 4,

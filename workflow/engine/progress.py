@@ -61,6 +61,13 @@ class Progress:
                 self._pending.clear()
                 self._bar.update(count)
 
+    def set_total(self, total: int) -> None:
+        """Change the work's total (more or less of it than planned turned out to be left)."""
+        if self.enabled:
+            with self._lock:
+                self._bar.total = total
+                self._bar.refresh()
+
     def phase(self, text: str = "") -> None:
         """What the work is doing now ("compiling"), shown after the bar's name ("": nothing)."""
         if self.enabled:

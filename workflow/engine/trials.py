@@ -330,7 +330,7 @@ class TrialRunner:
         rungs: Sequence[int],
         width: int,
         *,
-        keep: Callable[[list[float]], list[int]],
+        keep: Callable[[list[float], list[float]], list[int]],
         on_batch: Callable[[int, list[int], TrialsResult], bool],
         on_rung: Callable[[int, list[int], list[int]], None],
         progress: Callable[[int], None] = lambda steps: None,
@@ -339,10 +339,11 @@ class TrialRunner:
         goal: Callable[[int, float], bool] | None = None,
     ) -> float:
         """Train the trials of `hparams` (one per slot of a group) to each rung in turn, in
-        programs of `width` lanes, the ones `keep(val losses at the rung)` names going on from
-        their own states. After each program, `on_batch(rung, slots, result)` gets its trials'
-        numbers (result: every step of each trial so far; True stops everything); after each
-        rung but the last, `on_rung(rung, kept, cut)`. Returns the seconds spent.
+        programs of `width` lanes, the ones `keep(val losses, val accuracies at the rung)`
+        names going on from their own states. After each program, `on_batch(rung, slots,
+        result)` gets its trials' numbers (result: every step of each trial so far; True stops
+        everything); after each rung but the last, `on_rung(rung, kept, cut)`. Returns the
+        seconds spent.
 
         `lane_runner(i)`: the runner that trains trial i (default: this one); the trials of one
         runner (a group of the search space) fill programs of their own, in trial order.
@@ -382,7 +383,7 @@ class TrialRunner:
 
         for rung_index, rung in enumerate(rungs):
             last = rung_index == len(rungs) - 1
-            val = {}
+            val, score = {}, {}
             for runner, batch in _programs(alive, width, runner_of):
                 config = runner.config
                 states = runner._lanes(
@@ -417,11 +418,12 @@ class TrialRunner:
                         stored[slot] = jax.tree.map(lambda leaf, i=lane: leaf[i], host)
                 result, stop = ended(rung_index, batch, window, states, val_loss, val_accuracy)
                 val.update({slot: float(result.val_loss[i]) for i, slot in enumerate(batch)})
+                score.update({slot: float(result.val_accuracy[i]) for i, slot in enumerate(batch)})
                 if stop:
                     return now() - t_start
             if last:
                 break
-            kept = [alive[i] for i in keep([val[slot] for slot in alive])]
+            kept = [alive[i] for i in keep([val[s] for s in alive], [score[s] for s in alive])]
             cut = [slot for slot in alive if slot not in kept]
             on_rung(rung_index, kept, cut)
             for slot in cut:

@@ -62,10 +62,12 @@ from workflow.search import space as space_lib
 
 SAMPLERS = ("halton", "sobol", "random")
 METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
-# A trial that ends worse than at an earlier rung by more than this many standard errors of its
-# val error is taken at that rung (stopped_at_best_rung): a late collapse of a high learning
-# rate is not the search's pick, and a near tie keeps the trial's whole length.
-STOP_NOISE_Z = 2.0
+# How many standard errors of a val error make a difference in it clear. A trial that ends worse
+# than at an earlier rung by more is taken at that rung (stopped_at_best_rung): a late collapse of
+# a high learning rate is not the search's pick, and a near tie keeps the trial's whole length.
+# A rung cuts no trial whose val score beats a kept one's by more (Search.clearly_better): the
+# rung's proxy, val loss, does not overrule clear evidence on the metric the search picks by.
+NOISE_Z = 2.0
 PARAMS = ("learning_rate", "l2")  # the default space's hyperparameters, in sampling order
 
 
@@ -630,18 +632,35 @@ def rung_rank(point: dict, metric: str) -> tuple[float, float]:
     return sign * point[metric], -point["val_loss"]
 
 
+def clearly_better(
+    scores: Sequence[float], num_val: int, error_variance: Callable[[float, int], float]
+) -> Callable[[int, int], bool]:
+    """Whether trial i's val score in `scores` (1 - error) beats trial j's by more than NOISE_Z
+    standard errors of their difference, each error's variance on `num_val` examples from
+    `error_variance` (the task's)."""
+
+    def better(i: int, j: int) -> bool:
+        a, b = scores[i], scores[j]
+        if not (math.isfinite(a) and math.isfinite(b)):
+            return False
+        noise = math.sqrt(error_variance(1.0 - a, num_val) + error_variance(1.0 - b, num_val))
+        return a - b > NOISE_Z * noise
+
+    return better
+
+
 def stopped_at_best_rung(
     attrs: dict, metric: str, num_val: int, same_rates: Callable[[int], bool]
 ) -> dict:
     """`attrs` of a trial that reached its round's end, or, when it was clearly better at an
-    earlier rung (its val loss lower and its metric better by more than STOP_NOISE_Z standard
+    earlier rung (its val loss lower and its metric better by more than NOISE_Z standard
     errors of the end's val error on `num_val` examples), its numbers there, `stopped_at` that
     rung's step: early stopping at the points the halving evaluated. Only a rung where
     `same_rates(step)` holds counts (the config at that length trains what the trial trained).
     The trial's `steps` stay what it trained, which ranks it (best_records)."""
     sign = 1.0 if METRICS[metric] == "maximize" else -1.0
     error = min(max(1.0 - attrs["val_accuracy"], 0.0), 1.0)
-    noise = STOP_NOISE_Z * math.sqrt(error * (1 - error) / max(num_val, 1))
+    noise = NOISE_Z * math.sqrt(error * (1 - error) / max(num_val, 1))
     end_loss = math.inf if attrs["val_loss"] is None else attrs["val_loss"]
     end_value = attrs[metric] if attrs[metric] is not None else -sign * math.inf
 
@@ -749,6 +768,13 @@ class Search:
         if not meets_goal(val_accuracy, self.goal_val_error):
             return None
         return step if self.same_rates(step) else None
+
+    def clearly_better(self, scores: Sequence[float]) -> Callable[[int, int], bool] | None:
+        """`clearly_better` on this val set for the search's metric; None when the search picks
+        by val loss (the rungs' own ranking)."""
+        if self.search.metric != "val_accuracy":
+            return None
+        return clearly_better(scores, len(self.dataset.x_val), self.dataset.task.error_variance)
 
     def same_rates(self, step: int) -> bool:
         """Whether the config at `step` steps trains what a trial trained to there."""
@@ -1134,7 +1160,18 @@ class Search:
             nonlocal program_states
             program_states = trained
 
+        spent = [0]  # the group's training steps to the rungs passed
+
         def rung_done(rung_index: int, kept: list[int], cut: list[int]) -> None:
+            # A rung may keep more than 1/factor (clearly_better): the bar's total grows.
+            previous = rungs[rung_index - 1] if rung_index else 0
+            spent[0] += (len(kept) + len(cut)) * (rungs[rung_index] - previous)
+            left = [r - rungs[rung_index] for r in rungs[rung_index + 1 :]]
+            bar.set_total(spent[0] + pruning.halving_cost(len(kept), left, factor))
+            # The ones kept beyond the fraction by val loss are kept for their metric.
+            base = pruning.kept_by_loss(len(kept) + len(cut), factor)
+            for index in sorted(kept, key=lambda i: (log[i][-1]["val_loss"], i))[base:]:
+                log[index][-1]["kept_for_metric"] = True
             records = []
             for index in cut:
                 best_rung.pop(index, None)
@@ -1151,7 +1188,9 @@ class Search:
                 self.dataset,
                 rungs,
                 width,
-                keep=lambda losses: pruning.survivors(losses, factor),
+                keep=lambda losses, scores: pruning.survivors(
+                    losses, factor, self.clearly_better(scores)
+                ),
                 on_batch=batch_done,
                 on_rung=rung_done,
                 progress=self._beating(claimed, bar.advance),

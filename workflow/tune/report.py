@@ -50,7 +50,9 @@ def trial_line(
     """One row of the workflow's table, `acc = 0.412  lr : 1.405e-4  reg: 4.234e-4 (epoch 1 / 100)`
     (a regression's `rmse = 52.349`; `kind` None: classification) and a ✓ when the loss went
     down; epoch e / E: the epochs trained / those of a full run; a trial cut by rung pruning ends
-    with `cut at step N`, one taken at an earlier rung than its end with `taken at step N`."""
+    with `cut at step N`, one a rung kept beyond its fraction for a clearly better metric with
+    `kept at step N for its acc`, one taken at an earlier rung than its end with `taken at step
+    N`."""
     name, value = shown_metric(metric, record[metric], kind or tasks.Classification())
     name = "acc" if name == "val_accuracy" else name.removeprefix("val_")
     shown = f"{value:.3f}" if math.isfinite(value) else "nan"
@@ -63,6 +65,11 @@ def trial_line(
     return (
         f"{name} = {shown}  lr : {record['learning_rate']:.3e}  reg: {record['l2']:.3e} "
         f"{extras}(epoch {record['epochs']:.3g} / {total_epochs:.0f})  {mark}"
+        + "".join(
+            f"  kept at step {p['step']} for its {name}"
+            for p in record.get("rungs", [])
+            if p.get("kept_for_metric")
+        )
         + (f"  cut at step {cut}" if cut is not None else "")
         + (f"  taken at step {taken}" if taken is not None else "")
     )
