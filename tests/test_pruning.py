@@ -475,20 +475,25 @@ def test_a_near_tie_or_a_length_dependent_schedule_keeps_the_trials_end():
     assert kept is collapsed and "stopped_at" not in kept
 
 
+def run_search(config, tmp_path) -> tuple[random_search.Search, list, list[dict]]:
+    """`config`'s search run in this process on its own SQLite study: (search, rounds, records)."""
+    setup = experiment.prepare(config)
+    ds = setup.dataset
+    runner = trials.TrialRunner(config, ds.input_shape, ds.num_classes)
+    search = random_search.Search(
+        runner, ds, config, f"sqlite:///{tmp_path}/study.db", "search", progress=False
+    )
+    first = random_search.first_round(config.search, len(ds.x_train), config.batch_size)
+    return search, *search.run(first)
+
+
 def test_a_search_takes_a_late_collapsing_trial_where_it_was_good_as_trained_there(tmp_path):
     # Every trial's eval outputs turn to noise after 30 training steps: the refined round's
     # survivor (60 steps, cut at 20) ends at chance, and is taken at step 20 with its state there.
     config = search_config(prune_rungs=2)
     config.model.name = "tests.fault_models:LateCollapseMLP"
     config.search.lr_range = (3e-3, 3e-2)  # rates that learn the task within 20 steps
-    setup = experiment.prepare(config)
-    ds = setup.dataset
-    runner = trials.TrialRunner(config, ds.input_shape, ds.num_classes)
-    search = random_search.Search(
-        runner, ds, config, f"sqlite:///{tmp_path}/study.db", "late", progress=False
-    )
-    first = random_search.first_round(config.search, len(ds.x_train), config.batch_size)
-    rounds, records = search.run(first)
+    search, rounds, records = run_search(config, tmp_path)
     assert rounds[1].rungs == (20, 60)
     best = random_search.best_record(records, "val_accuracy")
     assert best["round"] == 1 and best["pruned_at"] is None and best["steps"] == 60
@@ -510,14 +515,7 @@ def test_a_trial_a_rung_keeps_for_its_metric_trains_to_the_end_and_says_so(tmp_p
     # three) for its val loss and the rest for their metric.
     monkeypatch.setattr(random_search, "clearly_better", lambda *args: lambda i, j: True)
     config = search_config(prune_rungs=2)
-    setup = experiment.prepare(config)
-    ds = setup.dataset
-    runner = trials.TrialRunner(config, ds.input_shape, ds.num_classes)
-    search = random_search.Search(
-        runner, ds, config, f"sqlite:///{tmp_path}/study.db", "kept", progress=False
-    )
-    first = random_search.first_round(config.search, len(ds.x_train), config.batch_size)
-    rounds, records = search.run(first)
+    search, rounds, records = run_search(config, tmp_path)
     refined = [r for r in records if r["round"] == 1]
     assert rounds[1].rungs == (20, 60) and len(refined) == 4
     assert all(r["pruned_at"] is None and r["steps"] == 60 for r in refined)
