@@ -129,15 +129,16 @@ def test_postgres_workers_lose_and_repeat_no_trial_when_one_is_killed(postgres, 
     # The same search by one worker alone, on SQLite: the table every worker must end with.
     reference = _worker(f"sqlite:///{tmp_path}/study.db", "s")
     url = postgres("shared")
-    # Three workers start at once on the fresh database; one kills itself (SIGKILL) holding the
-    # batch it has just claimed: its trials are failed (dead process) and their slots rerun.
-    workers = [_worker(url, "s") for _ in range(2)] + [_worker(url, "s", kill_at="search.claimed")]
+    # One worker kills itself (SIGKILL) holding the first batch it claimed on the fresh database;
+    # then two start at once: the dead worker's trials are failed and their slots rerun. (Started
+    # together with the others, the doomed worker could find every batch claimed and never die.)
+    doomed = _worker(url, "s", kill_at="search.claimed")
+    _, err = doomed.communicate(timeout=600)
+    assert doomed.returncode == -signal.SIGKILL, err[-2000:]
+    workers = [_worker(url, "s") for _ in range(2)]
     outputs = []
     for proc in workers:
         out, err = proc.communicate(timeout=600)
-        if proc is workers[-1]:
-            assert proc.returncode == -signal.SIGKILL, err[-2000:]
-            continue
         assert proc.returncode == 0, err[-2000:]
         outputs.append(json.loads(out.strip().splitlines()[-1]))
     out, err = reference.communicate(timeout=600)

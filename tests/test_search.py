@@ -364,6 +364,12 @@ def _goal_in_first_batch(records: list[dict]) -> tuple[float, list[dict], int]:
     return goal, batch, slot
 
 
+def _ended_at_goal(batch: list[dict], goal: float) -> list[dict]:
+    """The batch's records as a search with `goal` records them: the trials at the goal ended
+    there (`goal_at`: their length), so their best config is a run of that length."""
+    return [{**r, "goal_at": r["steps"] if 1 - r["val_accuracy"] <= goal else None} for r in batch]
+
+
 def test_search_stops_at_the_first_trial_that_meets_the_goal(
     setup, runner, uninterrupted, tmp_path
 ):
@@ -375,9 +381,7 @@ def test_search_stops_at_the_first_trial_that_meets_the_goal(
         runner, setup.dataset, config, url, "g", progress=False, goal_val_error=goal
     )
     rounds, records = search.run(first)
-    # The trials at the goal ended there: their best config is a run of their length.
-    met = [{**r, "goal_at": r["steps"] if 1 - r["val_accuracy"] <= goal else None} for r in batch]
-    assert [r.index for r in rounds] == [0] and records == met
+    assert [r.index for r in rounds] == [0] and records == _ended_at_goal(batch, goal)
     assert search.trained_here == 4  # one batch of four, then nothing
     assert search.stopped == {
         "reason": "goal",
@@ -417,7 +421,8 @@ def test_a_search_killed_before_the_goal_resumes_to_the_same_stop(uninterrupted,
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
     resumed = json.loads(out.strip().splitlines()[-1])
-    assert resumed["records"] == _as_json(batch) and resumed["trained_here"] == 2
+    assert resumed["records"] == _as_json(_ended_at_goal(batch, goal))
+    assert resumed["trained_here"] == 2
     assert resumed["stopped"]["slot"] == slot and resumed["stopped"]["skipped_trials"] == 8
 
 
