@@ -46,11 +46,11 @@ def survivors(
     cuts none that the search's own metric clearly prefers. Never a non-finite one."""
     finite = [i for i, v in enumerate(val_losses) if math.isfinite(v)]
     ranked = sorted(finite, key=lambda i: (val_losses[i], i))
-    kept = ranked[: kept_by_loss(len(val_losses), factor)]
-    if clearly_better is not None:
-        rest = ranked[len(kept) :]
-        kept += [i for i in rest if any(clearly_better(i, j) for j in kept)]
-    return sorted(kept)
+    by_loss = ranked[: kept_by_loss(len(val_losses), factor)]
+    if clearly_better is None:
+        return sorted(by_loss)
+    rest = ranked[len(by_loss) :]
+    return sorted(by_loss + [i for i in rest if any(clearly_better(i, j) for j in by_loss)])
 
 
 def halving_cost(num_trials: int, rungs: Sequence[int], factor: int) -> int:

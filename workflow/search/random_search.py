@@ -664,7 +664,7 @@ def stopped_at_best_rung(
     end_loss = math.inf if attrs["val_loss"] is None else attrs["val_loss"]
     end_value = attrs[metric] if attrs[metric] is not None else -sign * math.inf
 
-    def clearly_better(point: dict) -> bool:
+    def beats_end(point: dict) -> bool:
         margin = noise if metric == "val_accuracy" else 0.0
         return (
             point["val_loss"] is not None
@@ -675,7 +675,7 @@ def stopped_at_best_rung(
     earlier = [
         p
         for p in attrs["rungs"]
-        if p["step"] < attrs["steps"] and clearly_better(p) and same_rates(p["step"])
+        if p["step"] < attrs["steps"] and beats_end(p) and same_rates(p["step"])
     ]
     if not earlier:
         return attrs
@@ -1160,14 +1160,15 @@ class Search:
             nonlocal program_states
             program_states = trained
 
-        spent = [0]  # the group's training steps to the rungs passed
+        spent = 0  # the group's training steps to the rungs passed
 
         def rung_done(rung_index: int, kept: list[int], cut: list[int]) -> None:
+            nonlocal spent
             # A rung may keep more than 1/factor (clearly_better): the bar's total grows.
             previous = rungs[rung_index - 1] if rung_index else 0
-            spent[0] += (len(kept) + len(cut)) * (rungs[rung_index] - previous)
+            spent += (len(kept) + len(cut)) * (rungs[rung_index] - previous)
             left = [r - rungs[rung_index] for r in rungs[rung_index + 1 :]]
-            bar.set_total(spent[0] + pruning.halving_cost(len(kept), left, factor))
+            bar.set_total(spent + pruning.halving_cost(len(kept), left, factor))
             # The ones kept beyond the fraction by val loss are kept for their metric.
             base = pruning.kept_by_loss(len(kept) + len(cut), factor)
             for index in sorted(kept, key=lambda i: (log[i][-1]["val_loss"], i))[base:]:
